@@ -1,0 +1,44 @@
+"""tracetags: mutable tags on ML/LLM traces, event-sourced on Redis Streams."""
+
+from tracetags.errors import (
+    ConfigError,
+    FilterError,
+    FilterSemanticError,
+    FilterSyntaxError,
+    TracetagsError,
+    ValidationError,
+)
+from tracetags.fluent import (
+    configure,
+    default_producer,
+    delete_trace_tag,
+    get_current_trace_id,
+    set_trace_tag,
+    trace,
+    update_current_trace,
+)
+from tracetags.producer import AsyncTagProducer, ProducerStats, Receipt, TagProducer
+from tracetags.settings import Settings
+
+__all__ = [
+    "AsyncTagProducer",
+    "ConfigError",
+    "FilterError",
+    "FilterSemanticError",
+    "FilterSyntaxError",
+    "ProducerStats",
+    "Receipt",
+    "Settings",
+    "TagProducer",
+    "TracetagsError",
+    "ValidationError",
+    "configure",
+    "default_producer",
+    "delete_trace_tag",
+    "get_current_trace_id",
+    "set_trace_tag",
+    "trace",
+    "update_current_trace",
+]
+
+__version__ = "0.1.0"

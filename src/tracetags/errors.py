@@ -1,0 +1,60 @@
+"""The whole tracetags exception tree.
+
+Every error the library raises derives from :class:`TracetagsError`; each leaf also
+derives from the builtin it refines, so ``except ValueError`` keeps working for callers
+that do not know tracetags.
+"""
+
+from __future__ import annotations
+
+
+class TracetagsError(Exception):
+    """Root of every error tracetags raises."""
+
+
+class ConfigError(TracetagsError, ValueError):
+    """A setting (argument or ``TRACETAGS_*`` variable) has a bad value."""
+
+
+class ValidationError(TracetagsError, ValueError):
+    """An event, tag key, tag value or argument breaks a rule; the message names it."""
+
+
+class InvalidTagKeyError(ValidationError):
+    """A tag or metadata key breaks MLflow's key rule or length limit."""
+
+
+class InvalidTagValueError(ValidationError):
+    """A tag or metadata value is not a string or is too long."""
+
+
+class DecodeError(TracetagsError, ValueError):
+    """A stream entry could not be decoded into an event (dead-lettered by the consumer)."""
+
+
+class TracetagsConnectionError(TracetagsError, ConnectionError):
+    """Redis could not be reached (raised only by calls that must talk to Redis)."""
+
+
+class TracetagsTimeoutError(TracetagsError, TimeoutError):
+    """A bounded wait (flush, wait_applied) ran out of time."""
+
+
+class ProducerClosedError(TracetagsError, RuntimeError):
+    """An event was submitted to a producer after ``close()``."""
+
+
+class FilterError(TracetagsError, ValueError):
+    """A filter string or order_by could not be used; the message shows where."""
+
+
+class FilterSyntaxError(FilterError):
+    """The filter string does not parse (unknown token, missing value, ...)."""
+
+
+class FilterSemanticError(FilterError):
+    """The filter parses but asks for something invalid (bad comparator for a field, ...)."""
+
+
+class EmbeddedRedisError(TracetagsError, RuntimeError):
+    """The embedded local Redis could not be started."""

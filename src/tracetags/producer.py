@@ -1,0 +1,755 @@
+"""The fire-and-forget producer: validate and encode at the call, write from a background flusher.
+
+One sans-IO core (:class:`_Core`) owns the buffer, ordering, retries, de-duplication after an
+ambiguous failure and the statistics; its flusher is a generator of I/O steps that two thin
+drivers run: a thread with redis-py (:class:`TagProducer`) and an asyncio task with
+redis.asyncio (:class:`AsyncTagProducer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Generator, Iterable, Mapping
+from typing import Any, Final, NamedTuple
+
+import msgspec
+import redis
+import redis.asyncio
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.retry import Retry
+
+from tracetags import schemas
+from tracetags.errors import ProducerClosedError, TracetagsTimeoutError
+from tracetags.keys import Keys, partition_of
+from tracetags.schemas import ENTRY_FIELD
+from tracetags.settings import Settings
+
+log = logging.getLogger("tracetags.producer")
+
+DEFAULT_FLUSH_TIMEOUT_S: Final = 30.0
+_DROP_WARNING_INTERVAL_S: Final = 10.0
+# How far before the failed attempt (server clock) the de-duplication scan starts looking.
+_DEDUP_CLOCK_SLACK_MS: Final = 60_000
+_DEDUP_PAGE: Final = 1_000
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a producer's events landed: the last stream entry id written per partition."""
+
+    namespace: str
+    positions: dict[int, str]
+
+
+class ProducerStats(msgspec.Struct, frozen=True, kw_only=True):
+    sent: int
+    buffered: int
+    dropped: int
+    retries: int
+    last_error: str | None
+    last_error_at_ms: int | None
+
+
+class _Pending(NamedTuple):
+    seq: int
+    trace_id: str
+    event_id: bytes
+    payload: bytes
+
+
+class _IdOnly(msgspec.Struct):
+    event_id: bytes = b""
+
+
+_ID_DECODER: Final = msgspec.msgpack.Decoder(_IdOnly)
+
+
+# I/O steps the core's flusher yields to its driver.
+class Execute(NamedTuple):
+    """Run these commands in one pipeline; send back the replies or the exception."""
+
+    commands: list[tuple[Any, ...]]
+
+
+class WaitForWork(NamedTuple):
+    """Sleep until woken (``timeout`` None) or for at most ``timeout`` seconds."""
+
+    timeout: float | None
+
+
+class Sleep(NamedTuple):
+    """Back off for ``seconds``; only closing interrupts it."""
+
+    seconds: float
+
+
+Step = Execute | WaitForWork | Sleep
+Reply = list[Any] | BaseException | None
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Core:
+    """Buffer, order, retry and de-duplication, with no I/O of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self._batch_size = settings.producer_batch_size
+        self._buffer_size = settings.buffer_size
+        self._linger_s = settings.flush_interval_ms / 1000
+        self._backoff = ExponentialWithJitterBackoff(
+            cap=settings.retry_max_ms / 1000, base=settings.retry_initial_ms / 1000
+        )
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state (also in a forked child: the parent keeps and sends its own buffer)."""
+        self.lock = threading.Lock()
+        self.progress = threading.Condition(self.lock)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._inflight: list[_Pending] = []
+        self._seq = 0
+        self._partitions: int | None = None
+        self._server_offset_ms = 0
+        self._watermarks: dict[int, str] = {}
+        self._positions: dict[int, str] = {}
+        self._suspect_since_ms: int | None = None
+        self._failures = 0
+        self.closing = False
+        self.abandoned = False
+        self.urgent = False
+        self.sent = 0
+        self.dropped = 0
+        self.retries = 0
+        self.last_error: str | None = None
+        self.last_error_at_ms: int | None = None
+        self._drops_unreported = 0
+        self._last_drop_warning = 0.0
+
+    # --- call side --------------------------------------------------------------------
+
+    def submit(self, event: schemas.Event) -> bool:
+        """Buffer one validated event; True when the flusher should be woken."""
+        item = _Pending(0, event.trace_id, event.event_id, schemas.encode(event))
+        with self.lock:
+            if self.closing:
+                raise ProducerClosedError("this producer is closed; create a new one")
+            self._seq += 1
+            self._queue.append(item._replace(seq=self._seq))
+            n = len(self._queue)
+            if n > self._buffer_size:
+                self._queue.popleft()
+                self.dropped += 1
+                self._drops_unreported += 1
+                n -= 1
+                self._warn_drops()
+        return n == 1 or n == self._batch_size
+
+    def _warn_drops(self) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_warning >= _DROP_WARNING_INTERVAL_S:
+            self._last_drop_warning = now
+            log.warning(
+                "tracetags producer buffer full (%d events): dropped %d oldest events "
+                "(%d in all); last error: %s",
+                self._buffer_size, self._drops_unreported, self.dropped, self.last_error,
+            )
+            self._drops_unreported = 0
+
+    def stats(self) -> ProducerStats:
+        with self.lock:
+            return ProducerStats(
+                sent=self.sent,
+                buffered=len(self._queue) + len(self._inflight),
+                dropped=self.dropped,
+                retries=self.retries,
+                last_error=self.last_error,
+                last_error_at_ms=self.last_error_at_ms,
+            )
+
+    def _unresolved_from(self) -> int:
+        """Seq of the oldest event not yet written or dropped (``seq + 1`` when none)."""
+        if self._inflight:
+            return self._inflight[0].seq
+        if self._queue:
+            return self._queue[0].seq
+        return self._seq + 1
+
+    def flush_target(self) -> int:
+        with self.lock:
+            self.urgent = True
+            return self._seq
+
+    def flushed(self, target: int) -> bool:
+        return self._unresolved_from() > target
+
+    def receipt(self) -> Receipt:
+        return Receipt(namespace=self.settings.namespace, positions=dict(self._positions))
+
+    def timeout_error(self, timeout: float) -> TracetagsTimeoutError:
+        with self.lock:
+            left = len(self._queue) + len(self._inflight)
+        return TracetagsTimeoutError(
+            f"flush timed out after {timeout:g}s with {left} events still buffered "
+            f"(last error: {self.last_error or 'none'})"
+        )
+
+    # --- flusher ------------------------------------------------------------------------
+
+    def flusher(self) -> Generator[Step, Reply, None]:
+        """The flusher's whole life as I/O steps: connect, then send batches in order."""
+        while not self.abandoned:
+            if self._partitions is None:
+                reply = yield Execute(self._connect_commands())
+                if not isinstance(reply, BaseException):
+                    reply = next((r for r in reply or [] if isinstance(r, BaseException)), reply)
+                if isinstance(reply, BaseException):
+                    yield from self._failed(reply)
+                    continue
+                self._connected(reply)
+                continue
+            with self.lock:
+                waiting = len(self._queue)
+                if waiting == 0 and not self._inflight:
+                    self.urgent = False
+                    self.progress.notify_all()
+                    if self.closing:
+                        return
+            if waiting == 0 and not self._inflight:
+                yield WaitForWork(None)
+                continue
+            if waiting < self._batch_size and not self.urgent and not self._inflight:
+                yield WaitForWork(self._linger_s)
+            yield from self._send_all()
+
+    def _send_all(self) -> Generator[Step, Reply, None]:
+        while not self.abandoned:
+            batch = self._take_batch()
+            if not batch:
+                return
+            if self._suspect_since_ms is not None:
+                ok = yield from self._drop_already_written(batch)
+                if not ok:
+                    return
+                batch = self._inflight
+                if not batch:
+                    continue
+            attempt_ms = schemas.now_ms()
+            reply = yield Execute(self._xadd_commands(batch))
+            if isinstance(reply, BaseException):
+                if self._suspect_since_ms is None:
+                    self._suspect_since_ms = attempt_ms
+                yield from self._failed(reply)
+                return
+            self._confirm(batch, reply)  # type: ignore[arg-type]
+
+    def _take_batch(self) -> list[_Pending]:
+        with self.lock:
+            if not self._inflight:
+                n = min(self._batch_size, len(self._queue))
+                self._inflight = [self._queue.popleft() for _ in range(n)]
+            return self._inflight
+
+    def _partition(self, trace_id: str) -> int:
+        assert self._partitions is not None
+        return partition_of(trace_id, self._partitions)
+
+    def _xadd_commands(self, batch: list[_Pending]) -> list[tuple[Any, ...]]:
+        stream = self.keys.stream
+        return [
+            ("XADD", stream(self._partition(p.trace_id)), "*", ENTRY_FIELD, p.payload)
+            for p in batch
+        ]
+
+    def _confirm(self, batch: list[_Pending], replies: list[Any]) -> None:
+        """Record written entries; keep any that failed (in order) for the next attempt."""
+        failed: list[_Pending] = []
+        error: BaseException | None = None
+        for item, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, BaseException):
+                failed.append(item)
+                error = reply
+                continue
+            entry_id = reply.decode() if isinstance(reply, bytes) else str(reply)
+            partition = self._partition(item.trace_id)
+            self._positions[partition] = entry_id
+            self._watermarks[partition] = entry_id
+        with self.lock:
+            self.sent += len(batch) - len(failed)
+            self._inflight = failed
+            self._failures = 0
+            if error is not None:
+                self._note_error(error)
+            self.progress.notify_all()
+
+    def _failed(self, error: BaseException) -> Generator[Step, Reply, None]:
+        with self.lock:
+            self.retries += 1
+            self._failures += 1
+            self._note_error(error)
+            failures = self._failures
+        log.debug("tracetags producer: write failed (%s); retrying", error)
+        yield Sleep(self._backoff.compute(failures))
+
+    def _note_error(self, error: BaseException) -> None:
+        self.last_error = f"{type(error).__name__}: {error}"
+        self.last_error_at_ms = schemas.now_ms()
+
+    def _connect_commands(self) -> list[tuple[Any, ...]]:
+        meta = self.keys.meta
+        return [
+            ("HSETNX", meta, "partitions", self.settings.partitions),
+            ("HSETNX", meta, "created_ms", schemas.now_ms()),
+            ("HGET", meta, "partitions"),
+            ("TIME",),
+        ]
+
+    def _connected(self, replies: list[Any]) -> None:
+        partitions = int(replies[2])
+        if partitions != self.settings.partitions:
+            log.warning(
+                "namespace %r was created with %d partitions; using that (settings say %d)",
+                self.settings.namespace, partitions, self.settings.partitions,
+            )
+        seconds, micros = replies[3]
+        self._server_offset_ms = int(seconds) * 1000 + int(micros) // 1000 - schemas.now_ms()
+        self._partitions = partitions
+
+    def _drop_already_written(self, batch: list[_Pending]) -> Generator[Step, Reply, bool]:
+        """After an ambiguous failure, find which in-flight events did land, and forget them.
+
+        A pipeline cut by a lost connection may have been applied in part; resending it
+        whole would write duplicates.  The part that landed is found by event id in each
+        partition's stream after the producer's watermark (its last confirmed entry), never
+        earlier than a minute before the failed attempt by the server's clock.
+        """
+        assert self._suspect_since_ms is not None
+        since_ms = self._suspect_since_ms + self._server_offset_ms - _DEDUP_CLOCK_SLACK_MS
+        wanted = {p.event_id: p for p in batch}
+        found: dict[bytes, tuple[int, str]] = {}
+        for partition in sorted({self._partition(p.trace_id) for p in batch}):
+            start = f"{max(since_ms, 0)}-0"
+            mark = self._watermarks.get(partition)
+            if mark is not None and _id_tuple(mark) >= _id_tuple(start):
+                start = "(" + mark
+            while True:
+                reply = yield Execute(
+                    [("XRANGE", self.keys.stream(partition), start, "+", "COUNT", _DEDUP_PAGE)]
+                )
+                if isinstance(reply, BaseException):
+                    yield from self._failed(reply)
+                    return False
+                entries = reply[0]  # type: ignore[index]
+                for raw_id, fields in entries:
+                    entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+                    payload = fields.get(ENTRY_FIELD) if isinstance(fields, dict) else None
+                    if payload is None:
+                        continue
+                    try:
+                        event_id = _ID_DECODER.decode(payload).event_id
+                    except msgspec.MsgspecError:
+                        continue
+                    if event_id in wanted:
+                        found[event_id] = (partition, entry_id)
+                if len(entries) < _DEDUP_PAGE:
+                    break
+                last = entries[-1][0]
+                start = "(" + (last.decode() if isinstance(last, bytes) else last)
+        for event_id, (partition, entry_id) in found.items():
+            if _id_tuple(entry_id) > _id_tuple(self._positions.get(partition, "0-0")):
+                self._positions[partition] = entry_id
+                self._watermarks[partition] = entry_id
+        with self.lock:
+            self._inflight = [p for p in batch if p.event_id not in found]
+            self.sent += len(found)
+            self._suspect_since_ms = None
+            self.progress.notify_all()
+        if found:
+            log.info("tracetags producer: %d events had landed before the failure", len(found))
+        return True
+
+    def abandon(self) -> int:
+        """Give up on whatever is still buffered (close timed out); return how many."""
+        with self.lock:
+            self.abandoned = True
+            lost = len(self._queue) + len(self._inflight)
+            self.dropped += lost
+            self._queue.clear()
+            self._inflight = []
+            self.progress.notify_all()
+        return lost
+
+
+class _ProducerBase:
+    """The public call API, shared by both flavours; subclasses provide ``_wake``."""
+
+    _core: _Core
+
+    def _submit(self, event: schemas.Event) -> None:
+        raise NotImplementedError
+
+    def trace_started(
+        self,
+        trace_id: str,
+        *,
+        experiment_id: str,
+        timestamp_ms: int | None = None,
+        name: str | None = None,
+        client_request_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record that a trace started (``timestamp_ms`` defaults to now)."""
+        now = schemas.now_ms()
+        self._submit(
+            schemas.TraceStarted(
+                trace_id=schemas.check_id(trace_id, "trace_id"),
+                event_id=schemas.new_event_id(),
+                emitted_at_ms=now,
+                experiment_id=schemas.check_id(experiment_id, "experiment_id"),
+                timestamp_ms=now if timestamp_ms is None
+                else schemas.check_millis(timestamp_ms, "timestamp_ms"),
+                name=schemas.check_optional_text(name, "name"),
+                client_request_id=schemas.check_optional_text(client_request_id,
+                                                              "client_request_id"),
+                metadata=schemas.check_mapping(metadata or {}, "metadata"),
+                tags=schemas.check_mapping(tags or {}, "tag"),
+            )
+        )
+
+    def trace_finished(
+        self,
+        trace_id: str,
+        *,
+        experiment_id: str,
+        timestamp_ms: int,
+        execution_time_ms: int,
+        status: str = "OK",
+        name: str | None = None,
+        client_request_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record that a trace finished: its start time, duration and final status."""
+        self._submit(
+            schemas.TraceFinished(
+                trace_id=schemas.check_id(trace_id, "trace_id"),
+                event_id=schemas.new_event_id(),
+                emitted_at_ms=schemas.now_ms(),
+                experiment_id=schemas.check_id(experiment_id, "experiment_id"),
+                timestamp_ms=schemas.check_millis(timestamp_ms, "timestamp_ms"),
+                execution_time_ms=schemas.check_millis(execution_time_ms, "execution_time_ms"),
+                status=schemas.check_status(status),  # type: ignore[arg-type]
+                name=schemas.check_optional_text(name, "name"),
+                client_request_id=schemas.check_optional_text(client_request_id,
+                                                              "client_request_id"),
+                metadata=schemas.check_mapping(metadata or {}, "metadata"),
+                tags=schemas.check_mapping(tags or {}, "tag"),
+            )
+        )
+
+    def set_tags(self, trace_id: str, tags: Mapping[str, str]) -> None:
+        """Set one or many tags on a trace (new keys added, existing ones overwritten)."""
+        self._submit(
+            schemas.TagsSet(
+                trace_id=schemas.check_id(trace_id, "trace_id"),
+                event_id=schemas.new_event_id(),
+                emitted_at_ms=schemas.now_ms(),
+                tags=schemas.check_mapping(tags, "tag", allow_empty=False),
+            )
+        )
+
+    def delete_tags(self, trace_id: str, keys: Iterable[str]) -> None:
+        """Delete tags from a trace (a missing key is not an error)."""
+        self._submit(
+            schemas.TagsDeleted(
+                trace_id=schemas.check_id(trace_id, "trace_id"),
+                event_id=schemas.new_event_id(),
+                emitted_at_ms=schemas.now_ms(),
+                keys=schemas.check_keys(keys, "tag"),
+            )
+        )
+
+    def delete_trace(self, trace_id: str) -> None:
+        """Remove a trace from the state and every index (the log keeps its history)."""
+        self._submit(
+            schemas.TraceDeleted(
+                trace_id=schemas.check_id(trace_id, "trace_id"),
+                event_id=schemas.new_event_id(),
+                emitted_at_ms=schemas.now_ms(),
+            )
+        )
+
+    def stats(self) -> ProducerStats:
+        """Counters: sent, buffered, dropped, retries, and the last error."""
+        return self._core.stats()
+
+
+def _client_kwargs(settings: Settings) -> dict[str, Any]:
+    # redis-py's own retry would resend a pipeline cut by a lost connection and so write
+    # duplicates; the producer retries itself, after finding what already landed.
+    timeout = settings.socket_timeout_ms / 1000
+    return {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 0,
+    }
+
+
+_live_producers: weakref.WeakSet[TagProducer] = weakref.WeakSet()
+
+
+class TagProducer(_ProducerBase):
+    """Thread-safe fire-and-forget producer; a daemon thread writes to Redis.
+
+    Calls validate and buffer, and never block on or raise for Redis; invalid input raises
+    :class:`~tracetags.errors.ValidationError` at the call.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._core = _Core(self.settings)
+        self._start_fresh()
+        _live_producers.add(self)
+
+    def _start_fresh(self) -> None:
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self._client = redis.Redis.from_url(
+            self.settings.effective_redis_url, **_client_kwargs(self.settings)
+        )
+
+    def _after_fork_in_child(self) -> None:
+        self._core._reset()
+        self._start_fresh()
+
+    def _submit(self, event: schemas.Event) -> None:
+        if self._core.submit(event):
+            if not self._started:
+                self._start_thread()
+            self._wake.set()
+
+    def _start_thread(self) -> None:
+        with self._core.lock:
+            if self._started:
+                return
+            self._started = True
+            self._thread = threading.Thread(
+                target=self._run, name="tracetags-producer", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        steps = self._core.flusher()
+        reply: Reply = None
+        try:
+            while True:
+                step = steps.send(reply)
+                reply = None
+                if isinstance(step, Execute):
+                    reply = self._execute(step.commands)
+                elif isinstance(step, WaitForWork):
+                    self._wake.wait(step.timeout)
+                    self._wake.clear()
+                else:
+                    self._stop.wait(step.seconds)
+        except StopIteration:
+            pass
+        except Exception:  # pragma: no cover - a bug; never let the thread die silently
+            log.exception("tracetags producer flusher crashed")
+
+    def _execute(self, commands: list[tuple[Any, ...]]) -> Reply:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return pipe.execute(raise_on_error=False)
+        except (redis.RedisError, OSError) as exc:
+            return exc
+
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> Receipt:
+        """Wait until every event submitted so far is written; return where they landed.
+
+        Raises :class:`~tracetags.errors.TracetagsTimeoutError` if that takes longer than
+        ``timeout`` seconds (None: wait as long as it takes).
+        """
+        core = self._core
+        target = core.flush_target()
+        if not self._started and not core.flushed(target):
+            self._start_thread()
+        self._wake.set()
+        with core.progress:
+            if not core.progress.wait_for(lambda: core.flushed(target), timeout):
+                raise core.timeout_error(timeout or 0)
+            return core.receipt()
+
+    def close(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> None:
+        """Flush (up to ``timeout``), then stop the flusher; later calls raise."""
+        if self._core.closing:
+            return
+        try:
+            self.flush(timeout)
+        except TracetagsTimeoutError:
+            lost = self._core.abandon()
+            log.warning("tracetags producer closed with %d events not written", lost)
+        with self._core.lock:
+            self._core.closing = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._client.close()
+
+    def __enter__(self) -> TagProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTagProducer(_ProducerBase):
+    """The asyncio flavour: calls are plain (non-async) methods made on the event loop's
+    thread; a task on that loop writes to Redis; ``flush`` and ``close`` are awaitable."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._core = _Core(self.settings)
+        self._client = redis.asyncio.Redis.from_url(
+            self.settings.effective_redis_url, **_client_kwargs(self.settings)
+        )
+        self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _submit(self, event: schemas.Event) -> None:
+        wake = self._core.submit(event)
+        if self._task is None:
+            self._start_task()
+        elif wake:
+            assert self._wake is not None
+            self._wake.set()
+
+    def _start_task(self) -> None:
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._wake.set()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tracetags-producer")
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._stop is not None and self._progress is not None
+        steps = self._core.flusher()
+        reply: Reply = None
+        try:
+            while True:
+                step = steps.send(reply)
+                reply = None
+                if isinstance(step, Execute):
+                    reply = await self._execute(step.commands)
+                    self._progress.set()
+                elif isinstance(step, WaitForWork):
+                    self._progress.set()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), step.timeout)
+                    except TimeoutError:
+                        pass
+                    self._wake.clear()
+                else:
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), step.seconds)
+                    except TimeoutError:
+                        pass
+        except StopIteration:
+            pass
+        except Exception:  # pragma: no cover - a bug; never let the task die silently
+            log.exception("tracetags producer flusher crashed")
+        finally:
+            self._progress.set()
+
+    async def _execute(self, commands: list[tuple[Any, ...]]) -> Reply:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
+        except (redis.RedisError, OSError) as exc:
+            return exc
+
+    async def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> Receipt:
+        """Wait until every event submitted so far is written; return where they landed."""
+        core = self._core
+        target = core.flush_target()
+        if core.flushed(target):
+            return core.receipt()
+        if self._task is None:
+            self._start_task()
+        assert self._wake is not None and self._progress is not None
+        self._wake.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not core.flushed(target):
+            self._progress.clear()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise core.timeout_error(timeout or 0)
+            try:
+                await asyncio.wait_for(self._progress.wait(), left)
+            except TimeoutError:
+                pass
+        return core.receipt()
+
+    async def close(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> None:
+        """Flush (up to ``timeout``), then stop the flusher task; later calls raise."""
+        if self._core.closing:
+            return
+        try:
+            await self.flush(timeout)
+        except TracetagsTimeoutError:
+            lost = self._core.abandon()
+            log.warning("tracetags producer closed with %d events not written", lost)
+        with self._core.lock:
+            self._core.closing = True
+        if self._task is not None:
+            assert self._wake is not None and self._stop is not None
+            self._stop.set()
+            self._wake.set()
+            await self._task
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncTagProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _after_fork_in_child() -> None:
+    for producer in list(_live_producers):
+        producer._after_fork_in_child()
+
+
+def _flush_at_exit() -> None:
+    for producer in list(_live_producers):
+        if producer._core.closing:
+            continue
+        try:
+            producer.close(timeout=producer.settings.atexit_flush_timeout_ms / 1000)
+        except Exception:  # noqa: BLE001 - interpreter is exiting; log and move on
+            log.exception("tracetags producer: flush at exit failed")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)

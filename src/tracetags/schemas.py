@@ -1,0 +1,262 @@
+"""Events of the log: msgspec Structs, their limits, and the one encoder and decoder.
+
+Wire format (documented in the README): each stream entry has one field ``e`` whose value is
+a msgpack map, the event Struct with its ``type`` tag; ``event_id`` is a UUIDv7 as 16 raw bytes (msgpack bin).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from tracetags.errors import (
+    DecodeError,
+    InvalidTagKeyError,
+    InvalidTagValueError,
+    ValidationError,
+)
+
+SCHEMA_VERSION: Final = 1
+#: Field of a stream entry that carries the encoded event.
+ENTRY_FIELD: Final = b"e"
+
+# Limits follow MLflow (mlflow/utils/validation.py): tag keys <= 250, values <= 8000 chars.
+MAX_KEY_LENGTH: Final = 250
+MAX_VALUE_LENGTH: Final = 8000
+MAX_ID_LENGTH: Final = 256
+
+TRACE_STATES: Final = ("OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED")
+TraceState = Literal["OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED"]
+
+# MLflow's tag-name rule: word characters of any script and ``_ - . space / :``, and the
+# name must be a normalised relative path (no leading or trailing ``/``, no ``//``, no
+# ``.`` or ``..`` component, not starting with ``..``).  \Z (not $) refuses a trailing
+# newline, which MLflow's own ``$`` lets through.
+KEY_PATTERN: Final = (
+    r"\A(?!\.\.)(?!\.(?:/|\Z))(?!/)(?!.*//)(?!.*/\.\.?(?:/|\Z))(?!.*/\Z)[\w.\- :/]+\Z"
+)
+KEY_RULE: Final = (
+    "keys may contain letters and digits of any script, '_', '-', '.', ' ', '/' and ':'; "
+    "they may not be empty, start with '/' or '..', end with '/', contain '//', "
+    "or have a '.' or '..' path component"
+)
+_KEY_RE: Final = re.compile(KEY_PATTERN)
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN)]
+Value = Annotated[str, msgspec.Meta(max_length=MAX_VALUE_LENGTH)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+Millis = Annotated[int, msgspec.Meta(ge=0)]
+EventId = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Fields common to every event."""
+
+    trace_id: Id
+    #: Unique and time-ordered: a UUIDv7 as 16 bytes, made by the producer.
+    event_id: EventId
+    emitted_at_ms: Millis
+    v: int = SCHEMA_VERSION
+
+
+class TraceStarted(_Event, frozen=True, kw_only=True, tag="trace_started"):
+    experiment_id: Id
+    timestamp_ms: Millis
+    name: Value | None = None
+    client_request_id: Value | None = None
+    metadata: dict[Key, Value] = {}
+    tags: dict[Key, Value] = {}
+
+
+class TraceFinished(_Event, frozen=True, kw_only=True, tag="trace_finished"):
+    experiment_id: Id
+    timestamp_ms: Millis
+    execution_time_ms: Millis
+    status: TraceState
+    name: Value | None = None
+    client_request_id: Value | None = None
+    metadata: dict[Key, Value] = {}
+    tags: dict[Key, Value] = {}
+
+
+class TagsSet(_Event, frozen=True, kw_only=True, tag="tags_set"):
+    tags: dict[Key, Value]
+
+
+class TagsDeleted(_Event, frozen=True, kw_only=True, tag="tags_deleted"):
+    keys: list[Key]
+
+
+class TraceDeleted(_Event, frozen=True, kw_only=True, tag="trace_deleted"):
+    pass
+
+
+Event = TraceStarted | TraceFinished | TagsSet | TagsDeleted | TraceDeleted
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(Event)
+_JSON_DECODER: Final = msgspec.json.Decoder(Event)
+
+
+def encode(event: Event) -> bytes:
+    """The wire bytes of ``event`` (msgpack)."""
+    return _ENCODER.encode(event)
+
+
+def decode(data: bytes | bytearray | memoryview) -> Event:
+    """Decode and validate one event from msgpack; raise :class:`DecodeError` naming the path."""
+    try:
+        event = _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"schema violation: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not a msgpack event: {exc}") from None
+    return _check_version(event)
+
+
+def decode_json(data: bytes | str) -> Event:
+    """Decode and validate one event from JSON (events published by other FastStream apps)."""
+    try:
+        event = _JSON_DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"schema violation: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not a JSON event: {exc}") from None
+    return _check_version(event)
+
+
+def _check_version(event: Event) -> Event:
+    if event.v != SCHEMA_VERSION:
+        raise DecodeError(
+            f"schema version {event.v} is not supported (this tracetags reads {SCHEMA_VERSION})"
+        )
+    return event
+
+
+# --- event ids -------------------------------------------------------------------------
+
+_counter = itertools.count()
+_id_base = secrets.randbits(74)
+
+
+def new_event_id() -> bytes:
+    """A UUIDv7: 48-bit Unix ms, then 74 bits of (per-process random + counter).
+
+    The counter makes ids unique within a process without a lock (``next`` on
+    ``itertools.count`` is atomic under the GIL); the random base, redrawn after ``fork``,
+    makes them unique across processes.
+    """
+    ms = time.time_ns() // 1_000_000
+    low = (_id_base + next(_counter)) & ((1 << 74) - 1)
+    rand_a = low >> 62
+    rand_b = low & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return value.to_bytes(16, "big")
+
+
+def event_uuid(event: Event) -> uuid.UUID:
+    """The event's id as a :class:`uuid.UUID` (it travels as 16 raw bytes)."""
+    return uuid.UUID(bytes=event.event_id)
+
+
+def _reseed_after_fork() -> None:
+    global _id_base
+    _id_base = secrets.randbits(74)
+
+
+os.register_at_fork(after_in_child=_reseed_after_fork)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- call-site validation (msgspec does not validate on construction) -------------------
+
+
+def check_key(key: object, kind: str = "tag") -> str:
+    """Return ``key`` if it is a valid tag/metadata key, else raise naming key and rule."""
+    if not isinstance(key, str):
+        raise InvalidTagKeyError(f"{kind} key {key!r} must be a str, not {type(key).__name__}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidTagKeyError(
+            f"{kind} key {key[:40]!r}... is {len(key)} characters long; "
+            f"the limit is {MAX_KEY_LENGTH}"
+        )
+    if _KEY_RE.match(key) is None:
+        raise InvalidTagKeyError(f"{kind} key {key!r} is invalid: {KEY_RULE}")
+    return key
+
+
+def check_value(key: str, value: object, kind: str = "tag") -> str:
+    if not isinstance(value, str):
+        raise InvalidTagValueError(
+            f"{kind} {key!r}: value must be a str, not {type(value).__name__} ({value!r:.60})"
+        )
+    if len(value) > MAX_VALUE_LENGTH:
+        raise InvalidTagValueError(
+            f"{kind} {key!r}: value is {len(value)} characters long; "
+            f"the limit is {MAX_VALUE_LENGTH} (values are refused, never truncated)"
+        )
+    return value
+
+
+def check_mapping(items: object, kind: str = "tag", *, allow_empty: bool = True) -> dict[str, str]:
+    """Validate a ``{key: value}`` mapping of tags or metadata; return it as a plain dict."""
+    if not isinstance(items, Mapping):
+        raise ValidationError(f"{kind}s must be a mapping of str to str, not {type(items).__name__}")
+    if not items and not allow_empty:
+        raise ValidationError(f"no {kind}s given: pass at least one {kind}")
+    for key, value in items.items():
+        check_value(check_key(key, kind), value, kind)
+    return dict(items)
+
+
+def check_keys(keys: object, kind: str = "tag") -> list[str]:
+    if isinstance(keys, str) or not isinstance(keys, Iterable):
+        raise ValidationError(f"{kind} keys must be a list of str, not {type(keys).__name__}")
+    result = [check_key(k, kind) for k in keys]
+    if not result:
+        raise ValidationError(f"no {kind} keys given: pass at least one key")
+    return result
+
+
+def check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what} must be a non-empty str, got {value!r:.60}")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValidationError(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+    return value
+
+
+def check_millis(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"{what} must be a non-negative int (milliseconds), got {value!r}")
+    return value
+
+
+def check_status(value: object) -> str:
+    if value not in TRACE_STATES:
+        raise ValidationError(f"status {value!r} is not one of {', '.join(TRACE_STATES)}")
+    return value  # type: ignore[return-value]
+
+
+def check_optional_text(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_VALUE_LENGTH:
+        raise ValidationError(f"{what} must be a str of at most {MAX_VALUE_LENGTH} characters")
+    return value
+
+
+def as_builtins(event: Event) -> dict[str, Any]:
+    """The event as plain Python values (for logs, the dead-letter view and the CLI)."""
+    return msgspec.to_builtins(event)  # type: ignore[no-any-return]

@@ -1,0 +1,125 @@
+"""One frozen :class:`Settings` for every part of tracetags, and ``Settings.from_env()``.
+
+Nothing here reads the environment at import time; ``from_env`` does, when called.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from tracetags.errors import ConfigError
+
+ENV_PREFIX = "TRACETAGS_"
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob, with its default; each field ``x`` is read from ``TRACETAGS_X``.
+
+    ``redis_url=None`` means the embedded default: ``tracetags serve`` starts a private
+    ``redis-server`` under ``embedded_dir``; library calls use ``redis://127.0.0.1:6379/0``
+    unless a URL is given.
+    """
+
+    redis_url: str | None = None
+    #: Prefix of every Redis key; letters, digits, ``_ . -``.
+    namespace: str = "tracetags"
+    #: Number of partition streams, fixed when the namespace is first used.
+    partitions: int = 1
+    #: Experiment that the fluent ``@tracetags.trace`` API logs to (MLflow's default is "0").
+    experiment_id: str = "0"
+    #: Consumer group that folds the log.
+    consumer_group: str = "tracetags-fold"
+    #: Stream entries read per consumer batch (XREADGROUP COUNT).
+    consumer_batch_size: int = 500
+    #: Entries pending longer than this are reclaimed by a live consumer (XAUTOCLAIM).
+    claim_idle_ms: int = 30_000
+    #: Deliveries after which a failing entry is dead-lettered instead of retried.
+    max_deliveries: int = 5
+    #: Events per pipelined XADD batch written by the producer.
+    producer_batch_size: int = 500
+    #: The producer's flusher writes at least this often while events are buffered.
+    flush_interval_ms: int = 5
+    #: Events the producer buffers (besides one batch in flight) before dropping the oldest.
+    buffer_size: int = 100_000
+    #: First and largest pause between retries while Redis is unreachable.
+    retry_initial_ms: int = 50
+    retry_max_ms: int = 5_000
+    #: Socket connect/read timeout of the producer's connection.
+    socket_timeout_ms: int = 5_000
+    #: How long the atexit hook may spend flushing a producer.
+    atexit_flush_timeout_ms: int = 2_000
+    #: Where the embedded Redis keeps its data (``tracetags serve`` without a URL).
+    embedded_dir: str = ".tracetags"
+
+    def __post_init__(self) -> None:
+        _check(_NAMESPACE_RE.fullmatch(self.namespace) is not None, "namespace", self.namespace,
+               "letters, digits, '_', '.', '-' only (1-64 chars)")
+        _check(_NAME_RE.fullmatch(self.consumer_group) is not None, "consumer_group",
+               self.consumer_group, "letters, digits, '_', '.', '-' only (1-128 chars)")
+        _check(1 <= self.partitions <= 1024, "partitions", self.partitions, "must be 1..1024")
+        _check(self.experiment_id != "", "experiment_id", self.experiment_id, "must not be empty")
+        for name in ("consumer_batch_size", "producer_batch_size", "buffer_size",
+                     "max_deliveries", "retry_initial_ms", "retry_max_ms", "socket_timeout_ms",
+                     "flush_interval_ms", "claim_idle_ms"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _check(self.atexit_flush_timeout_ms >= 0, "atexit_flush_timeout_ms",
+               self.atexit_flush_timeout_ms, "must be >= 0")
+        _check(self.retry_max_ms >= self.retry_initial_ms, "retry_max_ms", self.retry_max_ms,
+               "must be >= retry_initial_ms")
+        if self.redis_url is not None:
+            _check(self.redis_url.startswith(("redis://", "rediss://", "unix://")), "redis_url",
+                   self.redis_url, "must start with redis://, rediss:// or unix://")
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The URL library calls connect to (the local default when none is set)."""
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``TRACETAGS_*`` variables; ``overrides`` win over the env."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in msgspec.structs.fields(cls):
+            var = ENV_PREFIX + field.name.upper()
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(var, raw, field.default)
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(_with_variable(str(exc), values, overrides)) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (validated)."""
+        return msgspec.structs.replace(self, **changes)
+
+
+def _parse(var: str, raw: str, default: Any) -> Any:
+    if isinstance(default, int) and not isinstance(default, bool):
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not a whole number") from None
+    return raw
+
+
+def _check(ok: bool, name: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: {rule}")
+
+
+def _with_variable(message: str, values: dict[str, Any], overrides: dict[str, Any]) -> str:
+    name = message.split("=", 1)[0]
+    if name in values and name not in overrides:
+        return f"{ENV_PREFIX}{name.upper()}: {message}"
+    return message
