@@ -29,8 +29,14 @@ _default: TagProducer | None = None
 
 
 class _ActiveTrace:
-    __slots__ = ("trace_id", "experiment_id", "name", "timestamp_ms", "metadata",
-                 "client_request_id")
+    __slots__ = (
+        "client_request_id",
+        "experiment_id",
+        "metadata",
+        "name",
+        "timestamp_ms",
+        "trace_id",
+    )
 
     def __init__(self, trace_id: str, experiment_id: str, name: str, timestamp_ms: int) -> None:
         self.trace_id = trace_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -162,7 +163,10 @@ class _Core:
             log.warning(
                 "tracetags producer buffer full (%d events): dropped %d oldest events "
                 "(%d in all); last error: %s",
-                self._buffer_size, self._drops_unreported, self.dropped, self.last_error,
+                self._buffer_size,
+                self._drops_unreported,
+                self.dropped,
+                self.last_error,
             )
             self._drops_unreported = 0
 
@@ -216,7 +220,7 @@ class _Core:
                 if isinstance(reply, BaseException):
                     yield from self._failed(reply)
                     continue
-                self._connected(reply)
+                self._connected(reply or [])
                 continue
             with self.lock:
                 waiting = len(self._queue)
@@ -319,7 +323,9 @@ class _Core:
         if partitions != self.settings.partitions:
             log.warning(
                 "namespace %r was created with %d partitions; using that (settings say %d)",
-                self.settings.namespace, partitions, self.settings.partitions,
+                self.settings.namespace,
+                partitions,
+                self.settings.partitions,
             )
         seconds, micros = replies[3]
         self._server_offset_ms = int(seconds) * 1000 + int(micros) // 1000 - schemas.now_ms()
@@ -365,7 +371,7 @@ class _Core:
                     break
                 last = entries[-1][0]
                 start = "(" + (last.decode() if isinstance(last, bytes) else last)
-        for event_id, (partition, entry_id) in found.items():
+        for partition, entry_id in found.values():
             if _id_tuple(entry_id) > _id_tuple(self._positions.get(partition, "0-0")):
                 self._positions[partition] = entry_id
                 self._watermarks[partition] = entry_id
@@ -417,11 +423,13 @@ class _ProducerBase:
                 event_id=schemas.new_event_id(),
                 emitted_at_ms=now,
                 experiment_id=schemas.check_id(experiment_id, "experiment_id"),
-                timestamp_ms=now if timestamp_ms is None
+                timestamp_ms=now
+                if timestamp_ms is None
                 else schemas.check_millis(timestamp_ms, "timestamp_ms"),
                 name=schemas.check_optional_text(name, "name"),
-                client_request_id=schemas.check_optional_text(client_request_id,
-                                                              "client_request_id"),
+                client_request_id=schemas.check_optional_text(
+                    client_request_id, "client_request_id"
+                ),
                 metadata=schemas.check_mapping(metadata or {}, "metadata"),
                 tags=schemas.check_mapping(tags or {}, "tag"),
             )
@@ -451,8 +459,9 @@ class _ProducerBase:
                 execution_time_ms=schemas.check_millis(execution_time_ms, "execution_time_ms"),
                 status=schemas.check_status(status),  # type: ignore[arg-type]
                 name=schemas.check_optional_text(name, "name"),
-                client_request_id=schemas.check_optional_text(client_request_id,
-                                                              "client_request_id"),
+                client_request_id=schemas.check_optional_text(
+                    client_request_id, "client_request_id"
+                ),
                 metadata=schemas.check_mapping(metadata or {}, "metadata"),
                 tags=schemas.check_mapping(tags or {}, "tag"),
             )
@@ -575,7 +584,7 @@ class TagProducer(_ProducerBase):
         try:
             pipe = self._client.pipeline(transaction=False)
             for command in commands:
-                pipe.execute_command(*command)
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             return pipe.execute(raise_on_error=False)
         except (redis.RedisError, OSError) as exc:
             return exc
@@ -592,9 +601,11 @@ class TagProducer(_ProducerBase):
             self._start_thread()
         self._wake.set()
         with core.progress:
-            if not core.progress.wait_for(lambda: core.flushed(target), timeout):
-                raise core.timeout_error(timeout or 0)
-            return core.receipt()
+            done = core.progress.wait_for(lambda: core.flushed(target), timeout)
+            receipt = core.receipt()
+        if not done:
+            raise core.timeout_error(timeout or 0)
+        return receipt
 
     def close(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> None:
         """Flush (up to ``timeout``), then stop the flusher; later calls raise."""
@@ -663,16 +674,12 @@ class AsyncTagProducer(_ProducerBase):
                     self._progress.set()
                 elif isinstance(step, WaitForWork):
                     self._progress.set()
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), step.timeout)
-                    except TimeoutError:
-                        pass
                     self._wake.clear()
                 else:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), step.seconds)
-                    except TimeoutError:
-                        pass
         except StopIteration:
             pass
         except Exception:  # pragma: no cover - a bug; never let the task die silently
@@ -705,10 +712,8 @@ class AsyncTagProducer(_ProducerBase):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise core.timeout_error(timeout or 0)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), left)
-            except TimeoutError:
-                pass
         return core.receipt()
 
     async def close(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT_S) -> None:
@@ -747,7 +752,7 @@ def _flush_at_exit() -> None:
             continue
         try:
             producer.close(timeout=producer.settings.atexit_flush_timeout_ms / 1000)
-        except Exception:  # noqa: BLE001 - interpreter is exiting; log and move on
+        except Exception:
             log.exception("tracetags producer: flush at exit failed")
 
 

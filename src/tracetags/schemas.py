@@ -1,7 +1,7 @@
 """Events of the log: msgspec Structs, their limits, and the one encoder and decoder.
 
-Wire format (documented in the README): each stream entry has one field ``e`` whose value is
-a msgpack map, the event Struct with its ``type`` tag; ``event_id`` is a UUIDv7 as 16 raw bytes (msgpack bin).
+Wire format (see the README): each stream entry has one field ``e``, a msgpack map of the
+event Struct with its ``type`` tag; ``event_id`` is a UUIDv7 as 16 raw bytes (msgpack bin).
 """
 
 from __future__ import annotations
@@ -212,7 +212,9 @@ def check_value(key: str, value: object, kind: str = "tag") -> str:
 def check_mapping(items: object, kind: str = "tag", *, allow_empty: bool = True) -> dict[str, str]:
     """Validate a ``{key: value}`` mapping of tags or metadata; return it as a plain dict."""
     if not isinstance(items, Mapping):
-        raise ValidationError(f"{kind}s must be a mapping of str to str, not {type(items).__name__}")
+        raise ValidationError(
+            f"{kind}s must be a mapping of str to str, not {type(items).__name__}"
+        )
     if not items and not allow_empty:
         raise ValidationError(f"no {kind}s given: pass at least one {kind}")
     for key, value in items.items():
@@ -233,7 +235,9 @@ def check_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{what} must be a non-empty str, got {value!r:.60}")
     if len(value) > MAX_ID_LENGTH:
-        raise ValidationError(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+        raise ValidationError(
+            f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
+        )
     return value
 
 
@@ -246,7 +250,7 @@ def check_millis(value: object, what: str) -> int:
 def check_status(value: object) -> str:
     if value not in TRACE_STATES:
         raise ValidationError(f"status {value!r} is not one of {', '.join(TRACE_STATES)}")
-    return value  # type: ignore[return-value]
+    return str(value)
 
 
 def check_optional_text(value: object, what: str) -> str | None:

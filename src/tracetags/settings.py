@@ -59,23 +59,51 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     embedded_dir: str = ".tracetags"
 
     def __post_init__(self) -> None:
-        _check(_NAMESPACE_RE.fullmatch(self.namespace) is not None, "namespace", self.namespace,
-               "letters, digits, '_', '.', '-' only (1-64 chars)")
-        _check(_NAME_RE.fullmatch(self.consumer_group) is not None, "consumer_group",
-               self.consumer_group, "letters, digits, '_', '.', '-' only (1-128 chars)")
+        _check(
+            _NAMESPACE_RE.fullmatch(self.namespace) is not None,
+            "namespace",
+            self.namespace,
+            "letters, digits, '_', '.', '-' only (1-64 chars)",
+        )
+        _check(
+            _NAME_RE.fullmatch(self.consumer_group) is not None,
+            "consumer_group",
+            self.consumer_group,
+            "letters, digits, '_', '.', '-' only (1-128 chars)",
+        )
         _check(1 <= self.partitions <= 1024, "partitions", self.partitions, "must be 1..1024")
         _check(self.experiment_id != "", "experiment_id", self.experiment_id, "must not be empty")
-        for name in ("consumer_batch_size", "producer_batch_size", "buffer_size",
-                     "max_deliveries", "retry_initial_ms", "retry_max_ms", "socket_timeout_ms",
-                     "flush_interval_ms", "claim_idle_ms"):
+        for name in (
+            "consumer_batch_size",
+            "producer_batch_size",
+            "buffer_size",
+            "max_deliveries",
+            "retry_initial_ms",
+            "retry_max_ms",
+            "socket_timeout_ms",
+            "flush_interval_ms",
+            "claim_idle_ms",
+        ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        _check(self.atexit_flush_timeout_ms >= 0, "atexit_flush_timeout_ms",
-               self.atexit_flush_timeout_ms, "must be >= 0")
-        _check(self.retry_max_ms >= self.retry_initial_ms, "retry_max_ms", self.retry_max_ms,
-               "must be >= retry_initial_ms")
+        _check(
+            self.atexit_flush_timeout_ms >= 0,
+            "atexit_flush_timeout_ms",
+            self.atexit_flush_timeout_ms,
+            "must be >= 0",
+        )
+        _check(
+            self.retry_max_ms >= self.retry_initial_ms,
+            "retry_max_ms",
+            self.retry_max_ms,
+            "must be >= retry_initial_ms",
+        )
         if self.redis_url is not None:
-            _check(self.redis_url.startswith(("redis://", "rediss://", "unix://")), "redis_url",
-                   self.redis_url, "must start with redis://, rediss:// or unix://")
+            _check(
+                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                "redis_url",
+                self.redis_url,
+                "must start with redis://, rediss:// or unix://",
+            )
 
     @property
     def effective_redis_url(self) -> str:

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+
+from tracetags import ConfigError, Settings
+
+
+def test_defaults_are_valid_and_embedded() -> None:
+    settings = Settings()
+    assert settings.redis_url is None
+    assert settings.effective_redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.namespace == "tracetags"
+    assert settings.partitions == 1
+
+
+def test_from_env_reads_prefixed_variables() -> None:
+    settings = Settings.from_env(
+        {
+            "TRACETAGS_REDIS_URL": "redis://example:6380/1",
+            "TRACETAGS_NAMESPACE": "prod-tags",
+            "TRACETAGS_PARTITIONS": "16",
+            "TRACETAGS_BUFFER_SIZE": "10_000",
+            "UNRELATED": "x",
+        }
+    )
+    assert settings.redis_url == "redis://example:6380/1"
+    assert settings.namespace == "prod-tags"
+    assert settings.partitions == 16
+    assert settings.buffer_size == 10_000
+
+
+def test_overrides_win_over_env() -> None:
+    settings = Settings.from_env({"TRACETAGS_NAMESPACE": "a"}, namespace="b")
+    assert settings.namespace == "b"
+
+
+def test_non_numeric_env_value_names_variable_and_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TRACETAGS_PARTITIONS": "many"})
+    assert str(info.value) == "TRACETAGS_PARTITIONS='many' is not a whole number"
+    assert isinstance(info.value, ValueError)
+
+
+def test_out_of_range_env_value_names_variable_and_rule() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TRACETAGS_PARTITIONS": "0"})
+    assert str(info.value) == "TRACETAGS_PARTITIONS: partitions=0: must be 1..1024"
+
+
+def test_bad_namespace_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"namespace='a:b'"):
+        Settings(namespace="a:b")
+    with pytest.raises(ConfigError, match=r"namespace='x\{p1\}'"):
+        Settings(namespace="x{p1}")
+
+
+def test_bad_url_scheme_is_refused() -> None:
+    with pytest.raises(ConfigError, match="must start with redis://"):
+        Settings.from_env({"TRACETAGS_REDIS_URL": "http://localhost:6379"})
+
+
+def test_replace_validates() -> None:
+    with pytest.raises(ConfigError, match="buffer_size=0"):
+        Settings().replace(buffer_size=0)
+    assert Settings().replace(buffer_size=5).buffer_size == 5
