@@ -7,18 +7,15 @@ from collections.abc import Callable
 
 import redis
 
-from tracetags import schemas
-from tracetags.keys import Keys
+from tracetags import log, schemas
 
 
 def read_log(client: redis.Redis, namespace: str) -> list[tuple[int, str, schemas.Event]]:
     """Every event of every partition as (partition, entry id, event), in stream order."""
-    keys = Keys(namespace)
-    partitions = int(client.hget(keys.meta, "partitions") or 0)
-    out: list[tuple[int, str, schemas.Event]] = []
-    for partition in range(partitions):
-        for entry_id, fields in client.xrange(keys.stream(partition)):
-            out.append((partition, entry_id.decode(), schemas.decode(fields[schemas.ENTRY_FIELD])))
+    out = []
+    for entry in log.read_log(client, namespace):
+        assert entry.event is not None, entry.error
+        out.append((entry.partition, entry.entry_id, entry.event))
     return out
 
 

@@ -1,0 +1,217 @@
+"""The ``tracetags`` command: a thin layer over library calls.
+
+Exit codes: 0 success; 2 usage or input error; 3 Redis unreachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import msgspec
+import redis
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from tracetags import schemas, traffic
+from tracetags.embedded import RedisServer, embedded_server
+from tracetags.errors import TracetagsError
+from tracetags.keys import Keys
+from tracetags.log import read_log
+from tracetags.producer import TagProducer
+from tracetags.settings import Settings
+
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+app = typer.Typer(
+    name="tracetags",
+    help="Mutable tags on ML/LLM traces, event-sourced on Redis Streams.\n\n"
+    "Exit codes: 0 success, 2 usage or input error, 3 Redis unreachable.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    redis_url: str | None = None
+    namespace: str | None = None
+
+
+state = _State()
+
+
+@app.callback()
+def main_options(
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            envvar="TRACETAGS_REDIS_URL",
+            help="Redis to use; none: the embedded local Redis (./.tracetags).",
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", envvar="TRACETAGS_NAMESPACE", help="Key prefix."),
+    ] = None,
+) -> None:
+    state.redis_url = redis_url
+    state.namespace = namespace
+
+
+def _settings(**overrides: Any) -> Settings:
+    if state.redis_url:
+        overrides["redis_url"] = state.redis_url
+    if state.namespace:
+        overrides["namespace"] = state.namespace
+    try:
+        return Settings.from_env(**overrides)
+    except TracetagsError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+@contextlib.contextmanager
+def _redis_for(settings: Settings) -> Iterator[Settings]:
+    """Yield settings with a reachable URL: the given one, or a started embedded Redis."""
+    server: RedisServer | None = None
+    if settings.redis_url is None:
+        try:
+            server = embedded_server(settings.embedded_dir).start()
+        except TracetagsError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(EXIT_UNREACHABLE) from None
+        err.print(f"embedded Redis at [bold]{server.url}[/] (data in {server.directory})")
+        settings = settings.replace(redis_url=server.url)
+    try:
+        _ping(settings)
+        yield settings
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _ping(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        err.print(
+            f"[red]error:[/] Redis unreachable at {settings.effective_redis_url}: {exc}\n"
+            "hint: start one (redis-server), or pass --redis-url / set TRACETAGS_REDIS_URL"
+        )
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    finally:
+        client.close()
+
+
+@app.command()
+def demo(
+    traces: Annotated[int, typer.Option(min=1, help="How many traces to emit.")] = 2_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the traffic.")] = 7,
+) -> None:
+    """Emit realistic traffic through the producer and read the event log back."""
+    settings = _settings()
+    with _redis_for(settings) as settings:
+        producer = TagProducer(settings)
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("emitting traces", total=traces)
+            for spec in traffic.generate(traces, seed=seed):
+                producer.trace_started(
+                    spec.trace_id,
+                    experiment_id=spec.experiment_id,
+                    timestamp_ms=spec.timestamp_ms,
+                    name=spec.name,
+                    metadata=spec.metadata,
+                    tags={k: v for k, v in spec.tags.items() if k != "needs_review"},
+                )
+                producer.trace_finished(
+                    spec.trace_id,
+                    experiment_id=spec.experiment_id,
+                    timestamp_ms=spec.timestamp_ms,
+                    execution_time_ms=spec.execution_time_ms,
+                    status=spec.status,
+                )
+                if "needs_review" in spec.tags:
+                    producer.set_tags(spec.trace_id, {"needs_review": "true"})
+                progress.advance(task)
+            receipt = producer.flush()
+        producer.close()
+        stats = producer.stats()
+        err.print(f"wrote {stats.sent} events (dropped {stats.dropped}, retries {stats.retries})")
+        client = redis.Redis.from_url(settings.effective_redis_url)
+        try:
+            counts: Counter[tuple[int, str]] = Counter()
+            for entry in read_log(client, settings.namespace):
+                kind = "undecodable" if entry.event is None else entry.event.__struct_config__.tag
+                counts[(entry.partition, str(kind))] += 1
+        finally:
+            client.close()
+        table = Table(title=f"event log of namespace {settings.namespace!r}")
+        table.add_column("partition", justify="right")
+        table.add_column("event type")
+        table.add_column("entries", justify="right")
+        table.add_column("last entry id (this run)")
+        for (partition, kind), n in sorted(counts.items()):
+            table.add_row(str(partition), kind, str(n), receipt.positions.get(partition, ""))
+        out.print(table)
+        stream = Keys(settings.namespace).stream(0)
+        err.print(
+            "read it yourself:\n"
+            f"  tracetags --redis-url {settings.effective_redis_url} log --count 5\n"
+            f"  redis-cli -u {settings.effective_redis_url} XRANGE '{stream}' - + COUNT 2"
+        )
+
+
+@app.command("log")
+def log_command(
+    partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
+    start: Annotated[str, typer.Option(help="First entry id (XRANGE syntax).")] = "-",
+    count: Annotated[int | None, typer.Option(min=1, help="At most this many entries.")] = None,
+) -> None:
+    """Print the decoded event log as JSON lines (one entry per line)."""
+    settings = _settings()
+    if settings.redis_url is None:
+        settings = settings.replace(redis_url=_embedded_url(settings))
+    _ping(settings)
+    client = redis.Redis.from_url(settings.effective_redis_url)
+    encoder = msgspec.json.Encoder()
+    try:
+        for entry in read_log(
+            client, settings.namespace, partition=partition, start=start, count=count
+        ):
+            record: dict[str, Any] = {"partition": entry.partition, "entry_id": entry.entry_id}
+            if entry.event is not None:
+                record.update(schemas.as_builtins(entry.event))
+                record["event_id"] = str(schemas.event_uuid(entry.event))
+            else:
+                record["error"] = entry.error
+            sys.stdout.write(encoder.encode(record).decode() + "\n")
+    finally:
+        client.close()
+
+
+def _embedded_url(settings: Settings) -> str:
+    """The URL of the embedded Redis left by ``serve``/``demo`` (by its recorded port)."""
+    from pathlib import Path
+
+    port_file = Path(settings.embedded_dir) / "redis.port"
+    if port_file.exists():
+        return f"redis://127.0.0.1:{port_file.read_text().strip()}/0"
+    return settings.effective_redis_url
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""compose.yaml is not run here (no Docker engine); check that it says what we promise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compose_runs_redis_with_aof_and_scalable_consumers() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "consumer"}
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[0] == "redis-server"
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert redis_cmd[redis_cmd.index("--appendfsync") + 1] == "everysec"
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    consumer = services["consumer"]
+    assert consumer["build"] == "."
+    assert consumer["command"][:2] == ["tracetags", "serve"]
+    url = consumer["command"][consumer["command"].index("--redis-url") + 1]
+    assert url == "redis://redis:6379/0"
+    assert consumer["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert consumer["deploy"]["replicas"] >= 1
+
+
+def test_dockerfile_installs_the_package_and_runs_serve() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir ." in dockerfile
+    assert 'CMD ["tracetags", "serve"]' in dockerfile
