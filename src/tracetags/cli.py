@@ -171,6 +171,40 @@ def demo(
         )
 
 
+@app.command()
+def serve(
+    workers: Annotated[int, typer.Option(min=1, help="Consumer processes to run.")] = 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every batch.")] = False,
+) -> None:
+    """Run the consumer that folds the log (Ctrl-C / SIGTERM stops it cleanly).
+
+    With no Redis URL it starts the embedded local Redis (AOF, data in ./.tracetags),
+    prints the URL to use, and stops it on exit.
+    """
+    import logging
+
+    from tracetags.serve import serve as run_serve
+
+    settings = _settings()
+    if settings.redis_url is not None:
+        _ping(settings)
+
+    def ready(active: Settings) -> None:
+        out.print(
+            f"tracetags serve: {workers} consumer(s) folding namespace "
+            f"{active.namespace!r} at {active.effective_redis_url}\n"
+            f"  export TRACETAGS_REDIS_URL={active.effective_redis_url}"
+        )
+
+    try:
+        run_serve(
+            settings, workers, on_ready=ready, log_level=logging.DEBUG if verbose else logging.INFO
+        )
+    except TracetagsError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+
+
 @app.command("log")
 def log_command(
     partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,

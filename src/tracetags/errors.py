@@ -58,3 +58,19 @@ class FilterSemanticError(FilterError):
 
 class EmbeddedRedisError(TracetagsError, RuntimeError):
     """The embedded local Redis could not be started."""
+
+
+class FoldError(TracetagsError, RuntimeError):
+    """The fold Function refused a batch with a ``TT_<CODE>`` error reply.
+
+    ``code`` is the reply's code (``TT_BADARGS``, ...).  The Function checks a batch before
+    its first write, so a refused batch has applied and acknowledged nothing.
+    """
+
+    def __init__(self, message: str, code: str = "TT_ERROR") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FoldArgumentsError(FoldError, ValueError):
+    """The batch given to the fold Function is malformed (``TT_BADARGS``, ``TT_BADKEYS``)."""

@@ -1,0 +1,279 @@
+"""The read side: ``Client`` reads folded state (get_trace), waits for the fold to catch up
+(wait_applied) and reports the health of every partition (status)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import redis
+
+from tracetags import schemas
+from tracetags.errors import TracetagsTimeoutError
+from tracetags.keys import NAME_TAG, Keys, partition_of, split_register
+from tracetags.producer import Receipt, TagProducer
+from tracetags.settings import Settings
+
+
+class TraceInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One trace's folded state, shaped like MLflow's ``TraceInfo``."""
+
+    trace_id: str
+    experiment_id: str | None
+    timestamp_ms: int | None
+    execution_time_ms: int | None
+    status: str | None
+    client_request_id: str | None
+    tags: dict[str, str]
+    request_metadata: dict[str, str]
+
+    @property
+    def request_id(self) -> str:
+        """MLflow 2.x name of the trace id."""
+        return self.trace_id
+
+    @property
+    def name(self) -> str | None:
+        """The trace name: the tag ``mlflow.traceName``."""
+        return self.tags.get(NAME_TAG)
+
+    @property
+    def trace_metadata(self) -> dict[str, str]:
+        """MLflow 3.x name of ``request_metadata``."""
+        return self.request_metadata
+
+    @property
+    def end_time_ms(self) -> int | None:
+        if self.timestamp_ms is None:
+            return None
+        return self.timestamp_ms + (self.execution_time_ms or 0)
+
+
+class Trace(msgspec.Struct, frozen=True, kw_only=True):
+    info: TraceInfo
+
+
+class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
+    partition: int
+    stream_length: int
+    consumers: int
+    pending: int
+    #: Entries not yet delivered to the group (None when Redis cannot tell).
+    lag: int | None
+    last_delivered_id: str | None
+    dead_letters: int
+    traces: int
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True):
+    namespace: str
+    group: str
+    partitions: list[GroupStatus]
+    used_memory_bytes: int
+    used_memory_human: str
+
+    @property
+    def total_pending(self) -> int:
+        return sum(p.pending for p in self.partitions)
+
+    @property
+    def total_lag(self) -> int:
+        return sum(p.lag or 0 for p in self.partitions)
+
+    @property
+    def consumers(self) -> int:
+        return max((p.consumers for p in self.partitions), default=0)
+
+
+_ATTRIBUTE_FIELDS = {"e", "s", "d", "S", "c"}
+
+
+def trace_info_from_hash(fields: Mapping[bytes, bytes]) -> TraceInfo | None:
+    """Decode a trace hash (``ns:{pNN}:t:<no>``; layout in keys.py) into a TraceInfo."""
+    text = {k.decode(): v.decode() for k, v in fields.items()}
+    trace_id = text.get("i")
+    if trace_id is None:
+        return None
+    attrs: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    for field, raw in text.items():
+        if field in _ATTRIBUTE_FIELDS:
+            value = split_register(raw)[1]
+            if value is not None:
+                attrs[field] = value
+        elif field[:1] == "t":
+            value = split_register(raw)[1]
+            if value is not None:
+                tags[field[1:]] = value
+        elif field[:1] == "m":
+            value = split_register(raw)[1]
+            if value is not None:
+                metadata[field[1:]] = value
+    return TraceInfo(
+        trace_id=trace_id,
+        experiment_id=attrs.get("e"),
+        timestamp_ms=int(attrs["s"]) if "s" in attrs else None,
+        execution_time_ms=int(attrs["d"]) if "d" in attrs else None,
+        status=attrs.get("S"),
+        client_request_id=attrs.get("c"),
+        tags=tags,
+        request_metadata=metadata,
+    )
+
+
+def _id_tuple(entry_id: str | bytes) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Client:
+    """Reads and administers one namespace; writes go through an internal producer."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.keys = Keys(self.settings.namespace)
+        self.redis = redis.Redis.from_url(self.settings.effective_redis_url)
+        self._partitions: int | None = None
+        self._producer: TagProducer | None = None
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+        self.redis.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def partitions(self) -> int:
+        """The namespace's partition count (from its meta key; settings if not created yet)."""
+        if self._partitions is None:
+            raw = self.redis.hget(self.keys.meta, "partitions")
+            if raw is None:
+                return self.settings.partitions
+            self._partitions = int(raw)
+        return self._partitions
+
+    @property
+    def producer(self) -> TagProducer:
+        if self._producer is None:
+            self._producer = TagProducer(self.settings)
+        return self._producer
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def get_trace(self, trace_id: str) -> Trace | None:
+        """The folded state of one trace, or None if it does not exist (or was deleted)."""
+        schemas.check_id(trace_id, "trace_id")
+        partition = partition_of(trace_id, self.partitions)
+        number: Any = self.redis.hget(self.keys.trace_ids(partition), trace_id)
+        if number is None:
+            return None
+        fields: Any = self.redis.hgetall(self.keys.trace(partition, number.decode()))
+        info = trace_info_from_hash(fields)
+        return None if info is None else Trace(info=info)
+
+    # --- writes (through the producer) ----------------------------------------------------
+
+    def set_trace_tag(
+        self, trace_id: str, key: str, value: str, *, wait: bool = False, timeout: float = 30.0
+    ) -> None:
+        """Set one tag; with ``wait=True``, return only once the fold has applied it."""
+        self.producer.set_tags(trace_id, {key: value})
+        if wait:
+            self.wait_applied(self.producer.flush(timeout), timeout)
+
+    def delete_trace_tag(
+        self, trace_id: str, key: str, *, wait: bool = False, timeout: float = 30.0
+    ) -> None:
+        """Delete one tag; with ``wait=True``, return only once the fold has applied it."""
+        self.producer.delete_tags(trace_id, [key])
+        if wait:
+            self.wait_applied(self.producer.flush(timeout), timeout)
+
+    # --- the fold's progress --------------------------------------------------------------
+
+    def is_applied(self, receipt: Receipt) -> bool:
+        """Whether every entry up to each of the receipt's positions has been folded
+        (applied or dead-lettered) by the consumer group."""
+        group = self.settings.consumer_group.encode()
+        for partition, position in receipt.positions.items():
+            stream = self.keys.stream(partition)
+            try:
+                groups: Any = self.redis.xinfo_groups(stream)
+            except redis.ResponseError:
+                return False
+            info = next((g for g in groups if g["name"] == group), None)
+            if info is None or _id_tuple(info["last-delivered-id"]) < _id_tuple(position):
+                return False
+            pending: Any = self.redis.xpending_range(stream, group, min="-", max=position, count=1)
+            if pending:
+                return False
+        return True
+
+    def wait_applied(self, receipt: Receipt, timeout: float = 30.0) -> None:
+        """Block until :meth:`is_applied` (a read barrier for a producer's receipt)."""
+        if receipt.namespace != self.settings.namespace:
+            raise ValueError(
+                f"receipt is for namespace {receipt.namespace!r}, "
+                f"this client reads {self.settings.namespace!r}"
+            )
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while not self.is_applied(receipt):
+            if time.monotonic() > deadline:
+                raise TracetagsTimeoutError(
+                    f"the fold did not reach {receipt.positions} within {timeout:g}s "
+                    "(is a consumer running? see `tracetags status`)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def status(self) -> Status:
+        """Per partition: stream length, consumers, pending, lag, dead letters, traces;
+        and Redis memory."""
+        group = self.settings.consumer_group.encode()
+        rows: list[GroupStatus] = []
+        for partition in range(self.partitions):
+            stream = self.keys.stream(partition)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xlen(stream)
+            pipe.xlen(self.keys.dead_letters(partition))
+            pipe.scard(self.keys.all_traces(partition))
+            length, dead, traces = pipe.execute()
+            try:
+                groups: Any = self.redis.xinfo_groups(stream)
+            except redis.ResponseError:
+                groups = []
+            info = next((g for g in groups if g["name"] == group), None)
+            rows.append(
+                GroupStatus(
+                    partition=partition,
+                    stream_length=int(length),
+                    consumers=int(info["consumers"]) if info else 0,
+                    pending=int(info["pending"]) if info else 0,
+                    lag=(
+                        int(info["lag"])
+                        if info and info.get("lag") is not None
+                        else (int(length) if info is None else None)
+                    ),
+                    last_delivered_id=(info["last-delivered-id"].decode() if info else None),
+                    dead_letters=int(dead),
+                    traces=int(traces),
+                )
+            )
+        memory: Any = self.redis.info("memory")
+        return Status(
+            namespace=self.settings.namespace,
+            group=self.settings.consumer_group,
+            partitions=rows,
+            used_memory_bytes=int(memory["used_memory"]),
+            used_memory_human=str(memory["used_memory_human"]),
+        )

@@ -1,0 +1,332 @@
+"""The consumer: a FastStream ``RedisBroker`` app that folds every partition's stream.
+
+One batch ``StreamSub`` per partition in the consumer group; each batch is decoded and
+validated in Python and applied, with its XACK, by one Redis Function call.  A reclaim task
+per partition folds entries other consumers left pending (XAUTOCLAIM) and dead-letters
+entries delivered too often.  ``faststream run tracetags.consumer:app`` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import msgspec
+import redis
+import redis.asyncio
+from faststream import AckPolicy, FastStream, StreamMessage
+from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.parser.binary import BinaryMessageFormatV1
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from tracetags import functions, schemas
+from tracetags.errors import DecodeError, FoldError
+from tracetags.functions import BatchItem, BatchResult, DeadLetter
+from tracetags.keys import Keys
+from tracetags.settings import Settings
+
+log = logging.getLogger("tracetags.consumer")
+
+#: Field FastStream's publisher puts its envelope in.
+FASTSTREAM_FIELD: Final = b"__data__"
+#: How long a subscriber blocks in XREADGROUP waiting for entries.
+POLL_MS: Final = 100
+_MSGPACK_TYPES: Final = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+
+
+def decode_fields(fields: Mapping[bytes, bytes]) -> schemas.Event | DeadLetter:
+    """One stream entry as an event, or as a dead letter with the reason it is not one.
+
+    Two shapes are folded: our own (field ``e``, msgpack) and FastStream's publisher
+    envelope (field ``__data__``; its body JSON or msgpack, by content-type or by sniffing).
+    """
+    payload = fields.get(schemas.ENTRY_FIELD)
+    if payload is not None:
+        try:
+            return schemas.decode(payload)
+        except DecodeError as exc:
+            return DeadLetter(payload, str(exc))
+    envelope = fields.get(FASTSTREAM_FIELD)
+    if envelope is not None:
+        body, headers = BinaryMessageFormatV1.parse(envelope)
+        content_type = str(headers.get("content-type", ""))
+        try:
+            if content_type in _MSGPACK_TYPES or (not content_type and body[:1] != b"{"):
+                return schemas.decode(body)
+            return schemas.decode_json(body)
+        except DecodeError as exc:
+            return DeadLetter(envelope, f"FastStream message: {exc}")
+    flat = b"\n".join(b"%s=%s" % (k, v) for k, v in fields.items())
+    return DeadLetter(flat, "entry has neither field 'e' (tracetags) nor '__data__' (FastStream)")
+
+
+def decode_entries(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> list[BatchItem]:
+    return [(entry_id, decode_fields(fields)) for entry_id, fields in entries]
+
+
+def consumer_name() -> str:
+    """Unique per process: host, pid and a random suffix (a restarted pid is a new name)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class FoldStats(msgspec.Struct, kw_only=True):
+    batches: int = 0
+    applied: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    failures: int = 0
+
+
+class Folder:
+    """Applies decoded batches of one namespace, with retries and poison isolation."""
+
+    def __init__(self, settings: Settings, client: redis.asyncio.Redis) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.group = settings.consumer_group
+        self.client = client
+        self.stats = FoldStats()
+        self.partitions = 0
+
+    async def apply(self, partition: int, items: list[BatchItem]) -> BatchResult:
+        """Fold ``items``; a batch the Function refuses is split so that only the entries
+        it refuses on their own are dead-lettered (with the Function's error)."""
+        try:
+            result = await functions.apply_batch_async(
+                self.client, self.keys, partition, self.group, items
+            )
+        except FoldError as exc:
+            self.stats.failures += 1
+            if len(items) == 1:
+                entry_id, item = items[0]
+                payload = schemas.encode(item) if not isinstance(item, DeadLetter) else item.payload
+                log.error(
+                    "entry %s of partition %d refused by the fold: %s",
+                    _text(entry_id),
+                    partition,
+                    exc,
+                )
+                result = await functions.apply_batch_async(
+                    self.client,
+                    self.keys,
+                    partition,
+                    self.group,
+                    [(entry_id, DeadLetter(payload, f"fold refused it: {exc}"))],
+                )
+            else:
+                middle = len(items) // 2
+                first = await self.apply(partition, items[:middle])
+                second = await self.apply(partition, items[middle:])
+                return BatchResult(*(a + b for a, b in zip(first, second, strict=True)))
+        self.stats.batches += 1
+        self.stats.applied += result.applied
+        self.stats.dead_lettered += result.dead_lettered
+        if result.dead_lettered:
+            log.warning("partition %d: %d entries dead-lettered", partition, result.dead_lettered)
+        return result
+
+    async def prepare(self) -> int:
+        """Make the namespace ready: partition count, Function library, groups at ``0``.
+
+        FastStream would create a missing group at ``$`` and so skip every event written
+        before the first start; creating it here at ``0`` (MKSTREAM) folds the whole log.
+        """
+        meta = self.keys.meta
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hsetnx(meta, "partitions", self.settings.partitions)
+        pipe.hsetnx(meta, "created_ms", schemas.now_ms())
+        pipe.hget(meta, "partitions")
+        partitions = int((await pipe.execute())[2])
+        await functions.load_async(self.client)
+        for partition in range(partitions):
+            await self.ensure_group(partition)
+        self.partitions = partitions
+        return partitions
+
+    async def ensure_group(self, partition: int) -> bool:
+        """Create the stream and group if missing; True when it had to."""
+        try:
+            await self.client.xgroup_create(
+                self.keys.stream(partition), self.group, id="0", mkstream=True
+            )
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    async def reclaim(self, partition: int, consumer: str) -> int:
+        """Fold entries pending longer than ``claim_idle_ms``; dead-letter the ones delivered
+        more than ``max_deliveries`` times.  Returns how many entries it claimed."""
+        stream = self.keys.stream(partition)
+        start = "0-0"
+        claimed_total = 0
+        while True:
+            reply = await self.client.xautoclaim(
+                stream,
+                self.group,
+                consumer,
+                self.settings.claim_idle_ms,
+                start,
+                count=self.settings.consumer_batch_size,
+            )
+            start, entries = reply[0], reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            if deleted:  # trimmed away while pending: nothing left to fold, just ack them
+                await self.client.xack(stream, self.group, *deleted)
+            if entries:
+                claimed_total += len(entries)
+                items = await self._limit_deliveries(stream, entries)
+                await self.apply(partition, items)
+            if _text(start) == "0-0":
+                break
+        self.stats.reclaimed += claimed_total
+        return claimed_total
+
+    async def _limit_deliveries(
+        self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    ) -> list[BatchItem]:
+        pending = await self.client.xpending_range(
+            stream, self.group, min=entries[0][0], max=entries[-1][0], count=len(entries) * 4
+        )
+        deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        items = decode_entries(entries)
+        limit = self.settings.max_deliveries
+        out: list[BatchItem] = []
+        for entry_id, item in items:
+            times = deliveries.get(entry_id, 1)
+            if times > limit and not isinstance(item, DeadLetter):
+                reason = (
+                    f"delivered {times} times without being applied (limit "
+                    f"{limit}): the consumers that took it died or failed"
+                )
+                log.error("entry %s: %s", _text(entry_id), reason)
+                item = DeadLetter(schemas.encode(item), reason)
+            out.append((entry_id, item))
+        return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def fold_client(settings: Settings) -> redis.asyncio.Redis:
+    """The connection the fold calls go through: it retries lost connections for ever
+    (with backoff), which is safe because a fold call is idempotent in effect."""
+    return redis.asyncio.Redis.from_url(
+        settings.effective_redis_url,
+        retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), -1),
+        health_check_interval=30,
+    )
+
+
+def create_app(settings: Settings | None = None, *, name: str | None = None) -> FastStream:
+    """A FastStream app that folds ``settings``' namespace (from the env when None)."""
+    settings = settings or Settings.from_env()
+    consumer = name or consumer_name()
+    # Per-batch "Received/Processed" lines at DEBUG: at INFO they would flood the log.
+    broker = RedisBroker(
+        settings.effective_redis_url, graceful_timeout=30.0, log_level=logging.DEBUG
+    )
+    app = FastStream(broker)
+    client = fold_client(settings)
+    folder = Folder(settings, client)
+    tasks: list[asyncio.Task[None]] = []
+    app.context.set_global("tracetags_folder", folder)
+
+    def subscribe(partition: int) -> None:
+        def parse(raw: Any) -> StreamMessage[Any]:
+            ids = raw["message_ids"]
+            return StreamMessage(
+                raw_message=raw, body=b"",
+                message_id=_text(ids[0]) if ids else None,
+                correlation_id=_text(ids[0]) if ids else None,
+            )  # fmt: skip
+
+        def decode(message: StreamMessage[Any]) -> Any:
+            raw = message.raw_message
+            return decode_entries(list(zip(raw["message_ids"], raw["data"], strict=True)))
+
+        async def handle(items: Any) -> None:
+            await folder.apply(partition, items)
+
+        stream = StreamSub(
+            folder.keys.stream(partition), group=settings.consumer_group, consumer=consumer,
+            batch=True, max_records=settings.consumer_batch_size, polling_interval=POLL_MS,
+        )  # fmt: skip
+        broker.subscriber(
+            stream=stream, parser=parse, decoder=decode, ack_policy=AckPolicy.MANUAL,
+            title=f"tracetags fold p{partition:02d}",
+        )(handle)  # fmt: skip
+
+    stopping = asyncio.Event()
+
+    async def reclaim_loop(partition: int) -> None:
+        interval = min(max(settings.claim_idle_ms / 2000, 0.05), 10.0)
+        while not stopping.is_set():
+            try:
+                await folder.reclaim(partition, consumer)
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    await folder.ensure_group(partition)
+                else:
+                    log.exception("reclaim of partition %d failed", partition)
+            except (redis.RedisError, OSError):
+                log.exception("reclaim of partition %d failed", partition)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)
+
+    @app.on_startup
+    async def start() -> None:
+        partitions = await folder.prepare()
+        for partition in range(partitions):
+            subscribe(partition)
+        log.info(
+            "tracetags consumer %s folding %d partitions of %r",
+            consumer,
+            partitions,
+            settings.namespace,
+        )
+
+    @app.after_startup
+    async def start_reclaiming() -> None:
+        stopping.clear()
+        for partition in range(folder.partitions):
+            tasks.append(asyncio.create_task(reclaim_loop(partition)))
+
+    @app.on_shutdown
+    async def stop_reclaiming() -> None:
+        # Runs before the broker stops: each reclaim task finishes the batch in hand.
+        stopping.set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=30.0)
+            for task in late:
+                task.cancel()
+        tasks.clear()
+
+    @app.after_shutdown
+    async def close() -> None:
+        # After the broker stopped, so the subscribers' last batches could still fold.
+        await client.aclose()
+        log.info(
+            "tracetags consumer %s stopped (%s)",
+            consumer,
+            msgspec.json.encode(folder.stats).decode(),
+        )
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``faststream run tracetags.consumer:app``: built on first access, so that importing
+    # this module reads no environment.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

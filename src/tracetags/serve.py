@@ -1,0 +1,133 @@
+"""``tracetags serve``: N consumer processes, supervised, and the embedded Redis when no URL
+is given.  A worker that dies (killed, or its stream deleted under it) is restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import msgspec
+
+from tracetags.embedded import RedisServer, embedded_server
+from tracetags.settings import Settings
+
+log = logging.getLogger("tracetags.serve")
+
+_RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+_STOP_GRACE_S = 35.0
+
+
+def run_worker(settings_data: dict[str, Any], log_level: int = logging.INFO) -> None:
+    """One consumer process: the FastStream app until SIGTERM/SIGINT (it finishes the batch
+    in hand, then exits)."""
+    from tracetags.consumer import create_app
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faststream").setLevel(max(log_level, logging.WARNING))
+    settings = msgspec.convert(settings_data, Settings)
+    asyncio.run(create_app(settings).run(log_level=log_level))
+
+
+class Supervisor:
+    """Keeps ``workers`` consumer processes running until :meth:`stop`."""
+
+    def __init__(self, settings: Settings, workers: int, log_level: int = logging.INFO) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.log_level = log_level
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: list[BaseProcess | None] = [None] * workers
+        self._restarts = [0] * workers
+        self._stopping = threading.Event()
+
+    def _spawn(self, slot: int) -> None:
+        proc = self._ctx.Process(
+            target=run_worker,
+            args=(msgspec.to_builtins(self.settings), self.log_level),
+            name=f"tracetags-consumer-{slot}",
+            daemon=False,
+        )
+        proc.start()
+        self._procs[slot] = proc
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        for slot in range(self.workers):
+            self._spawn(slot)
+        if on_ready is not None:
+            on_ready()
+        while not self._stopping.wait(0.2):
+            for slot, proc in enumerate(self._procs):
+                if proc is None or proc.is_alive() or self._stopping.is_set():
+                    continue
+                code = proc.exitcode
+                delay = _RESTART_BACKOFF_S[min(self._restarts[slot], len(_RESTART_BACKOFF_S) - 1)]
+                self._restarts[slot] += 1
+                log.warning(
+                    "consumer %d exited with code %s; restarting in %.1fs", slot, code, delay
+                )
+                if self._stopping.wait(delay):
+                    break
+                self._spawn(slot)
+        self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _shutdown(self) -> None:
+        procs = [p for p in self._procs if p is not None]
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                with_signal(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE_S
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.error("consumer %s did not stop in time; killing it", proc.name)
+                proc.kill()
+                proc.join()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.pid is not None]
+
+
+def with_signal(pid: int, signum: int) -> None:
+    import os
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def serve(
+    settings: Settings,
+    workers: int = 1,
+    *,
+    on_ready: Callable[[Settings], None] | None = None,
+    log_level: int = logging.INFO,
+) -> None:
+    """Run ``workers`` consumers until SIGTERM/SIGINT; with no Redis URL, run the embedded
+    Redis (data kept in ``settings.embedded_dir``) for as long as they run."""
+    server: RedisServer | None = None
+    if settings.redis_url is None:
+        server = embedded_server(settings.embedded_dir).start()
+        settings = settings.replace(redis_url=server.url)
+    supervisor = Supervisor(settings, workers, log_level)
+    previous = {
+        sig: signal.signal(sig, lambda *_: supervisor.stop())
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        supervisor.run(on_ready=(lambda: on_ready(settings)) if on_ready else None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.stop()

@@ -1,0 +1,239 @@
+"""The FastStream consumer against a real Redis: folding, poison entries, foreign
+publishers, Redis restarts, and the Client's read side."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+import redis
+from faststream.redis import RedisBroker
+
+from tracetags import Settings, TagProducer, schemas
+from tracetags.client import Client
+from tracetags.consumer import create_app
+from tracetags.embedded import RedisServer
+from tracetags.keys import Keys
+
+
+@contextlib.asynccontextmanager
+async def consumer(settings: Settings, name: str = "test-consumer") -> AsyncIterator[None]:
+    app = create_app(settings, name=name)
+    await app.start()
+    try:
+        yield
+    finally:
+        await app.stop()
+
+
+async def wait_applied(client: Client, producer: TagProducer, timeout: float = 30.0) -> None:
+    receipt = producer.flush()
+    await asyncio.to_thread(client.wait_applied, receipt, timeout)
+
+
+async def test_events_written_before_the_first_start_are_folded(settings: Settings) -> None:
+    settings = settings.replace(partitions=2)
+    producer = TagProducer(settings)
+    producer.trace_started(
+        "tr-early",
+        experiment_id="1",
+        timestamp_ms=10,
+        name="chat",
+        tags={"env": "prod"},
+        metadata={"mlflow.sourceRun": "r1"},
+        client_request_id="req-1",
+    )
+    producer.flush()
+    client = Client(settings)
+    async with consumer(settings):
+        producer.trace_finished(
+            "tr-early", experiment_id="1", timestamp_ms=10, execution_time_ms=250, status="ERROR"
+        )
+        producer.set_tags("tr-early", {"needs_review": "true"})
+        producer.delete_tags("tr-early", ["env"])
+        await wait_applied(client, producer)
+    trace = client.get_trace("tr-early")
+    assert trace is not None
+    info = trace.info
+    assert (info.trace_id, info.request_id, info.experiment_id) == ("tr-early", "tr-early", "1")
+    assert (info.timestamp_ms, info.execution_time_ms, info.end_time_ms) == (10, 250, 260)
+    assert info.status == "ERROR" and info.name == "chat" and info.client_request_id == "req-1"
+    assert info.tags == {"mlflow.traceName": "chat", "needs_review": "true"}
+    assert info.request_metadata == info.trace_metadata == {"mlflow.sourceRun": "r1"}
+    assert client.get_trace("tr-missing") is None
+    status = client.status()
+    assert status.total_pending == 0 and status.total_lag == 0
+    assert sum(p.traces for p in status.partitions) == 1
+    producer.close()
+    client.close()
+
+
+async def test_tags_before_start_and_a_deleted_trace(settings: Settings) -> None:
+    producer = TagProducer(settings)
+    client = Client(settings)
+    async with consumer(settings):
+        producer.set_tags("tr-a", {"user_id": "u1"})
+        await wait_applied(client, producer)
+        early = client.get_trace("tr-a")
+        assert early is not None and early.info.tags == {"user_id": "u1"}
+        assert early.info.timestamp_ms is None and early.info.status is None
+        producer.trace_started("tr-a", experiment_id="3", timestamp_ms=5)
+        await wait_applied(client, producer)
+        started = client.get_trace("tr-a")
+        assert started is not None and started.info.status == "IN_PROGRESS"
+        assert started.info.tags == {"user_id": "u1"}
+        producer.delete_trace("tr-a")
+        await wait_applied(client, producer)
+        assert client.get_trace("tr-a") is None
+    producer.close()
+    client.close()
+
+
+async def test_poison_entries_are_dead_lettered_and_their_neighbours_applied(
+    settings: Settings, r: redis.Redis
+) -> None:
+    keys = Keys(settings.namespace)
+    stream = keys.stream(0)
+    producer = TagProducer(settings)
+    client = Client(settings)
+    producer.set_tags("tr-1", {"before": "1"})
+    producer.flush()
+    bad_ids = [
+        r.xadd(stream, {"e": b"\xc1\xc1 garbage"}).decode(),
+        r.xadd(stream, {"e": msgspec.msgpack.encode({"type": "tags_set", "trace_id": "x"})})
+        .decode(),
+        r.xadd(stream, {"e": msgspec.msgpack.encode(
+            {"type": "tags_set", "trace_id": "tr-1", "event_id": schemas.new_event_id(),
+             "emitted_at_ms": 1, "tags": {"k": "v" * 8001}})}).decode(),
+        r.xadd(stream, {"something": b"else"}).decode(),
+    ]  # fmt: skip
+    producer.set_tags("tr-1", {"after": "1"})
+    async with consumer(settings):
+        await wait_applied(client, producer)
+    trace = client.get_trace("tr-1")
+    assert trace is not None and trace.info.tags == {"before": "1", "after": "1"}
+    dead = r.xrange(keys.dead_letters(0))
+    assert [d[1][b"entry_id"].decode() for d in dead] == bad_ids
+    reasons = [d[1][b"reason"].decode() for d in dead]
+    assert reasons[0].startswith("not a msgpack event")
+    assert reasons[1].startswith("schema violation: Object missing required field")
+    assert reasons[2] == ("schema violation: Expected `str` of length <= 8000 - at `$.tags[...]`")
+    assert reasons[3] == ("entry has neither field 'e' (tracetags) nor '__data__' (FastStream)")
+    assert dead[0][1][b"payload"] == b"\xc1\xc1 garbage"
+    assert client.status().partitions[0].dead_letters == 4
+    assert r.xpending(keys.stream(0), settings.consumer_group)["pending"] == 0
+    producer.close()
+    client.close()
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_events_published_by_a_faststream_app_are_folded(
+    settings: Settings, redis_url: str, encoding: str
+) -> None:
+    keys = Keys(settings.namespace)
+    event = schemas.TraceStarted(
+        trace_id="tr-fs", event_id=schemas.new_event_id(), emitted_at_ms=schemas.now_ms(),
+        experiment_id="5", timestamp_ms=99, tags={"source": "faststream"},
+    )  # fmt: skip
+    client = Client(settings)
+    async with consumer(settings), RedisBroker(redis_url) as broker:
+        if encoding == "json":
+            await broker.publish(msgspec.to_builtins(event), stream=keys.stream(0))
+        else:
+            await broker.publish(
+                schemas.encode(event),
+                stream=keys.stream(0),
+                headers={"content-type": "application/msgpack"},
+            )
+        direct = TagProducer(settings)
+        direct.set_tags("tr-fs", {"also": "raw xadd"})
+        await wait_applied(client, direct)
+        direct.close()
+    trace = client.get_trace("tr-fs")
+    assert trace is not None
+    assert trace.info.tags == {"source": "faststream", "also": "raw xadd"}
+    assert trace.info.timestamp_ms == 99 and trace.info.experiment_id == "5"
+    client.close()
+
+
+async def test_consumer_rides_out_a_redis_restart(own_redis: RedisServer, namespace: str) -> None:
+    settings = Settings(
+        redis_url=own_redis.url,
+        namespace=namespace,
+        retry_initial_ms=10,
+        retry_max_ms=200,
+        socket_timeout_ms=1_000,
+    )
+    producer = TagProducer(settings)
+    client = Client(settings)
+    async with consumer(settings):
+        for i in range(500):
+            producer.set_tags(f"tr-{i}", {"phase": "before"})
+        await wait_applied(client, producer)
+        own_redis.stop()
+        for i in range(500):
+            producer.set_tags(f"tr-{i}", {"phase": "after"})
+        await asyncio.sleep(1.0)
+        own_redis.start()
+        await wait_applied(client, producer, timeout=60)
+    for i in (0, 250, 499):
+        trace = client.get_trace(f"tr-{i}")
+        assert trace is not None and trace.info.tags == {"phase": "after"}
+    assert client.status().total_pending == 0
+    producer.close()
+    client.close()
+
+
+async def test_a_trace_with_1000_tags(settings: Settings) -> None:
+    producer = TagProducer(settings)
+    client = Client(settings)
+    tags = {f"key_{i}": f"value {i}" for i in range(1_000)}
+    async with consumer(settings):
+        producer.trace_started("tr-big", experiment_id="1", timestamp_ms=1, tags=tags)
+        producer.delete_tags("tr-big", [f"key_{i}" for i in range(0, 1_000, 2)])
+        await wait_applied(client, producer)
+    trace = client.get_trace("tr-big")
+    assert trace is not None
+    assert trace.info.tags == {f"key_{i}": f"value {i}" for i in range(1, 1_000, 2)}
+    producer.close()
+    client.close()
+
+
+async def test_100k_traces(settings: Settings, r: redis.Redis) -> None:
+    settings = settings.replace(partitions=2)
+    producer = TagProducer(settings)
+    client = Client(settings)
+    async with consumer(settings):
+        for i in range(100_000):
+            producer.trace_started(
+                f"tr-{i}",
+                experiment_id=str(i % 3),
+                timestamp_ms=i,
+                tags={"env": ("prod", "dev")[i % 2], "user": f"u{i % 997}"},
+            )
+        await wait_applied(client, producer, timeout=120)
+    status = client.status()
+    assert sum(p.traces for p in status.partitions) == 100_000
+    assert status.total_pending == 0
+    trace = client.get_trace("tr-77777")
+    assert trace is not None
+    assert trace.info.tags == {"env": "dev", "user": f"u{77777 % 997}"}
+    assert trace.info.experiment_id == str(77777 % 3)
+    producer.close()
+    client.close()
+
+
+async def test_wait_applied_times_out_without_a_consumer(settings: Settings) -> None:
+    producer = TagProducer(settings)
+    client = Client(settings)
+    producer.set_tags("tr-1", {"a": "b"})
+    receipt = producer.flush()
+    from tracetags.errors import TracetagsTimeoutError
+
+    with pytest.raises(TracetagsTimeoutError, match="is a consumer running"):
+        client.wait_applied(receipt, timeout=0.2)
+    producer.close()
+    client.close()

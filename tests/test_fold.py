@@ -1,0 +1,386 @@
+"""The fold Function against the reference model: any delivery order, with duplicates, of a
+real stream's entries leaves exactly the state and indexes of an in-order fold."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import Iterator, Sequence
+
+import msgspec
+import pytest
+import redis
+import redis.asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.model import FoldModel, dump, parse_entry_id
+from tracetags import functions, schemas
+from tracetags.embedded import RedisServer
+from tracetags.errors import FoldArgumentsError
+from tracetags.functions import BatchItem, DeadLetter, apply_batch, decode_entries
+from tracetags.keys import NAME_TAG, Keys, decode_stamp, encode_stamp
+
+GROUP = "fold-test"
+BASE_MS = 1_700_000_000_000
+
+TRACE_IDS = ["t1", "tr-ü", "a:b"]
+TAG_KEYS = ["a", "a:b", "b", NAME_TAG, "ü/ß", "x y"]
+VALUES = ["", "b:c", "v", "é", "1", "w" * 70]
+META_KEYS = ["a", "a:b", "mlflow.sourceRun"]
+OPTIONAL_TEXT = [None, "", "n:1"]
+
+_event_ids = itertools.count()
+
+
+def _common(trace_id: str) -> dict[str, object]:
+    return {
+        "trace_id": trace_id,
+        "event_id": next(_event_ids).to_bytes(16, "big"),
+        "emitted_at_ms": 1,
+    }
+
+
+tags_st = st.dictionaries(st.sampled_from(TAG_KEYS), st.sampled_from(VALUES), max_size=3)
+meta_st = st.dictionaries(st.sampled_from(META_KEYS), st.sampled_from(VALUES), max_size=2)
+trace_id_st = st.sampled_from(TRACE_IDS)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> schemas.Event:
+    kind = draw(st.sampled_from(["started", "finished", "set", "set", "deleted", "trace_deleted"]))
+    trace_id = draw(trace_id_st)
+    if kind == "set":
+        return schemas.TagsSet(**_common(trace_id), tags=draw(tags_st))  # type: ignore[arg-type]
+    if kind == "deleted":
+        keys = draw(st.lists(st.sampled_from(TAG_KEYS), max_size=3))
+        return schemas.TagsDeleted(**_common(trace_id), keys=keys)  # type: ignore[arg-type]
+    if kind == "trace_deleted":
+        return schemas.TraceDeleted(**_common(trace_id))  # type: ignore[arg-type]
+    fields = {
+        "experiment_id": draw(st.sampled_from(["1", "2"])),
+        "timestamp_ms": draw(st.sampled_from([0, 5, BASE_MS])),
+        "name": draw(st.sampled_from(OPTIONAL_TEXT)),
+        "client_request_id": draw(st.sampled_from(OPTIONAL_TEXT)),
+        "tags": draw(tags_st),
+        "metadata": draw(meta_st),
+    }
+    if kind == "started":
+        return schemas.TraceStarted(**_common(trace_id), **fields)  # type: ignore[arg-type]
+    return schemas.TraceFinished(
+        **_common(trace_id),  # type: ignore[arg-type]
+        **fields,  # type: ignore[arg-type]
+        execution_time_ms=draw(st.sampled_from([0, 7, 300_000])),
+        status=draw(st.sampled_from(schemas.TRACE_STATES)),
+    )
+
+
+# Gaps between consecutive entry ids: same ms, a seq too big for a compact stamp, a later
+# ms, and a jump too far for a compact stamp (both fall back to the verbatim form).
+GAPS = st.sampled_from(["seq", "seq", "ms", "ms", "seq_far", "ms_far"])
+
+
+def _entry_ids(gaps: Sequence[str]) -> Iterator[str]:
+    ms, seq = BASE_MS, 0
+    for gap in gaps:
+        if gap == "seq":
+            seq += 1
+        elif gap == "seq_far":
+            seq += 1500
+        elif gap == "ms":
+            ms, seq = ms + 1 + seq % 3, 0
+        else:
+            ms, seq = ms + 2**43, 0
+        yield f"{ms}-{seq}"
+
+
+_sub_namespaces = itertools.count()
+
+
+def _pending(client: redis.Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    reply = client.xreadgroup(GROUP, "c1", {stream: ">"})
+    return list(reply[0][1]) if reply else []
+
+
+def _fresh_stream(client: redis.Redis, keys: Keys, partition: int) -> str:
+    stream = keys.stream(partition)
+    client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    return stream
+
+
+def _model_of(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> FoldModel:
+    model = FoldModel()
+    for entry_id, fields in entries:
+        try:
+            event = schemas.decode(fields[schemas.ENTRY_FIELD])
+        except (KeyError, ValueError):
+            continue
+        model.apply(entry_id, event)
+    return model
+
+
+# TRACETAGS_FOLD_EXAMPLES=5000 for a longer hunt than CI's.
+@settings(
+    max_examples=int(os.environ.get("TRACETAGS_FOLD_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    log=st.lists(st.tuples(events(), GAPS), min_size=1, max_size=24),
+    partition=st.sampled_from([0, 3]),
+    data=st.data(),
+)
+def test_any_delivery_order_with_duplicates_equals_the_in_order_fold(
+    r: redis.Redis,
+    namespace: str,
+    log: list[tuple[schemas.Event, str]],
+    partition: int,
+    data: st.DataObject,
+) -> None:
+    keys = Keys(f"{namespace}:x{next(_sub_namespaces)}")
+    stream = _fresh_stream(r, keys, partition)
+    pipe = r.pipeline(transaction=False)
+    for (event, _), entry_id in zip(log, _entry_ids([gap for _, gap in log]), strict=True):
+        pipe.xadd(stream, {schemas.ENTRY_FIELD: schemas.encode(event)}, id=entry_id)
+    pipe.execute()
+    entries = _pending(r, stream)
+    assert len(entries) == len(log)
+
+    n = len(entries)
+    order = list(data.draw(st.permutations(range(n)), label="order"))
+    for index in data.draw(st.lists(st.integers(0, n - 1), max_size=n), label="duplicates"):
+        order.insert(data.draw(st.integers(0, len(order)), label="at"), index)
+    sizes = data.draw(st.lists(st.integers(1, 8), min_size=1), label="batch sizes")
+    delivery = [entries[i] for i in order]
+    start = 0
+    for size in itertools.cycle(sizes):
+        if start >= len(delivery):
+            break
+        batch = delivery[start : start + size]
+        result = apply_batch(r, keys, partition, GROUP, decode_entries(batch))
+        assert result.applied == len(batch) and result.dead_lettered == 0
+        start += size
+
+    assert r.xpending(stream, GROUP)["pending"] == 0
+    try:
+        assert dump(r, keys, partition) == _model_of(entries).expected(keys, partition)
+    finally:  # keep the keyspace small: dump() SCANs it once per example
+        r.delete(*r.scan_iter(match=f"{keys.namespace}:*", count=1000))
+
+
+def _apply_all(
+    client: redis.Redis, keys: Keys, partition: int, batch_size: int = 500
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    entries = _pending(client, keys.stream(partition))
+    for start in range(0, len(entries), batch_size):
+        items = decode_entries(entries[start : start + batch_size])
+        apply_batch(client, keys, partition, GROUP, items)
+    return entries
+
+
+def _write(client: redis.Redis, stream: str, *events: schemas.Event) -> None:
+    for event in events:
+        client.xadd(stream, {schemas.ENTRY_FIELD: schemas.encode(event)})
+
+
+def test_poison_entries_are_dead_lettered_and_the_rest_applied(
+    r: redis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    stream = _fresh_stream(r, keys, 0)
+    too_long = msgspec.msgpack.encode(
+        schemas.TagsSet(**_common("t1"), tags={"k": "x" * 8001})  # type: ignore[arg-type]
+    )
+    wrong_schema = msgspec.msgpack.encode({"type": "tags_set", "trace_id": "t1"})
+    _write(r, stream, schemas.TagsSet(**_common("t1"), tags={"k": "before"}))  # type: ignore[arg-type]
+    bad_ids = [
+        r.xadd(stream, {schemas.ENTRY_FIELD: b"\xc1garbage"}),
+        r.xadd(stream, {schemas.ENTRY_FIELD: wrong_schema}),
+        r.xadd(stream, {schemas.ENTRY_FIELD: too_long}),
+        r.xadd(stream, {b"other": b"field"}),
+    ]
+    _write(r, stream, schemas.TagsSet(**_common("t2"), tags={"k": "after"}))  # type: ignore[arg-type]
+
+    entries = _pending(r, stream)
+    result = apply_batch(r, keys, 0, GROUP, decode_entries(entries))
+
+    assert result == functions.BatchResult(applied=2, dead_lettered=4, acked=6)
+    assert r.xpending(stream, GROUP)["pending"] == 0
+    dead = r.xrange(keys.dead_letters(0))
+    assert [d[1][b"entry_id"] for d in dead] == bad_ids
+    assert [d[1][b"payload"] for d in dead] == [b"\xc1garbage", wrong_schema, too_long,
+                                               b"other=field"]  # fmt: skip
+    reasons = [d[1][b"reason"].decode() for d in dead]
+    assert reasons[0].startswith("not a msgpack event")
+    assert reasons[1] == "schema violation: Object missing required field `event_id`"
+    assert "8000" in reasons[2] and "$.tags" in reasons[2]
+    assert reasons[3] == "entry has no field 'e'"
+    assert all(int(d[1][b"time_ms"]) > BASE_MS for d in dead)
+    assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
+    assert r.sismember(keys.tag_value(0, "k", "after"), 2)
+
+
+def test_a_trace_with_1000_tags(r: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    stream = _fresh_stream(r, keys, 0)
+    tags = {f"key.{i}": f"value:{i % 7}" for i in range(1000)}
+    _write(
+        r,
+        stream,
+        schemas.TagsSet(**_common("big"), tags=tags),  # type: ignore[arg-type]
+        schemas.TagsDeleted(**_common("big"), keys=[f"key.{i}" for i in range(0, 1000, 2)]),  # type: ignore[arg-type]
+        schemas.TraceFinished(
+            **_common("big"),  # type: ignore[arg-type]
+            experiment_id="1",
+            timestamp_ms=10,
+            execution_time_ms=5,
+            status="OK",
+            tags=tags,
+        ),
+    )
+    entries = _apply_all(r, keys, 0)
+    state = dump(r, keys, 0)
+    assert state == _model_of(entries).expected(keys, 0)
+    assert r.scard(keys.tag_key(0, "key.999")) == 1
+    assert len(state[("trace", "big")]) == 1000 + 5  # tags, e s d S, x
+
+    _write(r, stream, schemas.TraceDeleted(**_common("big")))  # type: ignore[arg-type]
+    entries += _apply_all(r, keys, 0)
+    assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
+    assert {k.decode().rsplit(":", 1)[-1] for k in r.scan_iter(f"{namespace}:*")} == {
+        "log", "gone", "n"
+    }  # fmt: skip
+
+
+def test_tags_before_start_and_a_late_start_keeps_the_finished_status(
+    r: redis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    stream = _fresh_stream(r, keys, 0)
+    tagged = schemas.TagsSet(**_common("t"), tags={"env": "prod"})  # type: ignore[arg-type]
+    started = schemas.TraceStarted(
+        **_common("t"),  # type: ignore[arg-type]
+        experiment_id="1",
+        timestamp_ms=100,
+        name="chat",
+    )
+    finished = schemas.TraceFinished(
+        **_common("t"), experiment_id="1", timestamp_ms=100,  # type: ignore[arg-type]
+        execution_time_ms=42, status="ERROR",
+    )  # fmt: skip
+    _write(r, stream, tagged, started, finished)
+    entries = _pending(r, stream)
+    first, second, third = ([e] for e in entries)
+    apply_batch(r, keys, 0, GROUP, decode_entries(first))
+    assert r.smembers(keys.all_traces(0)) == {b"1"}
+    assert r.smembers(keys.tag_value(0, "env", "prod")) == {b"1"}
+    assert r.zcard(keys.by_timestamp(0)) == 0  # no timestamp yet: not in the time indexes
+    apply_batch(r, keys, 0, GROUP, decode_entries(third))  # finished before started
+    apply_batch(r, keys, 0, GROUP, decode_entries(second))
+    assert r.smembers(keys.status(0, "ERROR")) == {b"1"}
+    assert not r.exists(keys.status(0, "IN_PROGRESS"))
+    assert r.zscore(keys.by_end_time(0), 1) == 142
+    assert r.smembers(keys.tag_value(0, NAME_TAG, "chat")) == {b"1"}
+    assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
+
+
+def test_a_deletion_delivered_before_older_events_keeps_them_out(
+    r: redis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    stream = _fresh_stream(r, keys, 0)
+    _write(
+        r,
+        stream,
+        schemas.TagsSet(**_common("t"), tags={"a": "1", "b": "2"}),  # type: ignore[arg-type]
+        schemas.TraceDeleted(**_common("t")),  # type: ignore[arg-type]
+        schemas.TagsSet(**_common("t"), tags={"b": "3"}),  # type: ignore[arg-type]
+    )
+    entries = _pending(r, stream)
+    for entry in reversed(entries):
+        apply_batch(r, keys, 0, GROUP, decode_entries([entry]))
+    assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
+    assert not r.exists(keys.tag_key(0, "a"))
+
+
+def test_a_malformed_batch_is_refused_before_any_write(r: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    stream = _fresh_stream(r, keys, 0)
+    _write(r, stream, schemas.TagsSet(**_common("t"), tags={"a": "1"}))  # type: ignore[arg-type]
+    entries = _pending(r, stream)
+    args = functions.build_args(GROUP, keys.prefix(0), decode_entries(entries))
+    prefix = keys.prefix(0)
+
+    def fcall(*argv: object, dead: str = f"{prefix}:dead") -> None:
+        try:
+            r.execute_command("FCALL", "tt_apply", 2, f"{prefix}:log", dead, *argv)
+        except redis.ResponseError as exc:
+            raise functions._fold_error(exc) from None
+
+    batch = functions.build_batch(decode_entries(entries))
+    with pytest.raises(FoldArgumentsError) as info:
+        fcall(GROUP, prefix, msgspec.msgpack.encode([*batch, "extra"]))
+    assert str(info.value) == "TT_BADARGS the batch has 10 values, its counts describe 9"
+    assert info.value.code == "TT_BADARGS"
+    with pytest.raises(FoldArgumentsError, match=r"^TT_BADARGS bad dead-letter entry id at"):
+        fcall(GROUP, prefix, msgspec.msgpack.encode(batch), "x", b"payload", "reason")
+    batch[1] = "not-an-id"
+    with pytest.raises(FoldArgumentsError, match=r"^TT_BADARGS bad entry id at batch\[2\]"):
+        fcall(GROUP, prefix, msgspec.msgpack.encode(batch))
+    with pytest.raises(FoldArgumentsError, match=r"^TT_BADARGS ARGV\[3\] must be a msgpack"):
+        fcall(GROUP, prefix, b"\xc1")
+    with pytest.raises(FoldArgumentsError, match=r"^TT_BADKEYS KEYS must be "):
+        fcall(*args, dead=keys.dead_letters(1))
+    assert r.xpending(stream, GROUP)["pending"] == 1
+    assert not r.exists(keys.all_traces(0))
+
+
+def test_load_is_idempotent_and_apply_reloads_a_flushed_server(own_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        assert functions.load(client) is True
+        assert functions.load(client) is False
+        client.execute_command("FUNCTION", "FLUSH")
+        keys = Keys("ns")
+        stream = _fresh_stream(client, keys, 0)
+        _write(client, stream, schemas.TagsSet(**_common("t"), tags={"a": "1"}))  # type: ignore[arg-type]
+        result = apply_batch(client, keys, 0, GROUP, decode_entries(_pending(client, stream)))
+        assert result.acked == 1
+    finally:
+        client.close()
+
+
+async def test_async_twin(redis_url: str, namespace: str) -> None:
+    keys = Keys(namespace)
+    sync = redis.Redis.from_url(redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        stream = _fresh_stream(sync, keys, 0)
+        _write(sync, stream, schemas.TagsSet(**_common("t"), tags={"a": "1"}))  # type: ignore[arg-type]
+        items: list[BatchItem] = decode_entries(_pending(sync, stream))
+        items.append((b"0-1", DeadLetter(b"junk", "test")))
+        await functions.load_async(client)
+        result = await functions.apply_batch_async(client, keys, 0, GROUP, items)
+        assert result == functions.BatchResult(applied=1, dead_lettered=1, acked=1)
+        assert await client.smembers(keys.tag_value(0, "a", "1")) == {b"1"}
+    finally:
+        sync.close()
+        await client.aclose()
+
+
+@given(
+    ms=st.integers(0, 2**47),
+    seq=st.integers(0, 2**40),
+    base=st.integers(0, 2**47),
+)
+def test_stamps_round_trip(ms: int, seq: int, base: int) -> None:
+    text = encode_stamp(ms, seq, base)
+    assert decode_stamp(text, base) == (ms, seq)
+    assert ":" not in text
+
+
+def test_entry_ids_order_numerically_not_as_text() -> None:
+    ids = ["9-0", "10-0", "10-2", "10-10", "100-1"]
+    shuffled = random.sample(ids, len(ids))
+    assert sorted(shuffled, key=parse_entry_id) == ids
