@@ -155,7 +155,7 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     that is not a live trace number, and on a trace hash not matching the id map.
     """
     prefix = keys.prefix(partition)
-    found = sorted(k.decode() for k in client.scan_iter(match=f"{keys.namespace}:*", count=1000))
+    found = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000))
     pipe = client.pipeline(transaction=False)
     for key in found:
         pipe.type(key)

@@ -38,6 +38,9 @@ log = logging.getLogger("tracetags.consumer")
 FASTSTREAM_FIELD: Final = b"__data__"
 #: How long a subscriber blocks in XREADGROUP waiting for entries.
 POLL_MS: Final = 100
+#: This consumer's own pending entries idle this long are stuck (their XREADGROUP reply was
+#: lost with a dropped connection): they are folded again without waiting for claim_idle_ms.
+OWN_STUCK_MS: Final = 2_000
 _MSGPACK_TYPES: Final = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
 
@@ -163,11 +166,13 @@ class Folder:
         return True
 
     async def reclaim(self, partition: int, consumer: str) -> int:
-        """Fold entries pending longer than ``claim_idle_ms``; dead-letter the ones delivered
-        more than ``max_deliveries`` times.  Returns how many entries it claimed."""
+        """Fold entries left pending: this consumer's own after ``OWN_STUCK_MS`` (a reply
+        lost with a dropped connection leaves them there), anyone's after ``claim_idle_ms``
+        (XAUTOCLAIM); entries delivered more than ``max_deliveries`` times are dead-lettered.
+        Returns how many entries it claimed."""
         stream = self.keys.stream(partition)
+        claimed_total = await self._reclaim_own(partition, consumer)
         start = "0-0"
-        claimed_total = 0
         while True:
             reply = await self.client.xautoclaim(
                 stream,
@@ -189,6 +194,22 @@ class Folder:
                 break
         self.stats.reclaimed += claimed_total
         return claimed_total
+
+    async def _reclaim_own(self, partition: int, consumer: str) -> int:
+        stream = self.keys.stream(partition)
+        idle = min(OWN_STUCK_MS, self.settings.claim_idle_ms)
+        pending = await self.client.xpending_range(
+            stream, self.group, min="-", max="+", count=self.settings.consumer_batch_size,
+            consumername=consumer, idle=idle,
+        )  # fmt: skip
+        if not pending:
+            return 0
+        ids = [p["message_id"] for p in pending]
+        entries = await self.client.xclaim(stream, self.group, consumer, idle, ids)
+        entries = [e for e in entries if e[1] is not None]
+        if entries:
+            await self.apply(partition, await self._limit_deliveries(stream, entries))
+        return len(entries)
 
     async def _limit_deliveries(
         self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]
@@ -269,7 +290,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     stopping = asyncio.Event()
 
     async def reclaim_loop(partition: int) -> None:
-        interval = min(max(settings.claim_idle_ms / 2000, 0.05), 10.0)
+        interval = min(max(settings.claim_idle_ms / 2000, 0.05), 1.0)
         while not stopping.is_set():
             try:
                 await folder.reclaim(partition, consumer)
