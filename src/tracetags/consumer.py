@@ -204,9 +204,9 @@ class Folder:
         )  # fmt: skip
         if not pending:
             return 0
-        ids = [p["message_id"] for p in pending]
-        entries = await self.client.xclaim(stream, self.group, consumer, idle, ids)
-        entries = [e for e in entries if e[1] is not None]
+        ids: list[Any] = [p["message_id"] for p in pending]
+        claimed: Any = await self.client.xclaim(stream, self.group, consumer, idle, ids)
+        entries = [e for e in claimed if e[1] is not None]
         if entries:
             await self.apply(partition, await self._limit_deliveries(stream, entries))
         return len(entries)
