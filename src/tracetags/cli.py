@@ -15,6 +15,7 @@ import msgspec
 import redis
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -36,8 +37,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class _State:
@@ -75,7 +76,7 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return Settings.from_env(**overrides)
     except TracetagsError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -87,7 +88,7 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
         try:
             server = embedded_server(settings.embedded_dir).start()
         except TracetagsError as exc:
-            err.print(f"[red]error:[/] {exc}")
+            err.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(EXIT_UNREACHABLE) from None
         err.print(f"embedded Redis at [bold]{server.url}[/] (data in {server.directory})")
         settings = settings.replace(redis_url=server.url)
@@ -105,7 +106,8 @@ def _ping(settings: Settings) -> None:
         client.ping()
     except redis.RedisError as exc:
         err.print(
-            f"[red]error:[/] Redis unreachable at {settings.effective_redis_url}: {exc}\n"
+            f"[red]error:[/] Redis unreachable at {settings.effective_redis_url}: "
+            f"{escape(str(exc))}\n"
             "hint: start one (redis-server), or pass --redis-url / set TRACETAGS_REDIS_URL"
         )
         raise typer.Exit(EXIT_UNREACHABLE) from None
@@ -201,7 +203,7 @@ def serve(
             settings, workers, on_ready=ready, log_level=logging.DEBUG if verbose else logging.INFO
         )
     except TracetagsError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_UNREACHABLE) from None
 
 

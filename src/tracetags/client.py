@@ -16,6 +16,11 @@ from tracetags.keys import NAME_TAG, Keys, partition_of, split_register
 from tracetags.producer import Receipt, TagProducer
 from tracetags.settings import Settings
 
+#: Consumers write a heartbeat every HEARTBEAT_MS; one silent for HEARTBEAT_TTL_MS counts as
+#: gone (XINFO cannot tell: Redis 7.0 registers a consumer only once it has read an entry).
+HEARTBEAT_MS = 1_000
+HEARTBEAT_TTL_MS = 5_000
+
 
 class TraceInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One trace's folded state, shaped like MLflow's ``TraceInfo``."""
@@ -58,6 +63,7 @@ class Trace(msgspec.Struct, frozen=True, kw_only=True):
 class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     partition: int
     stream_length: int
+    #: Consumers registered in the group (Redis 7.0 registers one at its first read).
     consumers: int
     pending: int
     #: Entries not yet delivered to the group (None when Redis cannot tell).
@@ -70,6 +76,8 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str
     group: str
+    #: Consumers whose heartbeat is recent (they may be idle, with nothing to fold).
+    live_consumers: list[str]
     partitions: list[GroupStatus]
     used_memory_bytes: int
     used_memory_human: str
@@ -84,7 +92,8 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def consumers(self) -> int:
-        return max((p.consumers for p in self.partitions), default=0)
+        """How many consumers are running (by heartbeat)."""
+        return len(self.live_consumers)
 
 
 _ATTRIBUTE_FIELDS = {"e", "s", "d", "S", "c"}
@@ -270,9 +279,12 @@ class Client:
                 )
             )
         memory: Any = self.redis.info("memory")
+        alive_since = schemas.now_ms() - HEARTBEAT_TTL_MS
+        live: Any = self.redis.zrangebyscore(self.keys.consumers, alive_since, "+inf")
         return Status(
             namespace=self.settings.namespace,
             group=self.settings.consumer_group,
+            live_consumers=sorted(name.decode() for name in live),
             partitions=rows,
             used_memory_bytes=int(memory["used_memory"]),
             used_memory_human=str(memory["used_memory_human"]),

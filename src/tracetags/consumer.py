@@ -27,6 +27,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from tracetags import functions, schemas
+from tracetags.client import HEARTBEAT_MS, HEARTBEAT_TTL_MS
 from tracetags.errors import DecodeError, FoldError
 from tracetags.functions import BatchItem, BatchResult, DeadLetter
 from tracetags.keys import Keys
@@ -304,6 +305,21 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), interval)
 
+    async def heartbeat() -> None:
+        while not stopping.is_set():
+            now = schemas.now_ms()
+            try:
+                pipe = client.pipeline(transaction=False)
+                pipe.zadd(folder.keys.consumers, {consumer: now})
+                pipe.zremrangebyscore(folder.keys.consumers, "-inf", now - 60 * HEARTBEAT_TTL_MS)
+                await pipe.execute()
+            except (redis.RedisError, OSError):
+                log.warning("heartbeat failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), HEARTBEAT_MS / 1000)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await client.zrem(folder.keys.consumers, consumer)
+
     @app.on_startup
     async def start() -> None:
         partitions = await folder.prepare()
@@ -319,6 +335,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     @app.after_startup
     async def start_reclaiming() -> None:
         stopping.clear()
+        tasks.append(asyncio.create_task(heartbeat()))
         for partition in range(folder.partitions):
             tasks.append(asyncio.create_task(reclaim_loop(partition)))
 

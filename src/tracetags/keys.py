@@ -8,6 +8,7 @@ key                                        type     holds
 =========================================  =======  ================================================
 ``ns:meta``                                hash     ``partitions`` (fixed at creation),
                                                     ``created_ms``
+``ns:consumers``                           zset     live consumers: name → last heartbeat (ms)
 ``ns:{pNN}:log``                           stream   the event log of partition NN (field ``e``)
 ``ns:{pNN}:dead``                          stream   dead letters: payload, entry id, reason, time
 ``ns:{pNN}:n``                             string   counter handing out trace numbers (INCR)
@@ -109,11 +110,12 @@ def partition_of(trace_id: str, partitions: int) -> int:
 class Keys:
     """Key builder for one namespace."""
 
-    __slots__ = ("meta", "namespace")
+    __slots__ = ("consumers", "meta", "namespace")
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self.meta = f"{namespace}:{META_SUFFIX}"
+        self.consumers = f"{namespace}:consumers"
 
     def prefix(self, partition: int) -> str:
         """``ns:{pNN}`` — every key of a partition starts with it."""
