@@ -23,3 +23,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q -e ".[test,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 .venv/bin/python -c "import tracetags, faststream, redis, msgspec, typer, rich, pytest"
+
+# MLflow 3.17.2, the reference for query behaviour, lives in a venv of its own (the
+# differential tests and the query benchmark drive it as a subprocess). Skip it with
+# TRACETAGS_SKIP_MLFLOW=1 when only running the service.
+if [ "${TRACETAGS_SKIP_MLFLOW:-0}" != "1" ] && [ ! -x .mlflow-venv/bin/python ]; then
+  echo "bootstrap: creating .mlflow-venv with mlflow==3.17.2 (about a minute)" >&2
+  "$PYTHON" -m venv .mlflow-venv
+  .mlflow-venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  .mlflow-venv/bin/python -m pip install -q "mlflow==3.17.2" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  .mlflow-venv/bin/python -c "import mlflow; assert mlflow.__version__ == '3.17.2', mlflow.__version__"
+fi
