@@ -133,7 +133,14 @@ class Folder:
         self.stats.applied += result.applied
         self.stats.dead_lettered += result.dead_lettered
         if result.dead_lettered:
-            log.warning("partition %d: %d entries dead-lettered", partition, result.dead_lettered)
+            for entry_id, item in items:
+                if isinstance(item, DeadLetter):
+                    log.warning(
+                        "partition %d: entry %s dead-lettered: %s",
+                        partition,
+                        _text(entry_id),
+                        item.reason,
+                    )
         return result
 
     async def prepare(self) -> int:
