@@ -145,20 +145,23 @@ def _check_version(event: Event) -> Event:
 
 _counter = itertools.count()
 _id_base = secrets.randbits(74)
+_LOW_BITS: Final = (1 << 74) - 1
+_RAND_B_BITS: Final = (1 << 62) - 1
+_VERSION_AND_VARIANT: Final = (0x7 << 76) | (0b10 << 62)
 
 
-def new_event_id() -> bytes:
-    """A UUIDv7: 48-bit Unix ms, then 74 bits of (per-process random + counter).
+def new_event_id(ms: int | None = None) -> bytes:
+    """A UUIDv7: 48-bit Unix ms (``ms``, default now), then 74 bits of (random + counter).
 
     The counter makes ids unique within a process without a lock (``next`` on
     ``itertools.count`` is atomic under the GIL); the random base, redrawn after ``fork``,
-    makes them unique across processes.
+    makes them unique across processes.  Callers that also stamp ``emitted_at_ms`` pass the
+    same ``ms`` so that one clock read serves both.
     """
-    ms = time.time_ns() // 1_000_000
-    low = (_id_base + next(_counter)) & ((1 << 74) - 1)
-    rand_a = low >> 62
-    rand_b = low & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    if ms is None:
+        ms = time.time_ns() // 1_000_000
+    low = (_id_base + next(_counter)) & _LOW_BITS
+    value = (ms << 80) | _VERSION_AND_VARIANT | ((low >> 62) << 64) | (low & _RAND_B_BITS)
     return value.to_bytes(16, "big")
 
 
@@ -182,8 +185,16 @@ def now_ms() -> int:
 # --- call-site validation (msgspec does not validate on construction) -------------------
 
 
+# Keys already found valid: a service uses a handful of tag keys, and the rule's regex is
+# the dearest part of a call.  Bounded so that ever-new keys cannot grow it without limit.
+_valid_keys: set[str] = set()
+_VALID_KEYS_MAX: Final = 4096
+
+
 def check_key(key: object, kind: str = "tag") -> str:
     """Return ``key`` if it is a valid tag/metadata key, else raise naming key and rule."""
+    if type(key) is str and key in _valid_keys:
+        return key
     if not isinstance(key, str):
         raise InvalidTagKeyError(f"{kind} key {key!r} must be a str, not {type(key).__name__}")
     if len(key) > MAX_KEY_LENGTH:
@@ -193,6 +204,10 @@ def check_key(key: object, kind: str = "tag") -> str:
         )
     if _KEY_RE.match(key) is None:
         raise InvalidTagKeyError(f"{kind} key {key!r} is invalid: {KEY_RULE}")
+    if type(key) is str:
+        if len(_valid_keys) >= _VALID_KEYS_MAX:
+            _valid_keys.clear()
+        _valid_keys.add(key)
     return key
 
 
@@ -210,16 +225,23 @@ def check_value(key: str, value: object, kind: str = "tag") -> str:
 
 
 def check_mapping(items: object, kind: str = "tag", *, allow_empty: bool = True) -> dict[str, str]:
-    """Validate a ``{key: value}`` mapping of tags or metadata; return it as a plain dict."""
-    if not isinstance(items, Mapping):
+    """Validate a ``{key: value}`` mapping of tags or metadata; return it as a plain dict.
+
+    A plain dict comes back as is (not copied): the producer encodes it at once.
+    """
+    if type(items) is not dict and not isinstance(items, Mapping):
         raise ValidationError(
             f"{kind}s must be a mapping of str to str, not {type(items).__name__}"
         )
     if not items and not allow_empty:
         raise ValidationError(f"no {kind}s given: pass at least one {kind}")
+    valid = _valid_keys
     for key, value in items.items():
-        check_value(check_key(key, kind), value, kind)
-    return dict(items)
+        if type(key) is not str or key not in valid:
+            check_key(key, kind)
+        if type(value) is not str or len(value) > MAX_VALUE_LENGTH:
+            check_value(key, value, kind)
+    return items if type(items) is dict else dict(items)
 
 
 def check_keys(keys: object, kind: str = "tag") -> list[str]:
