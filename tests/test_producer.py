@@ -408,3 +408,22 @@ async def test_async_producer_survives_an_outage(own_redis: RedisServer, namespa
     ]
     client.close()
     assert seqs == list(range(2_001))
+
+
+def test_atexit_hook_flushes_what_the_app_forgot(
+    settings: Settings, r: redis.Redis, tmp_path: object
+) -> None:
+    """A script that never calls flush()/close(): its events still reach the log."""
+    import subprocess
+    import sys
+
+    script = (
+        "import tracetags\n"
+        f"tracetags.configure(tracetags.Settings(redis_url={settings.redis_url!r}, "
+        f"namespace={settings.namespace!r}, flush_interval_ms=10_000, "
+        "producer_batch_size=5_000))\n"
+        "for i in range(2_000):\n"
+        "    tracetags.set_trace_tag(f'tr-{i}', 'env', 'prod')\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert len(read_log(r, settings.namespace)) == 2_000
