@@ -15,7 +15,14 @@ from typing import Any
 
 import redis
 
-from tracetags.keys import NAME_TAG, Keys, decode_stamp, split_register
+from tracetags.keys import (
+    NAME_TAG,
+    PLAIN_MAX,
+    SET_CHUNK,
+    Keys,
+    decode_stamp,
+    split_register,
+)
 from tracetags.schemas import (
     Event,
     TagsDeleted,
@@ -92,7 +99,11 @@ class FoldModel:
             trace.registers[name] = (stamp, value)
 
     def expected(self, keys: Keys, partition: int) -> Dump:
-        """Every key the fold should leave (besides the streams and the trace counter)."""
+        """Every key the fold should leave (besides the streams and the trace counter).
+
+        Sets are logical (a chunked set under its unchunked name, members as trace ids);
+        distinct-value zsets score each value with its number of traces.
+        """
         out: Dump = {}
         sets: dict[str, set[str]] = {}
         zsets: dict[str, dict[str, float]] = {}
@@ -102,6 +113,10 @@ class FoldModel:
 
         def score(key: str, member: str, value: float) -> None:
             zsets.setdefault(key, {})[member] = value
+
+        def count(key: str, member: str) -> None:
+            values = zsets.setdefault(key, {})
+            values[member] = values.get(member, 0.0) + 1
 
         p = partition
         for trace_id, trace in self.traces.items():
@@ -114,19 +129,20 @@ class FoldModel:
                 if len(name) > 1 and kind == "t":
                     add(keys.tag_value(p, key, value), trace_id)
                     add(keys.tag_key(p, key), trace_id)
-                    score(keys.tag_values(p, key), value, 0.0)
+                    count(keys.tag_values(p, key), value)
                 elif len(name) > 1:
                     add(keys.metadata_value(p, key, value), trace_id)
                     add(keys.metadata_key(p, key), trace_id)
-                    score(keys.metadata_values(p, key), value, 0.0)
+                    count(keys.metadata_values(p, key), value)
                 elif name == "e":
                     add(keys.experiment(p, value), trace_id)
-                    score(keys.experiments(p), value, 0.0)
+                    count(keys.experiments(p), value)
                 elif name == "S":
                     add(keys.status(p, value), trace_id)
+                    count(keys.statuses(p), value)
                 elif name == "c":
                     add(keys.client_request_id(p, value), trace_id)
-                    score(keys.client_request_ids(p), value, 0.0)
+                    count(keys.client_request_ids(p), value)
             timestamp, duration = trace.value("s"), trace.value("d")
             if timestamp is not None:
                 score(keys.by_timestamp(p), trace_id, float(timestamp))
@@ -143,16 +159,53 @@ class FoldModel:
         return out
 
 
-_SET_KINDS = ("tv", "tk", "mv", "mk", "st", "ex", "cr")
+#: Value sets (plain up to PLAIN_MAX members, chunked above) and their distinct zsets.
+_VALUE_SETS = ("tv", "mv", "st", "ex", "cr")
+#: Always-chunked key sets.
+_KEY_SETS = ("tk", "mk")
 _VALUE_ZSETS = ("td", "md")
 _TRACE_ZSETS = ("ts", "du", "en")
+_DISTINCT_OF = {"st": "std", "ex": "exd", "cr": "crd"}
+
+
+def _take_enc(text: bytes) -> tuple[bytes, bytes]:
+    """Split ``<len>:<bytes>rest`` into (the whole encoded string, rest)."""
+    length, colon, rest = text.partition(b":")
+    assert colon and length.isdigit(), f"bad encoded string: {text!r}"
+    n = int(length)
+    assert len(rest) >= n, f"short encoded string: {text!r}"
+    return text[: len(length) + 1 + n], rest[n:]
+
+
+def _split_set_key(rest: str) -> tuple[str, str, int | None]:
+    """A set key (after the partition prefix) as (family, logical key, chunk or None)."""
+    head, _, tail = rest.partition(":")
+    raw = tail.encode()
+    encoded = b""
+    if head == "all":
+        remainder = raw if not tail else b":" + raw
+        logical = "all"
+    else:
+        n_strings = 2 if head in ("tv", "mv") else 1
+        for _ in range(n_strings):
+            piece, raw = _take_enc(raw)
+            encoded += piece
+        remainder = raw
+        logical = f"{head}:{encoded.decode()}"
+    if not remainder:
+        return head, logical, None
+    assert remainder[:1] == b":" and remainder[1:].isdigit(), f"bad chunk suffix: {rest}"
+    return head, logical, int(remainder[1:])
 
 
 def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     """Read every key of the namespace into :meth:`FoldModel.expected`'s shape.
 
-    Fails (AssertionError) on a key of another partition or an unknown shape, on a set member
-    that is not a live trace number, and on a trace hash not matching the id map.
+    Chunked sets are read back as one logical set.  Fails (AssertionError) on a key of
+    another partition or an unknown shape, on a set member that is not a live trace number,
+    on a trace hash not matching the id map, on a chunk that is not an intset or holds an
+    offset out of range, and on a value set whose form (plain or chunked) does not match
+    its count in the distinct zset.
     """
     prefix = keys.prefix(partition)
     found = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000))
@@ -176,18 +229,19 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     values = dict(zip(found, pipe.execute(), strict=True))
 
     ids_key = keys.trace_ids(partition)
-    numbers: dict[str, str] = {}  # trace number -> trace id
+    numbers: dict[int, str] = {}  # trace number -> trace id
     if ids_key in values:
-        ids = {k.decode(): v.decode() for k, v in values[ids_key].items()}
+        ids = {k.decode(): int(v) for k, v in values[ids_key].items()}
         numbers = {no: trace_id for trace_id, no in ids.items()}
         assert len(numbers) == len(ids), "two traces share a number"
 
-    def trace_of(member: bytes) -> str:
-        no = member.decode()
+    def trace_of(no: int) -> str:
         assert no in numbers, f"index member {no} is not a live trace number"
         return numbers[no]
 
     out: Dump = {}
+    logical: dict[str, set[str]] = {}
+    forms: dict[str, set[bool]] = {}  # logical value set -> {chunked?}
     seen_traces: set[str] = set()
     for key, value in values.items():
         rest = key[len(prefix) + 1 :]
@@ -205,7 +259,8 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
             no = rest[2:]
             state = {k.decode(): v.decode() for k, v in value.items()}
             trace_id = state.pop("i")
-            assert numbers.get(no) == trace_id, f"{key}: id map and hash disagree"
+            assert numbers.get(int(no)) == trace_id, f"{key}: id map and hash disagree"
+            assert str(int(no)) == no, key
             seen_traces.add(trace_id)
             base = int(state.pop("b"))
             registers: dict[str, Any] = {"x": decode_stamp(state.pop("x"), base)}
@@ -213,16 +268,46 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
                 stamp, register_value = split_register(text)
                 registers[name] = (decode_stamp(stamp, base), register_value)
             out[("trace", trace_id)] = registers
-        elif head in _SET_KINDS or rest == "all":
+        elif head in _VALUE_SETS or head in _KEY_SETS or head == "all":
             assert kind == "set", key
-            out[key] = frozenset(trace_of(m) for m in value)
-        elif head in _VALUE_ZSETS or rest in ("exd", "crd"):
+            family, name, chunk = _split_set_key(rest)
+            members = {int(m) for m in value}
+            if chunk is not None:
+                encoding = client.object("encoding", key)
+                assert encoding == b"intset", f"{key}: chunk is {encoding!r}, not an intset"
+                assert all(0 <= m < SET_CHUNK for m in members), f"{key}: offset out of range"
+                members = {chunk * SET_CHUNK + m for m in members}
+            if family in _KEY_SETS:
+                assert chunk is not None, f"{key}: key sets are always chunked"
+            if family == "all":
+                assert chunk is None, f"{key}: the set of all traces is plain"
+            forms.setdefault(name, set()).add(chunk is not None)
+            logical.setdefault(f"{prefix}:{name}", set()).update(trace_of(m) for m in members)
+        elif head in _VALUE_ZSETS or rest in ("exd", "crd", "std"):
             assert kind == "zset", key
             out[key] = {m.decode(): s for m, s in value}
         elif rest in _TRACE_ZSETS:
             assert kind == "zset", key
-            out[key] = {trace_of(m): s for m, s in value}
+            out[key] = {trace_of(int(m)): s for m, s in value}
         else:
             raise AssertionError(f"stray key: {key} ({kind})")
     assert seen_traces == set(numbers.values()), "id map names traces without a hash"
+    for name, chunked in forms.items():
+        head = name.split(":", 1)[0]
+        if head not in _VALUE_SETS:
+            continue
+        assert len(chunked) == 1, f"{name} exists both plain and chunked"
+        size = len(logical[f"{prefix}:{name}"])
+        if head in ("tv", "mv"):
+            encoded_key, _ = _take_enc(name[3:].encode())
+            distinct = f"{prefix}:{head[0]}d:{encoded_key.decode()}"
+            value = _take_enc(name[3:].encode())[1]
+        else:
+            distinct = f"{prefix}:{_DISTINCT_OF[head]}"
+            value = name[3:].encode()
+        plain_value = _take_enc(value)[0].split(b":", 1)[1].decode()
+        counted = out.get(distinct, {}).get(plain_value)
+        assert counted == size, f"{name}: {size} members, counted {counted} in {distinct}"
+        assert chunked == {size > PLAIN_MAX}, f"{name}: wrong form for {size} members"
+    out.update({k: frozenset(v) for k, v in logical.items()})
     return out

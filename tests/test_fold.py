@@ -20,7 +20,15 @@ from tracetags import functions, schemas
 from tracetags.embedded import RedisServer
 from tracetags.errors import FoldArgumentsError
 from tracetags.functions import BatchItem, DeadLetter, apply_batch, decode_entries
-from tracetags.keys import NAME_TAG, Keys, decode_stamp, encode_stamp
+from tracetags.keys import (
+    NAME_TAG,
+    PLAIN_MAX,
+    Keys,
+    chunk_key,
+    chunk_of,
+    decode_stamp,
+    encode_stamp,
+)
 
 GROUP = "fold-test"
 BASE_MS = 1_700_000_000_000
@@ -242,7 +250,8 @@ def test_a_trace_with_1000_tags(r: redis.Redis, namespace: str) -> None:
     entries = _apply_all(r, keys, 0)
     state = dump(r, keys, 0)
     assert state == _model_of(entries).expected(keys, 0)
-    assert r.scard(keys.tag_key(0, "key.999")) == 1
+    chunk, offset = chunk_of(1)
+    assert r.smembers(chunk_key(keys.tag_key(0, "key.999"), chunk)) == {str(offset).encode()}
     assert len(state[("trace", "big")]) == 1000 + 5  # tags, e s d S, x
 
     _write(r, stream, schemas.TraceDeleted(**_common("big")))  # type: ignore[arg-type]
@@ -301,7 +310,7 @@ def test_a_deletion_delivered_before_older_events_keeps_them_out(
     for entry in reversed(entries):
         apply_batch(r, keys, 0, GROUP, decode_entries([entry]))
     assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
-    assert not r.exists(keys.tag_key(0, "a"))
+    assert not r.exists(chunk_key(keys.tag_key(0, "a"), 0))
 
 
 def test_a_malformed_batch_is_refused_before_any_write(r: redis.Redis, namespace: str) -> None:
@@ -384,3 +393,51 @@ def test_entry_ids_order_numerically_not_as_text() -> None:
     ids = ["9-0", "10-0", "10-2", "10-10", "100-1"]
     shuffled = random.sample(ids, len(ids))
     assert sorted(shuffled, key=parse_entry_id) == ids
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_value_sets_change_form_across_the_threshold_in_any_order(
+    r: redis.Redis, namespace: str, seed: int
+) -> None:
+    """Value sets go plain -> chunked above PLAIN_MAX members and back below it, whatever
+    the delivery order; the chunked key sets and the counts follow."""
+    rng = random.Random(seed)
+    keys = Keys(namespace)
+    stream = _fresh_stream(r, keys, 0)
+    n = PLAIN_MAX + 200
+    log: list[schemas.Event] = []
+    for i in range(n):
+        log.append(schemas.TraceStarted(
+            **_common(f"tr-{i}"), experiment_id="1", timestamp_ms=i,  # type: ignore[arg-type]
+            tags={"env": "prod", "u": f"u{i % 3}"},
+        ))  # fmt: skip
+    for i in range(300):
+        log.append(schemas.TagsSet(**_common(f"tr-{i}"), tags={"env": "dev"}))  # type: ignore[arg-type]
+    for i in range(300, 400):
+        log.append(schemas.TraceDeleted(**_common(f"tr-{i}")))  # type: ignore[arg-type]
+    for i in range(0, 250):
+        log.append(schemas.TagsDeleted(**_common(f"tr-{i}"), keys=["env"]))  # type: ignore[arg-type]
+    for i in range(0, 400):
+        log.append(schemas.TagsSet(**_common(f"tr-{i}"), tags={"env": "prod"}))  # type: ignore[arg-type]
+    pipe = r.pipeline(transaction=False)
+    for event in log:
+        pipe.xadd(stream, {schemas.ENTRY_FIELD: schemas.encode(event)})
+    pipe.execute()
+    entries = _pending(r, stream)
+    model = _model_of(entries)
+    # In order, checking every prefix boundary of a few batch sizes, then shuffled with dups.
+    delivery = list(entries)
+    if seed:
+        delivery += rng.sample(entries, len(entries) // 3)
+        rng.shuffle(delivery)
+    start = 0
+    while start < len(delivery):
+        size = rng.choice([1, 7, 50, 333])
+        apply_batch(r, keys, 0, GROUP, decode_entries(delivery[start : start + size]))
+        start += size
+        if not seed and start < len(delivery):
+            assert dump(r, keys, 0) == _model_of(entries[:start]).expected(keys, 0)
+    assert dump(r, keys, 0) == model.expected(keys, 0)
+    prod = keys.tag_value(0, "env", "prod")
+    assert not r.exists(prod) and r.exists(chunk_key(prod, 0))  # 500 + 100 members: chunked
+    assert r.zscore(keys.tag_values(0, "env"), "prod") == n  # 300..399 came back as prod

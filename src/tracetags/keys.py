@@ -1,48 +1,93 @@
 """The only module that spells Redis keys.
 
-Every key of a namespace ``ns`` (the Lua library builds the same shapes from the
-partition prefix it is given; ``functions/`` mirrors this table):
+Every key of a namespace ``ns`` (the Lua library ``tracetags_v2`` builds the same shapes from
+the partition prefix it is given; ``functions/`` mirrors this table):
 
 =========================================  =======  ================================================
 key                                        type     holds
 =========================================  =======  ================================================
 ``ns:meta``                                hash     ``partitions`` (fixed at creation),
                                                     ``created_ms``
-``ns:consumers``                           zset     live consumers: name → last heartbeat (ms)
 ``ns:{pNN}:log``                           stream   the event log of partition NN (field ``e``)
 ``ns:{pNN}:dead``                          stream   dead letters: payload, entry id, reason, time
-``ns:{pNN}:n``                             string   counter handing out trace numbers (INCR)
+``ns:{pNN}:n``                             string   counter handing out trace numbers (INCRBY)
 ``ns:{pNN}:ids``                           hash     trace id → trace number (``<no>``)
 ``ns:{pNN}:t:<no>``                        hash     one trace's state (fields below)
 ``ns:{pNN}:gone``                          hash     trace id → entry id of its latest
                                                     ``trace_deleted`` (trace tombstone)
-``ns:{pNN}:all``                           set      numbers of every trace of the partition
-``ns:{pNN}:tv:<enc key><enc value>``       set      traces whose tag ``key`` is ``value``
-``ns:{pNN}:tk:<enc key>``                  set      traces that have tag ``key``
-``ns:{pNN}:td:<enc key>``                  zset     distinct values of tag ``key`` (score 0)
-``ns:{pNN}:mv:<enc key><enc value>``       set      traces whose metadata ``key`` is ``value``
-``ns:{pNN}:mk:<enc key>``                  set      traces that have metadata ``key``
-``ns:{pNN}:md:<enc key>``                  zset     distinct values of metadata ``key`` (score 0)
-``ns:{pNN}:st:<enc status>``               set      traces with that status
-``ns:{pNN}:ex:<enc experiment_id>``        set      traces of that experiment
-``ns:{pNN}:exd``                           zset     distinct experiment ids (score 0)
-``ns:{pNN}:cr:<enc client_request_id>``    set      traces with that client_request_id
-``ns:{pNN}:crd``                           zset     distinct client_request_ids (score 0)
+``ns:{pNN}:all``                           set      numbers of every trace of the partition (plain)
+``ns:{pNN}:tv:<enc key><enc value>``       V-set    traces whose tag ``key`` is ``value``
+``ns:{pNN}:tk:<enc key>``                  C-set    traces that have tag ``key``
+``ns:{pNN}:td:<enc key>``                  zset     distinct values of tag ``key``, scored by
+                                                    their number of traces
+``ns:{pNN}:mv:<enc key><enc value>``       V-set    traces whose metadata ``key`` is ``value``
+``ns:{pNN}:mk:<enc key>``                  C-set    traces that have metadata ``key``
+``ns:{pNN}:md:<enc key>``                  zset     distinct values of metadata ``key`` (counts)
+``ns:{pNN}:st:<enc status>``               V-set    traces with that status
+``ns:{pNN}:std``                           zset     distinct statuses (counts)
+``ns:{pNN}:ex:<enc experiment_id>``        V-set    traces of that experiment
+``ns:{pNN}:exd``                           zset     distinct experiment ids (counts)
+``ns:{pNN}:cr:<enc client_request_id>``    V-set    traces with that client_request_id
+``ns:{pNN}:crd``                           zset     distinct client_request_ids (counts)
 ``ns:{pNN}:ts``                            zset     traces by ``timestamp_ms``
 ``ns:{pNN}:du``                            zset     traces by ``execution_time_ms`` (finished only)
 ``ns:{pNN}:en``                            zset     traces by ``end_time_ms`` = timestamp_ms +
                                                     execution_time_ms (0 if missing)
 =========================================  =======  ================================================
 
-Every set and sorted set of traces holds **trace numbers** (small decimal ints from
-``ns:{pNN}:n``, so sets stay intsets), never trace ids; ``ns:{pNN}:ids`` and the ``i`` field
-of ``ns:{pNN}:t:<no>`` map the two ways.  A number is only meaningful inside its partition
-and is never reused.  Empty sets and hashes vanish by themselves, and the fold removes a
-value from a distinct-values zset when its last trace leaves the value's set, so no index
-key outlives its content.  ``name`` is the tag ``mlflow.traceName`` (:data:`NAME_TAG`): the
-event field and an explicit tag share one register and one set of indexes.
+**Set forms.**  Every set and sorted set of traces holds **trace numbers** (dense decimal
+ints from ``ns:{pNN}:n``, never reused), never trace ids; ``ns:{pNN}:ids`` and the ``i`` field
+of ``ns:{pNN}:t:<no>`` map the two ways.  A set of more than 512 members stops being an
+intset (``set-max-intset-entries``) and costs ~48 B per member instead of 2-4, hence:
 
-Fields of ``ns:{pNN}:t:<no>``: ``i`` trace id; ``b`` base ms of its stamps; ``x`` stamp of the
+- a **C-set** (chunked set) ``K`` is the keys ``K:<c>`` for c = 0 .. ``GET n`` // 512
+  (:data:`SET_CHUNK`), chunk ``c`` holding the offsets ``number - 512 * c`` (0..511: every
+  chunk is an int16 intset, ~2 B per member).  Missing chunks are empty.
+- a **V-set** (value set) ``K`` is *plain* (the key ``K`` itself, trace numbers) while it has at
+  most 512 members (:data:`PLAIN_MAX`) and *chunked* like a C-set above; the form is a
+  function of the member count, which is the value's score in its distinct zset (``td`` ``md``
+  ``std`` ``exd`` ``crd``), so a reader knows it with one ZSCORE.  Sparse values (user ids,
+  sessions) stay plain intsets; dense ones (env, status, experiment) are chunked.
+- ``all`` stays plain (``Client.status`` counts it with SCARD; chunking it would save ~45
+  B/trace and needs ``HLEN ids`` there instead).
+
+Empty sets and hashes vanish by themselves, and a value leaves its distinct zset when its
+count reaches 0, so no index key outlives its content.  ``name`` is the tag
+``mlflow.traceName`` (:data:`NAME_TAG`): the event field and an explicit tag share one
+register and one set of indexes.
+
+**How the query engine uses them** (all inside a Function, per partition; ``C`` = ``GET n`` //
+512 + 1 chunks, ~1,954 at 1M traces):
+
+- *value test* ``tags.k = 'v'`` (also metadata, ``status``, ``experiment_ids=``,
+  ``client_request_id``, ``IN``): ``ZSCORE td:<k> v`` gives the count (0 = no match) and the
+  form.  Plain: SMEMBERS / SISMEMBER / SINTERCARD as usual.  Chunked: per chunk ``c``, the
+  members are ``512*c + offset``; membership of number ``no`` is ``SISMEMBER K:<no//512>
+  <no%512>``.
+- *count*: a single value is its distinct-zset score (O(1)); ``IN`` sums scores.  AND of two
+  chunked sets: sum over c of ``SINTERCARD 2 A:<c> B:<c>`` (chunks are ≤ 512 members, so each
+  is cheap and there is no 500k x 200k intersection); a plain set against anything: test its
+  ≤ 512 members.  ``IS NOT NULL``: sum of SCARD over ``tk:<k>:<c>``.
+- *selective filter* (smallest term small): take the smallest set's members (plain: ≤ 512
+  numbers; chunked: walk chunks), test each against the other terms by SISMEMBER (chunk-aware),
+  sort the survivors by ZSCORE in ``ts`` (or the order key) and page.
+- *broad filter, first page*: walk ``ts`` (ZRANGE … REV LIMIT, in pages) from the right end and
+  test each number's membership in every term (SISMEMBER on the plain key or the number's
+  chunk) until the page is full.
+- ``!=`` = ``tk`` minus the value set (chunk by chunk, SDIFF/SMISMEMBER); ``IS NULL`` = scope
+  minus ``tk``; ``NOT (…)`` = complement within the searched experiments (union of their
+  ``ex`` sets, chunk by chunk).  OR = union, chunk by chunk.
+- ``LIKE`` / ``ILIKE`` / ``RLIKE`` / ``NOT LIKE`` and numeric comparisons on tags: scan the
+  distinct values of ``td:<k>`` (ZRANGE / ZSCAN; never the traces), then union the matching
+  value sets (their scores give the count without touching any set).
+- ``timestamp_ms`` / ``execution_time_ms`` / ``end_time_ms`` comparisons: ZRANGEBYSCORE on
+  ``ts`` / ``du`` / ``en`` (``du`` lacks unfinished traces, which never match); ordering by
+  them walks the zset.  ``request_id``, ``name``, ``run_id``, tag and metadata ordering: sort
+  the candidates by their hash fields (``i``, ``tmlflow.traceName``, …) with HMGET; for a broad
+  filter, walk the distinct values of the ordered key in ``td``/``md`` order and the values'
+  sets.
+
+**Fields of** ``ns:{pNN}:t:<no>``: ``i`` trace id; ``b`` base ms of its stamps; ``x`` stamp of the
 latest event applied (the trace exists while it is newer than its tombstone); the
 attribute registers ``e`` experiment_id, ``s`` timestamp_ms, ``d`` execution_time_ms,
 ``S`` status, ``c`` client_request_id; ``t<key>`` per tag and ``m<key>`` per metadata key.
@@ -50,11 +95,13 @@ A register's value is ``<stamp>:<value>``, or ``<stamp>`` alone for a tombstone 
 A stamp is the writer's entry id ``ms-seq``, stored compactly as the decimal integer
 ``(ms - b) * 1024 + seq`` when ``seq < 1024`` and ``|ms - b| < 2**42`` (exact in a double),
 else verbatim as ``ms-seq``.  Use :func:`decode_stamp` and :func:`split_register` to read them.
+(Unchanged from ``tracetags_v1``.)
 
 ``{pNN}`` is a Redis Cluster hash tag: all keys of one partition live in one slot, so a
 Function may touch any of them.  ``<enc s>`` is ``<byte length>:<s>`` — a length prefix
 makes every concatenation of encoded strings injective, so ``a:b``=``c`` and ``a``=``b:c``
-can never share a key.
+can never share a key; a chunk suffix ``:<c>`` comes after the last encoded string, so a
+chunk key never equals a plain key either.
 """
 
 from __future__ import annotations
@@ -68,6 +115,11 @@ NAME_TAG: Final = "mlflow.traceName"
 #: Compact stamps: ``(ms - base) * STAMP_SEQ_SPAN + seq``; see the key table.
 STAMP_SEQ_SPAN: Final = 1024
 STAMP_MAX_DELTA_MS: Final = 2**42
+#: A chunked set keeps chunk ``number // SET_CHUNK`` in ``<key>:<chunk>`` as the offsets
+#: ``number % SET_CHUNK``: at most 512 members, all int16, so each chunk stays an intset.
+SET_CHUNK: Final = 512
+#: A value set is plain while it has at most this many members, chunked above.
+PLAIN_MAX: Final = 512
 
 
 def enc(text: str) -> str:
@@ -96,6 +148,16 @@ def split_register(text: str) -> tuple[str, str | None]:
     """A trace-hash register ``<stamp>:<value>`` as ``(stamp, value)``; value None = tombstone."""
     stamp, colon, value = text.partition(":")
     return stamp, (value if colon else None)
+
+
+def chunk_key(key: str, chunk: int) -> str:
+    """The key of chunk ``chunk`` of the chunked set ``key``."""
+    return f"{key}:{chunk}"
+
+
+def chunk_of(number: int) -> tuple[int, int]:
+    """``(chunk, offset)`` of a trace number in a chunked set."""
+    return divmod(number, SET_CHUNK)
 
 
 def partition_of(trace_id: str, partitions: int) -> int:
@@ -164,6 +226,9 @@ class Keys:
 
     def status(self, partition: int, status: str) -> str:
         return f"{self.prefix(partition)}:st:{enc(status)}"
+
+    def statuses(self, partition: int) -> str:
+        return f"{self.prefix(partition)}:std"
 
     def experiment(self, partition: int, experiment_id: str) -> str:
         return f"{self.prefix(partition)}:ex:{enc(experiment_id)}"

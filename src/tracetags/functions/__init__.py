@@ -19,9 +19,10 @@ arbitrary bytes, and rare).
 ``kind`` is ``S`` trace_started, ``F`` trace_finished, ``T`` tags_set, ``D`` tags_deleted
 (its tag run holds keys only) or ``X`` trace_deleted.  Attribute codes are the trace-hash
 field names of keys.py: ``e`` experiment_id, ``s`` timestamp_ms, ``d`` execution_time_ms,
-``S`` status, ``c`` client_request_id.  A trace_started sets status ``IN_PROGRESS`` (a later
-trace_finished wins by stamp); an event's ``name`` travels as the tag ``mlflow.traceName``,
-overriding that key in the same event's ``tags``.
+``S`` status, ``c`` client_request_id; ``s`` and ``d`` go as decimal strings (Lua would
+otherwise format each number, its slowest common operation).  A trace_started sets status
+``IN_PROGRESS`` (a later trace_finished wins by stamp); an event's ``name`` travels as the
+tag ``mlflow.traceName``, overriding that key in the same event's ``tags``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from tracetags.schemas import (
     decode,
 )
 
-LIBRARY_NAME: Final = "tracetags_v1"
+LIBRARY_NAME: Final = "tracetags_v2"
 APPLY_FUNCTION: Final = "tt_apply"
 LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8")
 
@@ -169,12 +170,13 @@ def build_batch(items: Iterable[BatchItem], dead: list[Any] | None = None) -> li
             crid = event.client_request_id
             if cls is TraceFinished:
                 attrs: tuple[Any, ...] = (
-                    "e", event.experiment_id, "s", event.timestamp_ms,
-                    "d", event.execution_time_ms, "S", event.status,  # type: ignore[union-attr]
+                    "e", event.experiment_id, "s", str(event.timestamp_ms),
+                    "d", str(event.execution_time_ms), "S", event.status,  # type: ignore[union-attr]
                 )  # fmt: skip
                 kind = "F"
             else:
-                attrs = ("e", event.experiment_id, "s", event.timestamp_ms, "S", "IN_PROGRESS")
+                attrs = ("e", event.experiment_id, "s", str(event.timestamp_ms),
+                         "S", "IN_PROGRESS")  # fmt: skip
                 kind = "S"
             n_attrs = len(attrs) // 2
             if crid is not None:
