@@ -6,6 +6,7 @@ Exit codes: 0 success; 2 usage or input error; 3 Redis unreachable.
 from __future__ import annotations
 
 import contextlib
+import enum
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -19,9 +20,10 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from tracetags import schemas, traffic
+from tracetags import deadletters, schemas, traffic
+from tracetags.client import Client, TraceInfo
 from tracetags.embedded import RedisServer, embedded_server
-from tracetags.errors import TracetagsError
+from tracetags.errors import TracetagsError, TracetagsTimeoutError
 from tracetags.keys import Keys
 from tracetags.log import read_log
 from tracetags.producer import TagProducer
@@ -207,6 +209,210 @@ def serve(
         raise typer.Exit(EXIT_UNREACHABLE) from None
 
 
+def _reachable() -> Settings:
+    """Settings for a command that talks to an existing Redis: the given URL, else the
+    embedded Redis that ``serve``/``demo`` recorded under ./.tracetags, else localhost."""
+    settings = _settings()
+    if settings.redis_url is None:
+        settings = settings.replace(redis_url=_embedded_url(settings))
+    _ping(settings)
+    return settings
+
+
+class Format(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def status(
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """Per partition: stream length, lag, pending, dead letters, traces; consumers; memory."""
+    settings = _reachable()
+    with Client(settings) as client:
+        report = client.status()
+    if output is Format.json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        return
+    table = Table(title=f"namespace {report.namespace!r}, group {report.group!r}")
+    for column in ("partition", "log entries", "lag", "pending", "dead letters", "traces"):
+        table.add_column(column, justify="right")
+    for row in report.partitions:
+        table.add_row(str(row.partition), str(row.stream_length),
+                      "?" if row.lag is None else str(row.lag), str(row.pending),
+                      str(row.dead_letters), str(row.traces))  # fmt: skip
+    out.print(table)
+    out.print(f"Redis memory: {report.used_memory_human}")
+    if report.consumers:
+        out.print(f"consumers running: {report.consumers} ({', '.join(report.live_consumers)})")
+    else:
+        behind = report.total_lag + report.total_pending
+        out.print(
+            "[bold red]no consumer is running[/]: nothing folds the log"
+            + (f" ({behind} entries waiting)" if behind else "")
+            + "; start one with `tracetags serve`"
+        )
+
+
+@app.command()
+def get(
+    trace_id: Annotated[str, typer.Argument(help="The trace id.")],
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """Show one trace: its attributes, tags and metadata (exit 1 when it does not exist)."""
+    settings = _reachable()
+    with Client(settings) as client:
+        trace = client.get_trace(trace_id)
+    if trace is None:
+        err.print(f"trace {escape(trace_id)!r} not found in namespace {settings.namespace!r}")
+        raise typer.Exit(1)
+    info = trace.info
+    if output is Format.json:
+        sys.stdout.write(msgspec.json.encode(trace_record(info)).decode() + "\n")
+        return
+    table = Table(title=f"trace {info.trace_id}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for field, value in trace_record(info).items():
+        if isinstance(value, dict):
+            for key, item in sorted(value.items()):
+                table.add_row(f"{field}.{key}", escape(item))
+        else:
+            table.add_row(field, "" if value is None else escape(str(value)))
+    out.print(table)
+
+
+def trace_record(info: TraceInfo) -> dict[str, Any]:
+    """A trace as stable JSON field names (the CLI's output contract)."""
+    return {
+        "trace_id": info.trace_id,
+        "experiment_id": info.experiment_id,
+        "timestamp_ms": info.timestamp_ms,
+        "execution_time_ms": info.execution_time_ms,
+        "end_time_ms": info.end_time_ms,
+        "status": info.status,
+        "name": info.name,
+        "client_request_id": info.client_request_id,
+        "tags": info.tags,
+        "metadata": info.request_metadata,
+    }
+
+
+tag_app = typer.Typer(help="Set or delete tags.", no_args_is_help=True)
+app.add_typer(tag_app, name="tag")
+
+
+@tag_app.command("set")
+def tag_set(
+    trace_id: Annotated[str, typer.Argument(help="The trace id.")],
+    key: Annotated[str, typer.Argument(help="Tag key.")],
+    value: Annotated[str, typer.Argument(help="Tag value.")],
+    wait: Annotated[bool, typer.Option(help="Return once the fold applied it.")] = True,
+) -> None:
+    """Set one tag on one trace."""
+    settings = _reachable()
+    with Client(settings) as client:
+        _write(lambda: client.set_trace_tag(trace_id, key, value, wait=wait))
+    err.print(f"set {escape(key)}={escape(value)!r} on {escape(trace_id)}")
+
+
+@tag_app.command("delete")
+def tag_delete(
+    trace_id: Annotated[str, typer.Argument(help="The trace id.")],
+    key: Annotated[str, typer.Argument(help="Tag key.")],
+    wait: Annotated[bool, typer.Option(help="Return once the fold applied it.")] = True,
+) -> None:
+    """Delete one tag from one trace."""
+    settings = _reachable()
+    with Client(settings) as client:
+        _write(lambda: client.delete_trace_tag(trace_id, key, wait=wait))
+    err.print(f"deleted {escape(key)} from {escape(trace_id)}")
+
+
+def _write(action: Any) -> None:
+    try:
+        action()
+    except TracetagsTimeoutError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except TracetagsError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+dead_app = typer.Typer(help="Entries the fold could not apply.", no_args_is_help=True)
+app.add_typer(dead_app, name="dead-letters")
+
+
+def _letters(client: Client, partition: int | None, ids: list[str] | None) -> list[Any]:
+    letters = list(
+        deadletters.iter_dead_letters(client.redis, client.keys, client.partitions, partition)
+    )
+    if ids:
+        wanted = set(ids)
+        letters = [x for x in letters if x.id in wanted or x.entry_id in wanted]
+    return letters
+
+
+@dead_app.command("list")
+def dead_list(
+    partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """List dead letters with their reasons."""
+    settings = _reachable()
+    with Client(settings) as client:
+        letters = _letters(client, partition, None)
+    if output is Format.json:
+        for letter in letters:
+            record = msgspec.to_builtins(letter)
+            record["payload"] = letter.payload.hex()
+            sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+        return
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("partition", "id", "log entry", "reason", "payload bytes"):
+        table.add_column(column)
+    for letter in letters:
+        table.add_row(str(letter.partition), letter.id, letter.entry_id,
+                      escape(letter.reason), str(len(letter.payload)))  # fmt: skip
+    out.print(table)
+
+
+@dead_app.command("retry")
+def dead_retry(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Dead-letter or log entry ids; none: all.")
+    ] = None,
+    partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
+) -> None:
+    """Re-queue dead letters on the log (after a fix). A re-queued event counts as written
+    now: it overrides older writes of the same registers."""
+    settings = _reachable()
+    with Client(settings) as client:
+        letters = _letters(client, partition, ids)
+        count = deadletters.retry(client.redis, client.keys, letters)
+    err.print(f"re-queued {count} dead letters")
+
+
+@dead_app.command("purge")
+def dead_purge(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Dead-letter or log entry ids; none: all.")
+    ] = None,
+    partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+) -> None:
+    """Delete dead letters for good."""
+    settings = _reachable()
+    with Client(settings) as client:
+        letters = _letters(client, partition, ids)
+        if not yes and not typer.confirm(f"delete {len(letters)} dead letters?", err=True):
+            raise typer.Exit(1)
+        count = deadletters.purge(client.redis, client.keys, letters)
+    err.print(f"deleted {count} dead letters")
+
+
 @app.command("log")
 def log_command(
     partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
@@ -214,10 +420,7 @@ def log_command(
     count: Annotated[int | None, typer.Option(min=1, help="At most this many entries.")] = None,
 ) -> None:
     """Print the decoded event log as JSON lines (one entry per line)."""
-    settings = _settings()
-    if settings.redis_url is None:
-        settings = settings.replace(redis_url=_embedded_url(settings))
-    _ping(settings)
+    settings = _reachable()
     client = redis.Redis.from_url(settings.effective_redis_url)
     encoder = msgspec.json.Encoder()
     try:
