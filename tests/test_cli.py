@@ -120,8 +120,8 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
         bad = await asyncio.to_thread(run, "tag", "set", "tr-x", "a//b", "v")
         assert bad.exit_code == 2 and "tag key 'a//b' is invalid" in bad.stderr
 
-        # a poison entry: dead-lettered; after "a fix" (here: writing a valid payload in its
-        # place is not possible, so we re-queue a letter whose payload is valid) retry folds it
+        # A letter left by an older consumer (its payload is valid now) and a real poison
+        # entry: retry folds the first; purge drops the rest.
         from tracetags import schemas
         from tracetags.keys import Keys
 
