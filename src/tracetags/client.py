@@ -1,10 +1,11 @@
-"""The read side: ``Client`` reads folded state (get_trace), waits for the fold to catch up
-(wait_applied) and reports the health of every partition (status)."""
+"""The read side: ``Client`` reads folded state (get_trace), searches, counts and aggregates
+traces with MLflow filter strings (search_traces, count, stats, explain), waits for the fold
+to catch up (wait_applied) and reports the health of every partition (status)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from tracetags import schemas
 from tracetags.errors import TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, partition_of, split_register
 from tracetags.producer import Receipt, TagProducer
+from tracetags.query import executor
 from tracetags.settings import Settings
 
 #: Consumers write a heartbeat every HEARTBEAT_MS; one silent for HEARTBEAT_TTL_MS counts as
@@ -58,6 +60,17 @@ class TraceInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 class Trace(msgspec.Struct, frozen=True, kw_only=True):
     info: TraceInfo
+
+
+class TracePage(list[Trace]):
+    """One page of ``search_traces``: a list of traces; ``token`` fetches the next page
+    (None when this page ends the results)."""
+
+    token: str | None
+
+    def __init__(self, traces: Sequence[Trace] = (), token: str | None = None) -> None:
+        super().__init__(traces)
+        self.token = token
 
 
 class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,6 +201,78 @@ class Client:
         fields: Any = self.redis.hgetall(self.keys.trace(partition, number.decode()))
         info = trace_info_from_hash(fields)
         return None if info is None else Trace(info=info)
+
+    # --- queries (MLflow filter strings; see FILTER-LANGUAGE.md) ---------------------------
+
+    def search_traces(
+        self,
+        experiment_ids: Sequence[str] | None = None,
+        filter_string: str | None = None,
+        order_by: Sequence[str] | None = None,
+        max_results: int = executor.DEFAULT_MAX_RESULTS,
+        page_token: str | None = None,
+    ) -> TracePage:
+        """One page of the traces matching ``filter_string`` in ``experiment_ids`` (None or
+        []: all), ordered by ``order_by`` then timestamp_ms DESC, request_id ASC.
+
+        ``page.token`` fetches the next page (None on the last).  Raises FilterSyntaxError /
+        FilterSemanticError / PageTokenError (all ValueError) for bad input.
+        """
+        prepared = executor.prepare(experiment_ids, filter_string, order_by)
+        limit = executor.check_max_results(max_results)
+        page = executor.search(self.redis, self.keys, self.partitions, prepared, limit, page_token)
+        traces = []
+        for raw in page.rows:
+            info = trace_info_from_hash(raw)
+            if info is not None:
+                traces.append(Trace(info=info))
+        return TracePage(traces, page.token)
+
+    def count(
+        self, filter_string: str | None = None, experiment_ids: Sequence[str] | None = None
+    ) -> int:
+        """How many traces match (computed inside Redis; no trace is fetched)."""
+        prepared = executor.prepare(experiment_ids, filter_string)
+        return executor.count(self.redis, self.keys, self.partitions, prepared)
+
+    def stats(
+        self,
+        filter_string: str | None = None,
+        group_by: Sequence[str] = (),
+        metrics: Sequence[str] | None = None,
+        experiment_ids: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per group of ``group_by`` values (tags.<k>, metadata.<k>, status, experiment_id,
+        name, run_id): ``metrics`` among count, avg, min, max, p50, p95, p99 of
+        execution_time_ms (None when no trace of the group has finished).  Groups are sorted
+        by count, largest first; each is ``{"group": {...}, "count": ..., ...}``.
+        """
+        prepared = executor.prepare(experiment_ids, filter_string)
+        return executor.stats(self.redis, self.keys, self.partitions, prepared, group_by, metrics)
+
+    def explain(
+        self,
+        filter_string: str | None = None,
+        experiment_ids: Sequence[str] | None = None,
+        order_by: Sequence[str] | None = None,
+        max_results: int = executor.DEFAULT_MAX_RESULTS,
+        page_token: str | None = None,
+        *,
+        count: bool = False,
+    ) -> str:
+        """The plan ``search_traces`` (or ``count`` with count=True) would run, per partition,
+        with estimated cardinalities and why it was chosen."""
+        prepared = executor.prepare(experiment_ids, filter_string, order_by)
+        limit = executor.check_max_results(max_results)
+        return executor.explain(
+            self.redis,
+            self.keys,
+            self.partitions,
+            prepared,
+            limit,
+            page_token,
+            "count" if count else "page",
+        )
 
     # --- writes (through the producer) ----------------------------------------------------
 

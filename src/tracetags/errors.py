@@ -74,3 +74,15 @@ class FoldError(TracetagsError, RuntimeError):
 
 class FoldArgumentsError(FoldError, ValueError):
     """The batch given to the fold Function is malformed (``TT_BADARGS``, ``TT_BADKEYS``)."""
+
+
+class PageTokenError(FilterError):
+    """A ``page_token`` is malformed or belongs to another query (filter, order, experiments)."""
+
+
+class QueryError(TracetagsError, RuntimeError):
+    """The query Function refused a plan (``TT_<CODE>`` error reply): a bug, not bad input."""
+
+    def __init__(self, message: str, code: str = "TT_ERROR") -> None:
+        super().__init__(message)
+        self.code = code

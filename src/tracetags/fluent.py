@@ -1,4 +1,4 @@
-"""The MLflow-style fluent layer: ``@trace``, ``update_current_trace`` and friends.
+"""The MLflow-style fluent layer: ``@trace``, ``update_current_trace``, ``search_traces``, ….
 
 They write through one process-wide default :class:`~tracetags.producer.TagProducer`
 (``configure()`` replaces it), and track the active trace in a context variable, so nested
@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from tracetags import schemas
@@ -217,3 +217,50 @@ def _end(
         client_request_id=active.client_request_id,
         metadata=active.metadata,
     )
+
+
+_client_lock = threading.Lock()
+_default_client: Any = None
+
+
+def search_traces(
+    experiment_ids: Sequence[str] | None = None,
+    filter_string: str | None = None,
+    order_by: Sequence[str] | None = None,
+    max_results: int | None = None,
+    page_token: str | None = None,
+    *,
+    settings: Settings | None = None,
+) -> Any:
+    """MLflow-style ``search_traces``: a list of :class:`~tracetags.client.Trace`.
+
+    ``max_results=None`` returns every match (walking the page tokens); otherwise one page
+    of at most ``max_results`` whose ``.token`` fetches the next.  Uses a process-wide
+    :class:`~tracetags.client.Client` from ``Settings.from_env()`` unless ``settings`` is given.
+    """
+    from tracetags.client import Client, TracePage
+
+    global _default_client
+    if settings is not None:
+        client = Client(settings)
+    else:
+        with _client_lock:
+            if _default_client is None:
+                _default_client = Client(Settings.from_env())
+            client = _default_client
+    try:
+        if max_results is not None:
+            return client.search_traces(
+                experiment_ids, filter_string, order_by, max_results, page_token
+            )
+        traces: list[Any] = []
+        token = page_token
+        while True:
+            page = client.search_traces(experiment_ids, filter_string, order_by, 5_000, token)
+            traces.extend(page)
+            token = page.token
+            if token is None:
+                return TracePage(traces, None)
+    finally:
+        if settings is not None:
+            client.close()

@@ -1,4 +1,4 @@
-"""The fold's Redis Functions library (``tracetags.lua``): its loader and typed wrappers.
+"""The Redis Functions library (``tracetags.lua``): its loader and typed wrappers.
 
 ``apply_batch`` folds one batch of one partition: the events are applied to the trace
 state and indexes, bad entries are dead-lettered, and every entry of the batch is XACKed,
@@ -35,7 +35,7 @@ import msgspec
 import redis
 import redis.asyncio
 
-from tracetags.errors import FoldArgumentsError, FoldError
+from tracetags.errors import FoldArgumentsError, FoldError, QueryError
 from tracetags.keys import NAME_TAG, Keys
 from tracetags.schemas import (
     ENTRY_FIELD,
@@ -50,6 +50,7 @@ from tracetags.schemas import (
 
 LIBRARY_NAME: Final = "tracetags_v2"
 APPLY_FUNCTION: Final = "tt_apply"
+QUERY_FUNCTION: Final = "tt_query"
 LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8")
 
 _ERRORS: Final[dict[str, type[FoldError]]] = {
@@ -267,3 +268,39 @@ async def apply_batch_async(
         return _result(await client.fcall(APPLY_FUNCTION, 2, *argv))
     except redis.ResponseError as exc:
         raise _fold_error(exc) from None
+
+
+# --- the query engine ------------------------------------------------------------------
+
+
+def _query_error(exc: redis.ResponseError) -> QueryError:
+    message = str(exc).split(" script: ", 1)[0]
+    code = message.split(" ", 1)[0]
+    return QueryError(message, code if code.startswith("TT_") else "TT_ERROR")
+
+
+def query_partitions(
+    client: redis.Redis, keys: Keys, plans: Sequence[tuple[int, bytes]]
+) -> list[Any]:
+    """Run ``tt_query`` (read only) for each ``(partition, msgpack plan)`` in one pipeline.
+
+    The plan format is documented at ``tt_query`` in tracetags.lua (built by
+    :mod:`tracetags.query.planner`).  Loads the library first if the server lacks it.
+    Raises :class:`~tracetags.errors.QueryError` when the Function refuses a plan.
+    """
+    if not plans:
+        return []
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for partition, plan in plans:
+            prefix = keys.prefix(partition)
+            pipe.fcall_ro(QUERY_FUNCTION, 1, f"{prefix}:all", prefix, plan)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+        if not errors:
+            return replies
+        if attempt == 0 and any(_is_missing_function(e) for e in errors):
+            load(client)
+            continue
+        raise _query_error(errors[0]) from None
+    raise AssertionError("unreachable")  # pragma: no cover

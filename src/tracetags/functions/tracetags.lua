@@ -905,4 +905,908 @@ local function tt_apply(keys, argv)
     return { n_events, n_dead, acked }
 end
 
+--[[ The query engine: tt_query evaluates one compiled plan over one partition.
+
+The plan (built by src/tracetags/query/planner.py, one msgpack map) holds a boolean tree whose
+leaves are index tests, the sources to enumerate candidates from (or a walk of an order zset),
+the order keys, the cursor and the page size.  Candidates are evaluated in batches: each leaf
+tests a whole batch with one SMISMEMBER per set or chunk (ZMSCORE for ranges), so a batch of
+512 numbers costs one call per leaf, not one per trace.
+
+Leaves (arrays, first element is the kind):
+  {'V', dkey, vprefix, value...}  traces whose value is one of the values (value sets; their
+                                  form, plain or chunked, comes from the counts in dkey)
+  {'C', key}                      a chunked key set (tk / mk: traces that have the key)
+  {'R', zname, lo, hi}            traces whose score in <prefix>:<zname> is within lo..hi
+                                  (Redis score syntax: '(5', '-inf')
+  {'E', number...}                these trace numbers
+  {'P', field}                    traces whose hash has the field (an attribute is present)
+  {'A'} every trace;  {'Z'} none
+Nodes: {'&', child...}  {'|', child...}  {'!', child}.
+--]]
+
+local QUERY_BATCH = 1024
+local WALK_BATCH_MAX = 4096
+local bytewise -- true when the server's string collation is byte order (set per call)
+
+local function byte_lt(a, b)
+    local n = #a
+    if #b < n then
+        n = #b
+    end
+    for i = 1, n do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then
+            return x < y
+        end
+    end
+    return #a < #b
+end
+
+-- Code-point order of UTF-8 strings is their byte order; Lua compares with strcoll, which
+-- is byte order only in the C locale (Redis calls setlocale(LC_COLLATE, "")).
+local function str_lt(a, b)
+    if bytewise then
+        return a < b
+    end
+    return byte_lt(a, b)
+end
+
+local function detect_bytewise()
+    return ('B' < 'a') and ('Z' < '_') and ('_' < 'a') and ('a' < 'b') and ('1' < 'A')
+        and ('z' < '\195\169') and ('ab' < 'b') and not ('a' < 'B') and ('' < ' ')
+end
+
+local function slot(n)
+    return DECIMAL[n] or int(n)
+end
+
+local function last_chunk_of(ctx)
+    if not ctx.last_chunk then
+        ctx.last_chunk = floor(tonumber(call('GET', ctx.prefix .. ':n') or 0) / SET_CHUNK)
+    end
+    return ctx.last_chunk
+end
+
+local function pending_of(list, mask)
+    local members, idx = {}, {}
+    for i = 1, #list do
+        if not mask[i] then
+            members[#members + 1] = list[i]
+            idx[#idx + 1] = i
+        end
+    end
+    return members, idx
+end
+
+local function smismember_into(key, members, idx, mask)
+    local n = #members
+    for i = 1, n, CHUNK do
+        local got = call('SMISMEMBER', key, unpack(members, i, math.min(i + CHUNK - 1, n)))
+        for j = 1, #got do
+            if got[j] == 1 then
+                mask[idx[i + j - 1]] = true
+            end
+        end
+    end
+end
+
+local function test_chunked(key, list, mask)
+    local groups, order = {}, {}
+    for i = 1, #list do
+        if not mask[i] then
+            local no = tonumber(list[i])
+            local c = floor(no / SET_CHUNK)
+            local g = groups[c]
+            if not g then
+                g = { {}, {} }
+                groups[c] = g
+                order[#order + 1] = c
+            end
+            local offsets, idx = g[1], g[2]
+            offsets[#offsets + 1] = DECIMAL[no - c * SET_CHUNK]
+            idx[#idx + 1] = i
+        end
+    end
+    for k = 1, #order do
+        local c = order[k]
+        local g = groups[c]
+        smismember_into(key .. ':' .. slot(c), g[1], g[2], mask)
+    end
+end
+
+-- The value sets of a V leaf: { {key, chunked, count}, ... } (values with no trace skipped).
+local function value_sets(leaf)
+    if leaf.sets then
+        return leaf.sets
+    end
+    local sets = {}
+    local n = #leaf
+    for i = 4, n, CHUNK do
+        local got = call('ZMSCORE', leaf[2], unpack(leaf, i, math.min(i + CHUNK - 1, n)))
+        for j = 1, #got do
+            if got[j] then
+                local count = tonumber(got[j])
+                sets[#sets + 1] = { leaf[3] .. enc(leaf[i + j - 1]), count > PLAIN_MAX, count }
+            end
+        end
+    end
+    leaf.sets = sets
+    return sets
+end
+
+local function score_bound(text)
+    local open = sub(text, 1, 1) == '('
+    local body = open and sub(text, 2) or text
+    if body == '-inf' then
+        return -math.huge, open
+    elseif body == '+inf' or body == 'inf' then
+        return math.huge, open
+    end
+    return tonumber(body), open
+end
+
+local function in_range(leaf, score)
+    if leaf.lo == nil then
+        leaf.lo, leaf.lo_open = score_bound(leaf[3])
+        leaf.hi, leaf.hi_open = score_bound(leaf[4])
+    end
+    if score < leaf.lo or (leaf.lo_open and score == leaf.lo) then
+        return false
+    end
+    if score > leaf.hi or (leaf.hi_open and score == leaf.hi) then
+        return false
+    end
+    return true
+end
+
+local function zmscore(zkey, members)
+    local out = {}
+    local n = #members
+    for i = 1, n, CHUNK do
+        local got = call('ZMSCORE', zkey, unpack(members, i, math.min(i + CHUNK - 1, n)))
+        for j = 1, #got do
+            out[i + j - 1] = got[j] and tonumber(got[j]) or false
+        end
+    end
+    return out
+end
+
+-- Mark in mask the members of list that the leaf holds.
+local function test_leaf(ctx, leaf, list, mask)
+    local kind = leaf[1]
+    if kind == 'V' then
+        local sets = value_sets(leaf)
+        for s = 1, #sets do
+            local set = sets[s]
+            if set[2] then
+                test_chunked(set[1], list, mask)
+            else
+                local members, idx = pending_of(list, mask)
+                if #members == 0 then
+                    break
+                end
+                smismember_into(set[1], members, idx, mask)
+            end
+        end
+    elseif kind == 'C' then
+        test_chunked(leaf[2], list, mask)
+    elseif kind == 'R' then
+        local scores = zmscore(ctx.prefix .. ':' .. leaf[2], list)
+        for i = 1, #list do
+            if scores[i] and in_range(leaf, scores[i]) then
+                mask[i] = true
+            end
+        end
+    elseif kind == 'E' then
+        if not leaf.set then
+            leaf.set = {}
+            for i = 2, #leaf do
+                leaf.set[tostring(leaf[i])] = true
+            end
+        end
+        for i = 1, #list do
+            if leaf.set[list[i]] then
+                mask[i] = true
+            end
+        end
+    elseif kind == 'P' then
+        local hash_prefix = ctx.prefix .. ':t:'
+        for i = 1, #list do
+            if call('HEXISTS', hash_prefix .. list[i], leaf[2]) == 1 then
+                mask[i] = true
+            end
+        end
+    elseif kind == 'A' then
+        for i = 1, #list do
+            mask[i] = true
+        end
+    elseif kind ~= 'Z' then
+        fail('BADPLAN', 'unknown leaf kind ' .. tostring(kind))
+    end
+end
+
+-- The members of list (trace numbers as decimal strings) that satisfy node, in list order.
+local function eval(ctx, node, list)
+    if #list == 0 then
+        return list
+    end
+    local kind = node[1]
+    if kind == '&' then
+        for i = 2, #node do
+            list = eval(ctx, node[i], list)
+            if #list == 0 then
+                break
+            end
+        end
+        return list
+    end
+    local hit = {}
+    if kind == '|' then
+        local rest = list
+        for i = 2, #node do
+            local got = eval(ctx, node[i], rest)
+            if #got > 0 then
+                for j = 1, #got do
+                    hit[got[j]] = true
+                end
+                local remaining = {}
+                for j = 1, #rest do
+                    if not hit[rest[j]] then
+                        remaining[#remaining + 1] = rest[j]
+                    end
+                end
+                rest = remaining
+                if #rest == 0 then
+                    break
+                end
+            end
+        end
+    elseif kind == '!' then
+        local got = eval(ctx, node[2], list)
+        for j = 1, #got do
+            hit[got[j]] = true
+        end
+        local out = {}
+        for j = 1, #list do
+            if not hit[list[j]] then
+                out[#out + 1] = list[j]
+            end
+        end
+        return out
+    else
+        local mask = {}
+        test_leaf(ctx, node, list, mask)
+        local out = {}
+        for j = 1, #list do
+            if mask[j] then
+                out[#out + 1] = list[j]
+            end
+        end
+        return out
+    end
+    local out = {}
+    for j = 1, #list do
+        if hit[list[j]] then
+            out[#out + 1] = list[j]
+        end
+    end
+    return out
+end
+
+-- Feed fn batches of the chunked set key's members; true when fn asked to stop.
+local function enum_chunked(ctx, key, fn)
+    for c = 0, last_chunk_of(ctx) do
+        local got = call('SMEMBERS', key .. ':' .. slot(c))
+        if #got > 0 then
+            local base = c * SET_CHUNK
+            for i = 1, #got do
+                got[i] = int(base + tonumber(got[i]))
+            end
+            if fn(got) then
+                return true
+            end
+        end
+    end
+    return false
+end
+
+local function enum_rank(zkey, first, count, fn)
+    local rank = first
+    local last = first + count - 1
+    while rank <= last do
+        local got = call('ZRANGE', zkey, rank, math.min(rank + QUERY_BATCH - 1, last))
+        if #got == 0 then
+            break
+        end
+        if fn(got) then
+            return true
+        end
+        rank = rank + #got
+    end
+    return false
+end
+
+-- Every trace of the partition: the ts zset by rank, then (rarely) the traces without a
+-- timestamp from SSCAN of <prefix>:all (deduplicated: SSCAN may repeat during a rehash).
+local function enum_all(ctx, fn, skip_timed)
+    local ts = ctx.prefix .. ':ts'
+    local timed = call('ZCARD', ts)
+    if not skip_timed and enum_rank(ts, 0, timed, fn) then
+        return true
+    end
+    if call('SCARD', ctx.prefix .. ':all') <= timed then
+        return false
+    end
+    local cursor = '0'
+    local seen = {}
+    repeat
+        local got = call('SSCAN', ctx.prefix .. ':all', cursor, 'COUNT', QUERY_BATCH)
+        cursor = got[1]
+        local scores = zmscore(ts, got[2])
+        local batch = {}
+        for i = 1, #got[2] do
+            local no = got[2][i]
+            if not scores[i] and not seen[no] then
+                seen[no] = true
+                batch[#batch + 1] = no
+            end
+        end
+        if #batch > 0 and fn(batch) then
+            return true
+        end
+    until cursor == '0'
+    return false
+end
+
+local function enum_source(ctx, src, fn)
+    local kind = src[1]
+    if kind == 'V' then
+        local sets = value_sets(src)
+        for s = 1, #sets do
+            local set = sets[s]
+            if set[2] then
+                if enum_chunked(ctx, set[1], fn) then
+                    return true
+                end
+            else
+                local got = call('SMEMBERS', set[1])
+                if #got > 0 and fn(got) then
+                    return true
+                end
+            end
+        end
+        return false
+    elseif kind == 'C' then
+        return enum_chunked(ctx, src[2], fn)
+    elseif kind == 'R' then
+        local zkey = ctx.prefix .. ':' .. src[2]
+        local lo, lo_open = score_bound(src[3])
+        local first = 0
+        if lo ~= -math.huge then
+            -- Ranks below the range: scores < lo (or <= lo when lo is exclusive).
+            local below = lo_open and sub(src[3], 2) or ('(' .. src[3])
+            first = call('ZCOUNT', zkey, '-inf', below)
+        end
+        return enum_rank(zkey, first, call('ZCOUNT', zkey, src[3], src[4]), fn)
+    elseif kind == 'E' then
+        local batch = {}
+        for i = 2, #src do
+            batch[#batch + 1] = tostring(src[i])
+            if #batch == QUERY_BATCH then
+                if fn(batch) then
+                    return true
+                end
+                batch = {}
+            end
+        end
+        return #batch > 0 and fn(batch)
+    elseif kind == 'A' then
+        return enum_all(ctx, fn, false)
+    elseif kind == 'Z' then
+        return false
+    end
+    fail('BADPLAN', 'cannot enumerate leaf kind ' .. tostring(kind))
+end
+
+-- Feed fn batches of candidates: the plan's sources (deduplicated when several) or every trace.
+local function enum_candidates(ctx, fn)
+    local sources = ctx.plan.sources
+    if not sources or #sources == 0 then
+        return enum_all(ctx, fn, false)
+    end
+    if #sources == 1 then
+        return enum_source(ctx, sources[1], fn)
+    end
+    local seen = {}
+    for s = 1, #sources do
+        local stop = enum_source(ctx, sources[s], function(batch)
+            local fresh = {}
+            for i = 1, #batch do
+                if not seen[batch[i]] then
+                    seen[batch[i]] = true
+                    fresh[#fresh + 1] = batch[i]
+                end
+            end
+            return #fresh > 0 and fn(fresh)
+        end)
+        if stop then
+            return true
+        end
+    end
+    return false
+end
+
+-- --- ordering ---------------------------------------------------------------------------
+
+local ORDER_ZSETS = { s = 'ts', d = 'du', E = 'en' }
+
+local function plain_register(raw, field)
+    if not raw then
+        return false
+    end
+    if field == 'i' then
+        return raw
+    end
+    return register_value(raw) or false
+end
+
+local function order_fields(order)
+    local fields, pos = {}, {}
+    local function want(f)
+        if not pos[f] then
+            fields[#fields + 1] = f
+            pos[f] = #fields
+        end
+    end
+    for k = 1, #order do
+        local f = order[k][2]
+        if f == 'E' then
+            want('s')
+            want('d')
+        else
+            want(f)
+        end
+    end
+    return fields, pos
+end
+
+local function key_value(spec, got, pos)
+    local f = spec[2]
+    if f == 'E' then
+        local s = plain_register(got[pos['s']], 's')
+        if not s then
+            return false
+        end
+        local d = plain_register(got[pos['d']], 'd')
+        return tonumber(s) + (d and tonumber(d) or 0)
+    end
+    local v = plain_register(got[pos[f]], f)
+    if v and spec[1] == 'n' then
+        return tonumber(v)
+    end
+    return v
+end
+
+local function full_key(ctx, no)
+    local got = call('HMGET', ctx.prefix .. ':t:' .. no, unpack(ctx.fields))
+    local out = {}
+    local order = ctx.order
+    for k = 1, #order do
+        out[k] = key_value(order[k], got, ctx.pos)
+    end
+    return out
+end
+
+local function strip_zeros(s)
+    local t = string.gsub(s, '^0+', '')
+    return t
+end
+
+local function base_cmp(kind, a, b)
+    if a == b then
+        return 0
+    end
+    if kind == 'n' then
+        return a < b and -1 or 1
+    end
+    if kind == 'x' then
+        local ad = #a > 0 and not find(a, '[^0-9]')
+        local bd = #b > 0 and not find(b, '[^0-9]')
+        if ad and bd then
+            local x, y = strip_zeros(a), strip_zeros(b)
+            if #x ~= #y then
+                return #x < #y and -1 or 1
+            end
+            if x == y then
+                return 0
+            end
+            return byte_lt(x, y) and -1 or 1
+        elseif ad then
+            return -1
+        elseif bd then
+            return 1
+        end
+    end
+    return str_lt(a, b) and -1 or 1
+end
+
+-- Missing values sort last whatever the direction.
+local function cmp_value(spec, a, b)
+    if a == false then
+        return b == false and 0 or 1
+    end
+    if b == false then
+        return -1
+    end
+    local c = base_cmp(spec[1], a, b)
+    if spec[3] == 0 then
+        return -c
+    end
+    return c
+end
+
+local function cmp_keys(order, a, b)
+    for k = 1, #order do
+        local c = cmp_value(order[k], a[k], b[k])
+        if c ~= 0 then
+            return c
+        end
+    end
+    return 0
+end
+
+local function sort_rows(ctx, rows)
+    local order = ctx.order
+    table.sort(rows, function(a, b)
+        return cmp_keys(order, a[2], b[2]) < 0
+    end)
+end
+
+-- The first order key of each member (ZMSCORE when a zset holds it, else HGET).
+local function primary_values(ctx, members)
+    local spec = ctx.order[1]
+    local zname = spec[1] == 'n' and ORDER_ZSETS[spec[2]]
+    if zname then
+        return zmscore(ctx.prefix .. ':' .. zname, members)
+    end
+    local out = {}
+    local hash_prefix = ctx.prefix .. ':t:'
+    for i = 1, #members do
+        local v = plain_register(call('HGET', hash_prefix .. members[i], spec[2]), spec[2])
+        if v and spec[1] == 'n' then
+            v = tonumber(v)
+        end
+        out[i] = v
+    end
+    return out
+end
+
+-- Append to out the first `need` rows {no, key} of members after the cursor, in order.
+-- Table sorts with a Lua comparator cost ~5 us per comparison here, so the first key's
+-- cut-off value is found with a native sort of plain values and only the rows up to it
+-- (ties included) get their full key read and sorted.
+local function select_rows(ctx, members, need, out)
+    local order, cursor = ctx.order, ctx.cursor
+    local spec = order[1]
+    local primary = primary_values(ctx, members)
+    local kept, values, nulls = {}, {}, {}
+    for i = 1, #members do
+        local v = primary[i]
+        local keep = true
+        if cursor then
+            local c = cmp_value(spec, v, cursor[1])
+            if c < 0 then
+                keep = false
+            elseif c == 0 then
+                keep = cmp_keys(order, full_key(ctx, members[i]), cursor) > 0
+            end
+        end
+        if keep then
+            if v == false then
+                nulls[#nulls + 1] = members[i]
+            else
+                kept[#kept + 1] = members[i]
+                values[#values + 1] = v
+            end
+        end
+    end
+    local threshold = nil
+    if #kept > need then
+        local sorted = {}
+        for i = 1, #values do
+            sorted[i] = values[i]
+        end
+        if spec[1] == 'n' or (spec[1] == 's' and bytewise) then
+            table.sort(sorted)
+            threshold = spec[3] == 1 and sorted[need] or sorted[#sorted - need + 1]
+        else
+            table.sort(sorted, function(a, b)
+                return cmp_value(spec, a, b) < 0
+            end)
+            threshold = sorted[need]
+        end
+    end
+    local rows = {}
+    for i = 1, #kept do
+        if threshold == nil or cmp_value(spec, values[i], threshold) <= 0 then
+            rows[#rows + 1] = { kept[i], full_key(ctx, kept[i]) }
+        end
+    end
+    if #rows < need then
+        for i = 1, #nulls do
+            rows[#rows + 1] = { nulls[i], full_key(ctx, nulls[i]) }
+        end
+    end
+    sort_rows(ctx, rows)
+    for k = 1, math.min(need, #rows) do
+        out[#out + 1] = rows[k]
+    end
+end
+
+-- Collect every match from the candidates (optionally only those without a score in
+-- zkey), then select the page.
+local function collect_page(ctx, need, out, unscored_in)
+    local matches = {}
+    local function take(batch)
+        if unscored_in then
+            local scores = zmscore(unscored_in, batch)
+            local kept = {}
+            for i = 1, #batch do
+                if not scores[i] then
+                    kept[#kept + 1] = batch[i]
+                end
+            end
+            batch = kept
+        end
+        local got = eval(ctx, ctx.residual, batch)
+        for i = 1, #got do
+            matches[#matches + 1] = got[i]
+        end
+        return false
+    end
+    local sources = ctx.plan.sources
+    local timeless = unscored_in == ctx.prefix .. ':ts' or unscored_in == ctx.prefix .. ':en'
+    if timeless and (not sources or #sources == 0) then
+        -- Traces without a timestamp are not in ts: only the SSCAN part can find them.
+        enum_all(ctx, take, true)
+    else
+        enum_candidates(ctx, take)
+    end
+    ctx.scanned = ctx.scanned + #matches
+    select_rows(ctx, matches, need, out)
+end
+
+-- Walk the order zset from the cursor, testing batches, until `need` matches and the tie
+-- group of the last one are complete; true when the zset ran out first.
+local function walk_page(ctx, zname, asc, need, out)
+    local zkey = ctx.prefix .. ':' .. zname
+    local order, cursor = ctx.order, ctx.cursor
+    local rank = 0
+    if cursor then
+        local v = cursor[1]
+        if v == false then
+            return true
+        end
+        local text = format('%.17g', v)
+        if asc then
+            rank = call('ZCOUNT', zkey, '-inf', '(' .. text)
+        else
+            rank = call('ZCOUNT', zkey, '(' .. text, '+inf')
+        end
+    end
+    local found = {}
+    local boundary = nil
+    local exhausted = false
+    local batch = math.max(64, math.min(need * 2, WALK_BATCH_MAX))
+    while true do
+        local got
+        if asc then
+            got = call('ZRANGE', zkey, rank, rank + batch - 1, 'WITHSCORES')
+        else
+            got = call('ZRANGE', zkey, rank, rank + batch - 1, 'REV', 'WITHSCORES')
+        end
+        local members, scores = {}, {}
+        for i = 1, #got, 2 do
+            members[#members + 1] = got[i]
+            scores[got[i]] = tonumber(got[i + 1])
+        end
+        rank = rank + #members
+        ctx.scanned = ctx.scanned + #members
+        local survivors = eval(ctx, ctx.expr, members)
+        local done = false
+        for i = 1, #survivors do
+            local no = survivors[i]
+            local score = scores[no]
+            if boundary and score ~= boundary then
+                done = true
+                break
+            end
+            local keep = true
+            if cursor and score == cursor[1] then
+                keep = cmp_keys(order, full_key(ctx, no), cursor) > 0
+            end
+            if keep then
+                found[#found + 1] = no
+                if #found == need then
+                    boundary = score
+                end
+            end
+        end
+        if #members < batch then
+            exhausted = true
+            break
+        end
+        if done or (boundary and scores[members[#members]] ~= boundary) then
+            break
+        end
+        batch = math.min(batch * 2, WALK_BATCH_MAX)
+    end
+    local rows = {}
+    for i = 1, #found do
+        rows[#rows + 1] = { found[i], full_key(ctx, found[i]) }
+    end
+    sort_rows(ctx, rows)
+    for k = 1, math.min(need, #rows) do
+        out[#out + 1] = rows[k]
+    end
+    return exhausted
+end
+
+local function page_reply(ctx, rows)
+    local reply = {}
+    for i = 1, #rows do
+        reply[i] = call('HGETALL', ctx.prefix .. ':t:' .. rows[i][1])
+    end
+    return reply
+end
+
+-- Durations grouped by the values of the group fields: {values, count, d1, n1, d2, n2, ...}.
+local function stats_reply(ctx)
+    local fields = ctx.plan.group or {}
+    local groups, names = {}, {}
+    local du = ctx.prefix .. ':du'
+    local hash_prefix = ctx.prefix .. ':t:'
+    enum_candidates(ctx, function(batch)
+        local got = eval(ctx, ctx.residual, batch)
+        if #got == 0 then
+            return false
+        end
+        local durations = zmscore(du, got)
+        for i = 1, #got do
+            local values, name = {}, ''
+            if #fields > 0 then
+                local raw = call('HMGET', hash_prefix .. got[i], unpack(fields))
+                for k = 1, #fields do
+                    local v = plain_register(raw[k], fields[k])
+                    values[k] = v
+                    name = name .. (v and enc(v) or '-') .. '|'
+                end
+            end
+            local group = groups[name]
+            if not group then
+                group = { values = values, count = 0, by_duration = {} }
+                groups[name] = group
+                names[#names + 1] = name
+            end
+            group.count = group.count + 1
+            local d = durations[i]
+            if d then
+                group.by_duration[d] = (group.by_duration[d] or 0) + 1
+            end
+        end
+        return false
+    end)
+    local reply = {}
+    for g = 1, #names do
+        local group = groups[names[g]]
+        local values = {}
+        for k = 1, #fields do
+            values[k] = group.values[k] and { 1, group.values[k] } or { 0 }
+        end
+        local distinct = {}
+        for d in pairs(group.by_duration) do
+            distinct[#distinct + 1] = d
+        end
+        table.sort(distinct)
+        local row = { values, group.count }
+        for i = 1, #distinct do
+            row[#row + 1] = int(distinct[i])
+            row[#row + 1] = group.by_duration[distinct[i]]
+        end
+        reply[g] = row
+    end
+    return reply
+end
+
+-- Sum of SCARD over the chunks of chunked sets (sizes of key sets for the planner).
+local function cards_reply(ctx, keys)
+    local out = {}
+    for k = 1, #keys do
+        local total = 0
+        for c = 0, last_chunk_of(ctx) do
+            total = total + call('SCARD', keys[k] .. ':' .. slot(c))
+        end
+        out[k] = total
+    end
+    return out
+end
+
+--[[
+tt_query: run one query plan over one partition (read only).
+KEYS[1] all     <prefix>:all (declares the partition's slot; every other key is built from prefix)
+ARGV[1] prefix  partition prefix ns:{pNN}
+ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards'), expr (tree),
+                sources (leaves to enumerate; empty = every trace), residual (what a
+                candidate from the sources must still pass), walk ({zname, asc} or
+                absent), order ({kind 'n'|'s'|'x', field, asc 1|0} each), cursor ({present
+                0|1, value} per order key, or absent), limit, group (hash fields), keys (cards)
+Returns page: the trace hashes (HGETALL) of the first `limit` rows after the cursor, in
+order; count: an integer; stats: groups {values, count, duration, n, ...}; cards: integers.
+--]]
+local function tt_query(keys, argv)
+    call = redis.call
+    floor, sub, find, format = math.floor, string.sub, string.find, string.format
+    bytewise = detect_bytewise()
+    local prefix = argv[1]
+    if keys[1] ~= prefix .. ':all' then
+        fail('BADKEYS', 'KEYS[1] must be ' .. tostring(prefix) .. ':all')
+    end
+    local ok, plan = pcall(cmsgpack.unpack, argv[2] or '')
+    if not ok or type(plan) ~= 'table' then
+        fail('BADPLAN', 'ARGV[2] must be a msgpack map')
+    end
+    local ctx = { prefix = prefix, plan = plan, expr = plan.expr or { 'A' }, scanned = 0 }
+    -- Candidates from the plan's sources need only the residual test; every trace (no
+    -- sources) the whole filter.
+    ctx.residual = ctx.expr
+    if plan.sources and #plan.sources > 0 and plan.residual then
+        ctx.residual = plan.residual
+    end
+    local mode = plan.mode
+    if mode == 'cards' then
+        return cards_reply(ctx, plan.keys or {})
+    end
+    if mode == 'count' then
+        local total = 0
+        enum_candidates(ctx, function(batch)
+            total = total + #eval(ctx, ctx.residual, batch)
+            return false
+        end)
+        return total
+    end
+    if mode == 'stats' then
+        return stats_reply(ctx)
+    end
+    if mode ~= 'page' then
+        fail('BADPLAN', 'unknown mode ' .. tostring(mode))
+    end
+    local order = plan.order
+    ctx.order = order
+    ctx.fields, ctx.pos = order_fields(order)
+    if plan.cursor then
+        local cursor = {}
+        for k = 1, #order do
+            local item = plan.cursor[k]
+            cursor[k] = (item[1] == 1) and item[2] or false
+        end
+        ctx.cursor = cursor
+    end
+    local need = plan.limit
+    local rows = {}
+    local walk = plan.walk
+    if walk then
+        local zname, asc = walk[1], walk[2] == 1
+        local exhausted = walk_page(ctx, zname, asc, need, rows)
+        if exhausted and #rows < need then
+            collect_page(ctx, need - #rows, rows, prefix .. ':' .. zname)
+        end
+    else
+        collect_page(ctx, need, rows, nil)
+    end
+    return page_reply(ctx, rows)
+end
+
+redis.register_function { function_name = 'tt_query', callback = tt_query, flags = { 'no-writes' } }
+
 redis.register_function('tt_apply', tt_apply)

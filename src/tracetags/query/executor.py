@@ -1,0 +1,468 @@
+"""Runs search/count/stats plans inside Redis (``tt_query``, per partition) and merges the
+partitions in the client: a k-way merge by the order keys, cursor page tokens, group stats."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+import redis
+
+from tracetags import functions
+from tracetags.errors import FilterSemanticError, PageTokenError
+from tracetags.keys import Keys, split_register
+from tracetags.query import planner
+from tracetags.query.ast import Expr, OrderKey
+from tracetags.query.parser import (
+    effective_order,
+    parse_filter,
+    parse_order_by,
+    render,
+    render_order_key,
+    strip_positions,
+)
+
+__all__ = [
+    "DEFAULT_MAX_RESULTS",
+    "MAX_RESULTS_LIMIT",
+    "METRICS",
+    "Page",
+    "Prepared",
+    "count",
+    "explain",
+    "prepare",
+    "search",
+    "stats",
+]
+
+MAX_RESULTS_LIMIT = 50_000
+DEFAULT_MAX_RESULTS = 100
+METRICS = ("count", "avg", "min", "max", "p50", "p95", "p99")
+_TOKEN_VERSION = 1
+_ENCODER = msgspec.msgpack.Encoder()
+RawTrace = dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated query: its AST, effective order, scope and fingerprint (for tokens)."""
+
+    expr: Expr | None
+    order: list[OrderKey]
+    experiment_ids: list[str] | None
+    root: planner.LogicalNode
+    fingerprint: bytes
+
+
+def _check_experiment_ids(experiment_ids: Any) -> list[str] | None:
+    if experiment_ids is None:
+        return None
+    if isinstance(experiment_ids, str | bytes) or not isinstance(experiment_ids, Sequence):
+        raise FilterSemanticError(
+            "experiment_ids must be a list of experiment id strings, "
+            f"got {type(experiment_ids).__name__}"
+        )
+    out = []
+    for index, item in enumerate(experiment_ids):
+        if not isinstance(item, str):
+            raise FilterSemanticError(
+                f"experiment_ids[{index}] must be a string, got {type(item).__name__}"
+            )
+        out.append(item)
+    return out or None
+
+
+def check_max_results(max_results: Any) -> int:
+    """``max_results`` as an int in 1..50000, or a clear ValueError."""
+    if (
+        isinstance(max_results, bool)
+        or not isinstance(max_results, int)
+        or not 1 <= max_results <= MAX_RESULTS_LIMIT
+    ):
+        raise FilterSemanticError(
+            f"max_results must be an integer in 1..{MAX_RESULTS_LIMIT}, got {max_results!r}"
+        )
+    return max_results
+
+
+def prepare(experiment_ids: Any, filter_string: Any, order_by: Any = None) -> Prepared:
+    """Parse and validate a query's inputs (FilterSyntaxError / FilterSemanticError)."""
+    scope = _check_experiment_ids(experiment_ids)
+    expr = parse_filter(filter_string)
+    if order_by is not None and (
+        isinstance(order_by, str | bytes) or not isinstance(order_by, Sequence)
+    ):
+        raise FilterSemanticError(
+            f"order_by must be a list of strings, got {type(order_by).__name__}"
+        )
+    order = effective_order(parse_order_by(order_by))
+    identity = [
+        None if expr is None else strip_positions(expr),
+        [[k.field.entity, k.field.key, k.ascending] for k in order],
+        sorted(set(scope or ())),
+    ]
+    fingerprint = hashlib.blake2b(_ENCODER.encode(identity), digest_size=8).digest()
+    return Prepared(expr, order, scope, planner.logical(expr, scope), fingerprint)
+
+
+# --- probing and planning ------------------------------------------------------------------
+
+
+def _probe(
+    client: redis.Redis, keys: Keys, partitions: int, root: planner.LogicalNode
+) -> list[tuple[planner.Probe, list[Any], list[int]]]:
+    probes = [planner.probe_commands(root, keys, p) for p in range(partitions)]
+    pipe = client.pipeline(transaction=False)
+    for probe in probes:
+        for name, key, *args in probe.commands:
+            if name == "ZRANGE":
+                pipe.zrange(key, 0, -1, withscores=True)
+            elif name == "ZMSCORE":
+                pipe.zmscore(key, args)
+            elif name == "ZCOUNT":
+                pipe.zcount(key, args[0], args[1])
+            elif name == "HMGET":
+                pipe.hmget(key, args)
+            elif name == "HGETALL":
+                pipe.hgetall(key)
+            else:
+                pipe.scard(key)
+    replies: list[Any] = pipe.execute()
+    out: list[tuple[planner.Probe, list[Any], list[int]]] = []
+    at = 0
+    card_plans: list[tuple[int, bytes]] = []
+    for probe in probes:
+        n = len(probe.commands)
+        out.append((probe, replies[at : at + n], []))
+        at += n
+        if probe.card_keys:
+            plan = {"mode": "cards", "keys": probe.card_keys}
+            card_plans.append((probe.partition, _ENCODER.encode(plan)))
+    if card_plans:
+        cards = functions.query_partitions(client, keys, card_plans)
+        by_partition = dict(zip((p for p, _ in card_plans), cards, strict=True))
+        for probe, _, slot in out:
+            slot.extend(int(c) for c in by_partition.get(probe.partition, []))
+    return out
+
+
+def _plans(
+    client: redis.Redis,
+    keys: Keys,
+    partitions: int,
+    prepared: Prepared,
+    mode: Literal["page", "count", "stats"],
+    *,
+    limit: int = 0,
+    cursor: list[list[Any]] | None = None,
+    group_fields: Sequence[str] = (),
+) -> list[planner.PartitionPlan]:
+    plans = []
+    for probe, replies, cards in _probe(client, keys, partitions, prepared.root):
+        tree, total = planner.physical(prepared.root, probe, replies, cards, keys)
+        plans.append(
+            planner.plan_partition(
+                probe.partition,
+                tree,
+                total,
+                mode=mode,
+                order=prepared.order,
+                limit=limit,
+                cursor=cursor,
+                group_fields=group_fields,
+            )
+        )
+    return plans
+
+
+def _run(client: redis.Redis, keys: Keys, plans: Sequence[planner.PartitionPlan]) -> list[Any]:
+    return functions.query_partitions(
+        client, keys, [(p.partition, _ENCODER.encode(p.plan)) for p in plans]
+    )
+
+
+# --- ordering in the client (mirrors tt_query's comparisons) --------------------------------
+
+
+def _row_values(raw: Mapping[bytes, bytes], specs: Sequence[list[Any]]) -> list[Any]:
+    def register(code: str) -> str | None:
+        value = raw.get(code.encode())
+        if value is None:
+            return None
+        text = value.decode()
+        return text if code == "i" else split_register(text)[1]
+
+    out: list[Any] = []
+    for kind, code, _ in specs:
+        if code == "E":
+            start, duration = register("s"), register("d")
+            out.append(None if start is None else int(start) + int(duration or 0))
+            continue
+        value = register(code)
+        out.append(int(value) if value is not None and kind == "n" else value)
+    return out
+
+
+def _ascii_digits(text: str) -> bool:
+    return text != "" and text.isascii() and text.isdigit()
+
+
+def _base_cmp(kind: str, a: Any, b: Any) -> int:
+    if a == b:
+        return 0
+    if kind == "x":
+        ad, bd = _ascii_digits(a), _ascii_digits(b)
+        if ad and bd:
+            x, y = int(a), int(b)
+            return 0 if x == y else (-1 if x < y else 1)
+        if ad != bd:
+            return -1 if ad else 1
+    return -1 if a < b else 1
+
+
+def _cmp_rows(specs: Sequence[list[Any]], a: Sequence[Any], b: Sequence[Any]) -> int:
+    for (kind, _, ascending), x, y in zip(specs, a, b, strict=True):
+        if x is None or y is None:
+            if x is None and y is None:
+                continue
+            return 1 if x is None else -1
+        c = _base_cmp(kind, x, y)
+        if c:
+            return c if ascending else -c
+    return 0
+
+
+# --- page tokens ----------------------------------------------------------------------------
+
+
+def _encode_token(fingerprint: bytes, values: list[Any]) -> str:
+    payload = _ENCODER.encode([_TOKEN_VERSION, fingerprint, values])
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def _decode_token(token: Any, prepared: Prepared, specs: Sequence[list[Any]]) -> list[list[Any]]:
+    if not isinstance(token, str) or not token:
+        raise PageTokenError(f"page_token must be a non-empty string, got {token!r}")
+    try:
+        payload = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        decoded = msgspec.msgpack.decode(payload)
+    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
+        raise PageTokenError("page_token is malformed (not a tracetags page token)") from exc
+    if (
+        not isinstance(decoded, list)
+        or len(decoded) != 3
+        or decoded[0] != _TOKEN_VERSION
+        or not isinstance(decoded[1], bytes)
+        or not isinstance(decoded[2], list)
+    ):
+        raise PageTokenError("page_token is malformed (not a tracetags page token)")
+    if decoded[1] != prepared.fingerprint:
+        raise PageTokenError(
+            "page_token belongs to another query: pass the same filter_string, order_by and"
+            " experiment_ids as for the first page"
+        )
+    values = decoded[2]
+    if len(values) != len(specs):
+        raise PageTokenError("page_token is malformed (wrong number of sort values)")
+    cursor: list[list[Any]] = []
+    for (kind, _, _), value in zip(specs, values, strict=True):
+        if value is None:
+            cursor.append([0])
+            continue
+        wanted = int if kind == "n" else str
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise PageTokenError("page_token is malformed (bad sort value)")
+        cursor.append([1, value])
+    return cursor
+
+
+# --- the public operations ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[RawTrace]
+    token: str | None
+
+
+def search(
+    client: redis.Redis,
+    keys: Keys,
+    partitions: int,
+    prepared: Prepared,
+    max_results: int,
+    page_token: str | None = None,
+) -> Page:
+    """One page: the trace hashes of up to ``max_results`` matches after the token, in order."""
+    specs = planner.order_specs(prepared.order)
+    cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
+    plans = _plans(client, keys, partitions, prepared, "page", limit=max_results + 1, cursor=cursor)
+    rows: list[tuple[list[Any], RawTrace]] = []
+    for reply in _run(client, keys, plans):
+        for flat in reply:
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
+            rows.append((_row_values(raw, specs), raw))
+    if len(plans) > 1:
+
+        def by_order(a: tuple[list[Any], RawTrace], b: tuple[list[Any], RawTrace]) -> int:
+            return _cmp_rows(specs, a[0], b[0])
+
+        rows.sort(key=functools.cmp_to_key(by_order))
+    token = None
+    if len(rows) > max_results:
+        token = _encode_token(prepared.fingerprint, rows[max_results - 1][0])
+    return Page([raw for _, raw in rows[:max_results]], token)
+
+
+def count(client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared) -> int:
+    """How many traces match, without fetching any."""
+    plans = _plans(client, keys, partitions, prepared, "count")
+    total = sum(int(p.tree.est) for p in plans if p.strategy == "exact")
+    to_run = [p for p in plans if p.strategy != "exact"]
+    return total + sum(int(n) for n in _run(client, keys, to_run))
+
+
+def explain(
+    client: redis.Redis,
+    keys: Keys,
+    partitions: int,
+    prepared: Prepared,
+    max_results: int = DEFAULT_MAX_RESULTS,
+    page_token: str | None = None,
+    mode: Literal["page", "count"] = "page",
+) -> str:
+    """The chosen plan of every partition, with estimated cardinalities and the reason."""
+    specs = planner.order_specs(prepared.order)
+    cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
+    plans = _plans(client, keys, partitions, prepared, mode, limit=max_results + 1, cursor=cursor)
+    lines = [
+        f"{'search_traces' if mode == 'page' else 'count'}: filter {_render_filter(prepared.expr)}",
+        f"  experiment_ids: {prepared.experiment_ids or 'all'}",
+    ]
+    if mode == "page":
+        lines.append("  order: " + ", ".join(_order_text(k) for k in prepared.order))
+        lines.append(f"  max_results: {max_results}{' (after a page token)' if cursor else ''}")
+    for plan in plans:
+        lines.append(f"partition {plan.partition}: {plan.total:,} traces")
+        lines.append(f"  strategy: {plan.strategy} - {plan.reason}")
+        lines.append("  terms:")
+        lines.extend(planner.describe(plan.tree, "    "))
+    return "\n".join(lines)
+
+
+def _render_filter(expr: Expr | None) -> str:
+    if expr is None:
+        return "(none)"
+    try:
+        return repr(render(expr))
+    except ValueError:
+        return repr(expr)
+
+
+def _order_text(key: OrderKey) -> str:
+    try:
+        return render_order_key(key)
+    except ValueError:
+        return f"{key.field.entity} {key.field.key!r} {'ASC' if key.ascending else 'DESC'}"
+
+
+_GROUP_FIELDS = {"status": "S", "experiment_id": "e", "request_id": "i"}
+
+
+def _group_field(text: Any, index: int) -> tuple[str, str]:
+    if not isinstance(text, str):
+        raise FilterSemanticError(f"group_by[{index}] must be a string, got {type(text).__name__}")
+    (key,) = parse_order_by([text])
+    f = key.field
+    if f.entity == "tag":
+        return text, "t" + f.key
+    if f.entity == "metadata":
+        return text, "m" + f.key
+    if f.key in _GROUP_FIELDS:
+        return text, _GROUP_FIELDS[f.key]
+    raise FilterSemanticError(
+        f"group_by[{index}]: cannot group by the numeric attribute {f.key!r}"
+        " (group by tags, metadata, status or experiment_id)"
+    )
+
+
+def _percentile(pairs: Sequence[tuple[int, int]], n: int, q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) over (value, count)."""
+    rank = q * (n - 1)
+    low = math.floor(rank)
+
+    def at(index: int) -> int:
+        seen = 0
+        for value, times in pairs:
+            seen += times
+            if index < seen:
+                return value
+        return pairs[-1][0]
+
+    a = at(low)
+    b = at(min(low + 1, n - 1))
+    return a + (b - a) * (rank - low)
+
+
+def stats(
+    client: redis.Redis,
+    keys: Keys,
+    partitions: int,
+    prepared: Prepared,
+    group_by: Sequence[str] = (),
+    metrics: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Count and execution_time_ms statistics of the matches, grouped by field values.
+
+    Each partition aggregates inside Redis (durations by ZMSCORE on ``du``, group values
+    by HMGET) and returns, per group, its count and its durations as sorted (value, times)
+    pairs; the client merges partitions and computes avg/min/max and linear-interpolated
+    percentiles.  Missing durations (unfinished traces) count but have no duration.
+    """
+    if isinstance(group_by, str) or not isinstance(group_by, Sequence):
+        raise FilterSemanticError("group_by must be a list of strings")
+    fields = [_group_field(text, i) for i, text in enumerate(group_by)]
+    wanted = list(METRICS) if metrics is None else list(metrics)
+    if isinstance(metrics, str) or any(m not in METRICS for m in wanted):
+        raise FilterSemanticError(f"metrics must be a list drawn from {', '.join(METRICS)}")
+    plans = _plans(
+        client, keys, partitions, prepared, "stats", group_fields=[code for _, code in fields]
+    )
+    merged: dict[tuple[str | None, ...], tuple[int, Counter[int]]] = {}
+    for reply in _run(client, keys, plans):
+        for row in reply:
+            values = tuple(v[1].decode() if int(v[0]) else None for v in row[0])
+            n, durations = merged.get(values, (0, Counter()))
+            flat = row[2:]
+            for i in range(0, len(flat), 2):
+                durations[int(flat[i])] += int(flat[i + 1])
+            merged[values] = (n + int(row[1]), durations)
+    out: list[tuple[int, tuple[tuple[bool, str], ...], dict[str, Any]]] = []
+    for values, (n, durations) in merged.items():
+        pairs = sorted(durations.items())
+        timed = sum(durations.values())
+        computed: dict[str, Any] = {
+            "count": n,
+            "avg": (sum(v * c for v, c in pairs) / timed) if timed else None,
+            "min": pairs[0][0] if pairs else None,
+            "max": pairs[-1][0] if pairs else None,
+            "p50": _percentile(pairs, timed, 0.50) if timed else None,
+            "p95": _percentile(pairs, timed, 0.95) if timed else None,
+            "p99": _percentile(pairs, timed, 0.99) if timed else None,
+        }
+        result: dict[str, Any] = {
+            "group": {name: v for (name, _), v in zip(fields, values, strict=True)}
+        }
+        result.update({m: computed[m] for m in wanted})
+        order = tuple((v is None, v or "") for v in values)
+        out.append((n, order, result))
+    out.sort(key=lambda item: (-item[0], item[1]))
+    return [result for _, _, result in out]

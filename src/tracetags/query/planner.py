@@ -1,0 +1,645 @@
+"""Query planning: a filter AST becomes index operations per partition, chosen by cardinalities.
+
+:func:`logical` turns the AST into partition-independent index terms; :func:`probe_commands`
+lists the O(1)-ish reads that size them (distinct-zset scores, ZCOUNT, SCARD, key-set cards);
+:func:`physical` resolves the terms of one partition (LIKE, ILIKE, RLIKE and numeric tag
+comparisons are evaluated here, in Python, over the key's DISTINCT VALUES, never the traces)
+and :func:`plan_partition` picks the strategy: collect-and-sort from the smallest index, or
+walk the order zset from its end.  The plan is the msgpack map ``tt_query`` runs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+from tracetags.keys import NAME_TAG, Keys
+from tracetags.query.ast import And, Comparison, Expr, Not, Or, OrderKey
+
+__all__ = [
+    "LogicalNode",
+    "PartitionPlan",
+    "Probe",
+    "logical",
+    "order_specs",
+    "physical",
+    "plan_partition",
+    "probe_commands",
+]
+
+IndexKind: TypeAlias = Literal["tag", "metadata", "status", "client_request_id", "experiment"]
+ZsetName: TypeAlias = Literal["ts", "du", "en"]
+
+_TAG_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMERIC_ZSETS: dict[str, ZsetName] = {
+    "timestamp_ms": "ts",
+    "execution_time_ms": "du",
+    "end_time_ms": "en",
+}
+_PRESENCE_FIELD = {"status": "S", "client_request_id": "c", "experiment": "e"}
+
+
+# --- logical terms (the same for every partition) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValueIndex:
+    """A family of value sets with a distinct-value zset: tag/metadata key or an attribute."""
+
+    kind: IndexKind
+    key: str = ""
+
+    def distinct(self, keys: Keys, partition: int) -> str:
+        if self.kind == "tag":
+            return keys.tag_values(partition, self.key)
+        if self.kind == "metadata":
+            return keys.metadata_values(partition, self.key)
+        if self.kind == "status":
+            return keys.statuses(partition)
+        if self.kind == "client_request_id":
+            return keys.client_request_ids(partition)
+        return keys.experiments(partition)
+
+    def value_prefix(self, keys: Keys, partition: int) -> str:
+        """The value-set key of value v is this prefix plus enc(v)."""
+        if self.kind == "tag":
+            return keys.tag_values(partition, self.key).replace(":td:", ":tv:", 1)
+        if self.kind == "metadata":
+            return keys.metadata_values(partition, self.key).replace(":md:", ":mv:", 1)
+        code = {"status": "st", "client_request_id": "cr", "experiment": "ex"}[self.kind]
+        return f"{keys.prefix(partition)}:{code}:"
+
+    def key_set(self, keys: Keys, partition: int) -> str | None:
+        if self.kind == "tag":
+            return keys.tag_key(partition, self.key)
+        if self.kind == "metadata":
+            return keys.metadata_key(partition, self.key)
+        return None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "tag":
+            return "name" if self.key == NAME_TAG else f"tags.{self.key}"
+        if self.kind == "metadata":
+            return f"metadata.{self.key}"
+        return "experiment_id" if self.kind == "experiment" else self.kind
+
+
+@dataclass(frozen=True)
+class LValues:
+    index: ValueIndex
+    values: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class LMatch:
+    """Values of the index for which ``predicate`` holds (negated: present and not matching)."""
+
+    index: ValueIndex
+    predicate: Callable[[str], bool] = field(compare=False)
+    negated: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class LPresent:
+    index: ValueIndex
+    text: str
+
+
+@dataclass(frozen=True)
+class LRange:
+    zset: ZsetName
+    lo: str
+    hi: str
+    text: str
+
+
+@dataclass(frozen=True)
+class LIds:
+    ids: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class LIdMatch:
+    predicate: Callable[[str], bool] = field(compare=False)
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class LConst:
+    value: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class LAnd:
+    children: tuple[LogicalNode, ...]
+
+
+@dataclass(frozen=True)
+class LOr:
+    children: tuple[LogicalNode, ...]
+
+
+@dataclass(frozen=True)
+class LNot:
+    child: LogicalNode
+
+
+LogicalLeaf: TypeAlias = LValues | LMatch | LPresent | LRange | LIds | LIdMatch | LConst
+LogicalNode: TypeAlias = LogicalLeaf | LAnd | LOr | LNot
+
+
+def _like_regex(pattern: str) -> re.Pattern[str]:
+    parts = [".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
+    base = op.removeprefix("NOT ")
+    if base == "LIKE":
+        like = _like_regex(pattern)
+        return lambda v: like.fullmatch(v) is not None
+    if base == "ILIKE":
+        ilike = _like_regex(pattern.lower())
+        return lambda v: ilike.fullmatch(v.lower()) is not None
+    try:
+        regex = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return lambda v: False  # an invalid pattern matches nothing
+    return lambda v: regex.search(v) is not None
+
+
+def _tag_number(text: str) -> float | None:
+    return float(text) if _TAG_NUMBER.fullmatch(text) else None
+
+
+_NUMERIC_OPS: dict[str, Callable[[float, float], bool]] = {
+    "=": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def _numeric_predicate(op: str, wanted: float) -> Callable[[str], bool]:
+    compare = _NUMERIC_OPS[op]
+
+    def predicate(value: str) -> bool:
+        number = _tag_number(value)
+        return number is not None and compare(number, wanted)
+
+    return predicate
+
+
+def _score(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def _range(zset: ZsetName, op: str, value: float, text: str) -> LogicalNode:
+    if isinstance(value, float) and math.isnan(value):
+        return LConst(False, text)
+    v = _score(value)
+    if op == "=":
+        return LRange(zset, v, v, text)
+    if op == "<":
+        return LRange(zset, "-inf", f"({v}", text)
+    if op == "<=":
+        return LRange(zset, "-inf", v, text)
+    if op == ">":
+        return LRange(zset, f"({v}", "+inf", text)
+    if op == ">=":
+        return LRange(zset, v, "+inf", text)
+    return LOr((LRange(zset, "-inf", f"({v}", text), LRange(zset, f"({v}", "+inf", text)))
+
+
+def _clause_text(node: Comparison) -> str:
+    from tracetags.query.parser import render
+
+    try:
+        return render(node)
+    except ValueError:
+        return f"{node.field.entity} {node.field.key!r} {node.op} {node.value!r}"
+
+
+def _comparison(node: Comparison) -> LogicalNode:
+    text = _clause_text(node)
+    entity, key, op, value = node.field.entity, node.field.key, node.op, node.value
+    if entity == "attribute" and key in _NUMERIC_ZSETS:
+        assert isinstance(value, (int, float))
+        return _range(_NUMERIC_ZSETS[key], op, value, text)
+    if entity == "attribute" and key == "request_id":
+        if op in ("=", "!=", "IN", "NOT IN"):
+            ids = value if isinstance(value, tuple) else (str(value),)
+            leaf = LIds(tuple(ids), text)
+            return leaf if op in ("=", "IN") else LNot(leaf)
+        assert isinstance(value, str)
+        matched = _pattern_predicate(op, value)
+        if op.startswith("NOT "):
+            return LIdMatch(lambda v: not matched(v), text)
+        return LIdMatch(matched, text)
+    if entity == "attribute":
+        index = ValueIndex("status" if key == "status" else "client_request_id")
+    else:
+        index = ValueIndex("tag" if entity == "tag" else "metadata", key)
+    if op == "IS NULL":
+        return LNot(LPresent(index, text))
+    if op == "IS NOT NULL":
+        return LPresent(index, text)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):
+            return LConst(False, text)
+        return LMatch(index, _numeric_predicate(op, value), False, text)
+    if op == "=":
+        assert isinstance(value, str)
+        return LValues(index, (value,), text)
+    if op == "IN":
+        assert isinstance(value, tuple)
+        return LValues(index, value, text)
+    if op in ("!=", "NOT IN"):
+        values = value if isinstance(value, tuple) else (str(value),)
+        excluded = frozenset(values)
+        if index.kind == "status":
+            # Few distinct statuses: the complement is a short IN list.
+            return LMatch(index, lambda v: v not in excluded, False, text)
+        return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
+    assert isinstance(value, str)
+    return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text)
+
+
+def logical(expr: Expr | None, experiment_ids: Sequence[str] | None) -> LogicalNode:
+    """The filter (scoped to the experiments, if any) as partition-independent index terms."""
+    parts: list[LogicalNode] = []
+    if experiment_ids:
+        ids = tuple(dict.fromkeys(experiment_ids))
+        parts.append(LValues(ValueIndex("experiment"), ids, f"experiment_ids {list(ids)!r}"))
+    if expr is not None:
+        parts.append(_convert(expr))
+    if not parts:
+        return LConst(True, "every trace")
+    return parts[0] if len(parts) == 1 else LAnd(tuple(parts))
+
+
+def _convert(expr: Expr) -> LogicalNode:
+    if isinstance(expr, Comparison):
+        return _comparison(expr)
+    if isinstance(expr, Not):
+        return LNot(_convert(expr.child))
+    if isinstance(expr, And):
+        return LAnd(tuple(_convert(c) for c in expr.children))
+    if isinstance(expr, Or):
+        return LOr(tuple(_convert(c) for c in expr.children))
+    raise TypeError(f"not a filter node: {expr!r}")
+
+
+def _leaves(node: LogicalNode) -> list[LogicalLeaf]:
+    if isinstance(node, LAnd | LOr):
+        return [leaf for child in node.children for leaf in _leaves(child)]
+    if isinstance(node, LNot):
+        return _leaves(node.child)
+    return [node]
+
+
+# --- probes --------------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """The sizing reads of one partition: which pipeline replies belong to which leaf."""
+
+    partition: int
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+    slots: dict[int, int] = field(default_factory=dict)  # id(leaf) -> reply index
+    cards_slot: int | None = None
+    card_keys: list[str] = field(default_factory=list)
+
+
+def probe_commands(root: LogicalNode, keys: Keys, partition: int) -> Probe:
+    """The reads that size the leaves of ``root`` in one partition (one pipeline)."""
+    probe = Probe(partition)
+    cmds = probe.commands
+    cmds.append(("SCARD", keys.all_traces(partition)))
+    for leaf in _leaves(root):
+        if id(leaf) in probe.slots:
+            continue
+        if isinstance(leaf, LValues):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("ZMSCORE", leaf.index.distinct(keys, partition), *leaf.values))
+        elif isinstance(leaf, LMatch):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("ZRANGE", leaf.index.distinct(keys, partition), 0, -1, "WITHSCORES"))
+        elif isinstance(leaf, LRange):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("ZCOUNT", f"{keys.prefix(partition)}:{leaf.zset}", leaf.lo, leaf.hi))
+        elif isinstance(leaf, LIds):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("HMGET", keys.trace_ids(partition), *leaf.ids))
+        elif isinstance(leaf, LIdMatch):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("HGETALL", keys.trace_ids(partition)))
+        elif isinstance(leaf, LPresent):
+            key_set = leaf.index.key_set(keys, partition)
+            if key_set is not None:
+                probe.slots[id(leaf)] = len(probe.card_keys)
+                probe.card_keys.append(key_set)
+    return probe
+
+
+# --- physical plan (one partition) ---------------------------------------------------------
+
+
+@dataclass
+class PNode:
+    """A resolved node: ``spec`` is its tt_query form; ``est`` its expected match count."""
+
+    kind: str  # leaf kind (V C R E P A Z) or & | !
+    spec: list[Any]
+    est: float
+    text: str
+    children: list[PNode] = field(default_factory=list)
+    exact: bool = False
+    sources: list[list[Any]] | None = None  # enumeration sources (None: not enumerable)
+    cost: float = math.inf  # candidates those sources produce
+    #: What a candidate from ``sources`` must still pass (the source's own test is done).
+    residual: list[Any] | None = None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _leaf(kind: str, spec: list[Any], est: float, text: str, *, enumerable: bool) -> PNode:
+    node = PNode(kind, spec, est, text, exact=True)
+    if enumerable:
+        node.sources, node.cost, node.residual = [spec], est, ["A"]
+    return node
+
+
+def physical(
+    root: LogicalNode, probe: Probe, replies: Sequence[Any], cards: Sequence[int], keys: Keys
+) -> tuple[PNode, int]:
+    """Resolve ``root`` for the probed partition; returns (tree, number of traces)."""
+    total = int(replies[0])
+    p = probe.partition
+
+    def resolve(node: LogicalNode) -> PNode:
+        if isinstance(node, LAnd):
+            return _and([resolve(c) for c in node.children], total)
+        if isinstance(node, LOr):
+            return _or([resolve(c) for c in node.children], total)
+        if isinstance(node, LNot):
+            child = resolve(node.child)
+            out = PNode("!", ["!", child.spec], max(0.0, total - child.est), "NOT", [child])
+            out.exact = child.exact
+            return out
+        if isinstance(node, LConst):
+            if node.value:
+                return _leaf("A", ["A"], total, node.text, enumerable=True)
+            return _leaf("Z", ["Z"], 0, node.text, enumerable=True)
+        if isinstance(node, LValues):
+            scores = replies[probe.slots[id(node)]]
+            found = [(v, float(s)) for v, s in zip(node.values, scores, strict=True) if s]
+            return _values(node.index, found, node.text)
+        if isinstance(node, LMatch):
+            flat = replies[probe.slots[id(node)]]
+            pairs = [(_text(v), float(s)) for v, s in flat]
+            hits = [(v, s) for v, s in pairs if node.predicate(v)]
+            if not node.negated:
+                return _values(node.index, hits, node.text)
+            hit_set = {v for v, _ in hits}
+            misses = [(v, s) for v, s in pairs if v not in hit_set]
+            if len(misses) <= len(hits):
+                return _values(node.index, misses, node.text)
+            key_set = node.index.key_set(keys, p)
+            label = f"{node.index.label} present"
+            if key_set is None:
+                code = _PRESENCE_FIELD[node.index.kind]
+                present = _leaf("P", ["P", code], total, label, enumerable=False)
+            else:
+                having = sum(s for _, s in pairs)  # every trace with the key has one value
+                present = _leaf("C", ["C", key_set], having, label, enumerable=True)
+            matching = _values(node.index, hits, node.text)
+            out = _and([present, _not(matching, total)], total)
+            out.est = sum(s for _, s in misses)
+            out.exact = True
+            return out
+        if isinstance(node, LPresent):
+            key_set = node.index.key_set(keys, p)
+            if key_set is None:
+                code = _PRESENCE_FIELD[node.index.kind]
+                leaf = _leaf(
+                    "P", ["P", code], total, f"{node.index.label} present", enumerable=False
+                )
+                leaf.exact = False
+                return leaf
+            count = cards[probe.slots[id(node)]]
+            return _leaf("C", ["C", key_set], count, f"{node.index.label} present", enumerable=True)
+        if isinstance(node, LRange):
+            count = int(replies[probe.slots[id(node)]])
+            spec = ["R", node.zset, node.lo, node.hi]
+            return _leaf(
+                "R", spec, count, f"{node.text} [{node.zset} {node.lo}..{node.hi}]", enumerable=True
+            )
+        if isinstance(node, LIds):
+            got = replies[probe.slots[id(node)]]
+            numbers = sorted({_text(n) for n in got if n is not None}, key=int)
+            return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
+        if isinstance(node, LIdMatch):
+            mapping = replies[probe.slots[id(node)]]
+            numbers = sorted(
+                (_text(no) for trace_id, no in mapping.items() if node.predicate(_text(trace_id))),
+                key=int,
+            )
+            return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
+        raise TypeError(f"not a logical node: {node!r}")
+
+    def _values(index: ValueIndex, found: list[tuple[str, float]], text: str) -> PNode:
+        if not found:
+            return _leaf("Z", ["Z"], 0, f"{text} (no such value here)", enumerable=True)
+        spec = ["V", index.distinct(keys, p), index.value_prefix(keys, p), *(v for v, _ in found)]
+        count = sum(s for _, s in found)
+        shown = f"{text} [{len(found)} value set{'s' if len(found) > 1 else ''}]"
+        return _leaf("V", spec, count, shown, enumerable=True)
+
+    return resolve(root), total
+
+
+def _not(child: PNode, total: int) -> PNode:
+    return PNode("!", ["!", child.spec], max(0.0, total - child.est), "NOT", [child])
+
+
+def _and(children: list[PNode], total: int) -> PNode:
+    flat: list[PNode] = []
+    for child in children:
+        flat.extend(child.children if child.kind == "&" else [child])
+    if any(c.kind == "Z" for c in flat):
+        return _leaf("Z", ["Z"], 0, "AND with an empty term", enumerable=True)
+    flat = [c for c in flat if c.kind != "A"] or [flat[0]]
+    if len(flat) == 1:
+        return flat[0]
+    fraction = 1.0
+    for child in flat:
+        fraction *= child.est / total if total else 0.0
+    est = min(min(c.est for c in flat), total * fraction)
+    node = PNode("&", ["&", *(c.spec for c in flat)], est, "AND", flat)
+    drivers = [c for c in flat if c.sources is not None]
+    # Test the most selective terms first: fewer candidates reach the later ones.
+    ranked = sorted(flat, key=lambda c: (c.kind == "P", c.est))
+    node.spec = ["&", *(c.spec for c in ranked)]
+    if drivers:
+        best = min(drivers, key=lambda c: c.cost)
+        node.sources, node.cost = best.sources, best.cost
+        rest = [c.spec for c in ranked if c is not best]
+        if best.residual is not None and best.residual != ["A"]:
+            rest.insert(0, best.residual)
+        node.residual = rest[0] if len(rest) == 1 else ["&", *rest]
+    return node
+
+
+def _or(children: list[PNode], total: int) -> PNode:
+    flat: list[PNode] = []
+    for child in children:
+        flat.extend(child.children if child.kind == "|" else [child])
+    flat = [c for c in flat if c.kind != "Z"]
+    if not flat:
+        return _leaf("Z", ["Z"], 0, "OR of empty terms", enumerable=True)
+    if len(flat) == 1:
+        return flat[0]
+    miss = 1.0
+    for child in flat:
+        miss *= 1 - (child.est / total if total else 0.0)
+    est = max(max(c.est for c in flat), total * (1 - miss))
+    node = PNode("|", ["|", *(c.spec for c in flat)], min(est, total), "OR", flat)
+    if all(c.sources is not None for c in flat):
+        node.sources = [s for c in flat for s in (c.sources or [])]
+        node.cost = sum(c.cost for c in flat)
+        node.residual = node.spec
+    return node
+
+
+# --- strategy --------------------------------------------------------------------------------
+
+
+def order_specs(order: Sequence[OrderKey]) -> list[list[Any]]:
+    """tt_query's order specs: ``[kind, hash field, asc]`` (kind n numeric, s string, x id)."""
+    specs: list[list[Any]] = []
+    for key in order:
+        f = key.field
+        if f.entity == "tag":
+            kind, code = "s", "t" + f.key
+        elif f.entity == "metadata":
+            kind, code = "s", "m" + f.key
+        else:
+            kind, code = {
+                "timestamp_ms": ("n", "s"),
+                "execution_time_ms": ("n", "d"),
+                "end_time_ms": ("n", "E"),
+                "status": ("s", "S"),
+                "request_id": ("s", "i"),
+                "experiment_id": ("x", "e"),
+            }[f.key]
+        specs.append([kind, code, 1 if key.ascending else 0])
+    return specs
+
+
+def _order_zset(key: OrderKey) -> ZsetName | None:
+    if key.field.entity != "attribute":
+        return None
+    return _NUMERIC_ZSETS.get(key.field.key)
+
+
+@dataclass
+class PartitionPlan:
+    partition: int
+    total: int
+    tree: PNode
+    strategy: str  # walk | collect | exact | count
+    reason: str
+    plan: dict[str, Any]
+
+
+def plan_partition(
+    partition: int,
+    tree: PNode,
+    total: int,
+    *,
+    mode: Literal["page", "count", "stats"],
+    order: Sequence[OrderKey] = (),
+    limit: int = 0,
+    cursor: list[list[Any]] | None = None,
+    group_fields: Sequence[str] = (),
+) -> PartitionPlan:
+    """Choose how to run one partition: the tt_query plan and the reason, for explain."""
+    sources = tree.sources if tree.sources is not None else []
+    if sources and sources[0][0] == "A":
+        sources = []
+    cost = tree.cost if tree.sources is not None else float(total)
+    residual = tree.residual if sources and tree.residual is not None else tree.spec
+    plan: dict[str, Any] = {
+        "mode": mode,
+        "expr": tree.spec,
+        "sources": sources,
+        "residual": residual,
+    }
+    source_text = (
+        "every trace" if not sources else f"{len(sources)} index source(s) of ~{cost:,.0f} traces"
+    )
+    if mode == "count":
+        if tree.exact and tree.kind in ("V", "R", "E", "A", "Z", "C"):
+            reason = f"exact from index sizes (O(1)): {tree.est:,.0f}"
+            return PartitionPlan(partition, total, tree, "exact", reason, plan)
+        reason = f"test the candidates from {source_text} in batches inside Redis"
+        return PartitionPlan(partition, total, tree, "count", reason, plan)
+    if mode == "stats":
+        plan["group"] = list(group_fields)
+        reason = f"aggregate durations (ZMSCORE du) of the matches from {source_text}"
+        return PartitionPlan(partition, total, tree, "stats", reason, plan)
+    plan["order"] = order_specs(order)
+    plan["limit"] = limit
+    if cursor is not None:
+        plan["cursor"] = cursor
+    zset = _order_zset(order[0]) if order else None
+    null_cursor = cursor is not None and cursor[0][0] == 0
+    if zset is not None and not null_cursor:
+        est = tree.est
+        scan = float(total) if est <= 0 else min(float(total), math.ceil(limit * total / est))
+        if scan < cost:
+            plan["walk"] = [zset, 1 if order[0].ascending else 0]
+            reason = (
+                f"walk {zset} from the {'low' if order[0].ascending else 'high'} end: "
+                f"~{est:,.0f} of {total:,} traces match, so ~{scan:,.0f} entries fill "
+                f"{limit} rows, fewer than the {cost:,.0f} candidates from {source_text}"
+            )
+            return PartitionPlan(partition, total, tree, "walk", reason, plan)
+        reason = (
+            f"collect and sort: ~{est:,.0f} matches expected, the smallest source gives "
+            f"{cost:,.0f} candidates, cheaper than walking ~{scan:,.0f} {zset} entries"
+        )
+        return PartitionPlan(partition, total, tree, "collect", reason, plan)
+    why = "the first order key has no order zset" if zset is None else "the cursor is past it"
+    reason = f"collect and sort the matches from {source_text} ({why})"
+    return PartitionPlan(partition, total, tree, "collect", reason, plan)
+
+
+def describe(node: PNode, indent: str = "  ") -> list[str]:
+    """The tree as indented lines with estimated cardinalities."""
+    mark = "" if node.exact else "~"
+    line = f"{indent}{node.text}: {mark}{node.est:,.0f} traces"
+    if node.kind in ("&", "|", "!"):
+        line = f"{indent}{node.text} ({mark}{node.est:,.0f} traces)"
+    out = [line]
+    for child in node.children:
+        out.extend(describe(child, indent + "  "))
+    return out

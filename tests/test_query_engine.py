@@ -1,0 +1,414 @@
+"""The query engine (planner + tt_query + merge) against the naive reference evaluator.
+
+Data goes through the real fold (tt_apply); every search, page walk, count and stats answer
+must equal tests/query_reference.py on the same final state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import query_data as qd
+from tests import query_reference as ref
+from tracetags.client import Client
+from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError, PageTokenError
+from tracetags.keys import PLAIN_MAX
+from tracetags.settings import Settings
+
+# --- shared datasets (loaded once per module; each in its own namespace) ---------------------
+
+
+class Loaded:
+    def __init__(self, redis_url: str, partitions: int, traces: Any, mutations: Any) -> None:
+        self.namespace = f"tt-q-{uuid.uuid4().hex[:10]}"
+        self.settings = Settings(
+            redis_url=redis_url, namespace=self.namespace, partitions=partitions
+        )
+        self.client = Client(self.settings)
+        qd.load(self.client.redis, self.client.keys, partitions, traces, mutations)
+        self.final = ref.apply_mutations(traces, mutations)
+
+    def drop(self) -> None:
+        r = self.client.redis
+        keys = list(r.scan_iter(match=f"{self.namespace}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            r.delete(*keys[start : start + 500])
+        self.client.close()
+
+
+@pytest.fixture(scope="module")
+def small(redis_url: str) -> Iterator[Loaded]:
+    traces, mutations = qd.generate(7, 300, n_mutations=80)
+    loaded = Loaded(redis_url, 3, traces, mutations)
+    yield loaded
+    loaded.drop()
+
+
+@pytest.fixture(scope="module")
+def dense(redis_url: str) -> Iterator[Loaded]:
+    """> PLAIN_MAX traces per partition share env=production: chunked value sets."""
+    traces, mutations = qd.generate(11, 1500, dense=True, n_mutations=200)
+    loaded = Loaded(redis_url, 2, traces, mutations)
+    yield loaded
+    loaded.drop()
+
+
+def _all_pages(client: Client, **kwargs: Any) -> list[str]:
+    ids: list[str] = []
+    token = None
+    for _ in range(10_000):
+        page = client.search_traces(page_token=token, **kwargs)
+        ids.extend(t.info.trace_id for t in page)
+        token = page.token
+        if token is None:
+            return ids
+        assert len(page) == kwargs["max_results"]
+    raise AssertionError("too many pages")
+
+
+# --- random filters ---------------------------------------------------------------------------
+
+STRING_VALUES = ["production", "Production", "staging", "", "prod'uction", "user_1", "user_10",
+                 "a%b", "ÄÖ", "äö", "ß", "x'y", "1", "10", "api", "run1", "chat", "OK", "ERROR",
+                 "req-1", "nope"]  # fmt: skip
+PATTERNS = ["prod%", "%ion", "P%", "_", "%", "user\\_1%", "user_1_", "%ö", "ä%", "%'%", "a\\%b",
+            "(", "^user_1$", "[0-9]+", "^$", "x.y", "AP%", "chat", "%r%"]  # fmt: skip
+KV_FIELDS = ["tags.env", "tags.user", "tags.retries", "tags.note", "tags.model.version",
+             "metadata.source", "run_id", "name", "tags.missing"]  # fmt: skip
+NUMBERS = ["0", "1", "2", "1.5", "-3", "100", "10", "1e2", "5000"]
+ATTR_STRING = ["status", "client_request_id", "request_id"]
+ATTR_NUMERIC = ["timestamp_ms", "execution_time_ms", "end_time_ms"]
+
+
+def _quote(value: str) -> str:
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+@st.composite
+def clauses(draw: st.DrawFn, trace_ids: list[str], timestamps: list[int]) -> str:
+    kind = draw(st.sampled_from(["kv", "kv", "kv", "attr", "num"]))
+    if kind == "kv":
+        f = draw(st.sampled_from(KV_FIELDS))
+        op = draw(st.sampled_from(["=", "!=", "LIKE", "ILIKE", "RLIKE", "NOT LIKE", "NOT ILIKE",
+                                   "NOT RLIKE", "IN", "NOT IN", "IS NULL", "IS NOT NULL",
+                                   "num"]))  # fmt: skip
+        if op.startswith("IS"):
+            return f"{f} {op}"
+        if op == "num":
+            comp = draw(st.sampled_from(["=", "!=", "<", "<=", ">", ">="]))
+            return f"{f} {comp} {draw(st.sampled_from(NUMBERS))}"
+        if op.endswith("IN"):
+            values = draw(st.lists(st.sampled_from(STRING_VALUES), min_size=1, max_size=3))
+            return f"{f} {op} ({', '.join(_quote(v) for v in values)})"
+        if "LIKE" in op:
+            return f"{f} {op} {_quote(draw(st.sampled_from(PATTERNS)))}"
+        return f"{f} {op} {_quote(draw(st.sampled_from(STRING_VALUES)))}"
+    if kind == "attr":
+        f = draw(st.sampled_from(ATTR_STRING))
+        pool = [*trace_ids[:5], "nope"] if f == "request_id" else STRING_VALUES
+        op = draw(st.sampled_from(["=", "!=", "LIKE", "ILIKE", "RLIKE", "NOT LIKE", "IN",
+                                   "NOT IN"]))  # fmt: skip
+        if op.endswith("IN"):
+            values = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3))
+            return f"{f} {op} ({', '.join(_quote(v) for v in values)})"
+        if "LIKE" in op:
+            return f"{f} {op} {_quote(draw(st.sampled_from([*PATTERNS, 'tr-000%', 'O%'])))}"
+        return f"{f} {op} {_quote(draw(st.sampled_from(pool)))}"
+    f = draw(st.sampled_from(ATTR_NUMERIC))
+    op = draw(st.sampled_from(["=", "!=", "<", "<=", ">", ">="]))
+    if f == "execution_time_ms":
+        value = draw(st.sampled_from([0, 50, 148, 300, 1000, 5000]))
+    else:
+        value = draw(st.sampled_from(timestamps)) + draw(st.sampled_from([0, 0, 1, -1, 300]))
+    return f"{f} {op} {value}"
+
+
+@st.composite
+def filters(draw: st.DrawFn, trace_ids: list[str], timestamps: list[int]) -> str | None:
+    def expr(depth: int) -> str:
+        roll = draw(st.integers(0, 9)) if depth < 2 else 0
+        if roll <= 4:
+            return draw(clauses(trace_ids, timestamps))
+        if roll <= 6:
+            parts = [expr(depth + 1) for _ in range(draw(st.integers(2, 3)))]
+            return " AND ".join(f"({p})" if " OR " in p else p for p in parts)
+        if roll <= 8:
+            parts = [expr(depth + 1) for _ in range(draw(st.integers(2, 3)))]
+            return "(" + " OR ".join(parts) + ")"
+        return f"NOT ({expr(depth + 1)})"
+
+    if draw(st.integers(0, 15)) == 0:
+        return None
+    return expr(0)
+
+
+ORDERABLE = ["timestamp_ms", "execution_time_ms", "end_time_ms", "status", "request_id",
+             "experiment_id", "name", "run_id", "tags.env", "tags.retries", "metadata.source",
+             "tags.missing"]  # fmt: skip
+
+
+@st.composite
+def orders(draw: st.DrawFn) -> list[str] | None:
+    keys = draw(st.lists(st.sampled_from(ORDERABLE), max_size=2, unique=True))
+    if not keys:
+        return None
+    return [f"{k} {draw(st.sampled_from(['ASC', 'DESC', '']))}".strip() for k in keys]
+
+
+def _check_search(loaded: Loaded, data: st.DataObject, *, pages: bool) -> None:
+    ids = [t["trace_id"] for t in loaded.final]
+    stamps = sorted({t["timestamp_ms"] for t in loaded.final})
+    filter_string = data.draw(filters(ids, stamps), label="filter")
+    order_by = data.draw(orders(), label="order_by")
+    experiment_ids = data.draw(
+        st.sampled_from([None, None, ["1"], ["2", "10"], []]), label="experiment_ids"
+    )
+    limit = data.draw(st.sampled_from([1, 3, 10, 100]), label="max_results")
+    try:
+        expected = ref.search(loaded.final, experiment_ids, filter_string, order_by, None)
+    except ValueError:
+        with pytest.raises(FilterError):
+            loaded.client.search_traces(experiment_ids, filter_string, order_by, limit)
+        return
+    page = loaded.client.search_traces(experiment_ids, filter_string, order_by, limit)
+    assert [t.info.trace_id for t in page] == expected[:limit]
+    assert (page.token is None) == (len(expected) <= limit)
+    if pages:
+        walked = _all_pages(
+            loaded.client,
+            experiment_ids=experiment_ids,
+            filter_string=filter_string,
+            order_by=order_by,
+            max_results=limit if len(expected) < 60 * limit else 100,
+        )
+        assert walked == expected
+    assert loaded.client.count(filter_string, experiment_ids) == len(expected)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_random_filters_equal_the_reference(small: Loaded, data: st.DataObject) -> None:
+    _check_search(small, data, pages=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_random_filters_over_chunked_sets_equal_the_reference(
+    dense: Loaded, data: st.DataObject
+) -> None:
+    _check_search(dense, data, pages=False)
+
+
+def test_dense_values_are_chunked(dense: Loaded) -> None:
+    r = dense.client.redis
+    counts = [r.zscore(dense.client.keys.tag_values(p, "env"), "production") for p in range(2)]
+    assert all(c is not None and c > PLAIN_MAX for c in counts)
+    expected = ref.search(dense.final, None, "tags.env = 'production'", None, None)
+    assert dense.client.count("tags.env = 'production'") == len(expected)
+    walked = _all_pages(dense.client, filter_string="tags.env = 'production'", max_results=500)
+    assert walked == expected
+
+
+# --- paging -----------------------------------------------------------------------------------
+
+
+def test_tokens_survive_tag_changes_between_pages(settings: Settings, r: redis.Redis) -> None:
+    traces, _ = qd.generate(3, 400)
+    for t in traces:
+        t["tags"]["keep"] = "yes" if int(t["trace_id"][3:8]) % 3 else "no"
+    client = Client(settings)
+    qd.load(r, client.keys, 2, traces)
+    final = ref.apply_mutations(traces, [])
+    query = {"filter_string": "tags.keep = 'yes'", "order_by": ["timestamp_ms ASC"]}
+    expected = ref.search(final, None, max_results=None, **query)
+    seen: list[str] = []
+    token = None
+    flip = 0
+    while True:
+        page = client.search_traces(max_results=25, page_token=token, **query)
+        seen.extend(t.info.trace_id for t in page)
+        token = page.token
+        if token is None:
+            break
+        # Between pages: traces that never matched start and stop matching, others churn.
+        churn = [t for t in final if t["tags"]["keep"] == "no"][flip : flip + 5]
+        flip += 5
+        qd.apply_events(
+            r,
+            client.keys,
+            2,
+            [
+                qd.mutation_event(
+                    {"op": "set", "trace_id": t["trace_id"], "key": "keep", "value": "yes"}
+                )
+                for t in churn
+            ]
+            + [
+                qd.mutation_event(
+                    {"op": "set", "trace_id": t["trace_id"], "key": "other", "value": str(flip)}
+                )
+                for t in final[:20]
+            ],
+        )
+    stable = [i for i in seen if i in set(expected)]
+    assert stable == expected  # every always-matching trace once, in order
+    assert len(seen) == len(set(seen))
+    client.close()
+
+
+def test_token_errors(small: Loaded) -> None:
+    c = small.client
+    page = c.search_traces(filter_string="status = 'OK'", max_results=2)
+    assert page.token is not None
+    with pytest.raises(PageTokenError, match="another query"):
+        c.search_traces(filter_string="status = 'ERROR'", max_results=2, page_token=page.token)
+    with pytest.raises(PageTokenError, match="malformed"):
+        c.search_traces(filter_string="status = 'OK'", page_token="!!not-a-token")
+    with pytest.raises(PageTokenError, match="malformed"):
+        c.search_traces(filter_string="status = 'OK'", page_token="AAAA")
+    for bad in (0, 50_001, -1, 1.5, True, "10", None):
+        with pytest.raises(ValueError, match=r"max_results must be an integer in 1\.\.50000"):
+            c.search_traces(max_results=bad)  # type: ignore[arg-type]
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_errors_carry_the_position(small: Loaded) -> None:
+    c = small.client
+    with pytest.raises(FilterSyntaxError) as info:
+        c.search_traces(filter_string="tags.env = 'a' AND status ==")
+    assert info.value.position == 26  # type: ignore[attr-defined]
+    assert info.value.filter_string in str(info.value)  # type: ignore[attr-defined]
+    assert str(info.value).endswith("\n  tags.env = 'a' AND status ==\n" + " " * 28 + "^")
+    with pytest.raises(FilterSemanticError) as info2:
+        c.count("tags.env > 'a'")
+    assert info2.value.position == 11  # type: ignore[attr-defined]
+    with pytest.raises(FilterSemanticError, match="experiment_ids must be a list"):
+        c.count(None, "1")  # type: ignore[arg-type]
+    with pytest.raises(FilterSemanticError, match="order_by must be a list"):
+        c.search_traces(order_by="timestamp_ms")  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    text=st.text(
+        st.sampled_from(list("tags.env='a\" ()`%_ANDORNOTINLIKE<>=!0123456789,metadta"))
+        | st.characters(),
+        max_size=40,
+    )
+)
+def test_any_input_raises_only_filter_errors(small: Loaded, text: str) -> None:
+    try:
+        small.client.search_traces(filter_string=text, max_results=5)
+        small.client.count(text)
+    except FilterError:
+        pass
+
+
+# --- explain, count, stats ---------------------------------------------------------------------
+
+
+def test_explain_walks_for_broad_filters_and_collects_for_selective(dense: Loaded) -> None:
+    broad = dense.client.explain("tags.env = 'production'")
+    assert broad.count("strategy: walk") == 2, broad
+    user = next(t["tags"]["user"] for t in dense.final if "user" in t["tags"])
+    selective = dense.client.explain(f"tags.user = '{user}' AND tags.env = 'production'")
+    assert "strategy: walk" not in selective and "strategy: collect" in selective, selective
+    by_tag = dense.client.explain("status = 'OK'", order_by=["tags.env"])
+    assert "first order key has no order zset" in by_tag
+    assert "exact from index sizes" in dense.client.explain("tags.env = 'production'", count=True)
+
+
+@pytest.mark.parametrize(
+    "filter_string",
+    [
+        None,
+        "tags.env = 'production'",
+        "status = 'OK' AND tags.env = 'production'",
+        "tags.env IS NULL",
+        "tags.env IS NOT NULL",
+        "execution_time_ms > 100",
+        "tags.retries >= 1 OR NOT status = 'OK'",
+        "tags.env ILIKE 'PROD%'",
+    ],
+)
+def test_count_equals_the_reference(dense: Loaded, filter_string: str | None) -> None:
+    for scope in (None, ["1"], ["2", "10"]):
+        expected = ref.search(dense.final, scope, filter_string, None, None)
+        assert dense.client.count(filter_string, scope) == len(expected)
+
+
+def _expected_stats(final: list[dict[str, Any]], ids: list[str], field: str) -> dict[Any, Any]:
+    by_id = {t["trace_id"]: t for t in final}
+    groups: dict[Any, list[Any]] = {}
+    for i in ids:
+        t = by_id[i]
+        value = t["status"] if field == "status" else t["tags"].get(field)
+        groups.setdefault(value, []).append(t["execution_time_ms"])
+    return groups
+
+
+def test_stats_equal_the_reference(dense: Loaded) -> None:
+    import statistics
+
+    ids = ref.search(dense.final, None, "tags.env != 'staging'", None, None)
+    got = dense.client.stats("tags.env != 'staging'", group_by=["status"])
+    expected = _expected_stats(dense.final, ids, "status")
+    assert {g["group"]["status"]: g["count"] for g in got} == {
+        k: len(v) for k, v in expected.items()
+    }
+    counts = [g["count"] for g in got]
+    assert counts == sorted(counts, reverse=True)
+    for g in got:
+        durations = sorted(d for d in expected[g["group"]["status"]] if d is not None)
+        if not durations:
+            assert g["avg"] is None and g["p50"] is None
+            continue
+        assert g["min"] == durations[0] and g["max"] == durations[-1]
+        assert g["avg"] == pytest.approx(statistics.fmean(durations))
+        qs = statistics.quantiles(durations, n=100, method="inclusive")
+        assert g["p50"] == pytest.approx(statistics.median(durations))
+        assert g["p95"] == pytest.approx(qs[94])
+        assert g["p99"] == pytest.approx(qs[98])
+    only = dense.client.stats(None, group_by=["tags.env"], metrics=["count"])
+    expected_env = _expected_stats(dense.final, [t["trace_id"] for t in dense.final], "env")
+    assert {g["group"]["tags.env"]: g["count"] for g in only} == {
+        k: len(v) for k, v in expected_env.items()
+    }
+    assert all(set(g) == {"group", "count"} for g in only)
+    with pytest.raises(FilterSemanticError, match="cannot group by"):
+        dense.client.stats(None, group_by=["timestamp_ms"])
+    with pytest.raises(FilterSemanticError, match="metrics"):
+        dense.client.stats(None, metrics=["p42"])
+
+
+def test_trace_info_fields(small: Loaded) -> None:
+    page = small.client.search_traces(filter_string="name = 'chat'", max_results=1)
+    (trace,) = page
+    source = next(t for t in small.final if t["trace_id"] == trace.info.trace_id)
+    info = trace.info
+    assert info.request_id == info.trace_id
+    assert info.name == "chat" == source["name"]
+    assert info.experiment_id == source["experiment_id"]
+    assert info.timestamp_ms == source["timestamp_ms"]
+    assert info.execution_time_ms == source["execution_time_ms"]
+    assert info.status == source["status"]
+    assert info.tags == source["tags"]
+    assert info.request_metadata == info.trace_metadata == source["metadata"]
+    assert info.client_request_id == source["client_request_id"]
+
+
+def test_empty_namespace(settings: Settings) -> None:
+    with Client(settings) as client:
+        assert list(client.search_traces()) == []
+        assert client.search_traces().token is None
+        assert client.count("tags.env = 'x'") == 0
+        assert client.stats() == []
