@@ -271,7 +271,9 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     app.context.set_global("tracetags_folder", folder)
 
     def subscribe(partition: int) -> None:
-        def parse(raw: Any) -> StreamMessage[Any]:
+        # async: FastStream runs a sync parser or decoder in its thread pool (two thread hops
+        # per batch), and these do no I/O.
+        async def parse(raw: Any) -> StreamMessage[Any]:
             ids = raw["message_ids"]
             return StreamMessage(
                 raw_message=raw, body=b"",
@@ -279,7 +281,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
                 correlation_id=_text(ids[0]) if ids else None,
             )  # fmt: skip
 
-        def decode(message: StreamMessage[Any]) -> Any:
+        async def decode(message: StreamMessage[Any]) -> Any:
             raw = message.raw_message
             return decode_entries(list(zip(raw["message_ids"], raw["data"], strict=True)))
 
