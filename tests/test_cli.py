@@ -15,24 +15,30 @@ from tracetags.keys import Keys
 runner = CliRunner()
 
 
-def test_demo_emits_traffic_and_reads_the_log_back(
-    redis_url: str, namespace: str, r: redis.Redis
-) -> None:
+def test_demo_end_to_end(redis_url: str, namespace: str) -> None:
+    """The README's main job: traffic, a consumer, the classic questions, pasteable commands."""
     result = runner.invoke(
-        app, ["--redis-url", redis_url, "--namespace", namespace, "demo", "--traces", "300"]
+        app, ["--redis-url", redis_url, "--namespace", namespace, "demo", "--traces", "400"]
     )
     assert result.exit_code == 0, result.output
-    assert "trace_started" in result.stdout and "trace_finished" in result.stdout
-    assert f"event log of namespace {namespace!r}" in result.stdout
-    assert r.xlen(Keys(namespace).stream(0)) >= 600
+    for title in ("Production errors, newest first", "Slow traces (> 5 s) by model version",
+                  "Review queue", "Beyond MLflow: IN, OR and parentheses"):  # fmt: skip
+        assert title in result.stdout
+    assert "$ tracetags --redis-url" in result.stdout
+    assert "emitted 400 traces" in result.stderr and "all folded" in result.stderr
+    counted = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "count",
+                                  "tags.needs_review = 'true'"])  # fmt: skip
+    assert counted.exit_code == 0 and int(counted.stdout) > 0
 
 
 def test_log_prints_json_lines_and_marks_undecodable_entries(
     redis_url: str, namespace: str, r: redis.Redis
 ) -> None:
-    runner.invoke(
-        app, ["--redis-url", redis_url, "--namespace", namespace, "demo", "--traces", "5"]
-    )
+    from tracetags import Settings, TagProducer
+
+    with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
+        for i in range(5):
+            producer.trace_started(f"tr-{i}", experiment_id="1", timestamp_ms=i)
     r.xadd(Keys(namespace).stream(0), {"e": b"\xc1not msgpack"})
     result = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "log"])
     assert result.exit_code == 0, result.output
@@ -65,7 +71,11 @@ def _cli(redis_url: str, namespace: str, *args: str) -> Any:
 
 
 def test_status_says_no_consumer_is_running(redis_url: str, namespace: str) -> None:
-    _cli(redis_url, namespace, "demo", "--traces", "20")
+    from tracetags import Settings, TagProducer
+
+    with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
+        for i in range(40):
+            producer.set_tags(f"tr-{i}", {"a": "b"})
     result = _cli(redis_url, namespace, "status")
     assert result.exit_code == 0, result.output
     assert "no consumer is running" in result.stdout
@@ -152,3 +162,111 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
         purged = await asyncio.to_thread(run, "dead-letters", "purge", "--yes")
         assert purged.exit_code == 0 and "deleted 1 dead letters" in purged.stderr
         assert r.xlen(keys.dead_letters(0)) == 0
+
+
+async def test_search_count_stats_explain_and_bulk_tagging(redis_url: str, namespace: str) -> None:
+    import asyncio
+    import csv
+    import io
+
+    from tests.test_consumer import consumer
+    from tracetags import Settings, TagProducer
+    from tracetags.client import Client
+
+    settings = Settings(redis_url=redis_url, namespace=namespace, partitions=2)
+    producer = TagProducer(settings)
+    for i in range(60):
+        producer.trace_started(
+            f"tr-{i:02d}",
+            experiment_id=str(1 + i % 2),
+            timestamp_ms=1000 + i,
+            tags={"env": ("prod", "dev")[i % 2], "user": f"u{i % 5}"},
+        )
+        producer.trace_finished(
+            f"tr-{i:02d}",
+            experiment_id=str(1 + i % 2),
+            timestamp_ms=1000 + i,
+            execution_time_ms=10 * i,
+            status="ERROR" if i % 3 == 0 else "OK",
+        )
+    client = Client(settings)
+    async with consumer(settings):
+        await asyncio.to_thread(client.wait_applied, producer.flush(), 30)
+
+        def run(*args: str) -> Any:
+            return _cli(redis_url, namespace, *args)
+
+        ids = await asyncio.to_thread(
+            run,
+            "search",
+            "tags.env = 'prod' AND status = 'ERROR'",
+            "--format",
+            "ids",
+            "--order-by",
+            "timestamp_ms ASC",
+        )
+        assert ids.exit_code == 0, ids.output
+        assert ids.stdout.split() == [f"tr-{i:02d}" for i in range(0, 60, 6)]
+        jsonl = await asyncio.to_thread(run, "search", "tags.user = 'u1'", "--max-results", "5")
+        rows = [json.loads(line) for line in jsonl.stdout.splitlines()]  # piped: jsonl
+        assert len(rows) == 5 and all(r["tags"]["user"] == "u1" for r in rows)
+        assert "more: --page-token" in jsonl.stderr
+        token = jsonl.stderr.split("--page-token", 1)[1].split()[0]
+        rest = await asyncio.to_thread(
+            run, "search", "tags.user = 'u1'", "--page-token", token, "--format", "ids"
+        )
+        assert len(rest.stdout.split()) == 7 and "more:" not in rest.stderr
+        every = await asyncio.to_thread(
+            run, "search", "--all", "--max-results", "7", "--format", "json"
+        )
+        doc = json.loads(every.stdout)
+        assert len(doc["traces"]) == 60 and doc["next_page_token"] is None
+        table = await asyncio.to_thread(
+            run, "search", "tags.env = 'dev'", "-e", "2", "--format", "csv"
+        )
+        parsed = list(csv.DictReader(io.StringIO(table.stdout)))
+        assert len(parsed) == 30 and parsed[0]["tags.env"] == "dev"
+        assert {r["experiment_id"] for r in parsed} == {"2"}
+
+        counted = await asyncio.to_thread(run, "count", "status = 'ERROR' OR tags.user = 'u0'")
+        assert counted.stdout.strip() == str(
+            len({i for i in range(60) if i % 3 == 0 or i % 5 == 0})
+        )
+        bad = await asyncio.to_thread(run, "count", "tags.env = prod")
+        assert bad.exit_code == 2 and "^" in bad.stderr
+        stats = await asyncio.to_thread(
+            run, "stats", "status = 'OK'", "--group-by", "tags.env", "--format", "json"
+        )
+        groups = {g["group"]["tags.env"]: g for g in json.loads(stats.stdout)}
+        ok_prod = [10 * i for i in range(0, 60, 2) if i % 3]
+        assert groups["prod"]["count"] == len(ok_prod)
+        assert groups["prod"]["max"] == max(ok_prod) and groups["prod"]["min"] == min(ok_prod)
+        chart = await asyncio.to_thread(run, "stats", "--group-by", "status")
+        assert "█" in chart.stdout
+        plan = await asyncio.to_thread(run, "explain", "tags.env = 'prod' AND status = 'OK'")
+        assert plan.exit_code == 0 and plan.stdout.strip()
+
+        dry = await asyncio.to_thread(
+            run, "tag", "set", "--filter", "status = 'ERROR'", "--dry-run", "needs_review", "true"
+        )
+        assert dry.exit_code == 0 and "20 traces match" in dry.stdout
+        assert client.count("tags.needs_review = 'true'") == 0
+        bulk = await asyncio.to_thread(
+            run, "tag", "set", "--filter", "status = 'ERROR'", "needs_review", "true"
+        )
+        assert bulk.exit_code == 0 and "on 20 traces" in bulk.stderr
+        assert client.count("tags.needs_review = 'true'") == 20
+        gone = await asyncio.to_thread(
+            run,
+            "tag",
+            "delete",
+            "--filter",
+            "tags.needs_review = 'true' AND tags.env = 'dev'",
+            "needs_review",
+        )
+        assert gone.exit_code == 0 and "from 10 traces" in gone.stderr
+        assert client.count("tags.needs_review = 'true'") == 10
+        usage = await asyncio.to_thread(run, "tag", "set", "--filter", "status = 'OK'", "k")
+        assert usage.exit_code == 2 and "expected KEY VALUE" in usage.stderr
+    producer.close()
+    client.close()

@@ -5,11 +5,16 @@ Exit codes: 0 success; 2 usage or input error; 3 Redis unreachable.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import csv
 import enum
+import logging
 import sys
-from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -23,8 +28,7 @@ from rich.table import Table
 from tracetags import deadletters, schemas, traffic
 from tracetags.client import Client, TraceInfo
 from tracetags.embedded import RedisServer, embedded_server
-from tracetags.errors import TracetagsError, TracetagsTimeoutError
-from tracetags.keys import Keys
+from tracetags.errors import FilterError, TracetagsError, TracetagsTimeoutError
 from tracetags.log import read_log
 from tracetags.producer import TagProducer
 from tracetags.settings import Settings
@@ -35,11 +39,15 @@ EXIT_UNREACHABLE = 3
 app = typer.Typer(
     name="tracetags",
     help="Mutable tags on ML/LLM traces, event-sourced on Redis Streams.\n\n"
-    "Exit codes: 0 success, 2 usage or input error, 3 Redis unreachable.",
+    "Without --redis-url / TRACETAGS_REDIS_URL, commands use the embedded Redis of "
+    "./.tracetags (started for the command when it is not running).\n\n"
+    "Exit codes: 0 success; 1 not found or timed out; 2 usage or filter error (the filter "
+    "is shown with a caret); 3 Redis unreachable (the URL tried and a hint).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
+# Piped output gets a wide page: tables of trace ids are unreadable at the default 80.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -119,60 +127,86 @@ def _ping(settings: Settings) -> None:
 
 @app.command()
 def demo(
-    traces: Annotated[int, typer.Option(min=1, help="How many traces to emit.")] = 2_000,
+    traces: Annotated[int, typer.Option(min=1, help="How many traces to emit.")] = 3_000,
     seed: Annotated[int, typer.Option(help="Random seed of the traffic.")] = 7,
 ) -> None:
-    """Emit realistic traffic through the producer and read the event log back."""
+    """The tour: start Redis (embedded unless --redis-url) and a consumer, emit realistic
+    traffic, then answer the classic questions — and print the commands that ask them."""
+    import threading
+
+    from tracetags.serve import Supervisor
+
     settings = _settings()
     with _redis_for(settings) as settings:
-        producer = TagProducer(settings)
-        with Progress(console=err, transient=True) as progress:
-            task = progress.add_task("emitting traces", total=traces)
-            for spec in traffic.generate(traces, seed=seed):
-                producer.trace_started(
-                    spec.trace_id,
-                    experiment_id=spec.experiment_id,
-                    timestamp_ms=spec.timestamp_ms,
-                    name=spec.name,
-                    metadata=spec.metadata,
-                    tags={k: v for k, v in spec.tags.items() if k != "needs_review"},
-                )
-                producer.trace_finished(
-                    spec.trace_id,
-                    experiment_id=spec.experiment_id,
-                    timestamp_ms=spec.timestamp_ms,
-                    execution_time_ms=spec.execution_time_ms,
-                    status=spec.status,
-                )
-                if "needs_review" in spec.tags:
-                    producer.set_tags(spec.trace_id, {"needs_review": "true"})
-                progress.advance(task)
-            receipt = producer.flush()
-        producer.close()
-        stats = producer.stats()
-        err.print(f"wrote {stats.sent} events (dropped {stats.dropped}, retries {stats.retries})")
-        client = redis.Redis.from_url(settings.effective_redis_url)
+        supervisor = Supervisor(settings, workers=1, log_level=logging.ERROR)
+        runner = threading.Thread(target=supervisor.run, daemon=True)
+        runner.start()
+        client = Client(settings)
         try:
-            counts: Counter[tuple[int, str]] = Counter()
-            for entry in read_log(client, settings.namespace):
-                kind = "undecodable" if entry.event is None else entry.event.__struct_config__.tag
-                counts[(entry.partition, str(kind))] += 1
+            producer = TagProducer(settings)
+            with Progress(console=err, transient=True) as progress:
+                task = progress.add_task("emitting traces", total=traces)
+                traffic.emit(producer, traffic.generate(traces, seed=seed),
+                             on_trace=lambda: progress.advance(task))  # fmt: skip
+                receipt = producer.flush()
+                progress.update(task, description="folding (consumer)")
+                client.wait_applied(receipt, timeout=120)
+            stats = producer.stats()
+            producer.close()
+            err.print(f"emitted {traces} traces ({stats.sent} events); all folded")
+            _demo_questions(client, settings)
         finally:
             client.close()
-        table = Table(title=f"event log of namespace {settings.namespace!r}")
-        table.add_column("partition", justify="right")
-        table.add_column("event type")
-        table.add_column("entries", justify="right")
-        table.add_column("last entry id (this run)")
-        for (partition, kind), n in sorted(counts.items()):
-            table.add_row(str(partition), kind, str(n), receipt.positions.get(partition, ""))
-        out.print(table)
-        stream = Keys(settings.namespace).stream(0)
-        err.print(
-            "read it yourself:\n"
-            f"  tracetags --redis-url {settings.effective_redis_url} log --count 5\n"
-            f"  redis-cli -u {settings.effective_redis_url} XRANGE '{stream}' - + COUNT 2"
-        )
+            supervisor.stop()
+            runner.join(60)
+    err.print(
+        "\nthe data stays in ./.tracetags; keep exploring (the commands start the embedded "
+        "Redis when it is not running; `tracetags serve` folds new events):\n"
+        "  tracetags status\n  tracetags search \"tags.sla_tier = 'critical'\" --max-results 5"
+    )
+
+
+def _demo_questions(client: Client, settings: Settings) -> None:
+    url = "" if state.redis_url is None else f" --redis-url {settings.redis_url}"
+
+    def ask(title: str, filter_string: str, order_by: list[str] | None = None,
+            columns: tuple[str, ...] = ("environment", "model_version"),
+            limit: int = 6) -> list[Any]:  # fmt: skip
+        page = client.search_traces(None, filter_string, order_by, limit)
+        total = client.count(filter_string)
+        out.rule(f"[bold]{title}[/] ({total} traces)")
+        _print_traces([trace_record(t.info) for t in page], SearchFormat.table, None,
+                      list(columns))  # fmt: skip
+        order = "".join(f" --order-by {o!r}" for o in order_by or [])
+        out.print(f"[dim]$ tracetags{url} search {filter_string!r}{order}[/]")
+        return list(page)
+
+    errors = ask("Production errors, newest first",
+                 "tags.environment = 'production' AND status = 'ERROR'")  # fmt: skip
+    out.rule("[bold]Slow traces (> 5 s) by model version[/]")
+    rows = client.stats("execution_time_ms > 5000", ["tags.model_version"],
+                        ["count", "p50", "p95", "max"])  # fmt: skip
+    table = Table()
+    for column in ("model_version", "slow traces", "p50 ms", "p95 ms", "max ms"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(str(r["group"].get("tags.model_version")), str(r["count"]),
+                      _number(r["p50"]), _number(r["p95"]), _number(r["max"]))  # fmt: skip
+    out.print(table)
+    out.print(
+        f"[dim]$ tracetags{url} stats 'execution_time_ms > 5000' "
+        "--group-by tags.model_version --metric count --metric p50 --metric p95[/]"
+    )
+    if errors:
+        session = errors[0].info.tags.get("session_id", "session_0")
+        ask(f"That user's session ({session}) in time order",
+            f"tags.session_id = '{session}'", ["timestamp_ms ASC"],
+            ("user_id", "environment"))  # fmt: skip
+    ask("Review queue", "tags.needs_review = 'true'", ["timestamp_ms DESC"],
+        ("sla_tier", "model_version"))  # fmt: skip
+    ask("Beyond MLflow: IN, OR and parentheses",
+        "tags.model_version IN ('v2.0.0', 'v2.1.0-rc1') AND "
+        "(status = 'ERROR' OR execution_time_ms > 10000)")  # fmt: skip
 
 
 @app.command()
@@ -210,11 +244,21 @@ def serve(
 
 
 def _reachable() -> Settings:
-    """Settings for a command that talks to an existing Redis: the given URL, else the
-    embedded Redis that ``serve``/``demo`` recorded under ./.tracetags, else localhost."""
+    """Settings for a command that talks to Redis: the given URL; else the embedded Redis
+    of ./.tracetags — the running one, or one started for this command (its data is kept)."""
     settings = _settings()
     if settings.redis_url is None:
-        settings = settings.replace(redis_url=_embedded_url(settings))
+        url = _embedded_url(settings)
+        if url is not None:
+            settings = settings.replace(redis_url=url)
+        else:
+            try:
+                server = embedded_server(settings.embedded_dir).start()
+            except TracetagsError as exc:
+                err.print(f"[red]error:[/] {escape(str(exc))}")
+                raise typer.Exit(EXIT_UNREACHABLE) from None
+            atexit.register(server.stop)
+            settings = settings.replace(redis_url=server.url)
     _ping(settings)
     return settings
 
@@ -303,31 +347,295 @@ tag_app = typer.Typer(help="Set or delete tags.", no_args_is_help=True)
 app.add_typer(tag_app, name="tag")
 
 
+FilterOption = Annotated[
+    str | None,
+    typer.Option("--filter", "-f", help="Act on every trace matching this filter string."),
+]
+ExperimentOption = Annotated[
+    list[str] | None,
+    typer.Option("--experiment", "-e", help="Experiment id to search (repeatable; none: all)."),
+]
+
+
 @tag_app.command("set")
 def tag_set(
-    trace_id: Annotated[str, typer.Argument(help="The trace id.")],
-    key: Annotated[str, typer.Argument(help="Tag key.")],
-    value: Annotated[str, typer.Argument(help="Tag value.")],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="TRACE KEY VALUE, or KEY VALUE with --filter.", metavar="[TRACE] KEY VALUE"
+        ),
+    ],
+    filter_string: FilterOption = None,
+    experiment: ExperimentOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count the matches.")] = False,
     wait: Annotated[bool, typer.Option(help="Return once the fold applied it.")] = True,
 ) -> None:
-    """Set one tag on one trace."""
-    settings = _reachable()
-    with Client(settings) as client:
-        _write(lambda: client.set_trace_tag(trace_id, key, value, wait=wait))
-    err.print(f"set {escape(key)}={escape(value)!r} on {escape(trace_id)}")
+    """Set a tag on one trace, or on every trace matching --filter (with a progress bar)."""
+    if filter_string is None:
+        trace_id, key, value = _positional(args, ("TRACE", "KEY", "VALUE"))
+        settings = _reachable()
+        with Client(settings) as client:
+            _write(lambda: client.set_trace_tag(trace_id, key, value, wait=wait))
+        err.print(f"set {escape(key)}={escape(value)!r} on {escape(trace_id)}")
+        return
+    key, value = _positional(args, ("KEY", "VALUE"))
+    _bulk(filter_string, experiment, dry_run, f"set {key}={value!r} on",
+          lambda client, progress: client.set_tags_where(
+              filter_string, {key: value}, experiment, wait=wait, progress=progress))  # fmt: skip
 
 
 @tag_app.command("delete")
 def tag_delete(
-    trace_id: Annotated[str, typer.Argument(help="The trace id.")],
-    key: Annotated[str, typer.Argument(help="Tag key.")],
+    args: Annotated[
+        list[str], typer.Argument(help="TRACE KEY, or KEY with --filter.", metavar="[TRACE] KEY")
+    ],
+    filter_string: FilterOption = None,
+    experiment: ExperimentOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count the matches.")] = False,
     wait: Annotated[bool, typer.Option(help="Return once the fold applied it.")] = True,
 ) -> None:
-    """Delete one tag from one trace."""
+    """Delete a tag from one trace, or from every trace matching --filter."""
+    if filter_string is None:
+        trace_id, key = _positional(args, ("TRACE", "KEY"))
+        settings = _reachable()
+        with Client(settings) as client:
+            _write(lambda: client.delete_trace_tag(trace_id, key, wait=wait))
+        err.print(f"deleted {escape(key)} from {escape(trace_id)}")
+        return
+    (key,) = _positional(args, ("KEY",))
+    _bulk(filter_string, experiment, dry_run, f"deleted {key} from",
+          lambda client, progress: client.delete_tags_where(
+              filter_string, [key], experiment, wait=wait, progress=progress))  # fmt: skip
+
+
+def _positional(args: list[str], names: tuple[str, ...]) -> tuple[str, ...]:
+    if len(args) != len(names):
+        err.print(f"[red]error:[/] expected {' '.join(names)}, got {len(args)} argument(s)")
+        raise typer.Exit(EXIT_USAGE)
+    return tuple(args)
+
+
+def _bulk(filter_string: str, experiment: list[str] | None, dry_run: bool, verb: str,
+          action: Any) -> None:  # fmt: skip
     settings = _reachable()
     with Client(settings) as client:
-        _write(lambda: client.delete_trace_tag(trace_id, key, wait=wait))
-    err.print(f"deleted {escape(key)} from {escape(trace_id)}")
+        matches = _query(lambda: client.count(filter_string, experiment))
+        if dry_run:
+            out.print(f"{matches} traces match: {escape(filter_string)}")
+            err.print("dry run: nothing changed")
+            return
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("tagging", total=matches)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            count = _query(lambda: action(client, progress))
+    err.print(f"{verb} {count} traces")
+
+
+def _query(action: Any) -> Any:
+    """Run a library call; filter errors exit 2 with the caret message."""
+    try:
+        return action()
+    except FilterError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except TracetagsTimeoutError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except TracetagsError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+class SearchFormat(enum.StrEnum):
+    auto = "auto"
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    ids = "ids"
+
+
+@app.command()
+def search(
+    filter_string: Annotated[
+        str | None, typer.Argument(metavar="[FILTER]", help="MLflow filter string.")
+    ] = None,
+    experiment: ExperimentOption = None,
+    order_by: Annotated[
+        list[str] | None,
+        typer.Option("--order-by", "-o", help="Order key, e.g. 'timestamp_ms DESC' (repeatable)."),
+    ] = None,
+    max_results: Annotated[int, typer.Option(help="Page size (1..50000).")] = 100,
+    all_pages: Annotated[bool, typer.Option("--all", help="Every match (walks pages).")] = False,
+    page_token: Annotated[str | None, typer.Option(help="Continue from this page.")] = None,
+    output: Annotated[
+        SearchFormat,
+        typer.Option("--format", help="auto: a table on a terminal, jsonl when piped."),
+    ] = SearchFormat.auto,
+) -> None:
+    """Search traces with an MLflow filter string (plus OR/NOT/IN extensions)."""
+    settings = _reachable()
+    fmt = output
+    if fmt is SearchFormat.auto:
+        fmt = SearchFormat.table if sys.stdout.isatty() else SearchFormat.jsonl
+    with Client(settings) as client:
+        traces: list[Any] = []
+        token = page_token
+        while True:
+            page = _query(partial(client.search_traces, experiment, filter_string, order_by,
+                                  max_results, token))  # fmt: skip
+            traces.extend(page)
+            token = page.token
+            if not all_pages or token is None:
+                break
+    records = [trace_record(t.info) for t in traces]
+    _print_traces(records, fmt, token)
+
+
+def _trace_table(records: list[dict[str, Any]], tag_columns: list[str] | None) -> Table:
+    """Traces for a person: time in UTC, one column per tag of ``tag_columns`` (or all tags
+    in one column)."""
+    table = Table(title=f"{len(records)} traces", title_justify="left")
+    table.add_column("trace_id", no_wrap=True)
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("ms", justify="right")
+    table.add_column("status")
+    table.add_column("name")
+    for key in tag_columns or ["tags"]:
+        table.add_column(key, overflow="fold")
+    for r in records:
+        when = ""
+        if r["timestamp_ms"] is not None:
+            when = datetime.fromtimestamp(r["timestamp_ms"] / 1000, UTC).strftime("%m-%d %H:%M:%S")
+        if tag_columns is None:
+            tags = [", ".join(f"{k}={v}" for k, v in sorted(r["tags"].items())
+                              if k != "mlflow.traceName")]  # fmt: skip
+        else:
+            tags = [r["tags"].get(k, "") for k in tag_columns]
+        duration = r["execution_time_ms"]
+        table.add_row(r["trace_id"], when, "" if duration is None else f"{duration:,}",
+                      str(r["status"] or ""), escape(str(r["name"] or "")),
+                      *(escape(t) for t in tags))  # fmt: skip
+    return table
+
+
+def _print_traces(
+    records: list[dict[str, Any]],
+    fmt: SearchFormat,
+    token: str | None,
+    tag_columns: list[str] | None = None,
+) -> None:
+    if fmt is SearchFormat.json:
+        doc = {"traces": records, "next_page_token": token}
+        sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
+    elif fmt is SearchFormat.jsonl:
+        for record in records:
+            sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+    elif fmt is SearchFormat.ids:
+        for record in records:
+            sys.stdout.write(record["trace_id"] + "\n")
+    elif fmt is SearchFormat.csv:
+        tag_keys = sorted({k for r in records for k in r["tags"]})
+        meta_keys = sorted({k for r in records for k in r["metadata"]})
+        writer = csv.writer(sys.stdout)
+        plain = ["trace_id", "experiment_id", "timestamp_ms", "execution_time_ms",
+                 "end_time_ms", "status", "name", "client_request_id"]  # fmt: skip
+        writer.writerow([*plain, *(f"tags.{k}" for k in tag_keys),
+                         *(f"metadata.{k}" for k in meta_keys)])  # fmt: skip
+        for r in records:
+            writer.writerow([*("" if r[c] is None else r[c] for c in plain),
+                             *(r["tags"].get(k, "") for k in tag_keys),
+                             *(r["metadata"].get(k, "") for k in meta_keys)])  # fmt: skip
+    else:
+        out.print(_trace_table(records, tag_columns))
+    if token is not None:
+        err.print(f"more: --page-token {token}")
+
+
+@app.command()
+def count(
+    filter_string: Annotated[
+        str | None, typer.Argument(metavar="[FILTER]", help="MLflow filter string.")
+    ] = None,
+    experiment: ExperimentOption = None,
+) -> None:
+    """Count the traces matching a filter (computed inside Redis)."""
+    settings = _reachable()
+    with Client(settings) as client:
+        sys.stdout.write(f"{_query(lambda: client.count(filter_string, experiment))}\n")
+
+
+STAT_METRICS = ("count", "avg", "min", "max", "p50", "p95", "p99")
+
+
+@app.command()
+def stats(
+    filter_string: Annotated[
+        str | None, typer.Argument(metavar="[FILTER]", help="MLflow filter string.")
+    ] = None,
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group-by", "-g", help="tags.<k>, metadata.<k>, status, name, ... (repeatable)."
+        ),
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", "-m", help=f"Of execution_time_ms: {', '.join(STAT_METRICS)}."),
+    ] = None,
+    experiment: ExperimentOption = None,
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """Execution-time statistics per group, with a bar chart of the group sizes."""
+    settings = _reachable()
+    metrics = list(metric or STAT_METRICS)
+    with Client(settings) as client:
+        rows = _query(lambda: client.stats(filter_string, group_by or [], metrics, experiment))
+    if output is Format.json:
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return
+    keys = list(group_by or [])
+    table = Table(title=f"execution_time_ms by {', '.join(keys) or 'everything'}")
+    for key in keys:
+        table.add_column(key)
+    for name in metrics:
+        table.add_column(name, justify="right")
+    table.add_column("")
+    largest = max((int(r.get("count") or 0) for r in rows), default=0) or 1
+    for r in rows:
+        bar = "█" * max(1, round(24 * int(r.get("count") or 0) / largest))
+        cells = [escape(str(r["group"].get(k))) for k in keys]
+        cells += [_number(r.get(name)) for name in metrics]
+        table.add_row(*cells, f"[cyan]{bar}[/]")
+    out.print(table)
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}"
+
+
+@app.command()
+def explain(
+    filter_string: Annotated[
+        str | None, typer.Argument(metavar="[FILTER]", help="MLflow filter string.")
+    ] = None,
+    experiment: ExperimentOption = None,
+    order_by: Annotated[list[str] | None, typer.Option("--order-by", "-o")] = None,
+    for_count: Annotated[bool, typer.Option("--count", help="Explain count().")] = False,
+) -> None:
+    """Show the plan a search (or count) would run, and why."""
+    settings = _reachable()
+    with Client(settings) as client:
+        text = _query(lambda: client.explain(filter_string, experiment, order_by,
+                                             count=for_count))  # fmt: skip
+    sys.stdout.write(text.rstrip("\n") + "\n")
 
 
 def _write(action: Any) -> None:
@@ -438,14 +746,20 @@ def log_command(
         client.close()
 
 
-def _embedded_url(settings: Settings) -> str:
-    """The URL of the embedded Redis left by ``serve``/``demo`` (by its recorded port)."""
-    from pathlib import Path
-
+def _embedded_url(settings: Settings) -> str | None:
+    """The URL of the embedded Redis of ./.tracetags if one is running there, else None."""
     port_file = Path(settings.embedded_dir) / "redis.port"
-    if port_file.exists():
-        return f"redis://127.0.0.1:{port_file.read_text().strip()}/0"
-    return settings.effective_redis_url
+    if not port_file.exists():
+        return None
+    url = f"redis://127.0.0.1:{port_file.read_text().strip()}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        client.ping()
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return url
 
 
 def main() -> None:

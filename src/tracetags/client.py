@@ -5,7 +5,7 @@ to catch up (wait_applied) and reports the health of every partition (status).""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -291,6 +291,82 @@ class Client:
         self.producer.delete_tags(trace_id, [key])
         if wait:
             self.wait_applied(self.producer.flush(timeout), timeout)
+
+    def matching_ids(
+        self,
+        filter_string: str | None,
+        experiment_ids: Sequence[str] | None = None,
+        *,
+        page_size: int = 5_000,
+    ) -> list[str]:
+        """The ids of every trace matching now (a snapshot, walked page by page)."""
+        ids: list[str] = []
+        token: str | None = None
+        while True:
+            page = self.search_traces(experiment_ids, filter_string, None, page_size, token)
+            ids.extend(trace.info.trace_id for trace in page)
+            token = page.token
+            if token is None:
+                return ids
+
+    def set_tags_where(
+        self,
+        filter_string: str | None,
+        tags: Mapping[str, str],
+        experiment_ids: Sequence[str] | None = None,
+        *,
+        wait: bool = False,
+        timeout: float = 300.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Set ``tags`` on every trace matching ``filter_string`` now; returns how many.
+
+        The matches are taken as a snapshot first, so a tag that changes the filter's answer
+        does not make the walk skip or repeat traces.  ``progress(done, total)`` is called as
+        it goes; with ``wait=True`` it returns once the fold has applied every change.
+        """
+        checked = dict(schemas.check_mapping(tags, "tag", allow_empty=False))
+        return self._bulk(filter_string, experiment_ids,
+                          lambda trace_id: self.producer.set_tags(trace_id, checked),
+                          wait, timeout, progress)  # fmt: skip
+
+    def delete_tags_where(
+        self,
+        filter_string: str | None,
+        keys: Sequence[str],
+        experiment_ids: Sequence[str] | None = None,
+        *,
+        wait: bool = False,
+        timeout: float = 300.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Delete tag ``keys`` from every trace matching ``filter_string`` now; returns how
+        many traces it touched (see :meth:`set_tags_where`)."""
+        checked = schemas.check_keys(keys, "tag")
+        return self._bulk(filter_string, experiment_ids,
+                          lambda trace_id: self.producer.delete_tags(trace_id, checked),
+                          wait, timeout, progress)  # fmt: skip
+
+    def _bulk(
+        self,
+        filter_string: str | None,
+        experiment_ids: Sequence[str] | None,
+        action: Callable[[str], None],
+        wait: bool,
+        timeout: float,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
+        ids = self.matching_ids(filter_string, experiment_ids)
+        total = len(ids)
+        for done, trace_id in enumerate(ids, 1):
+            action(trace_id)
+            if progress is not None and (done % 1_000 == 0 or done == total):
+                progress(done, total)
+        if wait and total:
+            self.wait_applied(self.producer.flush(timeout), timeout)
+        elif total:
+            self.producer.flush(timeout)
+        return total
 
     # --- the fold's progress --------------------------------------------------------------
 

@@ -31,7 +31,10 @@ def run_worker(settings_data: dict[str, Any], log_level: int = logging.INFO) -> 
     from tracetags.consumer import create_app
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faststream").setLevel(max(log_level, logging.WARNING))
+    # FastStream logs its own start/stop lines at the run's log level: a quiet worker
+    # (level above WARNING, as in the demo) silences FastStream's logger altogether.
+    quiet = log_level > logging.WARNING
+    logging.getLogger("faststream").setLevel(logging.CRITICAL + 1 if quiet else logging.WARNING)
     settings = msgspec.convert(settings_data, Settings)
     asyncio.run(create_app(settings).run(log_level=log_level))
 

@@ -4,9 +4,13 @@ A/B variants, SLA tiers) for the demo and the benchmarks."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from tracetags.producer import TagProducer
 
 ENVIRONMENTS = ("production", "staging", "development")
 MODEL_VERSIONS = ("v1.4.2", "v2.0.0", "v2.1.0-rc1")
@@ -61,3 +65,36 @@ def generate(
             tags=tags,
             metadata={"mlflow.sourceRun": f"run-{i % 17}", "region": rng.choice(("eu", "us"))},
         )
+
+
+def emit(
+    producer: TagProducer,
+    specs: Iterable[TraceSpec],
+    *,
+    on_trace: Callable[[], None] | None = None,
+) -> int:
+    """Send each trace as its life would: started (with tags), finished, and a late tag
+    (needs_review) where it applies.  Returns how many traces were sent."""
+    sent = 0
+    for spec in specs:
+        producer.trace_started(
+            spec.trace_id,
+            experiment_id=spec.experiment_id,
+            timestamp_ms=spec.timestamp_ms,
+            name=spec.name,
+            metadata=spec.metadata,
+            tags={k: v for k, v in spec.tags.items() if k != "needs_review"},
+        )
+        producer.trace_finished(
+            spec.trace_id,
+            experiment_id=spec.experiment_id,
+            timestamp_ms=spec.timestamp_ms,
+            execution_time_ms=spec.execution_time_ms,
+            status=spec.status,
+        )
+        if "needs_review" in spec.tags:
+            producer.set_tags(spec.trace_id, {"needs_review": "true"})
+        sent += 1
+        if on_trace is not None:
+            on_trace()
+    return sent
