@@ -301,7 +301,7 @@ def status(
 
 @app.command()
 def get(
-    trace_id: Annotated[str, typer.Argument(help="The trace id.")],
+    trace_id: Annotated[str, typer.Argument(help="The trace id.", metavar="TRACE")],
     output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
     """Show one trace: its attributes, tags and metadata (exit 1 when it does not exist)."""
@@ -461,7 +461,7 @@ class SearchFormat(enum.StrEnum):
 @app.command()
 def search(
     filter_string: Annotated[
-        str | None, typer.Argument(metavar="[FILTER]", help="MLflow filter string.")
+        str | None, typer.Argument(metavar="FILTER", help="MLflow filter string.")
     ] = None,
     experiment: ExperimentOption = None,
     order_by: Annotated[
@@ -558,7 +558,7 @@ def _print_traces(
 @app.command()
 def count(
     filter_string: Annotated[
-        str | None, typer.Argument(metavar="[FILTER]", help="MLflow filter string.")
+        str | None, typer.Argument(metavar="FILTER", help="MLflow filter string.")
     ] = None,
     experiment: ExperimentOption = None,
 ) -> None:
@@ -574,7 +574,7 @@ STAT_METRICS = ("count", "avg", "min", "max", "p50", "p95", "p99")
 @app.command()
 def stats(
     filter_string: Annotated[
-        str | None, typer.Argument(metavar="[FILTER]", help="MLflow filter string.")
+        str | None, typer.Argument(metavar="FILTER", help="MLflow filter string.")
     ] = None,
     group_by: Annotated[
         list[str] | None,
@@ -624,10 +624,12 @@ def _number(value: Any) -> str:
 @app.command()
 def explain(
     filter_string: Annotated[
-        str | None, typer.Argument(metavar="[FILTER]", help="MLflow filter string.")
+        str | None, typer.Argument(metavar="FILTER", help="MLflow filter string.")
     ] = None,
     experiment: ExperimentOption = None,
-    order_by: Annotated[list[str] | None, typer.Option("--order-by", "-o")] = None,
+    order_by: Annotated[
+        list[str] | None, typer.Option("--order-by", "-o", help="Order key (repeatable).")
+    ] = None,
     for_count: Annotated[bool, typer.Option("--count", help="Explain count().")] = False,
 ) -> None:
     """Show the plan a search (or count) would run, and why."""
