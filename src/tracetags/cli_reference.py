@@ -27,7 +27,7 @@ def _walk(command: Any, ctx: Any, path: list[str]) -> list[tuple[list[str], Any]
 
 
 def _is_option(param: Any) -> bool:
-    return param.param_type_name == "option"
+    return bool(param.param_type_name == "option")
 
 
 def _first_line(text: str | None) -> str:
@@ -41,7 +41,7 @@ def _metavar(param: Any) -> str:
 
 
 def render() -> str:
-    root = typer.main.get_command(app)
+    root: Any = typer.main.get_command(app)
     lines = [BEGIN, "", "```text"]
     ctx = root.make_context("tracetags", ["--help"], resilient_parsing=True)
     globals_ = [p for p in root.params if _is_option(p) and not p.hidden]
