@@ -323,7 +323,9 @@ def test_explain_walks_for_broad_filters_and_collects_for_selective(dense: Loade
     selective = dense.client.explain(f"tags.user = '{user}' AND tags.env = 'production'")
     assert "strategy: walk" not in selective and "strategy: collect" in selective, selective
     by_tag = dense.client.explain("status = 'OK'", order_by=["tags.env"])
-    assert "first order key has no order zset" in by_tag
+    assert by_tag.count("strategy: walk-values") == 2, by_tag
+    by_id = dense.client.explain("status = 'OK'", order_by=["request_id"])
+    assert "first order key has no order zset" in by_id
     assert "exact from index sizes" in dense.client.explain("tags.env = 'production'", count=True)
 
 
@@ -344,6 +346,108 @@ def test_count_equals_the_reference(dense: Loaded, filter_string: str | None) ->
     for scope in (None, ["1"], ["2", "10"]):
         expected = ref.search(dense.final, scope, filter_string, None, None)
         assert dense.client.count(filter_string, scope) == len(expected)
+
+
+# --- walking the distinct values of a string order key ---------------------------------------
+
+VALUE_ORDERS = [
+    ["tags.env"],
+    ["tags.env DESC"],
+    ["tags.env", "timestamp_ms ASC"],
+    ["tags.env DESC", "request_id DESC"],
+    ["tags.env", "execution_time_ms DESC"],
+    ["tags.env", "tags.user DESC"],
+    ["tags.user"],
+    ["tags.retries DESC", "end_time_ms"],
+    ["tags.note"],
+    ["metadata.source DESC"],
+    ["run_id"],
+    ["name DESC"],
+    ["status", "timestamp_ms ASC"],
+    ["experiment_id DESC"],
+    ["tags.missing"],
+]
+
+
+@pytest.mark.parametrize("order_by", VALUE_ORDERS, ids=" ".join)
+@pytest.mark.parametrize(
+    "filter_string",
+    [
+        None,
+        "status = 'OK'",
+        "tags.env = 'production' OR tags.retries IS NOT NULL",
+        "NOT (tags.user IS NULL)",
+        "execution_time_ms > 100",
+    ],
+)
+def test_walking_distinct_values_equals_the_reference(
+    dense: Loaded, order_by: list[str], filter_string: str | None
+) -> None:
+    expected = ref.search(dense.final, None, filter_string, order_by, None)
+    explained = dense.client.explain(filter_string, order_by=order_by, max_results=37)
+    if order_by != ["tags.user"]:  # ~190 users a partition: sorting the matches is cheaper
+        assert "strategy: walk-values" in explained, explained
+    page = dense.client.search_traces(filter_string=filter_string, order_by=order_by)
+    assert [t.info.trace_id for t in page] == expected[:100]
+    walked = _all_pages(
+        dense.client, filter_string=filter_string, order_by=order_by, max_results=37
+    )
+    assert walked == expected  # every group boundary, the ties and the nulls, through tokens
+
+
+def test_walking_distinct_values_within_experiments(dense: Loaded) -> None:
+    for scope in (["1"], ["2", "10"]):
+        expected = ref.search(dense.final, scope, "status != 'ERROR'", ["tags.env DESC"], None)
+        walked = _all_pages(
+            dense.client,
+            experiment_ids=scope,
+            filter_string="status != 'ERROR'",
+            order_by=["tags.env DESC"],
+            max_results=53,
+        )
+        assert walked == expected
+
+
+# --- counts by set algebra ------------------------------------------------------------------
+
+ALGEBRA_COUNTS = [
+    "status = 'OK' AND tags.env = 'production'",
+    "status = 'OK' AND tags.env = 'production' AND name = 'chat'",
+    "status = 'OK' AND tags.env = 'production' AND execution_time_ms > 100",
+    "tags.env = 'production' AND tags.retries IS NOT NULL",
+    "tags.env = 'production' AND tags.retries IS NULL",
+    "NOT (status = 'OK')",
+    "NOT (status = 'OK' AND tags.env = 'production')",
+    "tags.env != 'production'",
+    "tags.env != 'production' AND tags.env != 'staging'",
+    "tags.env = 'production' AND tags.env = 'staging'",
+    "tags.env IN ('production', 'staging', 'production') AND status IN ('OK', 'ERROR')",
+    "tags.env = 'production' OR status = 'ERROR'",
+    "tags.env = 'production' OR status = 'ERROR' OR tags.user IS NULL",
+    "NOT (tags.env = 'production' OR status = 'ERROR')",
+    "tags.env = 'production' AND NOT (status = 'OK') AND tags.note IS NULL",
+    "tags.user = 'user_3' AND tags.env = 'production'",
+    "tags.env = 'staging' AND execution_time_ms > 2000",  # plain set and a smaller range
+    "tags.env LIKE 'prod%' AND status != 'OK'",
+    "status = 'OK' AND request_id LIKE 'tr-00%'",
+    "tags.env = 'production' AND client_request_id = 'req-1'",
+]
+
+
+@pytest.mark.parametrize("filter_string", ALGEBRA_COUNTS)
+def test_counts_by_set_algebra_equal_the_reference(dense: Loaded, filter_string: str) -> None:
+    for scope in (None, ["1"], ["2", "10"]):
+        expected = ref.search(dense.final, scope, filter_string, None, None)
+        assert dense.client.count(filter_string, scope) == len(expected), scope
+
+
+def test_counts_by_set_algebra_are_explained(dense: Loaded) -> None:
+    two = dense.client.explain("status = 'OK' AND tags.env = 'production'", count=True)
+    assert two.count("strategy: algebra") == 2, two
+    negated = dense.client.explain("NOT (status = 'OK')", count=True)
+    assert negated.count("exact from index sizes (set algebra") == 2, negated
+    different = dense.client.explain("tags.env != 'production'", count=True)
+    assert different.count("exact from index sizes (set algebra") == 2, different
 
 
 def _expected_stats(final: list[dict[str, Any]], ids: list[str], field: str) -> dict[Any, Any]:

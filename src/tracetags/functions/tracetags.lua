@@ -6,19 +6,25 @@ stored layout or of the ARGV format is a new library name).
 
 Key shapes and the per-trace hash layout mirror src/tracetags/keys.py, whose docstring is the
 key table; the ARGV format is documented in src/tracetags/functions/__init__.py.  Python
-validates every event; this file only applies them, after checking the ARGV structure in a
-first pass so that a malformed call fails before its first write (Functions do not roll back).
+validates every event; this file only applies them.  Its first pass over the batch (which
+groups the events by trace) also checks the ARGV structure, so that a malformed call fails
+before its first write (Functions do not roll back).
 
 Fold semantics: every register (tag, metadata key, attribute) is last-writer-wins by stream
 entry id, compared numerically as (ms, seq); a deleted tag keeps a tombstone stamp; a trace
 deletion records the trace's tombstone in <prefix>:gone and drops every register older than it.
 
-Speed (each redis.call costs a few microseconds, far more than the Lua around it): a batch
-is folded per trace, not per event.  The tombstones and trace numbers of all its traces are
-read with one HMGET each, every trace hash once (HGETALL), its events applied in memory in
-stream order, and the hash written once; index changes are the difference between the
-trace's registers before and after the batch, gathered over the whole batch so that each
-index key gets one SADD / SREM / ZADD per batch whatever the number of traces touching it.
+Speed: a batch is folded per trace, not per event.  The tombstones and trace numbers of all
+its traces are read with one HMGET each, every trace hash once (HMGET of the registers the
+batch writes; HGETALL only when the batch deletes the trace), and the hash written once;
+index changes are the difference between the trace's registers before and after the batch,
+gathered over the whole batch so that each index key gets one SADD / SREM / ZADD per batch
+whatever the number of traces touching it.  Here the Lua around the calls costs more than
+the calls themselves (number-to-string ~0.5-1 us, tonumber ~0.3 us, a table ~0.1-0.3 us):
+a trace with one event in the batch (the common case) takes a path that builds no fold
+state, stamps are parsed only for the registers the batch writes (compact stamps compared
+as integers), numbers are formatted at most once per event, and index changes are gathered
+per field and value, their key strings built once per batch.
 --]]
 
 -- redis.call exists only at run time (not while the library loads): bound in tt_apply.
@@ -40,9 +46,10 @@ local PLAIN_MAX = 512
 local ATTRIBUTES = { e = true, s = true, d = true, S = true, c = true }
 local NUMERIC = { s = true, d = true }
 local KINDS = { S = true, F = true, T = true, D = true, X = true }
+local EMPTY = {}
 
 -- Standard-library shortcuts (globals are reachable only at run time): bound in tt_apply.
-local floor, sub, find, format
+local floor, sub, find, format, match, unpack_, type_
 
 local function fail(code, message)
     error({ err = 'TT_' .. code .. ' ' .. message })
@@ -61,12 +68,12 @@ local function enc(s)
 end
 
 local function int(n)
-    return format('%d', n)
+    return DECIMAL[n] or format('%d', n)
 end
 
 -- An entry id as (ms, seq); nil when it is not a well-formed id small enough to be exact.
 local function parse_id(id)
-    local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+    local ms, seq = match(id, '^(%d+)%-(%d+)$')
     if not ms or #ms > 15 or #seq > 15 then
         return nil
     end
@@ -77,25 +84,49 @@ local function newer(ams, aseq, bms, bseq)
     return ams > bms or (ams == bms and aseq > bseq)
 end
 
-local function encode_stamp(ms, seq, base)
+-- The compact form (a number) of the stamp (ms, seq) for base, or nil when it has none.
+local function compact(ms, seq, base)
     local delta = ms - base
     if seq < SEQ_SPAN and delta < MAX_DELTA and delta > -MAX_DELTA then
-        return int(delta * SEQ_SPAN + seq)
+        return delta * SEQ_SPAN + seq
+    end
+    return nil
+end
+
+local function encode_stamp(ms, seq, base)
+    local n = compact(ms, seq, base)
+    if n then
+        return int(n)
     end
     return int(ms) .. '-' .. int(seq)
+end
+
+-- The (ms, seq) of a stored stamp text of a trace whose base is base.
+local function decode_stamp(stamp, base)
+    local n = tonumber(stamp) -- nil for the verbatim form 'ms-seq'
+    if n then
+        local delta = floor(n / SEQ_SPAN)
+        return base + delta, n - delta * SEQ_SPAN
+    end
+    local dash = find(stamp, '-', 2, true)
+    return tonumber(sub(stamp, 1, dash - 1)), tonumber(sub(stamp, dash + 1))
 end
 
 -- The (ms, seq) of a register '<stamp>[:<value>]' of a trace whose base is base.
 local function register_stamp(text, base)
     local colon = find(text, ':', 1, true)
-    local stamp = colon and sub(text, 1, colon - 1) or text
-    local dash = find(stamp, '-', 2, true)
-    if dash then
-        return tonumber(sub(stamp, 1, dash - 1)), tonumber(sub(stamp, dash + 1))
+    return decode_stamp(colon and sub(text, 1, colon - 1) or text, base)
+end
+
+-- Whether the stamp text was written before the entry (ms, seq), whose compact form for the
+-- trace's base is cn (or nil): two compact stamps of one trace compare as integers.
+local function stamp_older(stamp, base, ms, seq, cn)
+    local n = cn and tonumber(stamp)
+    if n then
+        return n < cn
     end
-    local n = tonumber(stamp)
-    local delta = floor(n / SEQ_SPAN)
-    return base + delta, n - delta * SEQ_SPAN
+    local sms, sseq = decode_stamp(stamp, base)
+    return newer(ms, seq, sms, sseq)
 end
 
 -- The value of a register '<stamp>:<value>'; nil for a tombstone '<stamp>'.
@@ -113,17 +144,24 @@ end
 
 local function chunked(command, key, items)
     local n = #items
+    if n <= CHUNK then
+        call(command, key, unpack_(items))
+        return
+    end
     for i = 1, n, CHUNK do
-        call(command, key, unpack(items, i, math.min(i + CHUNK - 1, n)))
+        call(command, key, unpack_(items, i, math.min(i + CHUNK - 1, n)))
     end
 end
 
 -- HMGET of many fields; missing ones come back as false.
 local function hmget(key, fields)
-    local out = {}
     local n = #fields
+    if n <= CHUNK then
+        return call('HMGET', key, unpack_(fields))
+    end
+    local out = {}
     for i = 1, n, CHUNK do
-        local got = call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, n)))
+        local got = call('HMGET', key, unpack_(fields, i, math.min(i + CHUNK - 1, n)))
         for j = 1, #got do
             out[i + j - 1] = got[j]
         end
@@ -133,11 +171,12 @@ end
 
 --[[ Index changes of one batch, gathered before any index write.
 
-values[vkey] = { distinct = dkey, value = v, add = {numbers}, rem = {numbers} }: value sets
-(tv mv ex st cr), each counted in its distinct zset (score = member count).
-keysets[kkey] = { add = {numbers}, rem = {numbers} }: always-chunked key sets (tk mk).
+fields[field] = { vprefix, dkey, kkey or false, add = {[value] = {numbers}}, rem = {…},
+kadd = {numbers}, krem = {numbers} } for every indexed register field (false for s and d):
+value sets (tv mv ex st cr, key <vprefix><enc value>) counted in their distinct zset dkey
+(score = member count), and for tags and metadata the always-chunked key set kkey (tk mk).
 Every (key, number) appears at most once: a trace's change is computed once per batch, and a
-number belongs to one trace.
+number belongs to one trace.  Numbers are decimal strings.
 --]]
 local Batch = {}
 Batch.__index = Batch
@@ -145,9 +184,8 @@ Batch.__index = Batch
 local function new_batch(prefix)
     return setmetatable({
         prefix = prefix,
-        values = {},
-        keysets = {},
-        field_keys = {}, -- field -> { value-key prefix, distinct key, key-set key or false }
+        fields = {},
+        pos = { chunk = {}, offset = {} },
         all_add = {},
         all_rem = {},
         ts = {}, -- ZADD score/member pairs
@@ -159,9 +197,9 @@ local function new_batch(prefix)
     }, Batch)
 end
 
--- Value-set prefix, distinct zset and key set of a register field (nil for s and d).
-function Batch:keys_of(field)
-    local known = self.field_keys[field]
+-- The index entry of a register field (false for s and d), made once per batch.
+function Batch:field(field)
+    local known = self.fields[field]
     if known == nil then
         local prefix = self.prefix
         if #field > 1 then
@@ -180,28 +218,12 @@ function Batch:keys_of(field)
         else
             known = false
         end
-        self.field_keys[field] = known
+        if known then
+            known.add, known.rem, known.kadd, known.krem = {}, {}, {}, {}
+        end
+        self.fields[field] = known
     end
     return known
-end
-
-function Batch:value_entry(known, value)
-    local vkey = known[1] .. enc(value)
-    local entry = self.values[vkey]
-    if not entry then
-        entry = { distinct = known[2], value = value, add = {}, rem = {} }
-        self.values[vkey] = entry
-    end
-    return entry
-end
-
-function Batch:keyset_entry(kkey)
-    local entry = self.keysets[kkey]
-    if not entry then
-        entry = { add = {}, rem = {} }
-        self.keysets[kkey] = entry
-    end
-    return entry
 end
 
 -- Trace no's register field goes from old_value to new_value (nil = absent or tombstone).
@@ -209,64 +231,88 @@ function Batch:change(field, old_value, new_value, no)
     if old_value == new_value then
         return
     end
-    local known = self:keys_of(field)
+    local known = self.fields[field]
+    if known == nil then
+        known = self:field(field)
+    end
     if not known then
         return
     end
     if old_value then
-        local rem = self:value_entry(known, old_value).rem
-        rem[#rem + 1] = no
+        local list = known.rem[old_value]
+        if list then
+            list[#list + 1] = no
+        else
+            known.rem[old_value] = { no }
+        end
     end
     if new_value then
-        local add = self:value_entry(known, new_value).add
-        add[#add + 1] = no
+        local list = known.add[new_value]
+        if list then
+            list[#list + 1] = no
+        else
+            known.add[new_value] = { no }
+        end
     end
-    local kkey = known[3]
-    if kkey and (old_value == nil) ~= (new_value == nil) then
-        local entry = self:keyset_entry(kkey)
-        local list = new_value and entry.add or entry.rem
+    if known[3] and (old_value == nil) ~= (new_value == nil) then
+        local list = new_value and known.kadd or known.krem
         list[#list + 1] = no
     end
 end
 
--- Trace no's timestamp / duration registers are now ts, du (strings or nil).
-function Batch:times(no, ts, du)
-    if ts then
-        local n = #self.ts
-        self.ts[n + 1], self.ts[n + 2] = ts, no
-        n = #self.en
-        self.en[n + 1], self.en[n + 2] = du and int(tonumber(ts) + tonumber(du)) or ts, no
-    else
-        self.ts_rem[#self.ts_rem + 1] = no
-        self.en_rem[#self.en_rem + 1] = no
+-- Trace no's timestamp / duration registers went from old_ts, old_du to ts, du (strings or
+-- nil); only the sorted sets whose score changes are written.
+function Batch:times(no, old_ts, old_du, ts, du)
+    if ts ~= old_ts or (ts and du ~= old_du) then
+        if ts then
+            if ts ~= old_ts then
+                local n = #self.ts
+                self.ts[n + 1], self.ts[n + 2] = ts, no
+            end
+            local n = #self.en
+            -- A number, formatted exactly (%.17g) by redis.call in C.
+            self.en[n + 1], self.en[n + 2] = du and tonumber(ts) + tonumber(du) or ts, no
+        else
+            self.ts_rem[#self.ts_rem + 1] = no
+            self.en_rem[#self.en_rem + 1] = no
+        end
     end
-    if du then
-        local n = #self.du
-        self.du[n + 1], self.du[n + 2] = du, no
-    else
-        self.du_rem[#self.du_rem + 1] = no
+    if du ~= old_du then
+        if du then
+            local n = #self.du
+            self.du[n + 1], self.du[n + 2] = du, no
+        else
+            self.du_rem[#self.du_rem + 1] = no
+        end
     end
 end
 
--- Numbers grouped by chunk: { [chunk] = {offsets} }.
-local function by_chunk(numbers)
+-- Numbers grouped by chunk: { [chunk] = {offsets} }.  pos = { chunk = {}, offset = {} }
+-- caches each number's chunk and offset text (a number's sets are many, its parse one).
+local function by_chunk(numbers, pos)
     local out = {}
+    local chunks, offsets = pos.chunk, pos.offset
     for i = 1, #numbers do
-        local no = tonumber(numbers[i])
-        local c = floor(no / SET_CHUNK)
+        local no = numbers[i]
+        local c = chunks[no]
+        if not c then
+            local n = tonumber(no)
+            c = floor(n / SET_CHUNK)
+            chunks[no], offsets[no] = c, DECIMAL[n - c * SET_CHUNK]
+        end
         local list = out[c]
         if not list then
             list = {}
             out[c] = list
         end
-        list[#list + 1] = DECIMAL[no - c * SET_CHUNK]
+        list[#list + 1] = offsets[no]
     end
     return out
 end
 
-local function chunked_write(command, key, numbers)
-    for c, offsets in pairs(by_chunk(numbers)) do
-        chunked(command, key .. ':' .. (DECIMAL[c] or int(c)), offsets)
+local function chunked_write(command, key, numbers, pos)
+    for c, offsets in pairs(by_chunk(numbers, pos)) do
+        chunked(command, key .. ':' .. int(c), offsets)
     end
 end
 
@@ -274,7 +320,7 @@ end
 local function take_chunked(key, last_chunk)
     local members = {}
     for c = 0, last_chunk do
-        local chunk_key = key .. ':' .. (DECIMAL[c] or int(c))
+        local chunk_key = key .. ':' .. int(c)
         local got = call('SMEMBERS', chunk_key)
         if #got > 0 then
             local base = c * SET_CHUNK
@@ -310,87 +356,99 @@ local function members_after(current, rem, add)
     return out
 end
 
+-- The member counts of values in the distinct zset dkey (0 when absent).
+local function value_counts(dkey, values)
+    local counts = {}
+    local n = #values
+    for i = 1, n, CHUNK do
+        local got = call('ZMSCORE', dkey, unpack_(values, i, math.min(i + CHUNK - 1, n)))
+        for j = 1, #got do
+            counts[i + j - 1] = got[j] and tonumber(got[j]) or 0
+        end
+    end
+    return counts
+end
+
 -- Write the gathered index changes.
 function Batch:flush()
     local prefix = self.prefix
-    -- Value sets: read the counts of every touched value, one ZMSCORE per distinct zset.
-    local by_distinct = {}
-    for vkey, entry in pairs(self.values) do
-        local group = by_distinct[entry.distinct]
-        if not group then
-            group = { vkeys = {}, values = {} }
-            by_distinct[entry.distinct] = group
-        end
-        group.vkeys[#group.vkeys + 1] = vkey
-        group.values[#group.values + 1] = entry.value
-    end
+    local pos = self.pos
     local last_chunk = nil
-    for dkey, group in pairs(by_distinct) do
-        local counts = {}
-        local n = #group.values
-        for i = 1, n, CHUNK do
-            local got = call('ZMSCORE', dkey, unpack(group.values, i, math.min(i + CHUNK - 1, n)))
-            for j = 1, #got do
-                counts[i + j - 1] = got[j] and tonumber(got[j]) or 0
+    for _, known in pairs(self.fields) do
+        if known then
+            local adds, rems = known.add, known.rem
+            -- The counts of every touched value: one ZMSCORE per distinct zset.
+            local values = {}
+            for value in pairs(adds) do
+                values[#values + 1] = value
             end
-        end
-        local zadd, zrem = {}, {}
-        for i = 1, n do
-            local vkey = group.vkeys[i]
-            local entry = self.values[vkey]
-            local add, rem = entry.add, entry.rem
-            local before = counts[i]
-            local after = before + #add - #rem
-            if before <= PLAIN_MAX and after <= PLAIN_MAX then
-                if #rem > 0 then
-                    chunked('SREM', vkey, rem)
-                end
-                if #add > 0 then
-                    chunked('SADD', vkey, add)
-                end
-            elseif before > PLAIN_MAX and after > PLAIN_MAX then
-                if #rem > 0 then
-                    chunked_write('SREM', vkey, rem)
-                end
-                if #add > 0 then
-                    chunked_write('SADD', vkey, add)
-                end
-            elseif after > PLAIN_MAX then -- plain -> chunked
-                local current = {}
-                if before > 0 then
-                    current = call('SMEMBERS', vkey)
-                    call('DEL', vkey)
-                end
-                chunked_write('SADD', vkey, members_after(current, rem, add))
-            else -- chunked -> plain
-                if not last_chunk then
-                    last_chunk = floor(tonumber(call('GET', prefix .. ':n') or 0) / SET_CHUNK)
-                end
-                local members = members_after(take_chunked(vkey, last_chunk), rem, add)
-                if #members > 0 then
-                    chunked('SADD', vkey, members)
+            for value in pairs(rems) do
+                if not adds[value] then
+                    values[#values + 1] = value
                 end
             end
-            if after > 0 then
-                zadd[#zadd + 1] = after
-                zadd[#zadd + 1] = entry.value
-            else
-                zrem[#zrem + 1] = entry.value
+            local n = #values
+            local dkey, vprefix = known[2], known[1]
+            local counts = n > 0 and value_counts(dkey, values) or EMPTY
+            local zadd, zrem = {}, {}
+            for i = 1, n do
+                local value = values[i]
+                local vkey = vprefix .. enc(value)
+                local add, rem = adds[value] or EMPTY, rems[value] or EMPTY
+                local before = counts[i]
+                local after = before + #add - #rem
+                if before <= PLAIN_MAX and after <= PLAIN_MAX then
+                    if #rem > 0 then
+                        chunked('SREM', vkey, rem)
+                    end
+                    if #add > 0 then
+                        chunked('SADD', vkey, add)
+                    end
+                elseif before > PLAIN_MAX and after > PLAIN_MAX then
+                    if #rem > 0 then
+                        chunked_write('SREM', vkey, rem, pos)
+                    end
+                    if #add > 0 then
+                        chunked_write('SADD', vkey, add, pos)
+                    end
+                elseif after > PLAIN_MAX then -- plain -> chunked
+                    local current = {}
+                    if before > 0 then
+                        current = call('SMEMBERS', vkey)
+                        call('DEL', vkey)
+                    end
+                    chunked_write('SADD', vkey, members_after(current, rem, add), pos)
+                else -- chunked -> plain
+                    if not last_chunk then
+                        last_chunk = floor(tonumber(call('GET', prefix .. ':n') or 0) / SET_CHUNK)
+                    end
+                    local members = members_after(take_chunked(vkey, last_chunk), rem, add)
+                    if #members > 0 then
+                        chunked('SADD', vkey, members)
+                    end
+                end
+                if after > 0 then
+                    zadd[#zadd + 1] = after
+                    zadd[#zadd + 1] = value
+                else
+                    zrem[#zrem + 1] = value
+                end
             end
-        end
-        if #zadd > 0 then
-            chunked('ZADD', dkey, zadd)
-        end
-        if #zrem > 0 then
-            chunked('ZREM', dkey, zrem)
-        end
-    end
-    for kkey, entry in pairs(self.keysets) do
-        if #entry.rem > 0 then
-            chunked_write('SREM', kkey, entry.rem)
-        end
-        if #entry.add > 0 then
-            chunked_write('SADD', kkey, entry.add)
+            if #zadd > 0 then
+                chunked('ZADD', dkey, zadd)
+            end
+            if #zrem > 0 then
+                chunked('ZREM', dkey, zrem)
+            end
+            local kkey = known[3]
+            if kkey then
+                if #known.krem > 0 then
+                    chunked_write('SREM', kkey, known.krem, pos)
+                end
+                if #known.kadd > 0 then
+                    chunked_write('SADD', kkey, known.kadd, pos)
+                end
+            end
         end
     end
     if #self.all_rem > 0 then
@@ -410,14 +468,15 @@ function Batch:flush()
     end
 end
 
---[[ One trace's fold over one batch.
+--[[ One trace's fold over one batch, when the batch holds several of its events or deletes it.
 
 st = { trace_id, no (number before the batch, a decimal string, or nil), raw (field -> text:
 the fields of its hash the batch needs, or all of them when it deletes the trace), base (stamp
-base), gms, gseq (tombstone), exists, xms, xseq, x_ev (latest event applied), new (field ->
-the event that wrote it in this batch), value (field -> that write's value or false),
-dropped (field -> true: removed by a trace deletion), wiped (the hash of no is gone) }
-Events are { ms, seq, fields, values } (no fields for a trace deletion), stamp cached per base.
+base) and base_text, gms, gseq (tombstone), exists, xms, xseq, x_ev (latest event applied),
+new (field -> the event that wrote it in this batch), value (field -> that write's value or
+false), dropped (field -> true: removed by a trace deletion), wiped (the hash of no is gone) }
+Events are { ms, seq, ms_text, fv = {field, value, …} } (no fv for a trace deletion), stamp
+cached per base.
 --]]
 local function event_stamp(ev, base)
     if ev.base ~= base then
@@ -473,19 +532,19 @@ local function apply_event(st, ev)
         st.exists = true
         st.xms, st.xseq, st.x_ev = ms, seq, ev
         if st.no == nil or st.wiped then
-            st.base = ms
+            st.base, st.base_text = ms, ev.ms_text
         end
     elseif newer(ms, seq, st.xms, st.xseq) then
         st.xms, st.xseq, st.x_ev = ms, seq, ev
     end
     local new, value, dropped = st.new, st.value, st.dropped
-    local fields, values = ev.fields, ev.values
-    for i = 1, #fields do
-        local field = fields[i]
+    local fv = ev.fv
+    for i = 1, #fv, 2 do
+        local field = fv[i]
         local rms, rseq = current_stamp(st, field)
         if not rms or newer(ms, seq, rms, rseq) then
             new[field] = ev
-            value[field] = values[i]
+            value[field] = fv[i + 1]
             dropped[field] = nil
         end
     end
@@ -506,7 +565,7 @@ local function fold_events(st, events)
     for i = 1, n do
         local ev = events[i]
         if not st.gms or newer(ev.ms, ev.seq, st.gms, st.gseq) then
-            if ev.fields then
+            if ev.fv then
                 apply_event(st, ev)
             else
                 apply_deletion(st, ev.ms, ev.seq)
@@ -532,6 +591,11 @@ local function final_value(st, field)
     if st.dropped[field] then
         return nil
     end
+    local raw = st.raw[field]
+    return raw and register_value(raw)
+end
+
+local function old_value(st, field)
     local raw = st.raw[field]
     return raw and register_value(raw)
 end
@@ -578,7 +642,8 @@ local function write_in_place(batch, st, hash_prefix)
         chunked('HDEL', hash, dropped)
     end
     if times then
-        batch:times(no, final_value(st, 's'), final_value(st, 'd'))
+        batch:times(no, old_value(st, 's'), old_value(st, 'd'), final_value(st, 's'),
+            final_value(st, 'd'))
     end
 end
 
@@ -599,10 +664,20 @@ local function remove_trace(batch, no, raw, hash_prefix)
     call('DEL', hash_prefix .. no)
 end
 
+-- The text of the base ms of a new trace (the entry id's own digits, unless not canonical).
+local function base_text(text, base)
+    if #text > 1 and sub(text, 1, 1) == '0' then
+        return int(base)
+    end
+    return text
+end
+
 -- Write a trace that got a new number in this batch (first event, or recreated).
 local function write_new(batch, st, no, hash_prefix)
     local base = st.base
-    local writes = { 'i', st.trace_id, 'b', int(base), 'x', event_stamp(st.x_ev, base) }
+    local writes = {
+        'i', st.trace_id, 'b', base_text(st.base_text, base), 'x', event_stamp(st.x_ev, base),
+    }
     local n = 6
     for field in pairs(st.new) do
         writes[n + 1] = field
@@ -617,79 +692,124 @@ local function write_new(batch, st, no, hash_prefix)
     batch.all_add[#batch.all_add + 1] = no
     local ts, du = final_value(st, 's'), final_value(st, 'd')
     if ts or du then
-        batch:times(no, ts, du)
+        batch:times(no, nil, nil, ts, du)
     end
 end
 
-local function is_millis(v)
-    return type(v) == 'number' and v >= 0 and v == math.floor(v) and v < 9007199254740992
+--[[ The common case: a trace with one event in the batch (not a deletion) that is newer than
+the trace's tombstone.  No fold state: each register the event writes is compared with the
+stored one (read with one HMGET) and written when older or absent. ]]
+
+-- The event ev applied to the existing trace numbered no.
+local function apply_single(batch, ev, no, hash_prefix)
+    local fv = ev.fv
+    local nf = #fv
+    -- b x s d, then the fields (a table constructor sizes the array once).
+    local want = { 'b', 'x', 's', 'd', nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil }
+    for i = 1, nf, 2 do
+        want[i / 2 + 4.5] = fv[i]
+    end
+    local got = hmget(hash_prefix .. no, want)
+    local base = tonumber(got[1])
+    local ms, seq = ev.ms, ev.seq
+    local cn = compact(ms, seq, base)
+    local stamp = nil
+    local writes = { nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil }
+    local n = 0
+    if stamp_older(got[2], base, ms, seq, cn) then
+        stamp = cn and int(cn) or int(ms) .. '-' .. int(seq)
+        writes[1], writes[2] = 'x', stamp
+        n = 2
+    end
+    local ts, du = nil, nil -- new values of s and d, when the event writes them
+    local changed_times = false
+    for i = 1, nf, 2 do
+        local field, value = fv[i], fv[i + 1]
+        local raw = got[i / 2 + 4.5]
+        local write, old = true, nil
+        if raw then
+            local colon = find(raw, ':', 1, true)
+            write = stamp_older(colon and sub(raw, 1, colon - 1) or raw, base, ms, seq, cn)
+            if write and colon then
+                old = sub(raw, colon + 1)
+            end
+        end
+        if write then
+            if not stamp then
+                stamp = cn and int(cn) or int(ms) .. '-' .. int(seq)
+            end
+            writes[n + 1] = field
+            writes[n + 2] = value and stamp .. ':' .. value or stamp
+            n = n + 2
+            value = value or nil
+            batch:change(field, old, value, no)
+            if field == 's' then
+                ts, changed_times = value, true
+            elseif field == 'd' then
+                du, changed_times = value, true
+            end
+        end
+    end
+    if n > 0 then
+        chunked('HSET', hash_prefix .. no, writes)
+    end
+    if changed_times then
+        local old_ts, old_du = got[3] and register_value(got[3]), got[4] and register_value(got[4])
+        if ts == nil then
+            ts = old_ts
+        end
+        if du == nil then
+            du = old_du
+        end
+        batch:times(no, old_ts, old_du, ts, du)
+    end
+end
+
+-- The event ev is the first of a new trace numbered no (so the event's ms is its base).
+local function write_new_single(batch, trace_id, ev, no, hash_prefix)
+    local ms = ev.ms
+    local stamp = encode_stamp(ms, ev.seq, ms)
+    local writes = {
+        'i', trace_id, 'b', base_text(ev.ms_text, ms), 'x', stamp,
+        nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
+    }
+    local n = 6
+    local ts, du
+    local fv = ev.fv
+    for i = 1, #fv, 2 do
+        local field, value = fv[i], fv[i + 1]
+        writes[n + 1] = field
+        n = n + 2
+        if value then
+            writes[n] = stamp .. ':' .. value
+            batch:change(field, nil, value, no)
+            if field == 's' then
+                ts = value
+            elseif field == 'd' then
+                du = value
+            end
+        else
+            writes[n] = stamp
+        end
+    end
+    chunked('HSET', hash_prefix .. no, writes)
+    batch.all_add[#batch.all_add + 1] = no
+    if ts or du then
+        batch:times(no, nil, nil, ts, du)
+    end
 end
 
 local function is_decimal_millis(v)
-    return type(v) == 'string' and #v > 0 and #v < 17 and not find(v, '[^0-9]')
+    return type_(v) == 'string' and #v > 0 and #v < 17 and not find(v, '[^0-9]')
         and (#v == 1 or sub(v, 1, 1) ~= '0') and tonumber(v) < 9007199254740992
 end
 
--- First pass: check the layout of the whole batch and of the dead letters; fills
--- stamps_ms / stamps_seq with each event's parsed entry id.
-local function check_args(args, n_events, argv, stamps_ms, stamps_seq)
-    local p = 2
-    local n_args = #args
-    for _ = 1, n_events do
-        if p + 5 > n_args then
-            fail('BADARGS', 'event header at batch[' .. p .. '] runs past the end')
-        end
-        local ms, seq
-        if type(args[p]) == 'string' then
-            ms, seq = parse_id(args[p])
-        end
-        if not ms then
-            fail('BADARGS', 'bad entry id at batch[' .. p .. ']: ' .. tostring(args[p]))
-        end
-        local kind = args[p + 1]
-        if not KINDS[kind] or type(args[p + 2]) ~= 'string' then
-            fail('BADARGS', 'bad kind or trace id at batch[' .. (p + 1) .. ']: ' .. tostring(kind))
-        end
-        stamps_ms[#stamps_ms + 1], stamps_seq[#stamps_seq + 1] = ms, seq
-        local n_attrs, n_tags, n_meta = tonumber(args[p + 3]), tonumber(args[p + 4]), tonumber(args[p + 5])
-        if not (n_attrs and n_tags and n_meta and n_attrs >= 0 and n_tags >= 0 and n_meta >= 0) then
-            fail('BADARGS', 'bad counts at batch[' .. (p + 3) .. ']')
-        end
-        if (kind ~= 'S' and kind ~= 'F' and (n_attrs > 0 or n_meta > 0))
-            or (kind == 'X' and n_tags > 0) then
-            fail('BADARGS', 'fields not allowed for kind ' .. kind .. ' at batch[' .. p .. ']')
-        end
-        p = p + 6
-        for i = p, p + 2 * n_attrs - 1, 2 do
-            local code, value = args[i], args[i + 1]
-            if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
-                or (not NUMERIC[code] and type(value) ~= 'string') then
-                fail('BADARGS', 'bad attribute at batch[' .. i .. ']')
-            end
-        end
-        p = p + 2 * n_attrs
-        local last = p + (kind == 'D' and n_tags or 2 * n_tags) + 2 * n_meta - 1
-        if last > n_args then
-            fail('BADARGS', 'event fields run past the end of the batch')
-        end
-        for i = p, last do
-            if type(args[i]) ~= 'string' then
-                fail('BADARGS', 'tag or metadata at batch[' .. i .. '] is not a string')
-            end
-        end
-        p = last + 1
-    end
-    if p - 1 ~= n_args then
-        fail('BADARGS', 'the batch has ' .. n_args .. ' values, its counts describe ' .. (p - 1))
-    end
-    if (#argv - 3) % 3 ~= 0 then
-        fail('BADARGS', 'dead letters must come as (entry_id, payload, reason) triples')
-    end
-    for i = 4, #argv, 3 do
-        if not parse_id(argv[i]) then
-            fail('BADARGS', 'bad dead-letter entry id at ARGV[' .. i .. ']')
-        end
-    end
+local function is_count(n)
+    return type_(n) == 'number' and n >= 0 and n % 1 == 0
+end
+
+local function not_a_string(i)
+    fail('BADARGS', 'tag or metadata at batch[' .. i .. '] is not a string')
 end
 
 --[[
@@ -708,7 +828,8 @@ Returns {events applied, dead letters written, entries acked}.
 --]]
 local function tt_apply(keys, argv)
     call = redis.call
-    floor, sub, find, format = math.floor, string.sub, string.find, string.format
+    floor, sub, find, format, match = math.floor, string.sub, string.find, string.format, string.match
+    unpack_, type_ = unpack, type
     local stream, dead = keys[1], keys[2]
     local group, prefix = argv[1], argv[2]
     if stream ~= prefix .. ':log' or dead ~= prefix .. ':dead' then
@@ -719,165 +840,287 @@ local function tt_apply(keys, argv)
         fail('BADARGS', 'ARGV[3] must be a msgpack array')
     end
     local n_events = args[1]
-    if not is_millis(n_events) then
+    if not is_count(n_events) then
         fail('BADARGS', 'the batch must start with its event count')
     end
-    local stamps_ms, stamps_seq = {}, {}
-    check_args(args, n_events, argv, stamps_ms, stamps_seq)
-    local n_dead = (#argv - 3) / 3
 
-    -- Events grouped by trace, in first-seen order.
+    -- One pass checks the layout (no write happens before it ends) and groups the events by
+    -- trace in first-seen order: first[trace_id] is its first event, multi[trace_id] the
+    -- list of its events when it has several.
+    local n_args = #args
     local acks = {}
-    local by_trace = {}
+    local first, multi = {}, {}
     local trace_ids = {}
+    local n_traces = 0
     local p = 2
     for e = 1, n_events do
+        if p + 5 > n_args then
+            fail('BADARGS', 'event header at batch[' .. p .. '] runs past the end')
+        end
         local entry_id, kind, trace_id = args[p], args[p + 1], args[p + 2]
         local n_attrs, n_tags, n_meta = args[p + 3], args[p + 4], args[p + 5]
-        local ms, seq = stamps_ms[e], stamps_seq[e]
+        local ms_text, seq_text
+        if type_(entry_id) == 'string' then
+            ms_text, seq_text = match(entry_id, '^(%d+)%-(%d+)$')
+        end
+        if not ms_text or #ms_text > 15 or #seq_text > 15 then
+            fail('BADARGS', 'bad entry id at batch[' .. p .. ']: ' .. tostring(entry_id))
+        end
+        if not KINDS[kind] or type_(trace_id) ~= 'string' then
+            fail('BADARGS', 'bad kind or trace id at batch[' .. (p + 1) .. ']: ' .. tostring(kind))
+        end
+        if not (is_count(n_attrs) and is_count(n_tags) and is_count(n_meta)) then
+            fail('BADARGS', 'bad counts at batch[' .. (p + 3) .. ']')
+        end
+        if (kind ~= 'S' and kind ~= 'F' and (n_attrs > 0 or n_meta > 0))
+            or (kind == 'X' and n_tags > 0) then
+            fail('BADARGS', 'fields not allowed for kind ' .. kind .. ' at batch[' .. p .. ']')
+        end
         acks[e] = entry_id
         p = p + 6
-        local ev = { ms = ms, seq = seq, base = false, stamp = false }
-        if kind ~= 'X' then
-            local fields, values = {}, {}
+        local ev = {
+            ms = tonumber(ms_text), seq = tonumber(seq_text), ms_text = ms_text,
+            base = false, stamp = false,
+        }
+        if kind ~= 'X' and kind ~= 'D' and 2 * (n_attrs + n_tags + n_meta) <= CHUNK then
+            -- One copy of the event's slice sizes the table once (growing one is dear here);
+            -- tag and metadata keys then get their field prefix in place.
+            local last = p + 2 * (n_attrs + n_tags + n_meta) - 1
+            if last > n_args then
+                fail('BADARGS', 'event fields run past the end of the batch')
+            end
+            local fv = { unpack_(args, p, last) }
+            local i = 1
+            for _ = 1, n_attrs do
+                local code, value = fv[i], fv[i + 1]
+                if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
+                    or (not NUMERIC[code] and type_(value) ~= 'string') then
+                    fail('BADARGS', 'bad attribute at batch[' .. (p + i - 1) .. ']')
+                end
+                i = i + 2
+            end
+            for _ = 1, n_tags + n_meta do
+                local key, value = fv[i], fv[i + 1]
+                if type_(key) ~= 'string' then
+                    not_a_string(p + i - 1)
+                elseif type_(value) ~= 'string' then
+                    not_a_string(p + i)
+                end
+                fv[i] = (i <= 2 * (n_attrs + n_tags) and 't' or 'm') .. key
+                i = i + 2
+            end
+            p = last + 1
+            ev.fv = fv
+        elseif kind ~= 'X' then
+            local fv = {}
             local n = 0
             for i = p, p + 2 * n_attrs - 1, 2 do
                 local code, value = args[i], args[i + 1]
-                n = n + 1
-                fields[n] = code
-                values[n] = value
+                if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
+                    or (not NUMERIC[code] and type_(value) ~= 'string') then
+                    fail('BADARGS', 'bad attribute at batch[' .. i .. ']')
+                end
+                fv[n + 1], fv[n + 2] = code, value
+                n = n + 2
             end
             p = p + 2 * n_attrs
+            if p + (kind == 'D' and n_tags or 2 * n_tags) + 2 * n_meta - 1 > n_args then
+                fail('BADARGS', 'event fields run past the end of the batch')
+            end
             if kind == 'D' then
+                -- A key deleted twice in one event is one change (index counts must not drift).
+                local seen = n_tags > 1 and {}
                 for i = p, p + n_tags - 1 do
-                    n = n + 1
-                    fields[n] = 't' .. args[i]
-                    values[n] = false
+                    local key = args[i]
+                    if type_(key) ~= 'string' then
+                        not_a_string(i)
+                    end
+                    if not seen or not seen[key] then
+                        fv[n + 1], fv[n + 2] = 't' .. key, false
+                        n = n + 2
+                        if seen then
+                            seen[key] = true
+                        end
+                    end
                 end
                 p = p + n_tags
             else
                 for i = p, p + 2 * n_tags - 1, 2 do
-                    n = n + 1
-                    fields[n] = 't' .. args[i]
-                    values[n] = args[i + 1]
+                    local key, value = args[i], args[i + 1]
+                    if type_(key) ~= 'string' then
+                        not_a_string(i)
+                    elseif type_(value) ~= 'string' then
+                        not_a_string(i + 1)
+                    end
+                    fv[n + 1], fv[n + 2] = 't' .. key, value
+                    n = n + 2
                 end
                 p = p + 2 * n_tags
             end
             for i = p, p + 2 * n_meta - 1, 2 do
-                n = n + 1
-                fields[n] = 'm' .. args[i]
-                values[n] = args[i + 1]
+                local key, value = args[i], args[i + 1]
+                if type_(key) ~= 'string' then
+                    not_a_string(i)
+                elseif type_(value) ~= 'string' then
+                    not_a_string(i + 1)
+                end
+                fv[n + 1], fv[n + 2] = 'm' .. key, value
+                n = n + 2
             end
             p = p + 2 * n_meta
-            ev.fields, ev.values = fields, values
+            ev.fv = fv
         end
-        local events = by_trace[trace_id]
-        if not events then
-            events = {}
-            by_trace[trace_id] = events
-            trace_ids[#trace_ids + 1] = trace_id
+        local prev = first[trace_id]
+        if prev == nil then
+            first[trace_id] = ev
+            n_traces = n_traces + 1
+            trace_ids[n_traces] = trace_id
+        else
+            local events = multi[trace_id]
+            if events then
+                events[#events + 1] = ev
+            else
+                multi[trace_id] = { prev, ev }
+            end
         end
-        events[#events + 1] = ev
     end
+    if p - 1 ~= n_args then
+        fail('BADARGS', 'the batch has ' .. n_args .. ' values, its counts describe ' .. (p - 1))
+    end
+    if (#argv - 3) % 3 ~= 0 then
+        fail('BADARGS', 'dead letters must come as (entry_id, payload, reason) triples')
+    end
+    for i = 4, #argv, 3 do
+        if not parse_id(argv[i]) then
+            fail('BADARGS', 'bad dead-letter entry id at ARGV[' .. i .. ']')
+        end
+    end
+    local n_dead = (#argv - 3) / 3
 
     local ids_key, gone_key = prefix .. ':ids', prefix .. ':gone'
     local hash_prefix = prefix .. ':t:'
-    local n_traces = #trace_ids
     local batch = new_batch(prefix)
-    local created = {} -- states that need a new number
+    local created = {} -- states (or {trace_id, ev} of a single event) that need a new number
     local gone_writes, ids_removed = {}, {}
     if n_traces > 0 then
         local tombstones = hmget(gone_key, trace_ids)
         local numbers = hmget(ids_key, trace_ids)
         for t = 1, n_traces do
             local trace_id = trace_ids[t]
-            local events = by_trace[trace_id]
-            local st = {
-                trace_id = trace_id, raw = {}, new = {}, value = {}, dropped = {}, exists = false,
-            }
-            if tombstones[t] then
-                st.gms, st.gseq = parse_id(tombstones[t])
-            end
+            local events = multi[trace_id]
+            local ev = first[trace_id]
             local no = numbers[t]
-            if no then
-                local hash = hash_prefix .. no
-                local raw = st.raw
-                -- Read only the registers this batch writes, unless it may delete the trace.
-                local wanted = { 'b', 'x' }
-                local whole = false
-                local times = false
-                for i = 1, #events do
-                    local fields = events[i].fields
-                    if not fields then
-                        whole = true
-                        break
+            if not events and ev.fv then
+                local tombstone = tombstones[t]
+                local live = true
+                if tombstone then
+                    local gms, gseq = parse_id(tombstone)
+                    live = newer(ev.ms, ev.seq, gms, gseq)
+                end
+                if live then
+                    if no then
+                        apply_single(batch, ev, no, hash_prefix)
+                    else
+                        created[#created + 1] = { trace_id = trace_id, ev = ev }
                     end
-                    for j = 1, #fields do
-                        local field = fields[j]
-                        if not raw[field] then
-                            raw[field] = true
-                            wanted[#wanted + 1] = field
-                            if NUMERIC[field] then
-                                times = true
+                end
+            else
+                events = events or { ev }
+                local st = {
+                    trace_id = trace_id, raw = {}, new = {}, value = {}, dropped = {},
+                    exists = false,
+                }
+                if tombstones[t] then
+                    st.gms, st.gseq = parse_id(tombstones[t])
+                end
+                if no then
+                    local hash = hash_prefix .. no
+                    local raw = st.raw
+                    -- Read only the registers this batch writes, unless it may delete the trace.
+                    local wanted = { 'b', 'x' }
+                    local whole = false
+                    local times = false
+                    for i = 1, #events do
+                        local fv = events[i].fv
+                        if not fv then
+                            whole = true
+                            break
+                        end
+                        for j = 1, #fv, 2 do
+                            local field = fv[j]
+                            if not raw[field] then
+                                raw[field] = true
+                                wanted[#wanted + 1] = field
+                                if NUMERIC[field] then
+                                    times = true
+                                end
                             end
                         end
                     end
-                end
-                if whole then
-                    local flat = call('HGETALL', hash)
-                    raw = {}
-                    for i = 1, #flat, 2 do
-                        raw[flat[i]] = flat[i + 1]
-                    end
-                else
-                    if times then
-                        wanted[#wanted + 1] = 's'
-                        wanted[#wanted + 1] = 'd'
-                    end
-                    local got = hmget(hash, wanted)
-                    raw = {}
-                    for i = 1, #wanted do
-                        if got[i] then
-                            raw[wanted[i]] = got[i]
+                    if whole then
+                        local flat = call('HGETALL', hash)
+                        raw = {}
+                        for i = 1, #flat, 2 do
+                            raw[flat[i]] = flat[i + 1]
+                        end
+                    else
+                        if times then
+                            wanted[#wanted + 1] = 's'
+                            wanted[#wanted + 1] = 'd'
+                        end
+                        local got = hmget(hash, wanted)
+                        raw = {}
+                        for i = 1, #wanted do
+                            if got[i] then
+                                raw[wanted[i]] = got[i]
+                            end
                         end
                     end
+                    st.raw = raw
+                    st.no = no
+                    st.exists = true
+                    st.base = tonumber(raw['b'])
+                    st.xms, st.xseq = register_stamp(raw['x'], st.base)
                 end
-                st.raw = raw
-                st.no = no
-                st.exists = true
-                st.base = tonumber(raw['b'])
-                st.xms, st.xseq = register_stamp(raw['x'], st.base)
-            end
-            local before = st.raw
-            fold_events(st, events)
-            if st.gone_dirty then
-                gone_writes[#gone_writes + 1] = trace_id
-                gone_writes[#gone_writes + 1] = int(st.gms) .. '-' .. int(st.gseq)
-            end
-            if st.no and not st.wiped then
-                write_in_place(batch, st, hash_prefix)
-            else
-                if st.wiped then
-                    remove_trace(batch, st.no, before, hash_prefix)
-                    if not st.exists then
-                        ids_removed[#ids_removed + 1] = trace_id
+                local before = st.raw
+                fold_events(st, events)
+                if st.gone_dirty then
+                    gone_writes[#gone_writes + 1] = trace_id
+                    gone_writes[#gone_writes + 1] = int(st.gms) .. '-' .. int(st.gseq)
+                end
+                if st.no and not st.wiped then
+                    write_in_place(batch, st, hash_prefix)
+                else
+                    if st.wiped then
+                        remove_trace(batch, st.no, before, hash_prefix)
+                        if not st.exists then
+                            ids_removed[#ids_removed + 1] = trace_id
+                        end
                     end
-                end
-                if st.exists then
-                    created[#created + 1] = st
+                    if st.exists then
+                        created[#created + 1] = st
+                    end
                 end
             end
         end
     end
-    if #created > 0 then
-        local last = call('INCRBY', prefix .. ':n', #created)
+    local n_created = #created
+    if n_created > 0 then
+        local last = call('INCRBY', prefix .. ':n', n_created)
         local ids = {}
-        for i = 1, #created do
+        local chunks, offsets = batch.pos.chunk, batch.pos.offset
+        for i = 1, n_created do
             local st = created[i]
-            local no = int(last - #created + i)
-            write_new(batch, st, no, hash_prefix)
-            ids[#ids + 1] = st.trace_id
-            ids[#ids + 1] = no
+            local number = last - n_created + i
+            local no = int(number)
+            local c = floor(number / SET_CHUNK)
+            chunks[no], offsets[no] = c, DECIMAL[number - c * SET_CHUNK]
+            if st.ev then
+                write_new_single(batch, st.trace_id, st.ev, no, hash_prefix)
+            else
+                write_new(batch, st, no, hash_prefix)
+            end
+            ids[2 * i - 1], ids[2 * i] = st.trace_id, no
         end
         chunked('HSET', ids_key, ids)
     end
@@ -900,7 +1143,7 @@ local function tt_apply(keys, argv)
     end
     local acked = 0
     for i = 1, #acks, CHUNK do
-        acked = acked + call('XACK', stream, group, unpack(acks, i, math.min(i + CHUNK - 1, #acks)))
+        acked = acked + call('XACK', stream, group, unpack_(acks, i, math.min(i + CHUNK - 1, #acks)))
     end
     return { n_events, n_dead, acked }
 end
@@ -1595,7 +1838,7 @@ local function walk_page(ctx, zname, asc, need, out)
             rank = call('ZCOUNT', zkey, '(' .. text, '+inf')
         end
     end
-    local found = {}
+    local found, found_scores = {}, {}
     local boundary = nil
     local exhausted = false
     local batch = math.max(64, math.min(need * 2, WALK_BATCH_MAX))
@@ -1628,6 +1871,7 @@ local function walk_page(ctx, zname, asc, need, out)
             end
             if keep then
                 found[#found + 1] = no
+                found_scores[#found] = score
                 if #found == need then
                     boundary = score
                 end
@@ -1642,11 +1886,29 @@ local function walk_page(ctx, zname, asc, need, out)
         end
         batch = math.min(batch * 2, WALK_BATCH_MAX)
     end
+    -- The walk already gives the first key's order: only runs of equal scores (ties) need
+    -- their full keys read and sorted (a Lua comparator costs microseconds per call).
     local rows = {}
-    for i = 1, #found do
-        rows[#rows + 1] = { found[i], full_key(ctx, found[i]) }
+    local i = 1
+    while i <= #found do
+        local j = i
+        while j < #found and found_scores[j + 1] == found_scores[i] do
+            j = j + 1
+        end
+        if j == i then
+            rows[#rows + 1] = { found[i] }
+        else
+            local run = {}
+            for k = i, j do
+                run[#run + 1] = { found[k], full_key(ctx, found[k]) }
+            end
+            sort_rows(ctx, run)
+            for k = 1, #run do
+                rows[#rows + 1] = run[k]
+            end
+        end
+        i = j + 1
     end
-    sort_rows(ctx, rows)
     for k = 1, math.min(need, #rows) do
         out[#out + 1] = rows[k]
     end
@@ -1732,6 +1994,297 @@ local function cards_reply(ctx, keys)
     return out
 end
 
+-- --- counting by set algebra ------------------------------------------------------------
+-- A count plan is a signed sum of conjunctions (the planner expands NOT and OR by
+-- inclusion-exclusion).  A conjunction of chunked sets is counted with one SINTERCARD per
+-- chunk (chunks hold <= 512 offsets, so no large intersection is ever built); a plain set
+-- (<= 512 members) or a small range/id list is enumerated and the rest tested.
+
+local function set_leaf(set)
+    local leaf = { 'V' }
+    leaf.sets = { set }
+    return leaf
+end
+
+local function chunk_numbers(offsets, c)
+    local base = c * SET_CHUNK
+    for i = 1, #offsets do
+        offsets[i] = int(base + tonumber(offsets[i]))
+    end
+    return offsets
+end
+
+local function leaf_size(ctx, leaf)
+    local kind = leaf[1]
+    if kind == 'R' then
+        if not leaf.size then
+            leaf.size = call('ZCOUNT', ctx.prefix .. ':' .. leaf[2], leaf[3], leaf[4])
+        end
+        return leaf.size
+    elseif kind == 'E' then
+        return #leaf - 1
+    end
+    return math.huge
+end
+
+local function count_and(ctx, list, rest)
+    if #rest == 0 then
+        return #list
+    end
+    return #eval(ctx, { '&', unpack(rest) }, list)
+end
+
+-- Count the traces in every set of `sets` ({key, chunked, count}) and every leaf of `others`.
+local function count_sets(ctx, sets, others)
+    local small, small_n = nil, math.huge
+    for i = 1, #others do
+        local n = leaf_size(ctx, others[i])
+        if n < small_n then
+            small, small_n = i, n
+        end
+    end
+    local plain = nil
+    for i = 1, #sets do
+        if not sets[i][2] and (plain == nil or sets[i][3] < sets[plain][3]) then
+            plain = i
+        end
+    end
+    if plain and sets[plain][3] <= small_n * 4 then
+        local rest = {}
+        for i = 1, #sets do
+            if i ~= plain then
+                rest[#rest + 1] = set_leaf(sets[i])
+            end
+        end
+        for i = 1, #others do
+            rest[#rest + 1] = others[i]
+        end
+        return count_and(ctx, call('SMEMBERS', sets[plain][1]), rest)
+    end
+    local min_set = math.huge
+    for i = 1, #sets do
+        min_set = math.min(min_set, sets[i][3] or math.huge)
+    end
+    -- (a plain set always leaves this branch or the one above: the chunk walk is for
+    -- chunked sets only)
+    if small and (plain or #sets == 0 or small_n * 4 < min_set) then
+        local rest = {}
+        for i = 1, #sets do
+            rest[#rest + 1] = set_leaf(sets[i])
+        end
+        for i = 1, #others do
+            if i ~= small then
+                rest[#rest + 1] = others[i]
+            end
+        end
+        if #rest == 0 and others[small][1] == 'R' then
+            return small_n
+        end
+        local total = 0
+        enum_source(ctx, others[small], function(batch)
+            total = total + count_and(ctx, batch, rest)
+            return false
+        end)
+        return total
+    end
+    if #sets == 0 then
+        local total = 0
+        enum_all(ctx, function(batch)
+            total = total + count_and(ctx, batch, others)
+            return false
+        end, false)
+        return total
+    end
+    if #sets == 1 and #others == 0 and sets[1][3] then
+        return sets[1][3]
+    end
+    local total = 0
+    local names = {}
+    for c = 0, last_chunk_of(ctx) do
+        local suffix = ':' .. slot(c)
+        for i = 1, #sets do
+            names[i] = sets[i][1] .. suffix
+        end
+        if #others == 0 then
+            if #sets == 1 then
+                total = total + call('SCARD', names[1])
+            else
+                total = total + call('SINTERCARD', #sets, unpack(names))
+            end
+        else
+            local got
+            if #sets == 1 then
+                got = call('SMEMBERS', names[1])
+            else
+                got = call('SINTER', unpack(names))
+            end
+            if #got > 0 then
+                total = total + count_and(ctx, chunk_numbers(got, c), others)
+            end
+        end
+    end
+    return total
+end
+
+-- A conjunction of leaves; a V leaf of several values is a disjoint sum over its values.
+local function count_term(ctx, leaves)
+    local sets, others, multi = {}, {}, {}
+    for i = 1, #leaves do
+        local leaf = leaves[i]
+        local kind = leaf[1]
+        if kind == 'Z' then
+            return 0
+        elseif kind == 'V' then
+            local found = value_sets(leaf)
+            if #found == 0 then
+                return 0
+            elseif #found == 1 then
+                sets[#sets + 1] = found[1]
+            else
+                multi[#multi + 1] = found
+            end
+        elseif kind == 'C' then
+            sets[#sets + 1] = { leaf[2], true, false }
+        elseif kind ~= 'A' then
+            others[#others + 1] = leaf
+        end
+    end
+    local function choose(m)
+        if m > #multi then
+            return count_sets(ctx, sets, others)
+        end
+        local total, seen = 0, {}
+        for _, set in ipairs(multi[m]) do
+            if not seen[set[1]] then
+                seen[set[1]] = true
+                sets[#sets + 1] = set
+                total = total + choose(m + 1)
+                sets[#sets] = nil
+            end
+        end
+        return total
+    end
+    return choose(1)
+end
+
+local function count_terms_reply(ctx, terms)
+    local total = 0
+    for t = 1, #terms do
+        local term = terms[t]
+        local leaves = {}
+        for i = 2, #term do
+            leaves[#leaves + 1] = term[i]
+        end
+        total = total + term[1] * count_term(ctx, leaves)
+    end
+    return total
+end
+
+-- --- walking the distinct values of a string order key -----------------------------------
+-- Distinct zsets are scored by count, so the values are sorted here (byte order = code
+-- point order) and each value's set is a group, in order; within a group the rest of the
+-- order keys decide, by walking their zset or collecting the group's matches.  Stops as soon
+-- as the page is full; traces without the key (nulls) come last whatever the direction.
+
+local function group_page(ctx, gleaf, gcount, need, cursor, out)
+    local rest = ctx.rest
+    local sub = {
+        prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = rest,
+        cursor = cursor,
+    }
+    sub.fields, sub.pos = order_fields(rest)
+    local spec = rest[1]
+    local zname = spec[1] == 'n' and ORDER_ZSETS[spec[2]]
+    local wv = ctx.plan.walk_values
+    local frac, cost, total = wv[4], wv[5], wv[6]
+    local enumerable = gleaf[1] == 'V'
+    local source_cost = enumerable and math.min(gcount, cost) or cost
+    if zname then
+        local matches = gcount * frac
+        local scan = matches > 0 and need * total / matches or total
+        if scan < source_cost then
+            sub.expr = { '&', gleaf, ctx.expr }
+            local before = #out
+            local exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
+            if exhausted and #out - before < need then
+                sub.plan = ctx.plan
+                sub.residual = { '&', gleaf, ctx.residual }
+                collect_page(sub, need - (#out - before), out, ctx.prefix .. ':' .. zname)
+            end
+            ctx.scanned = ctx.scanned + sub.scanned
+            return
+        end
+    end
+    if enumerable and gcount <= cost then
+        sub.plan = { sources = { gleaf } }
+        sub.residual = ctx.expr
+    else
+        sub.plan = ctx.plan
+        sub.residual = { '&', gleaf, ctx.residual }
+    end
+    collect_page(sub, need, out, nil)
+    ctx.scanned = ctx.scanned + sub.scanned
+end
+
+local function walk_values_page(ctx, need, out)
+    local wv = ctx.plan.walk_values
+    local dkey, vprefix, presence = wv[1], wv[2], wv[3]
+    local order, cursor = ctx.order, ctx.cursor
+    local spec = order[1]
+    local rest, subcursor = {}, nil
+    for k = 2, #order do
+        rest[k - 1] = order[k]
+    end
+    ctx.rest = rest
+    if cursor then
+        subcursor = {}
+        for k = 2, #cursor do
+            subcursor[k - 1] = cursor[k]
+        end
+    end
+    local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
+    local values, counts, present = {}, {}, 0
+    for i = 1, #flat, 2 do
+        local n = tonumber(flat[i + 1])
+        values[#values + 1] = flat[i]
+        counts[flat[i]] = n
+        present = present + n
+    end
+    if not (cursor and cursor[1] == false) then
+        if spec[1] == 's' and bytewise then
+            table.sort(values)
+            if spec[3] == 0 then
+                local n = #values
+                for i = 1, floor(n / 2) do
+                    values[i], values[n - i + 1] = values[n - i + 1], values[i]
+                end
+            end
+        else
+            table.sort(values, function(a, b)
+                return cmp_value(spec, a, b) < 0
+            end)
+        end
+        for i = 1, #values do
+            local v = values[i]
+            local c = cursor and cmp_value(spec, v, cursor[1]) or 1
+            if c >= 0 then
+                local count = counts[v]
+                local leaf = { 'V', dkey, vprefix, v }
+                leaf.sets = { { vprefix .. enc(v), count > PLAIN_MAX, count } }
+                group_page(ctx, leaf, count, need - #out, c == 0 and subcursor or nil, out)
+                if #out >= need then
+                    return
+                end
+            end
+        end
+    end
+    local nulls = call('SCARD', ctx.prefix .. ':all') - present
+    if nulls > 0 then
+        local nulls_cursor = cursor and cursor[1] == false and subcursor or nil
+        group_page(ctx, { '!', presence }, nulls, need - #out, nulls_cursor, out)
+    end
+end
+
 --[[
 tt_query: run one query plan over one partition (read only).
 KEYS[1] all     <prefix>:all (declares the partition's slot; every other key is built from prefix)
@@ -1741,6 +2294,9 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards'), expr (
                 candidate from the sources must still pass), walk ({zname, asc} or
                 absent), order ({kind 'n'|'s'|'x', field, asc 1|0} each), cursor ({present
                 0|1, value} per order key, or absent), limit, group (hash fields), keys (cards)
+                terms (count: {sign, leaf...} conjunctions to count and sum instead of the
+                expr), walk_values ({dkey, vprefix, presence leaf, match fraction, candidate
+                cost, traces}: walk the first order key's distinct values, or absent)
 Returns page: the trace hashes (HGETALL) of the first `limit` rows after the cursor, in
 order; count: an integer; stats: groups {values, count, duration, n, ...}; cards: integers.
 --]]
@@ -1766,6 +2322,9 @@ local function tt_query(keys, argv)
     local mode = plan.mode
     if mode == 'cards' then
         return cards_reply(ctx, plan.keys or {})
+    end
+    if mode == 'count' and plan.terms then
+        return count_terms_reply(ctx, plan.terms)
     end
     if mode == 'count' then
         local total = 0
@@ -1795,7 +2354,9 @@ local function tt_query(keys, argv)
     local need = plan.limit
     local rows = {}
     local walk = plan.walk
-    if walk then
+    if plan.walk_values then
+        walk_values_page(ctx, need, rows)
+    elseif walk then
         local zname, asc = walk[1], walk[2] == 1
         local exhausted = walk_page(ctx, zname, asc, need, rows)
         if exhausted and #rows < need then

@@ -117,9 +117,13 @@ def prepare(experiment_ids: Any, filter_string: Any, order_by: Any = None) -> Pr
 
 
 def _probe(
-    client: redis.Redis, keys: Keys, partitions: int, root: planner.LogicalNode
+    client: redis.Redis,
+    keys: Keys,
+    partitions: int,
+    root: planner.LogicalNode,
+    order: Sequence[OrderKey] = (),
 ) -> list[tuple[planner.Probe, list[Any], list[int]]]:
-    probes = [planner.probe_commands(root, keys, p) for p in range(partitions)]
+    probes = [planner.probe_commands(root, keys, p, order) for p in range(partitions)]
     pipe = client.pipeline(transaction=False)
     for probe in probes:
         for name, key, *args in probe.commands:
@@ -133,6 +137,8 @@ def _probe(
                 pipe.hmget(key, args)
             elif name == "HGETALL":
                 pipe.hgetall(key)
+            elif name == "ZCARD":
+                pipe.zcard(key)
             else:
                 pipe.scard(key)
     replies: list[Any] = pipe.execute()
@@ -166,8 +172,11 @@ def _plans(
     group_fields: Sequence[str] = (),
 ) -> list[planner.PartitionPlan]:
     plans = []
-    for probe, replies, cards in _probe(client, keys, partitions, prepared.root):
+    order = prepared.order if mode == "page" else ()
+    for probe, replies, cards in _probe(client, keys, partitions, prepared.root, order):
         tree, total = planner.physical(prepared.root, probe, replies, cards, keys)
+        slot = probe.order_distinct_slot
+        distinct = None if slot is None else int(replies[slot])
         plans.append(
             planner.plan_partition(
                 probe.partition,
@@ -178,6 +187,8 @@ def _plans(
                 limit=limit,
                 cursor=cursor,
                 group_fields=group_fields,
+                keys=keys,
+                order_distinct=distinct,
             )
         )
     return plans
@@ -325,7 +336,7 @@ def search(
 def count(client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared) -> int:
     """How many traces match, without fetching any."""
     plans = _plans(client, keys, partitions, prepared, "count")
-    total = sum(int(p.tree.est) for p in plans if p.strategy == "exact")
+    total = sum(p.exact_count for p in plans)
     to_run = [p for p in plans if p.strategy != "exact"]
     return total + sum(int(n) for n in _run(client, keys, to_run))
 

@@ -23,6 +23,7 @@ __all__ = [
     "LogicalNode",
     "PartitionPlan",
     "Probe",
+    "count_terms",
     "logical",
     "order_specs",
     "physical",
@@ -324,13 +325,36 @@ class Probe:
     slots: dict[int, int] = field(default_factory=dict)  # id(leaf) -> reply index
     cards_slot: int | None = None
     card_keys: list[str] = field(default_factory=list)
+    order_index: ValueIndex | None = None
+    order_distinct_slot: int | None = None  # reply index of ZCARD of the order key's values
 
 
-def probe_commands(root: LogicalNode, keys: Keys, partition: int) -> Probe:
+def order_index(key: OrderKey) -> ValueIndex | None:
+    """The value index whose distinct zset lists the values of a string order key."""
+    f = key.field
+    if f.entity == "tag":
+        return ValueIndex("tag", f.key)
+    if f.entity == "metadata":
+        return ValueIndex("metadata", f.key)
+    if f.key == "status":
+        return ValueIndex("status")
+    if f.key == "experiment_id":
+        return ValueIndex("experiment")
+    return None
+
+
+def probe_commands(
+    root: LogicalNode, keys: Keys, partition: int, order: Sequence[OrderKey] = ()
+) -> Probe:
     """The reads that size the leaves of ``root`` in one partition (one pipeline)."""
     probe = Probe(partition)
     cmds = probe.commands
     cmds.append(("SCARD", keys.all_traces(partition)))
+    index = order_index(order[0]) if order else None
+    if index is not None:
+        probe.order_index = index
+        probe.order_distinct_slot = len(cmds)
+        cmds.append(("ZCARD", index.distinct(keys, partition)))
     for leaf in _leaves(root):
         if id(leaf) in probe.slots:
             continue
@@ -529,6 +553,114 @@ def _or(children: list[PNode], total: int) -> PNode:
     return node
 
 
+# --- counting by set algebra ------------------------------------------------------------------
+
+Term: TypeAlias = tuple[PNode, ...]
+_MAX_TERMS = 16
+
+
+def _expand(node: PNode) -> list[tuple[int, Term]] | None:
+    """``node`` as a signed sum of conjunctions of leaves (None: too many terms)."""
+    if node.kind == "Z":
+        return []
+    if node.kind == "A":
+        return [(1, ())]
+    if node.kind == "!":
+        inner = _expand(node.children[0])
+        if inner is None:
+            return None
+        return [(1, ()), *((-sign, term) for sign, term in inner)]
+    if node.kind == "&":
+        out: list[tuple[int, Term]] = [(1, ())]
+        for child in node.children:
+            terms = _expand(child)
+            if terms is None:
+                return None
+            out = [(a * b, x + y) for a, x in out for b, y in terms]
+            if len(out) > _MAX_TERMS:
+                return None
+        return out
+    if node.kind == "|":
+        if len(node.children) > 3:
+            return None
+        total: list[tuple[int, Term]] = []
+        n = len(node.children)
+        for mask in range(1, 1 << n):
+            picked = [node.children[i] for i in range(n) if mask >> i & 1]
+            sign = 1 if len(picked) % 2 else -1
+            part = _expand(PNode("&", [], 0.0, "AND", picked))
+            if part is None:
+                return None
+            total.extend((sign * s, t) for s, t in part)
+            if len(total) > 4 * _MAX_TERMS:
+                return None
+        return total
+    return [(1, (node,))]
+
+
+def _spec_key(spec: list[Any]) -> str:
+    return repr(spec)
+
+
+def _normalize(term: Term) -> Term | None:
+    """Merge a conjunction's leaves: duplicates, key presence implied by a value, values of
+    one key (a trace has one value per key); None when the conjunction is empty."""
+    values: dict[str, PNode] = {}
+    rest: dict[str, PNode] = {}
+    for leaf in term:
+        if leaf.kind == "Z":
+            return None
+        if leaf.kind == "A":
+            continue
+        if leaf.kind == "V":
+            dkey = leaf.spec[1]
+            seen = values.get(dkey)
+            if seen is None:
+                values[dkey] = leaf
+            elif seen.spec != leaf.spec:
+                kept = set(leaf.spec[3:])
+                both = [v for v in seen.spec[3:] if v in kept]
+                if not both:
+                    return None
+                merged = PNode("V", [*seen.spec[:3], *both], min(seen.est, leaf.est), seen.text)
+                values[dkey] = merged  # not exact any more: counted in Redis
+            continue
+        rest.setdefault(_spec_key(leaf.spec), leaf)
+    for dkey in values:
+        for family, present in ((":td:", ":tk:"), (":md:", ":mk:")):
+            if family in dkey:
+                rest.pop(_spec_key(["C", dkey.replace(family, present, 1)]), None)
+    return tuple(sorted([*values.values(), *rest.values()], key=lambda n: _spec_key(n.spec)))
+
+
+def count_terms(tree: PNode, total: int) -> tuple[int, list[list[Any]]] | None:
+    """Count ``tree`` as set algebra: (the part known from index sizes, the signed
+    conjunctions tt_query must count), or None when the expansion is too large."""
+    expanded = _expand(tree)
+    if expanded is None:
+        return None
+    merged: dict[str, tuple[int, Term]] = {}
+    for sign, term in expanded:
+        normal = _normalize(term)
+        if normal is None:
+            continue
+        key = "&".join(_spec_key(leaf.spec) for leaf in normal)
+        before = merged.get(key, (0, normal))[0]
+        merged[key] = (before + sign, normal)
+    exact = 0
+    remote: list[list[Any]] = []
+    for sign, term in merged.values():
+        if sign == 0:
+            continue
+        if not term:
+            exact += sign * total
+        elif len(term) == 1 and term[0].exact and term[0].kind in ("V", "R", "E", "C"):
+            exact += sign * int(term[0].est)
+        else:
+            remote.append([sign, *(leaf.spec for leaf in term)])
+    return exact, remote
+
+
 # --- strategy --------------------------------------------------------------------------------
 
 
@@ -565,9 +697,10 @@ class PartitionPlan:
     partition: int
     total: int
     tree: PNode
-    strategy: str  # walk | collect | exact | count
+    strategy: str  # walk | walk-values | collect | exact | count | algebra
     reason: str
     plan: dict[str, Any]
+    exact_count: int = 0  # count mode: added to what tt_query returns (all of it for exact)
 
 
 def plan_partition(
@@ -580,8 +713,14 @@ def plan_partition(
     limit: int = 0,
     cursor: list[list[Any]] | None = None,
     group_fields: Sequence[str] = (),
+    keys: Keys | None = None,
+    order_distinct: int | None = None,
 ) -> PartitionPlan:
-    """Choose how to run one partition: the tt_query plan and the reason, for explain."""
+    """Choose how to run one partition: the tt_query plan and the reason, for explain.
+
+    ``order_distinct`` is the number of distinct values of the first order key when it is
+    a string key with a distinct zset (then ``keys`` is needed to name its sets).
+    """
     sources = tree.sources if tree.sources is not None else []
     if sources and sources[0][0] == "A":
         sources = []
@@ -599,7 +738,20 @@ def plan_partition(
     if mode == "count":
         if tree.exact and tree.kind in ("V", "R", "E", "A", "Z", "C"):
             reason = f"exact from index sizes (O(1)): {tree.est:,.0f}"
-            return PartitionPlan(partition, total, tree, "exact", reason, plan)
+            return PartitionPlan(partition, total, tree, "exact", reason, plan, int(tree.est))
+        algebra = count_terms(tree, total)
+        if algebra is not None:
+            exact, remote = algebra
+            if not remote:
+                reason = f"exact from index sizes (set algebra, O(1)): {exact:,}"
+                return PartitionPlan(partition, total, tree, "exact", reason, plan, exact)
+            plan["terms"] = remote
+            reason = (
+                f"set algebra: {exact:,} from index sizes plus {len(remote)} signed"
+                " conjunction(s) counted inside Redis (SINTERCARD per chunk of chunked sets;"
+                " a plain set or a small range enumerated and tested)"
+            )
+            return PartitionPlan(partition, total, tree, "algebra", reason, plan, exact)
         reason = f"test the candidates from {source_text} in batches inside Redis"
         return PartitionPlan(partition, total, tree, "count", reason, plan)
     if mode == "stats":
@@ -628,6 +780,32 @@ def plan_partition(
             f"{cost:,.0f} candidates, cheaper than walking ~{scan:,.0f} {zset} entries"
         )
         return PartitionPlan(partition, total, tree, "collect", reason, plan)
+    index = order_index(order[0]) if order else None
+    if (
+        zset is None
+        and index is not None
+        and keys is not None
+        and order_distinct is not None
+        and cost > 4 * limit
+        and order_distinct * 4 < cost
+    ):
+        key_set = index.key_set(keys, partition)
+        presence = ["C", key_set] if key_set is not None else ["P", _PRESENCE_FIELD[index.kind]]
+        fraction = tree.est / total if total else 0.0
+        plan["walk_values"] = [
+            index.distinct(keys, partition),
+            index.value_prefix(keys, partition),
+            presence,
+            fraction,
+            cost,
+            total,
+        ]
+        reason = (
+            f"walk the {order_distinct:,} distinct values of {index.label} in order, each "
+            f"value's set in turn (nulls last), until {limit} rows: cheaper than sorting the "
+            f"{cost:,.0f} candidates from {source_text}"
+        )
+        return PartitionPlan(partition, total, tree, "walk-values", reason, plan)
     why = "the first order key has no order zset" if zset is None else "the cursor is past it"
     reason = f"collect and sort the matches from {source_text} ({why})"
     return PartitionPlan(partition, total, tree, "collect", reason, plan)
