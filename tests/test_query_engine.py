@@ -516,3 +516,29 @@ def test_empty_namespace(settings: Settings) -> None:
         assert client.search_traces().token is None
         assert client.count("tags.env = 'x'") == 0
         assert client.stats() == []
+
+
+def test_a_stale_library_on_the_server_is_replaced_before_the_first_query(
+    settings: Settings, r: redis.Redis
+) -> None:
+    """A server that kept an older copy of the library under the same name must not answer
+    with the old query code."""
+    from tracetags import functions
+    from tracetags.client import Client
+
+    stale = (
+        f"#!lua name={functions.LIBRARY_NAME}\n"
+        "redis.register_function{function_name='tt_query', "
+        "callback=function() return redis.error_reply('TT_STALE old code') end, "
+        "flags={'no-writes'}}\n"
+    )
+    traces, _ = qd.generate(5, 50)
+    with Client(settings) as loader:
+        qd.load(r, loader.keys, 1, traces)
+    r.execute_command("FUNCTION", "LOAD", "REPLACE", stale)
+    try:
+        with Client(settings) as client:
+            page = client.search_traces(filter_string="status = 'OK'", max_results=5)
+            assert len(page) == 5
+    finally:
+        functions.load(r)

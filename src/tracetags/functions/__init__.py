@@ -27,6 +27,7 @@ tag ``mlflow.traceName``, overriding that key in the same event's ``tags``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final, NamedTuple
@@ -279,6 +280,19 @@ def _query_error(exc: redis.ResponseError) -> QueryError:
     return QueryError(message, code if code.startswith("TT_") else "TT_ERROR")
 
 
+# Connection pools whose server was checked to run this library's code: a server that kept
+# an older copy under the same library name would otherwise answer with old query code.
+_verified: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def ensure_loaded(client: redis.Redis) -> None:
+    """Load (or replace) the library once per connection pool, before the first query."""
+    pool = client.connection_pool
+    if pool not in _verified:
+        load(client)
+        _verified.add(pool)
+
+
 def query_partitions(
     client: redis.Redis, keys: Keys, plans: Sequence[tuple[int, bytes]]
 ) -> list[Any]:
@@ -290,6 +304,7 @@ def query_partitions(
     """
     if not plans:
         return []
+    ensure_loaded(client)
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
         for partition, plan in plans:
