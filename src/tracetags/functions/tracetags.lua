@@ -1315,21 +1315,62 @@ local function zmscore(zkey, members)
     return out
 end
 
+-- A V leaf of many plain sets (LIKE 'user_12%': ~1,000 small user-id sets) would cost one
+-- SMISMEMBER per set and batch: read their members once (the counts bound the work) into a
+-- Lua table and test by lookup.  Chunked sets of the leaf are still tested per chunk.
+local MEMBER_TABLE_MIN_SETS = 8
+local MEMBER_TABLE_MAX = 200000
+
+local function plain_member_table(leaf, sets)
+    if leaf.members ~= nil then
+        return leaf.members
+    end
+    leaf.members = false
+    local plain, total = 0, 0
+    for s = 1, #sets do
+        if not sets[s][2] then
+            plain = plain + 1
+            total = total + sets[s][3]
+        end
+    end
+    if plain >= MEMBER_TABLE_MIN_SETS and total <= MEMBER_TABLE_MAX then
+        local members = {}
+        for s = 1, #sets do
+            if not sets[s][2] then
+                local got = call('SMEMBERS', sets[s][1])
+                for i = 1, #got do
+                    members[got[i]] = true
+                end
+            end
+        end
+        leaf.members = members
+    end
+    return leaf.members
+end
+
 -- Mark in mask the members of list that the leaf holds.
 local function test_leaf(ctx, leaf, list, mask)
     local kind = leaf[1]
     if kind == 'V' then
         local sets = value_sets(leaf)
+        local members = plain_member_table(leaf, sets)
+        if members then
+            for i = 1, #list do
+                if members[list[i]] then
+                    mask[i] = true
+                end
+            end
+        end
         for s = 1, #sets do
             local set = sets[s]
             if set[2] then
                 test_chunked(set[1], list, mask)
-            else
-                local members, idx = pending_of(list, mask)
-                if #members == 0 then
+            elseif not members then
+                local pending, idx = pending_of(list, mask)
+                if #pending == 0 then
                     break
                 end
-                smismember_into(set[1], members, idx, mask)
+                smismember_into(set[1], pending, idx, mask)
             end
         end
     elseif kind == 'C' then
@@ -1580,6 +1621,31 @@ local function enum_candidates(ctx, fn)
     return false
 end
 
+-- Regroup the batches an enumerator feeds into lists of up to EVAL_BATCH candidates: a
+-- chunked leaf tests a list with one SMISMEMBER per chunk it touches (<= ~2,000 at 1M
+-- traces), so large lists cost far fewer calls per candidate than 1,024-number batches.
+local EVAL_BATCH = 32768
+
+local function buffered(enum, fn)
+    local buf = {}
+    local stop = enum(function(batch)
+        local n = #buf
+        for i = 1, #batch do
+            buf[n + i] = batch[i]
+        end
+        if #buf >= EVAL_BATCH then
+            local full = buf
+            buf = {}
+            return fn(full)
+        end
+        return false
+    end)
+    if stop then
+        return true
+    end
+    return #buf > 0 and fn(buf) or false
+end
+
 -- --- ordering ---------------------------------------------------------------------------
 
 local ORDER_ZSETS = { s = 'ts', d = 'du', E = 'en' }
@@ -1814,7 +1880,9 @@ local function collect_page(ctx, need, out, unscored_in)
         -- Traces without a timestamp are not in ts: only the SSCAN part can find them.
         enum_all(ctx, take, true)
     else
-        enum_candidates(ctx, take)
+        buffered(function(fn)
+            return enum_candidates(ctx, fn)
+        end, take)
     end
     ctx.scanned = ctx.scanned + #matches
     select_rows(ctx, matches, need, out)
@@ -1838,11 +1906,36 @@ local function walk_page(ctx, zname, asc, need, out)
             rank = call('ZCOUNT', zkey, '(' .. text, '+inf')
         end
     end
+    -- A conjunct range on the walked zset itself ({lo, hi}): only its ranks can match.
+    local stop = math.huge
+    local range = ctx.walk_range
+    if range then
+        local lo, hi = range[1], range[2]
+        local outside
+        if asc then
+            outside = lo == '-inf' and 0
+                or call('ZCOUNT', zkey, '-inf', sub(lo, 1, 1) == '(' and sub(lo, 2) or '(' .. lo)
+        else
+            outside = hi == '+inf' and 0
+                or call('ZCOUNT', zkey, sub(hi, 1, 1) == '(' and sub(hi, 2) or '(' .. hi, '+inf')
+        end
+        stop = outside + call('ZCOUNT', zkey, lo, hi)
+        if rank < outside then
+            rank = outside
+        end
+    end
     local found, found_scores = {}, {}
     local boundary = nil
     local exhausted = false
     local batch = math.max(64, math.min(need * 2, WALK_BATCH_MAX))
     while true do
+        if rank >= stop then
+            exhausted = true
+            break
+        end
+        if rank + batch > stop then
+            batch = stop - rank
+        end
         local got
         if asc then
             got = call('ZRANGE', zkey, rank, rank + batch - 1, 'WITHSCORES')
@@ -1981,13 +2074,27 @@ local function stats_reply(ctx)
     return reply
 end
 
--- Sum of SCARD over the chunks of chunked sets (sizes of key sets for the planner).
+-- Sizes of key sets for the planner.  A key (entry {key set, distinct zset}) is on every
+-- trace that has one of its values, so its size is the sum of the distinct zset's scores:
+-- O(distinct values), far cheaper than SCARD over every chunk for a low-cardinality key.
+-- Otherwise (or a bare key set name) the sum of SCARD over the chunks.
 local function cards_reply(ctx, keys)
     local out = {}
     for k = 1, #keys do
+        local key, dkey = keys[k], nil
+        if type(key) == 'table' then
+            key, dkey = key[1], key[2]
+        end
         local total = 0
-        for c = 0, last_chunk_of(ctx) do
-            total = total + call('SCARD', keys[k] .. ':' .. slot(c))
+        if dkey and call('ZCARD', dkey) * 4 <= last_chunk_of(ctx) + 1 then
+            local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
+            for i = 2, #flat, 2 do
+                total = total + tonumber(flat[i])
+            end
+        else
+            for c = 0, last_chunk_of(ctx) do
+                total = total + call('SCARD', key .. ':' .. slot(c))
+            end
         end
         out[k] = total
     end
@@ -2067,7 +2174,7 @@ local function count_sets(ctx, sets, others)
     end
     -- (a plain set always leaves this branch or the one above: the chunk walk is for
     -- chunked sets only)
-    if small and (plain or #sets == 0 or small_n * 4 < min_set) then
+    if small and (plain or #sets == 0 or small_n < min_set) then
         local rest = {}
         for i = 1, #sets do
             rest[#rest + 1] = set_leaf(sets[i])
@@ -2081,7 +2188,9 @@ local function count_sets(ctx, sets, others)
             return small_n
         end
         local total = 0
-        enum_source(ctx, others[small], function(batch)
+        buffered(function(fn)
+            return enum_source(ctx, others[small], fn)
+        end, function(batch)
             total = total + count_and(ctx, batch, rest)
             return false
         end)
@@ -2226,6 +2335,78 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
     ctx.scanned = ctx.scanned + sub.scanned
 end
 
+-- Feed visit(value, count) the values of the distinct zset dkey in byte order (descending
+-- unless asc), stopping when it returns true (then true).  Sorting every value (50k user
+-- ids: ~50 ms) is avoided: a sorted sample cuts the values into windows, taken in order
+-- with one pass each (windows double in size); only a window's values are sorted.
+-- `from`: skip windows wholly before this value (the cursor's), if given.
+local WINDOW_SAMPLES = 64
+
+local function windowed_values(dkey, asc, from, visit)
+    local values = call('ZRANGE', dkey, 0, -1)
+    local n = #values
+    local sample = {}
+    if n > 4 * WINDOW_SAMPLES then
+        local stride = n / WINDOW_SAMPLES
+        for k = 1, WINDOW_SAMPLES - 1 do
+            sample[k] = values[floor(k * stride)]
+        end
+        table.sort(sample)
+    end
+    -- Window bounds in walk order: (lo, hi] with nil = unbounded.
+    local bounds = {}
+    local m = #sample
+    local step, k = 1, 0
+    while k < m do
+        k = math.min(m, k + step)
+        bounds[#bounds + 1] = asc and sample[k] or sample[m - k + 1]
+        step = step * 2
+    end
+    bounds[#bounds + 1] = false
+    local prev = false
+    for w = 1, #bounds do
+        local bound = bounds[w]
+        local lo, hi
+        if asc then
+            lo, hi = prev, bound
+        else
+            lo, hi = bound, prev
+        end
+        -- skip a window wholly before the cursor value
+        local skip = from and ((asc and hi and hi < from) or (not asc and lo and lo >= from))
+        if not skip then
+            local window = {}
+            for i = 1, n do
+                local v = values[i]
+                if (not lo or v > lo) and (not hi or v <= hi) then
+                    window[#window + 1] = v
+                end
+            end
+            table.sort(window)
+            local count = #window
+            if not asc then
+                for i = 1, floor(count / 2) do
+                    window[i], window[count - i + 1] = window[count - i + 1], window[i]
+                end
+            end
+            local scores = {}
+            for i = 1, count, CHUNK do
+                local got = call('ZMSCORE', dkey, unpack(window, i, math.min(i + CHUNK - 1, count)))
+                for j = 1, #got do
+                    scores[i + j - 1] = got[j] and tonumber(got[j]) or false
+                end
+            end
+            for i = 1, count do
+                if visit(window[i], scores[i]) then
+                    return true
+                end
+            end
+        end
+        prev = bound
+    end
+    return false
+end
+
 local function walk_values_page(ctx, need, out)
     local wv = ctx.plan.walk_values
     local dkey, vprefix, presence = wv[1], wv[2], wv[3]
@@ -2242,40 +2423,47 @@ local function walk_values_page(ctx, need, out)
             subcursor[k - 1] = cursor[k]
         end
     end
-    local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
-    local values, counts, present = {}, {}, 0
-    for i = 1, #flat, 2 do
-        local n = tonumber(flat[i + 1])
-        values[#values + 1] = flat[i]
-        counts[flat[i]] = n
-        present = present + n
+    -- One value's group; true when the page is full.
+    local function visit(v, count)
+        local c = cursor and cmp_value(spec, v, cursor[1]) or 1
+        if c >= 0 and count then
+            local leaf = { 'V', dkey, vprefix, v }
+            leaf.sets = { { vprefix .. enc(v), count > PLAIN_MAX, count } }
+            group_page(ctx, leaf, count, need - #out, c == 0 and subcursor or nil, out)
+        end
+        return #out >= need
     end
+    local present = nil
     if not (cursor and cursor[1] == false) then
         if spec[1] == 's' and bytewise then
-            table.sort(values)
-            if spec[3] == 0 then
-                local n = #values
-                for i = 1, floor(n / 2) do
-                    values[i], values[n - i + 1] = values[n - i + 1], values[i]
-                end
+            if windowed_values(dkey, spec[3] == 1, cursor and cursor[1], visit) then
+                return
             end
         else
+            local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
+            local values, counts = {}, {}
+            present = 0
+            for i = 1, #flat, 2 do
+                local n = tonumber(flat[i + 1])
+                values[#values + 1] = flat[i]
+                counts[flat[i]] = n
+                present = present + n
+            end
             table.sort(values, function(a, b)
                 return cmp_value(spec, a, b) < 0
             end)
-        end
-        for i = 1, #values do
-            local v = values[i]
-            local c = cursor and cmp_value(spec, v, cursor[1]) or 1
-            if c >= 0 then
-                local count = counts[v]
-                local leaf = { 'V', dkey, vprefix, v }
-                leaf.sets = { { vprefix .. enc(v), count > PLAIN_MAX, count } }
-                group_page(ctx, leaf, count, need - #out, c == 0 and subcursor or nil, out)
-                if #out >= need then
+            for i = 1, #values do
+                if visit(values[i], counts[values[i]]) then
                     return
                 end
             end
+        end
+    end
+    if present == nil then
+        present = 0
+        local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
+        for i = 2, #flat, 2 do
+            present = present + tonumber(flat[i])
         end
     end
     local nulls = call('SCARD', ctx.prefix .. ':all') - present
@@ -2328,7 +2516,9 @@ local function tt_query(keys, argv)
     end
     if mode == 'count' then
         local total = 0
-        enum_candidates(ctx, function(batch)
+        buffered(function(fn)
+            return enum_candidates(ctx, fn)
+        end, function(batch)
             total = total + #eval(ctx, ctx.residual, batch)
             return false
         end)
@@ -2358,6 +2548,9 @@ local function tt_query(keys, argv)
         walk_values_page(ctx, need, rows)
     elseif walk then
         local zname, asc = walk[1], walk[2] == 1
+        if walk[3] then
+            ctx.walk_range = { walk[3], walk[4] }
+        end
         local exhausted = walk_page(ctx, zname, asc, need, rows)
         if exhausted and #rows < need then
             collect_page(ctx, need - #rows, rows, prefix .. ':' .. zname)
