@@ -542,3 +542,82 @@ def test_a_stale_library_on_the_server_is_replaced_before_the_first_query(
             assert len(page) == 5
     finally:
         functions.load(r)
+
+
+# --- strategies for large indexes (issue 4 performance gaps) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide(redis_url: str) -> Iterator[Loaded]:
+    """One partition, ~420 distinct `wide` values (windowed walk of distinct values) and
+    ~100 small `user` sets matching one LIKE (membership table)."""
+    traces, mutations = qd.generate(17, 2600, dense=True, n_mutations=120)
+    rng = __import__("random").Random(5)
+    odd = ["ä", "Ä", "ß", "\u0131", "z", "Z", "_", "%", "~", "0", "9", " ", "*", "?", "[", "\\"]
+    for trace in traces:
+        if rng.random() < 0.9:
+            trace["tags"]["wide"] = f"w{rng.randrange(25)}{rng.choice(odd)}"
+    loaded = Loaded(redis_url, 1, traces, mutations)
+    yield loaded
+    loaded.drop()
+
+
+WIDE_QUERIES: list[tuple[str | None, list[str] | None]] = [
+    ("tags.user LIKE 'user_1%'", None),
+    ("tags.user LIKE 'user_1%'", ["timestamp_ms ASC"]),
+    ("tags.user LIKE 'user_2%' AND tags.env = 'production'", ["execution_time_ms DESC"]),
+    ("tags.user LIKE 'user_%' AND status = 'ERROR'", None),
+    ("execution_time_ms > 400", ["execution_time_ms DESC"]),
+    ("execution_time_ms > 400", ["execution_time_ms ASC"]),
+    ("execution_time_ms <= 50 AND status = 'OK'", ["execution_time_ms DESC", "request_id DESC"]),
+    ("timestamp_ms >= 1700000005000", None),
+    ("timestamp_ms > 1700000002000 AND timestamp_ms < 1700000006000", ["timestamp_ms ASC"]),
+    ("tags.env = 'production' AND status = 'ERROR' AND execution_time_ms > 300", None),
+    ("status = 'OK'", ["tags.wide"]),
+    ("status = 'OK'", ["tags.wide DESC", "timestamp_ms ASC"]),
+    (None, ["tags.wide", "request_id DESC"]),
+    ("tags.env = 'production'", ["tags.wide DESC"]),
+]
+
+
+@pytest.mark.parametrize(("filter_string", "order_by"), WIDE_QUERIES)
+def test_large_index_strategies_equal_the_reference(
+    wide: Loaded, filter_string: str | None, order_by: list[str] | None
+) -> None:
+    expected = ref.search(wide.final, None, filter_string, order_by, None)
+    page = wide.client.search_traces(filter_string=filter_string, order_by=order_by)
+    assert [t.info.trace_id for t in page] == expected[:100]
+    walked = _all_pages(wide.client, filter_string=filter_string, order_by=order_by, max_results=41)
+    assert walked == expected
+    assert wide.client.count(filter_string) == len(expected)
+
+
+def test_large_index_strategies_are_chosen(wide: Loaded) -> None:
+    by_wide = wide.client.explain("status = 'OK'", order_by=["tags.wide"])
+    assert "strategy: walk-values" in by_wide, by_wide
+    ranged = wide.client.explain("execution_time_ms > 400", order_by=["execution_time_ms DESC"])
+    assert "strategy: walk" in ranged and "within execution_time_ms > 400" in ranged, ranged
+    like = wide.client.explain("tags.user LIKE 'user_1%'")
+    assert "value sets]" in like and int(like.split("[")[1].split()[0]) >= 8, like
+
+
+@pytest.mark.parametrize(
+    "filter_string",
+    ["tags.wide IS NULL", "tags.env IS NULL", "tags.env IS NOT NULL", "tags.wide != 'w1z'"],
+)
+def test_presence_counts_equal_the_reference(wide: Loaded, filter_string: str) -> None:
+    expected = ref.search(wide.final, None, filter_string, None, None)
+    assert wide.client.count(filter_string) == len(expected)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["w1%", "w1_", "w_*", "%?", "w2[", "%\\", "%\\%", "w1%ä", "%_%", "W1%", "w1", "%[%", "x%"],
+)
+def test_like_read_by_glob_equals_the_reference(wide: Loaded, pattern: str) -> None:
+    for op in ("LIKE", "ILIKE", "NOT LIKE"):
+        filter_string = f"tags.wide {op} '{pattern}'"
+        expected = ref.search(wide.final, None, filter_string, None, None)
+        assert wide.client.count(filter_string) == len(expected), filter_string
+        page = wide.client.search_traces(filter_string=filter_string, max_results=500)
+        assert [t.info.trace_id for t in page] == expected[:500], filter_string

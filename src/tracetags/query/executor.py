@@ -129,6 +129,8 @@ def _probe(
         for name, key, *args in probe.commands:
             if name == "ZRANGE":
                 pipe.zrange(key, 0, -1, withscores=True)
+            elif name == "ZSCAN":
+                pipe.zscan(key, 0, match=args[0], count=_ZSCAN_COUNT)
             elif name == "ZMSCORE":
                 pipe.zmscore(key, args)
             elif name == "ZCOUNT":
@@ -142,6 +144,12 @@ def _probe(
             else:
                 pipe.scard(key)
     replies: list[Any] = pipe.execute()
+    at = 0
+    for probe in probes:
+        for offset, (name, key, *args) in enumerate(probe.commands):
+            if name == "ZSCAN":
+                replies[at + offset] = _finish_zscan(client, key, args[0], replies[at + offset])
+        at += len(probe.commands)
     out: list[tuple[planner.Probe, list[Any], list[int]]] = []
     at = 0
     card_plans: list[tuple[int, bytes]] = []
@@ -158,6 +166,24 @@ def _probe(
         for probe, _, slot in out:
             slot.extend(int(c) for c in by_partition.get(probe.partition, []))
     return out
+
+
+_ZSCAN_COUNT = 1 << 20  # visit every bucket in one call (the MATCH filter runs server-side)
+
+
+def _finish_zscan(
+    client: redis.Redis, key: str, glob: str, first: tuple[int, list[Any]]
+) -> list[tuple[bytes, float]]:
+    """The (value, count) pairs of a ZSCAN MATCH, continued to cursor 0, deduplicated
+    (SCAN may repeat an element; it never misses one present throughout)."""
+    cursor, pairs = first
+    found: dict[bytes, float] = {}
+    while True:
+        for value, score in pairs:
+            found[value] = score
+        if int(cursor) == 0:
+            return list(found.items())
+        cursor, pairs = client.zscan(key, cursor, match=glob, count=_ZSCAN_COUNT)
 
 
 def _plans(

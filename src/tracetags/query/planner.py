@@ -104,6 +104,8 @@ class LMatch:
     predicate: Callable[[str], bool] = field(compare=False)
     negated: bool
     text: str
+    #: A Redis glob matching a superset of the values (ZSCAN MATCH reads only those).
+    glob: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,21 @@ def _pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
     except (re.error, RecursionError, OverflowError, ValueError):
         return lambda v: False  # an invalid pattern matches nothing
     return lambda v: regex.search(v) is not None
+
+
+def _like_glob(pattern: str) -> str:
+    """A glob whose matches include every value the LIKE pattern matches: ``%`` and ``_``
+    become ``*`` (``?`` would match one byte, not one character), the rest is literal."""
+    out: list[str] = []
+    for ch in pattern:
+        if ch in "%_":
+            if not out or out[-1] != "*":
+                out.append("*")
+        elif ch in "*?[]\\":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _tag_number(text: str) -> float | None:
@@ -277,7 +294,8 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
-    return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text)
+    glob = _like_glob(value) if op == "LIKE" else None
+    return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text, glob)
 
 
 def logical(expr: Expr | None, experiment_ids: Sequence[str] | None) -> LogicalNode:
@@ -324,7 +342,9 @@ class Probe:
     commands: list[tuple[Any, ...]] = field(default_factory=list)
     slots: dict[int, int] = field(default_factory=dict)  # id(leaf) -> reply index
     cards_slot: int | None = None
-    card_keys: list[str] = field(default_factory=list)
+    #: cards plan entries: [key set, its distinct zset] (tt_query sums the zset's scores
+    #: when it has few values, else SCARD over the chunks)
+    card_keys: list[list[str]] = field(default_factory=list)
     order_index: ValueIndex | None = None
     order_distinct_slot: int | None = None  # reply index of ZCARD of the order key's values
 
@@ -361,6 +381,9 @@ def probe_commands(
         if isinstance(leaf, LValues):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZMSCORE", leaf.index.distinct(keys, partition), *leaf.values))
+        elif isinstance(leaf, LMatch) and leaf.glob is not None:
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("ZSCAN", leaf.index.distinct(keys, partition), leaf.glob))
         elif isinstance(leaf, LMatch):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZRANGE", leaf.index.distinct(keys, partition), 0, -1, "WITHSCORES"))
@@ -377,7 +400,7 @@ def probe_commands(
             key_set = leaf.index.key_set(keys, partition)
             if key_set is not None:
                 probe.slots[id(leaf)] = len(probe.card_keys)
-                probe.card_keys.append(key_set)
+                probe.card_keys.append([key_set, leaf.index.distinct(keys, partition)])
     return probe
 
 
@@ -692,6 +715,13 @@ def _order_zset(key: OrderKey) -> ZsetName | None:
     return _NUMERIC_ZSETS.get(key.field.key)
 
 
+def _walk_range(tree: PNode, zset: ZsetName) -> PNode | None:
+    """The range leaf on ``zset`` that every match must satisfy (a conjunct), if any."""
+    candidates = tree.children if tree.kind == "&" else [tree]
+    ranges = [c for c in candidates if c.kind == "R" and c.spec[1] == zset]
+    return min(ranges, key=lambda c: c.est) if ranges else None
+
+
 @dataclass
 class PartitionPlan:
     partition: int
@@ -766,18 +796,34 @@ def plan_partition(
     null_cursor = cursor is not None and cursor[0][0] == 0
     if zset is not None and not null_cursor:
         est = tree.est
-        scan = float(total) if est <= 0 else min(float(total), math.ceil(limit * total / est))
-        if scan < cost:
+        span = float(total)
+        bounded = _walk_range(tree, zset)
+        if bounded is not None:
+            # Only the ranks of a conjunct range on the walked zset can match: walk them.
+            span = bounded.est
+        scan = span if est <= 0 else min(span, math.ceil(limit * span / est))
+        # Cost in redis calls, roughly: a walked entry costs a membership call per chunked
+        # term (batches are spread over every chunk); collecting costs a cheap read per
+        # candidate, a call per chunk a term touches, and the sort of the matches.
+        chunks = total / 512 + 1
+        collect_cost = 0.25 * cost + 0.5 * est + min(cost, chunks)
+        if scan < collect_cost:
             plan["walk"] = [zset, 1 if order[0].ascending else 0]
+            within = ""
+            if bounded is not None:
+                plan["walk"] += bounded.spec[2:4]
+                within = f" within {bounded.text}"
             reason = (
-                f"walk {zset} from the {'low' if order[0].ascending else 'high'} end: "
+                f"walk {zset} from the {'low' if order[0].ascending else 'high'} end{within}: "
                 f"~{est:,.0f} of {total:,} traces match, so ~{scan:,.0f} entries fill "
-                f"{limit} rows, fewer than the {cost:,.0f} candidates from {source_text}"
+                f"{limit} rows, cheaper than collecting the {cost:,.0f} candidates from "
+                f"{source_text} (cost ~{collect_cost:,.0f})"
             )
             return PartitionPlan(partition, total, tree, "walk", reason, plan)
         reason = (
             f"collect and sort: ~{est:,.0f} matches expected, the smallest source gives "
-            f"{cost:,.0f} candidates, cheaper than walking ~{scan:,.0f} {zset} entries"
+            f"{cost:,.0f} candidates (cost ~{collect_cost:,.0f}), cheaper than walking "
+            f"~{scan:,.0f} {zset} entries"
         )
         return PartitionPlan(partition, total, tree, "collect", reason, plan)
     index = order_index(order[0]) if order else None
