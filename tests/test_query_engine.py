@@ -621,3 +621,22 @@ def test_like_read_by_glob_equals_the_reference(wide: Loaded, pattern: str) -> N
         assert wide.client.count(filter_string) == len(expected), filter_string
         page = wide.client.search_traces(filter_string=filter_string, max_results=500)
         assert [t.info.trace_id for t in page] == expected[:500], filter_string
+
+
+@pytest.mark.parametrize(
+    "filter_string",
+    [
+        "tags.env IN ('production', 'production')",
+        "status IN ('OK', 'OK', 'ERROR')",
+        "tags.env IN ('production', 'staging', 'production') AND status = 'OK'",
+    ],
+)
+def test_a_value_named_twice_in_an_in_list_counts_once(
+    dense: Loaded, small: Loaded, filter_string: str
+) -> None:
+    """Found by the random-filter property: the duplicate doubled count() and the page."""
+    for loaded in (small, dense):
+        expected = ref.search(loaded.final, None, filter_string, None, max_results=None)
+        assert loaded.client.count(filter_string) == len(expected)
+        page = loaded.client.search_traces(filter_string=filter_string, max_results=50)
+        assert [t.info.trace_id for t in page] == expected[:50]

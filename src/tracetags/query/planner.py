@@ -513,6 +513,8 @@ def physical(
         raise TypeError(f"not a logical node: {node!r}")
 
     def _values(index: ValueIndex, found: list[tuple[str, float]], text: str) -> PNode:
+        # IN ('a', 'a') names a value twice: its set (and its count) must count once.
+        found = list(dict(found).items())
         if not found:
             return _leaf("Z", ["Z"], 0, f"{text} (no such value here)", enumerable=True)
         spec = ["V", index.distinct(keys, p), index.value_prefix(keys, p), *(v for v, _ in found)]
