@@ -172,7 +172,7 @@ def main() -> None:
 
         client.execute_command("MEMORY", "PURGE")
         after = int(client.info("memory")["used_memory"])
-        traces = int(client.scard(keys.all_traces(0)))
+        traces = int(client.hlen(keys.trace_ids(0)))
         sizes, counts = breakdown(client, keys)
         print(f"redis {info['redis_version']}, {len(items)} events, {traces} traces, "
               f"batches of {args.batch}")  # fmt: skip

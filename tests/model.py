@@ -161,7 +161,7 @@ class FoldModel:
 
 #: Value sets (plain up to PLAIN_MAX members, chunked above) and their distinct zsets.
 _VALUE_SETS = ("tv", "mv", "st", "ex", "cr")
-#: Always-chunked key sets.
+#: Always-chunked key sets (the set of all traces, ``all``, is always chunked too).
 _KEY_SETS = ("tk", "mk")
 _VALUE_ZSETS = ("td", "md")
 _TRACE_ZSETS = ("ts", "du", "en")
@@ -277,10 +277,8 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
                 assert encoding == b"intset", f"{key}: chunk is {encoding!r}, not an intset"
                 assert all(0 <= m < SET_CHUNK for m in members), f"{key}: offset out of range"
                 members = {chunk * SET_CHUNK + m for m in members}
-            if family in _KEY_SETS:
-                assert chunk is not None, f"{key}: key sets are always chunked"
-            if family == "all":
-                assert chunk is None, f"{key}: the set of all traces is plain"
+            if family in _KEY_SETS or family == "all":
+                assert chunk is not None, f"{key}: key sets and all are always chunked"
             forms.setdefault(name, set()).add(chunk is not None)
             logical.setdefault(f"{prefix}:{name}", set()).update(trace_of(m) for m in members)
         elif head in _VALUE_ZSETS or rest in ("exd", "crd", "std"):

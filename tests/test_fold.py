@@ -282,7 +282,8 @@ def test_tags_before_start_and_a_late_start_keeps_the_finished_status(
     entries = _pending(r, stream)
     first, second, third = ([e] for e in entries)
     apply_batch(r, keys, 0, GROUP, decode_entries(first))
-    assert r.smembers(keys.all_traces(0)) == {b"1"}
+    assert r.smembers(chunk_key(keys.all_traces(0), 0)) == {b"1"}
+    assert r.hlen(keys.trace_ids(0)) == 1
     assert r.smembers(keys.tag_value(0, "env", "prod")) == {b"1"}
     assert r.zcard(keys.by_timestamp(0)) == 0  # no timestamp yet: not in the time indexes
     apply_batch(r, keys, 0, GROUP, decode_entries(third))  # finished before started
@@ -342,7 +343,7 @@ def test_a_malformed_batch_is_refused_before_any_write(r: redis.Redis, namespace
     with pytest.raises(FoldArgumentsError, match=r"^TT_BADKEYS KEYS must be "):
         fcall(*args, dead=keys.dead_letters(1))
     assert r.xpending(stream, GROUP)["pending"] == 1
-    assert not r.exists(keys.all_traces(0))
+    assert not r.exists(keys.trace_ids(0))
 
 
 def test_load_is_idempotent_and_apply_reloads_a_flushed_server(own_redis: RedisServer) -> None:

@@ -416,7 +416,7 @@ class Client:
             pipe = self.redis.pipeline(transaction=False)
             pipe.xlen(stream)
             pipe.xlen(self.keys.dead_letters(partition))
-            pipe.scard(self.keys.all_traces(partition))
+            pipe.hlen(self.keys.trace_ids(partition))
             length, dead, traces = pipe.execute()
             try:
                 groups: Any = self.redis.xinfo_groups(stream)

@@ -1,6 +1,6 @@
 """The only module that spells Redis keys.
 
-Every key of a namespace ``ns`` (the Lua library ``tracetags_v2`` builds the same shapes from
+Every key of a namespace ``ns`` (the Lua library ``tracetags_v3`` builds the same shapes from
 the partition prefix it is given; ``functions/`` mirrors this table):
 
 =========================================  =======  ================================================
@@ -15,7 +15,7 @@ key                                        type     holds
 ``ns:{pNN}:t:<no>``                        hash     one trace's state (fields below)
 ``ns:{pNN}:gone``                          hash     trace id → entry id of its latest
                                                     ``trace_deleted`` (trace tombstone)
-``ns:{pNN}:all``                           set      numbers of every trace of the partition (plain)
+``ns:{pNN}:all``                           C-set    numbers of every trace of the partition
 ``ns:{pNN}:tv:<enc key><enc value>``       V-set    traces whose tag ``key`` is ``value``
 ``ns:{pNN}:tk:<enc key>``                  C-set    traces that have tag ``key``
 ``ns:{pNN}:td:<enc key>``                  zset     distinct values of tag ``key``, scored by
@@ -48,8 +48,8 @@ intset (``set-max-intset-entries``) and costs ~48 B per member instead of 2-4, h
   function of the member count, which is the value's score in its distinct zset (``td`` ``md``
   ``std`` ``exd`` ``crd``), so a reader knows it with one ZSCORE.  Sparse values (user ids,
   sessions) stay plain intsets; dense ones (env, status, experiment) are chunked.
-- ``all`` stays plain (``Client.status`` counts it with SCARD; chunking it would save ~45
-  B/trace and needs ``HLEN ids`` there instead).
+- ``all`` is a C-set too (~2 B per trace instead of ~48); its size is ``HLEN ns:{pNN}:ids``
+  (one field per live trace), which ``Client.status`` and the planner read instead.
 
 Empty sets and hashes vanish by themselves, and a value leaves its distinct zset when its
 count reaches 0, so no index key outlives its content.  ``name`` is the tag
@@ -210,6 +210,8 @@ class Keys:
         return f"{self.prefix(partition)}:gone"
 
     def all_traces(self, partition: int) -> str:
+        """The chunked set of every trace number (chunks via :func:`chunk_key`); count it
+        with ``HLEN`` of :meth:`trace_ids`."""
         return f"{self.prefix(partition)}:all"
 
     def tag_values(self, partition: int, key: str) -> str:

@@ -49,7 +49,7 @@ from tracetags.schemas import (
     decode,
 )
 
-LIBRARY_NAME: Final = "tracetags_v2"
+LIBRARY_NAME: Final = "tracetags_v3"
 APPLY_FUNCTION: Final = "tt_apply"
 QUERY_FUNCTION: Final = "tt_query"
 LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8")
@@ -309,7 +309,7 @@ def query_partitions(
         pipe = client.pipeline(transaction=False)
         for partition, plan in plans:
             prefix = keys.prefix(partition)
-            pipe.fcall_ro(QUERY_FUNCTION, 1, f"{prefix}:all", prefix, plan)
+            pipe.fcall_ro(QUERY_FUNCTION, 1, keys.trace_ids(partition), prefix, plan)
         replies: list[Any] = pipe.execute(raise_on_error=False)
         errors = [r for r in replies if isinstance(r, redis.ResponseError)]
         if not errors:

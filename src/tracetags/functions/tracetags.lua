@@ -1,8 +1,8 @@
-#!lua name=tracetags_v2
+#!lua name=tracetags_v3
 
 --[[
-tracetags fold library, version 2 (the version is in the library name: a change of the
-stored layout or of the ARGV format is a new library name).
+tracetags fold library, version 3 (the version is in the library name: a change of the
+stored layout or of the ARGV format is a new library name; v3 chunked the set of all traces).
 
 Key shapes and the per-trace hash layout mirror src/tracetags/keys.py, whose docstring is the
 key table; the ARGV format is documented in src/tracetags/functions/__init__.py.  Python
@@ -452,10 +452,10 @@ function Batch:flush()
         end
     end
     if #self.all_rem > 0 then
-        chunked('SREM', prefix .. ':all', self.all_rem)
+        chunked_write('SREM', prefix .. ':all', self.all_rem, self.pos)
     end
     if #self.all_add > 0 then
-        chunked('SADD', prefix .. ':all', self.all_add)
+        chunked_write('SADD', prefix .. ':all', self.all_add, self.pos)
     end
     for _, name in ipairs({ 'ts', 'du', 'en' }) do
         local rem = self[name .. '_rem']
@@ -1512,35 +1512,27 @@ local function enum_rank(zkey, first, count, fn)
 end
 
 -- Every trace of the partition: the ts zset by rank, then (rarely) the traces without a
--- timestamp from SSCAN of <prefix>:all (deduplicated: SSCAN may repeat during a rehash).
+-- timestamp from a walk of the chunked set <prefix>:all (HLEN of <prefix>:ids, one field per
+-- live trace, tells whether there are any).
 local function enum_all(ctx, fn, skip_timed)
     local ts = ctx.prefix .. ':ts'
     local timed = call('ZCARD', ts)
     if not skip_timed and enum_rank(ts, 0, timed, fn) then
         return true
     end
-    if call('SCARD', ctx.prefix .. ':all') <= timed then
+    if call('HLEN', ctx.prefix .. ':ids') <= timed then
         return false
     end
-    local cursor = '0'
-    local seen = {}
-    repeat
-        local got = call('SSCAN', ctx.prefix .. ':all', cursor, 'COUNT', QUERY_BATCH)
-        cursor = got[1]
-        local scores = zmscore(ts, got[2])
+    return enum_chunked(ctx, ctx.prefix .. ':all', function(got)
+        local scores = zmscore(ts, got)
         local batch = {}
-        for i = 1, #got[2] do
-            local no = got[2][i]
-            if not scores[i] and not seen[no] then
-                seen[no] = true
-                batch[#batch + 1] = no
+        for i = 1, #got do
+            if not scores[i] then
+                batch[#batch + 1] = got[i]
             end
         end
-        if #batch > 0 and fn(batch) then
-            return true
-        end
-    until cursor == '0'
-    return false
+        return #batch > 0 and fn(batch)
+    end)
 end
 
 local function enum_source(ctx, src, fn)
@@ -1877,7 +1869,7 @@ local function collect_page(ctx, need, out, unscored_in)
     local sources = ctx.plan.sources
     local timeless = unscored_in == ctx.prefix .. ':ts' or unscored_in == ctx.prefix .. ':en'
     if timeless and (not sources or #sources == 0) then
-        -- Traces without a timestamp are not in ts: only the SSCAN part can find them.
+        -- Traces without a timestamp are not in ts: only the chunk walk can find them.
         enum_all(ctx, take, true)
     else
         buffered(function(fn)
@@ -2466,7 +2458,7 @@ local function walk_values_page(ctx, need, out)
             present = present + tonumber(flat[i])
         end
     end
-    local nulls = call('SCARD', ctx.prefix .. ':all') - present
+    local nulls = call('HLEN', ctx.prefix .. ':ids') - present
     if nulls > 0 then
         local nulls_cursor = cursor and cursor[1] == false and subcursor or nil
         group_page(ctx, { '!', presence }, nulls, need - #out, nulls_cursor, out)
@@ -2475,7 +2467,7 @@ end
 
 --[[
 tt_query: run one query plan over one partition (read only).
-KEYS[1] all     <prefix>:all (declares the partition's slot; every other key is built from prefix)
+KEYS[1] ids     <prefix>:ids (declares the partition's slot; every other key is built from prefix)
 ARGV[1] prefix  partition prefix ns:{pNN}
 ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards'), expr (tree),
                 sources (leaves to enumerate; empty = every trace), residual (what a
@@ -2493,8 +2485,8 @@ local function tt_query(keys, argv)
     floor, sub, find, format = math.floor, string.sub, string.find, string.format
     bytewise = detect_bytewise()
     local prefix = argv[1]
-    if keys[1] ~= prefix .. ':all' then
-        fail('BADKEYS', 'KEYS[1] must be ' .. tostring(prefix) .. ':all')
+    if keys[1] ~= prefix .. ':ids' then
+        fail('BADKEYS', 'KEYS[1] must be ' .. tostring(prefix) .. ':ids')
     end
     local ok, plan = pcall(cmsgpack.unpack, argv[2] or '')
     if not ok or type(plan) ~= 'table' then

@@ -141,6 +141,8 @@ def _probe(
                 pipe.hgetall(key)
             elif name == "ZCARD":
                 pipe.zcard(key)
+            elif name == "HLEN":
+                pipe.hlen(key)
             else:
                 pipe.scard(key)
     replies: list[Any] = pipe.execute()

@@ -1,7 +1,7 @@
 """Query planning: a filter AST becomes index operations per partition, chosen by cardinalities.
 
 :func:`logical` turns the AST into partition-independent index terms; :func:`probe_commands`
-lists the O(1)-ish reads that size them (distinct-zset scores, ZCOUNT, SCARD, key-set cards);
+lists the O(1)-ish reads that size them (distinct-zset scores, ZCOUNT, HLEN, key-set cards);
 :func:`physical` resolves the terms of one partition (LIKE, ILIKE, RLIKE and numeric tag
 comparisons are evaluated here, in Python, over the key's DISTINCT VALUES, never the traces)
 and :func:`plan_partition` picks the strategy: collect-and-sort from the smallest index, or
@@ -369,7 +369,7 @@ def probe_commands(
     """The reads that size the leaves of ``root`` in one partition (one pipeline)."""
     probe = Probe(partition)
     cmds = probe.commands
-    cmds.append(("SCARD", keys.all_traces(partition)))
+    cmds.append(("HLEN", keys.trace_ids(partition)))
     index = order_index(order[0]) if order else None
     if index is not None:
         probe.order_index = index
