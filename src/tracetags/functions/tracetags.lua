@@ -812,6 +812,22 @@ local function not_a_string(i)
     fail('BADARGS', 'tag or metadata at batch[' .. i .. '] is not a string')
 end
 
+-- Copy count (key, value) pairs from args[p...] into fv after position n as
+-- (<kind><key>, value), checking that both are strings; returns the new n.
+local function copy_pairs(args, p, count, kind, fv, n)
+    for i = p, p + 2 * count - 1, 2 do
+        local key, value = args[i], args[i + 1]
+        if type_(key) ~= 'string' then
+            not_a_string(i)
+        elseif type_(value) ~= 'string' then
+            not_a_string(i + 1)
+        end
+        fv[n + 1], fv[n + 2] = kind .. key, value
+        n = n + 2
+    end
+    return n
+end
+
 --[[
 tt_apply: fold one batch of one partition, dead-letter its bad entries and XACK them all.
 KEYS[1] stream      <prefix>:log (the partition's stream; every other key is built from prefix)
@@ -945,28 +961,10 @@ local function tt_apply(keys, argv)
                 end
                 p = p + n_tags
             else
-                for i = p, p + 2 * n_tags - 1, 2 do
-                    local key, value = args[i], args[i + 1]
-                    if type_(key) ~= 'string' then
-                        not_a_string(i)
-                    elseif type_(value) ~= 'string' then
-                        not_a_string(i + 1)
-                    end
-                    fv[n + 1], fv[n + 2] = 't' .. key, value
-                    n = n + 2
-                end
+                n = copy_pairs(args, p, n_tags, 't', fv, n)
                 p = p + 2 * n_tags
             end
-            for i = p, p + 2 * n_meta - 1, 2 do
-                local key, value = args[i], args[i + 1]
-                if type_(key) ~= 'string' then
-                    not_a_string(i)
-                elseif type_(value) ~= 'string' then
-                    not_a_string(i + 1)
-                end
-                fv[n + 1], fv[n + 2] = 'm' .. key, value
-                n = n + 2
-            end
+            n = copy_pairs(args, p, n_meta, 'm', fv, n)
             p = p + 2 * n_meta
             ev.fv = fv
         end
