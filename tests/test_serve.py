@@ -54,26 +54,40 @@ def stop(proc: subprocess.Popen[str]) -> int:
 def test_serve_without_url_runs_the_embedded_redis_and_keeps_state(tmp_path: Path) -> None:
     namespace = "served"
     proc = start_serve(tmp_path, namespace, "--workers", "2")
-    url = read_url(proc)
-    assert url.startswith("redis://127.0.0.1:")
-    settings = Settings(redis_url=url, namespace=namespace)
-    producer = TagProducer(settings)
-    client = Client(settings)
-    producer.trace_started("tr-keep", experiment_id="1", timestamp_ms=5, tags={"env": "prod"})
-    client.wait_applied(producer.flush(), timeout=60)
-    wait_until(lambda: client.status().consumers == 2, timeout=30)
-    producer.close()
-    client.close()
-    assert stop(proc) == 0
-    assert (tmp_path / ".tracetags" / "appendonlydir").is_dir()
+    try:
+        url = read_url(proc)
+        assert url.startswith("redis://127.0.0.1:")
+        settings = Settings(redis_url=url, namespace=namespace)
+        with TagProducer(settings) as producer, Client(settings) as client:
+            producer.trace_started("tr-keep", experiment_id="1", timestamp_ms=5,
+                                   tags={"env": "prod"})  # fmt: skip
+            client.wait_applied(producer.flush(), timeout=60)
+            wait_until(lambda: client.status().consumers == 2, timeout=30)
+        assert stop(proc) == 0
+        assert (tmp_path / ".tracetags" / "appendonlydir").is_dir()
+    finally:
+        kill_tree(proc)
 
     again = start_serve(tmp_path, namespace)
-    assert read_url(again) == url  # same port when it is free: the URL users saved still works
-    client = Client(settings)
-    trace = client.get_trace("tr-keep")
-    assert trace is not None and trace.info.tags == {"env": "prod"}
-    client.close()
-    assert stop(again) == 0
+    try:
+        assert read_url(again) == url  # same port when free: a saved URL still works
+        with Client(settings) as client:
+            trace = client.get_trace("tr-keep")
+            assert trace is not None and trace.info.tags == {"env": "prod"}
+        assert stop(again) == 0
+    finally:
+        kill_tree(again)
+
+
+def kill_tree(proc: subprocess.Popen[str]) -> None:
+    """A failed test must not leave serve (and its Redis and workers) running."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_serve_without_any_redis_server_says_how_to_get_one(tmp_path: Path) -> None:
