@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.helpers import drop_namespace
 from tracetags.embedded import RedisServer
 from tracetags.settings import Settings
 
@@ -121,9 +122,7 @@ def namespace(redis_url: str) -> Iterator[str]:
     yield ns
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"{ns}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
+        drop_namespace(client, ns)
     finally:
         client.close()
 

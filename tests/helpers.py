@@ -27,3 +27,10 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def drop_namespace(client: redis.Redis, namespace: str) -> None:
+    """Delete every key of a test's namespace (tests isolate by namespace, never FLUSHALL)."""
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])

@@ -40,6 +40,7 @@ import pytest
 
 from tests import query_data as qd
 from tests import query_reference as ref
+from tests.helpers import drop_namespace
 from tests.test_query_reference import (
     build_queries,
     generate_dataset,
@@ -103,10 +104,7 @@ class Scenario:
             self.answer = oracle.result()
 
     def drop(self) -> None:
-        r = self.client.redis
-        keys = list(r.scan_iter(match=f"{self.namespace}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            r.delete(*keys[start : start + 500])
+        drop_namespace(self.client.redis, self.namespace)
         self.client.close()
 
 

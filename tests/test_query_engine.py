@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tests import query_data as qd
 from tests import query_reference as ref
+from tests.helpers import drop_namespace
 from tracetags.client import Client
 from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError, PageTokenError
 from tracetags.keys import PLAIN_MAX
@@ -36,10 +37,7 @@ class Loaded:
         self.final = ref.apply_mutations(traces, mutations)
 
     def drop(self) -> None:
-        r = self.client.redis
-        keys = list(r.scan_iter(match=f"{self.namespace}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            r.delete(*keys[start : start + 500])
+        drop_namespace(self.client.redis, self.namespace)
         self.client.close()
 
 

@@ -268,7 +268,6 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     client = fold_client(settings)
     folder = Folder(settings, client)
     tasks: list[asyncio.Task[None]] = []
-    app.context.set_global("tracetags_folder", folder)
 
     def subscribe(partition: int) -> None:
         # async: FastStream runs a sync parser or decoder in its thread pool (two thread hops

@@ -32,10 +32,6 @@ class DecodeError(TracetagsError, ValueError):
     """A stream entry could not be decoded into an event (dead-lettered by the consumer)."""
 
 
-class TracetagsConnectionError(TracetagsError, ConnectionError):
-    """Redis could not be reached (raised only by calls that must talk to Redis)."""
-
-
 class TracetagsTimeoutError(TracetagsError, TimeoutError):
     """A bounded wait (flush, wait_applied) ran out of time."""
 
