@@ -204,8 +204,20 @@ class Folder:
         return claimed_total
 
     async def _reclaim_own(self, partition: int, consumer: str) -> int:
-        stream = self.keys.stream(partition)
         idle = min(OWN_STUCK_MS, self.settings.claim_idle_ms)
+        return await self._fold_own(partition, consumer, idle)
+
+    async def drain_own(self, partition: int, consumer: str) -> int:
+        """Fold every entry still pending for ``consumer``, however briefly: run once the
+        subscribers have stopped, so that a read cut short by the shutdown (its entries
+        delivered but never handed to the handler) is folded before the process exits."""
+        total = 0
+        while folded := await self._fold_own(partition, consumer, 0):
+            total += folded
+        return total
+
+    async def _fold_own(self, partition: int, consumer: str, idle: int) -> int:
+        stream = self.keys.stream(partition)
         pending = await self.client.xpending_range(
             stream, self.group, min="-", max="+", count=self.settings.consumer_batch_size,
             consumername=consumer, idle=idle,
@@ -215,9 +227,14 @@ class Folder:
         ids: list[Any] = [p["message_id"] for p in pending]
         claimed: Any = await self.client.xclaim(stream, self.group, consumer, idle, ids)
         entries = [e for e in claimed if e[1] is not None]
+        # Redis < 7 returns an entry trimmed away while pending with no fields (7.0 drops
+        # it from the PEL itself): nothing to fold, just ack it.
+        gone = [e[0] for e in claimed if e[1] is None]
+        if gone:
+            await self.client.xack(stream, self.group, *gone)
         if entries:
             await self.apply(partition, await self._limit_deliveries(stream, entries))
-        return len(entries)
+        return len(claimed)
 
     async def _limit_deliveries(
         self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]
@@ -359,7 +376,18 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
 
     @app.after_shutdown
     async def close() -> None:
-        # After the broker stopped, so the subscribers' last batches could still fold.
+        # After the broker stopped, so the subscribers' last batches could still fold; a
+        # read the stop cut short left its entries pending for this consumer: fold them.
+        for partition in range(folder.partitions):
+            try:
+                held = await asyncio.wait_for(folder.drain_own(partition, consumer), 30.0)
+                if held:
+                    log.info("partition %d: folded %d entries a stopped read had taken",
+                             partition, held)  # fmt: skip
+            except (redis.RedisError, OSError, TimeoutError):
+                log.warning("partition %d: could not fold this consumer's pending entries "
+                            "before stopping; another consumer will claim them", partition,
+                            exc_info=True)  # fmt: skip
         await client.aclose()
         log.info(
             "tracetags consumer %s stopped (%s)",
