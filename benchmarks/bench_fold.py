@@ -606,6 +606,8 @@ class Freshness:
     fold_rate: float
     max_lag: int
     drain_s: float
+    redis_cpu: dict[str, float] = field(default_factory=dict)
+    commands: list[tuple[str, int, float]] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
         """Percentile over every timed probe; one never seen counts as infinitely late."""
@@ -639,6 +641,8 @@ def run_freshness(
             raise SystemExit("the load process did not get ready")
         parent.send("go")
         start_info = bench.group_info()
+        bench.db0.config_resetstat()
+        cpu0 = bench.db0.info("cpu")
         t_start = time.perf_counter()
         end = t_start + seconds
         warm_until = t_start + 1.0
@@ -694,6 +698,19 @@ def run_freshness(
                 break
             time.sleep(0.005)
         drain_s = max(0.0, time.perf_counter() - max(drain_start, end))
+        # Where Redis spent its time over the load and the drain (every command of every
+        # client: the load's XADDs, the fold's FCALLs and reads, the probes' polling).
+        cpu1 = bench.db0.info("cpu")
+        redis_cpu = {
+            kind: float(cpu1[f"used_cpu_{kind}_main_thread"])
+            - float(cpu0[f"used_cpu_{kind}_main_thread"])
+            for kind in ("user", "sys")
+        }
+        stats = bench.db0.info("commandstats")
+        commands = sorted(
+            ((name[8:], int(v["calls"]), float(v["usec"])) for name, v in stats.items()),
+            key=lambda c: -c[2],
+        )
         folded = (read_at_end or 0) - int(start_info["entries-read"] or 0)
         fold_rate = folded / seconds
         producer.close()
@@ -704,8 +721,9 @@ def run_freshness(
             loader.kill()
         serve.stop()
     return Freshness(
-        latencies, timeouts, visibility.method, load, sent, fold_rate, max_lag, drain_s
-    )
+        latencies, timeouts, visibility.method, load, sent, fold_rate, max_lag, drain_s,
+        redis_cpu, commands,
+    )  # fmt: skip
 
 
 # --- memory -------------------------------------------------------------------------------
@@ -955,6 +973,16 @@ def freshness_step(bench: Bench, rate: int, seconds: float, probe_rate: int) -> 
         f"max lag {result.max_lag:,} entries, drained {result.drain_s:.2f} s after "
         f"the load stopped"
     )
+    folded = load.get("sent", 0) + result.probes_sent
+    if folded and result.redis_cpu:
+        user, sys_ = result.redis_cpu["user"], result.redis_cpu["sys"]
+        print(
+            f"  Redis main thread: {(user + sys_) / folded * 1e6:.1f} us CPU per event written "
+            f"and folded ({user / folded * 1e6:.1f} user, {sys_ / folded * 1e6:.1f} sys); "
+            "by command (usec per event, calls):"
+        )
+        for name, calls, usec in result.commands[:8]:
+            print(f"    {name:14s} {usec / folded:7.2f} us/event  {calls:>9,} calls")
 
 
 def memory_step(bench: Bench, sizes: list[int]) -> None:
