@@ -608,6 +608,8 @@ class Freshness:
     drain_s: float
     redis_cpu: dict[str, float] = field(default_factory=dict)
     commands: list[tuple[str, int, float]] = field(default_factory=list)
+    forks: int = 0
+    fork_ms: float = 0.0
 
     def pct(self, q: float) -> float:
         """Percentile over every timed probe; one never seen counts as infinitely late."""
@@ -643,6 +645,7 @@ def run_freshness(
         start_info = bench.group_info()
         bench.db0.config_resetstat()
         cpu0 = bench.db0.info("cpu")
+        forks0 = int(bench.db0.info("stats")["total_forks"])
         t_start = time.perf_counter()
         end = t_start + seconds
         warm_until = t_start + 1.0
@@ -706,6 +709,9 @@ def run_freshness(
             - float(cpu0[f"used_cpu_{kind}_main_thread"])
             for kind in ("user", "sys")
         }
+        server = bench.db0.info("stats")
+        forks = int(server["total_forks"]) - forks0
+        fork_ms = int(server["latest_fork_usec"]) / 1000
         stats = bench.db0.info("commandstats")
         commands = sorted(
             ((name[8:], int(v["calls"]), float(v["usec"])) for name, v in stats.items()),
@@ -722,7 +728,7 @@ def run_freshness(
         serve.stop()
     return Freshness(
         latencies, timeouts, visibility.method, load, sent, fold_rate, max_lag, drain_s,
-        redis_cpu, commands,
+        redis_cpu, commands, forks, fork_ms,
     )  # fmt: skip
 
 
@@ -983,6 +989,10 @@ def freshness_step(bench: Bench, rate: int, seconds: float, probe_rate: int) -> 
         )
         for name, calls, usec in result.commands[:8]:
             print(f"    {name:14s} {usec / folded:7.2f} us/event  {calls:>9,} calls")
+        print(
+            f"  forks during the run (AOF rewrites): {result.forks}"
+            + (f", the last took {result.fork_ms:.1f} ms" if result.forks else "")
+        )
 
 
 def memory_step(bench: Bench, sizes: list[int]) -> None:
