@@ -20,7 +20,7 @@ from tests import query_reference as ref
 from tests.helpers import drop_namespace
 from tracetags.client import Client
 from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError, PageTokenError
-from tracetags.keys import PLAIN_MAX
+from tracetags.keys import PLAIN_MAX, partition_of
 from tracetags.settings import Settings
 
 # --- shared datasets (loaded once per module; each in its own namespace) ---------------------
@@ -638,3 +638,51 @@ def test_a_value_named_twice_in_an_in_list_counts_once(
         assert loaded.client.count(filter_string) == len(expected)
         page = loaded.client.search_traces(filter_string=filter_string, max_results=50)
         assert [t.info.trace_id for t in page] == expected[:50]
+
+
+# --- the page reply ----------------------------------------------------------------------------
+
+
+def test_trace_info_from_fields_skips_tombstones_and_bookkeeping() -> None:
+    from tracetags.client import trace_info_from_fields, trace_info_from_hash
+
+    fields = ["i", "tr-1", "b", "1700000000000", "x", "5", "e", "3:1", "s", "3:1700000000123",
+              "d", "1700000000000-2000:42", "S", "3:OK", "tenv", "3:prod:eu", "tgone", "7",
+              "t", "3:", "mmlflow.sourceRun", "3:run-1", "mold", "-9", "c", "4"]  # fmt: skip
+    info = trace_info_from_fields(fields)
+    assert info is not None
+    assert info.trace_id == "tr-1"
+    assert info.experiment_id == "1"
+    assert info.timestamp_ms == 1700000000123
+    assert info.execution_time_ms == 42
+    assert info.status == "OK"
+    assert info.client_request_id is None  # a tombstone
+    assert info.tags == {"env": "prod:eu", "": ""}
+    assert info.request_metadata == {"mlflow.sourceRun": "run-1"}
+    as_hash = {fields[k].encode(): fields[k + 1].encode() for k in range(0, len(fields), 2)}
+    assert trace_info_from_hash(as_hash) == info
+    assert trace_info_from_fields(["tenv", "3:prod"]) is None  # no id: the trace is gone
+
+
+def test_a_page_reads_only_the_rows_it_shows(small: Loaded) -> None:
+    """tt_query looks for limit rows but returns the hashes of the first `shown` only (the
+    extra row of a page only tells that a next page exists)."""
+    import msgspec
+
+    from tracetags import functions
+    from tracetags.query import executor
+
+    c = small.client
+    prepared = executor.prepare(None, "status = 'OK'", None)
+    plans = executor._plans(c.redis, c.keys, 1, prepared, "page", limit=6)
+    expected = ref.search(small.final, None, "status = 'OK'", None, None)
+    in_partition = [t for t in expected if partition_of(t, 3) == 0][:6]
+    for shown, hashes in ((5, 5), (6, 6), (None, 6)):
+        plan = dict(plans[0].plan)
+        if shown is not None:
+            plan["shown"] = shown
+        (reply,) = functions.query_partitions(c.redis, c.keys, [(0, msgspec.msgpack.encode(plan))])
+        found, rows = msgspec.msgpack.decode(reply)
+        assert found == 6
+        assert len(rows) == hashes
+        assert [dict(zip(r[::2], r[1::2], strict=True))["i"] for r in rows] == in_partition[:hashes]

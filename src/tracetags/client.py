@@ -13,7 +13,7 @@ import redis
 
 from tracetags import schemas
 from tracetags.errors import TracetagsTimeoutError
-from tracetags.keys import NAME_TAG, Keys, partition_of, split_register
+from tracetags.keys import NAME_TAG, Keys, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
 from tracetags.settings import Settings
@@ -109,41 +109,64 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
         return len(self.live_consumers)
 
 
-_ATTRIBUTE_FIELDS = {"e", "s", "d", "S", "c"}
+def trace_info_from_fields(fields: Sequence[str]) -> TraceInfo | None:
+    """Decode a trace hash given as its flat field/value list (``HGETALL`` order; layout in
+    keys.py) into a TraceInfo; None when it has no trace id (the trace is gone).
 
-
-def trace_info_from_hash(fields: Mapping[bytes, bytes]) -> TraceInfo | None:
-    """Decode a trace hash (``ns:{pNN}:t:<no>``; layout in keys.py) into a TraceInfo."""
-    text = {k.decode(): v.decode() for k, v in fields.items()}
-    trace_id = text.get("i")
-    if trace_id is None:
-        return None
-    attrs: dict[str, str] = {}
+    One pass, no call per field besides ``str.partition``: a page decodes 100 of these.
+    """
+    trace_id = experiment_id = status = client_request_id = None
+    timestamp_ms = execution_time_ms = None
     tags: dict[str, str] = {}
     metadata: dict[str, str] = {}
-    for field, raw in text.items():
-        if field in _ATTRIBUTE_FIELDS:
-            value = split_register(raw)[1]
-            if value is not None:
-                attrs[field] = value
-        elif field[:1] == "t":
-            value = split_register(raw)[1]
-            if value is not None:
+    pairs = iter(fields)
+    for field, raw in zip(pairs, pairs, strict=True):
+        kind = field[:1]
+        if kind == "t":
+            _, colon, value = raw.partition(":")
+            if colon:
                 tags[field[1:]] = value
-        elif field[:1] == "m":
-            value = split_register(raw)[1]
-            if value is not None:
+        elif kind == "m":
+            _, colon, value = raw.partition(":")
+            if colon:
                 metadata[field[1:]] = value
+        elif kind == "i":
+            trace_id = raw
+        elif len(field) == 1 and kind in "esdSc":
+            _, colon, value = raw.partition(":")
+            if not colon:
+                continue
+            if kind == "s":
+                timestamp_ms = int(value)
+            elif kind == "d":
+                execution_time_ms = int(value)
+            elif kind == "S":
+                status = value
+            elif kind == "e":
+                experiment_id = value
+            else:
+                client_request_id = value
+    if trace_id is None:
+        return None
     return TraceInfo(
         trace_id=trace_id,
-        experiment_id=attrs.get("e"),
-        timestamp_ms=int(attrs["s"]) if "s" in attrs else None,
-        execution_time_ms=int(attrs["d"]) if "d" in attrs else None,
-        status=attrs.get("S"),
-        client_request_id=attrs.get("c"),
+        experiment_id=experiment_id,
+        timestamp_ms=timestamp_ms,
+        execution_time_ms=execution_time_ms,
+        status=status,
+        client_request_id=client_request_id,
         tags=tags,
         request_metadata=metadata,
     )
+
+
+def trace_info_from_hash(fields: Mapping[bytes, bytes]) -> TraceInfo | None:
+    """Decode a trace hash (``ns:{pNN}:t:<no>`` as redis-py's HGETALL dict) into a TraceInfo."""
+    flat: list[str] = []
+    for field, value in fields.items():
+        flat.append(field.decode())
+        flat.append(value.decode())
+    return trace_info_from_fields(flat)
 
 
 def _id_tuple(entry_id: str | bytes) -> tuple[int, int]:
@@ -222,8 +245,8 @@ class Client:
         limit = executor.check_max_results(max_results)
         page = executor.search(self.redis, self.keys, self.partitions, prepared, limit, page_token)
         traces = []
-        for raw in page.rows:
-            info = trace_info_from_hash(raw)
+        for fields in page.rows:
+            info = trace_info_from_fields(fields)
             if info is not None:
                 traces.append(Trace(info=info))
         return TracePage(traces, page.token)

@@ -9,7 +9,7 @@ import functools
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,7 +48,9 @@ DEFAULT_MAX_RESULTS = 100
 METRICS = ("count", "avg", "min", "max", "p50", "p95", "p99")
 _TOKEN_VERSION = 1
 _ENCODER = msgspec.msgpack.Encoder()
-RawTrace = dict[bytes, bytes]
+RawTrace = list[str]
+#: tt_query's page reply: (rows found, the flat hash of each row shown).
+_PAGE_DECODER = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
 
 
 @dataclass(frozen=True)
@@ -231,12 +233,14 @@ def _run(client: redis.Redis, keys: Keys, plans: Sequence[planner.PartitionPlan]
 # --- ordering in the client (mirrors tt_query's comparisons) --------------------------------
 
 
-def _row_values(raw: Mapping[bytes, bytes], specs: Sequence[list[Any]]) -> list[Any]:
+def _row_values(fields: Sequence[str], specs: Sequence[list[Any]]) -> list[Any]:
+    """The order values of a trace hash given as its flat field/value list."""
+    raw = dict(zip(fields[::2], fields[1::2], strict=True))
+
     def register(code: str) -> str | None:
-        value = raw.get(code.encode())
-        if value is None:
+        text = raw.get(code)
+        if text is None:
             return None
-        text = value.decode()
         return text if code == "i" else split_register(text)[1]
 
     out: list[Any] = []
@@ -328,6 +332,7 @@ def _decode_token(token: Any, prepared: Prepared, specs: Sequence[list[Any]]) ->
 
 @dataclass(frozen=True)
 class Page:
+    #: The trace hashes of the page, each as its flat field/value list (HGETALL order).
     rows: list[RawTrace]
     token: str | None
 
@@ -340,25 +345,34 @@ def search(
     max_results: int,
     page_token: str | None = None,
 ) -> Page:
-    """One page: the trace hashes of up to ``max_results`` matches after the token, in order."""
+    """One page: the trace hashes of up to ``max_results`` matches after the token, in order.
+
+    Each partition looks for ``max_results + 1`` matches (one more tells that a next page
+    exists) and returns the hashes of the first ``max_results``, read inside the Function
+    that evaluated the filter (so each row is the state the filter matched).
+    """
     specs = planner.order_specs(prepared.order)
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
     plans = _plans(client, keys, partitions, prepared, "page", limit=max_results + 1, cursor=cursor)
-    rows: list[tuple[list[Any], RawTrace]] = []
-    for reply in _run(client, keys, plans):
-        for flat in reply:
-            raw = dict(zip(flat[::2], flat[1::2], strict=True))
-            rows.append((_row_values(raw, specs), raw))
-    if len(plans) > 1:
+    for plan in plans:
+        plan.plan["shown"] = max_results
+    replies = [_PAGE_DECODER.decode(reply) for reply in _run(client, keys, plans)]
+    more = any(found > len(hashes) for found, hashes in replies)
+    if len(replies) == 1:
+        rows = replies[0][1]
+    else:
+        keyed = [(_row_values(fields, specs), fields) for _, hashes in replies for fields in hashes]
 
         def by_order(a: tuple[list[Any], RawTrace], b: tuple[list[Any], RawTrace]) -> int:
             return _cmp_rows(specs, a[0], b[0])
 
-        rows.sort(key=functools.cmp_to_key(by_order))
+        keyed.sort(key=functools.cmp_to_key(by_order))
+        more = more or len(keyed) > max_results
+        rows = [fields for _, fields in keyed[:max_results]]
     token = None
-    if len(rows) > max_results:
-        token = _encode_token(prepared.fingerprint, rows[max_results - 1][0])
-    return Page([raw for _, raw in rows[:max_results]], token)
+    if more:
+        token = _encode_token(prepared.fingerprint, _row_values(rows[-1], specs))
+    return Page(rows, token)
 
 
 def count(client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared) -> int:
