@@ -4,11 +4,11 @@
     .venv/bin/python benchmarks/bench_query.py --steps compare --traces 100000
     .venv/bin/python benchmarks/bench_query.py --steps scale --scale-traces 1000000
 
-1. **compare** (``--traces``, default 100k): the realistic traffic of
-   ``tracetags.traffic`` (environment, model_version, user_id with high cardinality,
-   session_id, priority, sla_tier, needs_review, ab_variant; ~20 % errors; log-normal
-   execution times) folded into a private ``redis-server`` (``functions.apply_batch``, one
-   trace_finished per trace, ``--partitions`` partitions) and bulk-loaded into MLflow's
+1. **compare** (``--traces``, default 100k): the realistic traffic of ``tracetags.traffic``
+   (environment, model_version, user_id with high cardinality, session_id, priority,
+   sla_tier, needs_review, ab_variant; ~20 % errors; log-normal execution times) folded into
+   a private ``redis-server`` (``functions.apply_batch``, one trace_finished per trace,
+   ``--partitions`` partitions: default 1, like the product) and bulk-loaded into MLflow's
    SqlAlchemyStore on a SQLite file by ``tests/mlflow_oracle.py --db PATH --load-only`` (in
    the MLflow venv, concurrently).  Each suite query asks for a first page of 100 (or page 5
    for the deep ones): tracetags ``--repeats`` times in this process (median, p99), MLflow
@@ -605,7 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="compare,scale", help="compare,scale")
     parser.add_argument("--traces", type=int, default=100_000, help="compare: traces")
     parser.add_argument("--scale-traces", type=int, default=1_000_000, help="scale: traces")
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="partitions of the namespace (default 1, the product default)",
+    )
     parser.add_argument("--repeats", type=int, default=100, help="tracetags calls per query")
     parser.add_argument("--scale-repeats", type=int, default=200)
     parser.add_argument("--count-repeats", type=int, default=100)
