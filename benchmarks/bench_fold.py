@@ -610,6 +610,7 @@ class Freshness:
     commands: list[tuple[str, int, float]] = field(default_factory=list)
     forks: int = 0
     fork_ms: float = 0.0
+    delayed_fsyncs: int = 0
 
     def pct(self, q: float) -> float:
         """Percentile over every timed probe; one never seen counts as infinitely late."""
@@ -646,6 +647,7 @@ def run_freshness(
         bench.db0.config_resetstat()
         cpu0 = bench.db0.info("cpu")
         forks0 = int(bench.db0.info("stats")["total_forks"])
+        delayed0 = int(bench.db0.info("persistence").get("aof_delayed_fsync", 0))
         t_start = time.perf_counter()
         end = t_start + seconds
         warm_until = t_start + 1.0
@@ -712,6 +714,7 @@ def run_freshness(
         server = bench.db0.info("stats")
         forks = int(server["total_forks"]) - forks0
         fork_ms = int(server["latest_fork_usec"]) / 1000
+        delayed = int(bench.db0.info("persistence").get("aof_delayed_fsync", 0)) - delayed0
         stats = bench.db0.info("commandstats")
         commands = sorted(
             ((name[8:], int(v["calls"]), float(v["usec"])) for name, v in stats.items()),
@@ -728,7 +731,7 @@ def run_freshness(
         serve.stop()
     return Freshness(
         latencies, timeouts, visibility.method, load, sent, fold_rate, max_lag, drain_s,
-        redis_cpu, commands, forks, fork_ms,
+        redis_cpu, commands, forks, fork_ms, delayed,
     )  # fmt: skip
 
 
@@ -992,6 +995,7 @@ def freshness_step(bench: Bench, rate: int, seconds: float, probe_rate: int) -> 
         print(
             f"  forks during the run (AOF rewrites): {result.forks}"
             + (f", the last took {result.fork_ms:.1f} ms" if result.forks else "")
+            + f"; AOF writes delayed by a slow fsync (aof_delayed_fsync): {result.delayed_fsyncs}"
         )
 
 
