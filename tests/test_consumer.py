@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 import redis
+import redis.asyncio
 from faststream.redis import RedisBroker
 
 from tracetags import Settings, TagProducer, schemas
 from tracetags.client import Client
-from tracetags.consumer import create_app
+from tracetags.consumer import Folder, create_app
 from tracetags.embedded import RedisServer
 from tracetags.keys import Keys
 
@@ -237,3 +238,34 @@ async def test_wait_applied_times_out_without_a_consumer(settings: Settings) -> 
         client.wait_applied(receipt, timeout=0.2)
     producer.close()
     client.close()
+
+
+async def test_a_stopping_consumer_folds_the_entries_its_cut_short_read_took(
+    settings: Settings, r: redis.Redis
+) -> None:
+    # A read the stop interrupts leaves its entries pending for this consumer, never handed
+    # to the handler; the stop must fold them (not leave them for claim_idle_ms).
+    settings = settings.replace(claim_idle_ms=600_000)
+    producer = TagProducer(settings)
+    for i in range(300):
+        producer.set_tags(f"tr-{i % 30}", {"i": str(i)})
+    producer.flush()
+    keys = Keys(settings.namespace)
+    stream = keys.stream(0)
+    r.xgroup_create(stream, settings.consumer_group, id="0", mkstream=True)
+    taken = r.xreadgroup(settings.consumer_group, "c-stopped", {stream: ">"}, count=1000)
+    assert len(taken[0][1]) == 300
+    assert r.xpending(stream, settings.consumer_group)["pending"] == 300
+
+    client = redis.asyncio.Redis.from_url(settings.effective_redis_url)
+    folder = Folder(settings, client)
+    await folder.prepare()
+    assert await folder.drain_own(0, "c-stopped") == 300
+    await client.aclose()
+
+    assert r.xpending(stream, settings.consumer_group)["pending"] == 0
+    with Client(settings) as reader:
+        for t in range(30):
+            trace = reader.get_trace(f"tr-{t}")
+            assert trace is not None and trace.info.tags == {"i": str(270 + t)}
+    producer.close()
