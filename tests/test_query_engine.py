@@ -686,3 +686,48 @@ def test_a_page_reads_only_the_rows_it_shows(small: Loaded) -> None:
         assert found == 6
         assert len(rows) == hashes
         assert [dict(zip(r[::2], r[1::2], strict=True))["i"] for r in rows] == in_partition[:hashes]
+
+
+def test_a_term_holding_every_trace_is_skipped_only_when_it_does(
+    settings: Settings, r: redis.Redis
+) -> None:
+    """experiment_ids naming every experiment (the values' counts sum to the number of
+    traces) needs no test; a trace with no experiment (only tagged so far) breaks the sum."""
+    traces, _ = qd.generate(23, 700, dense=True)
+    client = Client(settings)
+    qd.load(r, client.keys, 1, traces)
+    final = ref.apply_mutations(traces, [])
+    every = ["1", "2", "10"]
+    queries: list[tuple[str | None, list[str] | None]] = [
+        (None, None),
+        ("tags.env = 'production'", None),
+        ("status = 'OK'", ["timestamp_ms ASC"]),
+        ("tags.env IN ('production', 'staging', 'dev', 'Production', '', \"prod'uction\")", None),
+    ]
+    for filter_string, order_by in queries:
+        expected = ref.search(final, every, filter_string, order_by, None)
+        assert (
+            _all_pages(
+                client,
+                experiment_ids=every,
+                filter_string=filter_string,
+                order_by=order_by,
+                max_results=97,
+            )
+            == expected
+        )
+        assert client.count(filter_string, every) == len(expected)
+    orphan = {"op": "set", "trace_id": "tr-orphan", "key": "env", "value": "production"}
+    qd.apply_events(r, client.keys, 1, [qd.mutation_event(orphan)])
+    for filter_string, order_by in queries:
+        found = _all_pages(
+            client,
+            experiment_ids=every,
+            filter_string=filter_string,
+            order_by=order_by,
+            max_results=97,
+        )
+        assert "tr-orphan" not in found
+        assert found == ref.search(final, every, filter_string, order_by, None)
+    assert "tr-orphan" in client.matching_ids("tags.env = 'production'")
+    client.close()

@@ -1408,12 +1408,41 @@ local function test_leaf(ctx, leaf, list, mask)
     end
 end
 
+-- Whether the V leaf holds every trace of the partition (experiment_ids naming every
+-- experiment): a trace has at most one value per key and the sets hold live traces only, so
+-- the leaf's counts summing to the number of traces means that no test is needed.
+local function covers_all(ctx, leaf)
+    if leaf.all == nil then
+        if not ctx.traces then
+            ctx.traces = call('HLEN', ctx.prefix .. ':ids')
+        end
+        local total, seen = 0, {}
+        local sets = value_sets(leaf)
+        for s = 1, #sets do
+            local set = sets[s]
+            if not set[3] then -- a set of the count algebra (size unknown)
+                total = -1
+                break
+            end
+            if not seen[set[1]] then
+                seen[set[1]] = true
+                total = total + set[3]
+            end
+        end
+        leaf.all = total > 0 and total == ctx.traces
+    end
+    return leaf.all
+end
+
 -- The members of list (trace numbers as decimal strings) that satisfy node, in list order.
 local function eval(ctx, node, list)
     if #list == 0 then
         return list
     end
     local kind = node[1]
+    if kind == 'V' and covers_all(ctx, node) then
+        return list
+    end
     if kind == '&' then
         for i = 2, #node do
             list = eval(ctx, node[i], list)
@@ -1926,24 +1955,22 @@ local function walk_page(ctx, zname, asc, need, out)
         if rank + batch > stop then
             batch = stop - rank
         end
-        local got
+        local members
         if asc then
-            got = call('ZRANGE', zkey, rank, rank + batch - 1, 'WITHSCORES')
+            members = call('ZRANGE', zkey, rank, rank + batch - 1)
         else
-            got = call('ZRANGE', zkey, rank, rank + batch - 1, 'REV', 'WITHSCORES')
-        end
-        local members, scores = {}, {}
-        for i = 1, #got, 2 do
-            members[#members + 1] = got[i]
-            scores[got[i]] = tonumber(got[i + 1])
+            members = call('ZRANGE', zkey, rank, rank + batch - 1, 'REV')
         end
         rank = rank + #members
         ctx.scanned = ctx.scanned + #members
         local survivors = eval(ctx, ctx.expr, members)
+        -- Scores of the survivors only: WITHSCORES would make Redis format, and Lua parse,
+        -- the score of every walked entry (~1 us each), most of which fail the filter.
+        local scores = zmscore(zkey, survivors)
         local done = false
         for i = 1, #survivors do
             local no = survivors[i]
-            local score = scores[no]
+            local score = scores[i]
             if boundary and score ~= boundary then
                 done = true
                 break
@@ -1964,7 +1991,10 @@ local function walk_page(ctx, zname, asc, need, out)
             exhausted = true
             break
         end
-        if done or (boundary and scores[members[#members]] ~= boundary) then
+        if done then
+            break
+        end
+        if boundary and tonumber(call('ZSCORE', zkey, members[#members])) ~= boundary then
             break
         end
         batch = math.min(batch * 2, WALK_BATCH_MAX)
