@@ -731,3 +731,31 @@ def test_a_term_holding_every_trace_is_skipped_only_when_it_does(
         assert found == ref.search(final, every, filter_string, order_by, None)
     assert "tr-orphan" in client.matching_ids("tags.env = 'production'")
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "order_by"),
+    [
+        ("status = 'OK' AND tags.env = 'production'", None),
+        ("tags.env = 'production' AND status = 'ERROR'", ["timestamp_ms ASC"]),
+        ("status = 'OK' AND tags.env = 'production' AND tags.user IS NOT NULL", None),
+        ("status = 'OK' AND tags.env = 'production' AND tags.user = 'user_7'", None),
+        ("tags.env = 'production' AND status = 'OK' AND execution_time_ms > 300", None),
+        ("status = 'OK' AND tags.env = 'production'", ["execution_time_ms DESC"]),
+        ("status = 'ERROR' AND tags.wide LIKE 'w1%'", None),
+    ],
+)
+def test_conjunctions_of_chunked_sets_equal_the_reference(
+    wide: Loaded, filter_string: str, order_by: list[str] | None
+) -> None:
+    """Several chunked sets of one AND are tested together (each number split into chunk and
+    offset once); walks size their batches by the density of matches."""
+    expected = ref.search(wide.final, None, filter_string, order_by, None)
+    for limit in (1, 7, 100):
+        page = wide.client.search_traces(
+            filter_string=filter_string, order_by=order_by, max_results=limit
+        )
+        assert [t.info.trace_id for t in page] == expected[:limit]
+        assert (page.token is None) == (len(expected) <= limit)
+    walked = _all_pages(wide.client, filter_string=filter_string, order_by=order_by, max_results=53)
+    assert walked == expected

@@ -1434,6 +1434,100 @@ local function covers_all(ctx, leaf)
     return leaf.all
 end
 
+-- The key of the one chunked set a C leaf or a V leaf of one dense value tests (false for
+-- any other node, and for a V leaf that holds every trace: it needs no test).
+local function chunked_key(ctx, node)
+    local key = node.ckey
+    if key == nil then
+        key = false
+        local kind = node[1]
+        if kind == 'C' then
+            key = node[2]
+        elseif kind == 'V' and not covers_all(ctx, node) then
+            local sets = value_sets(node)
+            if #sets == 1 and sets[1][2] then
+                key = sets[1][1]
+            end
+        end
+        node.ckey = key
+    end
+    return key
+end
+
+-- The members of list in every chunked set of keys, in list order.  Each number is split
+-- into (chunk, offset) once for all the sets; per chunk touched, one SMISMEMBER per set tests
+-- the offsets still alive (the per-candidate Lua work, not Redis, is the cost here).
+local function in_chunked_sets(keys, list)
+    local n = #list
+    local chunk_of, pos_of = {}, {}
+    local groups, order, norder = {}, {}, 0
+    local lastc, g = -1, nil
+    for i = 1, n do
+        local no = tonumber(list[i])
+        local c = floor(no / SET_CHUNK)
+        if c ~= lastc then
+            g = groups[c]
+            if not g then
+                g = {}
+                groups[c] = g
+                norder = norder + 1
+                order[norder] = c
+            end
+            lastc = c
+        end
+        local k = #g + 1
+        g[k] = DECIMAL[no - c * SET_CHUNK]
+        chunk_of[i] = c
+        pos_of[i] = k
+    end
+    local passed = {}
+    for o = 1, norder do
+        local c = order[o]
+        local offsets = groups[c]
+        local suffix = ':' .. slot(c)
+        local alive = nil -- positions in offsets still matching (nil: all of them)
+        for t = 1, #keys do
+            local members = offsets
+            if alive then
+                members = {}
+                for a = 1, #alive do
+                    members[a] = offsets[alive[a]]
+                end
+            end
+            local survivors, m = {}, 0
+            local count = #members
+            for from = 1, count, CHUNK do
+                local got = call('SMISMEMBER', keys[t] .. suffix,
+                    unpack(members, from, math.min(from + CHUNK - 1, count)))
+                for j = 1, #got do
+                    if got[j] == 1 then
+                        m = m + 1
+                        local at = from + j - 1
+                        survivors[m] = alive and alive[at] or at
+                    end
+                end
+            end
+            alive = survivors
+            if m == 0 then
+                break
+            end
+        end
+        local ok = {}
+        for a = 1, #alive do
+            ok[alive[a]] = true
+        end
+        passed[c] = ok
+    end
+    local out, m = {}, 0
+    for i = 1, n do
+        if passed[chunk_of[i]][pos_of[i]] then
+            m = m + 1
+            out[m] = list[i]
+        end
+    end
+    return out
+end
+
 -- The members of list (trace numbers as decimal strings) that satisfy node, in list order.
 local function eval(ctx, node, list)
     if #list == 0 then
@@ -1443,9 +1537,25 @@ local function eval(ctx, node, list)
     if kind == 'V' and covers_all(ctx, node) then
         return list
     end
+    local key = chunked_key(ctx, node)
+    if key then
+        return in_chunked_sets({ key }, list)
+    end
     if kind == '&' then
+        -- The chunked sets of the conjunction are tested together, where the first of them
+        -- stands (children come most selective first).
+        local keys = {}
         for i = 2, #node do
-            list = eval(ctx, node[i], list)
+            keys[#keys + 1] = chunked_key(ctx, node[i]) or nil
+        end
+        for i = 2, #node do
+            local child = node[i]
+            if not chunked_key(ctx, child) then
+                list = eval(ctx, child, list)
+            elseif #keys > 0 then
+                list = in_chunked_sets(keys, list)
+                keys = {}
+            end
             if #list == 0 then
                 break
             end
@@ -1946,7 +2056,13 @@ local function walk_page(ctx, zname, asc, need, out)
     local found, found_scores = {}, {}
     local boundary = nil
     local exhausted = false
-    local batch = math.max(64, math.min(need * 2, WALK_BATCH_MAX))
+    -- Batches sized by the density of matches (the planner's estimate, then what the walk
+    -- has seen): every walked entry costs its membership tests, so overshooting the page
+    -- by a doubled batch is what to avoid.
+    local density = ctx.density or 0.5
+    local batch = math.ceil(need / math.max(density, 0.001) * 1.1) + 8
+    batch = math.max(64, math.min(batch, WALK_BATCH_MAX))
+    local walked, kept = 0, 0
     while true do
         if rank >= stop then
             exhausted = true
@@ -1963,7 +2079,9 @@ local function walk_page(ctx, zname, asc, need, out)
         end
         rank = rank + #members
         ctx.scanned = ctx.scanned + #members
+        walked = walked + #members
         local survivors = eval(ctx, ctx.expr, members)
+        kept = kept + #survivors
         -- Scores of the survivors only: WITHSCORES would make Redis format, and Lua parse,
         -- the score of every walked entry (~1 us each), most of which fail the filter.
         local scores = zmscore(zkey, survivors)
@@ -1997,7 +2115,14 @@ local function walk_page(ctx, zname, asc, need, out)
         if boundary and tonumber(call('ZSCORE', zkey, members[#members])) ~= boundary then
             break
         end
-        batch = math.min(batch * 2, WALK_BATCH_MAX)
+        if boundary then
+            batch = 64 -- only the tie group of the last row is left
+        elseif kept == 0 then
+            batch = batch * 2
+        else
+            batch = math.ceil((need - #found) * walked / kept * 1.2) + 16
+        end
+        batch = math.max(64, math.min(batch, WALK_BATCH_MAX))
     end
     -- The walk already gives the first key's order: only runs of equal scores (ties) need
     -- their full keys read and sorted (a Lua comparator costs microseconds per call).
@@ -2337,6 +2462,7 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
         local scan = matches > 0 and need * total / matches or total
         if scan < source_cost then
             sub.expr = { '&', gleaf, ctx.expr }
+            sub.density = matches / total
             local before = #out
             local exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
             if exhausted and #out - before < need then
@@ -2510,6 +2636,7 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards'), expr (
                 expr), walk_values ({dkey, vprefix, presence leaf, match fraction, candidate
                 cost, traces}: walk the first order key's distinct values, or absent)
                 shown (page: how many of the `limit` rows to return, default all)
+                density (walk: the expected fraction of walked entries that match)
 Returns page: one msgpack array {rows found (<= limit), {hash, ...}}: the HGETALL field/value
 lists of the first `shown` rows after the cursor, in order; count: an integer; stats: groups
 {values, count, duration, n, ...}; cards: integers.
@@ -2574,6 +2701,7 @@ local function tt_query(keys, argv)
         walk_values_page(ctx, need, rows)
     elseif walk then
         local zname, asc = walk[1], walk[2] == 1
+        ctx.density = plan.density
         if walk[3] then
             ctx.walk_range = { walk[3], walk[4] }
         end

@@ -811,6 +811,7 @@ def plan_partition(
         collect_cost = 0.25 * cost + 0.5 * est + min(cost, chunks)
         if scan < collect_cost:
             plan["walk"] = [zset, 1 if order[0].ascending else 0]
+            plan["density"] = min(1.0, est / span) if span > 0 else 1.0
             within = ""
             if bounded is not None:
                 plan["walk"] += bounded.spec[2:4]
