@@ -269,3 +269,20 @@ async def test_a_stopping_consumer_folds_the_entries_its_cut_short_read_took(
             trace = reader.get_trace(f"tr-{t}")
             assert trace is not None and trace.info.tags == {"i": str(270 + t)}
     producer.close()
+
+
+async def test_the_consumer_writes_nothing_to_stdout(
+    settings: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # FastStream's access logger has its own stdout handler; the app routes FastStream's
+    # messages through `logging` (the "tracetags.faststream" logger) instead, so a command
+    # that runs a consumer keeps stdout for its data.
+    producer = TagProducer(settings)
+    client = Client(settings)
+    async with consumer(settings):
+        producer.set_tags("tr-quiet", {"k": "v"})
+        await wait_applied(client, producer)
+    assert client.get_trace("tr-quiet") is not None
+    assert capfd.readouterr().out == ""
+    producer.close()
+    client.close()

@@ -278,8 +278,14 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     settings = settings or Settings.from_env()
     consumer = name or consumer_name()
     # Per-batch "Received/Processed" lines at DEBUG: at INFO they would flood the log.
+    # FastStream's own access logger writes to stdout with a handler of its own; ours goes
+    # through logging like every other tracetags log (stderr under ``tracetags serve``), so
+    # stdout stays clean for a command's data.
     broker = RedisBroker(
-        settings.effective_redis_url, graceful_timeout=30.0, log_level=logging.DEBUG
+        settings.effective_redis_url,
+        graceful_timeout=30.0,
+        log_level=logging.DEBUG,
+        logger=logging.getLogger("tracetags.faststream"),
     )
     app = FastStream(broker)
     client = fold_client(settings)

@@ -34,7 +34,8 @@ def run_worker(settings_data: dict[str, Any], log_level: int = logging.INFO) -> 
     # FastStream logs its own start/stop lines at the run's log level: a quiet worker
     # (level above WARNING, as in the demo) silences FastStream's logger altogether.
     quiet = log_level > logging.WARNING
-    logging.getLogger("faststream").setLevel(logging.CRITICAL + 1 if quiet else logging.WARNING)
+    for name in ("faststream", "tracetags.faststream"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1 if quiet else logging.WARNING)
     settings = msgspec.convert(settings_data, Settings)
     asyncio.run(create_app(settings).run(log_level=log_level))
 
