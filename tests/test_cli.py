@@ -243,6 +243,9 @@ async def test_search_count_stats_explain_and_bulk_tagging(redis_url: str, names
         assert groups["prod"]["max"] == max(ok_prod) and groups["prod"]["min"] == min(ok_prod)
         chart = await asyncio.to_thread(run, "stats", "--group-by", "status")
         assert "█" in chart.stdout
+        # without count, the bar charts the metric asked for: the largest gets the full bar
+        by_max = await asyncio.to_thread(run, "stats", "--group-by", "tags.env", "--metric", "max")
+        assert "█" * 24 in by_max.stdout and "█" * 25 not in by_max.stdout
         plan = await asyncio.to_thread(run, "explain", "tags.env = 'prod' AND status = 'OK'")
         assert plan.exit_code == 0 and plan.stdout.strip()
 

@@ -603,10 +603,12 @@ def stats(
         table.add_column(key)
     for name in metrics:
         table.add_column(name, justify="right")
-    table.add_column("")
-    largest = max((int(r.get("count") or 0) for r in rows), default=0) or 1
+    # The bar charts the group sizes, or the first metric asked for when count is not one.
+    charted = "count" if "count" in metrics else metrics[0]
+    table.add_column(charted)
+    largest = max((float(r.get(charted) or 0) for r in rows), default=0.0) or 1.0
     for r in rows:
-        bar = "█" * max(1, round(24 * int(r.get("count") or 0) / largest))
+        bar = "█" * max(1, round(24 * float(r.get(charted) or 0) / largest))
         cells = [escape(str(r["group"].get(k))) for k in keys]
         cells += [_number(r.get(name)) for name in metrics]
         table.add_row(*cells, f"[cyan]{bar}[/]")
