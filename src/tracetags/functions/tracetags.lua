@@ -1775,6 +1775,64 @@ local function buffered(enum, fn)
     return #buf > 0 and fn(buf) or false
 end
 
+-- When the candidates come from one chunked set and the residual filter ANDs other chunked
+-- sets: an enumerator of their intersection, one SINTER per chunk (Redis intersects <= 512
+-- offsets natively; Lua only sees the matches), and what the matches must still pass.
+local function chunk_join(ctx)
+    local sources = ctx.plan.sources
+    if not sources or #sources ~= 1 then
+        return nil
+    end
+    local first = chunked_key(ctx, sources[1])
+    if not first then
+        return nil
+    end
+    local residual = ctx.residual
+    local children = { residual }
+    if residual[1] == '&' then
+        children = { unpack(residual, 2) }
+    end
+    local keys, rest = { first }, {}
+    for i = 1, #children do
+        local key = chunked_key(ctx, children[i])
+        if key then
+            keys[#keys + 1] = key
+        else
+            rest[#rest + 1] = children[i]
+        end
+    end
+    if #keys == 1 then
+        return nil
+    end
+    local left = { 'A' }
+    if #rest == 1 then
+        left = rest[1]
+    elseif #rest > 1 then
+        left = { '&', unpack(rest) }
+    end
+    local function enumerate(fn)
+        local names = {}
+        for c = 0, last_chunk_of(ctx) do
+            local suffix = ':' .. slot(c)
+            for k = 1, #keys do
+                names[k] = keys[k] .. suffix
+            end
+            local got = call('SINTER', unpack(names))
+            if #got > 0 then
+                local base = c * SET_CHUNK
+                for i = 1, #got do
+                    got[i] = int(base + tonumber(got[i]))
+                end
+                if fn(got) then
+                    return true
+                end
+            end
+        end
+        return false
+    end
+    return enumerate, left
+end
+
 -- --- ordering ---------------------------------------------------------------------------
 
 local ORDER_ZSETS = { s = 'ts', d = 'du', E = 'en' }
@@ -1920,15 +1978,16 @@ local function primary_values(ctx, members)
     return out
 end
 
--- Append to out the first `need` rows {no, key} of members after the cursor, in order.
--- Table sorts with a Lua comparator cost ~5 us per comparison here, so the first key's
--- cut-off value is found with a native sort of plain values and only the rows up to it
--- (ties included) get their full key read and sorted.
+-- Append to out the first `need` rows {no[, key]} of members after the cursor, in order.
+-- Table sorts with a Lua comparator cost microseconds per comparison here, so the members
+-- are grouped by their first key's value, the distinct values sorted natively (numbers, and
+-- strings under byte-order collation), and only a group of several members (ties) gets its
+-- full keys read and sorted.
 local function select_rows(ctx, members, need, out)
     local order, cursor = ctx.order, ctx.cursor
     local spec = order[1]
     local primary = primary_values(ctx, members)
-    local kept, values, nulls = {}, {}, {}
+    local groups, values, nv, nulls = {}, {}, 0, {}
     for i = 1, #members do
         local v = primary[i]
         local keep = true
@@ -1944,41 +2003,54 @@ local function select_rows(ctx, members, need, out)
             if v == false then
                 nulls[#nulls + 1] = members[i]
             else
-                kept[#kept + 1] = members[i]
-                values[#values + 1] = v
+                local g = groups[v]
+                if not g then
+                    g = {}
+                    groups[v] = g
+                    nv = nv + 1
+                    values[nv] = v
+                end
+                g[#g + 1] = members[i]
             end
         end
     end
-    local threshold = nil
-    if #kept > need then
-        local sorted = {}
-        for i = 1, #values do
-            sorted[i] = values[i]
+    if spec[1] == 'n' or (spec[1] == 's' and bytewise) then
+        table.sort(values)
+        if spec[3] == 0 then
+            for i = 1, floor(nv / 2) do
+                values[i], values[nv - i + 1] = values[nv - i + 1], values[i]
+            end
         end
-        if spec[1] == 'n' or (spec[1] == 's' and bytewise) then
-            table.sort(sorted)
-            threshold = spec[3] == 1 and sorted[need] or sorted[#sorted - need + 1]
-        else
-            table.sort(sorted, function(a, b)
-                return cmp_value(spec, a, b) < 0
-            end)
-            threshold = sorted[need]
-        end
+    else
+        table.sort(values, function(a, b)
+            return cmp_value(spec, a, b) < 0
+        end)
     end
-    local rows = {}
-    for i = 1, #kept do
-        if threshold == nil or cmp_value(spec, values[i], threshold) <= 0 then
-            rows[#rows + 1] = { kept[i], full_key(ctx, kept[i]) }
+    local taken = 0
+    local function take(group)
+        if #group == 1 then
+            taken = taken + 1
+            out[#out + 1] = { group[1] }
+            return
         end
-    end
-    if #rows < need then
-        for i = 1, #nulls do
-            rows[#rows + 1] = { nulls[i], full_key(ctx, nulls[i]) }
+        local run = {}
+        for k = 1, #group do
+            run[k] = { group[k], full_key(ctx, group[k]) }
         end
+        sort_rows(ctx, run)
+        for k = 1, math.min(#run, need - taken) do
+            out[#out + 1] = run[k]
+        end
+        taken = taken + math.min(#run, need - taken)
     end
-    sort_rows(ctx, rows)
-    for k = 1, math.min(need, #rows) do
-        out[#out + 1] = rows[k]
+    for i = 1, nv do
+        if taken >= need then
+            return
+        end
+        take(groups[values[i]])
+    end
+    if taken < need and #nulls > 0 then
+        take(nulls)
     end
 end
 
@@ -1986,6 +2058,7 @@ end
 -- zkey), then select the page.
 local function collect_page(ctx, need, out, unscored_in)
     local matches = {}
+    local residual = ctx.residual
     local function take(batch)
         if unscored_in then
             local scores = zmscore(unscored_in, batch)
@@ -1997,7 +2070,7 @@ local function collect_page(ctx, need, out, unscored_in)
             end
             batch = kept
         end
-        local got = eval(ctx, ctx.residual, batch)
+        local got = eval(ctx, residual, batch)
         for i = 1, #got do
             matches[#matches + 1] = got[i]
         end
@@ -2009,9 +2082,15 @@ local function collect_page(ctx, need, out, unscored_in)
         -- Traces without a timestamp are not in ts: only the chunk walk can find them.
         enum_all(ctx, take, true)
     else
-        buffered(function(fn)
-            return enum_candidates(ctx, fn)
-        end, take)
+        local join, rest = chunk_join(ctx)
+        if join then
+            residual = rest
+            join(take)
+        else
+            buffered(function(fn)
+                return enum_candidates(ctx, fn)
+            end, take)
+        end
     end
     ctx.scanned = ctx.scanned + #matches
     select_rows(ctx, matches, need, out)
