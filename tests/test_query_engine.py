@@ -789,3 +789,41 @@ def test_collecting_an_intersection_of_chunked_sets_equals_the_reference(
         )
         assert walked == expected
         assert wide.client.count(filter_string, scope) == len(expected)
+
+
+def test_a_reused_probe_never_hides_a_value_that_appeared_since(
+    settings: Settings, r: redis.Redis
+) -> None:
+    """Page plans of value/range/presence terms reuse a recent probe (it only sizes the
+    terms); a value the probe did not know must still be read by tt_query."""
+    from tracetags.query import executor
+
+    traces, _ = qd.generate(29, 300)
+    client = Client(settings)
+    qd.load(r, client.keys, 2, traces)
+    queries = [
+        "tags.env = 'brand-new'",
+        "tags.env IN ('brand-new', 'production')",
+        "tags.env = 'brand-new' AND status = 'OK'",
+    ]
+    before = {q: [t.info.trace_id for t in client.search_traces(filter_string=q)] for q in queries}
+    assert before[queries[0]] == []
+    assert executor.prepare(None, queries[1]) is executor.prepare(None, queries[1])
+    chosen = [t["trace_id"] for t in traces if t["status"] == "OK"][:3]
+    qd.apply_events(
+        r,
+        client.keys,
+        2,
+        [
+            qd.mutation_event({"op": "set", "trace_id": i, "key": "env", "value": "brand-new"})
+            for i in chosen
+        ],
+    )
+    final = ref.apply_mutations(
+        traces, [{"op": "set", "trace_id": i, "key": "env", "value": "brand-new"} for i in chosen]
+    )
+    for q in queries:
+        got = [t.info.trace_id for t in client.search_traces(filter_string=q)]
+        assert got == ref.search(final, None, q, None, 100), q
+        assert set(chosen) <= set(got) or "production" in q
+    client.close()

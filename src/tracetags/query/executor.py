@@ -8,6 +8,8 @@ import binascii
 import functools
 import hashlib
 import math
+import time
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,8 +97,40 @@ def check_max_results(max_results: Any) -> int:
     return max_results
 
 
+#: Recently prepared queries by their inputs (parsing is pure; a page asks again and again).
+_PREPARED_MAX = 256
+_prepared: dict[tuple[Any, ...], Prepared] = {}
+
+
+def _inputs_key(experiment_ids: Any, filter_string: Any, order_by: Any) -> tuple[Any, ...] | None:
+    """A hashable key for the inputs when they are of the expected types, else None."""
+    parts: list[Any] = [filter_string if filter_string is None or type(filter_string) is str else 0]
+    for items in (experiment_ids, order_by):
+        if items is None:
+            parts.append(None)
+        elif type(items) in (list, tuple) and all(type(item) is str for item in items):
+            parts.append(tuple(items))
+        else:
+            return None
+    return None if parts[0] == 0 else tuple(parts)
+
+
 def prepare(experiment_ids: Any, filter_string: Any, order_by: Any = None) -> Prepared:
     """Parse and validate a query's inputs (FilterSyntaxError / FilterSemanticError)."""
+    key = _inputs_key(experiment_ids, filter_string, order_by)
+    if key is not None:
+        known = _prepared.get(key)
+        if known is not None:
+            return known
+    prepared = _prepare(experiment_ids, filter_string, order_by)
+    if key is not None:
+        if len(_prepared) >= _PREPARED_MAX:
+            _prepared.clear()
+        _prepared[key] = prepared
+    return prepared
+
+
+def _prepare(experiment_ids: Any, filter_string: Any, order_by: Any) -> Prepared:
     scope = _check_experiment_ids(experiment_ids)
     expr = parse_filter(filter_string)
     if order_by is not None and (
@@ -190,6 +224,34 @@ def _finish_zscan(
         cursor, pairs = client.zscan(key, cursor, match=glob, count=_ZSCAN_COUNT)
 
 
+# A page plan whose terms are all value sets, ranges and key presence (no LIKE, no ids)
+# uses the probe only to size the terms, i.e. to choose a strategy: which traces match is
+# decided inside tt_query.  Such a probe is reused for a short while (one round trip less).
+_PROBE_TTL_S = 2.0
+Probed = list[tuple[planner.Probe, list[Any], list[int]]]
+_probes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[float, Prepared, Probed]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _recent_probe(
+    client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared
+) -> Probed | None:
+    entry = _probes.get(client.connection_pool, {}).get((keys.namespace, partitions, id(prepared)))
+    if entry is None or entry[1] is not prepared or time.monotonic() - entry[0] > _PROBE_TTL_S:
+        return None
+    return entry[2]
+
+
+def _remember_probe(
+    client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared, probed: Probed
+) -> None:
+    known = _probes.setdefault(client.connection_pool, {})
+    if len(known) >= _PREPARED_MAX:
+        known.clear()
+    known[(keys.namespace, partitions, id(prepared))] = (time.monotonic(), prepared, probed)
+
+
 def _plans(
     client: redis.Redis,
     keys: Keys,
@@ -200,11 +262,21 @@ def _plans(
     limit: int = 0,
     cursor: list[list[Any]] | None = None,
     group_fields: Sequence[str] = (),
+    reuse_probe: bool = False,
 ) -> list[planner.PartitionPlan]:
     plans = []
     order = prepared.order if mode == "page" else ()
-    for probe, replies, cards in _probe(client, keys, partitions, prepared.root, order):
-        tree, total = planner.physical(prepared.root, probe, replies, cards, keys)
+    probed, fresh = None, True
+    reuse = mode == "page" and reuse_probe and planner.sizes_only(prepared.root)
+    if reuse:
+        probed = _recent_probe(client, keys, partitions, prepared)
+        fresh = probed is None
+    if probed is None:
+        probed = _probe(client, keys, partitions, prepared.root, order)
+        if reuse:
+            _remember_probe(client, keys, partitions, prepared, probed)
+    for probe, replies, cards in probed:
+        tree, total = planner.physical(prepared.root, probe, replies, cards, keys, fresh=fresh)
         slot = probe.order_distinct_slot
         distinct = None if slot is None else int(replies[slot])
         plans.append(
@@ -353,7 +425,16 @@ def search(
     """
     specs = planner.order_specs(prepared.order)
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
-    plans = _plans(client, keys, partitions, prepared, "page", limit=max_results + 1, cursor=cursor)
+    plans = _plans(
+        client,
+        keys,
+        partitions,
+        prepared,
+        "page",
+        limit=max_results + 1,
+        cursor=cursor,
+        reuse_probe=True,
+    )
     for plan in plans:
         plan.plan["shown"] = max_results
     replies = [_PAGE_DECODER.decode(reply) for reply in _run(client, keys, plans)]

@@ -29,6 +29,7 @@ __all__ = [
     "physical",
     "plan_partition",
     "probe_commands",
+    "sizes_only",
 ]
 
 IndexKind: TypeAlias = Literal["tag", "metadata", "status", "client_request_id", "experiment"]
@@ -434,10 +435,26 @@ def _leaf(kind: str, spec: list[Any], est: float, text: str, *, enumerable: bool
     return node
 
 
+def sizes_only(root: LogicalNode) -> bool:
+    """Whether the probe of ``root`` only sizes its terms: value sets, ranges and key presence
+    (LIKE and id terms read their matching values or numbers in the probe)."""
+    return all(isinstance(leaf, LValues | LRange | LPresent | LConst) for leaf in _leaves(root))
+
+
 def physical(
-    root: LogicalNode, probe: Probe, replies: Sequence[Any], cards: Sequence[int], keys: Keys
+    root: LogicalNode,
+    probe: Probe,
+    replies: Sequence[Any],
+    cards: Sequence[int],
+    keys: Keys,
+    *,
+    fresh: bool = True,
 ) -> tuple[PNode, int]:
-    """Resolve ``root`` for the probed partition; returns (tree, number of traces)."""
+    """Resolve ``root`` for the probed partition; returns (tree, number of traces).
+
+    With ``fresh=False`` (a reused probe of a :func:`sizes_only` root) the replies are
+    estimates only: a value they do not know still goes to tt_query, which reads its set.
+    """
     total = int(replies[0])
     p = probe.partition
 
@@ -457,7 +474,11 @@ def physical(
             return _leaf("Z", ["Z"], 0, node.text, enumerable=True)
         if isinstance(node, LValues):
             scores = replies[probe.slots[id(node)]]
-            found = [(v, float(s)) for v, s in zip(node.values, scores, strict=True) if s]
+            found = [
+                (v, float(s or 0))
+                for v, s in zip(node.values, scores, strict=True)
+                if s or not fresh
+            ]
             return _values(node.index, found, node.text)
         if isinstance(node, LMatch):
             flat = replies[probe.slots[id(node)]]
