@@ -24,7 +24,9 @@ HEARTBEAT_MS = 1_000
 HEARTBEAT_TTL_MS = 5_000
 
 
-class TraceInfo(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: a page makes a hundred of each, and they hold only strings, ints and dicts of
+# strings (never a cycle), so the cycle collector need not track them.
+class TraceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One trace's folded state, shaped like MLflow's ``TraceInfo``."""
 
     trace_id: str
@@ -58,7 +60,7 @@ class TraceInfo(msgspec.Struct, frozen=True, kw_only=True):
         return self.timestamp_ms + (self.execution_time_ms or 0)
 
 
-class Trace(msgspec.Struct, frozen=True, kw_only=True):
+class Trace(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     info: TraceInfo
 
 
