@@ -1454,67 +1454,101 @@ local function chunked_key(ctx, node)
     return key
 end
 
+-- A chunk holding this many candidates of a conjunction is tested against the chunk's
+-- intersection (one SINTER, kept for the rest of the call) instead of by SMISMEMBER per set.
+local SINTER_GROUP_MIN = 128
+
 -- The members of list in every chunked set of keys, in list order.  Each number is split
 -- into (chunk, offset) once for all the sets; per chunk touched, one SMISMEMBER per set tests
--- the offsets still alive (the per-candidate Lua work, not Redis, is the cost here).
-local function in_chunked_sets(keys, list)
+-- the offsets still alive (the per-candidate Lua work, not Redis, is the cost here).  With
+-- several sets and `hits` (a per-call cache of chunk intersections), a chunk with many
+-- candidates (a walk: recent traces share chunks) is tested by lookup in its intersection,
+-- which a conjunction keeps small.
+local function in_chunked_sets(keys, list, hits)
     local n = #list
     local chunk_of, pos_of = {}, {}
-    local groups, order, norder = {}, {}, 0
-    local lastc, g = -1, nil
+    local groups, counts, order, norder = {}, {}, {}, 0
+    local lastc, g, gn = -1, nil, 0
     for i = 1, n do
         local no = tonumber(list[i])
         local c = floor(no / SET_CHUNK)
         if c ~= lastc then
+            if lastc >= 0 then
+                counts[lastc] = gn
+            end
             g = groups[c]
-            if not g then
-                g = {}
+            if g then
+                gn = counts[c]
+            else
+                g, gn = {}, 0
                 groups[c] = g
                 norder = norder + 1
                 order[norder] = c
             end
             lastc = c
         end
-        local k = #g + 1
-        g[k] = DECIMAL[no - c * SET_CHUNK]
+        gn = gn + 1
+        g[gn] = DECIMAL[no - c * SET_CHUNK]
         chunk_of[i] = c
-        pos_of[i] = k
+        pos_of[i] = gn
     end
+    counts[lastc] = gn
     local passed = {}
     for o = 1, norder do
         local c = order[o]
-        local offsets = groups[c]
+        local offsets, count = groups[c], counts[c]
         local suffix = ':' .. slot(c)
-        local alive = nil -- positions in offsets still matching (nil: all of them)
-        for t = 1, #keys do
-            local members = offsets
-            if alive then
-                members = {}
-                for a = 1, #alive do
-                    members[a] = offsets[alive[a]]
+        local ok = {}
+        if hits and count >= SINTER_GROUP_MIN then
+            local inter = hits[c]
+            if not inter then
+                inter = {}
+                local names = {}
+                for t = 1, #keys do
+                    names[t] = keys[t] .. suffix
+                end
+                local got = call('SINTER', unpack(names))
+                for j = 1, #got do
+                    inter[got[j]] = true
+                end
+                hits[c] = inter
+            end
+            for k = 1, count do
+                if inter[offsets[k]] then
+                    ok[k] = true
                 end
             end
-            local survivors, m = {}, 0
-            local count = #members
-            for from = 1, count, CHUNK do
-                local got = call('SMISMEMBER', keys[t] .. suffix,
-                    unpack(members, from, math.min(from + CHUNK - 1, count)))
-                for j = 1, #got do
-                    if got[j] == 1 then
-                        m = m + 1
-                        local at = from + j - 1
-                        survivors[m] = alive and alive[at] or at
+        else
+            local alive = nil -- positions in offsets still matching (nil: all of them)
+            for t = 1, #keys do
+                local members = offsets
+                if alive then
+                    members = {}
+                    for a = 1, #alive do
+                        members[a] = offsets[alive[a]]
                     end
                 end
+                local survivors, m = {}, 0
+                local total = alive and #alive or count
+                for from = 1, total, CHUNK do
+                    local got = call('SMISMEMBER', keys[t] .. suffix,
+                        unpack(members, from, math.min(from + CHUNK - 1, total)))
+                    for j = 1, #got do
+                        if got[j] == 1 then
+                            m = m + 1
+                            local at = from + j - 1
+                            survivors[m] = alive and alive[at] or at
+                        end
+                    end
+                end
+                alive = survivors
+                if m == 0 then
+                    break
+                end
             end
-            alive = survivors
-            if m == 0 then
-                break
+            for a = 1, #alive do
+                ok[alive[a]] = true
             end
-        end
-        local ok = {}
-        for a = 1, #alive do
-            ok[alive[a]] = true
         end
         passed[c] = ok
     end
@@ -1553,7 +1587,10 @@ local function eval(ctx, node, list)
             if not chunked_key(ctx, child) then
                 list = eval(ctx, child, list)
             elseif #keys > 0 then
-                list = in_chunked_sets(keys, list)
+                if #keys > 1 and not node.hits then
+                    node.hits = {}
+                end
+                list = in_chunked_sets(keys, list, node.hits)
                 keys = {}
             end
             if #list == 0 then
@@ -2003,14 +2040,17 @@ local function select_rows(ctx, members, need, out)
             if v == false then
                 nulls[#nulls + 1] = members[i]
             else
+                -- a group is its member until a second one shares the value (ties are rare)
                 local g = groups[v]
                 if not g then
-                    g = {}
-                    groups[v] = g
+                    groups[v] = members[i]
                     nv = nv + 1
                     values[nv] = v
+                elseif type(g) == 'string' then
+                    groups[v] = { g, members[i] }
+                else
+                    g[#g + 1] = members[i]
                 end
-                g[#g + 1] = members[i]
             end
         end
     end
@@ -2028,9 +2068,9 @@ local function select_rows(ctx, members, need, out)
     end
     local taken = 0
     local function take(group)
-        if #group == 1 then
+        if type(group) == 'string' then
             taken = taken + 1
-            out[#out + 1] = { group[1] }
+            out[#out + 1] = { group }
             return
         end
         local run = {}
@@ -2540,7 +2580,11 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
         local matches = gcount * frac
         local scan = matches > 0 and need * total / matches or total
         if scan < source_cost then
+            -- one conjunction (not nested), so that its chunked sets are tested together
             sub.expr = { '&', gleaf, ctx.expr }
+            if ctx.expr[1] == '&' then
+                sub.expr = { '&', gleaf, unpack(ctx.expr, 2) }
+            end
             sub.density = matches / total
             local before = #out
             local exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
