@@ -827,3 +827,34 @@ def test_a_reused_probe_never_hides_a_value_that_appeared_since(
         assert got == ref.search(final, None, q, None, 100), q
         assert set(chosen) <= set(got) or "production" in q
     client.close()
+
+
+@pytest.mark.parametrize("timestamps", ["in load order", "random"])
+def test_walks_over_chunked_sets_equal_the_reference(
+    settings: Settings, r: redis.Redis, timestamps: str
+) -> None:
+    """A walk tests its candidates against each chunk's intersection (read once) when they
+    share chunks (trace numbers follow time), and per chunk with SMISMEMBER when they
+    spread over many (numbers unrelated to time)."""
+    traces, mutations = qd.generate(31, 3000, dense=True, n_mutations=150)
+    if timestamps == "in load order":
+        for index, trace in enumerate(traces):
+            trace["timestamp_ms"] = qd.BASE_MS + index * 3 - index % 5
+    client = Client(settings)
+    qd.load(r, client.keys, 1, traces, mutations)
+    final = ref.apply_mutations(traces, mutations)
+    for filter_string, order_by in [
+        ("tags.env = 'production' AND status = 'OK'", None),
+        ("status = 'OK' AND tags.env = 'production'", ["timestamp_ms ASC"]),
+        ("tags.env = 'production' AND status = 'OK' AND tags.user IS NOT NULL", None),
+        ("status = 'OK'", None),
+        ("tags.env = 'production'", ["execution_time_ms DESC"]),
+    ]:
+        expected = ref.search(final, None, filter_string, order_by, None)
+        explained = client.explain(filter_string, order_by=order_by, max_results=37)
+        assert "strategy: walk" in explained, explained
+        page = client.search_traces(filter_string=filter_string, order_by=order_by, max_results=37)
+        assert [t.info.trace_id for t in page] == expected[:37]
+        walked = _all_pages(client, filter_string=filter_string, order_by=order_by, max_results=211)
+        assert walked == expected
+    client.close()

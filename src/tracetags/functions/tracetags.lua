@@ -1562,6 +1562,60 @@ local function in_chunked_sets(keys, list, hits)
     return out
 end
 
+-- A walk's candidates (recent traces: a few chunks) in the chunked sets of keys: each
+-- chunk's intersection is read once (one SINTER, kept in hits for the call) and the
+-- candidates tested by lookup, in one pass.  nil when the candidates spread over too many
+-- chunks for that (the caller then tests them per chunk with SMISMEMBER).
+local function in_chunked_sets_walked(keys, list, hits)
+    local n = #list
+    local budget = floor(n / 64) + 2
+    local out, m = {}, 0
+    local lastc, inter = -1, nil
+    local names = {}
+    for i = 1, n do
+        local no = tonumber(list[i])
+        local c = floor(no / SET_CHUNK)
+        if c ~= lastc then
+            inter = hits[c]
+            if not inter then
+                budget = budget - 1
+                if budget < 0 then
+                    return nil
+                end
+                inter = {}
+                local suffix = ':' .. slot(c)
+                for t = 1, #keys do
+                    names[t] = keys[t] .. suffix
+                end
+                local got = call('SINTER', unpack(names))
+                for j = 1, #got do
+                    inter[got[j]] = true
+                end
+                hits[c] = inter
+            end
+            lastc = c
+        end
+        if inter[DECIMAL[no - c * SET_CHUNK]] then
+            m = m + 1
+            out[m] = list[i]
+        end
+    end
+    return out
+end
+
+local function test_chunked_sets(ctx, node, keys, list)
+    if not node.hits then
+        node.hits = {}
+    end
+    if ctx.walking then
+        local out = in_chunked_sets_walked(keys, list, node.hits)
+        if out then
+            return out
+        end
+    end
+    return in_chunked_sets(keys, list, #keys > 1 and node.hits or nil)
+end
+
 -- The members of list (trace numbers as decimal strings) that satisfy node, in list order.
 local function eval(ctx, node, list)
     if #list == 0 then
@@ -1573,7 +1627,7 @@ local function eval(ctx, node, list)
     end
     local key = chunked_key(ctx, node)
     if key then
-        return in_chunked_sets({ key }, list)
+        return test_chunked_sets(ctx, node, { key }, list)
     end
     if kind == '&' then
         -- The chunked sets of the conjunction are tested together, where the first of them
@@ -1587,10 +1641,7 @@ local function eval(ctx, node, list)
             if not chunked_key(ctx, child) then
                 list = eval(ctx, child, list)
             elseif #keys > 0 then
-                if #keys > 1 and not node.hits then
-                    node.hits = {}
-                end
-                list = in_chunked_sets(keys, list, node.hits)
+                list = test_chunked_sets(ctx, node, keys, list)
                 keys = {}
             end
             if #list == 0 then
@@ -2199,7 +2250,9 @@ local function walk_page(ctx, zname, asc, need, out)
         rank = rank + #members
         ctx.scanned = ctx.scanned + #members
         walked = walked + #members
+        ctx.walking = true
         local survivors = eval(ctx, ctx.expr, members)
+        ctx.walking = false
         kept = kept + #survivors
         -- Scores of the survivors only: WITHSCORES would make Redis format, and Lua parse,
         -- the score of every walked entry (~1 us each), most of which fail the filter.
