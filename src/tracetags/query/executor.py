@@ -229,18 +229,34 @@ def _finish_zscan(
 # decided inside tt_query.  Such a probe is reused for a short while (one round trip less).
 _PROBE_TTL_S = 2.0
 Probed = list[tuple[planner.Probe, list[Any], list[int]]]
-_probes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[float, Prepared, Probed]]] = (
+
+
+@dataclass
+class _Reused:
+    """A probe kept for reuse, and the plans made from it (by page size and cursor)."""
+
+    taken: float
+    prepared: Prepared
+    probed: Probed
+    plans: dict[tuple[int, bytes], list[planner.PartitionPlan]]
+
+
+_probes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Reused]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def _recent_probe(
     client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared
-) -> Probed | None:
+) -> _Reused | None:
     entry = _probes.get(client.connection_pool, {}).get((keys.namespace, partitions, id(prepared)))
-    if entry is None or entry[1] is not prepared or time.monotonic() - entry[0] > _PROBE_TTL_S:
+    if (
+        entry is None
+        or entry.prepared is not prepared
+        or time.monotonic() - entry.taken > _PROBE_TTL_S
+    ):
         return None
-    return entry[2]
+    return entry
 
 
 def _remember_probe(
@@ -249,7 +265,9 @@ def _remember_probe(
     known = _probes.setdefault(client.connection_pool, {})
     if len(known) >= _PREPARED_MAX:
         known.clear()
-    known[(keys.namespace, partitions, id(prepared))] = (time.monotonic(), prepared, probed)
+    known[(keys.namespace, partitions, id(prepared))] = _Reused(
+        time.monotonic(), prepared, probed, {}
+    )
 
 
 def _plans(
@@ -264,17 +282,36 @@ def _plans(
     group_fields: Sequence[str] = (),
     reuse_probe: bool = False,
 ) -> list[planner.PartitionPlan]:
-    plans = []
     order = prepared.order if mode == "page" else ()
-    probed, fresh = None, True
+    reused = None
     reuse = mode == "page" and reuse_probe and planner.sizes_only(prepared.root)
     if reuse:
-        probed = _recent_probe(client, keys, partitions, prepared)
-        fresh = probed is None
-    if probed is None:
-        probed = _probe(client, keys, partitions, prepared.root, order)
-        if reuse:
-            _remember_probe(client, keys, partitions, prepared, probed)
+        reused = _recent_probe(client, keys, partitions, prepared)
+    if reused is not None:
+        # Plans of a reused probe are a function of (probe, page size, cursor): kept too.
+        key = (limit, _ENCODER.encode(cursor))
+        known = reused.plans.get(key)
+        if known is None:
+            known = _make_plans(keys, prepared, reused.probed, mode, limit, cursor, (), False)
+            reused.plans[key] = known
+        return known
+    probed = _probe(client, keys, partitions, prepared.root, order)
+    if reuse:
+        _remember_probe(client, keys, partitions, prepared, probed)
+    return _make_plans(keys, prepared, probed, mode, limit, cursor, group_fields, True)
+
+
+def _make_plans(
+    keys: Keys,
+    prepared: Prepared,
+    probed: Probed,
+    mode: Literal["page", "count", "stats"],
+    limit: int,
+    cursor: list[list[Any]] | None,
+    group_fields: Sequence[str],
+    fresh: bool,
+) -> list[planner.PartitionPlan]:
+    plans = []
     for probe, replies, cards in probed:
         tree, total = planner.physical(prepared.root, probe, replies, cards, keys, fresh=fresh)
         slot = probe.order_distinct_slot
