@@ -858,3 +858,14 @@ def test_walks_over_chunked_sets_equal_the_reference(
         walked = _all_pages(client, filter_string=filter_string, order_by=order_by, max_results=211)
         assert walked == expected
     client.close()
+
+
+def test_a_count_within_every_experiment_is_read_from_index_sizes(dense: Loaded) -> None:
+    every = sorted({t["experiment_id"] for t in dense.final})
+    for filter_string in ("tags.env = 'production'", "status = 'OK'", None):
+        explained = dense.client.explain(filter_string, every, count=True)
+        assert explained.count("exact from index sizes") == 2, explained
+        expected = ref.search(dense.final, every, filter_string, None, None)
+        assert dense.client.count(filter_string, every) == len(expected)
+    partial = dense.client.explain("tags.env = 'production'", every[:1], count=True)
+    assert "exact from index sizes" not in partial, partial

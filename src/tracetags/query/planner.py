@@ -648,15 +648,17 @@ def _spec_key(spec: list[Any]) -> str:
     return repr(spec)
 
 
-def _normalize(term: Term) -> Term | None:
+def _normalize(term: Term, total: int) -> Term | None:
     """Merge a conjunction's leaves: duplicates, key presence implied by a value, values of
-    one key (a trace has one value per key); None when the conjunction is empty."""
+    one key (a trace has one value per key); None when the conjunction is empty.  A value
+    term holding every trace (experiment_ids naming every experiment: the counts, like the
+    rest of an exact count, are the probe's) is dropped."""
     values: dict[str, PNode] = {}
     rest: dict[str, PNode] = {}
     for leaf in term:
         if leaf.kind == "Z":
             return None
-        if leaf.kind == "A":
+        if leaf.kind == "A" or (leaf.kind == "V" and leaf.exact and total and leaf.est == total):
             continue
         if leaf.kind == "V":
             dkey = leaf.spec[1]
@@ -687,7 +689,7 @@ def count_terms(tree: PNode, total: int) -> tuple[int, list[list[Any]]] | None:
         return None
     merged: dict[str, tuple[int, Term]] = {}
     for sign, term in expanded:
-        normal = _normalize(term)
+        normal = _normalize(term, total)
         if normal is None:
             continue
         key = "&".join(_spec_key(leaf.spec) for leaf in normal)
