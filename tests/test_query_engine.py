@@ -869,3 +869,20 @@ def test_a_count_within_every_experiment_is_read_from_index_sizes(dense: Loaded)
         assert dense.client.count(filter_string, every) == len(expected)
     partial = dense.client.explain("tags.env = 'production'", every[:1], count=True)
     assert "exact from index sizes" not in partial, partial
+
+
+@pytest.mark.parametrize("order_by", [["tags.user"], ["tags.user DESC", "timestamp_ms ASC"]])
+def test_walking_many_distinct_values_of_a_broad_filter_equals_the_reference(
+    wide: Loaded, order_by: list[str]
+) -> None:
+    """~650 users for ~1,800 candidates: walking the values in order (a few groups fill a
+    page) is chosen over reading every candidate's key from its hash."""
+    explained = wide.client.explain("status = 'OK'", order_by=order_by)
+    assert "strategy: walk-values" in explained, explained
+    expected = ref.search(wide.final, None, "status = 'OK'", order_by, None)
+    page = wide.client.search_traces(filter_string="status = 'OK'", order_by=order_by)
+    assert [t.info.trace_id for t in page] == expected[:100]
+    walked = _all_pages(
+        wide.client, filter_string="status = 'OK'", order_by=order_by, max_results=113
+    )
+    assert walked == expected

@@ -853,13 +853,21 @@ def plan_partition(
         )
         return PartitionPlan(partition, total, tree, "collect", reason, plan)
     index = order_index(order[0]) if order else None
+    # Walking the values costs reading them (~0.5 us each) and a group per value visited
+    # (~30 us; ~limit * distinct / matches of them); collecting reads the key of every
+    # candidate from its hash (~3 us each) before sorting.
+    walk_values_us = (
+        0.0
+        if order_distinct is None
+        else order_distinct * 0.5 + limit * order_distinct / max(tree.est, 1.0) * 30
+    )
     if (
         zset is None
         and index is not None
         and keys is not None
         and order_distinct is not None
         and cost > 4 * limit
-        and order_distinct * 4 < cost
+        and (order_distinct * 4 < cost or walk_values_us < 3 * cost)
     ):
         key_set = index.key_set(keys, partition)
         presence = ["C", key_set] if key_set is not None else ["P", _PRESENCE_FIELD[index.kind]]
