@@ -51,6 +51,7 @@ from tracetags.client import Client
 from tracetags.embedded import RedisServer
 from tracetags.functions import BatchItem
 from tracetags.keys import Keys, partition_of
+from tracetags.query import executor
 from tracetags.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -309,7 +310,9 @@ def time_calls(call: Callable[[], Any], repeats: int, budget_s: float) -> list[f
 EXPERIMENTS = ["1", "2"]
 
 
-def page_call(client: Client, query: Query) -> tuple[Callable[[], list[str]], list[str]]:
+def page_call(
+    client: Client, query: Query, cold: bool = False
+) -> tuple[Callable[[], list[str]], list[str]]:
     """A call fetching the query's page (for page 5: with page 4's token) and its ids."""
     kwargs: dict[str, Any] = {
         "experiment_ids": EXPERIMENTS,
@@ -324,6 +327,8 @@ def page_call(client: Client, query: Query) -> tuple[Callable[[], list[str]], li
             raise SystemExit(f"{query.label}: fewer than {query.page} pages")
 
     def call() -> list[str]:
+        if cold:  # no parse, probe or plan remembered from the previous call
+            executor.clear_caches()
         return [t.info.trace_id for t in client.search_traces(page_token=token, **kwargs)]
 
     return call, call()
@@ -346,10 +351,12 @@ class Row:
         return quantile(self.samples_ms, 0.99)
 
 
-def time_suite(client: Client, queries: list[Query], repeats: int, budget_s: float) -> list[Row]:
+def time_suite(
+    client: Client, queries: list[Query], repeats: int, budget_s: float, cold: bool = False
+) -> list[Row]:
     rows = []
     for query in queries:
-        call, ids = page_call(client, query)
+        call, ids = page_call(client, query, cold)
         rows.append(Row(query, time_calls(call, repeats, budget_s), ids))
     return rows
 
@@ -402,7 +409,10 @@ def used_memory(client: redis.Redis) -> int:
 
 
 def step_compare(args: argparse.Namespace, server: RedisServer, workdir: Path) -> dict[str, Any]:
-    print(f"\n## compare: {args.traces:,} traces, {args.partitions} partitions", flush=True)
+    mode = "cold: nothing remembered between calls" if args.cold else "repeated calls may reuse"
+    print(
+        f"\n## compare: {args.traces:,} traces, {args.partitions} partitions ({mode})", flush=True
+    )
     data = specs(args.traces, args.seed)
     db = workdir / "mlflow.db"
     started = time.perf_counter()
@@ -419,7 +429,7 @@ def step_compare(args: argparse.Namespace, server: RedisServer, workdir: Path) -
         flush=True,
     )
     queries = suite(args.traces)
-    rows = time_suite(client, queries, args.repeats, args.budget)
+    rows = time_suite(client, queries, args.repeats, args.budget, args.cold)
     core = [row for row in rows if not row.query.extension]
     started = time.perf_counter()
     answer = oracle_result(
@@ -513,7 +523,9 @@ def report_compare(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
 def step_scale(args: argparse.Namespace, server: RedisServer) -> dict[str, Any]:
     traces = args.scale_traces
     print(
-        f"\n## scale: {traces:,} traces, {args.partitions} partitions, tracetags alone", flush=True
+        f"\n## scale: {traces:,} traces, {args.partitions} partitions, tracetags alone"
+        + (" (cold)" if args.cold else ""),
+        flush=True,
     )
     started = time.perf_counter()
     data = specs(traces, args.seed)
@@ -531,7 +543,7 @@ def step_scale(args: argparse.Namespace, server: RedisServer) -> dict[str, Any]:
         f" ({per_trace:,.0f} B/trace), RSS {rss / 2**20:,.0f} MiB",
         flush=True,
     )
-    rows = time_suite(client, suite(traces), args.scale_repeats, args.budget)
+    rows = time_suite(client, suite(traces), args.scale_repeats, args.budget, args.cold)
     print("\n| query | kind | p50 ms | p99 ms | ids | p99 ≤ 20 ms |\n|---|---|---:|---:|---:|---|")
     for row in rows:
         kind = "extension" if row.query.extension else f"page {row.query.page}"
@@ -617,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-repeats", type=int, default=3, help="MLflow calls per query")
     parser.add_argument("--budget", type=float, default=3.0, help="max seconds per query")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="forget remembered parses, probes and plans before every tracetags call "
+        "(a repeated query otherwise reuses its probe and plan for 2 s)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)
     steps = {s.strip() for s in args.steps.split(",") if s.strip()}

@@ -826,6 +826,12 @@ def test_a_reused_probe_never_hides_a_value_that_appeared_since(
         got = [t.info.trace_id for t in client.search_traces(filter_string=q)]
         assert got == ref.search(final, None, q, None, 100), q
         assert set(chosen) <= set(got) or "production" in q
+    # clear_caches() forgets every remembered parse and probe: the next call starts cold
+    again = executor.prepare(None, queries[1])
+    executor.clear_caches()
+    assert executor.prepare(None, queries[1]) is not again
+    got = [t.info.trace_id for t in client.search_traces(filter_string=queries[0])]
+    assert got == ref.search(final, None, queries[0], None, 100)
     client.close()
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "METRICS",
     "Page",
     "Prepared",
+    "clear_caches",
     "count",
     "explain",
     "prepare",
@@ -244,6 +245,13 @@ class _Reused:
 _probes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Reused]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def clear_caches() -> None:
+    """Forget remembered parses, probes and plans: the next query of every kind starts cold
+    (``bench_query.py --cold`` times queries this way)."""
+    _prepared.clear()
+    _probes.clear()
 
 
 def _recent_probe(
