@@ -1703,10 +1703,16 @@ local function eval(ctx, node, list)
     return out
 end
 
--- Feed fn batches of the chunked set key's members; true when fn asked to stop.
-local function enum_chunked(ctx, key, fn)
+-- Feed fn batches of the members common to the chunked sets keys (one: its members), chunk
+-- by chunk (SMEMBERS / SINTER); true when fn asked to stop.
+local function enum_chunks_of(ctx, keys, fn)
+    local names = {}
     for c = 0, last_chunk_of(ctx) do
-        local got = call('SMEMBERS', key .. ':' .. slot(c))
+        local suffix = ':' .. slot(c)
+        for k = 1, #keys do
+            names[k] = keys[k] .. suffix
+        end
+        local got = #keys == 1 and call('SMEMBERS', names[1]) or call('SINTER', unpack(names))
         if #got > 0 then
             local base = c * SET_CHUNK
             for i = 1, #got do
@@ -1718,6 +1724,11 @@ local function enum_chunked(ctx, key, fn)
         end
     end
     return false
+end
+
+-- Feed fn batches of the chunked set key's members; true when fn asked to stop.
+local function enum_chunked(ctx, key, fn)
+    return enum_chunks_of(ctx, { key }, fn)
 end
 
 local function enum_rank(zkey, first, count, fn)
@@ -1899,24 +1910,7 @@ local function chunk_join(ctx)
         left = { '&', unpack(rest) }
     end
     local function enumerate(fn)
-        local names = {}
-        for c = 0, last_chunk_of(ctx) do
-            local suffix = ':' .. slot(c)
-            for k = 1, #keys do
-                names[k] = keys[k] .. suffix
-            end
-            local got = call('SINTER', unpack(names))
-            if #got > 0 then
-                local base = c * SET_CHUNK
-                for i = 1, #got do
-                    got[i] = int(base + tonumber(got[i]))
-                end
-                if fn(got) then
-                    return true
-                end
-            end
-        end
-        return false
+        return enum_chunks_of(ctx, keys, fn)
     end
     return enumerate, left
 end
