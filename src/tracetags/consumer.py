@@ -384,16 +384,17 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     async def close() -> None:
         # After the broker stopped, so the subscribers' last batches could still fold; a
         # read the stop cut short left its entries pending for this consumer: fold them.
-        for partition in range(folder.partitions):
-            try:
-                held = await asyncio.wait_for(folder.drain_own(partition, consumer), 30.0)
-                if held:
+        async def drain() -> None:
+            for partition in range(folder.partitions):
+                if held := await folder.drain_own(partition, consumer):
                     log.info("partition %d: folded %d entries a stopped read had taken",
                              partition, held)  # fmt: skip
-            except (redis.RedisError, OSError, TimeoutError):
-                log.warning("partition %d: could not fold this consumer's pending entries "
-                            "before stopping; another consumer will claim them", partition,
-                            exc_info=True)  # fmt: skip
+
+        try:  # one deadline for all partitions: the supervisor's grace period is 35 s
+            await asyncio.wait_for(drain(), 25.0)
+        except (redis.RedisError, OSError, TimeoutError):
+            log.warning("could not fold this consumer's pending entries before stopping; "
+                        "another consumer will claim them", exc_info=True)  # fmt: skip
         await client.aclose()
         log.info(
             "tracetags consumer %s stopped (%s)",
