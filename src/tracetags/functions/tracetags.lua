@@ -1458,6 +1458,26 @@ end
 -- intersection (one SINTER, kept for the rest of the call) instead of by SMISMEMBER per set.
 local SINTER_GROUP_MIN = 128
 
+-- The offsets in chunk c of every chunked set of keys, as a lookup table: one SINTER,
+-- kept in hits (a per-call cache) for the rest of the call.
+local function chunk_intersection(keys, c, hits)
+    local inter = hits[c]
+    if not inter then
+        inter = {}
+        local suffix = ':' .. slot(c)
+        local names = {}
+        for t = 1, #keys do
+            names[t] = keys[t] .. suffix
+        end
+        local got = call('SINTER', unpack(names))
+        for j = 1, #got do
+            inter[got[j]] = true
+        end
+        hits[c] = inter
+    end
+    return inter
+end
+
 -- The members of list in every chunked set of keys, in list order.  Each number is split
 -- into (chunk, offset) once for all the sets; per chunk touched, one SMISMEMBER per set tests
 -- the offsets still alive (the per-candidate Lua work, not Redis, is the cost here).  With
@@ -1500,19 +1520,7 @@ local function in_chunked_sets(keys, list, hits)
         local suffix = ':' .. slot(c)
         local ok = {}
         if hits and count >= SINTER_GROUP_MIN then
-            local inter = hits[c]
-            if not inter then
-                inter = {}
-                local names = {}
-                for t = 1, #keys do
-                    names[t] = keys[t] .. suffix
-                end
-                local got = call('SINTER', unpack(names))
-                for j = 1, #got do
-                    inter[got[j]] = true
-                end
-                hits[c] = inter
-            end
+            local inter = chunk_intersection(keys, c, hits)
             for k = 1, count do
                 if inter[offsets[k]] then
                     ok[k] = true
@@ -1571,28 +1579,17 @@ local function in_chunked_sets_walked(keys, list, hits)
     local budget = floor(n / 64) + 2
     local out, m = {}, 0
     local lastc, inter = -1, nil
-    local names = {}
     for i = 1, n do
         local no = tonumber(list[i])
         local c = floor(no / SET_CHUNK)
         if c ~= lastc then
-            inter = hits[c]
-            if not inter then
+            if not hits[c] then
                 budget = budget - 1
                 if budget < 0 then
                     return nil
                 end
-                inter = {}
-                local suffix = ':' .. slot(c)
-                for t = 1, #keys do
-                    names[t] = keys[t] .. suffix
-                end
-                local got = call('SINTER', unpack(names))
-                for j = 1, #got do
-                    inter[got[j]] = true
-                end
-                hits[c] = inter
             end
+            inter = chunk_intersection(keys, c, hits)
             lastc = c
         end
         if inter[DECIMAL[no - c * SET_CHUNK]] then
