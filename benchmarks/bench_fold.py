@@ -313,6 +313,29 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of the processes ``pids`` and all their descendants so far, including
+    children already reaped (``cutime``/``cstime``: Redis's AOF-rewrite forks)."""
+    total, seen, todo = 0.0, set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            todo.extend(child for child, _ in children_of(pid))
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs of the machine spent busy (not idle, not waiting for I/O)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(pid: int) -> list[tuple[int, str]]:
     """(pid, command line) of the processes whose parent is ``pid`` (from /proc)."""
     found = []
@@ -611,6 +634,12 @@ class Freshness:
     forks: int = 0
     fork_ms: float = 0.0
     delayed_fsyncs: int = 0
+    #: (seconds since the load started, consumer-group lag, AOF rewrite in progress), 4/s
+    timeline: list[tuple[float, int, bool]] = field(default_factory=list)
+    #: CPU seconds over the load: every process of the machine, and those of this benchmark
+    #: (itself, the load process, the consumer, redis-server with its rewrite forks)
+    busy_s: float = 0.0
+    own_s: float = 0.0
 
     def pct(self, q: float) -> float:
         """Percentile over every timed probe; one never seen counts as infinitely late."""
@@ -648,6 +677,10 @@ def run_freshness(
         cpu0 = bench.db0.info("cpu")
         forks0 = int(bench.db0.info("stats")["total_forks"])
         delayed0 = int(bench.db0.info("persistence").get("aof_delayed_fsync", 0))
+        server_pid = bench.server.process.pid if bench.server.process else 0
+        ours = [os.getpid(), loader.pid or 0, serve.process.pid, server_pid]
+        busy0, own0 = machine_busy_s(), tree_cpu_s(ours)
+        busy_s = own_s = 0.0
         t_start = time.perf_counter()
         end = t_start + seconds
         warm_until = t_start + 1.0
@@ -657,11 +690,13 @@ def run_freshness(
         next_probe = t_start
         next_lag = t_start
         max_lag = 0
+        timeline: list[tuple[float, int, bool]] = []
         read_at_end: int | None = None
         while True:
             now = time.perf_counter()
             if now >= end and read_at_end is None:
                 read_at_end = int(bench.group_info()["entries-read"] or 0)
+                busy_s, own_s = machine_busy_s() - busy0, tree_cpu_s(ours) - own0
             if now >= end and not outstanding:
                 break
             if now >= end + timeout_s + 1:
@@ -690,8 +725,10 @@ def run_freshness(
                         outstanding.pop(probe)
                         timeouts += 1
             if now >= next_lag:
-                lag = bench.group_info().get("lag") or 0
-                max_lag = max(max_lag, int(lag))
+                lag = int(bench.group_info().get("lag") or 0)
+                max_lag = max(max_lag, lag)
+                rewriting = bool(bench.db0.info("persistence")["aof_rewrite_in_progress"])
+                timeline.append((now - t_start, lag, rewriting))
                 next_lag = now + 0.25
             time.sleep(0.001)
         load: dict[str, Any] = parent.recv() if parent.poll(90) else {}
@@ -731,7 +768,7 @@ def run_freshness(
         serve.stop()
     return Freshness(
         latencies, timeouts, visibility.method, load, sent, fold_rate, max_lag, drain_s,
-        redis_cpu, commands, forks, fork_ms, delayed,
+        redis_cpu, commands, forks, fork_ms, delayed, timeline, busy_s, own_s,
     )  # fmt: skip
 
 
@@ -855,6 +892,14 @@ def main() -> None:
     parser.add_argument("--memory-traces", default="100000,1000000", help="comma-separated")
     parser.add_argument("--steps", default="rate,freshness,memory")
     parser.add_argument("--profile", type=Path, help="also profile one consumer run here")
+    parser.add_argument(
+        "--redis-config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="CONFIG SET on the private redis-server before the steps (repeatable), "
+        "e.g. auto-aof-rewrite-percentage=0",
+    )
     args = parser.parse_args()
     steps = set(args.steps.split(","))
 
@@ -864,7 +909,12 @@ def main() -> None:
     bench = Bench(server, settings, args.batch, args.workers)
     started = time.perf_counter()
     try:
+        for item in args.redis_config:
+            name, _, value = item.partition("=")
+            bench.db0.config_set(name, value)
         print(f"machine: {machine(bench.db0)}")
+        if args.redis_config:
+            print(f"redis config set: {', '.join(args.redis_config)}")
         print(
             f"batch {args.batch} entries, 1 partition, consumer workers {args.workers}; "
             f"redis-server {server.url}; load average {os.getloadavg()[0]:.1f}\n"
@@ -997,6 +1047,43 @@ def freshness_step(bench: Bench, rate: int, seconds: float, probe_rate: int) -> 
             + (f", the last took {result.fork_ms:.1f} ms" if result.forks else "")
             + f"; AOF writes delayed by a slow fsync (aof_delayed_fsync): {result.delayed_fsyncs}"
         )
+    print(f"  lag over time: {lag_episodes(result.timeline, rate)}")
+    foreign = max(0.0, result.busy_s - result.own_s)
+    cpus = os.cpu_count() or 1
+    disturbed = ": the run was disturbed" if foreign > 0.1 * seconds else ""
+    print(
+        f"  CPU over the load: this benchmark's processes {result.own_s:.1f} s, the machine "
+        f"{result.busy_s:.1f} s of {cpus * seconds:.0f}; other processes {foreign:.1f} s "
+        f"({foreign / seconds:.0%} of one CPU{disturbed})"
+    )
+
+
+def lag_episodes(timeline: list[tuple[float, int, bool]], rate: int) -> str:
+    """The stretches where the group's lag exceeded 50 ms of load, with their peak and
+    whether an AOF rewrite ran meanwhile: tells a steady overload from passing stalls."""
+    limit = max(1, rate // 20)
+    episodes: list[str] = []
+    start: float | None = None
+    peak, rewrite = 0, False
+    for t, lag, rewriting in [*timeline, (float("inf"), 0, False)]:
+        if lag > limit:
+            if start is None:
+                start, peak, rewrite = t, 0, False
+            peak, rewrite = max(peak, lag), rewrite or rewriting
+        elif start is not None:
+            end = "end" if t == float("inf") else f"{t:.1f}"
+            episodes.append(
+                f"{start:.1f}-{end} s (peak {peak:,}{', AOF rewrite' if rewrite else ''})"
+            )
+            start = None
+    rewrites = sum(1 for _, _, r in timeline if r) / 4
+    head = f"rewrite in progress {rewrites:.1f} s of {timeline[-1][0]:.0f} s" if timeline else ""
+    if not episodes:
+        return f"never above {limit:,} entries; {head}"
+    shown = ", ".join(episodes[:12])
+    if len(episodes) > 12:
+        shown += f" and {len(episodes) - 12} more"
+    return f"above {limit:,} entries in {len(episodes)} stretches: {shown}; {head}"
 
 
 def memory_step(bench: Bench, sizes: list[int]) -> None:
