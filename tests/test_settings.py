@@ -41,6 +41,21 @@ def test_non_numeric_env_value_names_variable_and_value() -> None:
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("0", False), ("false", False), ("Off", False), ("yes", True), ("1", True)],
+)
+def test_boolean_env_values(raw: str, expected: bool) -> None:
+    settings = Settings.from_env({"TRACETAGS_CONSUMER_GC_FREEZE": raw})
+    assert settings.consumer_gc_freeze is expected
+
+
+def test_a_non_boolean_env_value_names_variable_and_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TRACETAGS_CONSUMER_GC_FREEZE": "maybe"})
+    assert str(info.value).startswith("TRACETAGS_CONSUMER_GC_FREEZE='maybe' is not a boolean")
+
+
 def test_out_of_range_env_value_names_variable_and_rule() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"TRACETAGS_PARTITIONS": "0"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -366,6 +367,12 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     @app.after_startup
     async def start_reclaiming() -> None:
         stopping.clear()
+        # The ~70k objects of the imports and the app live as long as the process: out of
+        # the collector's reach, a full collection walks only what the fold allocates.
+        # Measured at 10k events/s over 120 s: ~50 full collections of 20-150 ms each, the
+        # fold standing still meanwhile (freshness p99 47 ms; 19-21 ms frozen).
+        if settings.consumer_gc_freeze:
+            gc.freeze()
         tasks.append(asyncio.create_task(heartbeat()))
         for partition in range(folder.partitions):
             tasks.append(asyncio.create_task(reclaim_loop(partition)))
