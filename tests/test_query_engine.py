@@ -841,7 +841,8 @@ def test_walks_over_chunked_sets_equal_the_reference(
 ) -> None:
     """A walk tests its candidates against each chunk's intersection (read once) when they
     share chunks (trace numbers follow time), and per chunk with SMISMEMBER when they
-    spread over many (numbers unrelated to time)."""
+    spread over many (numbers unrelated to time); the chunked sets of an AND first, then the
+    rest of it on the survivors."""
     traces, mutations = qd.generate(31, 3000, dense=True, n_mutations=150)
     if timestamps == "in load order":
         for index, trace in enumerate(traces):
@@ -855,6 +856,9 @@ def test_walks_over_chunked_sets_equal_the_reference(
         ("tags.env = 'production' AND status = 'OK' AND tags.user IS NOT NULL", None),
         ("status = 'OK'", None),
         ("tags.env = 'production'", ["execution_time_ms DESC"]),
+        # the chunked sets are tested before the range and the plain sets of the LIKE
+        ("execution_time_ms > 50 AND tags.env = 'production' AND status = 'OK'", None),
+        ("status = 'OK' AND tags.user LIKE 'user_%' AND tags.env = 'production'", None),
     ]:
         expected = ref.search(final, None, filter_string, order_by, None)
         explained = client.explain(filter_string, order_by=order_by, max_results=37)

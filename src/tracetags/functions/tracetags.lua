@@ -1633,6 +1633,16 @@ local function eval(ctx, node, list)
         for i = 2, #node do
             keys[#keys + 1] = chunked_key(ctx, node[i]) or nil
         end
+        if ctx.walking and #keys > 0 then
+            -- A walk tests its recent candidates by lookup in each chunk's intersection
+            -- (~0.1 us each): first, so that a range (ZMSCORE, ~0.4 us per candidate) or a
+            -- plain set only sees the survivors.
+            list = test_chunked_sets(ctx, node, keys, list)
+            keys = {}
+            if #list == 0 then
+                return list
+            end
+        end
         for i = 2, #node do
             local child = node[i]
             if not chunked_key(ctx, child) then

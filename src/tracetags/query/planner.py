@@ -827,11 +827,16 @@ def plan_partition(
             # Only the ranks of a conjunct range on the walked zset can match: walk them.
             span = bounded.est
         scan = span if est <= 0 else min(span, math.ceil(limit * span / est))
-        # Cost in redis calls, roughly: a walked entry costs a membership call per chunked
-        # term (batches are spread over every chunk); collecting costs a cheap read per
-        # candidate, a call per chunk a term touches, and the sort of the matches.
+        # Cost in walked entries (~0.4 us each on the VM of benchmarks/README.md: the
+        # ZRANGE reply and a lookup in the chunk intersection of the chunked terms).
+        # Collecting costs per candidate ~0.3 us from sets (read and tested chunk by
+        # chunk) but ~1 us from a range (its candidates scatter over every chunk, a few per
+        # SMISMEMBER), a call per chunk a term touches, and ~0.9 us per match (its score
+        # read by ZMSCORE, then the sort): so a walk wins at scale even when it visits
+        # more entries than there are candidates.
         chunks = total / 512 + 1
-        collect_cost = 0.25 * cost + 0.5 * est + min(cost, chunks)
+        per_candidate = 2.5 if any(source[0] == "R" for source in sources) else 0.75
+        collect_cost = per_candidate * cost + 2.25 * est + min(cost, chunks)
         if scan < collect_cost:
             plan["walk"] = [zset, 1 if order[0].ascending else 0]
             plan["density"] = min(1.0, est / span) if span > 0 else 1.0
