@@ -105,8 +105,10 @@ class LMatch:
     predicate: Callable[[str], bool] = field(compare=False)
     negated: bool
     text: str
-    #: A Redis glob matching a superset of the values (ZSCAN MATCH reads only those).
-    glob: str | None = None
+    #: LIKE only: its runs of literal characters, the first one its start (maybe empty).
+    #: A matching value starts with the first and holds the others in order, so tt_query
+    #: returns only such values.
+    runs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -180,19 +182,11 @@ def _pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
     return lambda v: regex.search(v) is not None
 
 
-def _like_glob(pattern: str) -> str:
-    """A glob whose matches include every value the LIKE pattern matches: ``%`` and ``_``
-    become ``*`` (``?`` would match one byte, not one character), the rest is literal."""
-    out: list[str] = []
-    for ch in pattern:
-        if ch in "%_":
-            if not out or out[-1] != "*":
-                out.append("*")
-        elif ch in "*?[]\\":
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-    return "".join(out)
+def _like_runs(pattern: str) -> tuple[str, ...]:
+    """The runs of literal characters of a LIKE pattern: its start (empty when it starts
+    with ``%`` or ``_``), then the non-empty runs after it."""
+    first, *rest = re.split("[%_]", pattern)
+    return (first, *(run for run in rest if run))
 
 
 def _tag_number(text: str) -> float | None:
@@ -295,8 +289,8 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
-    glob = _like_glob(value) if op == "LIKE" else None
-    return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text, glob)
+    runs = _like_runs(value) if op == "LIKE" else None
+    return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text, runs)
 
 
 def logical(expr: Expr | None, experiment_ids: Sequence[str] | None) -> LogicalNode:
@@ -382,9 +376,9 @@ def probe_commands(
         if isinstance(leaf, LValues):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZMSCORE", leaf.index.distinct(keys, partition), *leaf.values))
-        elif isinstance(leaf, LMatch) and leaf.glob is not None:
+        elif isinstance(leaf, LMatch) and leaf.runs is not None:
             probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("ZSCAN", leaf.index.distinct(keys, partition), leaf.glob))
+            cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs))
         elif isinstance(leaf, LMatch):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZRANGE", leaf.index.distinct(keys, partition), 0, -1, "WITHSCORES"))
