@@ -928,3 +928,29 @@ def test_walking_many_distinct_values_of_a_broad_filter_equals_the_reference(
         wide.client, filter_string="status = 'OK'", order_by=order_by, max_results=113
     )
     assert walked == expected
+
+
+@pytest.mark.parametrize(
+    ("total", "expected"), [(100_000, "collect"), (1_000_000, "walk")], ids=["100k", "1M"]
+)
+def test_a_broad_range_source_is_walked_at_scale_and_collected_when_small(
+    total: int, expected: str
+) -> None:
+    """Collecting from a range costs ~1 us per candidate (they scatter over every chunk)
+    and grows with the data, while walking ts until a page of this density is full does
+    not: `production AND ERROR AND execution_time_ms > 5000` (the benchmark's densities)
+    collects at 100k traces and walks at 1M."""
+    from tracetags.query import planner
+    from tracetags.query.parser import effective_order, parse_order_by
+
+    slow = planner._leaf("R", ["R", "du", "(5000", "+inf"], 0.0333 * total, "slow", enumerable=True)
+    errors = planner._leaf("V", ["V", "std", "st:", "ERROR"], 0.196 * total, "err", enumerable=True)
+    prod = planner._leaf("V", ["V", "td", "tv", "production"], 0.7 * total, "env", enumerable=True)
+    tree = planner._and([slow, errors, prod], total)
+    order = effective_order(parse_order_by(None))
+    plan = planner.plan_partition(0, tree, total, mode="page", order=order, limit=101)
+    assert plan.strategy == expected, plan.reason
+    # a term of many small sets (LIKE 'user_12%': 2.3 % of the traces) walks at both sizes
+    users = planner._leaf("V", ["V", "td", "tv", "u"], 0.023 * total, "users", enumerable=True)
+    plan = planner.plan_partition(0, users, total, mode="page", order=order, limit=101)
+    assert plan.strategy == "walk", plan.reason
