@@ -74,6 +74,15 @@ class ValueIndex:
         code = {"status": "st", "client_request_id": "cr", "experiment": "ex"}[self.kind]
         return f"{keys.prefix(partition)}:{code}:"
 
+    @property
+    def hash_field(self) -> str:
+        """The field of a trace's hash that holds this index's value (its register)."""
+        if self.kind == "tag":
+            return "t" + self.key
+        if self.kind == "metadata":
+            return "m" + self.key
+        return _PRESENCE_FIELD[self.kind]
+
     def key_set(self, keys: Keys, partition: int) -> str | None:
         if self.kind == "tag":
             return keys.tag_key(partition, self.key)
@@ -416,6 +425,8 @@ class PNode:
     cost: float = math.inf  # candidates those sources produce
     #: What a candidate from ``sources`` must still pass (the source's own test is done).
     residual: list[Any] | None = None
+    #: V leaves: the hash field holding the value (tt_query may read it instead of sets).
+    field: str | None = None
 
 
 def _text(value: bytes | str) -> str:
@@ -535,7 +546,9 @@ def physical(
         spec = ["V", index.distinct(keys, p), index.value_prefix(keys, p), *(v for v, _ in found)]
         count = sum(s for _, s in found)
         shown = f"{text} [{len(found)} value set{'s' if len(found) > 1 else ''}]"
-        return _leaf("V", spec, count, shown, enumerable=True)
+        node = _leaf("V", spec, count, shown, enumerable=True)
+        node.field = index.hash_field
+        return node
 
     return resolve(root), total
 
@@ -734,6 +747,24 @@ def _order_zset(key: OrderKey) -> ZsetName | None:
     return _NUMERIC_ZSETS.get(key.field.key)
 
 
+# A V leaf of this many values may be tested by reading each candidate's register
+# (tt_query's member table of the values' sets costs ~3 us a set to build).
+_REGISTER_TEST_MIN_VALUES = 8
+
+
+def _value_fields(node: PNode, out: dict[str, str]) -> dict[str, str]:
+    """The hash field of each V leaf of many values in ``node``, by distinct zset."""
+    if (
+        node.kind == "V"
+        and node.field is not None
+        and len(node.spec) - 3 >= (_REGISTER_TEST_MIN_VALUES)
+    ):
+        out[node.spec[1]] = node.field
+    for child in node.children:
+        _value_fields(child, out)
+    return out
+
+
 def _walk_range(tree: PNode, zset: ZsetName) -> PNode | None:
     """The range leaf on ``zset`` that every match must satisfy (a conjunct), if any."""
     candidates = tree.children if tree.kind == "&" else [tree]
@@ -809,6 +840,9 @@ def plan_partition(
         return PartitionPlan(partition, total, tree, "stats", reason, plan)
     plan["order"] = order_specs(order)
     plan["limit"] = limit
+    value_fields = _value_fields(tree, {})
+    if value_fields:
+        plan["value_fields"] = value_fields
     if cursor is not None:
         plan["cursor"] = cursor
     zset = _order_zset(order[0]) if order else None
