@@ -542,6 +542,33 @@ def test_a_stale_library_on_the_server_is_replaced_before_the_first_query(
         functions.load(r)
 
 
+def test_a_probe_reading_like_values_reloads_a_library_the_server_lost(
+    settings: Settings, r: redis.Redis
+) -> None:
+    """The probe of a LIKE calls tt_query (its values are filtered inside the Function) in
+    the same pipeline as its other reads; a server that lost the library since this client
+    checked it gets it again, and the query still answers."""
+    from tracetags import functions
+    from tracetags.client import Client
+
+    traces, _ = qd.generate(6, 120)
+    final = ref.apply_mutations(traces, [])
+    with Client(settings) as client:
+        qd.load(r, client.keys, 1, traces)
+        filter_string = "tags.user LIKE 'user_1%'"
+        expected = ref.search(final, None, filter_string, None, None)
+        assert expected
+        assert [t.info.trace_id for t in client.search_traces(filter_string=filter_string)] == (
+            expected[:100]
+        )
+        try:
+            r.execute_command("FUNCTION", "DELETE", functions.LIBRARY_NAME)
+            page = client.search_traces(filter_string=filter_string)
+            assert [t.info.trace_id for t in page] == expected[:100]
+        finally:
+            functions.load(r)
+
+
 # --- strategies for large indexes (issue 4 performance gaps) ---------------------------------
 
 
@@ -610,9 +637,14 @@ def test_presence_counts_equal_the_reference(wide: Loaded, filter_string: str) -
 
 @pytest.mark.parametrize(
     "pattern",
-    ["w1%", "w1_", "w_*", "%?", "w2[", "%\\", "%\\%", "w1%ä", "%_%", "W1%", "w1", "%[%", "x%"],
+    [
+        *("w1%", "w1_", "w_*", "%?", "w2[", "%\\", "%\\%", "w1%ä", "%_%", "W1%", "w1", "%[%"),
+        *("x%", "%ä", "_1%", "w2%ß", "w%1%", "%1_", "", "%", "w1ä", "%w%", "w%2%2", "w1_1"),
+    ],
 )
-def test_like_read_by_glob_equals_the_reference(wide: Loaded, pattern: str) -> None:
+def test_like_read_by_its_literals_equals_the_reference(wide: Loaded, pattern: str) -> None:
+    """LIKE reads only the distinct values that start with its first literal run and hold
+    the others in order (inside tt_query); the pattern itself is applied by the planner."""
     for op in ("LIKE", "ILIKE", "NOT LIKE"):
         filter_string = f"tags.wide {op} '{pattern}'"
         expected = ref.search(wide.final, None, filter_string, None, None)
@@ -841,7 +873,8 @@ def test_walks_over_chunked_sets_equal_the_reference(
 ) -> None:
     """A walk tests its candidates against each chunk's intersection (read once) when they
     share chunks (trace numbers follow time), and per chunk with SMISMEMBER when they
-    spread over many (numbers unrelated to time)."""
+    spread over many (numbers unrelated to time); the chunked sets of an AND first, then the
+    rest of it on the survivors."""
     traces, mutations = qd.generate(31, 3000, dense=True, n_mutations=150)
     if timestamps == "in load order":
         for index, trace in enumerate(traces):
@@ -855,6 +888,9 @@ def test_walks_over_chunked_sets_equal_the_reference(
         ("tags.env = 'production' AND status = 'OK' AND tags.user IS NOT NULL", None),
         ("status = 'OK'", None),
         ("tags.env = 'production'", ["execution_time_ms DESC"]),
+        # the chunked sets are tested before the range and the plain sets of the LIKE
+        ("execution_time_ms > 50 AND tags.env = 'production' AND status = 'OK'", None),
+        ("status = 'OK' AND tags.user LIKE 'user_%' AND tags.env = 'production'", None),
     ]:
         expected = ref.search(final, None, filter_string, order_by, None)
         explained = client.explain(filter_string, order_by=order_by, max_results=37)
@@ -892,3 +928,29 @@ def test_walking_many_distinct_values_of_a_broad_filter_equals_the_reference(
         wide.client, filter_string="status = 'OK'", order_by=order_by, max_results=113
     )
     assert walked == expected
+
+
+@pytest.mark.parametrize(
+    ("total", "expected"), [(100_000, "collect"), (1_000_000, "walk")], ids=["100k", "1M"]
+)
+def test_a_broad_range_source_is_walked_at_scale_and_collected_when_small(
+    total: int, expected: str
+) -> None:
+    """Collecting from a range costs ~1 us per candidate (they scatter over every chunk)
+    and grows with the data, while walking ts until a page of this density is full does
+    not: `production AND ERROR AND execution_time_ms > 5000` (the benchmark's densities)
+    collects at 100k traces and walks at 1M."""
+    from tracetags.query import planner
+    from tracetags.query.parser import effective_order, parse_order_by
+
+    slow = planner._leaf("R", ["R", "du", "(5000", "+inf"], 0.0333 * total, "slow", enumerable=True)
+    errors = planner._leaf("V", ["V", "std", "st:", "ERROR"], 0.196 * total, "err", enumerable=True)
+    prod = planner._leaf("V", ["V", "td", "tv", "production"], 0.7 * total, "env", enumerable=True)
+    tree = planner._and([slow, errors, prod], total)
+    order = effective_order(parse_order_by(None))
+    plan = planner.plan_partition(0, tree, total, mode="page", order=order, limit=101)
+    assert plan.strategy == expected, plan.reason
+    # a term of many small sets (LIKE 'user_12%': 2.3 % of the traces) walks at both sizes
+    users = planner._leaf("V", ["V", "td", "tv", "u"], 0.023 * total, "users", enumerable=True)
+    plan = planner.plan_partition(0, users, total, mode="page", order=order, limit=101)
+    assert plan.strategy == "walk", plan.reason

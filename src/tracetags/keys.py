@@ -78,8 +78,8 @@ register and one set of indexes.
   minus ``tk``; ``NOT (…)`` = complement within the searched experiments (union of their
   ``ex`` sets, chunk by chunk).  OR = union, chunk by chunk.
 - ``LIKE`` / ``ILIKE`` / ``RLIKE`` / ``NOT LIKE`` and numeric comparisons on tags: scan the
-  distinct values of ``td:<k>`` (ZRANGE / ZSCAN; never the traces), then union the matching
-  value sets (their scores give the count without touching any set).
+  distinct values of ``td:<k>`` (ZRANGE, inside tt_query for LIKE; never the traces), then
+  union the matching value sets (their scores give the count without touching any set).
 - ``timestamp_ms`` / ``execution_time_ms`` / ``end_time_ms`` comparisons: ZRANGEBYSCORE on
   ``ts`` / ``du`` / ``en`` (``du`` lacks unfinished traces, which never match); ordering by
   them walks the zset.  ``request_id``, ``name``, ``run_id``, tag and metadata ordering: sort

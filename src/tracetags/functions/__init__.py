@@ -28,7 +28,7 @@ tag ``mlflow.traceName``, overriding that key in the same event's ``tags``.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final, NamedTuple
 
@@ -293,6 +293,34 @@ def ensure_loaded(client: redis.Redis) -> None:
         _verified.add(pool)
 
 
+def queue_query(pipe: redis.client.Pipeline, keys: Keys, partition: int, plan: bytes) -> None:
+    """Add a ``tt_query`` call (read only) of one partition to a pipeline run by
+    :func:`execute_queries`."""
+    pipe.fcall_ro(QUERY_FUNCTION, 1, keys.trace_ids(partition), keys.prefix(partition), plan)
+
+
+def execute_queries(
+    client: redis.Redis, fill: Callable[[redis.client.Pipeline], object]
+) -> list[Any]:
+    """Run the pipeline ``fill`` builds: ``tt_query`` calls (:func:`queue_query`) and any
+    other reads, in one round trip.  Loads the library first, and once more if the server
+    lost it meanwhile.  Raises :class:`~tracetags.errors.QueryError` for an error reply (a
+    plan the Function refuses)."""
+    ensure_loaded(client)
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        fill(pipe)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+        if not errors:
+            return replies
+        if attempt == 0 and any(_is_missing_function(e) for e in errors):
+            load(client)
+            continue
+        raise _query_error(errors[0]) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def query_partitions(
     client: redis.Redis, keys: Keys, plans: Sequence[tuple[int, bytes]]
 ) -> list[Any]:
@@ -304,18 +332,9 @@ def query_partitions(
     """
     if not plans:
         return []
-    ensure_loaded(client)
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
+
+    def fill(pipe: redis.client.Pipeline) -> None:
         for partition, plan in plans:
-            prefix = keys.prefix(partition)
-            pipe.fcall_ro(QUERY_FUNCTION, 1, keys.trace_ids(partition), prefix, plan)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        errors = [r for r in replies if isinstance(r, redis.ResponseError)]
-        if not errors:
-            return replies
-        if attempt == 0 and any(_is_missing_function(e) for e in errors):
-            load(client)
-            continue
-        raise _query_error(errors[0]) from None
-    raise AssertionError("unreachable")  # pragma: no cover
+            queue_query(pipe, keys, partition, plan)
+
+    return execute_queries(client, fill)

@@ -161,33 +161,37 @@ def _probe(
     order: Sequence[OrderKey] = (),
 ) -> list[tuple[planner.Probe, list[Any], list[int]]]:
     probes = [planner.probe_commands(root, keys, p, order) for p in range(partitions)]
-    pipe = client.pipeline(transaction=False)
-    for probe in probes:
-        for name, key, *args in probe.commands:
-            if name == "ZRANGE":
-                pipe.zrange(key, 0, -1, withscores=True)
-            elif name == "ZSCAN":
-                pipe.zscan(key, 0, match=args[0], count=_ZSCAN_COUNT)
-            elif name == "ZMSCORE":
-                pipe.zmscore(key, args)
-            elif name == "ZCOUNT":
-                pipe.zcount(key, args[0], args[1])
-            elif name == "HMGET":
-                pipe.hmget(key, args)
-            elif name == "HGETALL":
-                pipe.hgetall(key)
-            elif name == "ZCARD":
-                pipe.zcard(key)
-            elif name == "HLEN":
-                pipe.hlen(key)
-            else:
-                pipe.scard(key)
-    replies: list[Any] = pipe.execute()
+
+    def fill(pipe: redis.client.Pipeline) -> None:
+        for probe in probes:
+            for name, key, *args in probe.commands:
+                if name == "ZRANGE":
+                    pipe.zrange(key, 0, -1, withscores=True)
+                elif name == "VALUES":
+                    plan = {"mode": "values", "dkey": key, "runs": args[0]}
+                    functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
+                elif name == "ZMSCORE":
+                    pipe.zmscore(key, args)
+                elif name == "ZCOUNT":
+                    pipe.zcount(key, args[0], args[1])
+                elif name == "HMGET":
+                    pipe.hmget(key, args)
+                elif name == "HGETALL":
+                    pipe.hgetall(key)
+                elif name == "ZCARD":
+                    pipe.zcard(key)
+                elif name == "HLEN":
+                    pipe.hlen(key)
+                else:
+                    pipe.scard(key)
+
+    replies = functions.execute_queries(client, fill)
     at = 0
     for probe in probes:
-        for offset, (name, key, *args) in enumerate(probe.commands):
-            if name == "ZSCAN":
-                replies[at + offset] = _finish_zscan(client, key, args[0], replies[at + offset])
+        for offset, (name, *_) in enumerate(probe.commands):
+            if name == "VALUES":
+                flat = replies[at + offset]
+                replies[at + offset] = list(zip(flat[::2], flat[1::2], strict=True))
         at += len(probe.commands)
     out: list[tuple[planner.Probe, list[Any], list[int]]] = []
     at = 0
@@ -205,24 +209,6 @@ def _probe(
         for probe, _, slot in out:
             slot.extend(int(c) for c in by_partition.get(probe.partition, []))
     return out
-
-
-_ZSCAN_COUNT = 1 << 20  # visit every bucket in one call (the MATCH filter runs server-side)
-
-
-def _finish_zscan(
-    client: redis.Redis, key: str, glob: str, first: tuple[int, list[Any]]
-) -> list[tuple[bytes, float]]:
-    """The (value, count) pairs of a ZSCAN MATCH, continued to cursor 0, deduplicated
-    (SCAN may repeat an element; it never misses one present throughout)."""
-    cursor, pairs = first
-    found: dict[bytes, float] = {}
-    while True:
-        for value, score in pairs:
-            found[value] = score
-        if int(cursor) == 0:
-            return list(found.items())
-        cursor, pairs = client.zscan(key, cursor, match=glob, count=_ZSCAN_COUNT)
 
 
 # A page plan whose terms are all value sets, ranges and key presence (no LIKE, no ids)

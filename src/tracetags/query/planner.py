@@ -74,6 +74,15 @@ class ValueIndex:
         code = {"status": "st", "client_request_id": "cr", "experiment": "ex"}[self.kind]
         return f"{keys.prefix(partition)}:{code}:"
 
+    @property
+    def hash_field(self) -> str:
+        """The field of a trace's hash that holds this index's value (its register)."""
+        if self.kind == "tag":
+            return "t" + self.key
+        if self.kind == "metadata":
+            return "m" + self.key
+        return _PRESENCE_FIELD[self.kind]
+
     def key_set(self, keys: Keys, partition: int) -> str | None:
         if self.kind == "tag":
             return keys.tag_key(partition, self.key)
@@ -105,8 +114,10 @@ class LMatch:
     predicate: Callable[[str], bool] = field(compare=False)
     negated: bool
     text: str
-    #: A Redis glob matching a superset of the values (ZSCAN MATCH reads only those).
-    glob: str | None = None
+    #: LIKE only: its runs of literal characters, the first one its start (maybe empty).
+    #: A matching value starts with the first and holds the others in order, so tt_query
+    #: returns only such values.
+    runs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -180,19 +191,11 @@ def _pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
     return lambda v: regex.search(v) is not None
 
 
-def _like_glob(pattern: str) -> str:
-    """A glob whose matches include every value the LIKE pattern matches: ``%`` and ``_``
-    become ``*`` (``?`` would match one byte, not one character), the rest is literal."""
-    out: list[str] = []
-    for ch in pattern:
-        if ch in "%_":
-            if not out or out[-1] != "*":
-                out.append("*")
-        elif ch in "*?[]\\":
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-    return "".join(out)
+def _like_runs(pattern: str) -> tuple[str, ...]:
+    """The runs of literal characters of a LIKE pattern: its start (empty when it starts
+    with ``%`` or ``_``), then the non-empty runs after it."""
+    first, *rest = re.split("[%_]", pattern)
+    return (first, *(run for run in rest if run))
 
 
 def _tag_number(text: str) -> float | None:
@@ -295,8 +298,8 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
-    glob = _like_glob(value) if op == "LIKE" else None
-    return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text, glob)
+    runs = _like_runs(value) if op == "LIKE" else None
+    return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text, runs)
 
 
 def logical(expr: Expr | None, experiment_ids: Sequence[str] | None) -> LogicalNode:
@@ -382,9 +385,9 @@ def probe_commands(
         if isinstance(leaf, LValues):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZMSCORE", leaf.index.distinct(keys, partition), *leaf.values))
-        elif isinstance(leaf, LMatch) and leaf.glob is not None:
+        elif isinstance(leaf, LMatch) and leaf.runs is not None:
             probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("ZSCAN", leaf.index.distinct(keys, partition), leaf.glob))
+            cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs))
         elif isinstance(leaf, LMatch):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZRANGE", leaf.index.distinct(keys, partition), 0, -1, "WITHSCORES"))
@@ -422,6 +425,8 @@ class PNode:
     cost: float = math.inf  # candidates those sources produce
     #: What a candidate from ``sources`` must still pass (the source's own test is done).
     residual: list[Any] | None = None
+    #: V leaves: the hash field holding the value (tt_query may read it instead of sets).
+    field: str | None = None
 
 
 def _text(value: bytes | str) -> str:
@@ -541,7 +546,9 @@ def physical(
         spec = ["V", index.distinct(keys, p), index.value_prefix(keys, p), *(v for v, _ in found)]
         count = sum(s for _, s in found)
         shown = f"{text} [{len(found)} value set{'s' if len(found) > 1 else ''}]"
-        return _leaf("V", spec, count, shown, enumerable=True)
+        node = _leaf("V", spec, count, shown, enumerable=True)
+        node.field = index.hash_field
+        return node
 
     return resolve(root), total
 
@@ -740,6 +747,24 @@ def _order_zset(key: OrderKey) -> ZsetName | None:
     return _NUMERIC_ZSETS.get(key.field.key)
 
 
+# A V leaf of this many values may be tested by reading each candidate's register
+# (tt_query's member table of the values' sets costs ~3 us a set to build).
+_REGISTER_TEST_MIN_VALUES = 8
+
+
+def _value_fields(node: PNode, out: dict[str, str]) -> dict[str, str]:
+    """The hash field of each V leaf of many values in ``node``, by distinct zset."""
+    if (
+        node.kind == "V"
+        and node.field is not None
+        and len(node.spec) - 3 >= (_REGISTER_TEST_MIN_VALUES)
+    ):
+        out[node.spec[1]] = node.field
+    for child in node.children:
+        _value_fields(child, out)
+    return out
+
+
 def _walk_range(tree: PNode, zset: ZsetName) -> PNode | None:
     """The range leaf on ``zset`` that every match must satisfy (a conjunct), if any."""
     candidates = tree.children if tree.kind == "&" else [tree]
@@ -815,6 +840,9 @@ def plan_partition(
         return PartitionPlan(partition, total, tree, "stats", reason, plan)
     plan["order"] = order_specs(order)
     plan["limit"] = limit
+    value_fields = _value_fields(tree, {})
+    if value_fields:
+        plan["value_fields"] = value_fields
     if cursor is not None:
         plan["cursor"] = cursor
     zset = _order_zset(order[0]) if order else None
@@ -827,11 +855,16 @@ def plan_partition(
             # Only the ranks of a conjunct range on the walked zset can match: walk them.
             span = bounded.est
         scan = span if est <= 0 else min(span, math.ceil(limit * span / est))
-        # Cost in redis calls, roughly: a walked entry costs a membership call per chunked
-        # term (batches are spread over every chunk); collecting costs a cheap read per
-        # candidate, a call per chunk a term touches, and the sort of the matches.
+        # Cost in walked entries (~0.4 us each on the VM of benchmarks/README.md: the
+        # ZRANGE reply and a lookup in the chunk intersection of the chunked terms).
+        # Collecting costs per candidate ~0.3 us from sets (read and tested chunk by
+        # chunk) but ~1 us from a range (its candidates scatter over every chunk, a few per
+        # SMISMEMBER), a call per chunk a term touches, and ~0.9 us per match (its score
+        # read by ZMSCORE, then the sort): so a walk wins at scale even when it visits
+        # more entries than there are candidates.
         chunks = total / 512 + 1
-        collect_cost = 0.25 * cost + 0.5 * est + min(cost, chunks)
+        per_candidate = 2.5 if any(source[0] == "R" for source in sources) else 0.75
+        collect_cost = per_candidate * cost + 2.25 * est + min(cost, chunks)
         if scan < collect_cost:
             plan["walk"] = [zset, 1 if order[0].ascending else 0]
             plan["density"] = min(1.0, est / span) if span > 0 else 1.0
