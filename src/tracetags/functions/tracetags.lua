@@ -1319,18 +1319,24 @@ end
 local MEMBER_TABLE_MIN_SETS = 8
 local MEMBER_TABLE_MAX = 200000
 
+-- How many of a leaf's sets are plain, and their members in all.
+local function plain_sets_size(sets)
+    local plain, members = 0, 0
+    for s = 1, #sets do
+        if not sets[s][2] then
+            plain = plain + 1
+            members = members + sets[s][3]
+        end
+    end
+    return plain, members
+end
+
 local function plain_member_table(leaf, sets)
     if leaf.members ~= nil then
         return leaf.members
     end
     leaf.members = false
-    local plain, total = 0, 0
-    for s = 1, #sets do
-        if not sets[s][2] then
-            plain = plain + 1
-            total = total + sets[s][3]
-        end
-    end
+    local plain, total = plain_sets_size(sets)
     if plain >= MEMBER_TABLE_MIN_SETS and total <= MEMBER_TABLE_MAX then
         local members = {}
         for s = 1, #sets do
@@ -1362,13 +1368,7 @@ local function test_by_registers(ctx, leaf, sets, list, mask)
         return false
     end
     if not leaf.table_us then
-        local plain, members = 0, 0
-        for s = 1, #sets do
-            if not sets[s][2] then
-                plain = plain + 1
-                members = members + sets[s][3]
-            end
-        end
+        local plain, members = plain_sets_size(sets)
         leaf.plain = plain
         leaf.table_us = plain * TABLE_SET_US + members * TABLE_MEMBER_US
         leaf.table_ok = plain >= MEMBER_TABLE_MIN_SETS and members <= MEMBER_TABLE_MAX
@@ -2814,13 +2814,7 @@ local function windowed_values(dkey, asc, from, visit)
                     window[i], window[count - i + 1] = window[count - i + 1], window[i]
                 end
             end
-            local scores = {}
-            for i = 1, count, CHUNK do
-                local got = call('ZMSCORE', dkey, unpack(window, i, math.min(i + CHUNK - 1, count)))
-                for j = 1, #got do
-                    scores[i + j - 1] = got[j] and tonumber(got[j]) or false
-                end
-            end
+            local scores = zmscore(dkey, window)
             for i = 1, count do
                 if visit(window[i], scores[i]) then
                     return true
