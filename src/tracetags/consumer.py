@@ -24,8 +24,8 @@ import redis.asyncio
 from faststream import AckPolicy, FastStream, StreamMessage
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.parser.binary import BinaryMessageFormatV1
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
 from tracetags import functions, schemas
 from tracetags.client import HEARTBEAT_MS, HEARTBEAT_TTL_MS

@@ -23,6 +23,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -561,12 +562,12 @@ class _ProducerBase:
         return self._core.stats()
 
 
-def _client_kwargs(settings: Settings) -> dict[str, Any]:
+def _client_kwargs(settings: Settings, *, for_asyncio: bool = False) -> dict[str, Any]:
     # redis-py's own retry would resend a pipeline cut by a lost connection and so write
     # duplicates; the producer retries itself, after finding what already landed.
     timeout = settings.socket_timeout_ms / 1000
     return {
-        "retry": Retry(NoBackoff(), 0),
+        "retry": (AsyncRetry if for_asyncio else Retry)(NoBackoff(), 0),
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": 0,
@@ -714,7 +715,7 @@ class AsyncTagProducer(_ProducerBase):
         self.settings = settings or Settings.from_env()
         self._core = _Core(self.settings)
         self._client = redis.asyncio.Redis.from_url(
-            self.settings.effective_redis_url, **_client_kwargs(self.settings)
+            self.settings.effective_redis_url, **_client_kwargs(self.settings, for_asyncio=True)
         )
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
