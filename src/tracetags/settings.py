@@ -143,10 +143,9 @@ _FALSE: Final = ("0", "false", "no", "off")
 
 def _parse(var: str, raw: str, default: Any) -> Any:
     if isinstance(default, bool):
-        if raw.strip().lower() in _TRUE:
-            return True
-        if raw.strip().lower() in _FALSE:
-            return False
+        word = raw.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
         raise ConfigError(
             f"{var}={raw!r} is not a boolean (use one of 1/0, true/false, yes/no, on/off)"
         )
