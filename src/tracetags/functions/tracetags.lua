@@ -2510,13 +2510,10 @@ local function values_reply(dkey, runs)
             found[n] = v
         end
     end
+    local counts = zmscore(dkey, found)
     local flat = {}
-    for i = 1, n, CHUNK do
-        local got = call('ZMSCORE', dkey, unpack(found, i, math.min(i + CHUNK - 1, n)))
-        for j = 1, #got do
-            flat[#flat + 1] = found[i + j - 1]
-            flat[#flat + 1] = got[j]
-        end
+    for i = 1, n do
+        flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
     end
     return flat
 end
