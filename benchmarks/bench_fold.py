@@ -307,9 +307,15 @@ class ServeProcess:
         self._log.close()
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (index 1 is the parent pid,
+    11-14 utime, stime, cutime, cstime)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -323,8 +329,7 @@ def tree_cpu_s(pids: list[int]) -> float:
             continue
         seen.add(pid)
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            total += sum(int(f) for f in proc_stat(pid)[11:15]) / os.sysconf("SC_CLK_TCK")
             todo.extend(child for child, _ in children_of(pid))
     return total
 
@@ -341,8 +346,7 @@ def children_of(pid: int) -> list[tuple[int, str]]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
+            if int(proc_stat(int(stat.parent.name))[1]) == pid:
                 cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
                 found.append((int(stat.parent.name), cmdline.decode(errors="replace")))
     return found
@@ -619,6 +623,10 @@ class Visibility:
         return [bool(x) for x in pipe.execute()]
 
 
+#: How often the freshness step samples the group's lag and whether an AOF rewrite runs.
+LAG_SAMPLE_S = 0.25
+
+
 @dataclass
 class Freshness:
     latencies_ms: list[float]
@@ -627,19 +635,23 @@ class Freshness:
     load: dict[str, Any]
     probes_sent: int
     fold_rate: float
-    max_lag: int
     drain_s: float
     redis_cpu: dict[str, float] = field(default_factory=dict)
     commands: list[tuple[str, int, float]] = field(default_factory=list)
     forks: int = 0
     fork_ms: float = 0.0
     delayed_fsyncs: int = 0
-    #: (seconds since the load started, consumer-group lag, AOF rewrite in progress), 4/s
+    #: (seconds since the load started, consumer-group lag, AOF rewrite in progress), one
+    #: sample every LAG_SAMPLE_S
     timeline: list[tuple[float, int, bool]] = field(default_factory=list)
     #: CPU seconds over the load: every process of the machine, and those of this benchmark
     #: (itself, the load process, the consumer, redis-server with its rewrite forks)
     busy_s: float = 0.0
     own_s: float = 0.0
+
+    @property
+    def max_lag(self) -> int:
+        return max((lag for _, lag, _ in self.timeline), default=0)
 
     def pct(self, q: float) -> float:
         """Percentile over every timed probe; one never seen counts as infinitely late."""
@@ -689,7 +701,6 @@ def run_freshness(
         timeouts = sent = 0
         next_probe = t_start
         next_lag = t_start
-        max_lag = 0
         timeline: list[tuple[float, int, bool]] = []
         read_at_end: int | None = None
         while True:
@@ -726,10 +737,9 @@ def run_freshness(
                         timeouts += 1
             if now >= next_lag:
                 lag = int(bench.group_info().get("lag") or 0)
-                max_lag = max(max_lag, lag)
                 rewriting = bool(bench.db0.info("persistence")["aof_rewrite_in_progress"])
                 timeline.append((now - t_start, lag, rewriting))
-                next_lag = now + 0.25
+                next_lag = now + LAG_SAMPLE_S
             time.sleep(0.001)
         load: dict[str, Any] = parent.recv() if parent.poll(90) else {}
         drain_start = time.perf_counter()
@@ -767,7 +777,7 @@ def run_freshness(
             loader.kill()
         serve.stop()
     return Freshness(
-        latencies, timeouts, visibility.method, load, sent, fold_rate, max_lag, drain_s,
+        latencies, timeouts, visibility.method, load, sent, fold_rate, drain_s,
         redis_cpu, commands, forks, fork_ms, delayed, timeline, busy_s, own_s,
     )  # fmt: skip
 
@@ -1076,7 +1086,7 @@ def lag_episodes(timeline: list[tuple[float, int, bool]], rate: int) -> str:
                 f"{start:.1f}-{end} s (peak {peak:,}{', AOF rewrite' if rewrite else ''})"
             )
             start = None
-    rewrites = sum(1 for _, _, r in timeline if r) / 4
+    rewrites = sum(1 for _, _, r in timeline if r) * LAG_SAMPLE_S
     head = f"rewrite in progress {rewrites:.1f} s of {timeline[-1][0]:.0f} s" if timeline else ""
     if not episodes:
         return f"never above {limit:,} entries; {head}"
