@@ -150,6 +150,16 @@ def split_register(text: str) -> tuple[str, str | None]:
     return stamp, (value if colon else None)
 
 
+def tag_field(key: str) -> str:
+    """The field of a trace's hash that holds the register of tag ``key``."""
+    return "t" + key
+
+
+def metadata_field(key: str) -> str:
+    """The field of a trace's hash that holds the register of metadata ``key``."""
+    return "m" + key
+
+
 def chunk_key(key: str, chunk: int) -> str:
     """The key of chunk ``chunk`` of the chunked set ``key``."""
     return f"{key}:{chunk}"

@@ -20,7 +20,7 @@ import redis
 
 from tracetags import functions
 from tracetags.errors import FilterSemanticError, PageTokenError
-from tracetags.keys import Keys, split_register
+from tracetags.keys import Keys, metadata_field, split_register, tag_field
 from tracetags.query import planner
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.parser import (
@@ -548,9 +548,9 @@ def _group_field(text: Any, index: int) -> tuple[str, str]:
     (key,) = parse_order_by([text])
     f = key.field
     if f.entity == "tag":
-        return text, "t" + f.key
+        return text, tag_field(f.key)
     if f.entity == "metadata":
-        return text, "m" + f.key
+        return text, metadata_field(f.key)
     if f.key in _GROUP_FIELDS:
         return text, _GROUP_FIELDS[f.key]
     raise FilterSemanticError(

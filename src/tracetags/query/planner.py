@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-from tracetags.keys import NAME_TAG, Keys
+from tracetags.keys import NAME_TAG, Keys, metadata_field, tag_field
 from tracetags.query.ast import And, Comparison, Expr, Not, Or, OrderKey
 
 __all__ = [
@@ -78,9 +78,9 @@ class ValueIndex:
     def hash_field(self) -> str:
         """The field of a trace's hash that holds this index's value (its register)."""
         if self.kind == "tag":
-            return "t" + self.key
+            return tag_field(self.key)
         if self.kind == "metadata":
-            return "m" + self.key
+            return metadata_field(self.key)
         return _PRESENCE_FIELD[self.kind]
 
     def key_set(self, keys: Keys, partition: int) -> str | None:
@@ -725,9 +725,9 @@ def order_specs(order: Sequence[OrderKey]) -> list[list[Any]]:
     for key in order:
         f = key.field
         if f.entity == "tag":
-            kind, code = "s", "t" + f.key
+            kind, code = "s", tag_field(f.key)
         elif f.entity == "metadata":
-            kind, code = "s", "m" + f.key
+            kind, code = "s", metadata_field(f.key)
         else:
             kind, code = {
                 "timestamp_ms": ("n", "s"),
