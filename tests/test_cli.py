@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from typing import Any
 
 import redis
+import typer
 from typer.testing import CliRunner
 
 from tracetags.cli import app
@@ -22,10 +25,29 @@ def test_demo_end_to_end(redis_url: str, namespace: str) -> None:
     )
     assert result.exit_code == 0, result.output
     for title in ("Production errors, newest first", "Slow traces (> 5 s) by model version",
-                  "Review queue", "Beyond MLflow: IN, OR and parentheses"):  # fmt: skip
+                  "That user's session (session_", "Review queue",
+                  "Beyond MLflow: IN, OR and parentheses"):  # fmt: skip
         assert title in result.stdout
-    assert "$ tracetags --redis-url" in result.stdout
     assert "emitted 400 traces" in result.stderr and "all folded" in result.stderr
+    # the printed commands, pasted, reach the same Redis and namespace and ask the same
+    # questions: a search returns traces of the demo's tables, the stats its slow groups
+    shown = set(re.findall(r"tr-[0-9a-f]{32}", result.stdout))
+    pasted = [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("$ ")]
+    assert [argv[5] for argv in pasted] == ["search", "stats", "search", "search", "search"]
+    for argv in pasted:
+        assert argv[:5] == ["tracetags", "--redis-url", redis_url, "--namespace", namespace]
+        if argv[5] == "search":
+            again = runner.invoke(app, [*argv[1:], "--max-results", "6", "--format", "ids"])
+            assert again.exit_code == 0, again.output
+            ids = again.stdout.split()
+            assert ids and set(ids) <= shown, (argv, ids)
+        else:
+            again = runner.invoke(app, [*argv[1:], "--format", "json"])
+            assert again.exit_code == 0, again.output
+            groups = json.loads(again.stdout)
+            assert groups and all(g["count"] > 0 and g["max"] > 5000 for g in groups)
+            assert f"{groups[0]['max']:,}" in result.stdout  # the demo's table, as it shows ints
+    assert f"tracetags --redis-url {redis_url} --namespace {namespace} status" in result.stderr
     counted = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "count",
                                   "tags.needs_review = 'true'"])  # fmt: skip
     assert counted.exit_code == 0 and int(counted.stdout) > 0
@@ -50,6 +72,35 @@ def test_log_prints_json_lines_and_marks_undecodable_entries(
         app, ["--redis-url", redis_url, "--namespace", namespace, "log", "--count", "3"]
     )
     assert len(limited.stdout.splitlines()) == 3
+
+
+def _summaries(command: Any, path: str = "") -> dict[str, str]:
+    """Each command's summary: the first paragraph of its help, by command path."""
+    if hasattr(command, "list_commands"):
+        found: dict[str, str] = {}
+        for name in command.list_commands(None):
+            found.update(_summaries(command.get_command(None, name), f"{path} {name}".strip()))
+        return found
+    return {path: (command.help or "").strip().split("\n\n", 1)[0]}
+
+
+def test_help_shows_one_line_summaries_exit_codes_and_completion() -> None:
+    summaries = _summaries(typer.main.get_command(app))
+    assert {"demo", "serve", "status", "tag set", "dead-letters retry"} <= set(summaries)
+    for path, summary in summaries.items():
+        assert summary and "\n" not in summary, f"{path}: summary spans lines: {summary!r}"
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    for name in ("demo", "serve", "status", "search", "count", "explain"):
+        # the command list shows each summary whole, on the command's own line
+        assert any(f" {name} " in line and summaries[name] in line for line in lines), name
+    text = " ".join(result.stdout.split())
+    assert (
+        "Exit codes: 0 success; 1 not found or timed out; 2 usage or filter error (the "
+        "filter is shown with a caret); 3 Redis unreachable (the URL tried and a hint)."
+    ) in text
+    assert "--install-completion" in text and "--show-completion" in text
 
 
 def test_unreachable_redis_exits_3_with_the_url_and_a_hint() -> None:
@@ -125,6 +176,10 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
             (await asyncio.to_thread(run, "get", "tr-x", "--format", "json")).stdout
         )
         assert record["tags"] == {}
+        status = await asyncio.to_thread(run, "status")
+        assert status.exit_code == 0, status.output
+        assert "consumers running: 1 (test-consumer)" in status.stdout
+        assert "Redis memory:" in status.stdout and "no consumer is running" not in status.stdout
         missing = await asyncio.to_thread(run, "get", "tr-nope")
         assert missing.exit_code == 1 and "not found" in missing.stderr
         bad = await asyncio.to_thread(run, "tag", "set", "tr-x", "a//b", "v")

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import enum
 import logging
+import shlex
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -130,8 +131,12 @@ def demo(
     traces: Annotated[int, typer.Option(min=1, help="How many traces to emit.")] = 3_000,
     seed: Annotated[int, typer.Option(help="Random seed of the traffic.")] = 7,
 ) -> None:
-    """The tour: start Redis (embedded unless --redis-url) and a consumer, emit realistic
-    traffic, then answer the classic questions — and print the commands that ask them."""
+    """Start Redis and a consumer, emit realistic traffic, answer the classic questions.
+
+    Redis is the embedded one of ./.tracetags unless --redis-url is given. Each question
+    (production errors, slow traces by model version, a user's session, the review queue)
+    is printed as a table with the command that asks it; the data stays to explore further.
+    """
     import threading
 
     from tracetags.serve import Supervisor
@@ -159,15 +164,31 @@ def demo(
             client.close()
             supervisor.stop()
             runner.join(60)
+    tt = escape(f"tracetags{_pasteable_options(settings)}")
+    if state.redis_url is None:
+        where = (
+            "the data stays in ./.tracetags; keep exploring (the commands start the "
+            "embedded Redis when it is not running; `tracetags serve` folds new events)"
+        )
+    else:
+        where = "keep exploring (`tracetags serve` folds new events)"
     err.print(
-        "\nthe data stays in ./.tracetags; keep exploring (the commands start the embedded "
-        "Redis when it is not running; `tracetags serve` folds new events):\n"
-        "  tracetags status\n  tracetags search \"tags.sla_tier = 'critical'\" --max-results 5"
+        f"\n{where}:\n  {tt} status\n  {tt} search \"tags.sla_tier = 'critical'\" --max-results 5"
     )
 
 
+def _pasteable_options(settings: Settings) -> str:
+    """The global options a pasted command needs to reach the same Redis and namespace."""
+    options = ""
+    if state.redis_url is not None:
+        options += f" --redis-url {shlex.quote(settings.effective_redis_url)}"
+    if state.namespace:
+        options += f" --namespace {settings.namespace}"
+    return options
+
+
 def _demo_questions(client: Client, settings: Settings) -> None:
-    url = "" if state.redis_url is None else f" --redis-url {settings.redis_url}"
+    url = escape(_pasteable_options(settings))
 
     def ask(title: str, filter_string: str, order_by: list[str] | None = None,
             columns: tuple[str, ...] = ("environment", "model_version"),
@@ -195,7 +216,7 @@ def _demo_questions(client: Client, settings: Settings) -> None:
     out.print(table)
     out.print(
         f"[dim]$ tracetags{url} stats 'execution_time_ms > 5000' "
-        "--group-by tags.model_version --metric count --metric p50 --metric p95[/]"
+        "--group-by tags.model_version --metric count --metric p50 --metric p95 --metric max[/]"
     )
     if errors:
         session = errors[0].info.tags.get("session_id", "session_0")
@@ -698,8 +719,10 @@ def dead_retry(
     ] = None,
     partition: Annotated[int | None, typer.Option(help="Only this partition.")] = None,
 ) -> None:
-    """Re-queue dead letters on the log (after a fix). A re-queued event counts as written
-    now: it overrides older writes of the same registers."""
+    """Re-queue dead letters on the log (after a fix).
+
+    A re-queued event counts as written now: it overrides older writes of the same registers.
+    """
     settings = _reachable()
     with Client(settings) as client:
         letters = _letters(client, partition, ids)
