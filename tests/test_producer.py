@@ -12,6 +12,7 @@ from collections import defaultdict
 import pytest
 import redis
 
+import tracetags
 from tests.helpers import read_log, wait_until
 from tracetags import AsyncTagProducer, Settings, TagProducer, schemas
 from tracetags.embedded import RedisServer, free_port
@@ -19,6 +20,7 @@ from tracetags.errors import (
     InvalidTagKeyError,
     InvalidTagValueError,
     ProducerClosedError,
+    TracetagsError,
     TracetagsTimeoutError,
     ValidationError,
 )
@@ -163,6 +165,8 @@ def test_invalid_input_raises_at_the_call_and_nothing_is_buffered(
     with pytest.raises(error) as info:
         call(producer)  # type: ignore[operator]
     assert str(info.value) == message
+    # callers that do not know tracetags can catch the builtin
+    assert isinstance(info.value, TracetagsError) and isinstance(info.value, ValueError)
     assert producer.stats().buffered == 0
     producer.close()
 
@@ -210,7 +214,12 @@ def test_overflow_drops_the_oldest_and_counts_exactly(
     stats = producer.stats()
     # Redis was never reached, so nothing is in flight: the 1,000 newest survive
     assert (stats.buffered, stats.dropped) == (1_000, 2_000)
-    assert "buffer full (1000 events): dropped" in caplog.text
+    # 2,000 drops within a second: one warning (rate-limited to one per 10 s), not 2,000
+    (warning,) = [m for m in caplog.messages if "buffer full" in m]
+    assert warning.startswith(
+        "tracetags producer buffer full (1000 events): dropped 1 oldest events (1 in all); "
+        "last error: "
+    )
     url = settings.effective_redis_url
     server = RedisServer(tmp_path / "redis", port=int(url.rsplit(":", 1)[1].split("/")[0]))  # type: ignore[operator]
     with server:
@@ -408,6 +417,54 @@ async def test_async_producer_survives_an_outage(own_redis: RedisServer, namespa
     ]
     client.close()
     assert seqs == list(range(2_001))
+
+
+async def test_fluent_trace_nested_across_async_sync_and_to_thread(
+    settings: Settings, r: redis.Redis
+) -> None:
+    """The default producer's active trace follows the context: an async function calling
+    another async one, a sync one, and work handed to a thread all join the outer trace."""
+    producer = tracetags.configure(settings)
+    ids: list[str | None] = []
+
+    @tracetags.trace
+    def sync_inner() -> None:
+        ids.append(tracetags.get_current_trace_id())
+        tracetags.update_current_trace(tags={"step": "sync_inner"})
+
+    @tracetags.trace
+    async def async_inner() -> None:
+        await asyncio.sleep(0)
+        ids.append(tracetags.get_current_trace_id())
+        sync_inner()
+        tracetags.update_current_trace(tags={"step": "async_inner"})
+
+    def in_a_thread() -> None:
+        ids.append(tracetags.get_current_trace_id())
+        tracetags.update_current_trace(tags={"step": "thread"})
+
+    @tracetags.trace(name="outer")
+    async def outer() -> None:
+        ids.append(tracetags.get_current_trace_id())
+        await async_inner()
+        await asyncio.to_thread(in_a_thread)  # copies the context
+
+    await outer()
+    assert tracetags.get_current_trace_id() is None
+    producer.close()
+    trace_id = ids[0]
+    assert trace_id is not None and ids == [trace_id] * 4
+    log = [event for _, _, event in read_log(r, settings.namespace)]
+    assert {event.trace_id for event in log} == {trace_id}
+    started, *tag_events, finished = log
+    assert isinstance(started, schemas.TraceStarted) and started.name == "outer"
+    assert [e.tags for e in tag_events if isinstance(e, schemas.TagsSet)] == [
+        {"step": "sync_inner"},
+        {"step": "async_inner"},
+        {"step": "thread"},
+    ]
+    assert len(tag_events) == 3
+    assert isinstance(finished, schemas.TraceFinished) and finished.status == "OK"
 
 
 def test_atexit_hook_flushes_what_the_app_forgot(
