@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_producer.py [--events 200000] [--rounds 5]
 
 Starts a private redis-server (AOF ``everysec``) unless --redis-url is given, and in one run,
-on the same server and the same events (``set_tags`` of one tag on 1,000 traces, ~100 bytes
+on the same server and the same events (``set_tags`` of two tags on 1,000 traces, ~120 bytes
 encoded), measures in alternating order, ``--rounds`` times:
 
 - ingest: ``TagProducer`` events/s (back-to-back calls, then ``flush()`` until all is written)
