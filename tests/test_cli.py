@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import typer
 from typer.testing import CliRunner
@@ -51,6 +59,34 @@ def test_demo_end_to_end(redis_url: str, namespace: str) -> None:
     counted = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "count",
                                   "tags.needs_review = 'true'"])  # fmt: skip
     assert counted.exit_code == 0 and int(counted.stdout) > 0
+
+
+def test_demo_from_a_fresh_directory_on_the_embedded_redis(tmp_path: Path) -> None:
+    """The README's main job as a new user runs it: no Redis URL, a fresh directory, the
+    default traffic, under a minute; the state stays for the next command."""
+    if not shutil.which("redis-server"):
+        pytest.skip("the embedded default needs the redis-server binary")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACETAGS_")}
+
+    def tracetags(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tracetags.cli", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    started = time.monotonic()
+    demo = tracetags("demo")
+    elapsed = time.monotonic() - started
+    assert demo.returncode == 0, demo.stderr
+    assert elapsed < 60, f"the demo took {elapsed:.1f} s"
+    assert "embedded Redis at redis://127.0.0.1:" in demo.stderr
+    assert "emitted 3000 traces" in demo.stderr and "all folded" in demo.stderr
+    assert "the data stays in ./.tracetags" in demo.stderr
+    assert "$ tracetags search" in demo.stdout  # no --redis-url: the embedded default
+    port = int((tmp_path / ".tracetags" / "redis.port").read_text())
+    with socket.socket() as sock:  # the demo stopped the server it started
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    counted = tracetags("count", "tags.needs_review = 'true'")
+    assert counted.returncode == 0, counted.stderr
+    assert int(counted.stdout) > 0
 
 
 def test_log_prints_json_lines_and_marks_undecodable_entries(
