@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from tracetags.keys import (
+    LEX_BUCKET,
     NAME_TAG,
     PLAIN_MAX,
     SET_CHUNK,
@@ -198,6 +199,54 @@ def _split_set_key(rest: str) -> tuple[str, str, int | None]:
     return head, logical, int(remainder[1:])
 
 
+def _lex_part(rest: str) -> tuple[str, bytes | None] | None:
+    """For a key of a byte-order index (``td:<k>:L``, ``td:<k>:L:<enc head>``, md too):
+    (its distinct zset after the prefix, the bucket head or None for the directory)."""
+    head, _, tail = rest.partition(":")
+    encoded, remainder = _take_enc(tail.encode())
+    if not remainder:
+        return None
+    distinct = f"{head}:{encoded.decode()}"
+    if remainder == b":L":
+        return distinct, None
+    assert remainder.startswith(b":L:"), f"bad index key: {rest}"
+    enc_head, left = _take_enc(remainder[3:])
+    assert not left, f"bad bucket key: {rest}"
+    return distinct, enc_head.split(b":", 1)[1]
+
+
+def _check_lex(
+    out: Dump, lex: dict[str, tuple[dict[bytes, None], dict[bytes, list[bytes]]]], prefix: str
+) -> None:
+    """Every tag/metadata distinct zset has a byte-order index holding exactly its values:
+    heads in the directory ('' first), each bucket's values in [head, next head), at most
+    LEX_BUCKET of them, no bucket without a head, no head without a bucket but ''."""
+    distinct_keys = {
+        k for k in out if isinstance(k, str) and k[len(prefix) + 1 :][:3] in ("td:", "md:")
+    }
+    stale = set(lex) - distinct_keys
+    assert not stale, f"an index outlived its distinct zset: {stale}"
+    for dkey in distinct_keys:
+        assert dkey in lex, f"{dkey}: no byte-order index"
+        directory, buckets = lex[dkey]
+        heads = sorted(directory)
+        assert heads and heads[0] == b"", f"{dkey}: the directory lacks the head ''"
+        assert set(buckets) <= set(heads), f"{dkey}: a bucket has no head in the directory"
+        indexed: list[bytes] = []
+        for i, head in enumerate(heads):
+            members = buckets.get(head, [])
+            assert head == b"" or members, f"{dkey}: the bucket of {head!r} is empty"
+            assert len(members) <= LEX_BUCKET, f"{dkey}: bucket {head!r} holds {len(members)}"
+            upper = heads[i + 1] if i + 1 < len(heads) else None
+            for m in members:
+                assert m >= head and (upper is None or m < upper), (
+                    f"{dkey}: {m!r} is outside the bucket [{head!r}, {upper!r})"
+                )
+            indexed.extend(members)
+        expected = sorted(v.encode() for v in out[dkey])  # type: ignore[union-attr]
+        assert sorted(indexed) == expected, f"{dkey}: the index does not hold its values"
+
+
 def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     """Read every key of the namespace into :meth:`FoldModel.expected`'s shape.
 
@@ -243,6 +292,7 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     logical: dict[str, set[str]] = {}
     forms: dict[str, set[bool]] = {}  # logical value set -> {chunked?}
     seen_traces: set[str] = set()
+    lex: dict[str, tuple[dict[bytes, None], dict[bytes, list[bytes]]]] = {}
     for key, value in values.items():
         rest = key[len(prefix) + 1 :]
         head = rest.split(":", 1)[0]
@@ -281,6 +331,15 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
                 assert chunk is not None, f"{key}: key sets and all are always chunked"
             forms.setdefault(name, set()).add(chunk is not None)
             logical.setdefault(f"{prefix}:{name}", set()).update(trace_of(m) for m in members)
+        elif head in _VALUE_ZSETS and _lex_part(rest) is not None:
+            assert kind == "zset", key
+            distinct, bucket = _lex_part(rest)  # type: ignore[misc]
+            assert all(s == 0 for _, s in value), f"{key}: a score is not 0"
+            entry = lex.setdefault(f"{prefix}:{distinct}", ({}, {}))
+            if bucket is None:
+                entry[0].update((m, None) for m, _ in value)
+            else:
+                entry[1][bucket] = [m for m, _ in value]
         elif head in _VALUE_ZSETS or rest in ("exd", "crd", "std"):
             assert kind == "zset", key
             out[key] = {m.decode(): s for m, s in value}
@@ -290,6 +349,7 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
         else:
             raise AssertionError(f"stray key: {key} ({kind})")
     assert seen_traces == set(numbers.values()), "id map names traces without a hash"
+    _check_lex(out, lex, prefix)
     for name, chunked in forms.items():
         head = name.split(":", 1)[0]
         if head not in _VALUE_SETS:

@@ -361,6 +361,51 @@ def test_load_is_idempotent_and_apply_reloads_a_flushed_server(own_redis: RedisS
         client.close()
 
 
+def _older_version(number: int) -> str:
+    """This library's code under an older version's name (its functions have our names)."""
+    first, rest = functions.LIBRARY_CODE.split("\n", 1)
+    assert first == f"#!lua name={functions.LIBRARY_NAME}"
+    return f"#!lua name={functions.LIBRARY_PREFIX}{number}\n{rest}"
+
+
+def test_loading_replaces_an_older_version_of_the_library(own_redis: RedisServer) -> None:
+    """Function names are global: an older tracetags_vN holding tt_apply would make the load
+    fail, and its fold would not keep this version's indexes, so it is deleted first."""
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        client.execute_command("FUNCTION", "FLUSH")
+        client.function_load(_older_version(3))
+        client.function_load(
+            "#!lua name=someone_else\nredis.register_function('f', function() return 1 end)"
+        )
+        assert functions.load(client) is True
+        names = sorted(
+            lib[b"library_name"].decode() if isinstance(lib, dict) else lib[1].decode()
+            for lib in client.function_list()
+        )
+        assert names == ["someone_else", functions.LIBRARY_NAME]
+    finally:
+        client.execute_command("FUNCTION", "FLUSH")
+        client.close()
+
+
+async def test_async_loading_replaces_an_older_version(redis_url: str) -> None:
+    sync = redis.Redis.from_url(redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        if sync.function_list(functions.LIBRARY_NAME):
+            sync.function_delete(functions.LIBRARY_NAME)
+        sync.function_load(_older_version(2))
+        assert await functions.load_async(client) is True
+        assert functions.load(sync) is False  # the current version, and only it
+        listed = sync.function_list(functions.LIBRARY_PREFIX + "*")
+        assert len(listed) == 1
+    finally:
+        functions.load(sync)
+        sync.close()
+        await client.aclose()
+
+
 async def test_async_twin(redis_url: str, namespace: str) -> None:
     keys = Keys(namespace)
     sync = redis.Redis.from_url(redis_url)
@@ -442,3 +487,105 @@ def test_value_sets_change_form_across_the_threshold_in_any_order(
     prod = keys.tag_value(0, "env", "prod")
     assert not r.exists(prod) and r.exists(chunk_key(prod, 0))  # 500 + 100 members: chunked
     assert r.zscore(keys.tag_values(0, "env"), "prod") == n  # 300..399 came back as prod
+
+
+def _lex_keys(client: redis.Redis, distinct: str) -> list[bytes]:
+    return sorted(client.scan_iter(match=f"{distinct}:L*", count=1000))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_byte_order_index_follows_values_through_splits_and_removals(
+    r: redis.Redis, namespace: str, seed: int
+) -> None:
+    """Thousands of distinct values enter and leave a key's distinct zset, in any delivery
+    order: its byte-order index (buckets of at most LEX_BUCKET) holds exactly its values at
+    every checked boundary (dump() checks the index against the zset), the buckets of short
+    values stay listpacks, and the index goes with the key's last value."""
+    rng = random.Random(seed)
+    keys = Keys(namespace)
+    stream = _fresh_stream(r, keys, 0)
+    alphabet = ["a", "b", "z", "A", "0", "9", "_", "%", " ", ":", "é", "ü", "\u4e2d", "~"]
+
+    def value() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 7)))
+
+    n = 1200
+    log: list[schemas.Event] = []
+    for i in range(n):
+        log.append(schemas.TraceStarted(
+            **_common(f"tr-{i}"), experiment_id="1", timestamp_ms=i,  # type: ignore[arg-type]
+            tags={"u": f"user_{rng.randrange(900)}", "v": value()},
+            metadata={"m": value() + ("x" * 70 if i % 97 == 0 else "")},
+        ))  # fmt: skip
+    for i in rng.sample(range(n), 500):  # new values, old ones leave
+        log.append(schemas.TagsSet(**_common(f"tr-{i}"), tags={"u": f"user_{900 + i}"}))  # type: ignore[arg-type]
+    for i in rng.sample(range(n), 300):
+        log.append(schemas.TagsDeleted(**_common(f"tr-{i}"), keys=["u", "v"]))  # type: ignore[arg-type]
+    for i in rng.sample(range(n), 200):
+        log.append(schemas.TraceDeleted(**_common(f"tr-{i}")))  # type: ignore[arg-type]
+    pipe = r.pipeline(transaction=False)
+    for event in log:
+        pipe.xadd(stream, {schemas.ENTRY_FIELD: schemas.encode(event)})
+    pipe.execute()
+    entries = _pending(r, stream)
+    delivery = list(entries)
+    if seed:
+        delivery += rng.sample(entries, len(entries) // 4)
+        rng.shuffle(delivery)
+    start = 0
+    while start < len(delivery):
+        size = rng.choice([1, 30, 200, 700])
+        apply_batch(r, keys, 0, GROUP, decode_entries(delivery[start : start + size]))
+        start += size
+        if not seed and rng.random() < 0.3:
+            assert dump(r, keys, 0) == _model_of(entries[:start]).expected(keys, 0)
+    assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
+
+    users = keys.tag_values(0, "u")
+    directory = f"{users}:L"
+    heads = r.zrange(directory, 0, -1)
+    assert heads[0] == b"" and len(heads) > 4  # hundreds of users: the index was cut
+    for key in _lex_keys(r, users):
+        assert r.object("encoding", key) == b"listpack", key
+
+    # The key's last value goes: so does its index.
+    gone = [schemas.TraceDeleted(**_common(f"tr-{i}")) for i in range(n)]  # type: ignore[arg-type]
+    _write(r, stream, *gone)
+    _apply_all(r, keys, 0)
+    assert _lex_keys(r, users) == [] and _lex_keys(r, keys.metadata_values(0, "m")) == []
+    assert dump(r, keys, 0) == _model_of(_all_entries(r, stream)).expected(keys, 0)
+
+
+def _all_entries(client: redis.Redis, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return list(client.xrange(stream))
+
+
+def test_data_folded_without_the_byte_order_index_gets_it_when_next_folded(
+    r: redis.Redis, namespace: str
+) -> None:
+    """Keys folded by a version without the index (here: its keys deleted) have none until
+    the fold next touches them, and then the whole index is built from the distinct zset."""
+    keys = Keys(namespace)
+    stream = _fresh_stream(r, keys, 0)
+    _write(r, stream, *(
+        schemas.TraceStarted(
+            **_common(f"tr-{i}"), experiment_id="1", timestamp_ms=i,  # type: ignore[arg-type]
+            tags={"u": f"user_{i % 400}", "k": "same"},
+        )
+        for i in range(1000)
+    ))  # fmt: skip
+    _apply_all(r, keys, 0)
+    users = keys.tag_values(0, "u")
+    before = {k: r.zrange(k, 0, -1) for k in _lex_keys(r, users)}
+    assert len(before) > 4
+    r.delete(*before)
+    _write(r, stream, schemas.TagsSet(**_common("tr-1"), tags={"k": "other"}))  # type: ignore[arg-type]
+    _apply_all(r, keys, 0)
+    assert _lex_keys(r, users) == []  # "u" was not folded again: still without an index
+    _write(r, stream, schemas.TagsSet(**_common("tr-2"), tags={"u": "user_2"}))  # type: ignore[arg-type]
+    _apply_all(r, keys, 0)
+    assert _lex_keys(r, users) == []  # user_2 existed already: the zset did not change
+    _write(r, stream, schemas.TagsSet(**_common("tr-3"), tags={"u": "a new user"}))  # type: ignore[arg-type]
+    _apply_all(r, keys, 0)
+    assert len(_lex_keys(r, users)) > 4
+    assert dump(r, keys, 0) == _model_of(_all_entries(r, stream)).expected(keys, 0)

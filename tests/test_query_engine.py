@@ -572,10 +572,12 @@ def test_a_probe_reading_like_values_reloads_a_library_the_server_lost(
 # --- strategies for large indexes (issue 4 performance gaps) ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def wide(redis_url: str) -> Iterator[Loaded]:
-    """One partition, ~420 distinct `wide` values (windowed walk of distinct values) and
-    ~100 small `user` sets matching one LIKE (membership table)."""
+@pytest.fixture(scope="module", params=["indexed", "unindexed"])
+def wide(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Loaded]:
+    """One partition, ~420 distinct `wide` values (walk of distinct values in byte order)
+    and ~100 small `user` sets matching one LIKE (membership table).  "unindexed" deletes
+    the byte-order indexes (data folded before they existed): readers fall back to the
+    distinct zsets."""
     traces, mutations = qd.generate(17, 2600, dense=True, n_mutations=120)
     rng = __import__("random").Random(5)
     odd = ["ä", "Ä", "ß", "\u0131", "z", "Z", "_", "%", "~", "0", "9", " ", "*", "?", "[", "\\"]
@@ -583,6 +585,11 @@ def wide(redis_url: str) -> Iterator[Loaded]:
         if rng.random() < 0.9:
             trace["tags"]["wide"] = f"w{rng.randrange(25)}{rng.choice(odd)}"
     loaded = Loaded(redis_url, 1, traces, mutations)
+    r, keys = loaded.client.redis, loaded.client.keys
+    index = [*r.scan_iter(match=f"{keys.tag_values(0, 'wide')}:L*")]
+    assert len(index) > 3  # ~420 values: several buckets
+    if request.param == "unindexed":
+        r.delete(*r.scan_iter(match=f"{loaded.namespace}:*:L*", count=1000))
     yield loaded
     loaded.drop()
 
@@ -640,6 +647,8 @@ def test_presence_counts_equal_the_reference(wide: Loaded, filter_string: str) -
     [
         *("w1%", "w1_", "w_*", "%?", "w2[", "%\\", "%\\%", "w1%ä", "%_%", "W1%", "w1", "%[%"),
         *("x%", "%ä", "_1%", "w2%ß", "w%1%", "%1_", "", "%", "w1ä", "%w%", "w%2%2", "w1_1"),
+        # sought by their start in the byte-order index: '_' after a literal prefix
+        *("w_ä%", "w1_%", "w__%", "w_1%", "w2_%ß", "w_", "w___", "w_%_", "w1__", "wä_%"),
     ],
 )
 def test_like_read_by_its_literals_equals_the_reference(wide: Loaded, pattern: str) -> None:
@@ -954,3 +963,47 @@ def test_a_broad_range_source_is_walked_at_scale_and_collected_when_small(
     users = planner._leaf("V", ["V", "td", "tv", "u"], 0.023 * total, "users", enumerable=True)
     plan = planner.plan_partition(0, users, total, mode="page", order=order, limit=101)
     assert plan.strategy == "walk", plan.reason
+
+
+# --- LIKE sought in the byte-order index ------------------------------------------------------
+
+_LEX_ALPHABET = ["a", "b", "_", "%", "ä", "\u4e2d", "\U0001f600", "Z", "0"]
+
+
+@pytest.fixture(scope="module")
+def many_values(redis_url: str) -> Iterator[Loaded]:
+    """One partition, ~1,500 distinct short values of `v` over a small alphabet (with 2-, 3-
+    and 4-byte characters and the wildcard characters themselves): a byte-order index of
+    many buckets, where a LIKE start with `_` needs a seek per distinct continuation."""
+    rng = __import__("random").Random(23)
+    traces = []
+    for index in range(2400):
+        value = "".join(rng.choice(_LEX_ALPHABET) for _ in range(rng.randrange(0, 6)))
+        traces.append(
+            {
+                "trace_id": f"tr-{index:05d}",
+                "experiment_id": "1",
+                "timestamp_ms": qd.BASE_MS + index,
+                "execution_time_ms": 5,
+                "status": "OK",
+                "tags": {"v": value},
+                "metadata": {},
+            }
+        )
+    loaded = Loaded(redis_url, 1, traces, [])
+    r, keys = loaded.client.redis, loaded.client.keys
+    assert r.zcard(f"{keys.tag_values(0, 'v')}:L") > 10
+    yield loaded
+    loaded.drop()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pattern=st.lists(st.sampled_from([*_LEX_ALPHABET[:7], "_", "%"]), max_size=6).map("".join))
+def test_like_sought_in_the_byte_order_index_equals_the_reference(
+    many_values: Loaded, pattern: str
+) -> None:
+    filter_string = f"tags.v LIKE '{pattern}'"
+    expected = ref.search(many_values.final, None, filter_string, None, None)
+    assert many_values.client.count(filter_string) == len(expected)
+    page = many_values.client.search_traces(filter_string=filter_string, max_results=1000)
+    assert [t.info.trace_id for t in page] == expected[:1000]

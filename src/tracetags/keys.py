@@ -1,6 +1,6 @@
 """The only module that spells Redis keys.
 
-Every key of a namespace ``ns`` (the Lua library ``tracetags_v3`` builds the same shapes from
+Every key of a namespace ``ns`` (the Lua library ``tracetags_v4`` builds the same shapes from
 the partition prefix it is given; ``functions/`` mirrors this table):
 
 =========================================  =======  ================================================
@@ -20,9 +20,14 @@ key                                        type     holds
 ``ns:{pNN}:tk:<enc key>``                  C-set    traces that have tag ``key``
 ``ns:{pNN}:td:<enc key>``                  zset     distinct values of tag ``key``, scored by
                                                     their number of traces
+``ns:{pNN}:td:<enc key>:L``               zset     byte-order index of those values: the head
+                                                    of every bucket ('' first), score 0
+``ns:{pNN}:td:<enc key>:L:<enc head>``     zset     a bucket: the values v with head <= v <
+                                                    the next head, at most 128, score 0
 ``ns:{pNN}:mv:<enc key><enc value>``       V-set    traces whose metadata ``key`` is ``value``
 ``ns:{pNN}:mk:<enc key>``                  C-set    traces that have metadata ``key``
 ``ns:{pNN}:md:<enc key>``                  zset     distinct values of metadata ``key`` (counts)
+``ns:{pNN}:md:<enc key>:L[:<enc head>]``   zset     their byte-order index, as for tags
 ``ns:{pNN}:st:<enc status>``               V-set    traces with that status
 ``ns:{pNN}:std``                           zset     distinct statuses (counts)
 ``ns:{pNN}:ex:<enc experiment_id>``        V-set    traces of that experiment
@@ -50,6 +55,15 @@ intset (``set-max-intset-entries``) and costs ~48 B per member instead of 2-4, h
   sessions) stay plain intsets; dense ones (env, status, experiment) are chunked.
 - ``all`` is a C-set too (~2 B per trace instead of ~48); its size is ``HLEN ns:{pNN}:ids``
   (one field per live trace), which ``Client.status`` and the planner read instead.
+
+**Byte-order index** (``td``/``md`` only).  A distinct zset is scored by count, so it cannot
+list values in byte order, and one zset of every value at score 0 would cost ~100 B a value
+(skiplist).  The ``:L`` directory and its buckets of at most :data:`LEX_BUCKET` values (each a
+listpack, ~15 B a value) give ``ZRANGE … BYLEX`` over the values: the bucket of ``v`` is
+the one of the largest head <= ``v`` (the head ``''`` is always there).  The fold keeps it
+in step when a value enters or leaves the distinct zset (a full bucket is rewritten as
+buckets of 64); data folded before the index existed gets it the next time the key is
+folded, and readers fall back to the distinct zset while it has none.
 
 Empty sets and hashes vanish by themselves, and a value leaves its distinct zset when its
 count reaches 0, so no index key outlives its content.  ``name`` is the tag
@@ -115,6 +129,9 @@ NAME_TAG: Final = "mlflow.traceName"
 #: Compact stamps: ``(ms - base) * STAMP_SEQ_SPAN + seq``; see the key table.
 STAMP_SEQ_SPAN: Final = 1024
 STAMP_MAX_DELTA_MS: Final = 2**42
+#: A bucket of a byte-order index holds at most this many values (zset-max-listpack-entries'
+#: default: a bucket stays a listpack, ~15 B a value instead of ~100 in a skiplist zset).
+LEX_BUCKET: Final = 128
 #: A chunked set keeps chunk ``number // SET_CHUNK`` in ``<key>:<chunk>`` as the offsets
 #: ``number % SET_CHUNK``: at most 512 members, all int16, so each chunk stays an intset.
 SET_CHUNK: Final = 512

@@ -49,7 +49,9 @@ from tracetags.schemas import (
     decode,
 )
 
-LIBRARY_NAME: Final = "tracetags_v3"
+LIBRARY_NAME: Final = "tracetags_v4"
+#: Every version of the library is named LIBRARY_PREFIX + its number.
+LIBRARY_PREFIX: Final = "tracetags_v"
 APPLY_FUNCTION: Final = "tt_apply"
 QUERY_FUNCTION: Final = "tt_query"
 LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8")
@@ -98,14 +100,32 @@ def _loaded_code(reply: Any) -> bytes | None:
     return None
 
 
+def _other_versions(reply: Any) -> list[str]:
+    """Names of other versions of the library in a FUNCTION LIST reply."""
+    names = []
+    for library in reply or ():
+        if not isinstance(library, Mapping):
+            library = dict(zip(library[::2], library[1::2], strict=True))
+        info = {k.decode() if isinstance(k, bytes) else k: v for k, v in library.items()}
+        name = info.get("library_name")
+        name = name.decode() if isinstance(name, bytes) else name
+        if isinstance(name, str) and name.startswith(LIBRARY_PREFIX) and name != LIBRARY_NAME:
+            names.append(name)
+    return names
+
+
 def load(client: redis.Redis) -> bool:
     """Load the library unless the same code is already loaded; True when it was (re)loaded.
 
     Idempotent and safe to race: ``FUNCTION LOAD REPLACE`` swaps the library atomically.
-    Functions are not propagated between cluster primaries: call this on each primary.
+    Another version of the library (an older ``tracetags_vN``) is deleted first: function
+    names are global, and its fold would not keep this version's indexes.  Functions are
+    not propagated between cluster primaries: call this on each primary.
     """
     if _loaded_code(client.function_list(LIBRARY_NAME, withcode=True)) == LIBRARY_CODE.encode():
         return False
+    for name in _other_versions(client.function_list(LIBRARY_PREFIX + "*")):
+        client.function_delete(name)
     client.function_load(LIBRARY_CODE, replace=True)
     return True
 
@@ -115,6 +135,8 @@ async def load_async(client: redis.asyncio.Redis) -> bool:
     listed = await client.function_list(LIBRARY_NAME, withcode=True)
     if _loaded_code(listed) == LIBRARY_CODE.encode():
         return False
+    for name in _other_versions(await client.function_list(LIBRARY_PREFIX + "*")):
+        await client.function_delete(name)
     await client.function_load(LIBRARY_CODE, replace=True)
     return True
 

@@ -1,8 +1,9 @@
-#!lua name=tracetags_v3
+#!lua name=tracetags_v4
 
 --[[
-tracetags fold library, version 3 (the version is in the library name: a change of the
-stored layout or of the ARGV format is a new library name; v3 chunked the set of all traces).
+tracetags fold library, version 4 (the version is in the library name: a change of the
+stored layout or of the ARGV format is a new library name; v3 chunked the set of all traces,
+v4 keeps a byte-order index of each tag and metadata key's distinct values).
 
 Key shapes and the per-trace hash layout mirror src/tracetags/keys.py, whose docstring is the
 key table; the ARGV format is documented in src/tracetags/functions/__init__.py.  Python
@@ -356,6 +357,124 @@ local function members_after(current, rem, add)
     return out
 end
 
+--[[ The byte-order index of a tag or metadata key's distinct values (dkey td:/md:), so that
+LIKE prefixes and ordering by the key read only the values they need.  The distinct zset is
+scored by count, so it cannot give byte order; one zset of every value at score 0 would
+(ZRANGE BYLEX) but costs ~100 B a value once past 128 members.  Instead the values are cut
+into buckets of at most LEX_BUCKET values at score 0, small enough to stay listpacks
+(~15 B a value):
+  dkey..':L'                 zset, score 0: the head of every bucket, '' included
+  dkey..':L:'..enc(head)     zset, score 0: the values v with head <= v < the next head
+The first head is '' (below every value), so every value has a bucket: the largest head
+<= v.  A bucket that empties leaves the directory (except ''); when the distinct zset
+empties, the directory goes too.  A bucket past LEX_BUCKET values is rewritten as buckets
+of LEX_HALF.  The index exists exactly when its directory does: data folded before it
+existed gets it the next time the fold touches the key (built from the distinct zset), and
+readers fall back to reading the distinct zset while it is missing.
+--]]
+local LEX_BUCKET = 128 -- zset-max-listpack-entries' default: beyond it a zset is a skiplist
+local LEX_HALF = 64
+
+local function lex_dir(dkey)
+    return dkey .. ':L'
+end
+
+local function lex_bucket(dkey, head)
+    return dkey .. ':L:' .. enc(head)
+end
+
+-- The head of the bucket that holds (or would hold) v.
+local function lex_head(dir, v)
+    return call('ZRANGE', dir, '[' .. v, '-', 'BYLEX', 'REV', 'LIMIT', 0, 1)[1] or ''
+end
+
+local function zadd_zero(key, values)
+    local items = {}
+    for i = 1, #values do
+        items[2 * i - 1], items[2 * i] = 0, values[i]
+    end
+    chunked('ZADD', key, items)
+end
+
+-- Write sorted values (all >= head, below the next head) as buckets of LEX_HALF, the first
+-- under head.  key holds the values already (possibly as a big zset): it is rewritten.
+local function lex_split(dkey, dir, head, key, sorted)
+    call('DEL', key)
+    local n = #sorted
+    for i = 1, n, LEX_HALF do
+        local piece = { unpack_(sorted, i, math.min(i + LEX_HALF - 1, n)) }
+        local h = i == 1 and head or piece[1]
+        zadd_zero(lex_bucket(dkey, h), piece)
+        if i > 1 then
+            call('ZADD', dir, 0, h)
+        end
+    end
+end
+
+-- Build the index of dkey from its distinct zset (Redis sorts: every value at score 0 in
+-- one scratch bucket, then cut).
+local function lex_build(dkey)
+    local values = call('ZRANGE', dkey, 0, -1)
+    if #values == 0 then
+        return
+    end
+    local dir = lex_dir(dkey)
+    local first = lex_bucket(dkey, '')
+    call('ZADD', dir, 0, '')
+    zadd_zero(first, values)
+    if #values > LEX_BUCKET then
+        lex_split(dkey, dir, '', first, call('ZRANGE', first, 0, -1))
+    end
+end
+
+-- Values of buckets, grouped by head: {head = {values}}.
+local function lex_by_head(dir, values)
+    local by = {}
+    for i = 1, #values do
+        local head = lex_head(dir, values[i])
+        local list = by[head]
+        if not list then
+            list = {}
+            by[head] = list
+        end
+        list[#list + 1] = values[i]
+    end
+    return by
+end
+
+-- Keep the index of dkey in step with its distinct zset, after the fold wrote the zset:
+-- added = values new to it, removed = values gone from it.
+local function lex_update(dkey, added, removed)
+    local dir = lex_dir(dkey)
+    if call('EXISTS', dir) == 0 then
+        lex_build(dkey)
+        return
+    end
+    if #removed > 0 then
+        if call('EXISTS', dkey) == 0 then -- the key's last value went
+            for head in pairs(lex_by_head(dir, removed)) do
+                call('DEL', lex_bucket(dkey, head))
+            end
+            call('DEL', dir)
+            return
+        end
+        for head, values in pairs(lex_by_head(dir, removed)) do
+            local key = lex_bucket(dkey, head)
+            chunked('ZREM', key, values)
+            if head ~= '' and call('EXISTS', key) == 0 then
+                call('ZREM', dir, head)
+            end
+        end
+    end
+    for head, values in pairs(lex_by_head(dir, added)) do
+        local key = lex_bucket(dkey, head)
+        zadd_zero(key, values)
+        if call('ZCARD', key) > LEX_BUCKET then
+            lex_split(dkey, dir, head, key, call('ZRANGE', key, 0, -1))
+        end
+    end
+end
+
 -- The member counts of values in the distinct zset dkey (0 when absent).
 local function value_counts(dkey, values)
     local counts = {}
@@ -390,7 +509,7 @@ function Batch:flush()
             local n = #values
             local dkey, vprefix = known[2], known[1]
             local counts = n > 0 and value_counts(dkey, values) or EMPTY
-            local zadd, zrem = {}, {}
+            local zadd, zrem, added = {}, {}, {}
             for i = 1, n do
                 local value = values[i]
                 local vkey = vprefix .. enc(value)
@@ -430,6 +549,9 @@ function Batch:flush()
                 if after > 0 then
                     zadd[#zadd + 1] = after
                     zadd[#zadd + 1] = value
+                    if before == 0 then
+                        added[#added + 1] = value
+                    end
                 else
                     zrem[#zrem + 1] = value
                 end
@@ -442,6 +564,9 @@ function Batch:flush()
             end
             local kkey = known[3]
             if kkey then
+                if #added > 0 or #zrem > 0 then
+                    lex_update(dkey, added, zrem)
+                end
                 if #known.krem > 0 then
                     chunked_write('SREM', kkey, known.krem, pos)
                 end
@@ -2483,32 +2608,180 @@ local function cards_reply(ctx, keys)
     return out
 end
 
+-- Feed visit(values) the values of dkey's byte-order index (see lex_update), a bucket at a
+-- time, ascending or descending from `from` (inclusive; nil = from the first or last
+-- value), until visit returns true (then true).  Only called when the index exists.
+local function lex_scan(dkey, asc, from, visit)
+    local dir = lex_dir(dkey)
+    local head
+    if from then
+        head = lex_head(dir, from)
+    elseif asc then
+        head = ''
+    else
+        head = call('ZRANGE', dir, '+', '-', 'BYLEX', 'REV', 'LIMIT', 0, 1)[1] or ''
+    end
+    local ahead, at = {}, 1 -- the next heads, read a few at a time
+    while true do
+        local key = lex_bucket(dkey, head)
+        local values
+        if from then
+            if asc then
+                values = call('ZRANGE', key, '[' .. from, '+', 'BYLEX')
+            else
+                values = call('ZRANGE', key, '[' .. from, '-', 'BYLEX', 'REV')
+            end
+            from = nil
+        elseif asc then
+            values = call('ZRANGE', key, 0, -1)
+        else
+            values = call('ZRANGE', key, 0, -1, 'REV')
+        end
+        if #values > 0 and visit(values) then
+            return true
+        end
+        if at > #ahead then
+            if asc then
+                ahead = call('ZRANGE', dir, '(' .. head, '+', 'BYLEX', 'LIMIT', 0, 16)
+            elseif head == '' then
+                ahead = EMPTY
+            else
+                ahead = call('ZRANGE', dir, '(' .. head, '-', 'BYLEX', 'REV', 'LIMIT', 0, 16)
+            end
+            at = 1
+        end
+        head = ahead[at]
+        if head == nil then
+            return false
+        end
+        at = at + 1
+    end
+end
+
+-- The first value of dkey's index >= s (> s when open), or nil.
+local function lex_first(dkey, dir, s, open)
+    local head = lex_head(dir, s)
+    local got = call('ZRANGE', lex_bucket(dkey, head), (open and '(' or '[') .. s, '+', 'BYLEX',
+        'LIMIT', 0, 1)[1]
+    while not got do
+        head = call('ZRANGE', dir, '(' .. head, '+', 'BYLEX', 'LIMIT', 0, 1)[1]
+        if not head then
+            return nil
+        end
+        got = call('ZRANGE', lex_bucket(dkey, head), 0, 0)[1]
+    end
+    return got
+end
+
+-- The smallest string above every string that starts with p (nil: none, p is all \255).
+local function past_prefix(p)
+    local n = #p
+    while n > 0 and string.byte(p, n) == 255 do
+        n = n - 1
+    end
+    if n == 0 then
+        return nil
+    end
+    return sub(p, 1, n - 1) .. string.char(string.byte(p, n) + 1)
+end
+
+-- Bytes of the UTF-8 character whose first byte is b.
+local function utf8_width(b)
+    if b < 0xC0 then
+        return 1
+    elseif b < 0xE0 then
+        return 2
+    elseif b < 0xF0 then
+        return 3
+    end
+    return 4
+end
+
+-- Feed take(values) the values of dkey's index that start with a string matching lead
+-- (literal runs, and counts of any characters: a LIKE pattern up to its first %), in byte
+-- order.  Literal runs extend a prefix that is sought; at a count, the distinct
+-- continuations of the prefix are visited one by one (a seek to the first value after
+-- each), so 'user_12%' costs a few seeks and the values starting 'user_12', not every
+-- value starting 'user'.
+local function lex_lead(dkey, lead, take)
+    local dir = lex_dir(dkey)
+    local function from(p, k)
+        while k <= #lead and type(lead[k]) == 'string' do
+            p = p .. lead[k]
+            k = k + 1
+        end
+        local np = #p
+        if k > #lead then
+            lex_scan(dkey, true, p, function(values)
+                local keep = {}
+                for i = 1, #values do
+                    if sub(values[i], 1, np) ~= p then
+                        take(keep)
+                        return true
+                    end
+                    keep[i] = values[i]
+                end
+                take(keep)
+                return false
+            end)
+            return
+        end
+        local cursor, open = p, false
+        while cursor do
+            local v = lex_first(dkey, dir, cursor, open)
+            if not v or sub(v, 1, np) ~= p then
+                return
+            end
+            local at, chars = np + 1, 0
+            while chars < lead[k] and at <= #v do
+                at = at + utf8_width(string.byte(v, at))
+                chars = chars + 1
+            end
+            if chars < lead[k] then -- too short to match: the values after it
+                cursor, open = v, true
+            else
+                local q = sub(v, 1, at - 1)
+                from(q, k + 1)
+                cursor, open = past_prefix(q), false
+            end
+        end
+    end
+    from('', 1)
+end
+
 -- The values of the distinct zset dkey that start with runs[1] and contain the other runs in
 -- that order (the literal runs of a LIKE pattern, so a superset of its matches; the planner
 -- applies the pattern), as {value, count, ...}.  ZSCAN MATCH would format the score of every
 -- value, matching or not (~1.5 us each: 50k user ids at 1M traces); here only the
 -- candidates' scores are read.
-local function values_reply(dkey, runs)
-    local values = call('ZRANGE', dkey, 0, -1)
+local function values_reply(dkey, runs, lead)
     local prefix = runs[1] or ''
     local np = #prefix
     local found, n = {}, 0
-    for i = 1, #values do
-        local v = values[i]
-        local ok = np == 0 or find(v, prefix, 1, true) == 1
-        local at = np + 1
-        for r = 2, #runs do
-            if not ok then
-                break
+    local function take(values)
+        for i = 1, #values do
+            local v = values[i]
+            local ok = np == 0 or find(v, prefix, 1, true) == 1
+            local at = np + 1
+            for r = 2, #runs do
+                if not ok then
+                    break
+                end
+                local s = find(v, runs[r], at, true)
+                ok = s ~= nil
+                at = ok and s + #runs[r]
             end
-            local s = find(v, runs[r], at, true)
-            ok = s ~= nil
-            at = ok and s + #runs[r]
+            if ok then
+                n = n + 1
+                found[n] = v
+            end
         end
-        if ok then
-            n = n + 1
-            found[n] = v
-        end
+    end
+    if np > 0 and call('EXISTS', lex_dir(dkey)) == 1 then
+        -- only the values starting like the pattern, sought in byte order
+        lex_lead(dkey, (lead and #lead > 0) and lead or { prefix }, take)
+    else
+        take(call('ZRANGE', dkey, 0, -1))
     end
     local counts = zmscore(dkey, found)
     local flat = {}
@@ -2765,6 +3038,17 @@ end
 local WINDOW_SAMPLES = 64
 
 local function windowed_values(dkey, asc, from, visit)
+    if call('EXISTS', lex_dir(dkey)) == 1 then
+        return lex_scan(dkey, asc, from, function(window)
+            local scores = zmscore(dkey, window)
+            for i = 1, #window do
+                if visit(window[i], scores[i]) then
+                    return true
+                end
+            end
+            return false
+        end)
+    end
     local values = call('ZRANGE', dkey, 0, -1)
     local n = #values
     local sample = {}
@@ -2851,7 +3135,7 @@ local function walk_values_page(ctx, need, out)
     end
     local present = nil
     if not (cursor and cursor[1] == false) then
-        if spec[1] == 's' and bytewise then
+        if spec[1] == 's' and (bytewise or call('EXISTS', lex_dir(dkey)) == 1) then
             if windowed_values(dkey, spec[3] == 1, cursor and cursor[1], visit) then
                 return
             end
@@ -2935,7 +3219,7 @@ local function tt_query(keys, argv)
         return cards_reply(ctx, plan.keys or {})
     end
     if mode == 'values' then
-        return values_reply(plan.dkey, plan.runs or {})
+        return values_reply(plan.dkey, plan.runs or {}, plan.lead)
     end
     if mode == 'count' and plan.terms then
         return count_terms_reply(ctx, plan.terms)

@@ -168,7 +168,7 @@ def _probe(
                 if name == "ZRANGE":
                     pipe.zrange(key, 0, -1, withscores=True)
                 elif name == "VALUES":
-                    plan = {"mode": "values", "dkey": key, "runs": args[0]}
+                    plan = {"mode": "values", "dkey": key, "runs": args[0], "lead": args[1]}
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "ZMSCORE":
                     pipe.zmscore(key, args)

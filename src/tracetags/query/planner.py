@@ -118,6 +118,10 @@ class LMatch:
     #: A matching value starts with the first and holds the others in order, so tt_query
     #: returns only such values.
     runs: tuple[str, ...] | None = None
+    #: LIKE only: the pattern up to its first ``%`` as literal runs and counts of ``_`` (any
+    #: one character each): tt_query seeks the values starting so in the key's byte-order
+    #: index instead of reading every value.
+    lead: tuple[str | int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,13 @@ def _like_runs(pattern: str) -> tuple[str, ...]:
     with ``%`` or ``_``), then the non-empty runs after it."""
     first, *rest = re.split("[%_]", pattern)
     return (first, *(run for run in rest if run))
+
+
+def _like_lead(pattern: str) -> tuple[str | int, ...]:
+    """A LIKE pattern up to its first ``%``: literal runs and counts of ``_``, e.g.
+    ``user_12%`` -> ``('user', 1, '12')``."""
+    head = pattern.split("%", 1)[0]
+    return tuple(len(piece) if piece[0] == "_" else piece for piece in re.findall("_+|[^_]+", head))
 
 
 def _tag_number(text: str) -> float | None:
@@ -298,8 +309,10 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
-    runs = _like_runs(value) if op == "LIKE" else None
-    return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text, runs)
+    if op != "LIKE":
+        return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text)
+    predicate = _pattern_predicate(op, value)
+    return LMatch(index, predicate, False, text, _like_runs(value), _like_lead(value))
 
 
 def logical(expr: Expr | None, experiment_ids: Sequence[str] | None) -> LogicalNode:
@@ -387,7 +400,7 @@ def probe_commands(
             cmds.append(("ZMSCORE", leaf.index.distinct(keys, partition), *leaf.values))
         elif isinstance(leaf, LMatch) and leaf.runs is not None:
             probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs))
+            cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs, leaf.lead))
         elif isinstance(leaf, LMatch):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZRANGE", leaf.index.distinct(keys, partition), 0, -1, "WITHSCORES"))
