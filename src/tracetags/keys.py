@@ -62,7 +62,7 @@ list values in byte order, and one zset of every value at score 0 would cost ~10
 listpack, ~15 B a value) give ``ZRANGE … BYLEX`` over the values: the bucket of ``v`` is
 the one of the largest head <= ``v`` (the head ``''`` is always there).  The fold keeps it
 in step when a value enters or leaves the distinct zset (a full bucket is rewritten as
-buckets of 64); data folded before the index existed gets it the next time the key is
+buckets of at most 96); data folded before the index existed gets it the next time the key is
 folded, and readers fall back to the distinct zset while it has none.
 
 Empty sets and hashes vanish by themselves, and a value leaves its distinct zset when its

@@ -368,12 +368,12 @@ into buckets of at most LEX_BUCKET values at score 0, small enough to stay listp
 The first head is '' (below every value), so every value has a bucket: the largest head
 <= v.  A bucket that empties leaves the directory (except ''); when the distinct zset
 empties, the directory goes too.  A bucket past LEX_BUCKET values is rewritten as buckets
-of LEX_HALF.  The index exists exactly when its directory does: data folded before it
+of at most LEX_FILL.  The index exists exactly when its directory does: data folded before it
 existed gets it the next time the fold touches the key (built from the distinct zset), and
 readers fall back to reading the distinct zset while it is missing.
 --]]
 local LEX_BUCKET = 128 -- zset-max-listpack-entries' default: beyond it a zset is a skiplist
-local LEX_HALF = 64
+local LEX_FILL = 96 -- a rewritten bucket holds at most this many (room to grow)
 
 local function lex_dir(dkey)
     return dkey .. ':L'
@@ -396,13 +396,15 @@ local function zadd_zero(key, values)
     chunked('ZADD', key, items)
 end
 
--- Write sorted values (all >= head, below the next head) as buckets of LEX_HALF, the first
--- under head.  key holds the values already (possibly as a big zset): it is rewritten.
+-- Write sorted values (all >= head, below the next head) as buckets of equal sizes up to
+-- LEX_FILL, the first under head.  key holds the values already (possibly as a big zset):
+-- it is rewritten.
 local function lex_split(dkey, dir, head, key, sorted)
     call('DEL', key)
     local n = #sorted
-    for i = 1, n, LEX_HALF do
-        local piece = { unpack_(sorted, i, math.min(i + LEX_HALF - 1, n)) }
+    local size = math.ceil(n / math.ceil(n / LEX_FILL))
+    for i = 1, n, size do
+        local piece = { unpack_(sorted, i, math.min(i + size - 1, n)) }
         local h = i == 1 and head or piece[1]
         zadd_zero(lex_bucket(dkey, h), piece)
         if i > 1 then
