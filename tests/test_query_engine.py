@@ -1007,3 +1007,28 @@ def test_like_sought_in_the_byte_order_index_equals_the_reference(
     assert many_values.client.count(filter_string) == len(expected)
     page = many_values.client.search_traces(filter_string=filter_string, max_results=1000)
     assert [t.info.trace_id for t in page] == expected[:1000]
+
+
+def test_a_redis_that_went_away_raises_redis_unavailable(own_redis: Any) -> None:
+    """The read side names the URL in a ConnectionError (and TracetagsError) instead of
+    leaking redis-py's exceptions; the server back, the same client works again."""
+    from tracetags.errors import RedisUnavailableError, TracetagsError
+
+    settings = Settings(redis_url=own_redis.url, namespace="tt-gone")
+    with Client(settings) as client:
+        assert client.search_traces(filter_string="status = 'OK'") == []
+        own_redis.stop()
+        calls = [
+            lambda: client.search_traces(filter_string="status = 'OK'"),
+            lambda: client.count("status = 'OK'"),
+            lambda: client.get_trace("tr-1"),
+            lambda: client.status(),
+        ]
+        for call in calls:
+            with pytest.raises(RedisUnavailableError) as raised:
+                call()
+            assert isinstance(raised.value, ConnectionError)
+            assert isinstance(raised.value, TracetagsError)
+            assert own_redis.url in str(raised.value)
+        own_redis.start()
+        assert client.count("status = 'OK'") == 0

@@ -29,13 +29,19 @@ from rich.table import Table
 from tracetags import deadletters, schemas, traffic
 from tracetags.client import Client, TraceInfo
 from tracetags.embedded import RedisServer, embedded_server
-from tracetags.errors import FilterError, TracetagsError, TracetagsTimeoutError
+from tracetags.errors import (
+    FilterError,
+    RedisUnavailableError,
+    TracetagsError,
+    TracetagsTimeoutError,
+)
 from tracetags.log import read_log
 from tracetags.producer import TagProducer
 from tracetags.settings import Settings
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+_UNREACHABLE_HINT = "hint: start one (redis-server), or pass --redis-url / set TRACETAGS_REDIS_URL"
 
 app = typer.Typer(
     name="tracetags",
@@ -118,8 +124,7 @@ def _ping(settings: Settings) -> None:
     except redis.RedisError as exc:
         err.print(
             f"[red]error:[/] Redis unreachable at {settings.effective_redis_url}: "
-            f"{escape(str(exc))}\n"
-            "hint: start one (redis-server), or pass --redis-url / set TRACETAGS_REDIS_URL"
+            f"{escape(str(exc))}\n{_UNREACHABLE_HINT}"
         )
         raise typer.Exit(EXIT_UNREACHABLE) from None
     finally:
@@ -456,12 +461,16 @@ def _bulk(filter_string: str, experiment: list[str] | None, dry_run: bool, verb:
 
 
 def _query(action: Any) -> Any:
-    """Run a library call; filter errors exit 2 with the caret message."""
+    """Run a library call; filter errors exit 2 with the caret message, a Redis that went
+    away exits 3."""
     try:
         return action()
     except FilterError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_USAGE) from None
+    except RedisUnavailableError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}\n{_UNREACHABLE_HINT}")
+        raise typer.Exit(EXIT_UNREACHABLE) from None
     except TracetagsTimeoutError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -666,6 +675,9 @@ def explain(
 def _write(action: Any) -> None:
     try:
         action()
+    except RedisUnavailableError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}\n{_UNREACHABLE_HINT}")
+        raise typer.Exit(EXIT_UNREACHABLE) from None
     except TracetagsTimeoutError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None

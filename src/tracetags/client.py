@@ -4,15 +4,16 @@ to catch up (wait_applied) and reports the health of every partition (status).""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import redis
 
 from tracetags import schemas
-from tracetags.errors import TracetagsTimeoutError
+from tracetags.errors import RedisUnavailableError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
@@ -179,8 +180,29 @@ def _id_tuple(entry_id: str | bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _reaching_redis(method: _Method) -> _Method:
+    """Turn redis-py's connection failures into RedisUnavailableError (a ConnectionError
+    naming the URL); other errors pass unchanged."""
+
+    @functools.wraps(method)
+    def call(self: Client, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            url = self.settings.effective_redis_url
+            raise RedisUnavailableError(f"Redis unreachable at {url}: {exc}") from exc
+
+    return call  # type: ignore[return-value]
+
+
 class Client:
-    """Reads and administers one namespace; writes go through an internal producer."""
+    """Reads and administers one namespace; writes go through an internal producer.
+
+    A call that cannot reach Redis raises RedisUnavailableError (a ConnectionError).
+    """
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
@@ -218,6 +240,7 @@ class Client:
 
     # --- reads ----------------------------------------------------------------------------
 
+    @_reaching_redis
     def get_trace(self, trace_id: str) -> Trace | None:
         """The folded state of one trace, or None if it does not exist (or was deleted)."""
         schemas.check_id(trace_id, "trace_id")
@@ -231,6 +254,7 @@ class Client:
 
     # --- queries (MLflow filter strings; see FILTER-LANGUAGE.md) ---------------------------
 
+    @_reaching_redis
     def search_traces(
         self,
         experiment_ids: Sequence[str] | None = None,
@@ -255,6 +279,7 @@ class Client:
                 traces.append(Trace(info=info))
         return TracePage(traces, page.token)
 
+    @_reaching_redis
     def count(
         self, filter_string: str | None = None, experiment_ids: Sequence[str] | None = None
     ) -> int:
@@ -262,6 +287,7 @@ class Client:
         prepared = executor.prepare(experiment_ids, filter_string)
         return executor.count(self.redis, self.keys, self.partitions, prepared)
 
+    @_reaching_redis
     def stats(
         self,
         filter_string: str | None = None,
@@ -277,6 +303,7 @@ class Client:
         prepared = executor.prepare(experiment_ids, filter_string)
         return executor.stats(self.redis, self.keys, self.partitions, prepared, group_by, metrics)
 
+    @_reaching_redis
     def explain(
         self,
         filter_string: str | None = None,
@@ -319,6 +346,7 @@ class Client:
         if wait:
             self.wait_applied(self.producer.flush(timeout), timeout)
 
+    @_reaching_redis
     def matching_ids(
         self,
         filter_string: str | None,
@@ -336,6 +364,7 @@ class Client:
             if token is None:
                 return ids
 
+    @_reaching_redis
     def set_tags_where(
         self,
         filter_string: str | None,
@@ -357,6 +386,7 @@ class Client:
                           lambda trace_id: self.producer.set_tags(trace_id, checked),
                           wait, timeout, progress)  # fmt: skip
 
+    @_reaching_redis
     def delete_tags_where(
         self,
         filter_string: str | None,
@@ -397,6 +427,7 @@ class Client:
 
     # --- the fold's progress --------------------------------------------------------------
 
+    @_reaching_redis
     def is_applied(self, receipt: Receipt) -> bool:
         """Whether every entry up to each of the receipt's positions has been folded
         (applied or dead-lettered) by the consumer group."""
@@ -415,6 +446,7 @@ class Client:
                 return False
         return True
 
+    @_reaching_redis
     def wait_applied(self, receipt: Receipt, timeout: float = 30.0) -> None:
         """Block until :meth:`is_applied` (a read barrier for a producer's receipt)."""
         if receipt.namespace != self.settings.namespace:
@@ -433,6 +465,7 @@ class Client:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    @_reaching_redis
     def status(self) -> Status:
         """Per partition: stream length, consumers, pending, lag, dead letters, traces;
         and Redis memory."""

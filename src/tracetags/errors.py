@@ -16,6 +16,12 @@ class ConfigError(TracetagsError, ValueError):
     """A setting (argument or ``TRACETAGS_*`` variable) has a bad value."""
 
 
+class RedisUnavailableError(TracetagsError, ConnectionError):
+    """Redis could not be reached (refused, timed out, or the connection dropped) while a
+    read-side call (``Client``) talked to it; the message names the URL.  The producer never
+    raises it: it buffers and retries instead."""
+
+
 class ValidationError(TracetagsError, ValueError):
     """An event, tag key, tag value or argument breaks a rule; the message names it."""
 
