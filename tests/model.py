@@ -293,6 +293,7 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     forms: dict[str, set[bool]] = {}  # logical value set -> {chunked?}
     seen_traces: set[str] = set()
     lex: dict[str, tuple[dict[bytes, None], dict[bytes, list[bytes]]]] = {}
+    time_bounds: dict[int, float] | None = None
     for key, value in values.items():
         rest = key[len(prefix) + 1 :]
         head = rest.split(":", 1)[0]
@@ -346,10 +347,24 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
         elif rest in _TRACE_ZSETS:
             assert kind == "zset", key
             out[key] = {trace_of(int(m)): s for m, s in value}
+        elif rest == "tsx":
+            assert kind == "zset", key
+            time_bounds = {int(m): s for m, s in value}
+            assert time_bounds.pop(-1, None) == float("-inf"), f"{key}: no member -1 at -inf"
         else:
             raise AssertionError(f"stray key: {key} ({kind})")
     assert seen_traces == set(numbers.values()), "id map names traces without a hash"
     _check_lex(out, lex, prefix)
+    by_time = values.get(f"{prefix}:ts")
+    if by_time:
+        # tsx bounds the timestamps of each chunk's traces (tt_query's chunk walk)
+        assert time_bounds is not None, "traces with timestamps but no tsx"
+        for member, score in by_time:
+            chunk = int(member) // SET_CHUNK
+            bound = time_bounds.get(chunk)
+            assert bound is not None and bound >= score, (
+                f"tsx bound {bound} of chunk {chunk} is below trace {int(member)}'s {score}"
+            )
     for name, chunked in forms.items():
         head = name.split(":", 1)[0]
         if head not in _VALUE_SETS:

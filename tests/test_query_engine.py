@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 from tests import query_data as qd
 from tests import query_reference as ref
 from tests.helpers import drop_namespace
+from tracetags import schemas
 from tracetags.client import Client
 from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError, PageTokenError
 from tracetags.keys import PLAIN_MAX, partition_of
+from tracetags.query import executor
 from tracetags.settings import Settings
 
 # --- shared datasets (loaded once per module; each in its own namespace) ---------------------
@@ -1032,3 +1034,134 @@ def test_a_redis_that_went_away_raises_redis_unavailable(own_redis: Any) -> None
             assert own_redis.url in str(raised.value)
         own_redis.start()
         assert client.count("status = 'OK'") == 0
+
+
+# --- the chunk walk (newest first, chunk by chunk) ----------------------------------------
+
+
+def _timed(redis_url: str, order: str) -> Loaded:
+    """One partition, 3,000 traces with dense env/status sets; timestamps rising with the
+    trace numbers ("rising", as traces are folded in time), shuffled, or falling; 40 traces
+    made by a tag alone (no timestamp: they sort last)."""
+    rng = __import__("random").Random(29)
+    traces, mutations = qd.generate(31, 3000, dense=True, n_mutations=150)
+    stamps = [qd.BASE_MS + 7 * i + rng.randrange(5) for i in range(len(traces))]
+    if order == "shuffled":
+        rng.shuffle(stamps)
+    elif order == "falling":
+        stamps.reverse()
+    for index, (trace, stamp) in enumerate(zip(traces, stamps, strict=True)):
+        trace["timestamp_ms"] = stamp
+        if index % 5 == 0:
+            trace["tags"]["ab"] = "x"  # 600 traces: a chunked set
+    loaded = Loaded(redis_url, 1, traces, mutations)
+    untimed = [
+        schemas.TagsSet(
+            trace_id=f"tr-untimed-{i}",
+            event_id=qd.os.urandom(16),
+            emitted_at_ms=1,
+            tags={"env": "production", "ab": "x"},
+        )
+        for i in range(40)
+    ]
+    qd.apply_events(loaded.client.redis, loaded.client.keys, 1, untimed)
+    for event in untimed:
+        loaded.final.append(
+            {
+                "trace_id": event.trace_id,
+                "experiment_id": None,
+                "timestamp_ms": None,
+                "execution_time_ms": None,
+                "status": None,
+                "name": None,
+                "client_request_id": None,
+                "tags": dict(event.tags),
+                "metadata": {},
+            }
+        )
+    return loaded
+
+
+@pytest.fixture(scope="module", params=["rising", "shuffled", "falling"])
+def timed(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Loaded]:
+    loaded = _timed(redis_url, request.param)
+    yield loaded
+    loaded.drop()
+
+
+CHUNK_WALK_FILTERS = [
+    "tags.env = 'production' AND status = 'ERROR'",
+    "tags.env = 'production' AND status = 'ERROR' AND execution_time_ms > 300",
+    "tags.env = 'production' AND status = 'OK' AND tags.user IS NOT NULL",
+    "status = 'ERROR' AND tags.env = 'production' AND name = 'chat'",
+    "tags.env = 'production' AND NOT (tags.note IS NULL)",
+    "tags.env = 'production' AND tags.user IS NULL",  # the untimed traces too, last
+    "tags.env = 'production' AND tags.ab = 'x'",  # the untimed traces too, last
+]
+
+
+@pytest.mark.parametrize("filter_string", CHUNK_WALK_FILTERS)
+def test_chunk_walk_pages_equal_the_reference(timed: Loaded, filter_string: str) -> None:
+    """Whatever the relation of times and trace numbers (the walk gives up on a bad one),
+    first pages of every size equal the reference, traces without timestamp last."""
+    expected = ref.search(timed.final, None, filter_string, None, None)
+    for max_results in (1, 10, 100, 1000, 5000):
+        page = timed.client.search_traces(filter_string=filter_string, max_results=max_results)
+        assert [t.info.trace_id for t in page] == expected[:max_results], max_results
+    walked = _all_pages(timed.client, filter_string=filter_string, max_results=97)
+    assert walked == expected
+
+
+def test_chunk_walk_is_chosen_and_needs_the_time_bounds(redis_url: str) -> None:
+    loaded = _timed(redis_url, "rising")
+    try:
+        filter_string = CHUNK_WALK_FILTERS[0]
+        explained = loaded.client.explain(filter_string)
+        assert "strategy: chunk-walk" in explained, explained
+        assert "chunk-walk" not in loaded.client.explain(
+            filter_string, order_by=["timestamp_ms ASC"]
+        )
+        # Every chunk visited, then the traces without timestamp: the page runs past them.
+        with_untimed = "tags.env = 'production' AND tags.ab = 'x'"
+        explained = loaded.client.explain(with_untimed, max_results=1000)
+        assert "strategy: chunk-walk" in explained, explained
+        everything = ref.search(loaded.final, None, with_untimed, None, None)
+        assert sum(t.startswith("tr-untimed") for t in everything[-40:]) == 40
+        page = loaded.client.search_traces(filter_string=with_untimed, max_results=1000)
+        assert [t.info.trace_id for t in page] == everything
+        expected = ref.search(loaded.final, None, filter_string, None, None)
+        # A partition folded before tsx existed has none: the ts walk serves it.
+        r, keys = loaded.client.redis, loaded.client.keys
+        r.delete(keys.time_bounds(0))
+        executor.clear_caches()
+        assert "chunk-walk" not in loaded.client.explain(filter_string)
+        page = loaded.client.search_traces(filter_string=filter_string)
+        assert [t.info.trace_id for t in page] == expected[:100]
+    finally:
+        loaded.drop()
+
+
+def test_chunk_walk_gives_up_when_times_and_numbers_do_not_go_together(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12,000 traces (24 chunks) whose timestamps ignore the order they were folded in:
+    every chunk's bound is near the top, so the walk would visit them all; past its budget
+    (here forced to 8 chunks) it gives up and the ts walk answers: the same rows."""
+    from tracetags.query import planner
+
+    rng = __import__("random").Random(37)
+    traces, _ = qd.generate(41, 12_000, dense=True)
+    for trace in traces:
+        trace["timestamp_ms"] = qd.BASE_MS + rng.randrange(10_000_000)
+    loaded = Loaded(redis_url, 1, traces, [])
+    monkeypatch.setattr(planner, "_chunk_walk_cost", lambda tree, total, limit: (1.0, 1.0))
+    try:
+        filter_string = "tags.env = 'production' AND status = 'ERROR' AND name = 'chat'"
+        explained = loaded.client.explain(filter_string)
+        assert "strategy: chunk-walk" in explained and "past 8 tt_query walks ts" in explained
+        expected = ref.search(loaded.final, None, filter_string, None, None)
+        for max_results in (10, 100, 1000):
+            page = loaded.client.search_traces(filter_string=filter_string, max_results=max_results)
+            assert [t.info.trace_id for t in page] == expected[:max_results]
+    finally:
+        loaded.drop()

@@ -38,6 +38,10 @@ key                                        type     holds
 ``ns:{pNN}:du``                            zset     traces by ``execution_time_ms`` (finished only)
 ``ns:{pNN}:en``                            zset     traces by ``end_time_ms`` = timestamp_ms +
                                                     execution_time_ms (0 if missing)
+``ns:{pNN}:tsx``                           zset     chunk number -> a bound >= the timestamp_ms
+                                                    of every trace in the chunk (only rises);
+                                                    member -1 at -inf from the partition's
+                                                    birth (absent: made by an older version)
 =========================================  =======  ================================================
 
 **Set forms.**  Every set and sorted set of traces holds **trace numbers** (dense decimal
@@ -279,3 +283,6 @@ class Keys:
 
     def by_end_time(self, partition: int) -> str:
         return f"{self.prefix(partition)}:en"
+
+    def time_bounds(self, partition: int) -> str:
+        return f"{self.prefix(partition)}:tsx"

@@ -593,6 +593,41 @@ function Batch:flush()
             chunked('ZADD', prefix .. ':' .. name, self[name])
         end
     end
+    self:time_bounds()
+end
+
+--[[ <prefix>:tsx (zset: chunk number -> a timestamp_ms >= that of every trace in the chunk)
+lets a newest-first page visit chunks instead of walking ts entry by entry (tt_query's
+chunk walk): a chunk whose bound is below the page's last row holds no better row.  Bounds
+only rise (ZADD GT): a trace deleted or moved to an earlier time leaves its chunk's bound
+high, which costs a visit, never a row.  It is kept only for partitions born with it: the
+batch that creates the partition's first trace adds the member -1 at -inf (so the key
+exists before any timestamp); an older partition has no tsx, and queries walk ts there. ]]
+function Batch:time_bounds()
+    local ts = self.ts
+    local key = self.prefix .. ':tsx'
+    if self.born then
+        call('ZADD', key, '-inf', -1)
+    end
+    if #ts == 0 or (not self.born and call('EXISTS', key) == 0) then
+        return
+    end
+    local top = {}
+    local chunks = self.pos.chunk
+    for i = 1, #ts, 2 do
+        local no = ts[i + 1]
+        local c = chunks[no] or floor(tonumber(no) / SET_CHUNK)
+        local t = tonumber(ts[i])
+        if not top[c] or t > top[c] then
+            top[c] = t
+        end
+    end
+    local items = {}
+    for c, t in pairs(top) do
+        items[#items + 1] = t
+        items[#items + 1] = c
+    end
+    call('ZADD', key, 'GT', unpack_(items))
 end
 
 --[[ One trace's fold over one batch, when the batch holds several of its events or deletes it.
@@ -1232,6 +1267,7 @@ local function tt_apply(keys, argv)
     local n_created = #created
     if n_created > 0 then
         local last = call('INCRBY', prefix .. ':n', n_created)
+        batch.born = last == n_created -- the partition's first traces: it gets a tsx
         local ids = {}
         local chunks, offsets = batch.pos.chunk, batch.pos.offset
         for i = 1, n_created do
@@ -2375,6 +2411,99 @@ local function collect_page(ctx, need, out, unscored_in)
     select_rows(ctx, matches, need, out)
 end
 
+-- --- the chunk walk: newest first, chunk by chunk ----------------------------------------
+-- A timestamp_ms DESC page of a conjunction holding chunked sets visits the chunks in the
+-- order of their time bounds (tsx, highest first): in each, one SINTER of the chunked sets
+-- (SMEMBERS for one) gives the candidates, the rest of the filter is tested on them and the
+-- survivors' timestamps read; it stops once `need` matches are newer than the next chunk's
+-- bound, since no trace there can beat them.  Traces are numbered as they are first folded,
+-- so a chunk holds traces of neighbouring times and a page visits a few chunks where the ts
+-- walk would test thousands of entries one by one.  Rows come out by select_rows (ties,
+-- cursor).  True when every chunk was visited: traces without a timestamp may be owed.
+-- 'abandon' (nothing written to out) past `budget` chunks: the planner expected far fewer,
+-- so times and numbers do not go together here, and the caller walks ts instead.
+local function chunk_walk_page(ctx, need, out, budget)
+    local expr = ctx.expr
+    local children = expr[1] == '&' and { unpack(expr, 2) } or { expr }
+    local keys, rest = {}, {}
+    for i = 1, #children do
+        local key = chunked_key(ctx, children[i])
+        if key then
+            keys[#keys + 1] = key
+        else
+            rest[#rest + 1] = children[i]
+        end
+    end
+    if #keys == 0 then
+        fail('BADPLAN', 'a chunk walk needs a chunked set in the conjunction')
+    end
+    local residual = #rest == 0 and { 'A' } or (#rest == 1 and rest[1] or { '&', unpack(rest) })
+    local ts = ctx.prefix .. ':ts'
+    local tsx = ctx.prefix .. ':tsx'
+    local order, cursor = ctx.order, ctx.cursor
+    local cursor_ts = cursor and cursor[1]
+    local matches, top = {}, {} -- top: the best `need` timestamps so far, descending
+    local names = {}
+    local offset = 0
+    while true do
+        local got = call('ZRANGE', tsx, '+inf', '(-inf', 'BYSCORE', 'REV', 'LIMIT', offset, 16,
+            'WITHSCORES')
+        if #got == 0 then
+            select_rows(ctx, matches, need, out)
+            return true
+        end
+        offset = offset + #got / 2
+        for g = 1, #got, 2 do
+            if #top >= need and top[need] > tonumber(got[g + 1]) then
+                select_rows(ctx, matches, need, out)
+                return false
+            end
+            budget = budget - 1
+            if budget < 0 then
+                return 'abandon'
+            end
+            local c = tonumber(got[g])
+            local suffix = ':' .. slot(c)
+            for k = 1, #keys do
+                names[k] = keys[k] .. suffix
+            end
+            local offsets = #keys == 1 and call('SMEMBERS', names[1])
+                or call('SINTER', unpack(names))
+            ctx.scanned = ctx.scanned + #offsets
+            if #offsets > 0 then
+                local base = c * SET_CHUNK
+                for i = 1, #offsets do
+                    offsets[i] = int(base + tonumber(offsets[i]))
+                end
+                local survivors = eval(ctx, residual, offsets)
+                local scores = zmscore(ts, survivors)
+                for i = 1, #survivors do
+                    local t = scores[i]
+                    local keep = t ~= false
+                    if keep and cursor_ts then
+                        keep = t < cursor_ts
+                            or (t == cursor_ts and cmp_keys(order, full_key(ctx, survivors[i]),
+                                cursor) > 0)
+                    end
+                    if keep then
+                        matches[#matches + 1] = survivors[i]
+                        -- insert t into top (descending, at most need long)
+                        local n = #top
+                        if n < need or t > top[n] then
+                            local at = n < need and n + 1 or n
+                            while at > 1 and top[at - 1] < t do
+                                top[at] = top[at - 1]
+                                at = at - 1
+                            end
+                            top[at] = t
+                        end
+                    end
+                end
+            end
+        end
+    end
+end
+
 -- Walk the order zset from the cursor, testing batches, until `need` matches and the tie
 -- group of the last one are complete; true when the zset ran out first.
 local function walk_page(ctx, zname, asc, need, out)
@@ -3256,8 +3385,22 @@ local function tt_query(keys, argv)
     local need = plan.limit
     local rows = {}
     local walk = plan.walk
+    local done = false
     if plan.walk_values then
         walk_values_page(ctx, need, rows)
+        done = true
+    elseif plan.chunk_walk then
+        -- plan.chunk_walk: how many chunks to visit before falling back to walk/collect
+        local visited = chunk_walk_page(ctx, need, rows, plan.chunk_walk)
+        if visited ~= 'abandon' then
+            done = true
+            if visited and #rows < need then
+                collect_page(ctx, need - #rows, rows, prefix .. ':ts')
+            end
+        end
+    end
+    if done then
+        -- the page is in rows
     elseif walk then
         local zname, asc = walk[1], walk[2] == 1
         ctx.density = plan.density

@@ -310,6 +310,8 @@ def _make_plans(
         tree, total = planner.physical(prepared.root, probe, replies, cards, keys, fresh=fresh)
         slot = probe.order_distinct_slot
         distinct = None if slot is None else int(replies[slot])
+        bounds = probe.time_bounds_slot
+        time_bounds = bounds is not None and int(replies[bounds]) > 0
         plans.append(
             planner.plan_partition(
                 probe.partition,
@@ -322,6 +324,7 @@ def _make_plans(
                 group_fields=group_fields,
                 keys=keys,
                 order_distinct=distinct,
+                time_bounds=time_bounds,
             )
         )
     return plans

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-from tracetags.keys import NAME_TAG, Keys, metadata_field, tag_field
+from tracetags.keys import NAME_TAG, PLAIN_MAX, SET_CHUNK, Keys, metadata_field, tag_field
 from tracetags.query.ast import And, Comparison, Expr, Not, Or, OrderKey
 
 __all__ = [
@@ -364,6 +364,7 @@ class Probe:
     card_keys: list[list[str]] = field(default_factory=list)
     order_index: ValueIndex | None = None
     order_distinct_slot: int | None = None  # reply index of ZCARD of the order key's values
+    time_bounds_slot: int | None = None  # reply index of ZCARD of tsx (newest-first pages)
 
 
 def order_index(key: OrderKey) -> ValueIndex | None:
@@ -392,6 +393,9 @@ def probe_commands(
         probe.order_index = index
         probe.order_distinct_slot = len(cmds)
         cmds.append(("ZCARD", index.distinct(keys, partition)))
+    if order and _order_zset(order[0]) == "ts" and not order[0].ascending:
+        probe.time_bounds_slot = len(cmds)
+        cmds.append(("ZCARD", keys.time_bounds(partition)))
     for leaf in _leaves(root):
         if id(leaf) in probe.slots:
             continue
@@ -785,12 +789,44 @@ def _walk_range(tree: PNode, zset: ZsetName) -> PNode | None:
     return min(ranges, key=lambda c: c.est) if ranges else None
 
 
+def _chunked_conjuncts(tree: PNode) -> tuple[list[PNode], list[PNode]]:
+    """The conjuncts of ``tree`` that tt_query tests as one chunked set (a single dense
+    value, or a key's presence), and the others."""
+    conjuncts = tree.children if tree.kind == "&" else [tree]
+    chunked: list[PNode] = []
+    rest: list[PNode] = []
+    for node in conjuncts:
+        single_dense = node.kind == "V" and len(node.spec) == 4 and node.est > PLAIN_MAX
+        (chunked if single_dense or node.kind == "C" else rest).append(node)
+    return chunked, rest
+
+
+def _chunk_walk_cost(tree: PNode, total: int, limit: int) -> tuple[float, float]:
+    """The chunk walk's cost in walked-entry units (~0.4 us), assuming that chunks hold
+    traces of neighbouring times (numbers are handed out as traces are first folded): the
+    chunks that hold ``limit`` matches, each one SINTER (~20) plus a test of the rest of the
+    filter per candidate of the intersection and a timestamp read per survivor.  Also
+    returns the chunks it expects to visit."""
+    chunked, rest = _chunked_conjuncts(tree)
+    if not chunked or total <= 0:
+        return math.inf, 0.0
+    fraction = 1.0
+    for node in chunked:
+        fraction *= min(1.0, node.est / total)
+    density = min(1.0, tree.est / total)
+    chunks = total / SET_CHUNK + 1
+    visited = min(chunks, limit / max(density * SET_CHUNK, 1e-9) * 1.5 + 1)
+    per_test = 2.5 if any(n.kind == "R" for n in rest) else (1.0 if rest else 0.0)
+    per_chunk = 20 + SET_CHUNK * fraction * (0.3 + per_test) + SET_CHUNK * density
+    return visited * per_chunk + 0.5 * limit, visited
+
+
 @dataclass
 class PartitionPlan:
     partition: int
     total: int
     tree: PNode
-    strategy: str  # walk | walk-values | collect | exact | count | algebra
+    strategy: str  # walk | chunk-walk | walk-values | collect | exact | count | algebra
     reason: str
     plan: dict[str, Any]
     exact_count: int = 0  # count mode: added to what tt_query returns (all of it for exact)
@@ -808,11 +844,13 @@ def plan_partition(
     group_fields: Sequence[str] = (),
     keys: Keys | None = None,
     order_distinct: int | None = None,
+    time_bounds: bool = False,
 ) -> PartitionPlan:
     """Choose how to run one partition: the tt_query plan and the reason, for explain.
 
     ``order_distinct`` is the number of distinct values of the first order key when it is
-    a string key with a distinct zset (then ``keys`` is needed to name its sets).
+    a string key with a distinct zset (then ``keys`` is needed to name its sets);
+    ``time_bounds`` tells that the partition keeps its chunks' time bounds (tsx).
     """
     sources = tree.sources if tree.sources is not None else []
     if sources and sources[0][0] == "A":
@@ -878,6 +916,27 @@ def plan_partition(
         chunks = total / 512 + 1
         per_candidate = 2.5 if any(source[0] == "R" for source in sources) else 0.75
         collect_cost = per_candidate * cost + 2.25 * est + min(cost, chunks)
+        chunk_cost = math.inf
+        visits = 0.0
+        if time_bounds and zset == "ts" and not order[0].ascending and cursor is None:
+            chunk_cost, visits = _chunk_walk_cost(tree, total, limit)
+        if chunk_cost < min(scan, collect_cost):
+            # Past 3x the chunks expected, tt_query gives up and walks (or collects).
+            plan["chunk_walk"] = max(8, math.ceil(3 * visits))
+            if scan < collect_cost:
+                plan["walk"] = [zset, 0]
+                plan["density"] = min(1.0, est / span) if span > 0 else 1.0
+                if bounded is not None:
+                    plan["walk"] += bounded.spec[2:4]
+            reason = (
+                f"walk the chunks newest first (their time bounds): ~{est:,.0f} of {total:,}"
+                f" traces match, ~{visits:,.0f} chunks expected (past {plan['chunk_walk']:,}"
+                f" tt_query {'walks ts' if 'walk' in plan else 'collects'} instead);"
+                f" intersecting the chunked sets per chunk costs ~"
+                f"{chunk_cost:,.0f}, against walking ~{scan:,.0f} ts entries or collecting "
+                f"the {cost:,.0f} candidates from {source_text} (cost ~{collect_cost:,.0f})"
+            )
+            return PartitionPlan(partition, total, tree, "chunk-walk", reason, plan)
         if scan < collect_cost:
             plan["walk"] = [zset, 1 if order[0].ascending else 0]
             plan["density"] = min(1.0, est / span) if span > 0 else 1.0
