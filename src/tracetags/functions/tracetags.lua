@@ -2422,6 +2422,18 @@ end
 -- cursor).  True when every chunk was visited: traces without a timestamp may be owed.
 -- 'abandon' (nothing written to out) past `budget` chunks: the planner expected far fewer,
 -- so times and numbers do not go together here, and the caller walks ts instead.
+local function has_chunked_conjunct(ctx, expr)
+    if expr[1] ~= '&' then
+        return chunked_key(ctx, expr) and true or false
+    end
+    for i = 2, #expr do
+        if chunked_key(ctx, expr[i]) then
+            return true
+        end
+    end
+    return false
+end
+
 local function chunk_walk_page(ctx, need, out, budget)
     local expr = ctx.expr
     local children = expr[1] == '&' and { unpack(expr, 2) } or { expr }
@@ -3140,7 +3152,19 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
             end
             sub.density = matches / total
             local before = #out
-            local exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
+            -- Newest first in a partition that bounds its chunks' times: the group's
+            -- chunked sets are intersected chunk by chunk (see chunk_walk_page).
+            local visited = nil
+            if zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds
+                and has_chunked_conjunct(sub, sub.expr) then
+                local visits = matches > 0 and need * total / (matches * SET_CHUNK) * 1.5 + 1
+                    or math.huge
+                visited = chunk_walk_page(sub, need, out, math.max(8, math.ceil(3 * visits)))
+            end
+            local exhausted = visited
+            if visited == nil or visited == 'abandon' then
+                exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
+            end
             if exhausted and #out - before < need then
                 sub.plan = ctx.plan
                 sub.residual = { '&', gleaf, ctx.residual }

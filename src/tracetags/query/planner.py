@@ -393,7 +393,8 @@ def probe_commands(
         probe.order_index = index
         probe.order_distinct_slot = len(cmds)
         cmds.append(("ZCARD", index.distinct(keys, partition)))
-    if order and _order_zset(order[0]) == "ts" and not order[0].ascending:
+    # newest first, for the page or (second key) within the groups of a walk of values
+    if any(_order_zset(key) == "ts" and not key.ascending for key in order[:2]):
         probe.time_bounds_slot = len(cmds)
         cmds.append(("ZCARD", keys.time_bounds(partition)))
     for leaf in _leaves(root):
@@ -891,6 +892,8 @@ def plan_partition(
         return PartitionPlan(partition, total, tree, "stats", reason, plan)
     plan["order"] = order_specs(order)
     plan["limit"] = limit
+    if time_bounds:
+        plan["time_bounds"] = True  # (walks of value groups may visit chunks too)
     value_fields = _value_fields(tree, {})
     if value_fields:
         plan["value_fields"] = value_fields
