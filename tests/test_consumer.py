@@ -305,3 +305,46 @@ async def test_a_started_consumer_puts_its_start_up_objects_out_of_the_collector
         assert frozen > 10_000  # every module, function and class loaded so far
     else:
         assert frozen == 0
+
+
+async def test_a_partition_folded_before_time_bounds_gets_them_at_start(
+    settings: Settings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition made by an older version has no tsx; the consumer's start makes it from
+    ts (in batches, ties across batch edges included), and newest-first pages walk chunks
+    again.  Here tsx is deleted to stand for such a partition."""
+    from tests import query_data as qd
+    from tests.model import dump
+    from tracetags import functions
+
+    monkeypatch.setattr(functions, "TIME_BOUNDS_BATCH", 7)  # many batches, ties across them
+    keys = Keys(settings.namespace)
+    traces, _ = qd.generate(3, 3000, dense=True)
+    for index, trace in enumerate(traces):
+        trace["timestamp_ms"] = qd.BASE_MS + index % 3  # long runs of equal timestamps
+    qd.load(r, keys, 1, traces)
+    r.delete(keys.time_bounds(0))
+    with Client(settings) as reader:
+        filter_string = "tags.env = 'production' AND status = 'ERROR' AND name = 'chat'"
+        assert "chunk-walk" not in reader.explain(filter_string)
+        before = [t.info.trace_id for t in reader.search_traces(filter_string=filter_string)]
+
+        client = redis.asyncio.Redis.from_url(settings.effective_redis_url)
+        folder = Folder(settings, client)
+        await folder.prepare()
+        assert await functions.ensure_time_bounds_async(client, keys, 0) == 0  # once
+        await client.aclose()
+
+        assert dump(r, keys, 0)  # checks every trace's timestamp against its chunk's bound
+        exact: dict[int, float] = {}
+        for member, score in r.zrange(keys.by_timestamp(0), 0, -1, withscores=True):
+            chunk = int(member) // 512
+            exact[chunk] = max(exact.get(chunk, score), score)
+        bounds = {int(m): s for m, s in r.zrange(keys.time_bounds(0), 0, -1, withscores=True)}
+        assert bounds == {-1: float("-inf"), **exact}  # nothing skipped across batch edges
+        from tracetags.query import executor
+
+        executor.clear_caches()
+        assert "chunk-walk" in reader.explain(filter_string)
+        after = [t.info.trace_id for t in reader.search_traces(filter_string=filter_string)]
+        assert after == before

@@ -159,6 +159,14 @@ class Folder:
         await functions.load_async(self.client)
         for partition in range(partitions):
             await self.ensure_group(partition)
+            read = await functions.ensure_time_bounds_async(self.client, self.keys, partition)
+            if read:
+                log.info(
+                    "partition %d: made its chunks' time bounds from %d traces (folded by an"
+                    " older version)",
+                    partition,
+                    read,
+                )
         self.partitions = partitions
         return partitions
 

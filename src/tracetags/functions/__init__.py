@@ -37,7 +37,7 @@ import redis
 import redis.asyncio
 
 from tracetags.errors import FoldArgumentsError, FoldError, QueryError
-from tracetags.keys import NAME_TAG, Keys
+from tracetags.keys import NAME_TAG, SET_CHUNK, Keys
 from tracetags.schemas import (
     ENTRY_FIELD,
     Event,
@@ -139,6 +139,46 @@ async def load_async(client: redis.asyncio.Redis) -> bool:
         await client.function_delete(name)
     await client.function_load(LIBRARY_CODE, replace=True)
     return True
+
+
+# --- the chunks' time bounds of partitions folded before them ---------------------------
+
+TIME_BOUNDS_BATCH: Final = 10_000
+
+
+async def ensure_time_bounds_async(client: redis.asyncio.Redis, keys: Keys, partition: int) -> int:
+    """Give a partition folded before ``tracetags_v4`` its chunks' time bounds (``tsx``, see
+    keys.py), which newest-first pages need to visit chunks instead of walking ``ts``;
+    returns how many traces it read (0: the partition had them, or has no trace yet).
+
+    Safe while a consumer folds: ``tsx`` is made first (its marker member), so every
+    timestamp the fold writes from then on raises its chunk's bound itself, and the scan of
+    ``ts`` in score order then covers every trace that stays put; bounds only rise (GT).
+    """
+    key = keys.time_bounds(partition)
+    if await client.exists(key) or not await client.exists(keys.trace_counter(partition)):
+        return 0
+    await client.zadd(key, {"-1": float("-inf")})
+    by_time = keys.by_timestamp(partition)
+    low, skip, read = "-inf", 0, 0
+    while True:
+        reply: Any = await client.zrange(
+            by_time, low, "+inf", byscore=True, offset=skip, num=TIME_BOUNDS_BATCH, withscores=True
+        )
+        got: list[tuple[bytes, float]] = reply
+        if not got:
+            return read
+        read += len(got)
+        top: dict[int, float] = {}
+        for member, score in got:
+            chunk = int(member) // SET_CHUNK
+            if score > top.get(chunk, float("-inf")):
+                top[chunk] = score
+        await client.zadd(key, {str(c): t for c, t in top.items()}, gt=True)
+        last = got[-1][1]
+        ties = sum(1 for _, score in got if score == last)
+        skip = skip + len(got) if format(last, ".17g") == low else ties
+        low = format(last, ".17g")
 
 
 # --- the batch -------------------------------------------------------------------------
