@@ -442,6 +442,32 @@ def test_entry_ids_order_numerically_not_as_text() -> None:
     assert sorted(shuffled, key=parse_entry_id) == ids
 
 
+def _deliver(
+    r: redis.Redis,
+    keys: Keys,
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+    rng: random.Random,
+    *,
+    shuffled: bool,
+    sizes: list[int],
+    check: float,
+) -> None:
+    """Fold entries in batches of random sizes: in order, checking the state against the
+    model after a batch with probability ``check``; or shuffled with a share of duplicates
+    (the state is checked by the caller, at the end)."""
+    delivery = list(entries)
+    if shuffled:
+        delivery += rng.sample(entries, len(entries) // 3)
+        rng.shuffle(delivery)
+    start = 0
+    while start < len(delivery):
+        size = rng.choice(sizes)
+        apply_batch(r, keys, 0, GROUP, decode_entries(delivery[start : start + size]))
+        start += size
+        if not shuffled and start < len(delivery) and rng.random() < check:
+            assert dump(r, keys, 0) == _model_of(entries[:start]).expected(keys, 0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_value_sets_change_form_across_the_threshold_in_any_order(
     r: redis.Redis, namespace: str, seed: int
@@ -473,17 +499,7 @@ def test_value_sets_change_form_across_the_threshold_in_any_order(
     entries = _pending(r, stream)
     model = _model_of(entries)
     # In order, checking every prefix boundary of a few batch sizes, then shuffled with dups.
-    delivery = list(entries)
-    if seed:
-        delivery += rng.sample(entries, len(entries) // 3)
-        rng.shuffle(delivery)
-    start = 0
-    while start < len(delivery):
-        size = rng.choice([1, 7, 50, 333])
-        apply_batch(r, keys, 0, GROUP, decode_entries(delivery[start : start + size]))
-        start += size
-        if not seed and start < len(delivery):
-            assert dump(r, keys, 0) == _model_of(entries[:start]).expected(keys, 0)
+    _deliver(r, keys, entries, rng, shuffled=bool(seed), sizes=[1, 7, 50, 333], check=1.0)
     assert dump(r, keys, 0) == model.expected(keys, 0)
     prod = keys.tag_value(0, "env", "prod")
     assert not r.exists(prod) and r.exists(chunk_key(prod, 0))  # 500 + 100 members: chunked
@@ -529,17 +545,7 @@ def test_the_byte_order_index_follows_values_through_splits_and_removals(
         pipe.xadd(stream, {schemas.ENTRY_FIELD: schemas.encode(event)})
     pipe.execute()
     entries = _pending(r, stream)
-    delivery = list(entries)
-    if seed:
-        delivery += rng.sample(entries, len(entries) // 4)
-        rng.shuffle(delivery)
-    start = 0
-    while start < len(delivery):
-        size = rng.choice([1, 30, 200, 700])
-        apply_batch(r, keys, 0, GROUP, decode_entries(delivery[start : start + size]))
-        start += size
-        if not seed and rng.random() < 0.3:
-            assert dump(r, keys, 0) == _model_of(entries[:start]).expected(keys, 0)
+    _deliver(r, keys, entries, rng, shuffled=bool(seed), sizes=[1, 30, 200, 700], check=0.3)
     assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
 
     users = keys.tag_values(0, "u")

@@ -2107,6 +2107,22 @@ end
 -- When the candidates come from one chunked set and the residual filter ANDs other chunked
 -- sets: an enumerator of their intersection, one SINTER per chunk (Redis intersects <= 512
 -- offsets natively; Lua only sees the matches), and what the matches must still pass.
+-- The conjuncts of expr that are one chunked set each (their keys), and the others as one
+-- node ({'A'} when there are none).
+local function split_conjunction(ctx, expr)
+    local children = expr[1] == '&' and { unpack(expr, 2) } or { expr }
+    local keys, rest = {}, {}
+    for i = 1, #children do
+        local key = chunked_key(ctx, children[i])
+        if key then
+            keys[#keys + 1] = key
+        else
+            rest[#rest + 1] = children[i]
+        end
+    end
+    return keys, #rest == 0 and { 'A' } or (#rest == 1 and rest[1] or { '&', unpack(rest) })
+end
+
 local function chunk_join(ctx)
     local sources = ctx.plan.sources
     if not sources or #sources ~= 1 then
@@ -2116,29 +2132,11 @@ local function chunk_join(ctx)
     if not first then
         return nil
     end
-    local residual = ctx.residual
-    local children = { residual }
-    if residual[1] == '&' then
-        children = { unpack(residual, 2) }
-    end
-    local keys, rest = { first }, {}
-    for i = 1, #children do
-        local key = chunked_key(ctx, children[i])
-        if key then
-            keys[#keys + 1] = key
-        else
-            rest[#rest + 1] = children[i]
-        end
-    end
-    if #keys == 1 then
+    local keys, left = split_conjunction(ctx, ctx.residual)
+    if #keys == 0 then
         return nil
     end
-    local left = { 'A' }
-    if #rest == 1 then
-        left = rest[1]
-    elseif #rest > 1 then
-        left = { '&', unpack(rest) }
-    end
+    table.insert(keys, 1, first)
     local function enumerate(fn)
         return enum_chunks_of(ctx, keys, fn)
     end
@@ -2423,33 +2421,14 @@ end
 -- 'abandon' (nothing written to out) past `budget` chunks: the planner expected far fewer,
 -- so times and numbers do not go together here, and the caller walks ts instead.
 local function has_chunked_conjunct(ctx, expr)
-    if expr[1] ~= '&' then
-        return chunked_key(ctx, expr) and true or false
-    end
-    for i = 2, #expr do
-        if chunked_key(ctx, expr[i]) then
-            return true
-        end
-    end
-    return false
+    return #split_conjunction(ctx, expr) > 0
 end
 
 local function chunk_walk_page(ctx, need, out, budget)
-    local expr = ctx.expr
-    local children = expr[1] == '&' and { unpack(expr, 2) } or { expr }
-    local keys, rest = {}, {}
-    for i = 1, #children do
-        local key = chunked_key(ctx, children[i])
-        if key then
-            keys[#keys + 1] = key
-        else
-            rest[#rest + 1] = children[i]
-        end
-    end
+    local keys, residual = split_conjunction(ctx, ctx.expr)
     if #keys == 0 then
         fail('BADPLAN', 'a chunk walk needs a chunked set in the conjunction')
     end
-    local residual = #rest == 0 and { 'A' } or (#rest == 1 and rest[1] or { '&', unpack(rest) })
     local ts = ctx.prefix .. ':ts'
     local tsx = ctx.prefix .. ':tsx'
     local order, cursor = ctx.order, ctx.cursor
