@@ -91,13 +91,17 @@ register and one set of indexes.
   sort the survivors by ZSCORE in ``ts`` (or the order key) and page.
 - *broad filter, first page*: walk ``ts`` (ZRANGE … REV LIMIT, in pages) from the right end and
   test each number's membership in every term (SISMEMBER on the plain key or the number's
-  chunk) until the page is full.
+  chunk) until the page is full.  Newest first with a dense (chunked) term: the *chunk
+  walk* visits chunks in ``tsx`` order, one SINTER of the chunked terms per chunk, and stops
+  once the page's rows are newer than the next chunk's bound.
 - ``!=`` = ``tk`` minus the value set (chunk by chunk, SDIFF/SMISMEMBER); ``IS NULL`` = scope
   minus ``tk``; ``NOT (…)`` = complement within the searched experiments (union of their
   ``ex`` sets, chunk by chunk).  OR = union, chunk by chunk.
 - ``LIKE`` / ``ILIKE`` / ``RLIKE`` / ``NOT LIKE`` and numeric comparisons on tags: scan the
   distinct values of ``td:<k>`` (ZRANGE, inside tt_query for LIKE; never the traces), then
   union the matching value sets (their scores give the count without touching any set).
+  A LIKE with a literal start seeks it in the byte-order index (``td:<k>:L``) instead, and
+  skips over each ``_`` from one distinct continuation to the next.
 - ``timestamp_ms`` / ``execution_time_ms`` / ``end_time_ms`` comparisons: ZRANGEBYSCORE on
   ``ts`` / ``du`` / ``en`` (``du`` lacks unfinished traces, which never match); ordering by
   them walks the zset.  ``request_id``, ``name``, ``run_id``, tag and metadata ordering: sort
