@@ -54,6 +54,8 @@ _ENCODER = msgspec.msgpack.Encoder()
 RawTrace = list[str]
 #: tt_query's page reply: (rows found, the flat hash of each row shown).
 _PAGE_DECODER = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
+#: A LIKE's candidate values: (sought by the pattern's start, [value, count, ...]).
+_VALUES_DECODER = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool]])
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,9 @@ def _probe(
     for probe in probes:
         for offset, (name, *_) in enumerate(probe.commands):
             if name == "VALUES":
-                flat = replies[at + offset]
-                replies[at + offset] = list(zip(flat[::2], flat[1::2], strict=True))
+                sought, flat = _VALUES_DECODER.decode(replies[at + offset])
+                pairs = list(zip(flat[::2], flat[1::2], strict=True))
+                replies[at + offset] = planner.MatchedValues(bool(sought), pairs)
         at += len(probe.commands)
     out: list[tuple[planner.Probe, list[Any], list[int]]] = []
     at = 0

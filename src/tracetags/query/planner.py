@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 from tracetags.keys import NAME_TAG, PLAIN_MAX, SET_CHUNK, Keys, metadata_field, tag_field
 from tracetags.query.ast import And, Comparison, Expr, Not, Or, OrderKey
@@ -106,6 +106,15 @@ class LValues:
     text: str
 
 
+class MatchedValues(NamedTuple):
+    """A probe's reply for a LIKE: the candidate values and their counts; ``sought`` when
+    they came from the byte-order index by the pattern's start (then exactly the values
+    starting like it)."""
+
+    sought: bool
+    pairs: list[tuple[Any, Any]]
+
+
 @dataclass(frozen=True)
 class LMatch:
     """Values of the index for which ``predicate`` holds (negated: present and not matching)."""
@@ -122,6 +131,8 @@ class LMatch:
     #: one character each): tt_query seeks the values starting so in the key's byte-order
     #: index instead of reading every value.
     lead: tuple[str | int, ...] = ()
+    #: The pattern is its lead and one final ``%``: values sought by the lead all match.
+    lead_is_pattern: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,7 +323,10 @@ def _comparison(node: Comparison) -> LogicalNode:
     if op != "LIKE":
         return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text)
     predicate = _pattern_predicate(op, value)
-    return LMatch(index, predicate, False, text, _like_runs(value), _like_lead(value))
+    lead_is_pattern = value.endswith("%") and value.count("%") == 1
+    return LMatch(
+        index, predicate, False, text, _like_runs(value), _like_lead(value), lead_is_pattern
+    )
 
 
 def logical(expr: Expr | None, experiment_ids: Sequence[str] | None) -> LogicalNode:
@@ -504,9 +518,14 @@ def physical(
             ]
             return _values(node.index, found, node.text)
         if isinstance(node, LMatch):
-            flat = replies[probe.slots[id(node)]]
-            pairs = [(_text(v), float(s)) for v, s in flat]
-            hits = [(v, s) for v, s in pairs if node.predicate(v)]
+            reply = replies[probe.slots[id(node)]]
+            if isinstance(reply, MatchedValues):  # a LIKE's values, read inside tt_query
+                pairs = [(_text(v), float(s or 0)) for v, s in reply.pairs]
+                exact = reply.sought and node.lead_is_pattern
+            else:  # ZRANGE WITHSCORES of the distinct zset
+                pairs = [(_text(v), float(s)) for v, s in reply]
+                exact = False
+            hits = pairs if exact else [(v, s) for v, s in pairs if node.predicate(v)]
             if not node.negated:
                 return _values(node.index, hits, node.text)
             hit_set = {v for v, _ in hits}
