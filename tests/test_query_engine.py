@@ -1199,3 +1199,28 @@ def test_chunk_walk_after_traces_move_in_time_and_go(redis_url: str) -> None:
         assert "strategy: chunk-walk" in loaded.client.explain(CHUNK_WALK_FILTERS[0])
     finally:
         loaded.drop()
+
+
+def test_a_chunk_walk_without_a_chunked_set_at_run_time_falls_back(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner counts a single dense value as a chunked set; tt_query may find none (a
+    scope naming every trace is no test at all, a count may have fallen since the probe):
+    then it walks or collects instead, and the rows are the same."""
+    from tracetags.query import planner
+
+    traces, _ = qd.generate(47, 1200)
+    for index, trace in enumerate(traces):
+        trace["experiment_id"] = "1"
+        trace["tags"]["user"] = f"user_{index % 40}"
+    loaded = Loaded(redis_url, 1, traces, [])
+    monkeypatch.setattr(planner, "_chunk_walk_cost", lambda tree, total, limit: (1.0, 1.0))
+    try:
+        filter_string = "tags.user = 'user_3'"
+        explained = loaded.client.explain(filter_string, experiment_ids=["1"])
+        assert "strategy: chunk-walk" in explained, explained
+        expected = ref.search(loaded.final, ["1"], filter_string, None, None)
+        page = loaded.client.search_traces(experiment_ids=["1"], filter_string=filter_string)
+        assert [t.info.trace_id for t in page] == expected
+    finally:
+        loaded.drop()

@@ -2427,7 +2427,9 @@ end
 local function chunk_walk_page(ctx, need, out, budget)
     local keys, residual = split_conjunction(ctx, ctx.expr)
     if #keys == 0 then
-        fail('BADPLAN', 'a chunk walk needs a chunked set in the conjunction')
+        -- the planner's dense set is not chunked here (its count fell since the probe, or
+        -- it holds every trace): nothing to intersect, so walk or collect instead
+        return 'abandon'
     end
     local ts = ctx.prefix .. ':ts'
     local tsx = ctx.prefix .. ':tsx'
