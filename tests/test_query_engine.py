@@ -1224,3 +1224,17 @@ def test_a_chunk_walk_without_a_chunked_set_at_run_time_falls_back(
         assert [t.info.trace_id for t in page] == expected
     finally:
         loaded.drop()
+
+
+@pytest.mark.parametrize("order_by", [["tags.env"], ["tags.env DESC"], ["tags.ab DESC"]])
+def test_chunk_walks_inside_value_groups_page_through_untimed_traces(
+    timed: Loaded, order_by: list[str]
+) -> None:
+    """Ordered by a tag, each value's group is walked newest first (by chunks where the
+    times allow); pages of 13 cross group ends and the untimed traces at each group's end."""
+    for filter_string in ("tags.ab = 'x'", "tags.env = 'production' AND tags.ab = 'x'", None):
+        expected = ref.search(timed.final, None, filter_string, order_by, None)
+        walked = _all_pages(
+            timed.client, filter_string=filter_string, order_by=order_by, max_results=13
+        )
+        assert walked == expected, (filter_string, order_by)

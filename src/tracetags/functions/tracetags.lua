@@ -2435,6 +2435,9 @@ local function chunk_walk_page(ctx, need, out, budget)
     local tsx = ctx.prefix .. ':tsx'
     local order, cursor = ctx.order, ctx.cursor
     local cursor_ts = cursor and cursor[1]
+    if cursor_ts == false then -- the cursor is among the traces without a timestamp
+        return true
+    end
     local matches, top = {}, {} -- top: the best `need` timestamps so far, descending
     local names = {}
     local offset = 0
