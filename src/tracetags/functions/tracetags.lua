@@ -1935,22 +1935,27 @@ end
 
 -- Feed fn batches of the members common to the chunked sets keys (one: its members), chunk
 -- by chunk (SMEMBERS / SINTER); true when fn asked to stop.
+-- The trace numbers in chunk c of every chunked set of keys (SMEMBERS for one, SINTER);
+-- names: a scratch table for the chunk keys.
+local function chunk_members(keys, c, names)
+    local suffix = ':' .. slot(c)
+    for k = 1, #keys do
+        names[k] = keys[k] .. suffix
+    end
+    local got = #keys == 1 and call('SMEMBERS', names[1]) or call('SINTER', unpack(names))
+    local base = c * SET_CHUNK
+    for i = 1, #got do
+        got[i] = int(base + tonumber(got[i]))
+    end
+    return got
+end
+
 local function enum_chunks_of(ctx, keys, fn)
     local names = {}
     for c = 0, last_chunk_of(ctx) do
-        local suffix = ':' .. slot(c)
-        for k = 1, #keys do
-            names[k] = keys[k] .. suffix
-        end
-        local got = #keys == 1 and call('SMEMBERS', names[1]) or call('SINTER', unpack(names))
-        if #got > 0 then
-            local base = c * SET_CHUNK
-            for i = 1, #got do
-                got[i] = int(base + tonumber(got[i]))
-            end
-            if fn(got) then
-                return true
-            end
+        local got = chunk_members(keys, c, names)
+        if #got > 0 and fn(got) then
+            return true
         end
     end
     return false
@@ -2409,6 +2414,10 @@ local function collect_page(ctx, need, out, unscored_in)
     select_rows(ctx, matches, need, out)
 end
 
+local function has_chunked_conjunct(ctx, expr)
+    return #split_conjunction(ctx, expr) > 0
+end
+
 -- --- the chunk walk: newest first, chunk by chunk ----------------------------------------
 -- A timestamp_ms DESC page of a conjunction holding chunked sets visits the chunks in the
 -- order of their time bounds (tsx, highest first): in each, one SINTER of the chunked sets
@@ -2420,10 +2429,6 @@ end
 -- cursor).  True when every chunk was visited: traces without a timestamp may be owed.
 -- 'abandon' (nothing written to out) past `budget` chunks: the planner expected far fewer,
 -- so times and numbers do not go together here, and the caller walks ts instead.
-local function has_chunked_conjunct(ctx, expr)
-    return #split_conjunction(ctx, expr) > 0
-end
-
 local function chunk_walk_page(ctx, need, out, budget)
     local keys, residual = split_conjunction(ctx, ctx.expr)
     if #keys == 0 then
@@ -2458,20 +2463,10 @@ local function chunk_walk_page(ctx, need, out, budget)
             if budget < 0 then
                 return 'abandon'
             end
-            local c = tonumber(got[g])
-            local suffix = ':' .. slot(c)
-            for k = 1, #keys do
-                names[k] = keys[k] .. suffix
-            end
-            local offsets = #keys == 1 and call('SMEMBERS', names[1])
-                or call('SINTER', unpack(names))
-            ctx.scanned = ctx.scanned + #offsets
-            if #offsets > 0 then
-                local base = c * SET_CHUNK
-                for i = 1, #offsets do
-                    offsets[i] = int(base + tonumber(offsets[i]))
-                end
-                local survivors = eval(ctx, residual, offsets)
+            local candidates = chunk_members(keys, tonumber(got[g]), names)
+            ctx.scanned = ctx.scanned + #candidates
+            if #candidates > 0 then
+                local survivors = eval(ctx, residual, candidates)
                 local scores = zmscore(ts, survivors)
                 for i = 1, #survivors do
                     local t = scores[i]
