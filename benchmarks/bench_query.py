@@ -186,6 +186,8 @@ def specs(traces: int, seed: int) -> list[traffic.TraceSpec]:
 def load_tracetags(client: redis.Redis, keys: Keys, partitions: int, data: list[Any]) -> float:
     """Fold one trace_finished per trace through functions.apply_batch; seconds taken.
 
+    The events get stream ids as XADD gives them (a millisecond and a small sequence).
+
     Two threads send batches of 1000, so this process builds the next batch while Redis folds
     the previous one.
     """
@@ -217,7 +219,10 @@ def load_tracetags(client: redis.Redis, keys: Keys, partitions: int, data: list[
             )
             partition = partition_of(spec.trace_id, partitions)
             batch = pending[partition]
-            batch.append((f"{START_MS}-{sequence}", event))
+            # A stream id like XADD's at ~1k events/s: a new millisecond each, sequence 0.
+            # (Ids of one millisecond and a sequence counting to 1M, as before 2026-12-04
+            # late, defeat the fold's compact stamps: ~300 B/trace more, unlike production.)
+            batch.append((f"{START_MS + sequence}-0", event))
             if len(batch) == 1000:
                 send(partition, batch)
                 pending[partition] = []

@@ -632,7 +632,9 @@ def test_large_index_strategies_are_chosen(wide: Loaded) -> None:
     ranged = wide.client.explain("execution_time_ms > 400", order_by=["execution_time_ms DESC"])
     assert "strategy: walk" in ranged and "within execution_time_ms > 400" in ranged, ranged
     like = wide.client.explain("tags.user LIKE 'user_1%'")
-    assert "value sets]" in like and int(like.split("[")[1].split()[0]) >= 8, like
+    # a page's probe counts the values; tt_query seeks them itself
+    assert "value sets, sought by tt_query]" in like, like
+    assert int(like.split("[")[1].split()[0]) >= 8, like
 
 
 @pytest.mark.parametrize(
@@ -972,11 +974,13 @@ def test_a_broad_range_source_is_walked_at_scale_and_collected_when_small(
 _LEX_ALPHABET = ["a", "b", "_", "%", "ä", "\u4e2d", "\U0001f600", "Z", "0"]
 
 
-@pytest.fixture(scope="module")
-def many_values(redis_url: str) -> Iterator[Loaded]:
+@pytest.fixture(scope="module", params=["indexed", "unindexed"])
+def many_values(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Loaded]:
     """One partition, ~1,500 distinct short values of `v` over a small alphabet (with 2-, 3-
     and 4-byte characters and the wildcard characters themselves): a byte-order index of
-    many buckets, where a LIKE start with `_` needs a seek per distinct continuation."""
+    many buckets, where a LIKE start with `_` needs a seek per distinct continuation.
+    "unindexed" deletes the index (data folded before it existed): a page's tt_query then
+    matches the pattern's lead against every value itself."""
     rng = __import__("random").Random(23)
     traces = []
     for index in range(2400):
@@ -995,6 +999,8 @@ def many_values(redis_url: str) -> Iterator[Loaded]:
     loaded = Loaded(redis_url, 1, traces, [])
     r, keys = loaded.client.redis, loaded.client.keys
     assert r.zcard(f"{keys.tag_values(0, 'v')}:L") > 10
+    if request.param == "unindexed":
+        r.delete(*r.scan_iter(match=f"{loaded.namespace}:*:L*", count=1000))
     yield loaded
     loaded.drop()
 
@@ -1009,6 +1015,60 @@ def test_like_sought_in_the_byte_order_index_equals_the_reference(
     assert many_values.client.count(filter_string) == len(expected)
     page = many_values.client.search_traces(filter_string=filter_string, max_results=1000)
     assert [t.info.trace_id for t in page] == expected[:1000]
+
+
+def test_a_like_sought_by_the_page_sees_values_changed_after_the_probe(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's probe only counts the values of `LIKE 'u_1%'`; its tt_query seeks them again.
+    Tags changed between the two (a value gone, a new one, a trace moved out of the pattern)
+    are what the page shows: the rows are those matching when the page ran."""
+    traces = [
+        {
+            "trace_id": f"tr-{i:03d}",
+            "experiment_id": "1",
+            "timestamp_ms": qd.BASE_MS + i,
+            "execution_time_ms": 5,
+            "status": "OK",
+            "tags": {"user": f"u{i % 7}{i % 3}"},
+            "metadata": {},
+        }
+        for i in range(60)
+    ]
+    loaded = Loaded(redis_url, 1, traces, [])
+    filter_string = "tags.user LIKE 'u_1%'"
+    assert "sought by tt_query" in loaded.client.explain(filter_string)
+    mutations = [
+        {"op": "set", "trace_id": "tr-001", "key": "user", "value": "zz"},  # leaves u11
+        {"op": "set", "trace_id": "tr-002", "key": "user", "value": "u91"},  # a new value
+        {"op": "delete", "trace_id": "tr-004", "key": "user"},  # u41 loses a trace
+        *(
+            {"op": "set", "trace_id": t["trace_id"], "key": "user", "value": "gone"}
+            for t in traces
+            if t["tags"]["user"] == "u01"  # a value that leaves the index
+        ),
+    ]
+    real = executor._make_plans
+    changed = []
+
+    def after_the_probe(*args: Any, **kwargs: Any) -> Any:
+        if not changed:
+            r, keys = loaded.client.redis, loaded.client.keys
+            qd.apply_events(r, keys, 1, [qd.mutation_event(m) for m in mutations])
+            changed.append(True)
+        return real(*args, **kwargs)
+
+    try:
+        monkeypatch.setattr(executor, "_make_plans", after_the_probe)
+        executor.clear_caches()
+        page = loaded.client.search_traces(filter_string=filter_string, max_results=100)
+        assert changed
+        final = ref.apply_mutations(traces, mutations)
+        expected = ref.search(final, None, filter_string, None, None)
+        assert [t.info.trace_id for t in page] == expected
+        assert "tr-002" in expected and "tr-001" not in expected and "tr-004" not in expected
+    finally:
+        loaded.drop()
 
 
 def test_a_redis_that_went_away_raises_redis_unavailable(own_redis: Any) -> None:

@@ -1326,6 +1326,9 @@ Leaves (arrays, first element is the kind):
   {'E', number...}                these trace numbers
   {'P', field}                    traces whose hash has the field (an attribute is present)
   {'A'} every trace;  {'Z'} none
+  {'L', dkey, vprefix, lead, traces, values}  (page plans) a LIKE that is its lead and one
+                                  final %: becomes the V leaf of the values it matches when the
+                                  call starts (resolve_sought); traces and values are the probe's
 Nodes: {'&', child...}  {'|', child...}  {'!', child}.
 --]]
 
@@ -1524,14 +1527,14 @@ end
 -- when it marked mask.
 local HASH_TEST_US, TABLE_SET_US, TABLE_MEMBER_US = 2, 3, 0.7
 
-local function test_by_registers(ctx, leaf, sets, list, mask)
+local function test_by_registers(ctx, leaf, list, mask)
     local fields = ctx.plan and ctx.plan.value_fields -- (a walked value group has no plan)
     local field = fields and fields[leaf[2]]
     if not field or leaf.members then
         return false
     end
-    if not leaf.table_us then
-        local plain, members = plain_sets_size(sets)
+    if not leaf.table_us then -- (a LIKE sought by this call has it from the probe's counts)
+        local plain, members = plain_sets_size(value_sets(leaf))
         leaf.plain = plain
         leaf.table_us = plain * TABLE_SET_US + members * TABLE_MEMBER_US
         leaf.table_ok = plain >= MEMBER_TABLE_MIN_SETS and members <= MEMBER_TABLE_MAX
@@ -1570,10 +1573,10 @@ end
 local function test_leaf(ctx, leaf, list, mask)
     local kind = leaf[1]
     if kind == 'V' then
-        local sets = value_sets(leaf)
-        if test_by_registers(ctx, leaf, sets, list, mask) then
+        if test_by_registers(ctx, leaf, list, mask) then
             return
         end
+        local sets = value_sets(leaf)
         local members = plain_member_table(leaf, sets)
         if members then
             for i = 1, #list do
@@ -2871,6 +2874,108 @@ local function lex_lead(dkey, lead, take)
     from('', 1)
 end
 
+-- Whether v starts with a string matching lead (literal runs, and counts of any one
+-- character), as lex_lead seeks them.
+local function lead_match(v, lead)
+    local at = 1
+    for k = 1, #lead do
+        local item = lead[k]
+        if type(item) == 'string' then
+            if sub(v, at, at + #item - 1) ~= item then
+                return false
+            end
+            at = at + #item
+        else
+            for _ = 1, item do
+                if at > #v then
+                    return false
+                end
+                at = at + utf8_width(string.byte(v, at))
+            end
+        end
+    end
+    return true
+end
+
+-- The values of dkey that start like lead, exactly (for a LIKE pattern that is its lead and
+-- one final %, its matches): sought in the byte-order index, or, where the key has none,
+-- filtered from every value.
+local function lead_values(dkey, lead)
+    local found, n = {}, 0
+    if #lead > 0 and call('EXISTS', lex_dir(dkey)) == 1 then
+        lex_lead(dkey, lead, function(values)
+            for i = 1, #values do
+                n = n + 1
+                found[n] = values[i]
+            end
+        end)
+    else
+        local all = call('ZRANGE', dkey, 0, -1)
+        for i = 1, #all do
+            if lead_match(all[i], lead) then
+                n = n + 1
+                found[n] = all[i]
+            end
+        end
+    end
+    return found
+end
+
+-- values mode with count_only: {number of values, their traces} of lead_values (the probe
+-- of a page, whose plan then carries the pattern, not the values: see resolve_sought).
+local function value_count_reply(dkey, lead)
+    local counts = zmscore(dkey, lead_values(dkey, lead))
+    local values, traces = 0, 0
+    for i = 1, #counts do
+        if counts[i] then
+            values = values + 1
+            traces = traces + counts[i]
+        end
+    end
+    return { values, traces }
+end
+
+-- A page plan's leaf {'L', dkey, vprefix, lead, traces, values} (a LIKE that is its lead and
+-- one final %, sized by the probe's value_count_reply) becomes the V leaf of the values it
+-- matches now, sought once per call (seen: lead text -> values); a thousand values then
+-- cross neither the network nor the planner.  The probe's sizes only set costs: a skipped
+-- test would need a count read now, so the leaf is never taken to hold every trace.
+local function resolve_sought(ctx, node, seen)
+    local kind = node[1]
+    if kind == '&' or kind == '|' then
+        for i = 2, #node do
+            resolve_sought(ctx, node[i], seen)
+        end
+    elseif kind == '!' then
+        resolve_sought(ctx, node[2], seen)
+    elseif kind == 'L' then
+        local dkey, lead, traces, count = node[2], node[4], node[5], node[6]
+        local text = dkey .. '\0' .. cmsgpack.pack(lead)
+        local values = seen[text]
+        if not values then
+            values = lead_values(dkey, lead)
+            seen[text] = values
+        end
+        node[4], node[5], node[6] = nil, nil, nil
+        if #values == 0 then
+            node[1], node[2], node[3] = 'Z', nil, nil
+            return
+        end
+        node[1] = 'V'
+        for i = 1, #values do
+            node[3 + i] = values[i]
+        end
+        node.all = false
+        if #values > 1 then
+            node.ckey = false -- (one dense value would be a chunked set: read its count)
+        end
+        node.plain = count
+        node.table_us = count * TABLE_SET_US + traces * TABLE_MEMBER_US
+        node.table_ok = count >= MEMBER_TABLE_MIN_SETS and traces <= MEMBER_TABLE_MAX
+        node.hashed = 0
+    end
+end
+
 -- The values of the distinct zset dkey that start with runs[1] and contain the other runs in
 -- that order (the literal runs of a LIKE pattern, so a superset of its matches; the planner
 -- applies the pattern), as msgpack {sought, {value, count, ...}}: sought = 1 when they came
@@ -3326,12 +3431,13 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'value
                 density (walk: the expected fraction of walked entries that match)
                 value_fields (page: {distinct zset = hash field} of the V leaves of many
                 values, which may be tested by reading the candidates' registers)
-                dkey, runs (values: a distinct zset and the literal runs of a LIKE
-                pattern, the first one its start)
+                dkey, runs, lead (values: a distinct zset and the literal runs of a LIKE
+                pattern, the first one its start, and its lead); count_only (values: the
+                pattern is its lead and one final %: count its values and their traces)
 Returns page: one msgpack array {rows found (<= limit), {hash, ...}}: the HGETALL field/value
 lists of the first `shown` rows after the cursor, in order; count: an integer; stats: groups
 {values, count, duration, n, ...}; cards: integers; values: msgpack {sought 0|1, {value,
-count, ...}}.
+count, ...}}, or with count_only {values, traces}.
 --]]
 local function tt_query(keys, argv)
     call = redis.call
@@ -3357,6 +3463,9 @@ local function tt_query(keys, argv)
         return cards_reply(ctx, plan.keys or {})
     end
     if mode == 'values' then
+        if plan.count_only then
+            return value_count_reply(plan.dkey, plan.lead or {})
+        end
         return values_reply(plan.dkey, plan.runs or {}, plan.lead)
     end
     if mode == 'count' and plan.terms then
@@ -3377,6 +3486,14 @@ local function tt_query(keys, argv)
     end
     if mode ~= 'page' then
         fail('BADPLAN', 'unknown mode ' .. tostring(mode))
+    end
+    local seen = {}
+    resolve_sought(ctx, ctx.expr, seen)
+    if ctx.residual ~= ctx.expr then
+        resolve_sought(ctx, ctx.residual, seen)
+    end
+    for _, source in ipairs(plan.sources or EMPTY) do
+        resolve_sought(ctx, source, seen)
     end
     local order = plan.order
     ctx.order = order

@@ -161,8 +161,10 @@ def _probe(
     partitions: int,
     root: planner.LogicalNode,
     order: Sequence[OrderKey] = (),
+    *,
+    page: bool = False,
 ) -> list[tuple[planner.Probe, list[Any], list[int]]]:
-    probes = [planner.probe_commands(root, keys, p, order) for p in range(partitions)]
+    probes = [planner.probe_commands(root, keys, p, order, page=page) for p in range(partitions)]
 
     def fill(pipe: redis.client.Pipeline) -> None:
         for probe in probes:
@@ -171,6 +173,9 @@ def _probe(
                     pipe.zrange(key, 0, -1, withscores=True)
                 elif name == "VALUES":
                     plan = {"mode": "values", "dkey": key, "runs": args[0], "lead": args[1]}
+                    functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
+                elif name == "VALUECOUNT":
+                    plan = {"mode": "values", "dkey": key, "lead": args[0], "count_only": 1}
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "ZMSCORE":
                     pipe.zmscore(key, args)
@@ -195,6 +200,9 @@ def _probe(
                 sought, flat = _VALUES_DECODER.decode(replies[at + offset])
                 pairs = list(zip(flat[::2], flat[1::2], strict=True))
                 replies[at + offset] = planner.MatchedValues(bool(sought), pairs)
+            elif name == "VALUECOUNT":
+                values, traces = replies[at + offset]
+                replies[at + offset] = planner.MatchedCount(int(values), int(traces))
         at += len(probe.commands)
     out: list[tuple[planner.Probe, list[Any], list[int]]] = []
     at = 0
@@ -292,7 +300,7 @@ def _plans(
             known = _make_plans(keys, prepared, reused.probed, mode, limit, cursor, (), False)
             reused.plans[key] = known
         return known
-    probed = _probe(client, keys, partitions, prepared.root, order)
+    probed = _probe(client, keys, partitions, prepared.root, order, page=mode == "page")
     if reuse:
         _remember_probe(client, keys, partitions, prepared, probed)
     return _make_plans(keys, prepared, probed, mode, limit, cursor, group_fields, True)

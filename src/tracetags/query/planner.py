@@ -115,6 +115,15 @@ class MatchedValues(NamedTuple):
     pairs: list[tuple[Any, Any]]
 
 
+class MatchedCount(NamedTuple):
+    """A page probe's reply for a LIKE that is its lead and one final ``%``: how many values
+    match and their traces.  The page plan then carries the pattern (an ``L`` leaf), and
+    tt_query seeks the values itself."""
+
+    values: int
+    traces: int
+
+
 @dataclass(frozen=True)
 class LMatch:
     """Values of the index for which ``predicate`` holds (negated: present and not matching)."""
@@ -133,6 +142,11 @@ class LMatch:
     lead: tuple[str | int, ...] = ()
     #: The pattern is its lead and one final ``%``: values sought by the lead all match.
     lead_is_pattern: bool = False
+
+    @property
+    def sought_in_page(self) -> bool:
+        """Whether a page's tt_query can find the matching values itself (by the lead)."""
+        return self.lead_is_pattern and bool(self.lead) and not self.negated
 
 
 @dataclass(frozen=True)
@@ -396,9 +410,18 @@ def order_index(key: OrderKey) -> ValueIndex | None:
 
 
 def probe_commands(
-    root: LogicalNode, keys: Keys, partition: int, order: Sequence[OrderKey] = ()
+    root: LogicalNode,
+    keys: Keys,
+    partition: int,
+    order: Sequence[OrderKey] = (),
+    *,
+    page: bool = False,
 ) -> Probe:
-    """The reads that size the leaves of ``root`` in one partition (one pipeline)."""
+    """The reads that size the leaves of ``root`` in one partition (one pipeline).
+
+    For a ``page``, a LIKE whose values its tt_query call can seek itself
+    (:attr:`LMatch.sought_in_page`) is only counted (``VALUECOUNT``), not listed.
+    """
     probe = Probe(partition)
     cmds = probe.commands
     cmds.append(("HLEN", keys.trace_ids(partition)))
@@ -417,6 +440,9 @@ def probe_commands(
         if isinstance(leaf, LValues):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZMSCORE", leaf.index.distinct(keys, partition), *leaf.values))
+        elif isinstance(leaf, LMatch) and page and leaf.sought_in_page:
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("VALUECOUNT", leaf.index.distinct(keys, partition), leaf.lead))
         elif isinstance(leaf, LMatch) and leaf.runs is not None:
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs, leaf.lead))
@@ -519,6 +545,8 @@ def physical(
             return _values(node.index, found, node.text)
         if isinstance(node, LMatch):
             reply = replies[probe.slots[id(node)]]
+            if isinstance(reply, MatchedCount):  # sought again by the page's tt_query
+                return _sought(node, reply)
             if isinstance(reply, MatchedValues):  # a LIKE's values, read inside tt_query
                 pairs = [(_text(v), float(s or 0)) for v, s in reply.pairs]
                 exact = reply.sought and node.lead_is_pattern
@@ -574,6 +602,24 @@ def physical(
             )
             return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
         raise TypeError(f"not a logical node: {node!r}")
+
+    def _sought(node: LMatch, reply: MatchedCount) -> PNode:
+        if not reply.values:
+            return _leaf("Z", ["Z"], 0, f"{node.text} (no such value here)", enumerable=True)
+        index = node.index
+        spec = [
+            "L",
+            index.distinct(keys, p),
+            index.value_prefix(keys, p),
+            list(node.lead),
+            reply.traces,
+            reply.values,
+        ]
+        many = "s" if reply.values > 1 else ""
+        shown = f"{node.text} [{reply.values} value set{many}, sought by tt_query]"
+        leaf = _leaf("L", spec, reply.traces, shown, enumerable=True)
+        leaf.field = index.hash_field
+        return leaf
 
     def _values(index: ValueIndex, found: list[tuple[str, float]], text: str) -> PNode:
         # IN ('a', 'a') names a value twice: its set (and its count) must count once.
@@ -790,12 +836,9 @@ _REGISTER_TEST_MIN_VALUES = 8
 
 
 def _value_fields(node: PNode, out: dict[str, str]) -> dict[str, str]:
-    """The hash field of each V leaf of many values in ``node``, by distinct zset."""
-    if (
-        node.kind == "V"
-        and node.field is not None
-        and len(node.spec) - 3 >= (_REGISTER_TEST_MIN_VALUES)
-    ):
+    """The hash field of each V (or L) leaf of many values in ``node``, by distinct zset."""
+    values = len(node.spec) - 3 if node.kind == "V" else node.spec[5] if node.kind == "L" else 0
+    if node.field is not None and values >= _REGISTER_TEST_MIN_VALUES:
         out[node.spec[1]] = node.field
     for child in node.children:
         _value_fields(child, out)
