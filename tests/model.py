@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from tracetags.functions import fingerprint
 from tracetags.keys import (
     LEX_BUCKET,
     NAME_TAG,
@@ -247,6 +248,37 @@ def _check_lex(
         assert sorted(indexed) == expected, f"{dkey}: the index does not hold its values"
 
 
+def _check_fingerprints(
+    out: Dump,
+    numbers: dict[int, str],
+    lookups: dict[str, str],
+    fingerprints: dict[tuple[str, int], bytes],
+) -> None:
+    """Every ready lookup field holds, for each trace number, the fingerprint of the trace's
+    value (0 for no value, a tombstone, or a number with no live trace)."""
+    for name, _ in fingerprints:
+        assert name in lookups, f"fingerprints of {name}, which is not listed"
+    for name, state in lookups.items():
+        if state != "ready":
+            continue
+        expected: dict[int, int] = {}
+        for no, trace_id in numbers.items():
+            register = out[("trace", trace_id)].get(name)
+            if register is not None and register[1] is not None:
+                expected[no] = fingerprint(register[1])
+        chunks = {c for (f, c) in fingerprints if f == name} | {no // SET_CHUNK for no in expected}
+        for c in chunks:
+            text = fingerprints.get((name, c), b"")
+            for offset in range(SET_CHUNK):
+                pair = text[2 * offset : 2 * offset + 2]
+                got = int.from_bytes(pair, "big") if len(pair) == 2 else 0
+                no = c * SET_CHUNK + offset
+                assert got == expected.get(no, 0), (
+                    f"lookup {name}: number {no} has fingerprint {got},"
+                    f" expected {expected.get(no, 0)}"
+                )
+
+
 def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     """Read every key of the namespace into :meth:`FoldModel.expected`'s shape.
 
@@ -294,6 +326,8 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     seen_traces: set[str] = set()
     lex: dict[str, tuple[dict[bytes, None], dict[bytes, list[bytes]]]] = {}
     time_bounds: dict[int, float] | None = None
+    lookups: dict[str, str] = {}  # listed field -> building | ready
+    fingerprints: dict[tuple[str, int], bytes] = {}  # (field, chunk) -> its string
     for key, value in values.items():
         rest = key[len(prefix) + 1 :]
         head = rest.split(":", 1)[0]
@@ -347,6 +381,15 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
         elif rest in _TRACE_ZSETS:
             assert kind == "zset", key
             out[key] = {trace_of(int(m)): s for m, s in value}
+        elif rest == "lk":
+            assert kind == "hash", key
+            lookups = {k.decode(): v.decode() for k, v in value.items()}
+            assert set(lookups.values()) <= {"building", "ready"}, f"{key}: {lookups}"
+        elif head == "lf":
+            assert kind == "string", key
+            encoded, tail = _take_enc(rest[3:].encode())
+            assert tail[:1] == b":" and tail[1:].isdigit(), key
+            fingerprints[(encoded.split(b":", 1)[1].decode(), int(tail[1:]))] = value
         elif rest == "tsx":
             assert kind == "zset", key
             time_bounds = {int(m): s for m, s in value}
@@ -354,6 +397,7 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
         else:
             raise AssertionError(f"stray key: {key} ({kind})")
     assert seen_traces == set(numbers.values()), "id map names traces without a hash"
+    _check_fingerprints(out, numbers, lookups, fingerprints)
     _check_lex(out, lex, prefix)
     by_time = values.get(f"{prefix}:ts")
     if by_time:

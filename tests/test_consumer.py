@@ -348,3 +348,36 @@ async def test_a_partition_folded_before_time_bounds_gets_them_at_start(
         assert "chunk-walk" in reader.explain(filter_string)
         after = [t.info.trace_id for t in reader.search_traces(filter_string=filter_string)]
         assert after == before
+
+
+async def test_a_consumer_builds_the_lookups_of_its_lookup_keys_at_start(
+    settings: Settings, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TRACETAGS_LOOKUP_KEYS lists keys; the consumer's start builds their fingerprints for
+    traces folded before, the fold keeps them, and a newest-first LIKE page uses them."""
+    from tests import query_data as qd
+    from tests import query_reference as ref
+    from tests.model import dump
+    from tracetags import functions
+
+    keys = Keys(settings.namespace)
+    traces, mutations = qd.generate(5, 1200, dense=True, n_mutations=60)
+    qd.load(r, keys, 1, traces, mutations)
+    assert not r.exists(keys.lookups(0))
+    listed = settings.replace(lookup_keys=("tags.user", "metadata.source"))
+    client = redis.asyncio.Redis.from_url(settings.effective_redis_url)
+    try:
+        with caplog.at_level("INFO", logger="tracetags"):
+            await Folder(listed, client).prepare()
+        assert "built the lookup fingerprints of tuser" in caplog.text
+        assert r.hgetall(keys.lookups(0)) == {b"tuser": b"ready", b"msource": b"ready"}
+        assert await functions.ensure_lookups_async(client, keys, 0, listed.lookup_fields) == {}
+    finally:
+        await client.aclose()
+    assert dump(r, keys, 0)  # checks every listed field's fingerprints against the registers
+    final = ref.apply_mutations(traces, mutations)
+    with Client(settings) as reader:
+        filter_string = "tags.user LIKE 'user_1%'"
+        expected = ref.search(final, None, filter_string, None, None)
+        page = reader.search_traces(filter_string=filter_string, max_results=50)
+        assert [t.info.trace_id for t in page] == expected[:50]

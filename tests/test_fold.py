@@ -137,6 +137,7 @@ def _model_of(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> FoldModel:
 @given(
     log=st.lists(st.tuples(events(), GAPS), min_size=1, max_size=24),
     partition=st.sampled_from([0, 3]),
+    lookups=st.booleans(),
     data=st.data(),
 )
 def test_any_delivery_order_with_duplicates_equals_the_in_order_fold(
@@ -144,10 +145,15 @@ def test_any_delivery_order_with_duplicates_equals_the_in_order_fold(
     namespace: str,
     log: list[tuple[schemas.Event, str]],
     partition: int,
+    lookups: bool,
     data: st.DataObject,
 ) -> None:
+    """(With ``lookups``, some tag and metadata keys have lookup fingerprints from the start,
+    which dump() checks against every trace's value.)"""
     keys = Keys(f"{namespace}:x{next(_sub_namespaces)}")
     stream = _fresh_stream(r, keys, partition)
+    if lookups:
+        _list_lookups(r, keys, partition, LOOKUP_FIELDS)
     pipe = r.pipeline(transaction=False)
     for (event, _), entry_id in zip(log, _entry_ids([gap for _, gap in log]), strict=True):
         pipe.xadd(stream, {schemas.ENTRY_FIELD: schemas.encode(event)}, id=entry_id)
@@ -175,6 +181,20 @@ def test_any_delivery_order_with_duplicates_equals_the_in_order_fold(
         assert dump(r, keys, partition) == _model_of(entries).expected(keys, partition)
     finally:  # keep the keyspace small: dump() SCANs it once per example
         r.delete(*r.scan_iter(match=f"{keys.namespace}:*", count=1000))
+
+
+# Register fields with lookup fingerprints in the tests that list them (':' and multi-byte
+# characters in their names, a metadata key, the trace name).
+LOOKUP_FIELDS = ["ta", "ta:b", "tü/ß", "t" + NAME_TAG, "ma:b"]
+
+
+def _list_lookups(client: redis.Redis, keys: Keys, partition: int, fields: list[str]) -> None:
+    """List fields before any trace exists: nothing to build, ready at once."""
+    lk, prefix = keys.lookups(partition), keys.prefix(partition)
+    for field in fields:
+        assert client.fcall("tt_lookup", 1, lk, prefix, "list", field) == b"building"
+        assert client.fcall("tt_lookup", 1, lk, prefix, "build", field, 0, 4) == -1
+        client.fcall("tt_lookup", 1, lk, prefix, "ready", field)
 
 
 def _apply_all(
@@ -596,3 +616,66 @@ def test_data_folded_without_the_byte_order_index_gets_it_when_next_folded(
     _apply_all(r, keys, 0)
     assert len(_lex_keys(r, users)) > 4
     assert dump(r, keys, 0) == _model_of(_all_entries(r, stream)).expected(keys, 0)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    before=st.lists(events(), min_size=1, max_size=30),
+    after=st.lists(events(), max_size=15),
+)
+def test_lookups_built_for_data_folded_before_them_then_kept_by_the_fold(
+    r: redis.Redis,
+    redis_url: str,
+    namespace: str,
+    before: list[schemas.Event],
+    after: list[schemas.Event],
+) -> None:
+    """ensure_lookups_async builds the fingerprints of traces folded before the keys were
+    listed (chunk by chunk, from each key's set); the fold keeps them from then on; a second
+    call finds them ready and builds nothing."""
+    import asyncio
+
+    keys = Keys(f"{namespace}:b{next(_sub_namespaces)}")
+    stream = _fresh_stream(r, keys, 0)
+    _write(r, stream, *before)
+    entries = _apply_all(r, keys, 0, batch_size=7)
+
+    async def ensure() -> dict[str, int]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await functions.ensure_lookups_async(client, keys, 0, LOOKUP_FIELDS)
+        finally:
+            await client.aclose()
+
+    built = asyncio.run(ensure())
+    assert set(built) == set(LOOKUP_FIELDS)
+    assert r.hgetall(keys.lookups(0)) == {f.encode(): b"ready" for f in LOOKUP_FIELDS}
+    try:
+        assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
+        _write(r, stream, *after)
+        entries += _apply_all(r, keys, 0, batch_size=5)
+        assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
+        assert asyncio.run(ensure()) == {}
+    finally:
+        r.delete(*r.scan_iter(match=f"{keys.namespace}:*", count=1000))
+
+
+def test_tt_lookup_refuses_bad_arguments(r: redis.Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    lk, prefix = keys.lookups(0), keys.prefix(0)
+    for args, code in [
+        (("list", "x"), "BADARGS"),  # neither t<key> nor m<key>
+        (("list", "t"), "BADARGS"),
+        (("build", "tuser", 0, 4), "NOTLISTED"),
+        (("ready", "tuser"), "NOTLISTED"),
+        (("frobnicate", "tuser"), "NOTLISTED"),
+    ]:
+        with pytest.raises(redis.ResponseError, match=code):
+            r.fcall("tt_lookup", 1, lk, prefix, *args)
+    r.fcall("tt_lookup", 1, lk, prefix, "list", "tuser")
+    with pytest.raises(redis.ResponseError, match="BADARGS"):
+        r.fcall("tt_lookup", 1, lk, prefix, "build", "tuser", -1, 4)
+    with pytest.raises(redis.ResponseError, match="BADKEYS"):
+        r.fcall("tt_lookup", 1, f"{prefix}:other", prefix, "list", "tuser")
+    r.fcall("tt_lookup", 1, lk, prefix, "drop", "tuser")
+    assert not r.exists(lk)

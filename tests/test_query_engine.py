@@ -6,6 +6,7 @@ must equal tests/query_reference.py on the same final state.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from tests import query_data as qd
 from tests import query_reference as ref
 from tests.helpers import drop_namespace
-from tracetags import schemas
+from tracetags import functions, schemas
 from tracetags.client import Client
 from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError, PageTokenError
 from tracetags.keys import PLAIN_MAX, partition_of
@@ -574,12 +575,31 @@ def test_a_probe_reading_like_values_reloads_a_library_the_server_lost(
 # --- strategies for large indexes (issue 4 performance gaps) ---------------------------------
 
 
-@pytest.fixture(scope="module", params=["indexed", "unindexed"])
+def _build_lookups(loaded: Loaded, redis_url: str, fields: list[str]) -> None:
+    """Lookup fingerprints of fields, built from the data already folded (as a consumer
+    started with TRACETAGS_LOOKUP_KEYS does)."""
+    import asyncio
+
+    import redis.asyncio
+
+    async def build() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            for partition in range(loaded.settings.partitions):
+                keys = loaded.client.keys
+                await functions.ensure_lookups_async(client, keys, partition, fields)
+        finally:
+            await client.aclose()
+
+    asyncio.run(build())
+
+
+@pytest.fixture(scope="module", params=["indexed", "unindexed", "lookups"])
 def wide(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Loaded]:
     """One partition, ~420 distinct `wide` values (walk of distinct values in byte order)
     and ~100 small `user` sets matching one LIKE (membership table).  "unindexed" deletes
     the byte-order indexes (data folded before they existed): readers fall back to the
-    distinct zsets."""
+    distinct zsets.  "lookups" builds lookup fingerprints of `user`, `wide` and `env`."""
     traces, mutations = qd.generate(17, 2600, dense=True, n_mutations=120)
     rng = __import__("random").Random(5)
     odd = ["ä", "Ä", "ß", "\u0131", "z", "Z", "_", "%", "~", "0", "9", " ", "*", "?", "[", "\\"]
@@ -592,6 +612,8 @@ def wide(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Loaded]:
     assert len(index) > 3  # ~420 values: several buckets
     if request.param == "unindexed":
         r.delete(*r.scan_iter(match=f"{loaded.namespace}:*:L*", count=1000))
+    if request.param == "lookups":
+        _build_lookups(loaded, redis_url, ["tuser", "twide", "tenv"])
     yield loaded
     loaded.drop()
 
@@ -974,7 +996,7 @@ def test_a_broad_range_source_is_walked_at_scale_and_collected_when_small(
 _LEX_ALPHABET = ["a", "b", "_", "%", "ä", "\u4e2d", "\U0001f600", "Z", "0"]
 
 
-@pytest.fixture(scope="module", params=["indexed", "unindexed"])
+@pytest.fixture(scope="module", params=["indexed", "unindexed", "lookups"])
 def many_values(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Loaded]:
     """One partition, ~1,500 distinct short values of `v` over a small alphabet (with 2-, 3-
     and 4-byte characters and the wildcard characters themselves): a byte-order index of
@@ -1001,6 +1023,8 @@ def many_values(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Load
     assert r.zcard(f"{keys.tag_values(0, 'v')}:L") > 10
     if request.param == "unindexed":
         r.delete(*r.scan_iter(match=f"{loaded.namespace}:*:L*", count=1000))
+    if request.param == "lookups":
+        _build_lookups(loaded, redis_url, ["tv"])
     yield loaded
     loaded.drop()
 
@@ -1069,6 +1093,48 @@ def test_a_like_sought_by_the_page_sees_values_changed_after_the_probe(
         assert "tr-002" in expected and "tr-001" not in expected and "tr-004" not in expected
     finally:
         loaded.drop()
+
+
+def test_a_fingerprint_shared_with_a_wanted_value_is_checked_on_the_register(
+    redis_url: str,
+) -> None:
+    """Lookup fingerprints are 16 bits: a value outside the pattern whose fingerprint equals a
+    matching value's must not match (tt_query reads the register of every wanted
+    fingerprint); values changed after the build are seen through the fold."""
+    wanted = "user_10"
+    target = functions.fingerprint(wanted)
+    twin = next(f"zz{i}" for i in itertools.count() if functions.fingerprint(f"zz{i}") == target)
+    traces = [
+        {
+            "trace_id": f"tr-{i:03d}",
+            "experiment_id": "1",
+            "timestamp_ms": qd.BASE_MS + i,
+            "execution_time_ms": 5,
+            "status": "OK",
+            "tags": {"user": [wanted, twin, f"user_{i}", f"other_{i}"][i % 4]},
+            "metadata": {},
+        }
+        for i in range(400)
+    ]
+    loaded = Loaded(redis_url, 1, traces, [])
+    try:
+        _build_lookups(loaded, redis_url, ["tuser"])
+        mutations = [{"op": "set", "trace_id": "tr-002", "key": "user", "value": "user_1x"}]
+        r, keys = loaded.client.redis, loaded.client.keys
+        qd.apply_events(r, keys, 1, [qd.mutation_event(m) for m in mutations])
+        final = ref.apply_mutations(traces, mutations)
+        for filter_string in ("tags.user LIKE 'user_1%'", "tags.user LIKE 'user_10%'"):
+            expected = ref.search(final, None, filter_string, None, None)
+            walked = _all_pages(loaded.client, filter_string=filter_string, max_results=30)
+            assert walked == expected, filter_string
+            assert all(final_tag(final, t) != twin for t in walked)
+        assert "tr-002" in ref.search(final, None, "tags.user LIKE 'user_1%'", None, None)
+    finally:
+        loaded.drop()
+
+
+def final_tag(final: Any, trace_id: str) -> str | None:
+    return next(t["tags"].get("user") for t in final if t["trace_id"] == trace_id)
 
 
 def test_a_redis_that_went_away_raises_redis_unavailable(own_redis: Any) -> None:

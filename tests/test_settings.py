@@ -78,3 +78,15 @@ def test_replace_validates() -> None:
     with pytest.raises(ConfigError, match="buffer_size=0"):
         Settings().replace(buffer_size=0)
     assert Settings().replace(buffer_size=5).buffer_size == 5
+
+
+def test_lookup_keys_are_comma_separated_tags_or_metadata() -> None:
+    settings = Settings.from_env({"TRACETAGS_LOOKUP_KEYS": "tags.user_id, metadata.tenant,"})
+    assert settings.lookup_keys == ("tags.user_id", "metadata.tenant")
+    assert settings.lookup_fields == ("tuser_id", "mtenant")
+    assert Settings().lookup_keys == ()
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"TRACETAGS_LOOKUP_KEYS": "tags.user_id,user_id"})
+    assert str(info.value) == (
+        "TRACETAGS_LOOKUP_KEYS: lookup_keys='user_id': each must be tags.<key> or metadata.<key>"
+    )

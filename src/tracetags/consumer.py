@@ -167,6 +167,15 @@ class Folder:
                     partition,
                     read,
                 )
+            fields = self.settings.lookup_fields
+            built = await functions.ensure_lookups_async(self.client, self.keys, partition, fields)
+            for field, chunks in built.items():
+                log.info(
+                    "partition %d: built the lookup fingerprints of %s (%d chunks of traces)",
+                    partition,
+                    field,
+                    chunks,
+                )
         self.partitions = partitions
         return partitions
 

@@ -42,6 +42,12 @@ key                                        type     holds
                                                     of every trace in the chunk (only rises);
                                                     member -1 at -inf from the partition's
                                                     birth (absent: made by an older version)
+``ns:{pNN}:lk``                            hash     register field (``t<key>``, ``m<key>``) ->
+                                                    ``building`` | ``ready``: keys listed in
+                                                    ``TRACETAGS_LOOKUP_KEYS``
+``ns:{pNN}:lf:<enc field>:<c>``            string   lookup fingerprints of a listed field: a
+                                                    big-endian u16 per number of chunk c (0: no
+                                                    value), at byte 2 * (number - 512 * c)
 =========================================  =======  ================================================
 
 **Set forms.**  Every set and sorted set of traces holds **trace numbers** (dense decimal
@@ -101,7 +107,9 @@ register and one set of indexes.
   distinct values of ``td:<k>`` (ZRANGE, inside tt_query for LIKE; never the traces), then
   union the matching value sets (their scores give the count without touching any set).
   A LIKE with a literal start seeks it in the byte-order index (``td:<k>:L``) instead, and
-  skips over each ``_`` from one distinct continuation to the next.
+  skips over each ``_`` from one distinct continuation to the next.  A page's probe only
+  counts the values of a LIKE that is such a start and one final ``%``; the page's call
+  seeks them again itself (plan leaf ``L``).
 - ``timestamp_ms`` / ``execution_time_ms`` / ``end_time_ms`` comparisons: ZRANGEBYSCORE on
   ``ts`` / ``du`` / ``en`` (``du`` lacks unfinished traces, which never match); ordering by
   them walks the zset.  ``request_id``, ``name``, ``run_id``, tag and metadata ordering: sort
@@ -290,3 +298,11 @@ class Keys:
 
     def time_bounds(self, partition: int) -> str:
         return f"{self.prefix(partition)}:tsx"
+
+    def lookups(self, partition: int) -> str:
+        """The hash of register fields with lookup fingerprints (→ building | ready)."""
+        return f"{self.prefix(partition)}:lk"
+
+    def lookup_chunk(self, partition: int, field: str, chunk: int) -> str:
+        """The fingerprints of ``field`` for the trace numbers of ``chunk``."""
+        return f"{self.prefix(partition)}:lf:{enc(field)}:{chunk}"

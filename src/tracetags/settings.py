@@ -62,6 +62,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     atexit_flush_timeout_ms: int = 2_000
     #: Where the embedded Redis keeps its data (``tracetags serve`` without a URL).
     embedded_dir: str = ".tracetags"
+    #: Tag and metadata keys (``tags.user_id,metadata.tenant``; comma-separated in the
+    #: environment) whose values get lookup fingerprints: ~2 B per trace and key, kept by the
+    #: fold and built by the consumer at start.  For keys of many sparse values (user or
+    #: session ids) that filters match by pattern: a newest-first page of ``LIKE
+    #: 'user_12%'`` then tests 2 bytes per walked trace instead of reading its hash.
+    lookup_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(
@@ -102,6 +108,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.retry_max_ms,
             "must be >= retry_initial_ms",
         )
+        for key in self.lookup_keys:
+            _check(
+                key.startswith(("tags.", "metadata.")) and key.split(".", 1)[1] != "",
+                "lookup_keys",
+                key,
+                "each must be tags.<key> or metadata.<key>",
+            )
         if self.redis_url is not None:
             _check(
                 self.redis_url.startswith(("redis://", "rediss://", "unix://")),
@@ -114,6 +127,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def effective_redis_url(self) -> str:
         """The URL library calls connect to (the local default when none is set)."""
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def lookup_fields(self) -> tuple[str, ...]:
+        """The trace-hash fields (``t<key>``, ``m<key>``) of :attr:`lookup_keys`."""
+        return tuple(
+            ("t" if key.startswith("tags.") else "m") + key.split(".", 1)[1]
+            for key in self.lookup_keys
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -149,6 +170,8 @@ def _parse(var: str, raw: str, default: Any) -> Any:
         raise ConfigError(
             f"{var}={raw!r} is not a boolean (use one of 1/0, true/false, yes/no, on/off)"
         )
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     if isinstance(default, int):
         try:
             return int(raw.replace("_", ""))

@@ -54,6 +54,7 @@ LIBRARY_NAME: Final = "tracetags_v4"
 LIBRARY_PREFIX: Final = "tracetags_v"
 APPLY_FUNCTION: Final = "tt_apply"
 QUERY_FUNCTION: Final = "tt_query"
+LOOKUP_FUNCTION: Final = "tt_lookup"
 LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8")
 
 _ERRORS: Final[dict[str, type[FoldError]]] = {
@@ -179,6 +180,55 @@ async def ensure_time_bounds_async(client: redis.asyncio.Redis, keys: Keys, part
         ties = sum(1 for _, score in got if score == last)
         skip = skip + len(got) if format(last, ".17g") == low else ties
         low = format(last, ".17g")
+
+
+#: Chunks of 512 trace numbers that one tt_lookup call builds (~1 ms for full chunks).
+LOOKUP_BUILD_CHUNKS: Final = 4
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def fingerprint(value: str) -> int:
+    """A value's lookup fingerprint, as tracetags.lua computes it (1..65521; 0 = none)."""
+    h = 5381
+    for byte in value.encode():
+        h = (h * 33 + byte) % 65521
+    return h + 1
+
+
+async def ensure_lookups_async(
+    client: redis.asyncio.Redis, keys: Keys, partition: int, fields: Sequence[str]
+) -> dict[str, int]:
+    """Make the lookup fingerprints of ``fields`` (register fields ``t<key>`` / ``m<key>``,
+    see :attr:`~tracetags.settings.Settings.lookup_keys`) ready in one partition; returns
+    {field: trace-number chunks built} for the fields it had to build.
+
+    Safe while a consumer folds: a field is listed (``building``) before it is built, so the
+    fold keeps the fingerprints of every trace it touches from then on, and the build
+    reads each trace's register as it is at that moment.  A build cut short (a crash) is
+    done again from the start by the next call.  Fields listed and not in ``fields`` stay
+    (another consumer may list them): ``FCALL tt_lookup 1 <prefix>:lk <prefix> drop <field>``
+    drops one.
+    """
+    lk, prefix = keys.lookups(partition), keys.prefix(partition)
+    listed = {_str(k): _str(v) for k, v in (await client.hgetall(lk)).items()}
+    built: dict[str, int] = {}
+    for field in fields:
+        if listed.get(field) == "ready":
+            continue
+        await client.fcall(LOOKUP_FUNCTION, 1, lk, prefix, "list", field)
+        chunk, chunks = 0, 0
+        while chunk >= 0:
+            reply = await client.fcall(
+                LOOKUP_FUNCTION, 1, lk, prefix, "build", field, chunk, LOOKUP_BUILD_CHUNKS
+            )
+            chunks += LOOKUP_BUILD_CHUNKS if int(reply) >= 0 else 0
+            chunk = int(reply)
+        await client.fcall(LOOKUP_FUNCTION, 1, lk, prefix, "ready", field)
+        built[field] = chunks
+    return built
 
 
 # --- the batch -------------------------------------------------------------------------

@@ -68,6 +68,28 @@ local function enc(s)
     return (DECIMAL[n] or n) .. ':' .. s
 end
 
+--[[ Lookup fingerprints (opt-in per tag or metadata key, TRACETAGS_LOOKUP_KEYS): for a
+key whose values are many and sparse (user ids), a walk that tests the newest traces'
+values (LIKE 'user_12%' over a thousand small value sets) would read each trace's hash
+(~1-2 us, a key lookup and a cache miss each).  Instead:
+  <prefix>:lk                      hash: register field ('tuser_id') -> 'building' | 'ready'
+  <prefix>:lf:<enc field>:<c>      string: for the numbers of chunk c (SET_CHUNK of them), a
+                                   big-endian u16 each at byte 2 * offset: fingerprint(value),
+                                   0 when the trace has no value (or no trace has the number)
+The fold keeps the strings of every field listed in lk (BITFIELD SET u16, one call per
+chunk and batch); ensure_lookups (functions/__init__.py) lists a field, builds its strings
+from the key set (tk/mk) chunk by chunk with tt_lookup, then marks it ready.  tt_query
+trusts only a ready field: a trace whose fingerprint is not wanted does not match; one
+whose fingerprint is wanted is checked on its register (1 in ~65k values collide).
+~2 B per trace number ever used per listed key. ]]
+local function fingerprint(v)
+    local h = 5381
+    for i = 1, #v do
+        h = (h * 33 + string.byte(v, i)) % 65521
+    end
+    return h + 1
+end
+
 local function int(n)
     return DECIMAL[n] or format('%d', n)
 end
@@ -195,6 +217,8 @@ local function new_batch(prefix)
         ts_rem = {},
         du_rem = {},
         en_rem = {},
+        lookups = call('HGETALL', prefix .. ':lk'), -- (field, state) pairs; see fingerprint
+        lk = {}, -- field -> { [number] = fingerprint } (0: no value)
     }, Batch)
 end
 
@@ -231,6 +255,22 @@ end
 function Batch:change(field, old_value, new_value, no)
     if old_value == new_value then
         return
+    end
+    local lookups = self.lookups
+    if #lookups > 0 then
+        local lk = self.lk[field]
+        if lk == nil then
+            lk = false
+            for i = 1, #lookups, 2 do
+                if lookups[i] == field then
+                    lk = {}
+                end
+            end
+            self.lk[field] = lk
+        end
+        if lk then
+            lk[no] = new_value and fingerprint(new_value) or 0
+        end
     end
     local known = self.fields[field]
     if known == nil then
@@ -584,6 +624,11 @@ function Batch:flush()
     if #self.all_add > 0 then
         chunked_write('SADD', prefix .. ':all', self.all_add, self.pos)
     end
+    for field, lk in pairs(self.lk) do
+        if lk then
+            self:write_lookups(field, lk)
+        end
+    end
     for _, name in ipairs({ 'ts', 'du', 'en' }) do
         local rem = self[name .. '_rem']
         if #rem > 0 then
@@ -594,6 +639,36 @@ function Batch:flush()
         end
     end
     self:time_bounds()
+end
+
+-- Write fingerprints { [number] = fingerprint } of field (see fingerprint): one BITFIELD per
+-- chunk (at most SET_CHUNK offsets: 4 * 512 arguments).
+local function write_fingerprints(prefix, field, numbers, pos)
+    local ops = {}
+    local chunks, offsets = pos.chunk, pos.offset
+    for no, fp in pairs(numbers) do
+        local c = chunks[no]
+        if not c then
+            local n = tonumber(no)
+            c = floor(n / SET_CHUNK)
+            chunks[no], offsets[no] = c, DECIMAL[n - c * SET_CHUNK]
+        end
+        local list = ops[c]
+        if not list then
+            list = {}
+            ops[c] = list
+        end
+        local k = #list
+        list[k + 1], list[k + 2], list[k + 3], list[k + 4] = 'SET', 'u16', '#' .. offsets[no], fp
+    end
+    local key = prefix .. ':lf:' .. enc(field) .. ':'
+    for c, list in pairs(ops) do
+        call('BITFIELD', key .. int(c), unpack_(list))
+    end
+end
+
+function Batch:write_lookups(field, numbers)
+    write_fingerprints(self.prefix, field, numbers, self.pos)
 end
 
 --[[ <prefix>:tsx (zset: chunk number -> a timestamp_ms >= that of every trace in the chunk)
@@ -1527,12 +1602,31 @@ end
 -- when it marked mask.
 local HASH_TEST_US, TABLE_SET_US, TABLE_MEMBER_US = 2, 3, 0.7
 
+-- The lookup fingerprints of field when they are ready (see fingerprint): {strings = chunk ->
+-- its string (read once per call), key = their key prefix}; false when not ready.
+local LOOKUP_TEST_US = 0.4
+
+local function lookup_of(ctx, field)
+    ctx.lookups = ctx.lookups or {}
+    local known = ctx.lookups[field]
+    if known == nil then
+        known = false
+        if call('HGET', ctx.prefix .. ':lk', field) == 'ready' then
+            known = { strings = {}, key = ctx.prefix .. ':lf:' .. enc(field) .. ':' }
+        end
+        ctx.lookups[field] = known
+    end
+    return known
+end
+
 local function test_by_registers(ctx, leaf, list, mask)
     local fields = ctx.plan and ctx.plan.value_fields -- (a walked value group has no plan)
     local field = fields and fields[leaf[2]]
     if not field or leaf.members then
         return false
     end
+    local lookup = lookup_of(ctx, field)
+    local per_test = lookup and LOOKUP_TEST_US or HASH_TEST_US
     if not leaf.table_us then -- (a LIKE sought by this call has it from the probe's counts)
         local plain, members = plain_sets_size(value_sets(leaf))
         leaf.plain = plain
@@ -1540,9 +1634,9 @@ local function test_by_registers(ctx, leaf, list, mask)
         leaf.table_ok = plain >= MEMBER_TABLE_MIN_SETS and members <= MEMBER_TABLE_MAX
         leaf.hashed = 0
     end
-    local cost = #list * HASH_TEST_US
+    local cost = #list * per_test
     if leaf.table_ok then
-        if (leaf.hashed + #list) * HASH_TEST_US >= leaf.table_us then
+        if (leaf.hashed + #list) * per_test >= leaf.table_us then
             return false
         end
     elseif cost >= leaf.plain * (TABLE_SET_US + 0.1 * #list) then
@@ -1557,12 +1651,36 @@ local function test_by_registers(ctx, leaf, list, mask)
         end
         leaf.wanted = wanted
     end
+    local fps = lookup and leaf.fingerprints
+    if lookup and not fps then
+        fps = {}
+        for v in pairs(wanted) do
+            fps[fingerprint(v)] = true
+        end
+        leaf.fingerprints = fps
+    end
     local hash_prefix = ctx.prefix .. ':t:'
+    local strings, key = lookup and lookup.strings, lookup and lookup.key
     for i = 1, #list do
         if not mask[i] then
-            local raw = call('HGET', hash_prefix .. list[i], field)
-            if raw and wanted[register_value(raw)] then
-                mask[i] = true
+            local test = true
+            if fps then -- only a wanted fingerprint needs the register read
+                local no = tonumber(list[i])
+                local c = floor(no / SET_CHUNK)
+                local text = strings[c]
+                if not text then
+                    text = call('GET', key .. c) or ''
+                    strings[c] = text
+                end
+                local o = 2 * (no - c * SET_CHUNK)
+                local a, b = string.byte(text, o + 1, o + 2)
+                test = a ~= nil and fps[a * 256 + b] ~= nil
+            end
+            if test then
+                local raw = call('HGET', hash_prefix .. list[i], field)
+                if raw and wanted[register_value(raw)] then
+                    mask[i] = true
+                end
             end
         end
     end
@@ -3540,6 +3658,82 @@ local function tt_query(keys, argv)
     end
     return page_reply(ctx, rows, plan.shown or need)
 end
+
+--[[
+tt_lookup: the lookup fingerprints of one register field (see fingerprint).
+KEYS[1] <prefix>:lk
+ARGV    prefix, action, field ('t<key>' or 'm<key>'), then for 'build': from chunk, chunks
+  'list'   lists the field as 'building' unless listed (the fold keeps its strings from
+           then on); returns its state
+  'build'  chunks from .. from+chunks-1 get the fingerprint of every trace of the key set
+           (tk/mk) from its register; returns the next chunk, or -1 past the last one
+  'ready'  marks a listed field ready (tt_query then tests by its fingerprints)
+  'drop'   unlists the field and deletes its strings
+--]]
+local function tt_lookup(keys, argv)
+    call = redis.call
+    floor, sub, find, format, match = math.floor, string.sub, string.find, string.format, string.match
+    unpack_, type_ = unpack, type
+    local prefix, action, field = argv[1], argv[2], argv[3]
+    if keys[1] ~= prefix .. ':lk' then
+        fail('BADKEYS', 'KEYS[1] must be ' .. tostring(prefix) .. ':lk')
+    end
+    local kind = type(field) == 'string' and sub(field, 1, 1)
+    if (kind ~= 't' and kind ~= 'm') or #field < 2 then
+        fail('BADARGS', 'the field must be t<tag key> or m<metadata key>')
+    end
+    local lk = keys[1]
+    if action == 'list' then
+        call('HSETNX', lk, field, 'building')
+        return call('HGET', lk, field)
+    end
+    local last = floor(tonumber(call('GET', prefix .. ':n') or 0) / SET_CHUNK)
+    local key = prefix .. ':lf:' .. enc(field) .. ':'
+    if action == 'drop' then
+        call('HDEL', lk, field)
+        for c = 0, last do
+            call('DEL', key .. int(c))
+        end
+        return 1
+    end
+    if call('HEXISTS', lk, field) == 0 then
+        fail('NOTLISTED', 'field ' .. field .. ' is not listed (action list first)')
+    end
+    if action == 'ready' then
+        call('HSET', lk, field, 'ready')
+        return 1
+    end
+    if action ~= 'build' then
+        fail('BADARGS', 'unknown action ' .. tostring(action))
+    end
+    local from, count = tonumber(argv[4]), tonumber(argv[5])
+    if not from or not count or from < 0 or count < 1 then
+        fail('BADARGS', 'build takes a first chunk >= 0 and a number of chunks >= 1')
+    end
+    local kkey = prefix .. (kind == 't' and ':tk:' or ':mk:') .. enc(sub(field, 2)) .. ':'
+    local hash_prefix = prefix .. ':t:'
+    local pos = { chunk = {}, offset = {} }
+    local upto = math.min(last, from + count - 1)
+    for c = from, upto do
+        local offsets = call('SMEMBERS', kkey .. int(c))
+        local numbers = {}
+        for i = 1, #offsets do
+            local no = int(c * SET_CHUNK + tonumber(offsets[i]))
+            local raw = call('HGET', hash_prefix .. no, field)
+            local value = raw and register_value(raw)
+            numbers[no] = value and fingerprint(value) or 0
+        end
+        if #offsets > 0 then
+            write_fingerprints(prefix, field, numbers, pos)
+        end
+    end
+    if upto >= last then
+        return -1
+    end
+    return upto + 1
+end
+
+redis.register_function('tt_lookup', tt_lookup)
 
 redis.register_function { function_name = 'tt_query', callback = tt_query, flags = { 'no-writes' } }
 
