@@ -26,6 +26,7 @@ compare, the MLflow venv ($TRACETAGS_MLFLOW_PYTHON, .mlflow-venv or /work/mlflow
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import functools
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from tracetags import functions, schemas, traffic
 from tracetags.client import Client
@@ -400,13 +402,30 @@ def private_redis(directory: Path) -> Iterator[RedisServer]:
         server.stop(timeout=60)
 
 
-def fresh_client(server: RedisServer, partitions: int) -> Client:
+def fresh_client(server: RedisServer, partitions: int, lookup_keys: tuple[str, ...]) -> Client:
+    """A client of an emptied server; ``lookup_keys`` listed before any trace is folded (as
+    a consumer started with TRACETAGS_LOOKUP_KEYS does), so the fold keeps them."""
     admin = redis.Redis.from_url(server.url)
     admin.flushall()
     functions.load(admin)
     admin.memory_purge()
     admin.close()
-    return Client(Settings(redis_url=server.url, namespace=NAMESPACE, partitions=partitions))
+    settings = Settings(
+        redis_url=server.url, namespace=NAMESPACE, partitions=partitions, lookup_keys=lookup_keys
+    )
+
+    async def list_lookups() -> None:
+        client = redis.asyncio.Redis.from_url(server.url)
+        try:
+            for partition in range(partitions):
+                await functions.ensure_lookups_async(
+                    client, Keys(NAMESPACE), partition, settings.lookup_fields
+                )
+        finally:
+            await client.aclose()
+
+    asyncio.run(list_lookups())
+    return Client(settings)
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -425,7 +444,9 @@ def step_compare(args: argparse.Namespace, server: RedisServer, workdir: Path) -
     loading = run_oracle(
         ["--db", str(db), "--load-only", "--loader", "bulk"], oracle_dataset(data), workdir
     )
-    client = fresh_client(server, args.partitions)
+    client = fresh_client(
+        server, args.partitions, tuple(args.lookup_keys.split(",")) if args.lookup_keys else ()
+    )
     load_s = load_tracetags(client.redis, client.keys, args.partitions, data)
     # The generated traces (~0.5M Python objects) are the workload's, not the engine's:
     # alive, each full collection walks them (a 30-50 ms stall every few hundred calls).
@@ -435,7 +456,7 @@ def step_compare(args: argparse.Namespace, server: RedisServer, workdir: Path) -
     print(
         f"loaded: tracetags {load_s:.1f}s ({args.traces / load_s:,.0f} traces/s);"
         f" MLflow (bulk rows, concurrently) {mlflow_load['seconds']}s;"
-        f" wall {time.perf_counter() - started:.1f}s",
+        f" wall {time.perf_counter() - started:.1f}s; lookup keys: {args.lookup_keys or 'none'}",
         flush=True,
     )
     queries = suite(args.traces)
@@ -540,7 +561,9 @@ def step_scale(args: argparse.Namespace, server: RedisServer) -> dict[str, Any]:
     started = time.perf_counter()
     data = specs(traces, args.seed)
     generate_s = time.perf_counter() - started
-    client = fresh_client(server, args.partitions)
+    client = fresh_client(
+        server, args.partitions, tuple(args.lookup_keys.split(",")) if args.lookup_keys else ()
+    )
     before = used_memory(client.redis)
     load_s = load_tracetags(client.redis, client.keys, args.partitions, data)
     del data  # (see step_compare)
@@ -551,7 +574,8 @@ def step_scale(args: argparse.Namespace, server: RedisServer) -> dict[str, Any]:
     print(
         f"load: {load_s:.1f}s ({traces / load_s:,.0f} traces/s; generating them took"
         f" {generate_s:.1f}s more); used_memory {(after - before) / 2**20:,.0f} MiB"
-        f" ({per_trace:,.0f} B/trace), RSS {rss / 2**20:,.0f} MiB",
+        f" ({per_trace:,.0f} B/trace), RSS {rss / 2**20:,.0f} MiB;"
+        f" lookup keys: {args.lookup_keys or 'none'}",
         flush=True,
     )
     rows = time_suite(client, suite(traces), args.scale_repeats, args.budget, args.cold)
@@ -640,6 +664,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-repeats", type=int, default=3, help="MLflow calls per query")
     parser.add_argument("--budget", type=float, default=3.0, help="max seconds per query")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--lookup-keys",
+        default="tags.user_id",
+        help="TRACETAGS_LOOKUP_KEYS of the loaded namespace ('' for none)",
+    )
     parser.add_argument(
         "--cold",
         action="store_true",

@@ -49,7 +49,7 @@ from tracetags.schemas import (
     decode,
 )
 
-LIBRARY_NAME: Final = "tracetags_v4"
+LIBRARY_NAME: Final = "tracetags_v5"
 #: Every version of the library is named LIBRARY_PREFIX + its number.
 LIBRARY_PREFIX: Final = "tracetags_v"
 APPLY_FUNCTION: Final = "tt_apply"

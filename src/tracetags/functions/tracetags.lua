@@ -1,9 +1,10 @@
-#!lua name=tracetags_v4
+#!lua name=tracetags_v5
 
 --[[
-tracetags fold library, version 4 (the version is in the library name: a change of the
+tracetags fold library, version 5 (the version is in the library name: a change of the
 stored layout or of the ARGV format is a new library name; v3 chunked the set of all traces,
-v4 keeps a byte-order index of each tag and metadata key's distinct values).
+v4 keeps a byte-order index of each tag and metadata key's distinct values, v5 keeps lookup
+fingerprints of listed keys: a v4 fold would leave them stale).
 
 Key shapes and the per-trace hash layout mirror src/tracetags/keys.py, whose docstring is the
 key table; the ARGV format is documented in src/tracetags/functions/__init__.py.  Python
