@@ -108,6 +108,8 @@ def family(key: str, prefix: str) -> str:
         "crd": "distinct zsets (td md exd crd)",
         "mv": "metadata sets (mv mk)",
         "mk": "metadata sets (mv mk)",
+        "lf": "lookup fingerprints (lf lk)",
+        "lk": "lookup fingerprints (lf lk)",
     }.get(head, "status/experiment/all/other")
 
 
@@ -139,6 +141,11 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--redis-url")
+    parser.add_argument(
+        "--lookup-fields",
+        default="",
+        help="register fields listed for lookup fingerprints before folding (e.g. tuser_id)",
+    )
     args = parser.parse_args()
 
     directory = None
@@ -152,6 +159,10 @@ def main() -> None:
     try:
         keys = Keys(NAMESPACE)
         functions.load(client)
+        lk, prefix = keys.lookups(0), keys.prefix(0)
+        for field in filter(None, args.lookup_fields.split(",")):  # no trace yet: ready at once
+            client.fcall(functions.LOOKUP_FUNCTION, 1, lk, prefix, "list", field)
+            client.fcall(functions.LOOKUP_FUNCTION, 1, lk, prefix, "ready", field)
         items = generate(args.traces)
         batches = [items[i : i + args.batch] for i in range(0, len(items), args.batch)]
         info = client.info("server")
@@ -175,7 +186,7 @@ def main() -> None:
         traces = int(client.hlen(keys.trace_ids(0)))
         sizes, counts = breakdown(client, keys)
         print(f"redis {info['redis_version']}, {len(items)} events, {traces} traces, "
-              f"batches of {args.batch}")  # fmt: skip
+              f"batches of {args.batch}; lookups: {args.lookup_fields or 'none'}")  # fmt: skip
         rate = len(items) / elapsed
         print(f"apply rate: {rate:,.0f} events/s ({elapsed:.2f} s; "
               f"Python builds ARGV in {python_per_event_us:.2f} us/event)")  # fmt: skip
