@@ -190,6 +190,7 @@ LOOKUP_FIELDS = ["ta", "ta:b", "tü/ß", "t" + NAME_TAG, "ma:b"]
 
 def _list_lookups(client: redis.Redis, keys: Keys, partition: int, fields: list[str]) -> None:
     """List fields before any trace exists: nothing to build, ready at once."""
+    functions.load(client)
     lk, prefix = keys.lookups(partition), keys.prefix(partition)
     for field in fields:
         assert client.fcall("tt_lookup", 1, lk, prefix, "list", field) == b"building"
@@ -661,6 +662,7 @@ def test_lookups_built_for_data_folded_before_them_then_kept_by_the_fold(
 
 
 def test_tt_lookup_refuses_bad_arguments(r: redis.Redis, namespace: str) -> None:
+    functions.load(r)
     keys = Keys(namespace)
     lk, prefix = keys.lookups(0), keys.prefix(0)
     for args, code in [

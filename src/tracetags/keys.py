@@ -109,7 +109,11 @@ register and one set of indexes.
   A LIKE with a literal start seeks it in the byte-order index (``td:<k>:L``) instead, and
   skips over each ``_`` from one distinct continuation to the next.  A page's probe only
   counts the values of a LIKE that is such a start and one final ``%``; the page's call
-  seeks them again itself (plan leaf ``L``).
+  seeks them again itself (plan leaf ``L``).  A walk testing a term of many values
+  (``LIKE 'user_12%'``: 1,111 user ids) reads each walked trace's register (HGET, ~1-2
+  us); for a key listed in ``TRACETAGS_LOOKUP_KEYS`` it reads the 2-byte fingerprint at the
+  trace's number in ``lf:<field>:<chunk>`` instead (one GET per chunk of 512), and the
+  register only when the fingerprint is one of the wanted values'.
 - ``timestamp_ms`` / ``execution_time_ms`` / ``end_time_ms`` comparisons: ZRANGEBYSCORE on
   ``ts`` / ``du`` / ``en`` (``du`` lacks unfinished traces, which never match); ordering by
   them walks the zset.  ``request_id``, ``name``, ``run_id``, tag and metadata ordering: sort

@@ -642,6 +642,8 @@ function Batch:flush()
     self:time_bounds()
 end
 
+local LOOKUP_ZEROS -- 2 * SET_CHUNK zero bytes (made at the first call: no string.rep at load)
+
 -- Write fingerprints { [number] = fingerprint } of field (see fingerprint): one BITFIELD per
 -- chunk (at most SET_CHUNK offsets: 4 * 512 arguments).
 local function write_fingerprints(prefix, field, numbers, pos)
@@ -663,8 +665,12 @@ local function write_fingerprints(prefix, field, numbers, pos)
         list[k + 1], list[k + 2], list[k + 3], list[k + 4] = 'SET', 'u16', '#' .. offsets[no], fp
     end
     local key = prefix .. ':lf:' .. enc(field) .. ':'
+    LOOKUP_ZEROS = LOOKUP_ZEROS or string.rep('\0', 2 * SET_CHUNK)
     for c, list in pairs(ops) do
-        call('BITFIELD', key .. int(c), unpack_(list))
+        local chunk_key = key .. int(c)
+        -- made at its full size: grown by BITFIELD, a string keeps ~2x its length allocated
+        call('SET', chunk_key, LOOKUP_ZEROS, 'NX')
+        call('BITFIELD', chunk_key, unpack_(list))
     end
 end
 
