@@ -996,6 +996,22 @@ def test_a_broad_range_source_is_walked_at_scale_and_collected_when_small(
 _LEX_ALPHABET = ["a", "b", "_", "%", "ä", "\u4e2d", "\U0001f600", "Z", "0"]
 
 
+def _one_tag(key: str, values: list[str], digits: int = 3) -> list[dict[str, Any]]:
+    """One trace per value of tag key, a millisecond apart (tr-000, tr-001, ...)."""
+    return [
+        {
+            "trace_id": f"tr-{i:0{digits}d}",
+            "experiment_id": "1",
+            "timestamp_ms": qd.BASE_MS + i,
+            "execution_time_ms": 5,
+            "status": "OK",
+            "tags": {key: value},
+            "metadata": {},
+        }
+        for i, value in enumerate(values)
+    ]
+
+
 @pytest.fixture(scope="module", params=["indexed", "unindexed", "lookups"])
 def many_values(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Loaded]:
     """One partition, ~1,500 distinct short values of `v` over a small alphabet (with 2-, 3-
@@ -1004,20 +1020,10 @@ def many_values(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Load
     "unindexed" deletes the index (data folded before it existed): a page's tt_query then
     matches the pattern's lead against every value itself."""
     rng = __import__("random").Random(23)
-    traces = []
-    for index in range(2400):
-        value = "".join(rng.choice(_LEX_ALPHABET) for _ in range(rng.randrange(0, 6)))
-        traces.append(
-            {
-                "trace_id": f"tr-{index:05d}",
-                "experiment_id": "1",
-                "timestamp_ms": qd.BASE_MS + index,
-                "execution_time_ms": 5,
-                "status": "OK",
-                "tags": {"v": value},
-                "metadata": {},
-            }
-        )
+    values = [
+        "".join(rng.choice(_LEX_ALPHABET) for _ in range(rng.randrange(0, 6))) for _ in range(2400)
+    ]
+    traces = _one_tag("v", values, digits=5)
     loaded = Loaded(redis_url, 1, traces, [])
     r, keys = loaded.client.redis, loaded.client.keys
     assert r.zcard(f"{keys.tag_values(0, 'v')}:L") > 10
@@ -1047,18 +1053,7 @@ def test_a_like_sought_by_the_page_sees_values_changed_after_the_probe(
     """A page's probe only counts the values of `LIKE 'u_1%'`; its tt_query seeks them again.
     Tags changed between the two (a value gone, a new one, a trace moved out of the pattern)
     are what the page shows: the rows are those matching when the page ran."""
-    traces = [
-        {
-            "trace_id": f"tr-{i:03d}",
-            "experiment_id": "1",
-            "timestamp_ms": qd.BASE_MS + i,
-            "execution_time_ms": 5,
-            "status": "OK",
-            "tags": {"user": f"u{i % 7}{i % 3}"},
-            "metadata": {},
-        }
-        for i in range(60)
-    ]
+    traces = _one_tag("user", [f"u{i % 7}{i % 3}" for i in range(60)])
     loaded = Loaded(redis_url, 1, traces, [])
     filter_string = "tags.user LIKE 'u_1%'"
     assert "sought by tt_query" in loaded.client.explain(filter_string)
@@ -1104,18 +1099,8 @@ def test_a_fingerprint_shared_with_a_wanted_value_is_checked_on_the_register(
     wanted = "user_10"
     target = functions.fingerprint(wanted)
     twin = next(f"zz{i}" for i in itertools.count() if functions.fingerprint(f"zz{i}") == target)
-    traces = [
-        {
-            "trace_id": f"tr-{i:03d}",
-            "experiment_id": "1",
-            "timestamp_ms": qd.BASE_MS + i,
-            "execution_time_ms": 5,
-            "status": "OK",
-            "tags": {"user": [wanted, twin, f"user_{i}", f"other_{i}"][i % 4]},
-            "metadata": {},
-        }
-        for i in range(400)
-    ]
+    users = [[wanted, twin, f"user_{i}", f"other_{i}"][i % 4] for i in range(400)]
+    traces = _one_tag("user", users)
     loaded = Loaded(redis_url, 1, traces, [])
     try:
         _build_lookups(loaded, redis_url, ["tuser"])

@@ -647,30 +647,30 @@ local LOOKUP_ZEROS -- 2 * SET_CHUNK zero bytes (made at the first call: no strin
 -- Write fingerprints { [number] = fingerprint } of field (see fingerprint): one BITFIELD per
 -- chunk (at most SET_CHUNK offsets: 4 * 512 arguments).
 local function write_fingerprints(prefix, field, numbers, pos)
-    local ops = {}
-    local chunks, offsets = pos.chunk, pos.offset
+    local list, fps = {}, {}
     for no, fp in pairs(numbers) do
-        local c = chunks[no]
-        if not c then
-            local n = tonumber(no)
-            c = floor(n / SET_CHUNK)
-            chunks[no], offsets[no] = c, DECIMAL[n - c * SET_CHUNK]
+        list[#list + 1] = no
+        fps[#fps + 1] = fp
+    end
+    local ops, at = {}, {}
+    for c, offsets in pairs(by_chunk(list, pos)) do
+        ops[c], at[c] = {}, 0
+        for k = 1, #offsets do
+            ops[c][4 * k - 3], ops[c][4 * k - 2], ops[c][4 * k - 1] = 'SET', 'u16', '#' .. offsets[k]
         end
-        local list = ops[c]
-        if not list then
-            list = {}
-            ops[c] = list
-        end
-        local k = #list
-        list[k + 1], list[k + 2], list[k + 3], list[k + 4] = 'SET', 'u16', '#' .. offsets[no], fp
+    end
+    for i = 1, #list do -- by_chunk kept each chunk's numbers in list order
+        local c = pos.chunk[list[i]]
+        at[c] = at[c] + 4
+        ops[c][at[c]] = fps[i]
     end
     local key = prefix .. ':lf:' .. enc(field) .. ':'
     LOOKUP_ZEROS = LOOKUP_ZEROS or string.rep('\0', 2 * SET_CHUNK)
-    for c, list in pairs(ops) do
+    for c, args in pairs(ops) do
         local chunk_key = key .. int(c)
         -- made at its full size: grown by BITFIELD, a string keeps ~2x its length allocated
         call('SET', chunk_key, LOOKUP_ZEROS, 'NX')
-        call('BITFIELD', chunk_key, unpack_(list))
+        call('BITFIELD', chunk_key, unpack_(args))
     end
 end
 
