@@ -168,7 +168,20 @@ class Folder:
                     read,
                 )
             fields = self.settings.lookup_fields
-            built = await functions.ensure_lookups_async(self.client, self.keys, partition, fields)
+            traces = await self.client.hlen(self.keys.trace_ids(partition))
+
+            def building(field: str, partition: int = partition, traces: int = traces) -> None:
+                log.info(
+                    "partition %d: building the lookup fingerprints of %s for %d traces"
+                    " (~4.5 s per million)",
+                    partition,
+                    field,
+                    traces,
+                )
+
+            built = await functions.ensure_lookups_async(
+                self.client, self.keys, partition, fields, building
+            )
             for field, chunks in built.items():
                 log.info(
                     "partition %d: built the lookup fingerprints of %s (%d chunks of traces)",
