@@ -657,6 +657,10 @@ def test_large_index_strategies_are_chosen(wide: Loaded) -> None:
     # a page's probe counts the values; tt_query seeks them itself
     assert "value sets, sought by tt_query]" in like, like
     assert int(like.split("[")[1].split()[0]) >= 8, like
+    if wide.client.redis.exists(wide.client.keys.lookups(0)):  # the "lookups" fixture
+        assert "a walk tests tags.user by 2-byte lookup fingerprints" in like, like
+    else:
+        assert "a walk tests tags.user by each trace's register" in like, like
 
 
 @pytest.mark.parametrize(

@@ -529,12 +529,30 @@ def explain(
     if mode == "page":
         lines.append("  order: " + ", ".join(_order_text(k) for k in prepared.order))
         lines.append(f"  max_results: {max_results}{' (after a page token)' if cursor else ''}")
+    pipe = client.pipeline(transaction=False)
     for plan in plans:
+        pipe.hgetall(keys.lookups(plan.partition))
+    listed = pipe.execute()
+    for plan, lookups in zip(plans, listed, strict=True):
         lines.append(f"partition {plan.partition}: {plan.total:,} traces")
         lines.append(f"  strategy: {plan.strategy} - {plan.reason}")
         lines.append("  terms:")
         lines.extend(planner.describe(plan.tree, "    "))
+        text = planner.reply_text
+        ready = {text(field) for field, state in lookups.items() if text(state) == "ready"}
+        for field in sorted(set(plan.plan.get("value_fields", {}).values())):
+            how = (
+                "2-byte lookup fingerprints, then the register of a wanted one"
+                if field in ready
+                else "each trace's register (HGET), or a table of the values' members"
+            )
+            lines.append(f"  a walk tests {_field_label(field)} by {how}")
     return "\n".join(lines)
+
+
+def _field_label(field: str) -> str:
+    """``tags.<key>`` / ``metadata.<key>`` of a trace-hash field ``t<key>`` / ``m<key>``."""
+    return ("tags." if field[0] == "t" else "metadata.") + field[1:]
 
 
 def _render_filter(expr: Expr | None) -> str:

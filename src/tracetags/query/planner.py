@@ -487,7 +487,8 @@ class PNode:
     field: str | None = None
 
 
-def _text(value: bytes | str) -> str:
+def reply_text(value: bytes | str) -> str:
+    """A reply string as str."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -548,10 +549,10 @@ def physical(
             if isinstance(reply, MatchedCount):  # sought again by the page's tt_query
                 return _sought(node, reply)
             if isinstance(reply, MatchedValues):  # a LIKE's values, read inside tt_query
-                pairs = [(_text(v), float(s or 0)) for v, s in reply.pairs]
+                pairs = [(reply_text(v), float(s or 0)) for v, s in reply.pairs]
                 exact = reply.sought and node.lead_is_pattern
             else:  # ZRANGE WITHSCORES of the distinct zset
-                pairs = [(_text(v), float(s)) for v, s in reply]
+                pairs = [(reply_text(v), float(s)) for v, s in reply]
                 exact = False
             hits = pairs if exact else [(v, s) for v, s in pairs if node.predicate(v)]
             if not node.negated:
@@ -592,12 +593,16 @@ def physical(
             )
         if isinstance(node, LIds):
             got = replies[probe.slots[id(node)]]
-            numbers = sorted({_text(n) for n in got if n is not None}, key=int)
+            numbers = sorted({reply_text(n) for n in got if n is not None}, key=int)
             return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
         if isinstance(node, LIdMatch):
             mapping = replies[probe.slots[id(node)]]
             numbers = sorted(
-                (_text(no) for trace_id, no in mapping.items() if node.predicate(_text(trace_id))),
+                (
+                    reply_text(no)
+                    for trace_id, no in mapping.items()
+                    if node.predicate(reply_text(trace_id))
+                ),
                 key=int,
             )
             return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
