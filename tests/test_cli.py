@@ -364,3 +364,25 @@ async def test_search_count_stats_explain_and_bulk_tagging(redis_url: str, names
         assert usage.exit_code == 2 and "expected KEY VALUE" in usage.stderr
     producer.close()
     client.close()
+
+
+def test_status_lists_lookup_keys_and_their_state(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    from tracetags import functions
+    from tracetags.keys import Keys
+
+    keys = Keys(namespace)
+    functions.load(r)
+    lk, prefix = keys.lookups(0), keys.prefix(0)
+    r.fcall(functions.LOOKUP_FUNCTION, 1, lk, prefix, "list", "tuser_id")
+    r.fcall(functions.LOOKUP_FUNCTION, 1, lk, prefix, "ready", "tuser_id")
+    r.fcall(functions.LOOKUP_FUNCTION, 1, lk, prefix, "list", "mtenant")  # not built yet
+    result = _cli(redis_url, namespace, "status")
+    assert result.exit_code == 0, result.output
+    assert "lookup keys: metadata.tenant (building), tags.user_id (ready)" in result.stdout
+    data = json.loads(_cli(redis_url, namespace, "status", "--format", "json").stdout)
+    assert data["partitions"][0]["lookups"] == {
+        "tags.user_id": "ready",
+        "metadata.tenant": "building",
+    }

@@ -313,6 +313,16 @@ def status(
                       "?" if row.lag is None else str(row.lag), str(row.pending),
                       str(row.dead_letters), str(row.traces))  # fmt: skip
     out.print(table)
+    lookups: dict[str, set[str]] = {}
+    for row in report.partitions:
+        for key, state in row.lookups.items():
+            lookups.setdefault(key, set()).add(state)
+    if lookups:
+        listed = ", ".join(
+            f"{key} ({'ready' if states == {'ready'} else 'building'})"
+            for key, states in sorted(lookups.items())
+        )
+        out.print(f"lookup keys: {listed}")
     out.print(f"Redis memory: {report.used_memory_human}")
     if report.consumers:
         out.print(f"consumers running: {report.consumers} ({', '.join(report.live_consumers)})")

@@ -14,7 +14,7 @@ import redis
 
 from tracetags import schemas
 from tracetags.errors import RedisUnavailableError, TracetagsTimeoutError
-from tracetags.keys import NAME_TAG, Keys, partition_of
+from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
 from tracetags.settings import Settings
@@ -87,6 +87,8 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_delivered_id: str | None
     dead_letters: int
     traces: int
+    #: Keys with lookup fingerprints (``tags.user_id``) -> ``building`` | ``ready``.
+    lookups: dict[str, str] = {}
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True):
@@ -477,7 +479,8 @@ class Client:
             pipe.xlen(stream)
             pipe.xlen(self.keys.dead_letters(partition))
             pipe.hlen(self.keys.trace_ids(partition))
-            length, dead, traces = pipe.execute()
+            pipe.hgetall(self.keys.lookups(partition))
+            length, dead, traces, lookups = pipe.execute()
             try:
                 groups: Any = self.redis.xinfo_groups(stream)
             except redis.ResponseError:
@@ -497,6 +500,9 @@ class Client:
                     last_delivered_id=(info["last-delivered-id"].decode() if info else None),
                     dead_letters=int(dead),
                     traces=int(traces),
+                    lookups={
+                        field_label(f.decode()): state.decode() for f, state in lookups.items()
+                    },
                 )
             )
         memory: Any = self.redis.info("memory")

@@ -187,6 +187,11 @@ def split_register(text: str) -> tuple[str, str | None]:
     return stamp, (value if colon else None)
 
 
+def field_label(field: str) -> str:
+    """``tags.<key>`` / ``metadata.<key>`` of a trace-hash field ``t<key>`` / ``m<key>``."""
+    return ("tags." if field[:1] == "t" else "metadata.") + field[1:]
+
+
 def tag_field(key: str) -> str:
     """The field of a trace's hash that holds the register of tag ``key``."""
     return "t" + key

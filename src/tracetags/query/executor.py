@@ -20,7 +20,7 @@ import redis
 
 from tracetags import functions
 from tracetags.errors import FilterSemanticError, PageTokenError
-from tracetags.keys import Keys, metadata_field, split_register, tag_field
+from tracetags.keys import Keys, field_label, metadata_field, split_register, tag_field
 from tracetags.query import planner
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.parser import (
@@ -546,13 +546,8 @@ def explain(
                 if field in ready
                 else "each trace's register (HGET), or a table of the values' members"
             )
-            lines.append(f"  a walk tests {_field_label(field)} by {how}")
+            lines.append(f"  a walk tests {field_label(field)} by {how}")
     return "\n".join(lines)
-
-
-def _field_label(field: str) -> str:
-    """``tags.<key>`` / ``metadata.<key>`` of a trace-hash field ``t<key>`` / ``m<key>``."""
-    return ("tags." if field[0] == "t" else "metadata.") + field[1:]
 
 
 def _render_filter(expr: Expr | None) -> str:
