@@ -386,3 +386,29 @@ def test_status_lists_lookup_keys_and_their_state(
         "tags.user_id": "ready",
         "metadata.tenant": "building",
     }
+
+
+def test_lookups_drop_removes_a_key_in_every_partition(
+    redis_url: str, namespace: str, r: redis.Redis
+) -> None:
+    from tracetags import functions
+    from tracetags.keys import Keys
+
+    keys = Keys(namespace)
+    functions.load(r)
+    r.hset(keys.meta, "partitions", 2)
+    for partition in range(2):
+        lk, prefix = keys.lookups(partition), keys.prefix(partition)
+        r.fcall(functions.LOOKUP_FUNCTION, 1, lk, prefix, "list", "tuser_id")
+        r.fcall(functions.LOOKUP_FUNCTION, 1, lk, prefix, "list", "tenv")
+    r.set(keys.lookup_chunk(0, "tuser_id", 0), b"\0" * 1024)
+    result = _cli(redis_url, namespace, "lookups", "drop", "tags.user_id")
+    assert result.exit_code == 0, result.output
+    assert "dropped the lookup fingerprints of tags.user_id (2 partitions had them)" in (
+        result.stderr
+    )
+    assert not r.exists(keys.lookup_chunk(0, "tuser_id", 0))
+    assert [r.hgetall(keys.lookups(p)) for p in range(2)] == [{b"tenv": b"building"}] * 2
+    bad = _cli(redis_url, namespace, "lookups", "drop", "user_id")
+    assert bad.exit_code == 2
+    assert "each must be tags.<key> or metadata.<key>" in bad.stderr

@@ -26,10 +26,11 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from tracetags import deadletters, schemas, traffic
+from tracetags import deadletters, functions, schemas, traffic
 from tracetags.client import Client, TraceInfo
 from tracetags.embedded import RedisServer, embedded_server
 from tracetags.errors import (
+    ConfigError,
     FilterError,
     RedisUnavailableError,
     TracetagsError,
@@ -768,6 +769,38 @@ def dead_purge(
             raise typer.Exit(1)
         count = deadletters.purge(client.redis, client.keys, letters)
     err.print(f"deleted {count} dead letters")
+
+
+lookups_app = typer.Typer(
+    help="Lookup fingerprints of keys (TRACETAGS_LOOKUP_KEYS).", no_args_is_help=True
+)
+app.add_typer(lookups_app, name="lookups")
+
+
+@lookups_app.command("drop")
+def lookups_drop(
+    key: Annotated[str, typer.Argument(help="tags.<key> or metadata.<key>.", metavar="KEY")],
+) -> None:
+    """Stop keeping a key's lookup fingerprints and delete them, in every partition.
+
+    A consumer whose TRACETAGS_LOOKUP_KEYS still names the key builds them again at its start.
+    """
+    settings = _reachable()
+    try:
+        field = settings.replace(lookup_keys=(key,)).lookup_fields[0]
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    with Client(settings) as client:
+        functions.load(client.redis)
+        dropped = 0
+        for partition in range(client.partitions):
+            lk = client.keys.lookups(partition)
+            dropped += int(client.redis.hexists(lk, field))
+            client.redis.fcall(
+                functions.LOOKUP_FUNCTION, 1, lk, client.keys.prefix(partition), "drop", field
+            )
+    err.print(f"dropped the lookup fingerprints of {key} ({dropped} partitions had them)")
 
 
 @app.command("log")
