@@ -214,7 +214,8 @@ async def ensure_lookups_async(
     fold keeps the fingerprints of every trace it touches from then on, and the build
     reads each trace's register as it is at that moment.  A build cut short (a crash) is
     done again from the start by the next call.  Fields listed and not in ``fields`` stay
-    (another consumer may list them): ``tracetags lookups drop tags.<key>`` drops one.  ``on_build(field)`` is called before a field is built.
+    (another consumer may list them): ``tracetags lookups drop tags.<key>`` drops one.
+    ``on_build(field)`` is called before a field is built.
     """
     lk, prefix = keys.lookups(partition), keys.prefix(partition)
     listed = {_str(k): _str(v) for k, v in (await client.hgetall(lk)).items()}

@@ -82,7 +82,7 @@ chunk and batch); ensure_lookups (functions/__init__.py) lists a field, builds i
 from the key set (tk/mk) chunk by chunk with tt_lookup, then marks it ready.  tt_query
 trusts only a ready field: a trace whose fingerprint is not wanted does not match; one
 whose fingerprint is wanted is checked on its register (1 in ~65k values collide).
-~2 B per trace number ever used per listed key. ]]
+~2.7 B per trace number ever used per listed key (1 KiB strings). ]]
 local function fingerprint(v)
     local h = 5381
     for i = 1, #v do
