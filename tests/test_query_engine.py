@@ -661,6 +661,7 @@ def test_large_index_strategies_are_chosen(wide: Loaded) -> None:
         assert "a walk tests tags.user by 2-byte lookup fingerprints" in like, like
     else:
         assert "a walk tests tags.user by each trace's register" in like, like
+        assert "(with tags.user in TRACETAGS_LOOKUP_KEYS: 2 bytes a trace)" in like, like
 
 
 @pytest.mark.parametrize(
