@@ -370,7 +370,7 @@ async def test_a_consumer_builds_the_lookups_of_its_lookup_keys_at_start(
         with caplog.at_level("INFO", logger="tracetags"):
             await Folder(listed, client).prepare()
         assert "building the lookup fingerprints of tuser for 1200 traces" in caplog.text
-        assert "built the lookup fingerprints of tuser" in caplog.text
+        assert "built the lookup fingerprints of tuser (3 chunks of 512 traces)" in caplog.text
         assert r.hgetall(keys.lookups(0)) == {b"tuser": b"ready", b"msource": b"ready"}
         assert await functions.ensure_lookups_async(client, keys, 0, listed.lookup_fields) == {}
     finally:

@@ -182,12 +182,12 @@ class Folder:
             built = await functions.ensure_lookups_async(
                 self.client, self.keys, partition, fields, building
             )
-            for field, chunks in built.items():
+            for field, calls in built.items():
                 log.info(
-                    "partition %d: built the lookup fingerprints of %s (%d chunks of traces)",
+                    "partition %d: built the lookup fingerprints of %s (%d chunks of 512 traces)",
                     partition,
                     field,
-                    chunks,
+                    calls * functions.LOOKUP_BUILD_CHUNKS,
                 )
         self.partitions = partitions
         return partitions

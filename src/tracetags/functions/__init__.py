@@ -208,7 +208,8 @@ async def ensure_lookups_async(
 ) -> dict[str, int]:
     """Make the lookup fingerprints of ``fields`` (register fields ``t<key>`` / ``m<key>``,
     see :attr:`~tracetags.settings.Settings.lookup_keys`) ready in one partition; returns
-    {field: trace-number chunks built} for the fields it had to build.
+    {field: tt_lookup build calls, each over LOOKUP_BUILD_CHUNKS chunks of 512 trace numbers}
+    for the fields it had to build.
 
     Safe while a consumer folds: a field is listed (``building``) before it is built, so the
     fold keeps the fingerprints of every trace it touches from then on, and the build
@@ -226,15 +227,14 @@ async def ensure_lookups_async(
         if on_build is not None:
             on_build(field)
         await client.fcall(LOOKUP_FUNCTION, 1, lk, prefix, "list", field)
-        chunk, chunks = 0, 0
+        chunk, calls = 0, 0
         while chunk >= 0:
             reply = await client.fcall(
                 LOOKUP_FUNCTION, 1, lk, prefix, "build", field, chunk, LOOKUP_BUILD_CHUNKS
             )
-            chunks += LOOKUP_BUILD_CHUNKS if int(reply) >= 0 else 0
-            chunk = int(reply)
+            chunk, calls = int(reply), calls + 1
         await client.fcall(LOOKUP_FUNCTION, 1, lk, prefix, "ready", field)
-        built[field] = chunks
+        built[field] = calls
     return built
 
 

@@ -647,22 +647,21 @@ local LOOKUP_ZEROS -- 2 * SET_CHUNK zero bytes (made at the first call: no strin
 -- Write fingerprints { [number] = fingerprint } of field (see fingerprint): one BITFIELD per
 -- chunk (at most SET_CHUNK offsets: 4 * 512 arguments).
 local function write_fingerprints(prefix, field, numbers, pos)
-    local list, fps = {}, {}
-    for no, fp in pairs(numbers) do
+    local list = {}
+    for no in pairs(numbers) do
         list[#list + 1] = no
-        fps[#fps + 1] = fp
     end
-    local ops, at = {}, {}
-    for c, offsets in pairs(by_chunk(list, pos)) do
-        ops[c], at[c] = {}, 0
-        for k = 1, #offsets do
-            ops[c][4 * k - 3], ops[c][4 * k - 2], ops[c][4 * k - 1] = 'SET', 'u16', '#' .. offsets[k]
+    by_chunk(list, pos) -- (for its cache: every number's chunk and offset, parsed once)
+    local chunks, offsets = pos.chunk, pos.offset
+    local ops = {}
+    for no, fp in pairs(numbers) do
+        local args = ops[chunks[no]]
+        if not args then
+            args = {}
+            ops[chunks[no]] = args
         end
-    end
-    for i = 1, #list do -- by_chunk kept each chunk's numbers in list order
-        local c = pos.chunk[list[i]]
-        at[c] = at[c] + 4
-        ops[c][at[c]] = fps[i]
+        local k = #args
+        args[k + 1], args[k + 2], args[k + 3], args[k + 4] = 'SET', 'u16', '#' .. offsets[no], fp
     end
     local key = prefix .. ':lf:' .. enc(field) .. ':'
     LOOKUP_ZEROS = LOOKUP_ZEROS or string.rep('\0', 2 * SET_CHUNK)
