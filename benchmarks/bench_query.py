@@ -222,8 +222,8 @@ def load_tracetags(client: redis.Redis, keys: Keys, partitions: int, data: list[
             partition = partition_of(spec.trace_id, partitions)
             batch = pending[partition]
             # A stream id like XADD's at ~1k events/s: a new millisecond each, sequence 0.
-            # (Ids of one millisecond and a sequence counting to 1M, as before 2026-12-04
-            # late, defeat the fold's compact stamps: ~300 B/trace more, unlike production.)
+            # (Ids of one millisecond and a sequence counting to 1M, which no stream makes,
+            # defeat the fold's compact stamps and would inflate the memory per trace.)
             batch.append((f"{START_MS + sequence}-0", event))
             if len(batch) == 1000:
                 send(partition, batch)
@@ -449,7 +449,7 @@ def step_compare(args: argparse.Namespace, server: RedisServer, workdir: Path) -
     )
     load_s = load_tracetags(client.redis, client.keys, args.partitions, data)
     # The generated traces (~0.5M Python objects) are the workload's, not the engine's:
-    # alive, each full collection walks them (a 30-50 ms stall every few hundred calls).
+    # alive, each full collection walks them and stalls a timed call now and then.
     del data
     gc.collect()
     mlflow_load = oracle_result(loading, timeout=600)["load"]

@@ -110,8 +110,8 @@ register and one set of indexes.
   skips over each ``_`` from one distinct continuation to the next.  A page's probe only
   counts the values of a LIKE that is such a start and one final ``%``; the page's call
   seeks them again itself (plan leaf ``L``).  A walk testing a term of many values
-  (``LIKE 'user_12%'``: 1,111 user ids) reads each walked trace's register (HGET, ~1-2
-  us); for a key listed in ``TRACETAGS_LOOKUP_KEYS`` it reads the 2-byte fingerprint at the
+  (``LIKE 'user_12%'``: 1,111 user ids) reads each walked trace's register (one HGET
+  per trace); for a key listed in ``TRACETAGS_LOOKUP_KEYS`` it reads the 2-byte fingerprint at the
   trace's number in ``lf:<field>:<chunk>`` instead (one GET per chunk of 512), and the
   register only when the fingerprint is one of the wanted values'.
 - ``timestamp_ms`` / ``execution_time_ms`` / ``end_time_ms`` comparisons: ZRANGEBYSCORE on
@@ -129,7 +129,6 @@ A register's value is ``<stamp>:<value>``, or ``<stamp>`` alone for a tombstone 
 A stamp is the writer's entry id ``ms-seq``, stored compactly as the decimal integer
 ``(ms - b) * 1024 + seq`` when ``seq < 1024`` and ``|ms - b| < 2**42`` (exact in a double),
 else verbatim as ``ms-seq``.  Use :func:`decode_stamp` and :func:`split_register` to read them.
-(Unchanged from ``tracetags_v1``.)
 
 ``{pNN}`` is a Redis Cluster hash tag: all keys of one partition live in one slot, so a
 Function may touch any of them.  ``<enc s>`` is ``<byte length>:<s>`` — a length prefix

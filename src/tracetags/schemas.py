@@ -52,7 +52,7 @@ _KEY_RE: Final = re.compile(KEY_PATTERN)
 
 # The decoder checks key lengths; the key rule's regex runs after decoding, through the same
 # cache of keys found valid that the producer uses (the regex per key would otherwise be the
-# dearest part of decoding: 9.3 vs 1.4 us for a dict of 6 tags).
+# dearest part of decoding).
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
 Value = Annotated[str, msgspec.Meta(max_length=MAX_VALUE_LENGTH)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]

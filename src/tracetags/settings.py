@@ -39,8 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Stream entries read per consumer batch (XREADGROUP COUNT).
     consumer_batch_size: int = 500
     #: A consumer process moves the objects it holds once started (imports, the app) out of
-    #: the cyclic collector's reach (``gc.freeze()``): full collections of them stalled the
-    #: fold for 20-150 ms every few seconds.  Turn off when embedding the consumer app in a
+    #: the cyclic collector's reach (``gc.freeze()``): full collections of them stall the
+    #: fold while they run.  Turn off when embedding the consumer app in a
     #: process that relies on collecting cycles among its start-up objects.
     consumer_gc_freeze: bool = True
     #: Entries pending longer than this are reclaimed by a live consumer (XAUTOCLAIM).
@@ -63,7 +63,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Where the embedded Redis keeps its data (``tracetags serve`` without a URL).
     embedded_dir: str = ".tracetags"
     #: Tag and metadata keys (``tags.user_id,metadata.tenant``; comma-separated in the
-    #: environment) whose values get lookup fingerprints: ~2 B per trace and key, kept by the
+    #: environment) whose values get lookup fingerprints: 2 bytes per trace and key, kept by the
     #: fold and built by the consumer at start.  For keys of many sparse values (user or
     #: session ids) that filters match by pattern: a newest-first page of ``LIKE
     #: 'user_12%'`` then tests 2 bytes per walked trace instead of reading its hash.
