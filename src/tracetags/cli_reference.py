@@ -1,5 +1,5 @@
-"""The CLI reference in the README, generated from the commands themselves (a test checks
-that the README's copy is current: ``python -m tracetags.cli_reference`` prints it)."""
+"""The CLI reference of docs/cli.md, generated from the commands themselves (a test checks
+that the copy there is current: ``python -m tracetags.cli_reference`` prints it)."""
 
 from __future__ import annotations
 
