@@ -177,7 +177,7 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
 ) -> None:
     import asyncio
 
-    from tests.test_consumer import consumer
+    from tests.support.consumer import consumer
     from tracetags import Settings
 
     settings = Settings(redis_url=redis_url, namespace=namespace)
@@ -240,7 +240,7 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
             {"entry_id": "1-1", "payload": good, "reason": "consumer too old", "time_ms": 1},
         )
         r.xadd(keys.stream(0), {"e": b"\xc1 garbage"})
-        from tests.helpers import wait_until
+        from tests.support.helpers import wait_until
 
         await asyncio.to_thread(wait_until, lambda: r.xlen(keys.dead_letters(0)) == 2)
         listed = await asyncio.to_thread(run, "dead-letters", "list", "--format", "json")
@@ -260,7 +260,7 @@ async def test_search_count_stats_explain_and_bulk_tagging(redis_url: str, names
     import csv
     import io
 
-    from tests.test_consumer import consumer
+    from tests.support.consumer import consumer
     from tracetags import Settings, TagProducer
     from tracetags.client import Client
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import tracetags
-from tests.helpers import read_log
+from tests.support.helpers import read_log
 from tracetags import Settings, schemas
 
 

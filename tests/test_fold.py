@@ -15,7 +15,7 @@ import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.model import FoldModel, dump, parse_entry_id
+from tests.support.model import FoldModel, dump, parse_entry_id
 from tracetags import functions, schemas
 from tracetags.embedded import RedisServer
 from tracetags.errors import FoldArgumentsError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.support.mlflow_runner import ACCEPTS, require_mlflow_python
 from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError
 from tracetags.query import (
     And,
@@ -27,7 +29,7 @@ from tracetags.query import (
     strip_positions,
 )
 
-FIXTURES = Path(__file__).parent / "query"
+FIXTURES = Path(__file__).parent / "fixtures" / "query"
 PLACEHOLDERS = {"{sp}": " ", "{tab}": "\t", "{nl}": "\n", "{nbsp}": "\u00a0", "{empty}": ""}
 ERROR_CLASSES: dict[str, type[FilterError]] = {
     "syntax": FilterSyntaxError,
@@ -64,6 +66,20 @@ def test_fixture_files_are_big_enough() -> None:
 
 
 # --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fixture_kinds_agree_with_mlflow() -> None:
+    """core/ext and both/ours are what MLflow 3.17.2 says (it runs in its own venv)."""
+    done = subprocess.run(
+        [require_mlflow_python(), str(ACCEPTS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert " 0 problem(s)" in done.stdout
 
 
 @pytest.mark.parametrize(("kind", "text", "canonical"), VALID, ids=[r[1] for r in VALID])

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 import tracetags
-from tests.helpers import read_log, wait_until
+from tests.support.helpers import read_log, wait_until
 from tracetags import AsyncTagProducer, Settings, TagProducer, schemas
 from tracetags.embedded import RedisServer, free_port
 from tracetags.errors import (

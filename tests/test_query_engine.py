@@ -16,9 +16,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import query_data as qd
-from tests import query_reference as ref
-from tests.helpers import drop_namespace
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.helpers import drop_namespace
 from tracetags import functions, schemas
 from tracetags.client import Client
 from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError, PageTokenError

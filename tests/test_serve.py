@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 from tracetags import Settings, TagProducer
 from tracetags.client import Client
 

@@ -2,7 +2,7 @@
 
 Every trace is looked at and every clause evaluated directly from FILTER-LANGUAGE.md, checked
 against MLflow 3.17.2 by tests/test_query_reference.py.  Traces have the dataset shape of
-tests/mlflow_oracle.py (final state after mutations; see :func:`apply_mutations`).
+mlflow_oracle.py (final state after mutations; see :func:`apply_mutations`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Check the parser fixtures against real MLflow (not part of the test suite).
+"""Check the parser fixtures (tests/fixtures/query) against real MLflow 3.17.2.
 
-Run with the MLflow venv:  /work/mlflow-venv/bin/python tests/query/mlflow_accepts.py
+Runs in the MLflow venv, never imported by the tests (tests/test_parser.py runs it as a
+subprocess):  .mlflow-venv/bin/python tests/support/mlflow_accepts.py
 Every filter/order_by goes through SqlAlchemyStore.search_traces on a temporary SQLite
 file (MLflow validates some rules only while building SQL). Expectations:
   valid core   -> MLflow accepts, and MLflow reads our canonical rendering the same way
@@ -25,7 +26,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from mlflow.utils.search_utils import SearchTraceUtils  # noqa: E402
 
-HERE = Path(__file__).parent
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "query"
 PLACEHOLDERS = {"{sp}": " ", "{tab}": "\t", "{nl}": "\n", "{nbsp}": "\u00a0", "{empty}": ""}
 NUMERIC = {"timestamp_ms", "execution_time_ms", "end_time_ms"}
 
@@ -37,7 +38,7 @@ def decode(text: str) -> str:
 
 
 def rows(name: str) -> list[list[str]]:
-    lines = (HERE / name).read_text(encoding="utf-8").splitlines()
+    lines = (FIXTURES / name).read_text(encoding="utf-8").splitlines()
     return [line.split(" | ") for line in lines if line and not line.startswith("#")]
 
 
