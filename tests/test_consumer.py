@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Any
 
 import msgspec
 import pytest
@@ -321,10 +322,12 @@ async def test_a_partition_folded_before_time_bounds_gets_them_at_start(
 
         assert dump(r, keys, 0)  # checks every trace's timestamp against its chunk's bound
         exact: dict[int, float] = {}
-        for member, score in r.zrange(keys.by_timestamp(0), 0, -1, withscores=True):
+        scored: Any = r.zrange(keys.by_timestamp(0), 0, -1, withscores=True)
+        for member, score in scored:
             chunk = int(member) // 512
             exact[chunk] = max(exact.get(chunk, score), score)
-        bounds = {int(m): s for m, s in r.zrange(keys.time_bounds(0), 0, -1, withscores=True)}
+        stored: Any = r.zrange(keys.time_bounds(0), 0, -1, withscores=True)
+        bounds = {int(m): s for m, s in stored}
         assert bounds == {-1: float("-inf"), **exact}  # nothing skipped across batch edges
         from tracetags.query import executor
 

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from typing import Any
 
 import pytest
 import redis
@@ -171,7 +172,7 @@ def test_invalid_input_raises_at_the_call_and_nothing_is_buffered(
     producer.close()
 
 
-def dead_settings(namespace: str, **changes: object) -> Settings:
+def dead_settings(namespace: str, **changes: Any) -> Settings:
     """Settings pointing at a loopback port nobody listens on."""
     return Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
@@ -181,7 +182,7 @@ def dead_settings(namespace: str, **changes: object) -> Settings:
         retry_max_ms=50,
         socket_timeout_ms=500,
         **changes,
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_calls_never_raise_or_block_while_redis_is_down(namespace: str) -> None:

@@ -45,7 +45,9 @@ def reference_answer(
 
 
 def _describe(query: dict[str, Any]) -> str:
-    shown = {k: query[k] for k in ("filter_string", "order_by", "max_results") if k in query}
+    shown: dict[str, Any] = {
+        k: query[k] for k in ("filter_string", "order_by", "max_results") if k in query
+    }
     if query["experiment_ids"] != list(EXPERIMENTS):
         shown["experiment_ids"] = query["experiment_ids"]
     return json.dumps(shown, ensure_ascii=False)

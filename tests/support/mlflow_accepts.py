@@ -47,7 +47,7 @@ def outcome(store: SqlAlchemyStore, exp: str, **kwargs: Any) -> str | None:
     try:
         store.search_traces([exp], **kwargs)
     except MlflowException as exc:
-        return exc.message
+        return str(exc.message)
     return None
 
 
