@@ -19,7 +19,7 @@ import redis
 import typer
 from typer.testing import CliRunner
 
-from tracetags import errors
+from tracetags import Settings, TagProducer, errors
 from tracetags.cli import ERROR_EXIT_CODES, EXIT_CODE_MEANINGS, ExitCode, app, exit_code_for
 from tracetags.embedded import free_port
 from tracetags.keys import Keys
@@ -90,14 +90,17 @@ def test_demo_from_a_fresh_directory_on_the_embedded_redis(tmp_path: Path) -> No
     assert int(counted.stdout) > 0
 
 
+def _start_traces(redis_url: str, namespace: str, count: int) -> None:
+    """Log ``count`` trace_started events (tr-0, tr-1, ...); no consumer folds them."""
+    with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
+        for i in range(count):
+            producer.trace_started(f"tr-{i}", experiment_id="1", timestamp_ms=i)
+
+
 def test_log_prints_json_lines_and_marks_undecodable_entries(
     redis_url: str, namespace: str, r: redis.Redis
 ) -> None:
-    from tracetags import Settings, TagProducer
-
-    with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
-        for i in range(5):
-            producer.trace_started(f"tr-{i}", experiment_id="1", timestamp_ms=i)
+    _start_traces(redis_url, namespace, 5)
     r.xadd(Keys(namespace).stream(0), {"e": b"\xc1not msgpack"})
     result = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "log"])
     assert result.exit_code == 0, result.output
@@ -159,7 +162,6 @@ def _cli(redis_url: str, namespace: str, *args: str) -> Any:
 
 
 def test_status_says_no_consumer_is_running(redis_url: str, namespace: str) -> None:
-    from tracetags import Settings, TagProducer
 
     with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
         for i in range(40):
@@ -179,7 +181,6 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
     import asyncio
 
     from tests.support.consumer import consumer
-    from tracetags import Settings
 
     settings = Settings(redis_url=redis_url, namespace=namespace)
     async with consumer(settings):
@@ -262,7 +263,6 @@ async def test_search_count_stats_explain_and_bulk_tagging(redis_url: str, names
     import io
 
     from tests.support.consumer import consumer
-    from tracetags import Settings, TagProducer
     from tracetags.client import Client
 
     settings = Settings(redis_url=redis_url, namespace=namespace, partitions=2)
@@ -491,14 +491,8 @@ def _both_forms(redis_url: str, namespace: str, *args: str) -> tuple[Any, Any]:
     return before, after
 
 
-def test_global_options_work_before_or_after_the_command(
-    redis_url: str, namespace: str, r: redis.Redis
-) -> None:
-    from tracetags import Settings, TagProducer
-
-    with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
-        for i in range(3):
-            producer.trace_started(f"tr-{i}", experiment_id="1", timestamp_ms=i)
+def test_global_options_work_before_or_after_the_command(redis_url: str, namespace: str) -> None:
+    _start_traces(redis_url, namespace, 3)
     for args in (
         ["log", "--count", "2"],
         ["search", "tags.a = 'x'", "--format", "ids"],

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.mlflow_runner import ACCEPTS, require_mlflow_python
+from tests.support.query_fixtures import decode, rows
 from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError
 from tracetags.query import (
     And,
@@ -28,23 +28,10 @@ from tracetags.query import (
     strip_positions,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "query"
-PLACEHOLDERS = {"{sp}": " ", "{tab}": "\t", "{nl}": "\n", "{nbsp}": "\u00a0", "{empty}": ""}
 ERROR_CLASSES: dict[str, type[FilterError]] = {
     "syntax": FilterSyntaxError,
     "semantic": FilterSemanticError,
 }
-
-
-def decode(text: str) -> str:
-    for marker, char in PLACEHOLDERS.items():
-        text = text.replace(marker, char)
-    return text
-
-
-def rows(name: str) -> list[list[str]]:
-    lines = (FIXTURES / name).read_text(encoding="utf-8").splitlines()
-    return [line.split(" | ") for line in lines if line and not line.startswith("#")]
 
 
 def caret_message(reason: str, source: str, position: int) -> str:

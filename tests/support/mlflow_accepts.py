@@ -21,25 +21,16 @@ from typing import Any
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.CRITICAL)
+# Run as a script in MLflow's venv: the fixture reader is found from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from mlflow.utils.search_utils import SearchTraceUtils  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "query"
-PLACEHOLDERS = {"{sp}": " ", "{tab}": "\t", "{nl}": "\n", "{nbsp}": "\u00a0", "{empty}": ""}
+from tests.support.query_fixtures import decode, rows  # noqa: E402
+
 NUMERIC = {"timestamp_ms", "execution_time_ms", "end_time_ms"}
-
-
-def decode(text: str) -> str:
-    for marker, char in PLACEHOLDERS.items():
-        text = text.replace(marker, char)
-    return text
-
-
-def rows(name: str) -> list[list[str]]:
-    lines = (FIXTURES / name).read_text(encoding="utf-8").splitlines()
-    return [line.split(" | ") for line in lines if line and not line.startswith("#")]
 
 
 def outcome(store: SqlAlchemyStore, exp: str, **kwargs: Any) -> str | None:
