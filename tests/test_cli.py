@@ -12,15 +12,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import redis
 import typer
 from typer.testing import CliRunner
 
-from tracetags import Settings, TagProducer, errors
-from tracetags.cli import ERROR_EXIT_CODES, EXIT_CODE_MEANINGS, ExitCode, app, exit_code_for
+from tracetags import Client, Settings, TagProducer, errors
+from tracetags.cli import (
+    ERROR_EXIT_CODES,
+    EXIT_CODE_MEANINGS,
+    ExitCode,
+    RootGroup,
+    app,
+    exit_code_for,
+    leaf_commands,
+)
 from tracetags.embedded import free_port
 from tracetags.keys import Keys
 
@@ -263,7 +271,6 @@ async def test_search_count_stats_explain_and_bulk_tagging(redis_url: str, names
     import io
 
     from tests.support.consumer import consumer
-    from tracetags.client import Client
 
     settings = Settings(redis_url=redis_url, namespace=namespace, partitions=2)
     producer = TagProducer(settings)
@@ -537,3 +544,32 @@ def test_subcommand_help_lists_the_global_options() -> None:
     assert result.exit_code == 0
     assert "Global options (also before the command)" in result.stdout
     assert "--redis-url" in result.stdout and "--namespace" in result.stdout
+
+
+def test_every_command_takes_the_global_options() -> None:
+    root: Any = typer.main.get_command(app)
+    global_opts = {opt for param in root.params for opt in param.opts if "completion" not in opt}
+    assert global_opts == {"--redis-url", "--namespace"}
+    commands = list(leaf_commands(root))
+    assert len(commands) >= 15
+    for command in commands:
+        assert global_opts <= {opt for param in command.params for opt in param.opts}, command
+
+
+def test_a_command_may_not_define_a_global_option_again() -> None:
+    clash = typer.Typer(cls=RootGroup)
+
+    @clash.callback()
+    def options(namespace: Annotated[str | None, typer.Option("--namespace")] = None) -> None:
+        pass
+
+    @clash.command()
+    def one(namespace: Annotated[str | None, typer.Option("--namespace")] = None) -> None:
+        pass
+
+    @clash.command()
+    def two() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="one: --namespace is a global option"):
+        typer.main.get_command(clash)

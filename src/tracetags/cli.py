@@ -86,13 +86,13 @@ def _fail(code: ExitCode, message: str, hint: str | None = None) -> NoReturn:
     raise typer.Exit(code)
 
 
-class _Root(TyperGroup):
+class RootGroup(TyperGroup):
     """The root command: maps library errors to exit codes, and lets every global option
     (an option of the root callback) also be given after the command."""
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
-        for command in _leaf_commands(self):
+        for command in leaf_commands(self):
             taken = {name for param in command.params for name in param.opts}
             for param in self.params:
                 if taken & set(param.opts):
@@ -107,10 +107,11 @@ class _Root(TyperGroup):
             _fail(code, str(exc), hint)
 
 
-def _leaf_commands(group: Any) -> Iterator[Any]:
+def leaf_commands(group: Any) -> Iterator[Any]:
+    """Every command below ``group`` that runs something (sub-groups are walked into)."""
     for command in group.commands.values():
         if hasattr(command, "commands"):
-            yield from _leaf_commands(command)
+            yield from leaf_commands(command)
         else:
             yield command
 
@@ -135,7 +136,7 @@ def _remember_global_option(ctx: Any, param: Any, value: Any) -> Any:
 
 app = typer.Typer(
     name="tracetags",
-    cls=_Root,
+    cls=RootGroup,
     help="Mutable tags on ML/LLM traces, event-sourced on Redis Streams.\n\n"
     "Without --redis-url / TRACETAGS_REDIS_URL, commands use the embedded Redis of "
     "./.tracetags (started for the command when it is not running). The global options "
