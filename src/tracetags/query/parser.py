@@ -819,6 +819,9 @@ def _layout(pieces: Sequence[_Piece]) -> str:
     quotes in ``mask`` are forbidden (None: no way); then forwards from mask 0.
     """
     ways = [(piece,) if isinstance(piece, str) else piece for piece in pieces]
+    first = [options[0] for options in ways]
+    if not any(_runs_on(way) for way in first):
+        return "".join(first)  # nothing forbids anything: the best way of each piece
     writable = [True] * 4
     choices: list[list[int | None]] = []
     for options in reversed(ways):
