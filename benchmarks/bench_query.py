@@ -9,7 +9,7 @@
    sla_tier, needs_review, ab_variant; ~20 % errors; log-normal execution times) folded into
    a private ``redis-server`` (``functions.apply_batch``, one trace_finished per trace,
    ``--partitions`` partitions: default 1, like the product) and bulk-loaded into MLflow's
-   SqlAlchemyStore on a SQLite file by ``tests/mlflow_oracle.py --db PATH --load-only`` (in
+   SqlAlchemyStore on a SQLite file by ``tests/support/mlflow_oracle.py --db PATH --load-only`` (in
    the MLflow venv, concurrently).  Each suite query asks for a first page of 100 (or page 5
    for the deep ones): tracetags ``--repeats`` times in this process (median, p99), MLflow
    ``--mlflow-repeats`` times inside the oracle process (``--db PATH``: its own per-query
@@ -20,7 +20,7 @@
    single-index / selective filters and for broad intersections.
 
 Needs ``redis-server`` (never the one on 6379: a private one on a free port) and, for
-compare, the MLflow venv ($TRACETAGS_MLFLOW_PYTHON, .mlflow-venv or /work/mlflow-venv).
+compare, the MLflow venv ($TRACETAGS_MLFLOW_PYTHON, else .mlflow-venv).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from tracetags.query import executor
 from tracetags.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-ORACLE = REPO / "tests" / "mlflow_oracle.py"
+ORACLE = REPO / "tests" / "support" / "mlflow_oracle.py"
 NAMESPACE = "bench-query"
 GROUP = "bench-query"
 START_MS = 1_780_000_000_000
@@ -257,21 +257,19 @@ def oracle_dataset(data: list[traffic.TraceSpec]) -> dict[str, Any]:
 
 
 def mlflow_python() -> str:
-    explicit = os.environ.get("TRACETAGS_MLFLOW_PYTHON")
-    candidates = (
-        [explicit]
-        if explicit
-        else [
-            str(REPO / ".mlflow-venv" / "bin" / "python"),
-            "/work/mlflow-venv/bin/python",
-        ]
+    """The MLflow venv's python: $TRACETAGS_MLFLOW_PYTHON if set, else <repo>/.mlflow-venv.
+
+    (The tests have the same rule in tests/support/mlflow_runner.py; a benchmark script does
+    not import the tests.)
+    """
+    candidate = os.environ.get("TRACETAGS_MLFLOW_PYTHON") or str(
+        REPO / ".mlflow-venv" / "bin" / "python"
     )
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
+    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        return candidate
     raise SystemExit(
-        "compare needs the MLflow 3.17.2 venv: set TRACETAGS_MLFLOW_PYTHON"
-        " or run scripts/bootstrap.sh (creates .mlflow-venv)"
+        f"compare needs the MLflow 3.17.2 venv, and {candidate} is not an executable:"
+        " set TRACETAGS_MLFLOW_PYTHON or run scripts/bootstrap.sh (creates .mlflow-venv)"
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import drop_namespace
+from tests.support.helpers import drop_namespace
 from tracetags.embedded import RedisServer
 from tracetags.settings import Settings
 

@@ -12,14 +12,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import redis
 import typer
 from typer.testing import CliRunner
 
-from tracetags.cli import app
+from tracetags import Client, Settings, TagProducer, errors
+from tracetags.cli import (
+    ERROR_EXIT_CODES,
+    EXIT_CODE_MEANINGS,
+    ExitCode,
+    RootGroup,
+    app,
+    exit_code_for,
+    leaf_commands,
+)
 from tracetags.embedded import free_port
 from tracetags.keys import Keys
 
@@ -89,14 +98,17 @@ def test_demo_from_a_fresh_directory_on_the_embedded_redis(tmp_path: Path) -> No
     assert int(counted.stdout) > 0
 
 
+def _start_traces(redis_url: str, namespace: str, count: int) -> None:
+    """Log ``count`` trace_started events (tr-0, tr-1, ...); no consumer folds them."""
+    with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
+        for i in range(count):
+            producer.trace_started(f"tr-{i}", experiment_id="1", timestamp_ms=i)
+
+
 def test_log_prints_json_lines_and_marks_undecodable_entries(
     redis_url: str, namespace: str, r: redis.Redis
 ) -> None:
-    from tracetags import Settings, TagProducer
-
-    with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
-        for i in range(5):
-            producer.trace_started(f"tr-{i}", experiment_id="1", timestamp_ms=i)
+    _start_traces(redis_url, namespace, 5)
     r.xadd(Keys(namespace).stream(0), {"e": b"\xc1not msgpack"})
     result = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "log"])
     assert result.exit_code == 0, result.output
@@ -158,7 +170,6 @@ def _cli(redis_url: str, namespace: str, *args: str) -> Any:
 
 
 def test_status_says_no_consumer_is_running(redis_url: str, namespace: str) -> None:
-    from tracetags import Settings, TagProducer
 
     with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
         for i in range(40):
@@ -177,8 +188,7 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
 ) -> None:
     import asyncio
 
-    from tests.test_consumer import consumer
-    from tracetags import Settings
+    from tests.support.consumer import consumer
 
     settings = Settings(redis_url=redis_url, namespace=namespace)
     async with consumer(settings):
@@ -240,7 +250,7 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
             {"entry_id": "1-1", "payload": good, "reason": "consumer too old", "time_ms": 1},
         )
         r.xadd(keys.stream(0), {"e": b"\xc1 garbage"})
-        from tests.helpers import wait_until
+        from tests.support.helpers import wait_until
 
         await asyncio.to_thread(wait_until, lambda: r.xlen(keys.dead_letters(0)) == 2)
         listed = await asyncio.to_thread(run, "dead-letters", "list", "--format", "json")
@@ -260,9 +270,7 @@ async def test_search_count_stats_explain_and_bulk_tagging(redis_url: str, names
     import csv
     import io
 
-    from tests.test_consumer import consumer
-    from tracetags import Settings, TagProducer
-    from tracetags.client import Client
+    from tests.support.consumer import consumer
 
     settings = Settings(redis_url=redis_url, namespace=namespace, partitions=2)
     producer = TagProducer(settings)
@@ -412,3 +420,156 @@ def test_lookups_drop_removes_a_key_in_every_partition(
     bad = _cli(redis_url, namespace, "lookups", "drop", "user_id")
     assert bad.exit_code == 2
     assert "each must be tags.<key> or metadata.<key>" in bad.stderr
+
+
+# --- exit codes -----------------------------------------------------------------------------
+
+EXIT_CASES: dict[ExitCode, tuple[list[str], str]] = {
+    ExitCode.OK: (["count"], ""),
+    ExitCode.FAILED: (["get", "tr-nope"], "trace 'tr-nope' not found"),
+    ExitCode.USAGE: (["count", "tags.env = prod"], "Unquoted string value 'prod'"),
+    ExitCode.UNREACHABLE: (["count"], "Redis unreachable at"),
+}
+
+
+def test_every_exit_code_has_a_case_below() -> None:
+    assert set(EXIT_CASES) == set(ExitCode)
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3]
+    assert set(EXIT_CODE_MEANINGS) == set(ExitCode)
+
+
+@pytest.mark.parametrize("code", list(ExitCode), ids=[code.name for code in ExitCode])
+def test_exit_code(code: ExitCode, redis_url: str, namespace: str) -> None:
+    args, message = EXIT_CASES[code]
+    url = f"redis://127.0.0.1:{free_port()}/0" if code is ExitCode.UNREACHABLE else redis_url
+    result = runner.invoke(app, ["--redis-url", url, "--namespace", namespace, *args])
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    if code is ExitCode.OK:
+        assert result.stdout == "0\n"
+    else:
+        assert result.stderr.startswith("error:") or code is ExitCode.FAILED
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.RedisUnavailableError("x"), ExitCode.UNREACHABLE),
+        (errors.EmbeddedRedisError("x"), ExitCode.UNREACHABLE),
+        (errors.TracetagsTimeoutError("x"), ExitCode.FAILED),
+        (errors.ConfigError("x"), ExitCode.USAGE),
+        (errors.ValidationError("x"), ExitCode.USAGE),
+        (errors.InvalidTagKeyError("x"), ExitCode.USAGE),
+        (errors.FilterSyntaxError("x"), ExitCode.USAGE),
+        (errors.FilterSemanticError("x"), ExitCode.USAGE),
+        (errors.PageTokenError("x"), ExitCode.USAGE),
+        (errors.QueryError("x"), ExitCode.USAGE),
+        (errors.FoldError("x"), ExitCode.USAGE),
+        (errors.TracetagsError("x"), ExitCode.USAGE),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else value.name,
+)
+def test_library_errors_map_to_exit_codes(error: errors.TracetagsError, code: ExitCode) -> None:
+    assert exit_code_for(error)[0] is code
+
+
+def test_every_library_error_class_has_an_exit_code() -> None:
+    classes = [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, errors.TracetagsError)
+    ]
+    assert len(classes) >= 15
+    for cls in classes:
+        assert any(issubclass(cls, kind) for kind, _, _ in ERROR_EXIT_CODES), cls
+
+
+def test_a_usage_error_of_the_command_line_exits_2() -> None:
+    result = runner.invoke(app, ["count", "--no-such-option"])
+    assert result.exit_code == ExitCode.USAGE
+
+
+# --- global options before or after the command ---------------------------------------------
+
+
+def _both_forms(redis_url: str, namespace: str, *args: str) -> tuple[Any, Any]:
+    before = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, *args])
+    after = runner.invoke(app, [*args, "--redis-url", redis_url, "--namespace", namespace])
+    return before, after
+
+
+def test_global_options_work_before_or_after_the_command(redis_url: str, namespace: str) -> None:
+    _start_traces(redis_url, namespace, 3)
+    for args in (
+        ["log", "--count", "2"],
+        ["search", "tags.a = 'x'", "--format", "ids"],
+        ["count", "status = 'OK' OR tags.a = 'x'"],
+        ["dead-letters", "list", "--format", "json"],
+    ):
+        before, after = _both_forms(redis_url, namespace, *args)
+        assert before.exit_code == 0, (args, before.output)
+        assert (after.exit_code, after.stdout) == (0, before.stdout), (args, after.output)
+    for status in _both_forms(redis_url, namespace, "status", "--format", "json"):
+        assert status.exit_code == 0, status.output
+        report = json.loads(status.stdout)
+        assert report["namespace"] == namespace and report["partitions"][0]["stream_length"] == 3
+    # mixed, and in a sub-command group: --redis-url before, --namespace after
+    tagged = runner.invoke(app, ["--redis-url", redis_url, "tag", "set", "tr-0", "k", "v",
+                                 "--no-wait", "--namespace", namespace])  # fmt: skip
+    assert tagged.exit_code == 0, tagged.output
+    log = runner.invoke(app, ["log", "--redis-url", redis_url, "--namespace", namespace])
+    assert json.loads(log.stdout.splitlines()[-1])["tags"] == {"k": "v"}
+
+
+def test_a_global_option_after_the_command_wins(redis_url: str, namespace: str) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    result = runner.invoke(app, ["--redis-url", unreachable, "count", "--redis-url", redis_url])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["count", "--redis-url", unreachable], env={"TRACETAGS_REDIS_URL": redis_url}
+    )
+    assert result.exit_code == ExitCode.UNREACHABLE and unreachable in result.stderr
+
+
+def test_serve_takes_the_redis_url_after_the_command() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for args in (["--redis-url", url, "serve"], ["serve", "--redis-url", url]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == ExitCode.UNREACHABLE, result.output
+        assert f"Redis unreachable at {url}" in result.stderr
+
+
+def test_subcommand_help_lists_the_global_options() -> None:
+    result = runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "Global options (also before the command)" in result.stdout
+    assert "--redis-url" in result.stdout and "--namespace" in result.stdout
+
+
+def test_every_command_takes_the_global_options() -> None:
+    root: Any = typer.main.get_command(app)
+    global_opts = {opt for param in root.params for opt in param.opts if "completion" not in opt}
+    assert global_opts == {"--redis-url", "--namespace"}
+    commands = list(leaf_commands(root))
+    assert len(commands) >= 15
+    for command in commands:
+        assert global_opts <= {opt for param in command.params for opt in param.opts}, command
+
+
+def test_a_command_may_not_define_a_global_option_again() -> None:
+    clash = typer.Typer(cls=RootGroup)
+
+    @clash.callback()
+    def options(namespace: Annotated[str | None, typer.Option("--namespace")] = None) -> None:
+        pass
+
+    @clash.command()
+    def one(namespace: Annotated[str | None, typer.Option("--namespace")] = None) -> None:
+        pass
+
+    @clash.command()
+    def two() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="one: --namespace is a global option"):
+        typer.main.get_command(clash)

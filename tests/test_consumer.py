@@ -4,9 +4,8 @@ publishers, Redis restarts, and the Client's read side."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -14,26 +13,12 @@ import redis
 import redis.asyncio
 from faststream.redis import RedisBroker
 
+from tests.support.consumer import consumer, wait_applied
 from tracetags import Settings, TagProducer, schemas
 from tracetags.client import Client
-from tracetags.consumer import Folder, create_app
+from tracetags.consumer import Folder
 from tracetags.embedded import RedisServer
 from tracetags.keys import Keys
-
-
-@contextlib.asynccontextmanager
-async def consumer(settings: Settings, name: str = "test-consumer") -> AsyncIterator[None]:
-    app = create_app(settings, name=name)
-    await app.start()
-    try:
-        yield
-    finally:
-        await app.stop()
-
-
-async def wait_applied(client: Client, producer: TagProducer, timeout: float = 30.0) -> None:
-    receipt = producer.flush()
-    await asyncio.to_thread(client.wait_applied, receipt, timeout)
 
 
 async def test_events_written_before_the_first_start_are_folded(settings: Settings) -> None:
@@ -313,8 +298,8 @@ async def test_a_partition_folded_before_time_bounds_gets_them_at_start(
     """A partition made by an older version has no tsx; the consumer's start makes it from
     ts (in batches, ties across batch edges included), and newest-first pages walk chunks
     again.  Here tsx is deleted to stand for such a partition."""
-    from tests import query_data as qd
-    from tests.model import dump
+    from tests.support import query_data as qd
+    from tests.support.model import dump
     from tracetags import functions
 
     monkeypatch.setattr(functions, "TIME_BOUNDS_BATCH", 7)  # many batches, ties across them
@@ -337,10 +322,12 @@ async def test_a_partition_folded_before_time_bounds_gets_them_at_start(
 
         assert dump(r, keys, 0)  # checks every trace's timestamp against its chunk's bound
         exact: dict[int, float] = {}
-        for member, score in r.zrange(keys.by_timestamp(0), 0, -1, withscores=True):
+        scored: Any = r.zrange(keys.by_timestamp(0), 0, -1, withscores=True)
+        for member, score in scored:
             chunk = int(member) // 512
             exact[chunk] = max(exact.get(chunk, score), score)
-        bounds = {int(m): s for m, s in r.zrange(keys.time_bounds(0), 0, -1, withscores=True)}
+        stored: Any = r.zrange(keys.time_bounds(0), 0, -1, withscores=True)
+        bounds = {int(m): s for m, s in stored}
         assert bounds == {-1: float("-inf"), **exact}  # nothing skipped across batch edges
         from tracetags.query import executor
 
@@ -355,9 +342,9 @@ async def test_a_consumer_builds_the_lookups_of_its_lookup_keys_at_start(
 ) -> None:
     """TRACETAGS_LOOKUP_KEYS lists keys; the consumer's start builds their fingerprints for
     traces folded before, the fold keeps them, and a newest-first LIKE page uses them."""
-    from tests import query_data as qd
-    from tests import query_reference as ref
-    from tests.model import dump
+    from tests.support import query_data as qd
+    from tests.support import query_reference as ref
+    from tests.support.model import dump
     from tracetags import functions
 
     keys = Keys(settings.namespace)

@@ -14,8 +14,8 @@ from multiprocessing.process import BaseProcess
 import msgspec
 import redis
 
-from tests.helpers import wait_until
-from tests.model import FoldModel, dump
+from tests.support.helpers import wait_until
+from tests.support.model import FoldModel, dump
 from tracetags import Settings, TagProducer, log
 from tracetags.client import Client
 from tracetags.keys import Keys

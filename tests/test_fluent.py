@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import tracetags
-from tests.helpers import read_log
+from tests.support.helpers import read_log
 from tracetags import Settings, schemas
 
 
@@ -95,7 +95,7 @@ def test_nested_calls_join_the_outer_trace(
     assert ids[0] == ids[1]
     traces = events_by_trace(r, settings.namespace)
     assert list(traces) == [ids[0]]
-    assert [type(e).__name__ for e in traces[ids[0]]] == [  # type: ignore[index]
+    assert [type(e).__name__ for e in traces[ids[0]]] == [
         "TraceStarted",
         "TagsSet",
         "TraceFinished",
@@ -124,7 +124,7 @@ async def test_async_functions_and_concurrent_tasks_keep_their_own_trace(
     traces = events_by_trace(r, settings.namespace)
     assert len(set(ids)) == 20 and len(traces) == 21
     for i, trace_id in enumerate(ids):
-        events = traces[trace_id]  # type: ignore[index]
+        events = traces[trace_id]
         tag_events = [e for e in events if isinstance(e, schemas.TagsSet)]
         assert [e.tags for e in tag_events] == [{"i": str(i)}]
         assert isinstance(events[-1], schemas.TraceFinished) and events[-1].status == "OK"
@@ -160,7 +160,7 @@ def test_threads_do_not_share_a_current_trace(
     assert inside_thread == [None]  # a new thread starts with no active trace
     traces = events_by_trace(r, settings.namespace)
     for i, trace_id in results.items():
-        tags = [e.tags for e in traces[trace_id] if isinstance(e, schemas.TagsSet)]  # type: ignore[index]
+        tags = [e.tags for e in traces[trace_id] if isinstance(e, schemas.TagsSet)]
         assert tags == [{"worker": str(i)}]
 
 

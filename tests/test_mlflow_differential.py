@@ -3,8 +3,8 @@
 One generated dataset (traces in three experiments, tags and metadata with quotes, wildcards,
 non-ASCII case pairs and numbers as strings, then tag mutations) goes through the real fold
 into a real Redis (3 partitions) and through MLflow's SqlAlchemyStore on SQLite
-(tests/mlflow_oracle.py in the MLflow venv).  Every query of
-:func:`tests.test_query_reference.build_queries` (a few hundred filters, order_bys, scopes
+(tests/support/mlflow_oracle.py in the MLflow venv).  Every query of
+:func:`tests.support.mlflow_cases.build_queries` (a few hundred filters, order_bys, scopes
 and page sizes) must give the same ordered ids from tracetags as from MLflow, first page and
 every page walked with tokens, and ``count()`` the number of matches, except for the
 documented deliberate differences:
@@ -38,16 +38,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests import query_data as qd
-from tests import query_reference as ref
-from tests.helpers import drop_namespace
-from tests.test_query_reference import (
-    build_queries,
-    generate_dataset,
-    require_mlflow_python,
-    run_oracle,
-    uses_extension,
-)
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.helpers import drop_namespace
+from tests.support.mlflow_cases import build_queries, generate_dataset, uses_extension
+from tests.support.mlflow_runner import require_mlflow_python, run_oracle
 from tracetags.client import Client
 from tracetags.query import parse_filter, parse_order_by
 from tracetags.settings import Settings

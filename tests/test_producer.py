@@ -8,12 +8,13 @@ import os
 import threading
 import time
 from collections import defaultdict
+from typing import Any
 
 import pytest
 import redis
 
 import tracetags
-from tests.helpers import read_log, wait_until
+from tests.support.helpers import read_log, wait_until
 from tracetags import AsyncTagProducer, Settings, TagProducer, schemas
 from tracetags.embedded import RedisServer, free_port
 from tracetags.errors import (
@@ -171,7 +172,7 @@ def test_invalid_input_raises_at_the_call_and_nothing_is_buffered(
     producer.close()
 
 
-def dead_settings(namespace: str, **changes: object) -> Settings:
+def dead_settings(namespace: str, **changes: Any) -> Settings:
     """Settings pointing at a loopback port nobody listens on."""
     return Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
@@ -181,7 +182,7 @@ def dead_settings(namespace: str, **changes: object) -> Settings:
         retry_max_ms=50,
         socket_timeout_ms=500,
         **changes,
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_calls_never_raise_or_block_while_redis_is_down(namespace: str) -> None:

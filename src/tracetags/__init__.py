@@ -1,12 +1,15 @@
 """tracetags: mutable tags on ML/LLM traces, event-sourced on Redis Streams."""
 
+from tracetags.client import Client
 from tracetags.errors import (
     ConfigError,
     FilterError,
     FilterSemanticError,
     FilterSyntaxError,
     PageTokenError,
+    RedisUnavailableError,
     TracetagsError,
+    TracetagsTimeoutError,
     ValidationError,
 )
 from tracetags.fluent import (
@@ -24,6 +27,7 @@ from tracetags.settings import Settings
 
 __all__ = [
     "AsyncTagProducer",
+    "Client",
     "ConfigError",
     "FilterError",
     "FilterSemanticError",
@@ -31,9 +35,11 @@ __all__ = [
     "PageTokenError",
     "ProducerStats",
     "Receipt",
+    "RedisUnavailableError",
     "Settings",
     "TagProducer",
     "TracetagsError",
+    "TracetagsTimeoutError",
     "ValidationError",
     "configure",
     "default_producer",

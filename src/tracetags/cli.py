@@ -1,12 +1,14 @@
 """The ``tracetags`` command: a thin layer over library calls.
 
-Exit codes: 0 success; 2 usage or input error; 3 Redis unreachable.
+Library errors become exit codes in one place (:class:`ExitCode`, :data:`ERROR_EXIT_CODES`,
+raised from the root group); global options work before or after the command.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import csv
 import enum
 import logging
@@ -14,9 +16,8 @@ import shlex
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 import redis
@@ -25,13 +26,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from typer.core import TyperGroup
 
-from tracetags import deadletters, functions, schemas, traffic
+from tracetags import deadletters, schemas, traffic
 from tracetags.client import Client, TraceInfo
 from tracetags.embedded import RedisServer, embedded_server
 from tracetags.errors import (
-    ConfigError,
-    FilterError,
+    EmbeddedRedisError,
     RedisUnavailableError,
     TracetagsError,
     TracetagsTimeoutError,
@@ -40,23 +41,109 @@ from tracetags.log import read_log
 from tracetags.producer import TagProducer
 from tracetags.settings import Settings
 
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+
+class ExitCode(enum.IntEnum):
+    """What the ``tracetags`` command's exit status means (listed in ``--help``)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    UNREACHABLE = 3
+
+
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "not found or timed out",
+    ExitCode.USAGE: "usage or filter error (the filter is shown with a caret)",
+    ExitCode.UNREACHABLE: "Redis unreachable (the URL tried and a hint)",
+}
+EXIT_CODES_HELP = "Exit codes: " + "; ".join(
+    f"{int(code)} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items()
+)
 _UNREACHABLE_HINT = "hint: start one (redis-server), or pass --redis-url / set TRACETAGS_REDIS_URL"
 
-app = typer.Typer(
-    name="tracetags",
-    help="Mutable tags on ML/LLM traces, event-sourced on Redis Streams.\n\n"
-    "Without --redis-url / TRACETAGS_REDIS_URL, commands use the embedded Redis of "
-    "./.tracetags (started for the command when it is not running).\n\n"
-    "Exit codes: 0 success; 1 not found or timed out; 2 usage or filter error (the filter "
-    "is shown with a caret); 3 Redis unreachable (the URL tried and a hint).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+# The exit code (and a hint to print) of each library error, most specific first: the first
+# row whose class the error is an instance of decides.  Every command goes through it.
+ERROR_EXIT_CODES: tuple[tuple[type[TracetagsError], ExitCode, str | None], ...] = (
+    (RedisUnavailableError, ExitCode.UNREACHABLE, _UNREACHABLE_HINT),
+    (EmbeddedRedisError, ExitCode.UNREACHABLE, None),
+    (TracetagsTimeoutError, ExitCode.FAILED, None),
+    (TracetagsError, ExitCode.USAGE, None),
 )
+
 # Piped output gets a wide page: tables of trace ids are unreadable at the default 80.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def exit_code_for(exc: TracetagsError) -> tuple[ExitCode, str | None]:
+    """The exit code and hint of a library error (:data:`ERROR_EXIT_CODES`)."""
+    return next((code, hint) for kind, code, hint in ERROR_EXIT_CODES if isinstance(exc, kind))
+
+
+def _fail(code: ExitCode, message: str, hint: str | None = None) -> NoReturn:
+    err.print(f"[red]error:[/] {escape(message)}" + (f"\n{hint}" if hint else ""))
+    raise typer.Exit(code)
+
+
+class RootGroup(TyperGroup):
+    """The root command: maps library errors to exit codes, and lets every global option
+    (an option of the root callback) also be given after the command."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for command in leaf_commands(self):
+            taken = {name for param in command.params for name in param.opts}
+            for param in self.params:
+                if taken & set(param.opts):
+                    raise TypeError(f"{command.name}: {param.opts[0]} is a global option")
+                command.params.append(_after_the_command(param))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TracetagsError as exc:
+            code, hint = exit_code_for(exc)
+            _fail(code, str(exc), hint)
+
+
+def leaf_commands(group: Any) -> Iterator[Any]:
+    """Every command below ``group`` that runs something (sub-groups are walked into)."""
+    for command in group.commands.values():
+        if hasattr(command, "commands"):
+            yield from leaf_commands(command)
+        else:
+            yield command
+
+
+def _after_the_command(param: Any) -> Any:
+    """A copy of a global option for a command's own options: given there, it wins over the
+    one before the command (the root callback ran first); not given, it changes nothing."""
+    twin = copy.copy(param)
+    twin.expose_value = False
+    twin.envvar = None
+    twin.default = None
+    twin.callback = _remember_global_option
+    twin.rich_help_panel = "Global options (also before the command)"
+    return twin
+
+
+def _remember_global_option(ctx: Any, param: Any, value: Any) -> Any:
+    if value is not None:
+        setattr(state, param.name, value)
+    return value
+
+
+app = typer.Typer(
+    name="tracetags",
+    cls=RootGroup,
+    help="Mutable tags on ML/LLM traces, event-sourced on Redis Streams.\n\n"
+    "Without --redis-url / TRACETAGS_REDIS_URL, commands use the embedded Redis of "
+    "./.tracetags (started for the command when it is not running). The global options "
+    "work before or after the command.\n\n" + EXIT_CODES_HELP + ".",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 class _State:
@@ -91,11 +178,7 @@ def _settings(**overrides: Any) -> Settings:
         overrides["redis_url"] = state.redis_url
     if state.namespace:
         overrides["namespace"] = state.namespace
-    try:
-        return Settings.from_env(**overrides)
-    except TracetagsError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
+    return Settings.from_env(**overrides)
 
 
 @contextlib.contextmanager
@@ -103,11 +186,7 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
     """Yield settings with a reachable URL: the given one, or a started embedded Redis."""
     server: RedisServer | None = None
     if settings.redis_url is None:
-        try:
-            server = embedded_server(settings.embedded_dir).start()
-        except TracetagsError as exc:
-            err.print(f"[red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(EXIT_UNREACHABLE) from None
+        server = embedded_server(settings.embedded_dir).start()
         err.print(f"embedded Redis at [bold]{server.url}[/] (data in {server.directory})")
         settings = settings.replace(redis_url=server.url)
     try:
@@ -123,11 +202,8 @@ def _ping(settings: Settings) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        err.print(
-            f"[red]error:[/] Redis unreachable at {settings.effective_redis_url}: "
-            f"{escape(str(exc))}\n{_UNREACHABLE_HINT}"
-        )
-        raise typer.Exit(EXIT_UNREACHABLE) from None
+        url = settings.effective_redis_url
+        raise RedisUnavailableError(f"Redis unreachable at {url}: {exc}") from None
     finally:
         client.close()
 
@@ -261,13 +337,9 @@ def serve(
             f"  export TRACETAGS_REDIS_URL={active.effective_redis_url}"
         )
 
-    try:
-        run_serve(
-            settings, workers, on_ready=ready, log_level=logging.DEBUG if verbose else logging.INFO
-        )
-    except TracetagsError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(EXIT_UNREACHABLE) from None
+    run_serve(
+        settings, workers, on_ready=ready, log_level=logging.DEBUG if verbose else logging.INFO
+    )
 
 
 def _reachable() -> Settings:
@@ -279,11 +351,7 @@ def _reachable() -> Settings:
         if url is not None:
             settings = settings.replace(redis_url=url)
         else:
-            try:
-                server = embedded_server(settings.embedded_dir).start()
-            except TracetagsError as exc:
-                err.print(f"[red]error:[/] {escape(str(exc))}")
-                raise typer.Exit(EXIT_UNREACHABLE) from None
+            server = embedded_server(settings.embedded_dir).start()
             atexit.register(server.stop)
             settings = settings.replace(redis_url=server.url)
     _ping(settings)
@@ -347,7 +415,7 @@ def get(
         trace = client.get_trace(trace_id)
     if trace is None:
         err.print(f"trace {escape(trace_id)!r} not found in namespace {settings.namespace!r}")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
     info = trace.info
     if output is Format.json:
         sys.stdout.write(msgspec.json.encode(trace_record(info)).decode() + "\n")
@@ -412,7 +480,7 @@ def tag_set(
         trace_id, key, value = _positional(args, ("TRACE", "KEY", "VALUE"))
         settings = _reachable()
         with Client(settings) as client:
-            _write(lambda: client.set_trace_tag(trace_id, key, value, wait=wait))
+            client.set_trace_tag(trace_id, key, value, wait=wait)
         err.print(f"set {escape(key)}={escape(value)!r} on {escape(trace_id)}")
         return
     key, value = _positional(args, ("KEY", "VALUE"))
@@ -436,7 +504,7 @@ def tag_delete(
         trace_id, key = _positional(args, ("TRACE", "KEY"))
         settings = _reachable()
         with Client(settings) as client:
-            _write(lambda: client.delete_trace_tag(trace_id, key, wait=wait))
+            client.delete_trace_tag(trace_id, key, wait=wait)
         err.print(f"deleted {escape(key)} from {escape(trace_id)}")
         return
     (key,) = _positional(args, ("KEY",))
@@ -447,8 +515,7 @@ def tag_delete(
 
 def _positional(args: list[str], names: tuple[str, ...]) -> tuple[str, ...]:
     if len(args) != len(names):
-        err.print(f"[red]error:[/] expected {' '.join(names)}, got {len(args)} argument(s)")
-        raise typer.Exit(EXIT_USAGE)
+        _fail(ExitCode.USAGE, f"expected {' '.join(names)}, got {len(args)} argument(s)")
     return tuple(args)
 
 
@@ -456,7 +523,7 @@ def _bulk(filter_string: str, experiment: list[str] | None, dry_run: bool, verb:
           action: Any) -> None:  # fmt: skip
     settings = _reachable()
     with Client(settings) as client:
-        matches = _query(lambda: client.count(filter_string, experiment))
+        matches = client.count(filter_string, experiment)
         if dry_run:
             out.print(f"{matches} traces match: {escape(filter_string)}")
             err.print("dry run: nothing changed")
@@ -467,27 +534,8 @@ def _bulk(filter_string: str, experiment: list[str] | None, dry_run: bool, verb:
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            count = _query(lambda: action(client, progress))
+            count = action(client, progress)
     err.print(f"{verb} {count} traces")
-
-
-def _query(action: Any) -> Any:
-    """Run a library call; filter errors exit 2 with the caret message, a Redis that went
-    away exits 3."""
-    try:
-        return action()
-    except FilterError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except RedisUnavailableError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}\n{_UNREACHABLE_HINT}")
-        raise typer.Exit(EXIT_UNREACHABLE) from None
-    except TracetagsTimeoutError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except TracetagsError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 class SearchFormat(enum.StrEnum):
@@ -526,8 +574,7 @@ def search(
         traces: list[Any] = []
         token = page_token
         while True:
-            page = _query(partial(client.search_traces, experiment, filter_string, order_by,
-                                  max_results, token))  # fmt: skip
+            page = client.search_traces(experiment, filter_string, order_by, max_results, token)
             traces.extend(page)
             token = page.token
             if not all_pages or token is None:
@@ -606,7 +653,7 @@ def count(
     """Count the traces matching a filter (computed inside Redis)."""
     settings = _reachable()
     with Client(settings) as client:
-        sys.stdout.write(f"{_query(lambda: client.count(filter_string, experiment))}\n")
+        sys.stdout.write(f"{client.count(filter_string, experiment)}\n")
 
 
 STAT_METRICS = ("count", "avg", "min", "max", "p50", "p95", "p99")
@@ -634,7 +681,7 @@ def stats(
     settings = _reachable()
     metrics = list(metric or STAT_METRICS)
     with Client(settings) as client:
-        rows = _query(lambda: client.stats(filter_string, group_by or [], metrics, experiment))
+        rows = client.stats(filter_string, group_by or [], metrics, experiment)
     if output is Format.json:
         sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
         return
@@ -678,23 +725,8 @@ def explain(
     """Show the plan a search (or count) would run, and why."""
     settings = _reachable()
     with Client(settings) as client:
-        text = _query(lambda: client.explain(filter_string, experiment, order_by,
-                                             count=for_count))  # fmt: skip
+        text = client.explain(filter_string, experiment, order_by, count=for_count)
     sys.stdout.write(text.rstrip("\n") + "\n")
-
-
-def _write(action: Any) -> None:
-    try:
-        action()
-    except RedisUnavailableError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}\n{_UNREACHABLE_HINT}")
-        raise typer.Exit(EXIT_UNREACHABLE) from None
-    except TracetagsTimeoutError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except TracetagsError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 dead_app = typer.Typer(help="Entries the fold could not apply.", no_args_is_help=True)
@@ -766,7 +798,7 @@ def dead_purge(
     with Client(settings) as client:
         letters = _letters(client, partition, ids)
         if not yes and not typer.confirm(f"delete {len(letters)} dead letters?", err=True):
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)
         count = deadletters.purge(client.redis, client.keys, letters)
     err.print(f"deleted {count} dead letters")
 
@@ -785,21 +817,8 @@ def lookups_drop(
 
     A consumer whose TRACETAGS_LOOKUP_KEYS still names the key builds them again at its start.
     """
-    settings = _reachable()
-    try:
-        field = settings.replace(lookup_keys=(key,)).lookup_fields[0]
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
-    with Client(settings) as client:
-        functions.load(client.redis)
-        dropped = 0
-        for partition in range(client.partitions):
-            lk = client.keys.lookups(partition)
-            dropped += int(client.redis.hexists(lk, field))
-            client.redis.fcall(
-                functions.LOOKUP_FUNCTION, 1, lk, client.keys.prefix(partition), "drop", field
-            )
+    with Client(_reachable()) as client:
+        dropped = client.drop_lookup(key)
     err.print(f"dropped the lookup fingerprints of {key} ({dropped} partitions had them)")
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 import redis
 
-from tracetags import schemas
+from tracetags import functions, schemas
 from tracetags.errors import RedisUnavailableError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
@@ -466,6 +466,25 @@ class Client:
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    @_reaching_redis
+    def drop_lookup(self, key: str) -> int:
+        """Stop keeping the lookup fingerprints of ``key`` (``tags.<k>`` or ``metadata.<k>``)
+        and delete them in every partition; returns how many partitions had them.
+
+        A consumer whose ``lookup_keys`` still names the key builds them again at its start.
+        Raises ConfigError for a key of another form.
+        """
+        field = self.settings.replace(lookup_keys=(key,)).lookup_fields[0]
+        functions.ensure_loaded(self.redis)
+        dropped = 0
+        for partition in range(self.partitions):
+            lookups = self.keys.lookups(partition)
+            dropped += int(self.redis.hexists(lookups, field))
+            self.redis.fcall(
+                functions.LOOKUP_FUNCTION, 1, lookups, self.keys.prefix(partition), "drop", field
+            )
+        return dropped
 
     @_reaching_redis
     def status(self) -> Status:

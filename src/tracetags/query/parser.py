@@ -655,58 +655,95 @@ def strip_positions(expr: Expr) -> Expr:
 
 # --- rendering ------------------------------------------------------------------------------
 
-_PLAIN_KEY = re.compile(r"(?:[^\W\d]\w*)?(?:\.(?:[^\W\d]\w*)?)*")
+_KEY_PART = re.compile(r"[^\W\d]\w*")
 _ENTITY_PREFIX: dict[Entity, str] = {
     "tag": "tags",
     "metadata": "metadata",
     "attribute": "attributes",
 }
+_STRING_QUOTES = "'\""
+_KEY_QUOTES = "`\"'"
+_QUOTE_BITS = {"'": 1, '"': 2}
+
+# A piece of rendered text: fixed text, or the ways to write one quoted literal (best first).
+_Piece: TypeAlias = str | tuple[str, ...]
 
 
-def _quote_scalar(text: str, quotes: str) -> str:
-    # A trailing backslash is fine only if no later literal uses the same quote;
-    # render() re-parses its output to catch that case.
-    for quote in quotes:
-        if quote not in text:
-            return f"{quote}{text}{quote}"
-    raise ValueError(f"{text!r} cannot be written in the filter language")
+def _reads_back(literal: str, text: str, *, key: bool) -> bool:
+    """True when the lexer reads ``literal`` (as a key after ``tags.`` when ``key``) as one
+    token holding exactly ``text``."""
+    if literal[0] not in text and not text.endswith("\\"):
+        return True  # nothing inside can end or extend the literal
+    source = f"tags.{literal}" if key else literal
+    try:
+        tokens = tokenize(source)
+    except FilterError:
+        return False
+    expected = TokenType.IDENTIFIER if key else TokenType.STRING
+    return len(tokens) == 2 and tokens[0].type is expected and tokens[0].text == text
 
 
-def _render_key(field: Field) -> str:
+def _quoted(text: str, quotes: str, *, key: bool = False) -> tuple[str, ...]:
+    """The ways to write ``text`` as one quoted literal, quotes it does not contain first.
+
+    Nothing is unescaped inside a literal, so a quote character inside survives only where the
+    lexer skips it (doubled, or after a backslash) and the text must hold it that way already.
+    """
+    order = [q for q in quotes if q not in text] + [q for q in quotes if q in text]
+    ways = tuple(f"{q}{text}{q}" for q in order if _reads_back(f"{q}{text}{q}", text, key=key))
+    if not ways:
+        raise ValueError(f"{text!r} cannot be written in the filter language")
+    return ways
+
+
+def _is_plain_key(key: str) -> bool:
+    """True when ``tags.<key>`` reads back as ``key`` unquoted: dotted words (parts may be
+    empty), none starting with a digit or being a reserved word."""
+    return key != "" and all(
+        part == ""
+        or (
+            _KEY_PART.fullmatch(part) is not None
+            and not part[0].isdigit()
+            and part.upper() not in RESERVED_KEY_WORDS
+        )
+        for part in key.split(".")
+    )
+
+
+def _key_pieces(field: Field) -> list[_Piece]:
     key = field.key
     if field.entity == "attribute":
-        return key
+        return [key]
     lowered = key.lower()
     if lowered in KEY_REWRITES or lowered in UNSUPPORTED_KEYS or lowered in ATTRIBUTE_ALIASES:
         # MLflow rewrites these keys however they are quoted.
         raise ValueError(f"{field.entity} key {key!r} cannot be written in the filter language")
-    plain = (
-        key != ""
-        and _PLAIN_KEY.fullmatch(key) is not None
-        and not any(part.upper() in RESERVED_KEY_WORDS for part in key.split("."))
-    )
     prefix = _ENTITY_PREFIX[field.entity]
-    if plain:
-        return f"{prefix}.{key}"
-    return f"{prefix}.{_quote_scalar(key, '`' + chr(34) + chr(39))}"
+    if _is_plain_key(key):
+        return [f"{prefix}.{key}"]
+    return [f"{prefix}.", _quoted(key, _KEY_QUOTES, key=True)]
 
 
-def _render_list_item(text: str) -> str:
-    # Items are Python literals to MLflow; \x27 and \x5c keep quotes and backslashes from
-    # ending the literal early.
-    if "'" in text and '"' not in text and "\\" not in text and text.isprintable():
-        return f'"{text}"'
+def _python_literal(text: str, quote: str) -> str:
+    # MLflow evaluates an IN list as Python literals: escapes keep quotes and backslashes from
+    # ending (or, after a backslash-ended literal, running into) anything.
     out = []
     for ch in text:
-        if ch == "'":
-            out.append("\\x27")
-        elif ch == "\\":
-            out.append("\\x5c")
+        if ch in "'\"\\":
+            out.append(f"\\x{ord(ch):02x}")
         elif ch.isprintable():
             out.append(ch)
         else:
             out.append(repr(ch)[1:-1])
-    return "'" + "".join(out) + "'"
+    return quote + "".join(out) + quote
+
+
+def _list_item(text: str) -> tuple[str, ...]:
+    if "'" in text and '"' not in text and "\\" not in text and text.isprintable():
+        readable = f'"{text}"'
+    else:
+        readable = _python_literal(text, "'")
+    return tuple(dict.fromkeys((readable, _python_literal(text, "'"), _python_literal(text, '"'))))
 
 
 def _render_number(value: int | float) -> str:
@@ -716,30 +753,115 @@ def _render_number(value: int | float) -> str:
         return "1e999" if value > 0 else "-1e999"
     if math.isnan(value):
         raise ValueError("NaN cannot be written in the filter language")
-    text = repr(value).replace("e+", "e")
-    return text
+    return repr(value).replace("e+", "e")
 
 
-def _render_comparison(node: Comparison) -> str:
-    left = _render_key(node.field)
+def _comparison_pieces(node: Comparison, out: list[_Piece]) -> None:
+    out += _key_pieces(node.field)
+    out.append(f" {node.op}")
     value = node.value
     if value is None:
-        return f"{left} {node.op}"
+        return
     if isinstance(value, tuple):
-        return f"{left} {node.op} ({', '.join(_render_list_item(v) for v in value)})"
-    if isinstance(value, str):
-        return f"{left} {node.op} {_quote_scalar(value, chr(39) + chr(34))}"
-    return f"{left} {node.op} {_render_number(value)}"
+        out.append(" (")
+        for index, item in enumerate(value):
+            if index:
+                out.append(", ")
+            out.append(_list_item(item))
+        out.append(")")
+    elif isinstance(value, str):
+        out += [" ", _quoted(value, _STRING_QUOTES)]
+    else:
+        out.append(f" {_render_number(value)}")
+
+
+_PRECEDENCE = {Or: 1, And: 2, Not: 3, Comparison: 4}
+
+
+def _expr_pieces(expr: Expr, parent: int, out: list[_Piece]) -> None:
+    if isinstance(expr, Comparison):
+        _comparison_pieces(expr, out)
+        return
+    if isinstance(expr, Not):
+        grouped = not isinstance(expr.child, Comparison)
+        out.append("NOT (" if grouped else "NOT ")
+        _expr_pieces(expr.child, 0, out)
+        if grouped:
+            out.append(")")
+        return
+    level = _PRECEDENCE[type(expr)]
+    if level <= parent:
+        out.append("(")
+    for index, child in enumerate(expr.children):
+        if index:
+            out.append(" OR " if isinstance(expr, Or) else " AND ")
+        _expr_pieces(child, level, out)
+    if level <= parent:
+        out.append(")")
+
+
+def _quote_bits(text: str) -> int:
+    return sum(bit for quote, bit in _QUOTE_BITS.items() if quote in text)
+
+
+def _runs_on(literal: str) -> int:
+    """The quote a literal ending in a backslash forbids in everything after it: the lexer
+    tries ``\\'`` as part of the string first and would run on to that later quote."""
+    if len(literal) >= 3 and literal[-2] == "\\":
+        return _QUOTE_BITS.get(literal[-1], 0)
+    return 0
+
+
+def _layout(pieces: Sequence[_Piece]) -> str:
+    """Join ``pieces``, picking for each literal the first way that leaves the rest writable.
+
+    Backwards over the pieces, ``choice[i][mask]`` is the way to write piece ``i`` when the
+    quotes in ``mask`` are forbidden (None: no way); then forwards from mask 0.
+    """
+    ways = [(piece,) if isinstance(piece, str) else piece for piece in pieces]
+    first = [options[0] for options in ways]
+    if not any(_runs_on(way) for way in first):
+        return "".join(first)  # nothing forbids anything: the best way of each piece
+    writable = [True] * 4
+    choices: list[list[int | None]] = []
+    for options in reversed(ways):
+        choice: list[int | None] = []
+        for mask in range(4):
+            choice.append(
+                next(
+                    (
+                        index
+                        for index, way in enumerate(options)
+                        if not _quote_bits(way) & mask and writable[mask | _runs_on(way)]
+                    ),
+                    None,
+                )
+            )
+        choices.append(choice)
+        writable = [c is not None for c in choice]
+    if not writable[0]:
+        raise ValueError("the literals cannot all be written in the filter language")
+    text, mask = [], 0
+    for options, choice in zip(ways, reversed(choices), strict=True):
+        index = choice[mask]
+        assert index is not None
+        text.append(options[index])
+        mask |= _runs_on(options[index])
+    return "".join(text)
 
 
 def render(expr: Expr | None) -> str:
     """A canonical filter string for ``expr``; ``parse_filter(render(e))`` gives ``e`` back.
 
-    Raises ValueError for a string no quoting can express (it holds both quote characters).
+    Every tree :func:`parse_filter` returns can be written. Raises ValueError for a tree no
+    text expresses (a string whose quotes can be neither avoided nor kept by the lexer, a key
+    MLflow rewrites, NaN).
     """
     if expr is None:
         return ""
-    text = _render(expr, 0)
+    pieces: list[_Piece] = []
+    _expr_pieces(expr, 0, pieces)
+    text = _layout(pieces)
     try:
         back = parse_filter(text)
     except FilterError as exc:
@@ -749,22 +871,6 @@ def render(expr: Expr | None) -> str:
     return text
 
 
-_PRECEDENCE = {Or: 1, And: 2, Not: 3, Comparison: 4}
-
-
-def _render(expr: Expr, parent: int) -> str:
-    level = _PRECEDENCE[type(expr)]
-    if isinstance(expr, Comparison):
-        return _render_comparison(expr)
-    if isinstance(expr, Not):
-        inner = expr.child
-        text = _render(inner, 0)
-        return f"NOT {text}" if isinstance(inner, Comparison) else f"NOT ({text})"
-    joiner = " OR " if isinstance(expr, Or) else " AND "
-    text = joiner.join(_render(child, level) for child in expr.children)
-    return f"({text})" if level <= parent else text
-
-
 def render_order_key(key: OrderKey) -> str:
     """The canonical order_by string for ``key`` (``parse_order_by`` gives it back)."""
-    return f"{_render_key(key.field)} {'ASC' if key.ascending else 'DESC'}"
+    return _layout([*_key_pieces(key.field), " ASC" if key.ascending else " DESC"])

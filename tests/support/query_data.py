@@ -1,4 +1,4 @@
-"""Loading reference-shaped datasets (tests/query_reference.py) into Redis through the real fold."""
+"""Loading reference-shaped datasets (query_reference.py) into Redis through the real fold."""
 
 from __future__ import annotations
 

@@ -2,11 +2,12 @@
 
 Every trace is looked at and every clause evaluated directly from FILTER-LANGUAGE.md, checked
 against MLflow 3.17.2 by tests/test_query_reference.py.  Traces have the dataset shape of
-tests/mlflow_oracle.py (final state after mutations; see :func:`apply_mutations`).
+mlflow_oracle.py (final state after mutations; see :func:`apply_mutations`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
@@ -63,20 +64,20 @@ def apply_mutations(
     ``name`` is the tag ``mlflow.traceName`` (a mutation of that tag renames the trace).
     Mutations of unknown traces and deletes of missing tags do nothing.
     """
-    state = {}
+    state: dict[str, dict[str, Any]] = {}
     for trace in traces:
         tags = dict(trace.get("tags") or {})
         if trace.get("name") is not None:
             tags[NAME_TAG] = trace["name"]
         state[trace["trace_id"]] = {**trace, "tags": tags, "metadata": dict(trace["metadata"])}
     for mutation in mutations:
-        trace = state.get(mutation["trace_id"])
-        if trace is None:
+        changed = state.get(mutation["trace_id"])
+        if changed is None:
             continue
         if mutation["op"] == "set":
-            trace["tags"][mutation["key"]] = mutation["value"]
+            changed["tags"][mutation["key"]] = mutation["value"]
         elif mutation["op"] == "delete":
-            trace["tags"].pop(mutation["key"], None)
+            changed["tags"].pop(mutation["key"], None)
         else:
             raise ValueError(f"unknown mutation op {mutation['op']!r}")
     for trace in state.values():
@@ -212,7 +213,7 @@ def sort_traces(traces: Iterable[Trace], order_keys: Sequence[OrderKey]) -> list
         present = [t for t in items if _sort_value(t, key.field) is not None]
         missing = [t for t in items if _sort_value(t, key.field) is None]
         # Python's sort is stable with reverse=True too, so earlier passes break the ties.
-        present.sort(key=lambda t, f=key.field: _sort_value(t, f), reverse=not key.ascending)
+        present.sort(key=functools.partial(_sort_value, field=key.field), reverse=not key.ascending)
         items = present + missing
     return items
 

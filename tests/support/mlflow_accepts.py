@@ -1,6 +1,7 @@
-"""Check the parser fixtures against real MLflow (not part of the test suite).
+"""Check the parser fixtures (tests/fixtures/query) against real MLflow 3.17.2.
 
-Run with the MLflow venv:  /work/mlflow-venv/bin/python tests/query/mlflow_accepts.py
+Runs in the MLflow venv, never imported by the tests (tests/test_parser.py runs it as a
+subprocess):  .mlflow-venv/bin/python tests/support/mlflow_accepts.py
 Every filter/order_by goes through SqlAlchemyStore.search_traces on a temporary SQLite
 file (MLflow validates some rules only while building SQL). Expectations:
   valid core   -> MLflow accepts, and MLflow reads our canonical rendering the same way
@@ -20,25 +21,16 @@ from typing import Any
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.CRITICAL)
+# Run as a script in MLflow's venv: the fixture reader is found from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from mlflow.utils.search_utils import SearchTraceUtils  # noqa: E402
 
-HERE = Path(__file__).parent
-PLACEHOLDERS = {"{sp}": " ", "{tab}": "\t", "{nl}": "\n", "{nbsp}": "\u00a0", "{empty}": ""}
+from tests.support.query_fixtures import decode, rows  # noqa: E402
+
 NUMERIC = {"timestamp_ms", "execution_time_ms", "end_time_ms"}
-
-
-def decode(text: str) -> str:
-    for marker, char in PLACEHOLDERS.items():
-        text = text.replace(marker, char)
-    return text
-
-
-def rows(name: str) -> list[list[str]]:
-    lines = (HERE / name).read_text(encoding="utf-8").splitlines()
-    return [line.split(" | ") for line in lines if line and not line.startswith("#")]
 
 
 def outcome(store: SqlAlchemyStore, exp: str, **kwargs: Any) -> str | None:
@@ -46,7 +38,7 @@ def outcome(store: SqlAlchemyStore, exp: str, **kwargs: Any) -> str | None:
     try:
         store.search_traces([exp], **kwargs)
     except MlflowException as exc:
-        return exc.message
+        return str(exc.message)
     return None
 
 

@@ -244,7 +244,7 @@ def _check_lex(
                     f"{dkey}: {m!r} is outside the bucket [{head!r}, {upper!r})"
                 )
             indexed.extend(members)
-        expected = sorted(v.encode() for v in out[dkey])  # type: ignore[union-attr]
+        expected = sorted(v.encode() for v in out[dkey])
         assert sorted(indexed) == expected, f"{dkey}: the index does not hold its values"
 
 

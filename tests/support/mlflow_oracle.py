@@ -2,7 +2,7 @@
 
 Run it with the MLflow venv, never import it from the tracetags test process:
 
-    /work/mlflow-venv/bin/python tests/mlflow_oracle.py INPUT.json      # or "-" / stdin
+    .mlflow-venv/bin/python tests/support/mlflow_oracle.py INPUT.json   # or "-" / stdin
     ... --db PATH --load-only     # load a (big) dataset into PATH once, report the load rate
     ... --db PATH                 # run the queries of INPUT against an already loaded PATH
 
