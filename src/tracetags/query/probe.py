@@ -21,7 +21,6 @@ from tracetags.query.logical import (
     LPresent,
     LRange,
     LValues,
-    ValueIndex,
     leaves,
     order_index,
     order_zset,
@@ -37,11 +36,9 @@ class Probe:
     partition: int
     commands: list[tuple[Any, ...]] = field(default_factory=list)
     slots: dict[int, int] = field(default_factory=dict)  # id(leaf) -> reply index
-    cards_slot: int | None = None
     #: cards plan entries: [key set, its distinct zset] (tt_query sums the zset's scores
     #: when it has few values, else SCARD over the chunks)
     card_keys: list[list[str]] = field(default_factory=list)
-    order_index: ValueIndex | None = None
     order_distinct_slot: int | None = None  # reply index of ZCARD of the order key's values
     time_bounds_slot: int | None = None  # reply index of ZCARD of tsx (newest-first pages)
 
@@ -82,7 +79,6 @@ def probe_commands(
     cmds.append(("HLEN", keys.trace_ids(partition)))
     index = order_index(order[0]) if order else None
     if index is not None:
-        probe.order_index = index
         probe.order_distinct_slot = len(cmds)
         cmds.append(("ZCARD", index.distinct(keys, partition)))
     # newest first, for the page or (second key) within the groups of a walk of values
