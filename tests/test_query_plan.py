@@ -47,33 +47,27 @@ def _slow_prod_errors(total: int) -> PNode:
 USERS = ["V", f"{P}:td:7:user_id", f"{P}:tv:7:user_id", *(f"user_12{i}" for i in range(10))]
 SLA = ["V", f"{P}:td:8:sla_tier", f"{P}:tv:8:sla_tier", "critical"]
 
+#: The page plan of `_slow_prod_errors` (collected; a walk adds its fields).
+SLOW_PROD_ERRORS = {
+    "mode": "page",
+    "expr": ["&", SLOW, ERROR, PROD],
+    "sources": [SLOW],
+    "residual": ["&", ERROR, PROD],
+    "order": DEFAULT_ORDER,
+    "limit": 101,
+}
+
 #: (strategy, the plan as tt_query decodes it) for plans of every shape.
 CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
     "walk": (
         lambda: _plan(_slow_prod_errors, 1_000_000, mode="page", limit=101),
         "walk",
-        {
-            "mode": "page",
-            "expr": ["&", SLOW, ERROR, PROD],
-            "sources": [SLOW],
-            "residual": ["&", ERROR, PROD],
-            "order": DEFAULT_ORDER,
-            "limit": 101,
-            "walk": ["ts", 0],
-            "density": 0.004568760000000001,
-        },
+        {**SLOW_PROD_ERRORS, "walk": ["ts", 0], "density": 0.004568760000000001},
     ),
     "collect": (
         lambda: _plan(_slow_prod_errors, 100_000, mode="page", limit=101),
         "collect",
-        {
-            "mode": "page",
-            "expr": ["&", SLOW, ERROR, PROD],
-            "sources": [SLOW],
-            "residual": ["&", ERROR, PROD],
-            "order": DEFAULT_ORDER,
-            "limit": 101,
-        },
+        SLOW_PROD_ERRORS,
     ),
     "chunk-walk": (
         lambda: _plan(
