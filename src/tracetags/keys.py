@@ -158,9 +158,9 @@ LEX_BUCKET: Final = 128
 SET_CHUNK: Final = 512
 #: A value set is plain while it has at most this many members, chunked above.
 PLAIN_MAX: Final = 512
+ScoreIndex: TypeAlias = Literal["ts", "du", "en"]
 #: The sorted sets of traces by a numeric attribute, by the name that follows the partition
 #: prefix (``ns:{pNN}:<name>``); tt_query plans name them so (see :meth:`Keys.by_score`).
-ScoreIndex: TypeAlias = Literal["ts", "du", "en"]
 SCORE_INDEXES: Final[Mapping[str, ScoreIndex]] = {
     "timestamp_ms": "ts",
     "execution_time_ms": "du",
