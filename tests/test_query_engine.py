@@ -751,9 +751,9 @@ def test_a_page_reads_only_the_rows_it_shows(small: Loaded) -> None:
     expected = ref.search(small.final, None, "status = 'OK'", None, None)
     in_partition = [t for t in expected if partition_of(t, 3) == 0][:6]
     for shown, hashes in ((5, 5), (6, 6), (None, 6)):
-        plan = dict(plans[0].plan)
+        plan = plans[0].plan
         if shown is not None:
-            plan["shown"] = shown
+            plan = msgspec.structs.replace(plan, shown=shown)
         (reply,) = functions.query_partitions(c.redis, c.keys, [(0, msgspec.msgpack.encode(plan))])
         found, rows = msgspec.msgpack.decode(reply)
         assert found == 6
@@ -981,19 +981,20 @@ def test_a_broad_range_source_is_walked_at_scale_and_collected_when_small(
     and grows with the data, while walking ts until a page of this density is full does
     not: `production AND ERROR AND execution_time_ms > 5000` (the benchmark's densities)
     collects at 100k traces and walks at 1M."""
-    from tracetags.query import planner
     from tracetags.query.parser import effective_order, parse_order_by
+    from tracetags.query.physical import _and, _leaf
+    from tracetags.query.strategy import plan_partition
 
-    slow = planner._leaf("R", ["R", "du", "(5000", "+inf"], 0.0333 * total, "slow", enumerable=True)
-    errors = planner._leaf("V", ["V", "std", "st:", "ERROR"], 0.196 * total, "err", enumerable=True)
-    prod = planner._leaf("V", ["V", "td", "tv", "production"], 0.7 * total, "env", enumerable=True)
-    tree = planner._and([slow, errors, prod], total)
+    slow = _leaf("R", ["R", "du", "(5000", "+inf"], 0.0333 * total, "slow", enumerable=True)
+    errors = _leaf("V", ["V", "std", "st:", "ERROR"], 0.196 * total, "err", enumerable=True)
+    prod = _leaf("V", ["V", "td", "tv", "production"], 0.7 * total, "env", enumerable=True)
+    tree = _and([slow, errors, prod], total)
     order = effective_order(parse_order_by(None))
-    plan = planner.plan_partition(0, tree, total, mode="page", order=order, limit=101)
+    plan = plan_partition(0, tree, total, mode="page", order=order, limit=101)
     assert plan.strategy == expected, plan.reason
     # a term of many small sets (LIKE 'user_12%': 2.3 % of the traces) walks at both sizes
-    users = planner._leaf("V", ["V", "td", "tv", "u"], 0.023 * total, "users", enumerable=True)
-    plan = planner.plan_partition(0, users, total, mode="page", order=order, limit=101)
+    users = _leaf("V", ["V", "td", "tv", "u"], 0.023 * total, "users", enumerable=True)
+    plan = plan_partition(0, users, total, mode="page", order=order, limit=101)
     assert plan.strategy == "walk", plan.reason
 
 
@@ -1265,14 +1266,14 @@ def test_chunk_walk_gives_up_when_times_and_numbers_do_not_go_together(
     """12,000 traces (24 chunks) whose timestamps ignore the order they were folded in:
     every chunk's bound is near the top, so the walk would visit them all; past its budget
     (here forced to 8 chunks) it gives up and the ts walk answers: the same rows."""
-    from tracetags.query import planner
+    from tracetags.query import costs
 
     rng = __import__("random").Random(37)
     traces, _ = qd.generate(41, 12_000, dense=True)
     for trace in traces:
         trace["timestamp_ms"] = qd.BASE_MS + rng.randrange(10_000_000)
     loaded = Loaded(redis_url, 1, traces, [])
-    monkeypatch.setattr(planner, "_chunk_walk_cost", lambda tree, total, limit: (1.0, 1.0))
+    monkeypatch.setattr(costs, "chunk_walk_cost", lambda tree, total, limit: (1.0, 1.0))
     try:
         filter_string = "tags.env = 'production' AND status = 'ERROR' AND name = 'chat'"
         explained = loaded.client.explain(filter_string)
@@ -1325,14 +1326,14 @@ def test_a_chunk_walk_without_a_chunked_set_at_run_time_falls_back(
     """The planner counts a single dense value as a chunked set; tt_query may find none (a
     scope naming every trace is no test at all, a count may have fallen since the probe):
     then it walks or collects instead, and the rows are the same."""
-    from tracetags.query import planner
+    from tracetags.query import costs
 
     traces, _ = qd.generate(47, 1200)
     for index, trace in enumerate(traces):
         trace["experiment_id"] = "1"
         trace["tags"]["user"] = f"user_{index % 40}"
     loaded = Loaded(redis_url, 1, traces, [])
-    monkeypatch.setattr(planner, "_chunk_walk_cost", lambda tree, total, limit: (1.0, 1.0))
+    monkeypatch.setattr(costs, "chunk_walk_cost", lambda tree, total, limit: (1.0, 1.0))
     try:
         filter_string = "tags.user = 'user_3'"
         explained = loaded.client.explain(filter_string, experiment_ids=["1"])

@@ -140,7 +140,8 @@ chunk key never equals a plain key either.
 from __future__ import annotations
 
 import zlib
-from typing import Final
+from collections.abc import Mapping
+from typing import Final, Literal, TypeAlias
 
 META_SUFFIX: Final = "meta"
 #: The tag that holds a trace's ``name`` (MLflow's filter ``name`` means this tag).
@@ -156,6 +157,14 @@ LEX_BUCKET: Final = 128
 SET_CHUNK: Final = 512
 #: A value set is plain while it has at most this many members, chunked above.
 PLAIN_MAX: Final = 512
+ScoreIndex: TypeAlias = Literal["ts", "du", "en"]
+#: The sorted sets of traces by a numeric attribute, by the name that follows the partition
+#: prefix (``ns:{pNN}:<name>``); tt_query plans name them so (see :meth:`Keys.by_score`).
+SCORE_INDEXES: Final[Mapping[str, ScoreIndex]] = {
+    "timestamp_ms": "ts",
+    "execution_time_ms": "du",
+    "end_time_ms": "en",
+}
 
 
 def enc(text: str) -> str:
@@ -241,7 +250,11 @@ class Keys:
         return f"{self.prefix(partition)}:dead"
 
     def tag_value(self, partition: int, key: str, value: str) -> str:
-        return f"{self.prefix(partition)}:tv:{enc(key)}{enc(value)}"
+        return self.tag_value_prefix(partition, key) + enc(value)
+
+    def tag_value_prefix(self, partition: int, key: str) -> str:
+        """The value set of ``value`` of tag ``key`` is this plus ``enc(value)``."""
+        return f"{self.prefix(partition)}:tv:{enc(key)}"
 
     def tag_key(self, partition: int, key: str) -> str:
         return f"{self.prefix(partition)}:tk:{enc(key)}"
@@ -269,7 +282,11 @@ class Keys:
         return f"{self.prefix(partition)}:td:{enc(key)}"
 
     def metadata_value(self, partition: int, key: str, value: str) -> str:
-        return f"{self.prefix(partition)}:mv:{enc(key)}{enc(value)}"
+        return self.metadata_value_prefix(partition, key) + enc(value)
+
+    def metadata_value_prefix(self, partition: int, key: str) -> str:
+        """The value set of ``value`` of metadata ``key`` is this plus ``enc(value)``."""
+        return f"{self.prefix(partition)}:mv:{enc(key)}"
 
     def metadata_key(self, partition: int, key: str) -> str:
         return f"{self.prefix(partition)}:mk:{enc(key)}"
@@ -278,31 +295,48 @@ class Keys:
         return f"{self.prefix(partition)}:md:{enc(key)}"
 
     def status(self, partition: int, status: str) -> str:
-        return f"{self.prefix(partition)}:st:{enc(status)}"
+        return self.status_prefix(partition) + enc(status)
+
+    def status_prefix(self, partition: int) -> str:
+        """The value set of a status is this plus ``enc(status)``."""
+        return f"{self.prefix(partition)}:st:"
 
     def statuses(self, partition: int) -> str:
         return f"{self.prefix(partition)}:std"
 
     def experiment(self, partition: int, experiment_id: str) -> str:
-        return f"{self.prefix(partition)}:ex:{enc(experiment_id)}"
+        return self.experiment_prefix(partition) + enc(experiment_id)
+
+    def experiment_prefix(self, partition: int) -> str:
+        """The value set of an experiment is this plus ``enc(experiment_id)``."""
+        return f"{self.prefix(partition)}:ex:"
 
     def experiments(self, partition: int) -> str:
         return f"{self.prefix(partition)}:exd"
 
     def client_request_id(self, partition: int, client_request_id: str) -> str:
-        return f"{self.prefix(partition)}:cr:{enc(client_request_id)}"
+        return self.client_request_id_prefix(partition) + enc(client_request_id)
+
+    def client_request_id_prefix(self, partition: int) -> str:
+        """The value set of a client_request_id is this plus ``enc(client_request_id)``."""
+        return f"{self.prefix(partition)}:cr:"
 
     def client_request_ids(self, partition: int) -> str:
         return f"{self.prefix(partition)}:crd"
 
     def by_timestamp(self, partition: int) -> str:
-        return f"{self.prefix(partition)}:ts"
+        return self.by_score(partition, SCORE_INDEXES["timestamp_ms"])
 
     def by_execution_time(self, partition: int) -> str:
-        return f"{self.prefix(partition)}:du"
+        return self.by_score(partition, SCORE_INDEXES["execution_time_ms"])
 
     def by_end_time(self, partition: int) -> str:
-        return f"{self.prefix(partition)}:en"
+        return self.by_score(partition, SCORE_INDEXES["end_time_ms"])
+
+    def by_score(self, partition: int, name: ScoreIndex) -> str:
+        """The sorted set of traces by a numeric attribute, by its name in
+        :data:`SCORE_INDEXES` (``ts``, ``du``, ``en``)."""
+        return f"{self.prefix(partition)}:{name}"
 
     def time_bounds(self, partition: int) -> str:
         return f"{self.prefix(partition)}:tsx"

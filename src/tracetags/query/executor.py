@@ -21,8 +21,8 @@ import redis
 from tracetags import functions
 from tracetags.errors import FilterSemanticError, PageTokenError
 from tracetags.keys import Keys, field_label, metadata_field, split_register, tag_field
-from tracetags.query import planner
 from tracetags.query.ast import Expr, OrderKey
+from tracetags.query.logical import LogicalNode, logical
 from tracetags.query.parser import (
     effective_order,
     parse_filter,
@@ -31,6 +31,10 @@ from tracetags.query.parser import (
     render_order_key,
     strip_positions,
 )
+from tracetags.query.physical import describe, physical, reply_text
+from tracetags.query.plan import CardsPlan, OrderSpec, ValuesPlan
+from tracetags.query.probe import MatchedCount, MatchedValues, Probe, probe_commands, sizes_only
+from tracetags.query.strategy import PartitionPlan, order_specs, plan_partition
 
 __all__ = [
     "DEFAULT_MAX_RESULTS",
@@ -65,7 +69,7 @@ class Prepared:
     expr: Expr | None
     order: list[OrderKey]
     experiment_ids: list[str] | None
-    root: planner.LogicalNode
+    root: LogicalNode
     fingerprint: bytes
 
 
@@ -149,7 +153,7 @@ def _prepare(experiment_ids: Any, filter_string: Any, order_by: Any) -> Prepared
         sorted(set(scope or ())),
     ]
     fingerprint = hashlib.blake2b(_ENCODER.encode(identity), digest_size=8).digest()
-    return Prepared(expr, order, scope, planner.logical(expr, scope), fingerprint)
+    return Prepared(expr, order, scope, logical(expr, scope), fingerprint)
 
 
 # --- probing and planning ------------------------------------------------------------------
@@ -159,12 +163,12 @@ def _probe(
     client: redis.Redis,
     keys: Keys,
     partitions: int,
-    root: planner.LogicalNode,
+    root: LogicalNode,
     order: Sequence[OrderKey] = (),
     *,
     page: bool = False,
-) -> list[tuple[planner.Probe, list[Any], list[int]]]:
-    probes = [planner.probe_commands(root, keys, p, order, page=page) for p in range(partitions)]
+) -> list[tuple[Probe, list[Any], list[int]]]:
+    probes = [probe_commands(root, keys, p, order, page=page) for p in range(partitions)]
 
     def fill(pipe: redis.client.Pipeline) -> None:
         for probe in probes:
@@ -172,10 +176,10 @@ def _probe(
                 if name == "ZRANGE":
                     pipe.zrange(key, 0, -1, withscores=True)
                 elif name == "VALUES":
-                    plan = {"mode": "values", "dkey": key, "runs": args[0], "lead": args[1]}
+                    plan = ValuesPlan(dkey=key, runs=args[0], lead=args[1])
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "VALUECOUNT":
-                    plan = {"mode": "values", "dkey": key, "lead": args[0], "count_only": 1}
+                    plan = ValuesPlan(dkey=key, lead=args[0], count_only=1)
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "ZMSCORE":
                     pipe.zmscore(key, args)
@@ -199,12 +203,12 @@ def _probe(
             if name == "VALUES":
                 sought, flat = _VALUES_DECODER.decode(replies[at + offset])
                 pairs = list(zip(flat[::2], flat[1::2], strict=True))
-                replies[at + offset] = planner.MatchedValues(bool(sought), pairs)
+                replies[at + offset] = MatchedValues(bool(sought), pairs)
             elif name == "VALUECOUNT":
                 values, traces = replies[at + offset]
-                replies[at + offset] = planner.MatchedCount(int(values), int(traces))
+                replies[at + offset] = MatchedCount(int(values), int(traces))
         at += len(probe.commands)
-    out: list[tuple[planner.Probe, list[Any], list[int]]] = []
+    out: list[tuple[Probe, list[Any], list[int]]] = []
     at = 0
     card_plans: list[tuple[int, bytes]] = []
     for probe in probes:
@@ -212,8 +216,8 @@ def _probe(
         out.append((probe, replies[at : at + n], []))
         at += n
         if probe.card_keys:
-            plan = {"mode": "cards", "keys": probe.card_keys}
-            card_plans.append((probe.partition, _ENCODER.encode(plan)))
+            cards_plan = CardsPlan(keys=probe.card_keys)
+            card_plans.append((probe.partition, _ENCODER.encode(cards_plan)))
     if card_plans:
         cards = functions.query_partitions(client, keys, card_plans)
         by_partition = dict(zip((p for p, _ in card_plans), cards, strict=True))
@@ -226,7 +230,7 @@ def _probe(
 # uses the probe only to size the terms, i.e. to choose a strategy: which traces match is
 # decided inside tt_query.  Such a probe is reused for a short while (one round trip less).
 _PROBE_TTL_S = 2.0
-Probed = list[tuple[planner.Probe, list[Any], list[int]]]
+Probed = list[tuple[Probe, list[Any], list[int]]]
 
 
 @dataclass
@@ -236,7 +240,7 @@ class _Reused:
     taken: float
     prepared: Prepared
     probed: Probed
-    plans: dict[tuple[int, bytes], list[planner.PartitionPlan]]
+    plans: dict[tuple[int, bytes], list[PartitionPlan]]
 
 
 _probes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Reused]] = (
@@ -286,10 +290,10 @@ def _plans(
     cursor: list[list[Any]] | None = None,
     group_fields: Sequence[str] = (),
     reuse_probe: bool = False,
-) -> list[planner.PartitionPlan]:
+) -> list[PartitionPlan]:
     order = prepared.order if mode == "page" else ()
     reused = None
-    reuse = mode == "page" and reuse_probe and planner.sizes_only(prepared.root)
+    reuse = mode == "page" and reuse_probe and sizes_only(prepared.root)
     if reuse:
         reused = _recent_probe(client, keys, partitions, prepared)
     if reused is not None:
@@ -315,16 +319,16 @@ def _make_plans(
     cursor: list[list[Any]] | None,
     group_fields: Sequence[str],
     fresh: bool,
-) -> list[planner.PartitionPlan]:
+) -> list[PartitionPlan]:
     plans = []
     for probe, replies, cards in probed:
-        tree, total = planner.physical(prepared.root, probe, replies, cards, keys, fresh=fresh)
+        tree, total = physical(prepared.root, probe, replies, cards, keys, fresh=fresh)
         slot = probe.order_distinct_slot
         distinct = None if slot is None else int(replies[slot])
         bounds = probe.time_bounds_slot
         time_bounds = bounds is not None and int(replies[bounds]) > 0
         plans.append(
-            planner.plan_partition(
+            plan_partition(
                 probe.partition,
                 tree,
                 total,
@@ -341,7 +345,7 @@ def _make_plans(
     return plans
 
 
-def _run(client: redis.Redis, keys: Keys, plans: Sequence[planner.PartitionPlan]) -> list[Any]:
+def _run(client: redis.Redis, keys: Keys, plans: Sequence[PartitionPlan]) -> list[Any]:
     return functions.query_partitions(
         client, keys, [(p.partition, _ENCODER.encode(p.plan)) for p in plans]
     )
@@ -350,7 +354,7 @@ def _run(client: redis.Redis, keys: Keys, plans: Sequence[planner.PartitionPlan]
 # --- ordering in the client (mirrors tt_query's comparisons) --------------------------------
 
 
-def _row_values(fields: Sequence[str], specs: Sequence[list[Any]]) -> list[Any]:
+def _row_values(fields: Sequence[str], specs: Sequence[OrderSpec]) -> list[Any]:
     """The order values of a trace hash given as its flat field/value list."""
     raw = dict(zip(fields[::2], fields[1::2], strict=True))
 
@@ -388,7 +392,7 @@ def _base_cmp(kind: str, a: Any, b: Any) -> int:
     return -1 if a < b else 1
 
 
-def _cmp_rows(specs: Sequence[list[Any]], a: Sequence[Any], b: Sequence[Any]) -> int:
+def _cmp_rows(specs: Sequence[OrderSpec], a: Sequence[Any], b: Sequence[Any]) -> int:
     for (kind, _, ascending), x, y in zip(specs, a, b, strict=True):
         if x is None or y is None:
             if x is None and y is None:
@@ -408,7 +412,7 @@ def _encode_token(fingerprint: bytes, values: list[Any]) -> str:
     return base64.urlsafe_b64encode(payload).decode().rstrip("=")
 
 
-def _decode_token(token: Any, prepared: Prepared, specs: Sequence[list[Any]]) -> list[list[Any]]:
+def _decode_token(token: Any, prepared: Prepared, specs: Sequence[OrderSpec]) -> list[list[Any]]:
     if not isinstance(token, str) or not token:
         raise PageTokenError(f"page_token must be a non-empty string, got {token!r}")
     try:
@@ -468,7 +472,7 @@ def search(
     exists) and returns the hashes of the first ``max_results``, read inside the Function
     that evaluated the filter (so each row is the state the filter matched).
     """
-    specs = planner.order_specs(prepared.order)
+    specs = order_specs(prepared.order)
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
     plans = _plans(
         client,
@@ -481,7 +485,7 @@ def search(
         reuse_probe=True,
     )
     for plan in plans:
-        plan.plan["shown"] = max_results
+        plan.plan = msgspec.structs.replace(plan.plan, shown=max_results)
     replies = [_PAGE_DECODER.decode(reply) for reply in _run(client, keys, plans)]
     more = any(found > len(hashes) for found, hashes in replies)
     if len(replies) == 1:
@@ -519,7 +523,7 @@ def explain(
     mode: Literal["page", "count"] = "page",
 ) -> str:
     """The chosen plan of every partition, with estimated cardinalities and the reason."""
-    specs = planner.order_specs(prepared.order)
+    specs = order_specs(prepared.order)
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
     plans = _plans(client, keys, partitions, prepared, mode, limit=max_results + 1, cursor=cursor)
     lines = [
@@ -537,10 +541,10 @@ def explain(
         lines.append(f"partition {plan.partition}: {plan.total:,} traces")
         lines.append(f"  strategy: {plan.strategy} - {plan.reason}")
         lines.append("  terms:")
-        lines.extend(planner.describe(plan.tree, "    "))
-        text = planner.reply_text
+        lines.extend(describe(plan.tree, "    "))
+        text = reply_text
         ready = {text(field) for field, state in lookups.items() if text(state) == "ready"}
-        for field in sorted(set(plan.plan.get("value_fields", {}).values())):
+        for field in sorted(set((plan.plan.value_fields or {}).values())):
             how = (
                 "2-byte lookup fingerprints, then the register of a wanted one"
                 if field in ready

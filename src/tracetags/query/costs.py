@@ -1,0 +1,156 @@
+"""The cost model that picks a page's strategy: one table of unit costs and the estimates
+built from it (walk an order zset, visit chunks by their time bounds, walk a key's values,
+or collect and sort the candidates)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from tracetags.keys import PLAIN_MAX, SET_CHUNK
+from tracetags.query.physical import PNode
+
+__all__ = [
+    "COSTS",
+    "CostTable",
+    "chunk_walk_cost",
+    "collect_cost",
+    "walk_values_cost_us",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CostTable:
+    """Unit costs of tt_query's ways to run a page.
+
+    How they were measured: TIME marks (``redis.call('TIME')``) around each section of
+    ``tt_query`` in a copy of the Function on a private redis-server, over the queries of
+    ``benchmarks/bench_query.py`` at 100k and 1M traces; a section's time divided by the
+    operations it did (entries walked, candidates tested, sets read, groups visited).
+    The first group is in *walked-entry units*: the time of one walked entry of an order
+    zset (its share of the ZRANGE reply and a lookup in the chunk intersection of the
+    filter's chunked sets).  The walk-values group is in microseconds.  The margins
+    (``*_factor``, ``*_min``) are decision thresholds, chosen, not measured.
+    """
+
+    # --- walk an order zset against collect-and-sort, in walked-entry units -------------
+    #: Collecting a candidate from value or key sets (read and tested chunk by chunk).
+    collect_set_candidate: float = 0.75
+    #: Collecting a candidate from a range: range candidates scatter over every chunk, a
+    #: few per SMISMEMBER.
+    collect_range_candidate: float = 2.5
+    #: Each match collected: its order score read (ZMSCORE), then the sort.
+    collect_match: float = 2.25
+    #: Each chunk a collect touches: one call per chunk.
+    collect_chunk_call: float = 1.0
+
+    # --- the chunk walk (newest first, chunks by their time bounds), same units ---------
+    #: One chunk visited: the SINTER of the chunked sets of that chunk.
+    chunk_visit: float = 20.0
+    #: A candidate of a chunk's intersection read.
+    chunk_candidate: float = 0.3
+    #: Testing such a candidate against the rest of the filter when the rest holds a range
+    #: (ZMSCORE) ...
+    chunk_test_range: float = 2.5
+    #: ... or only sets (lookups).
+    chunk_test_sets: float = 1.0
+    #: A match of a visited chunk (its timestamp read).
+    chunk_match: float = 1.0
+    #: Each row of the page (merged by time across chunks).
+    chunk_row: float = 0.5
+    #: Chunks expected beyond an even spread of the matches.
+    chunk_overshoot_factor: float = 1.5
+    #: tt_query gives up the chunk walk past this many times the chunks expected ...
+    chunk_budget_factor: int = 3
+    #: ... and never below this many chunks.
+    chunk_budget_min: int = 8
+
+    # --- walk a string order key's values against collect-and-sort, in microseconds -----
+    #: Reading one distinct value of the order key.
+    walk_value_us: float = 0.5
+    #: Visiting one value's group (its set, tested and ordered).
+    walk_group_us: float = 30.0
+    #: Collecting: reading one candidate's order key from its hash.
+    collect_key_read_us: float = 3.0
+    #: Walk the values only when the candidates exceed this many times the page ...
+    walk_values_page_factor: int = 4
+    #: ... and the values are fewer than the candidates by this factor (or cheaper by
+    #: :attr:`walk_values_margin`).
+    walk_values_distinct_factor: int = 4
+    walk_values_margin: int = 3
+
+    # --- tests of many-valued leaves --------------------------------------------------
+    #: A V leaf of at least this many values may be tested by reading each candidate's
+    #: register instead of building tt_query's member table of the values' sets (the
+    #: table's cost per set against an HGET per candidate, same method).
+    register_test_min_values: int = 8
+
+
+COSTS: Final = CostTable()
+
+
+def collect_cost(candidates: float, matches: float, total: int, *, from_range: bool) -> float:
+    """Collect and sort: read and test ``candidates``, then order ``matches``."""
+    chunks = total / SET_CHUNK + 1
+    per_candidate = COSTS.collect_range_candidate if from_range else COSTS.collect_set_candidate
+    return (
+        per_candidate * candidates
+        + COSTS.collect_match * matches
+        + COSTS.collect_chunk_call * min(candidates, chunks)
+    )
+
+
+def walk_values_cost_us(distinct: int | None, limit: int, matches: float) -> float:
+    """Walking a string order key's ``distinct`` values until ``limit`` rows: every value
+    read, and a group per value visited (``limit * distinct / matches`` of them)."""
+    if distinct is None:
+        return 0.0
+    return (
+        distinct * COSTS.walk_value_us + limit * distinct / max(matches, 1.0) * COSTS.walk_group_us
+    )
+
+
+def chunked_conjuncts(tree: PNode) -> tuple[list[PNode], list[PNode]]:
+    """The conjuncts of ``tree`` that tt_query tests as one chunked set (a single dense
+    value, or a key's presence), and the others."""
+    conjuncts = tree.children if tree.kind == "&" else [tree]
+    chunked: list[PNode] = []
+    rest: list[PNode] = []
+    for node in conjuncts:
+        single_dense = node.kind == "V" and len(node.spec) == 4 and node.est > PLAIN_MAX
+        (chunked if single_dense or node.kind == "C" else rest).append(node)
+    return chunked, rest
+
+
+def chunk_walk_cost(tree: PNode, total: int, limit: int) -> tuple[float, float]:
+    """The chunk walk's cost in walked-entry units, assuming that chunks hold traces of
+    neighbouring times (numbers are handed out as traces are first folded): the chunks that
+    hold ``limit`` matches, each one SINTER plus a test of the rest of the filter per
+    candidate of the intersection and a timestamp read per match.  Also returns the chunks
+    it expects to visit."""
+    chunked, rest = chunked_conjuncts(tree)
+    if not chunked or total <= 0:
+        return math.inf, 0.0
+    fraction = 1.0
+    for node in chunked:
+        fraction *= min(1.0, node.est / total)
+    density = min(1.0, tree.est / total)
+    chunks = total / SET_CHUNK + 1
+    spread = limit / max(density * SET_CHUNK, 1e-9)
+    visited = min(chunks, spread * COSTS.chunk_overshoot_factor + 1)
+    if any(n.kind == "R" for n in rest):
+        per_test = COSTS.chunk_test_range
+    else:
+        per_test = COSTS.chunk_test_sets if rest else 0.0
+    per_chunk = (
+        COSTS.chunk_visit
+        + SET_CHUNK * fraction * (COSTS.chunk_candidate + per_test)
+        + SET_CHUNK * density * COSTS.chunk_match
+    )
+    return visited * per_chunk + COSTS.chunk_row * limit, visited
+
+
+def chunk_walk_budget(visits: float) -> int:
+    """The chunks tt_query may visit before it gives the chunk walk up."""
+    return max(COSTS.chunk_budget_min, math.ceil(COSTS.chunk_budget_factor * visits))

@@ -1,0 +1,387 @@
+"""The logical rewrite: a filter AST becomes index terms that are the same for every partition.
+
+A term names an index family (a tag or metadata key, an attribute) and what to look up in
+it: values, a predicate over its distinct values, presence, a score range, trace ids.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from tracetags.keys import (
+    NAME_TAG,
+    SCORE_INDEXES,
+    Keys,
+    ScoreIndex,
+    metadata_field,
+    tag_field,
+)
+from tracetags.query.ast import And, Comparison, Expr, Not, Or, OrderKey
+
+__all__ = [
+    "PRESENCE_FIELD",
+    "LAnd",
+    "LConst",
+    "LIdMatch",
+    "LIds",
+    "LMatch",
+    "LNot",
+    "LOr",
+    "LPresent",
+    "LRange",
+    "LValues",
+    "LogicalLeaf",
+    "LogicalNode",
+    "ValueIndex",
+    "leaves",
+    "logical",
+    "order_index",
+    "order_zset",
+]
+
+IndexKind: TypeAlias = Literal["tag", "metadata", "status", "client_request_id", "experiment"]
+ZsetName: TypeAlias = ScoreIndex
+
+_TAG_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+#: The hash field of an attribute index's value (its presence is the field's).
+PRESENCE_FIELD = {"status": "S", "client_request_id": "c", "experiment": "e"}
+
+
+@dataclass(frozen=True)
+class ValueIndex:
+    """A family of value sets with a distinct-value zset: tag/metadata key or an attribute."""
+
+    kind: IndexKind
+    key: str = ""
+
+    def distinct(self, keys: Keys, partition: int) -> str:
+        if self.kind == "tag":
+            return keys.tag_values(partition, self.key)
+        if self.kind == "metadata":
+            return keys.metadata_values(partition, self.key)
+        if self.kind == "status":
+            return keys.statuses(partition)
+        if self.kind == "client_request_id":
+            return keys.client_request_ids(partition)
+        return keys.experiments(partition)
+
+    def value_prefix(self, keys: Keys, partition: int) -> str:
+        """The value-set key of value v is this prefix plus enc(v)."""
+        if self.kind == "tag":
+            return keys.tag_value_prefix(partition, self.key)
+        if self.kind == "metadata":
+            return keys.metadata_value_prefix(partition, self.key)
+        if self.kind == "status":
+            return keys.status_prefix(partition)
+        if self.kind == "client_request_id":
+            return keys.client_request_id_prefix(partition)
+        return keys.experiment_prefix(partition)
+
+    @property
+    def hash_field(self) -> str:
+        """The field of a trace's hash that holds this index's value (its register)."""
+        if self.kind == "tag":
+            return tag_field(self.key)
+        if self.kind == "metadata":
+            return metadata_field(self.key)
+        return PRESENCE_FIELD[self.kind]
+
+    def key_set(self, keys: Keys, partition: int) -> str | None:
+        if self.kind == "tag":
+            return keys.tag_key(partition, self.key)
+        if self.kind == "metadata":
+            return keys.metadata_key(partition, self.key)
+        return None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "tag":
+            return "name" if self.key == NAME_TAG else f"tags.{self.key}"
+        if self.kind == "metadata":
+            return f"metadata.{self.key}"
+        return "experiment_id" if self.kind == "experiment" else self.kind
+
+
+@dataclass(frozen=True)
+class LValues:
+    index: ValueIndex
+    values: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class LMatch:
+    """Values of the index for which ``predicate`` holds (negated: present and not matching)."""
+
+    index: ValueIndex
+    predicate: Callable[[str], bool] = field(compare=False)
+    negated: bool
+    text: str
+    #: LIKE only: its runs of literal characters, the first one its start (maybe empty).
+    #: A matching value starts with the first and holds the others in order, so tt_query
+    #: returns only such values.
+    runs: tuple[str, ...] | None = None
+    #: LIKE only: the pattern up to its first ``%`` as literal runs and counts of ``_`` (any
+    #: one character each): tt_query seeks the values starting so in the key's byte-order
+    #: index instead of reading every value.
+    lead: tuple[str | int, ...] = ()
+    #: The pattern is its lead and one final ``%``: values sought by the lead all match.
+    lead_is_pattern: bool = False
+
+    @property
+    def sought_in_page(self) -> bool:
+        """Whether a page's tt_query can find the matching values itself (by the lead)."""
+        return self.lead_is_pattern and bool(self.lead) and not self.negated
+
+
+@dataclass(frozen=True)
+class LPresent:
+    index: ValueIndex
+    text: str
+
+
+@dataclass(frozen=True)
+class LRange:
+    zset: ZsetName
+    lo: str
+    hi: str
+    text: str
+
+
+@dataclass(frozen=True)
+class LIds:
+    ids: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class LIdMatch:
+    predicate: Callable[[str], bool] = field(compare=False)
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class LConst:
+    value: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class LAnd:
+    children: tuple[LogicalNode, ...]
+
+
+@dataclass(frozen=True)
+class LOr:
+    children: tuple[LogicalNode, ...]
+
+
+@dataclass(frozen=True)
+class LNot:
+    child: LogicalNode
+
+
+LogicalLeaf: TypeAlias = LValues | LMatch | LPresent | LRange | LIds | LIdMatch | LConst
+LogicalNode: TypeAlias = LogicalLeaf | LAnd | LOr | LNot
+
+
+def _like_regex(pattern: str) -> re.Pattern[str]:
+    parts = [".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
+    base = op.removeprefix("NOT ")
+    if base == "LIKE":
+        like = _like_regex(pattern)
+        return lambda v: like.fullmatch(v) is not None
+    if base == "ILIKE":
+        ilike = _like_regex(pattern.lower())
+        return lambda v: ilike.fullmatch(v.lower()) is not None
+    try:
+        regex = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return lambda v: False  # an invalid pattern matches nothing
+    return lambda v: regex.search(v) is not None
+
+
+def _like_runs(pattern: str) -> tuple[str, ...]:
+    """The runs of literal characters of a LIKE pattern: its start (empty when it starts
+    with ``%`` or ``_``), then the non-empty runs after it."""
+    first, *rest = re.split("[%_]", pattern)
+    return (first, *(run for run in rest if run))
+
+
+def _like_lead(pattern: str) -> tuple[str | int, ...]:
+    """A LIKE pattern up to its first ``%``: literal runs and counts of ``_``, e.g.
+    ``user_12%`` -> ``('user', 1, '12')``."""
+    head = pattern.split("%", 1)[0]
+    return tuple(len(piece) if piece[0] == "_" else piece for piece in re.findall("_+|[^_]+", head))
+
+
+def _tag_number(text: str) -> float | None:
+    return float(text) if _TAG_NUMBER.fullmatch(text) else None
+
+
+_NUMERIC_OPS: dict[str, Callable[[float, float], bool]] = {
+    "=": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def _numeric_predicate(op: str, wanted: float) -> Callable[[str], bool]:
+    compare = _NUMERIC_OPS[op]
+
+    def predicate(value: str) -> bool:
+        number = _tag_number(value)
+        return number is not None and compare(number, wanted)
+
+    return predicate
+
+
+def _score(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+def _range(zset: ZsetName, op: str, value: float, text: str) -> LogicalNode:
+    if isinstance(value, float) and math.isnan(value):
+        return LConst(False, text)
+    v = _score(value)
+    if op == "=":
+        return LRange(zset, v, v, text)
+    if op == "<":
+        return LRange(zset, "-inf", f"({v}", text)
+    if op == "<=":
+        return LRange(zset, "-inf", v, text)
+    if op == ">":
+        return LRange(zset, f"({v}", "+inf", text)
+    if op == ">=":
+        return LRange(zset, v, "+inf", text)
+    return LOr((LRange(zset, "-inf", f"({v}", text), LRange(zset, f"({v}", "+inf", text)))
+
+
+def _clause_text(node: Comparison) -> str:
+    from tracetags.query.parser import render
+
+    try:
+        return render(node)
+    except ValueError:
+        return f"{node.field.entity} {node.field.key!r} {node.op} {node.value!r}"
+
+
+def _comparison(node: Comparison) -> LogicalNode:
+    text = _clause_text(node)
+    entity, key, op, value = node.field.entity, node.field.key, node.op, node.value
+    if entity == "attribute" and key in SCORE_INDEXES:
+        assert isinstance(value, (int, float))
+        return _range(SCORE_INDEXES[key], op, value, text)
+    if entity == "attribute" and key == "request_id":
+        if op in ("=", "!=", "IN", "NOT IN"):
+            ids = value if isinstance(value, tuple) else (str(value),)
+            leaf = LIds(tuple(ids), text)
+            return leaf if op in ("=", "IN") else LNot(leaf)
+        assert isinstance(value, str)
+        matched = _pattern_predicate(op, value)
+        if op.startswith("NOT "):
+            return LIdMatch(lambda v: not matched(v), text)
+        return LIdMatch(matched, text)
+    if entity == "attribute":
+        index = ValueIndex("status" if key == "status" else "client_request_id")
+    else:
+        index = ValueIndex("tag" if entity == "tag" else "metadata", key)
+    if op == "IS NULL":
+        return LNot(LPresent(index, text))
+    if op == "IS NOT NULL":
+        return LPresent(index, text)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):
+            return LConst(False, text)
+        return LMatch(index, _numeric_predicate(op, value), False, text)
+    if op == "=":
+        assert isinstance(value, str)
+        return LValues(index, (value,), text)
+    if op == "IN":
+        assert isinstance(value, tuple)
+        return LValues(index, value, text)
+    if op in ("!=", "NOT IN"):
+        values = value if isinstance(value, tuple) else (str(value),)
+        excluded = frozenset(values)
+        if index.kind == "status":
+            # Few distinct statuses: the complement is a short IN list.
+            return LMatch(index, lambda v: v not in excluded, False, text)
+        return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
+    assert isinstance(value, str)
+    if op != "LIKE":
+        return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text)
+    predicate = _pattern_predicate(op, value)
+    lead_is_pattern = value.endswith("%") and value.count("%") == 1
+    return LMatch(
+        index, predicate, False, text, _like_runs(value), _like_lead(value), lead_is_pattern
+    )
+
+
+def logical(expr: Expr | None, experiment_ids: Sequence[str] | None) -> LogicalNode:
+    """The filter (scoped to the experiments, if any) as partition-independent index terms."""
+    parts: list[LogicalNode] = []
+    if experiment_ids:
+        ids = tuple(dict.fromkeys(experiment_ids))
+        parts.append(LValues(ValueIndex("experiment"), ids, f"experiment_ids {list(ids)!r}"))
+    if expr is not None:
+        parts.append(_convert(expr))
+    if not parts:
+        return LConst(True, "every trace")
+    return parts[0] if len(parts) == 1 else LAnd(tuple(parts))
+
+
+def _convert(expr: Expr) -> LogicalNode:
+    if isinstance(expr, Comparison):
+        return _comparison(expr)
+    if isinstance(expr, Not):
+        return LNot(_convert(expr.child))
+    if isinstance(expr, And):
+        return LAnd(tuple(_convert(c) for c in expr.children))
+    if isinstance(expr, Or):
+        return LOr(tuple(_convert(c) for c in expr.children))
+    raise TypeError(f"not a filter node: {expr!r}")
+
+
+def leaves(node: LogicalNode) -> list[LogicalLeaf]:
+    """The leaves of ``node``, left to right (a leaf met twice is listed twice)."""
+    if isinstance(node, LAnd | LOr):
+        return [leaf for child in node.children for leaf in leaves(child)]
+    if isinstance(node, LNot):
+        return leaves(node.child)
+    return [node]
+
+
+def order_index(key: OrderKey) -> ValueIndex | None:
+    """The value index whose distinct zset lists the values of a string order key."""
+    f = key.field
+    if f.entity == "tag":
+        return ValueIndex("tag", f.key)
+    if f.entity == "metadata":
+        return ValueIndex("metadata", f.key)
+    if f.key == "status":
+        return ValueIndex("status")
+    if f.key == "experiment_id":
+        return ValueIndex("experiment")
+    return None
+
+
+def order_zset(key: OrderKey) -> ZsetName | None:
+    """The sorted set of traces by a numeric order key (None for any other key)."""
+    if key.field.entity != "attribute":
+        return None
+    return SCORE_INDEXES.get(key.field.key)

@@ -1,0 +1,269 @@
+"""The physical plan of one partition: the logical terms resolved with the probe's replies.
+
+Each term becomes a node of tt_query's tree (see :mod:`tracetags.query.plan`) with its
+expected number of matches, and the index sources a page or count may enumerate candidates
+from.  LIKE, ILIKE, RLIKE and numeric tag comparisons are decided here, in Python, over the
+key's distinct values (never the traces).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracetags.keys import Keys
+from tracetags.query.logical import (
+    PRESENCE_FIELD,
+    LAnd,
+    LConst,
+    LIdMatch,
+    LIds,
+    LMatch,
+    LNot,
+    LogicalNode,
+    LOr,
+    LPresent,
+    LRange,
+    LValues,
+    ValueIndex,
+)
+from tracetags.query.plan import NodeKind, Spec
+from tracetags.query.probe import MatchedCount, MatchedValues, Probe
+
+__all__ = ["PNode", "describe", "physical", "reply_text"]
+
+
+@dataclass
+class PNode:
+    """A resolved node: ``spec`` is its tt_query form; ``est`` its expected match count."""
+
+    kind: NodeKind
+    spec: Spec
+    est: float
+    text: str
+    children: list[PNode] = field(default_factory=list)
+    exact: bool = False
+    sources: list[Spec] | None = None  # enumeration sources (None: not enumerable)
+    cost: float = math.inf  # candidates those sources produce
+    #: What a candidate from ``sources`` must still pass (the source's own test is done).
+    residual: Spec | None = None
+    #: V leaves: the hash field holding the value (tt_query may read it instead of sets).
+    field: str | None = None
+    #: V leaves of a tag or metadata key: the key's set (traces that have the key).
+    key_set: str | None = None
+
+
+def reply_text(value: bytes | str) -> str:
+    """A reply string as str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _leaf(kind: NodeKind, spec: Spec, est: float, text: str, *, enumerable: bool) -> PNode:
+    node = PNode(kind, spec, est, text, exact=True)
+    if enumerable:
+        node.sources, node.cost, node.residual = [spec], est, ["A"]
+    return node
+
+
+def physical(
+    root: LogicalNode,
+    probe: Probe,
+    replies: Sequence[Any],
+    cards: Sequence[int],
+    keys: Keys,
+    *,
+    fresh: bool = True,
+) -> tuple[PNode, int]:
+    """Resolve ``root`` for the probed partition; returns (tree, number of traces).
+
+    With ``fresh=False`` (a reused probe of a :func:`sizes_only` root) the replies are
+    estimates only: a value they do not know still goes to tt_query, which reads its set.
+    """
+    total = int(replies[0])
+    p = probe.partition
+
+    def resolve(node: LogicalNode) -> PNode:
+        if isinstance(node, LAnd):
+            return _and([resolve(c) for c in node.children], total)
+        if isinstance(node, LOr):
+            return _or([resolve(c) for c in node.children], total)
+        if isinstance(node, LNot):
+            child = resolve(node.child)
+            out = PNode("!", ["!", child.spec], max(0.0, total - child.est), "NOT", [child])
+            out.exact = child.exact
+            return out
+        if isinstance(node, LConst):
+            if node.value:
+                return _leaf("A", ["A"], total, node.text, enumerable=True)
+            return _leaf("Z", ["Z"], 0, node.text, enumerable=True)
+        if isinstance(node, LValues):
+            scores = replies[probe.slots[id(node)]]
+            found = [
+                (v, float(s or 0))
+                for v, s in zip(node.values, scores, strict=True)
+                if s or not fresh
+            ]
+            return _values(node.index, found, node.text)
+        if isinstance(node, LMatch):
+            reply = replies[probe.slots[id(node)]]
+            if isinstance(reply, MatchedCount):  # sought again by the page's tt_query
+                return _sought(node, reply)
+            if isinstance(reply, MatchedValues):  # a LIKE's values, read inside tt_query
+                pairs = [(reply_text(v), float(s or 0)) for v, s in reply.pairs]
+                exact = reply.sought and node.lead_is_pattern
+            else:  # ZRANGE WITHSCORES of the distinct zset
+                pairs = [(reply_text(v), float(s)) for v, s in reply]
+                exact = False
+            hits = pairs if exact else [(v, s) for v, s in pairs if node.predicate(v)]
+            if not node.negated:
+                return _values(node.index, hits, node.text)
+            hit_set = {v for v, _ in hits}
+            misses = [(v, s) for v, s in pairs if v not in hit_set]
+            if len(misses) <= len(hits):
+                return _values(node.index, misses, node.text)
+            key_set = node.index.key_set(keys, p)
+            label = f"{node.index.label} present"
+            if key_set is None:
+                code = PRESENCE_FIELD[node.index.kind]
+                present = _leaf("P", ["P", code], total, label, enumerable=False)
+            else:
+                having = sum(s for _, s in pairs)  # every trace with the key has one value
+                present = _leaf("C", ["C", key_set], having, label, enumerable=True)
+            matching = _values(node.index, hits, node.text)
+            out = _and([present, _not(matching, total)], total)
+            out.est = sum(s for _, s in misses)
+            out.exact = True
+            return out
+        if isinstance(node, LPresent):
+            key_set = node.index.key_set(keys, p)
+            if key_set is None:
+                code = PRESENCE_FIELD[node.index.kind]
+                leaf = _leaf(
+                    "P", ["P", code], total, f"{node.index.label} present", enumerable=False
+                )
+                leaf.exact = False
+                return leaf
+            count = cards[probe.slots[id(node)]]
+            return _leaf("C", ["C", key_set], count, f"{node.index.label} present", enumerable=True)
+        if isinstance(node, LRange):
+            count = int(replies[probe.slots[id(node)]])
+            spec = ["R", node.zset, node.lo, node.hi]
+            return _leaf(
+                "R", spec, count, f"{node.text} [{node.zset} {node.lo}..{node.hi}]", enumerable=True
+            )
+        if isinstance(node, LIds):
+            got = replies[probe.slots[id(node)]]
+            numbers = sorted({reply_text(n) for n in got if n is not None}, key=int)
+            return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
+        if isinstance(node, LIdMatch):
+            mapping = replies[probe.slots[id(node)]]
+            numbers = sorted(
+                (
+                    reply_text(no)
+                    for trace_id, no in mapping.items()
+                    if node.predicate(reply_text(trace_id))
+                ),
+                key=int,
+            )
+            return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
+        raise TypeError(f"not a logical node: {node!r}")
+
+    def _sought(node: LMatch, reply: MatchedCount) -> PNode:
+        if not reply.values:
+            return _leaf("Z", ["Z"], 0, f"{node.text} (no such value here)", enumerable=True)
+        index = node.index
+        spec = [
+            "L",
+            index.distinct(keys, p),
+            index.value_prefix(keys, p),
+            list(node.lead),
+            reply.traces,
+            reply.values,
+        ]
+        many = "s" if reply.values > 1 else ""
+        shown = f"{node.text} [{reply.values} value set{many}, sought by tt_query]"
+        leaf = _leaf("L", spec, reply.traces, shown, enumerable=True)
+        leaf.field = index.hash_field
+        return leaf
+
+    def _values(index: ValueIndex, found: list[tuple[str, float]], text: str) -> PNode:
+        # IN ('a', 'a') names a value twice: its set (and its count) must count once.
+        found = list(dict(found).items())
+        if not found:
+            return _leaf("Z", ["Z"], 0, f"{text} (no such value here)", enumerable=True)
+        spec = ["V", index.distinct(keys, p), index.value_prefix(keys, p), *(v for v, _ in found)]
+        count = sum(s for _, s in found)
+        shown = f"{text} [{len(found)} value set{'s' if len(found) > 1 else ''}]"
+        node = _leaf("V", spec, count, shown, enumerable=True)
+        node.field = index.hash_field
+        node.key_set = index.key_set(keys, p)
+        return node
+
+    return resolve(root), total
+
+
+def _not(child: PNode, total: int) -> PNode:
+    return PNode("!", ["!", child.spec], max(0.0, total - child.est), "NOT", [child])
+
+
+def _and(children: list[PNode], total: int) -> PNode:
+    flat: list[PNode] = []
+    for child in children:
+        flat.extend(child.children if child.kind == "&" else [child])
+    if any(c.kind == "Z" for c in flat):
+        return _leaf("Z", ["Z"], 0, "AND with an empty term", enumerable=True)
+    flat = [c for c in flat if c.kind != "A"] or [flat[0]]
+    if len(flat) == 1:
+        return flat[0]
+    fraction = 1.0
+    for child in flat:
+        fraction *= child.est / total if total else 0.0
+    est = min(min(c.est for c in flat), total * fraction)
+    node = PNode("&", ["&", *(c.spec for c in flat)], est, "AND", flat)
+    drivers = [c for c in flat if c.sources is not None]
+    # Test the most selective terms first: fewer candidates reach the later ones.
+    ranked = sorted(flat, key=lambda c: (c.kind == "P", c.est))
+    node.spec = ["&", *(c.spec for c in ranked)]
+    if drivers:
+        best = min(drivers, key=lambda c: c.cost)
+        node.sources, node.cost = best.sources, best.cost
+        rest = [c.spec for c in ranked if c is not best]
+        if best.residual is not None and best.residual != ["A"]:
+            rest.insert(0, best.residual)
+        node.residual = rest[0] if len(rest) == 1 else ["&", *rest]
+    return node
+
+
+def _or(children: list[PNode], total: int) -> PNode:
+    flat: list[PNode] = []
+    for child in children:
+        flat.extend(child.children if child.kind == "|" else [child])
+    flat = [c for c in flat if c.kind != "Z"]
+    if not flat:
+        return _leaf("Z", ["Z"], 0, "OR of empty terms", enumerable=True)
+    if len(flat) == 1:
+        return flat[0]
+    miss = 1.0
+    for child in flat:
+        miss *= 1 - (child.est / total if total else 0.0)
+    est = max(max(c.est for c in flat), total * (1 - miss))
+    node = PNode("|", ["|", *(c.spec for c in flat)], min(est, total), "OR", flat)
+    if all(c.sources is not None for c in flat):
+        node.sources = [s for c in flat for s in (c.sources or [])]
+        node.cost = sum(c.cost for c in flat)
+        node.residual = node.spec
+    return node
+
+
+def describe(node: PNode, indent: str = "  ") -> list[str]:
+    """The tree as indented lines with estimated cardinalities."""
+    mark = "" if node.exact else "~"
+    line = f"{indent}{node.text}: {mark}{node.est:,.0f} traces"
+    if node.kind in ("&", "|", "!"):
+        line = f"{indent}{node.text} ({mark}{node.est:,.0f} traces)"
+    out = [line]
+    for child in node.children:
+        out.extend(describe(child, indent + "  "))
+    return out

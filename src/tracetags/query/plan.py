@@ -1,0 +1,152 @@
+"""The plans sent to the Redis Function ``tt_query`` (one msgpack map per partition and call).
+
+A plan's boolean tree is made of nodes, each an array whose first element is its kind:
+
+==============================================  ===============================================
+node                                            matches
+==============================================  ===============================================
+``['V', dkey, vprefix, value, ...]``            traces whose value is one of the values: the
+                                                value sets ``vprefix + enc(value)``, plain or
+                                                chunked by their count in the distinct zset
+                                                ``dkey``
+``['C', key]``                                  the chunked key set ``key`` (``tk``/``mk``:
+                                                traces that have the key)
+``['R', zset, lo, hi]``                         traces whose score in ``<prefix>:<zset>`` is in
+                                                ``lo..hi`` (Redis score syntax: ``(5``, ``-inf``)
+``['E', number, ...]``                          these trace numbers
+``['P', field]``                                traces whose hash has ``field`` (an attribute
+                                                is present)
+``['A']`` / ``['Z']``                           every trace / none
+``['L', dkey, vprefix, lead, traces, values]``  (page plans) a LIKE that is its ``lead`` and one
+                                                final ``%``: tt_query seeks its values in the
+                                                byte-order index of ``dkey`` and tests them as
+                                                a ``V`` node; ``traces`` and ``values`` are the
+                                                probe's counts
+``['&', node, ...]`` ``['|', node, ...]``       all of / any of the nodes
+``['!', node]``                                 the traces of the partition that ``node`` misses
+==============================================  ===============================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "CardsPlan",
+    "LeafKind",
+    "Mode",
+    "NodeKind",
+    "OrderSpec",
+    "QueryPlan",
+    "Spec",
+    "Strategy",
+    "ValuesPlan",
+]
+
+LeafKind: TypeAlias = Literal["V", "C", "R", "E", "P", "A", "Z", "L"]
+NodeKind: TypeAlias = LeafKind | Literal["&", "|", "!"]
+#: A node of the table above, as tt_query reads it (its first element is a :data:`NodeKind`).
+Spec: TypeAlias = list[Any]
+Mode: TypeAlias = Literal["page", "count", "stats"]
+#: How a partition is run (``explain`` shows it): see :func:`strategy.plan_partition`.
+Strategy: TypeAlias = Literal[
+    "walk", "chunk-walk", "walk-values", "collect", "exact", "count", "algebra", "stats"
+]
+
+
+class OrderSpec(NamedTuple):
+    """One order key as tt_query compares it (a msgpack array of three)."""
+
+    #: ``n`` numeric, ``s`` string (code point order), ``x`` experiment id (digits first,
+    #: by number).
+    kind: Literal["n", "s", "x"]
+    #: The trace-hash field holding the key's register (``E``: end time, computed from
+    #: ``s`` and ``d``).
+    field: str
+    #: 1 ascending, 0 descending.
+    ascending: int
+
+
+class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A ``page``, ``count`` or ``stats`` plan of one partition (``ARGV[2]`` of tt_query).
+
+    Fields left at their default are not sent (tt_query reads them as absent).
+
+    - ``mode``: ``page`` (the first ``limit`` matches in order), ``count`` (how many match) or
+      ``stats`` (per group: the count and the durations of the matches).
+    - ``expr``: the filter as a node tree (see the module's table).
+    - ``sources``: the leaves whose traces are the candidates (a union); empty: every trace.
+    - ``residual``: what a candidate from ``sources`` must still pass (``expr`` without the
+      test its source already made); tt_query tests ``expr`` when ``sources`` is empty.
+    - ``terms`` (count): signed conjunctions of leaves, ``[sign, leaf, ...]``; the count is
+      the signed sum of theirs (set algebra), instead of testing candidates of ``expr``.
+    - ``group`` (stats): the trace-hash fields whose values make a group.
+    - ``order`` (page): the order keys.
+    - ``limit`` (page): how many matches to find.
+    - ``time_bounds`` (page): the partition keeps its chunks' time bounds (``tsx``), so a
+      walk of value groups may visit chunks newest first too.
+    - ``value_fields`` (page): ``{distinct zset: hash field}`` of the ``V`` (or ``L``) leaves
+      of many values: a walk may test those by reading the candidates' registers.
+    - ``cursor`` (page): ``[1, value]`` (or ``[0]`` for a missing value) per order key: the
+      page starts after this position.
+    - ``chunk_walk`` (page): visit the chunks newest first by their time bounds, giving up
+      past this many chunks (then ``walk`` if given, else collect).
+    - ``walk`` (page): ``[zset, ascending 1|0]`` or ``[zset, asc, lo, hi]``: walk the order
+      zset from one end (within ``lo..hi``, a range every match is in), testing entries.
+    - ``density`` (walk): the expected fraction of walked entries that match.
+    - ``walk_values`` (page): ``[dkey, vprefix, presence leaf, match fraction, candidates,
+      traces]``: walk the distinct values of the first (string) order key in order, each
+      value's set in turn, then the traces without the key.
+    - ``shown`` (page): how many of the ``limit`` rows to return (default all: the extra
+      row only tells that a next page exists).
+    """
+
+    mode: Mode
+    expr: Spec
+    sources: list[Spec]
+    residual: Spec
+    terms: list[list[Any]] | None = None
+    group: list[str] | None = None
+    order: list[OrderSpec] | None = None
+    limit: int | None = None
+    time_bounds: bool = False
+    value_fields: dict[str, str] | None = None
+    cursor: list[list[Any]] | None = None
+    chunk_walk: int | None = None
+    walk: list[str | int] | None = None
+    density: float | None = None
+    walk_values: tuple[str, str, Spec, float, float, int] | None = None
+    shown: int | None = None
+
+
+class ValuesPlan(
+    msgspec.Struct, tag_field="mode", tag="values", kw_only=True, frozen=True, omit_defaults=True
+):
+    """A probe's read of the distinct values of a key that a LIKE may match.
+
+    - ``dkey``: the key's distinct zset.
+    - ``runs``: the pattern's runs of literal characters, the first one its start (maybe
+      empty): only values that start with it and hold the others in order are returned.
+    - ``lead``: the pattern up to its first ``%``, literal runs and counts of ``_``: the
+      values are sought by it in the byte-order index.
+    - ``count_only``: 1 when the pattern is its lead and one final ``%``: only count the
+      values and their traces.
+
+    Reply: msgpack ``[sought 0|1, [value, count, ...]]``, or ``[values, traces]`` with
+    ``count_only``.
+    """
+
+    dkey: str
+    runs: tuple[str, ...] | None = None
+    lead: tuple[str | int, ...]
+    count_only: int | None = None
+
+
+class CardsPlan(msgspec.Struct, tag_field="mode", tag="cards", kw_only=True, frozen=True):
+    """A probe's sizes of chunked key sets: ``keys`` are ``[key set, its distinct zset]``
+    pairs (the zset's scores summed when it has few values, else SCARD over the chunks).
+    Reply: an integer per pair."""
+
+    keys: list[list[str]]

@@ -1,0 +1,123 @@
+"""The probe: the cheap reads (one pipeline per query) that size a query's terms per partition.
+
+Distinct-zset scores, ZCOUNT, HLEN and key-set sizes: never the traces.  A LIKE reads the
+distinct values it may match (or only counts them, for a page that seeks them itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from tracetags.keys import Keys
+from tracetags.query.ast import OrderKey
+from tracetags.query.logical import (
+    LConst,
+    LIdMatch,
+    LIds,
+    LMatch,
+    LogicalNode,
+    LPresent,
+    LRange,
+    LValues,
+    leaves,
+    order_index,
+    order_zset,
+)
+
+__all__ = ["MatchedCount", "MatchedValues", "Probe", "probe_commands", "sizes_only"]
+
+
+@dataclass
+class Probe:
+    """The sizing reads of one partition: which pipeline replies belong to which leaf."""
+
+    partition: int
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+    slots: dict[int, int] = field(default_factory=dict)  # id(leaf) -> reply index
+    #: cards plan entries: [key set, its distinct zset] (tt_query sums the zset's scores
+    #: when it has few values, else SCARD over the chunks)
+    card_keys: list[list[str]] = field(default_factory=list)
+    order_distinct_slot: int | None = None  # reply index of ZCARD of the order key's values
+    time_bounds_slot: int | None = None  # reply index of ZCARD of tsx (newest-first pages)
+
+
+class MatchedValues(NamedTuple):
+    """A probe's reply for a LIKE: the candidate values and their counts; ``sought`` when
+    they came from the byte-order index by the pattern's start (then exactly the values
+    starting like it)."""
+
+    sought: bool
+    pairs: list[tuple[Any, Any]]
+
+
+class MatchedCount(NamedTuple):
+    """A page probe's reply for a LIKE that is its lead and one final ``%``: how many values
+    match and their traces.  The page plan then carries the pattern (an ``L`` leaf), and
+    tt_query seeks the values itself."""
+
+    values: int
+    traces: int
+
+
+def probe_commands(
+    root: LogicalNode,
+    keys: Keys,
+    partition: int,
+    order: Sequence[OrderKey] = (),
+    *,
+    page: bool = False,
+) -> Probe:
+    """The reads that size the leaves of ``root`` in one partition (one pipeline).
+
+    For a ``page``, a LIKE whose values its tt_query call can seek itself
+    (:attr:`LMatch.sought_in_page`) is only counted (``VALUECOUNT``), not listed.
+    """
+    probe = Probe(partition)
+    cmds = probe.commands
+    cmds.append(("HLEN", keys.trace_ids(partition)))
+    index = order_index(order[0]) if order else None
+    if index is not None:
+        probe.order_distinct_slot = len(cmds)
+        cmds.append(("ZCARD", index.distinct(keys, partition)))
+    # newest first, for the page or (second key) within the groups of a walk of values
+    if any(order_zset(key) == "ts" and not key.ascending for key in order[:2]):
+        probe.time_bounds_slot = len(cmds)
+        cmds.append(("ZCARD", keys.time_bounds(partition)))
+    for leaf in leaves(root):
+        if id(leaf) in probe.slots:
+            continue
+        if isinstance(leaf, LValues):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("ZMSCORE", leaf.index.distinct(keys, partition), *leaf.values))
+        elif isinstance(leaf, LMatch) and page and leaf.sought_in_page:
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("VALUECOUNT", leaf.index.distinct(keys, partition), leaf.lead))
+        elif isinstance(leaf, LMatch) and leaf.runs is not None:
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs, leaf.lead))
+        elif isinstance(leaf, LMatch):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("ZRANGE", leaf.index.distinct(keys, partition), 0, -1, "WITHSCORES"))
+        elif isinstance(leaf, LRange):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("ZCOUNT", keys.by_score(partition, leaf.zset), leaf.lo, leaf.hi))
+        elif isinstance(leaf, LIds):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("HMGET", keys.trace_ids(partition), *leaf.ids))
+        elif isinstance(leaf, LIdMatch):
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("HGETALL", keys.trace_ids(partition)))
+        elif isinstance(leaf, LPresent):
+            key_set = leaf.index.key_set(keys, partition)
+            if key_set is not None:
+                probe.slots[id(leaf)] = len(probe.card_keys)
+                probe.card_keys.append([key_set, leaf.index.distinct(keys, partition)])
+    return probe
+
+
+def sizes_only(root: LogicalNode) -> bool:
+    """Whether the probe of ``root`` only sizes its terms: value sets, ranges and key presence
+    (LIKE and id terms read their matching values or numbers in the probe)."""
+    return all(isinstance(leaf, LValues | LRange | LPresent | LConst) for leaf in leaves(root))

@@ -1,0 +1,262 @@
+"""The strategy of one partition: how tt_query runs its physical plan, and why (for explain).
+
+A page walks an order zset from its end, visits the chunks newest first, walks a string
+order key's values, or collects and sorts the candidates, whichever the cost model
+(:mod:`tracetags.query.costs`) finds cheapest; a count is known from index sizes, counted
+by set algebra, or tested candidate by candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tracetags.keys import Keys, metadata_field, tag_field
+from tracetags.query import costs
+from tracetags.query.ast import OrderKey
+from tracetags.query.costs import COSTS
+from tracetags.query.counts import count_terms
+from tracetags.query.logical import PRESENCE_FIELD, ZsetName, order_index, order_zset
+from tracetags.query.physical import PNode
+from tracetags.query.plan import Mode, OrderSpec, QueryPlan, Spec, Strategy
+
+__all__ = ["PartitionPlan", "order_specs", "plan_partition"]
+
+#: The trace-hash field and comparison kind of each orderable attribute.
+_ATTRIBUTE_ORDER: dict[str, tuple[Literal["n", "s", "x"], str]] = {
+    "timestamp_ms": ("n", "s"),
+    "execution_time_ms": ("n", "d"),
+    "end_time_ms": ("n", "E"),
+    "status": ("s", "S"),
+    "request_id": ("s", "i"),
+    "experiment_id": ("x", "e"),
+}
+
+
+def order_specs(order: Sequence[OrderKey]) -> list[OrderSpec]:
+    """tt_query's order specs (see :class:`~tracetags.query.plan.OrderSpec`)."""
+    specs: list[OrderSpec] = []
+    for key in order:
+        f = key.field
+        kind: Literal["n", "s", "x"]
+        if f.entity == "tag":
+            kind, code = "s", tag_field(f.key)
+        elif f.entity == "metadata":
+            kind, code = "s", metadata_field(f.key)
+        else:
+            kind, code = _ATTRIBUTE_ORDER[f.key]
+        specs.append(OrderSpec(kind, code, 1 if key.ascending else 0))
+    return specs
+
+
+def _value_fields(node: PNode, out: dict[str, str]) -> dict[str, str]:
+    """The hash field of each V (or L) leaf of many values in ``node``, by distinct zset."""
+    values = len(node.spec) - 3 if node.kind == "V" else node.spec[5] if node.kind == "L" else 0
+    if node.field is not None and values >= COSTS.register_test_min_values:
+        out[node.spec[1]] = node.field
+    for child in node.children:
+        _value_fields(child, out)
+    return out
+
+
+def _walk_range(tree: PNode, zset: ZsetName) -> PNode | None:
+    """The range leaf on ``zset`` that every match must satisfy (a conjunct), if any."""
+    candidates = tree.children if tree.kind == "&" else [tree]
+    ranges = [c for c in candidates if c.kind == "R" and c.spec[1] == zset]
+    return min(ranges, key=lambda c: c.est) if ranges else None
+
+
+@dataclass
+class PartitionPlan:
+    partition: int
+    total: int
+    tree: PNode
+    strategy: Strategy
+    reason: str
+    plan: QueryPlan
+    exact_count: int = 0  # count mode: added to what tt_query returns (all of it for exact)
+
+
+def plan_partition(
+    partition: int,
+    tree: PNode,
+    total: int,
+    *,
+    mode: Mode,
+    order: Sequence[OrderKey] = (),
+    limit: int = 0,
+    cursor: list[list[Any]] | None = None,
+    group_fields: Sequence[str] = (),
+    keys: Keys | None = None,
+    order_distinct: int | None = None,
+    time_bounds: bool = False,
+) -> PartitionPlan:
+    """Choose how to run one partition: the tt_query plan and the reason, for explain.
+
+    ``order_distinct`` is the number of distinct values of the first order key when it is
+    a string key with a distinct zset (then ``keys`` is needed to name its sets);
+    ``time_bounds`` tells that the partition keeps its chunks' time bounds (tsx).
+    """
+    sources = tree.sources if tree.sources is not None else []
+    if sources and sources[0][0] == "A":
+        sources = []
+    cost = tree.cost if tree.sources is not None else float(total)
+    residual = tree.residual if sources and tree.residual is not None else tree.spec
+    source_text = (
+        "every trace" if not sources else f"{len(sources)} index source(s) of ~{cost:,.0f} traces"
+    )
+
+    def done(strategy: Strategy, reason: str, plan: QueryPlan, exact: int = 0) -> PartitionPlan:
+        return PartitionPlan(partition, total, tree, strategy, reason, plan, exact)
+
+    if mode == "count":
+        plan = QueryPlan(mode=mode, expr=tree.spec, sources=sources, residual=residual)
+        if tree.exact and tree.kind in ("V", "R", "E", "A", "Z", "C"):
+            reason = f"exact from index sizes (O(1)): {tree.est:,.0f}"
+            return done("exact", reason, plan, int(tree.est))
+        algebra = count_terms(tree, total)
+        if algebra is not None:
+            exact, remote = algebra
+            if not remote:
+                reason = f"exact from index sizes (set algebra, O(1)): {exact:,}"
+                return done("exact", reason, plan, exact)
+            plan = QueryPlan(
+                mode=mode, expr=tree.spec, sources=sources, residual=residual, terms=remote
+            )
+            reason = (
+                f"set algebra: {exact:,} from index sizes plus {len(remote)} signed"
+                " conjunction(s) counted inside Redis (SINTERCARD per chunk of chunked sets;"
+                " a plain set or a small range enumerated and tested)"
+            )
+            return done("algebra", reason, plan, exact)
+        reason = f"test the candidates from {source_text} in batches inside Redis"
+        return done("count", reason, plan)
+    if mode == "stats":
+        plan = QueryPlan(
+            mode=mode, expr=tree.spec, sources=sources, residual=residual, group=list(group_fields)
+        )
+        reason = f"aggregate durations (ZMSCORE du) of the matches from {source_text}"
+        return done("stats", reason, plan)
+
+    specs = order_specs(order)
+    value_fields = _value_fields(tree, {}) or None
+
+    def page(
+        *,
+        chunk_walk: int | None = None,
+        walk: list[str | int] | None = None,
+        density: float | None = None,
+        walk_values: tuple[str, str, Spec, float, float, int] | None = None,
+    ) -> QueryPlan:
+        return QueryPlan(
+            mode=mode,
+            expr=tree.spec,
+            sources=sources,
+            residual=residual,
+            order=specs,
+            limit=limit,
+            time_bounds=time_bounds,  # (walks of value groups may visit chunks too)
+            value_fields=value_fields,
+            cursor=cursor,
+            chunk_walk=chunk_walk,
+            walk=walk,
+            density=density,
+            walk_values=walk_values,
+        )
+
+    zset = order_zset(order[0]) if order else None
+    null_cursor = cursor is not None and cursor[0][0] == 0
+    if zset is not None and not null_cursor:
+        est = tree.est
+        span = float(total)
+        bounded = _walk_range(tree, zset)
+        if bounded is not None:
+            # Only the ranks of a conjunct range on the walked zset can match: walk them.
+            span = bounded.est
+        scan = span if est <= 0 else min(span, math.ceil(limit * span / est))
+        # Collect grows with the candidates and matches while a walk of the same density
+        # does not: a walk wins at scale even when it visits more entries than there are
+        # candidates.
+        from_range = any(source[0] == "R" for source in sources)
+        collect_cost = costs.collect_cost(cost, est, total, from_range=from_range)
+        chunk_cost = math.inf
+        visits = 0.0
+        if time_bounds and zset == "ts" and not order[0].ascending and cursor is None:
+            chunk_cost, visits = costs.chunk_walk_cost(tree, total, limit)
+        density = min(1.0, est / span) if span > 0 else 1.0
+        if chunk_cost < min(scan, collect_cost):
+            # Past the budget tt_query gives up and walks (or collects).
+            budget = costs.chunk_walk_budget(visits)
+            walk: list[str | int] | None = None
+            if scan < collect_cost:
+                walk = [zset, 0]
+                if bounded is not None:
+                    walk += bounded.spec[2:4]
+            reason = (
+                f"walk the chunks newest first (their time bounds): ~{est:,.0f} of {total:,}"
+                f" traces match, ~{visits:,.0f} chunks expected (past {budget:,}"
+                f" tt_query {'walks ts' if walk is not None else 'collects'} instead);"
+                f" intersecting the chunked sets per chunk costs ~"
+                f"{chunk_cost:,.0f}, against walking ~{scan:,.0f} ts entries or collecting "
+                f"the {cost:,.0f} candidates from {source_text} (cost ~{collect_cost:,.0f})"
+            )
+            plan = page(
+                chunk_walk=budget,
+                walk=walk,
+                density=None if walk is None else density,
+            )
+            return done("chunk-walk", reason, plan)
+        if scan < collect_cost:
+            walk = [zset, 1 if order[0].ascending else 0]
+            within = ""
+            if bounded is not None:
+                walk += bounded.spec[2:4]
+                within = f" within {bounded.text}"
+            reason = (
+                f"walk {zset} from the {'low' if order[0].ascending else 'high'} end{within}: "
+                f"~{est:,.0f} of {total:,} traces match, so ~{scan:,.0f} entries fill "
+                f"{limit} rows, cheaper than collecting the {cost:,.0f} candidates from "
+                f"{source_text} (cost ~{collect_cost:,.0f})"
+            )
+            return done("walk", reason, page(walk=walk, density=density))
+        reason = (
+            f"collect and sort: ~{est:,.0f} matches expected, the smallest source gives "
+            f"{cost:,.0f} candidates (cost ~{collect_cost:,.0f}), cheaper than walking "
+            f"~{scan:,.0f} {zset} entries"
+        )
+        return done("collect", reason, page())
+    index = order_index(order[0]) if order else None
+    walk_values_us = costs.walk_values_cost_us(order_distinct, limit, tree.est)
+    if (
+        zset is None
+        and index is not None
+        and keys is not None
+        and order_distinct is not None
+        and cost > COSTS.walk_values_page_factor * limit
+        and (
+            order_distinct * COSTS.walk_values_distinct_factor < cost
+            or walk_values_us < COSTS.walk_values_margin * cost
+        )
+    ):
+        key_set = index.key_set(keys, partition)
+        presence = ["C", key_set] if key_set is not None else ["P", PRESENCE_FIELD[index.kind]]
+        fraction = tree.est / total if total else 0.0
+        walk_values = (
+            index.distinct(keys, partition),
+            index.value_prefix(keys, partition),
+            presence,
+            fraction,
+            cost,
+            total,
+        )
+        reason = (
+            f"walk the {order_distinct:,} distinct values of {index.label} in order, each "
+            f"value's set in turn (nulls last), until {limit} rows: cheaper than sorting the "
+            f"{cost:,.0f} candidates from {source_text}"
+        )
+        return done("walk-values", reason, page(walk_values=walk_values))
+    why = "the first order key has no order zset" if zset is None else "the cursor is past it"
+    reason = f"collect and sort the matches from {source_text} ({why})"
+    return done("collect", reason, page())
