@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -37,6 +36,12 @@ import redis
 import redis.asyncio
 
 from tracetags.errors import FoldArgumentsError, FoldError, QueryError
+from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
+from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
+from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
+from tracetags.functions.library import LIBRARY_PREFIX as LIBRARY_PREFIX
+from tracetags.functions.library import LOOKUP_FUNCTION as LOOKUP_FUNCTION
+from tracetags.functions.library import QUERY_FUNCTION as QUERY_FUNCTION
 from tracetags.keys import NAME_TAG, SET_CHUNK, Keys
 from tracetags.schemas import (
     ENTRY_FIELD,
@@ -49,13 +54,9 @@ from tracetags.schemas import (
     decode,
 )
 
-LIBRARY_NAME: Final = "tracetags_v5"
-#: Every version of the library is named LIBRARY_PREFIX + its number.
-LIBRARY_PREFIX: Final = "tracetags_v"
-APPLY_FUNCTION: Final = "tt_apply"
-QUERY_FUNCTION: Final = "tt_query"
-LOOKUP_FUNCTION: Final = "tt_lookup"
-LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8")
+#: The library assembled from the part files under lua/ (see library.py).
+LIBRARY: Final = assemble()
+LIBRARY_CODE: Final = LIBRARY.code
 
 _ERRORS: Final[dict[str, type[FoldError]]] = {
     "TT_BADARGS": FoldArgumentsError,
@@ -192,10 +193,11 @@ def _str(value: bytes | str) -> str:
 
 
 def fingerprint(value: str) -> int:
-    """A value's lookup fingerprint, as tracetags.lua computes it (1..65521; 0 = none)."""
-    h = 5381
+    """A value's lookup fingerprint, as lookups.lua computes it (1..FINGERPRINT_MOD; 0 =
+    none)."""
+    h = FINGERPRINT_SEED
     for byte in value.encode():
-        h = (h * 33 + byte) % 65521
+        h = (h * 33 + byte) % FINGERPRINT_MOD
     return h + 1
 
 

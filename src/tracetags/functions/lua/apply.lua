@@ -1,0 +1,356 @@
+local newer, parse_id, register_stamp = Stamps.newer, Stamps.parse_id, Stamps.register_stamp
+local chunked, hmget = Sets.chunked, Sets.hmget
+local new_batch = Batches.new_batch
+local apply_single, fold_events = FoldTrace.apply_single, FoldTrace.fold_events
+local remove_trace, write_in_place = FoldTrace.remove_trace, FoldTrace.write_in_place
+local write_new, write_new_single = FoldTrace.write_new, FoldTrace.write_new_single
+
+local KINDS = { S = true, F = true, T = true, D = true, X = true }
+
+local function is_decimal_millis(v)
+    return type_(v) == 'string' and #v > 0 and #v < 17 and not find(v, '[^0-9]')
+        and (#v == 1 or sub(v, 1, 1) ~= '0') and tonumber(v) < 9007199254740992
+end
+
+local function is_count(n)
+    return type_(n) == 'number' and n >= 0 and n % 1 == 0
+end
+
+local function not_a_string(i)
+    fail('BADARGS', 'tag or metadata at batch[' .. i .. '] is not a string')
+end
+
+-- Copy count (key, value) pairs from args[p...] into fv after position n as
+-- (<kind><key>, value), checking that both are strings; returns the new n.
+local function copy_pairs(args, p, count, kind, fv, n)
+    for i = p, p + 2 * count - 1, 2 do
+        local key, value = args[i], args[i + 1]
+        if type_(key) ~= 'string' then
+            not_a_string(i)
+        elseif type_(value) ~= 'string' then
+            not_a_string(i + 1)
+        end
+        fv[n + 1], fv[n + 2] = kind .. key, value
+        n = n + 2
+    end
+    return n
+end
+
+--[[
+tt_apply: fold one batch of one partition, dead-letter its bad entries and XACK them all.
+KEYS[1] stream      <prefix>:log (the partition's stream; every other key is built from prefix)
+KEYS[2] dead        <prefix>:dead
+ARGV[1] group       consumer group to XACK in
+ARGV[2] prefix      partition prefix ns:{pNN}
+ARGV[3] batch       one msgpack array (one argument is far cheaper to send than thousands;
+                    only msgpack str, int and array: Redis 7.0's cmsgpack has no bin type):
+  n_events, then n_events events: entry_id, kind (S F T D X), trace_id, n_attrs, n_tags,
+  n_meta, n_attrs (code, value) pairs (codes e s d S c; s and d as decimal strings), n_tags (key, value)
+  pairs (keys only for D), n_meta (key, value) pairs
+ARGV[4...]          dead letters, three values each: entry_id, payload, reason
+Returns {events applied, dead letters written, entries acked}.
+--]]
+local function tt_apply(keys, argv)
+    bind_runtime()
+    local stream, dead = keys[1], keys[2]
+    local group, prefix = argv[1], argv[2]
+    if stream ~= prefix .. ':log' or dead ~= prefix .. ':dead' then
+        fail('BADKEYS', 'KEYS must be ' .. prefix .. ':log and ' .. prefix .. ':dead')
+    end
+    local ok, args = pcall(cmsgpack.unpack, argv[3] or '')
+    if not ok or type(args) ~= 'table' then
+        fail('BADARGS', 'ARGV[3] must be a msgpack array')
+    end
+    local n_events = args[1]
+    if not is_count(n_events) then
+        fail('BADARGS', 'the batch must start with its event count')
+    end
+
+    -- One pass checks the layout (no write happens before it ends) and groups the events by
+    -- trace in first-seen order: first[trace_id] is its first event, multi[trace_id] the
+    -- list of its events when it has several.
+    local n_args = #args
+    local acks = {}
+    local first, multi = {}, {}
+    local trace_ids = {}
+    local n_traces = 0
+    local p = 2
+    for e = 1, n_events do
+        if p + 5 > n_args then
+            fail('BADARGS', 'event header at batch[' .. p .. '] runs past the end')
+        end
+        local entry_id, kind, trace_id = args[p], args[p + 1], args[p + 2]
+        local n_attrs, n_tags, n_meta = args[p + 3], args[p + 4], args[p + 5]
+        local ms_text, seq_text
+        if type_(entry_id) == 'string' then
+            ms_text, seq_text = match(entry_id, '^(%d+)%-(%d+)$')
+        end
+        if not ms_text or #ms_text > 15 or #seq_text > 15 then
+            fail('BADARGS', 'bad entry id at batch[' .. p .. ']: ' .. tostring(entry_id))
+        end
+        if not KINDS[kind] or type_(trace_id) ~= 'string' then
+            fail('BADARGS', 'bad kind or trace id at batch[' .. (p + 1) .. ']: ' .. tostring(kind))
+        end
+        if not (is_count(n_attrs) and is_count(n_tags) and is_count(n_meta)) then
+            fail('BADARGS', 'bad counts at batch[' .. (p + 3) .. ']')
+        end
+        if (kind ~= 'S' and kind ~= 'F' and (n_attrs > 0 or n_meta > 0))
+            or (kind == 'X' and n_tags > 0) then
+            fail('BADARGS', 'fields not allowed for kind ' .. kind .. ' at batch[' .. p .. ']')
+        end
+        acks[e] = entry_id
+        p = p + 6
+        local ev = {
+            ms = tonumber(ms_text), seq = tonumber(seq_text), ms_text = ms_text,
+            base = false, stamp = false,
+        }
+        if kind ~= 'X' and kind ~= 'D' and 2 * (n_attrs + n_tags + n_meta) <= CHUNK then
+            -- One copy of the event's slice sizes the table once (growing one is dear here);
+            -- tag and metadata keys then get their field prefix in place.
+            local last = p + 2 * (n_attrs + n_tags + n_meta) - 1
+            if last > n_args then
+                fail('BADARGS', 'event fields run past the end of the batch')
+            end
+            local fv = { unpack_(args, p, last) }
+            local i = 1
+            for _ = 1, n_attrs do
+                local code, value = fv[i], fv[i + 1]
+                if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
+                    or (not NUMERIC[code] and type_(value) ~= 'string') then
+                    fail('BADARGS', 'bad attribute at batch[' .. (p + i - 1) .. ']')
+                end
+                i = i + 2
+            end
+            for _ = 1, n_tags + n_meta do
+                local key, value = fv[i], fv[i + 1]
+                if type_(key) ~= 'string' then
+                    not_a_string(p + i - 1)
+                elseif type_(value) ~= 'string' then
+                    not_a_string(p + i)
+                end
+                fv[i] = (i <= 2 * (n_attrs + n_tags) and 't' or 'm') .. key
+                i = i + 2
+            end
+            p = last + 1
+            ev.fv = fv
+        elseif kind ~= 'X' then
+            local fv = {}
+            local n = 0
+            for i = p, p + 2 * n_attrs - 1, 2 do
+                local code, value = args[i], args[i + 1]
+                if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
+                    or (not NUMERIC[code] and type_(value) ~= 'string') then
+                    fail('BADARGS', 'bad attribute at batch[' .. i .. ']')
+                end
+                fv[n + 1], fv[n + 2] = code, value
+                n = n + 2
+            end
+            p = p + 2 * n_attrs
+            if p + (kind == 'D' and n_tags or 2 * n_tags) + 2 * n_meta - 1 > n_args then
+                fail('BADARGS', 'event fields run past the end of the batch')
+            end
+            if kind == 'D' then
+                -- A key deleted twice in one event is one change (index counts must not drift).
+                local seen = n_tags > 1 and {}
+                for i = p, p + n_tags - 1 do
+                    local key = args[i]
+                    if type_(key) ~= 'string' then
+                        not_a_string(i)
+                    end
+                    if not seen or not seen[key] then
+                        fv[n + 1], fv[n + 2] = 't' .. key, false
+                        n = n + 2
+                        if seen then
+                            seen[key] = true
+                        end
+                    end
+                end
+                p = p + n_tags
+            else
+                n = copy_pairs(args, p, n_tags, 't', fv, n)
+                p = p + 2 * n_tags
+            end
+            n = copy_pairs(args, p, n_meta, 'm', fv, n)
+            p = p + 2 * n_meta
+            ev.fv = fv
+        end
+        local prev = first[trace_id]
+        if prev == nil then
+            first[trace_id] = ev
+            n_traces = n_traces + 1
+            trace_ids[n_traces] = trace_id
+        else
+            local events = multi[trace_id]
+            if events then
+                events[#events + 1] = ev
+            else
+                multi[trace_id] = { prev, ev }
+            end
+        end
+    end
+    if p - 1 ~= n_args then
+        fail('BADARGS', 'the batch has ' .. n_args .. ' values, its counts describe ' .. (p - 1))
+    end
+    if (#argv - 3) % 3 ~= 0 then
+        fail('BADARGS', 'dead letters must come as (entry_id, payload, reason) triples')
+    end
+    for i = 4, #argv, 3 do
+        if not parse_id(argv[i]) then
+            fail('BADARGS', 'bad dead-letter entry id at ARGV[' .. i .. ']')
+        end
+    end
+    local n_dead = (#argv - 3) / 3
+
+    local ids_key, gone_key = prefix .. ':ids', prefix .. ':gone'
+    local hash_prefix = prefix .. ':t:'
+    local batch = new_batch(prefix)
+    local created = {} -- states (or {trace_id, ev} of a single event) that need a new number
+    local gone_writes, ids_removed = {}, {}
+    if n_traces > 0 then
+        local tombstones = hmget(gone_key, trace_ids)
+        local numbers = hmget(ids_key, trace_ids)
+        for t = 1, n_traces do
+            local trace_id = trace_ids[t]
+            local events = multi[trace_id]
+            local ev = first[trace_id]
+            local no = numbers[t]
+            if not events and ev.fv then
+                local tombstone = tombstones[t]
+                local live = true
+                if tombstone then
+                    local gms, gseq = parse_id(tombstone)
+                    live = newer(ev.ms, ev.seq, gms, gseq)
+                end
+                if live then
+                    if no then
+                        apply_single(batch, ev, no, hash_prefix)
+                    else
+                        created[#created + 1] = { trace_id = trace_id, ev = ev }
+                    end
+                end
+            else
+                events = events or { ev }
+                local st = {
+                    trace_id = trace_id, raw = {}, new = {}, value = {}, dropped = {},
+                    exists = false,
+                }
+                if tombstones[t] then
+                    st.gms, st.gseq = parse_id(tombstones[t])
+                end
+                if no then
+                    local hash = hash_prefix .. no
+                    local raw = st.raw
+                    -- Read only the registers this batch writes, unless it may delete the trace.
+                    local wanted = { 'b', 'x' }
+                    local whole = false
+                    local times = false
+                    for i = 1, #events do
+                        local fv = events[i].fv
+                        if not fv then
+                            whole = true
+                            break
+                        end
+                        for j = 1, #fv, 2 do
+                            local field = fv[j]
+                            if not raw[field] then
+                                raw[field] = true
+                                wanted[#wanted + 1] = field
+                                if NUMERIC[field] then
+                                    times = true
+                                end
+                            end
+                        end
+                    end
+                    if whole then
+                        local flat = call('HGETALL', hash)
+                        raw = {}
+                        for i = 1, #flat, 2 do
+                            raw[flat[i]] = flat[i + 1]
+                        end
+                    else
+                        if times then
+                            wanted[#wanted + 1] = 's'
+                            wanted[#wanted + 1] = 'd'
+                        end
+                        local got = hmget(hash, wanted)
+                        raw = {}
+                        for i = 1, #wanted do
+                            if got[i] then
+                                raw[wanted[i]] = got[i]
+                            end
+                        end
+                    end
+                    st.raw = raw
+                    st.no = no
+                    st.exists = true
+                    st.base = tonumber(raw['b'])
+                    st.xms, st.xseq = register_stamp(raw['x'], st.base)
+                end
+                local before = st.raw
+                fold_events(st, events)
+                if st.gone_dirty then
+                    gone_writes[#gone_writes + 1] = trace_id
+                    gone_writes[#gone_writes + 1] = int(st.gms) .. '-' .. int(st.gseq)
+                end
+                if st.no and not st.wiped then
+                    write_in_place(batch, st, hash_prefix)
+                else
+                    if st.wiped then
+                        remove_trace(batch, st.no, before, hash_prefix)
+                        if not st.exists then
+                            ids_removed[#ids_removed + 1] = trace_id
+                        end
+                    end
+                    if st.exists then
+                        created[#created + 1] = st
+                    end
+                end
+            end
+        end
+    end
+    local n_created = #created
+    if n_created > 0 then
+        local last = call('INCRBY', prefix .. ':n', n_created)
+        batch.born = last == n_created -- the partition's first traces: it gets a tsx
+        local ids = {}
+        local chunks, offsets = batch.pos.chunk, batch.pos.offset
+        for i = 1, n_created do
+            local st = created[i]
+            local number = last - n_created + i
+            local no = int(number)
+            local c = floor(number / SET_CHUNK)
+            chunks[no], offsets[no] = c, DECIMAL[number - c * SET_CHUNK]
+            if st.ev then
+                write_new_single(batch, st.trace_id, st.ev, no, hash_prefix)
+            else
+                write_new(batch, st, no, hash_prefix)
+            end
+            ids[2 * i - 1], ids[2 * i] = st.trace_id, no
+        end
+        chunked('HSET', ids_key, ids)
+    end
+    if #ids_removed > 0 then
+        chunked('HDEL', ids_key, ids_removed)
+    end
+    if #gone_writes > 0 then
+        chunked('HSET', gone_key, gone_writes)
+    end
+    batch:flush()
+
+    if n_dead > 0 then
+        local now = call('TIME')
+        local time_ms = int(tonumber(now[1]) * 1000 + floor(tonumber(now[2]) / 1000))
+        for i = 4, #argv, 3 do
+            call('XADD', dead, '*', 'entry_id', argv[i], 'payload', argv[i + 1],
+                'reason', argv[i + 2], 'time_ms', time_ms)
+            acks[#acks + 1] = argv[i]
+        end
+    end
+    local acked = 0
+    for i = 1, #acks, CHUNK do
+        acked = acked + call('XACK', stream, group, unpack_(acks, i, math.min(i + CHUNK - 1, #acks)))
+    end
+    return { n_events, n_dead, acked }
+end
+
+Apply.tt_apply = tt_apply
