@@ -38,7 +38,8 @@ PARTS: Final = (
     "lex_index.lua",  # the byte-order index of a key's distinct values
     "lookups.lua",  # lookup fingerprints and tt_lookup
     "batch.lua",  # index changes of one batch, gathered and written once
-    "fold_trace.lua",  # the fold of one trace's events
+    "fold_trace.lua",  # the fold of one trace's events (several, or a deletion)
+    "fold_single.lua",  # the common case: a trace with one event in the batch
     "apply.lua",  # tt_apply: a batch checked, folded, dead-lettered and acked
     "query_leaves.lua",  # leaf tests of a query plan
     "query_eval.lua",  # the boolean tree over candidate lists

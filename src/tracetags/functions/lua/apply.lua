@@ -1,9 +1,8 @@
 local newer, parse_id, register_stamp = Stamps.newer, Stamps.parse_id, Stamps.register_stamp
 local chunked, hmget = Sets.chunked, Sets.hmget
 local new_batch = Batches.new_batch
-local apply_single, fold_events = FoldTrace.apply_single, FoldTrace.fold_events
-local remove_trace, write_in_place = FoldTrace.remove_trace, FoldTrace.write_in_place
-local write_new, write_new_single = FoldTrace.write_new, FoldTrace.write_new_single
+local fold_trace, write_new = FoldTrace.fold_trace, FoldTrace.write_new
+local apply_single, write_new_single = FoldSingle.apply_single, FoldSingle.write_new_single
 
 local KINDS = { S = true, F = true, T = true, D = true, X = true }
 
@@ -36,39 +35,85 @@ local function copy_pairs(args, p, count, kind, fv, n)
     return n
 end
 
---[[
-tt_apply: fold one batch of one partition, dead-letter its bad entries and XACK them all.
-KEYS[1] stream      <prefix>:log (the partition's stream; every other key is built from prefix)
-KEYS[2] dead        <prefix>:dead
-ARGV[1] group       consumer group to XACK in
-ARGV[2] prefix      partition prefix ns:{pNN}
-ARGV[3] batch       one msgpack array (one argument is far cheaper to send than thousands;
-                    only msgpack str, int and array: Redis 7.0's cmsgpack has no bin type):
-  n_events, then n_events events: entry_id, kind (S F T D X), trace_id, n_attrs, n_tags,
-  n_meta, n_attrs (code, value) pairs (codes e s d S c; s and d as decimal strings), n_tags (key, value)
-  pairs (keys only for D), n_meta (key, value) pairs
-ARGV[4...]          dead letters, three values each: entry_id, payload, reason
-Returns {events applied, dead letters written, entries acked}.
---]]
-local function tt_apply(keys, argv)
-    bind_runtime()
-    local stream, dead = keys[1], keys[2]
-    local group, prefix = argv[1], argv[2]
-    if stream ~= prefix .. ':log' or dead ~= prefix .. ':dead' then
-        fail('BADKEYS', 'KEYS must be ' .. prefix .. ':log and ' .. prefix .. ':dead')
+-- The fields of an event that sets registers, {field, value, ...}, and the position after
+-- it.  One copy of the event's slice sizes the table once (growing one is dear here); tag and
+-- metadata keys then get their field prefix in place.
+local function slice_fields(args, p, n_args, n_attrs, n_tags, n_meta)
+    local last = p + 2 * (n_attrs + n_tags + n_meta) - 1
+    if last > n_args then
+        fail('BADARGS', 'event fields run past the end of the batch')
     end
-    local ok, args = pcall(cmsgpack.unpack, argv[3] or '')
-    if not ok or type(args) ~= 'table' then
-        fail('BADARGS', 'ARGV[3] must be a msgpack array')
+    local fv = { unpack_(args, p, last) }
+    local i = 1
+    for _ = 1, n_attrs do
+        local code, value = fv[i], fv[i + 1]
+        if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
+            or (not NUMERIC[code] and type_(value) ~= 'string') then
+            fail('BADARGS', 'bad attribute at batch[' .. (p + i - 1) .. ']')
+        end
+        i = i + 2
     end
-    local n_events = args[1]
-    if not is_count(n_events) then
-        fail('BADARGS', 'the batch must start with its event count')
+    for _ = 1, n_tags + n_meta do
+        local key, value = fv[i], fv[i + 1]
+        if type_(key) ~= 'string' then
+            not_a_string(p + i - 1)
+        elseif type_(value) ~= 'string' then
+            not_a_string(p + i)
+        end
+        fv[i] = (i <= 2 * (n_attrs + n_tags) and 't' or 'm') .. key
+        i = i + 2
     end
+    return fv, last + 1
+end
 
-    -- One pass checks the layout (no write happens before it ends) and groups the events by
-    -- trace in first-seen order: first[trace_id] is its first event, multi[trace_id] the
-    -- list of its events when it has several.
+-- The fields of a tags_deleted event (each key once, value false: a tombstone) or of an event
+-- too large for one unpack, copied pair by pair; and the position after the event.
+local function copy_fields(args, p, n_args, kind, n_attrs, n_tags, n_meta)
+    local fv = {}
+    local n = 0
+    for i = p, p + 2 * n_attrs - 1, 2 do
+        local code, value = args[i], args[i + 1]
+        if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
+            or (not NUMERIC[code] and type_(value) ~= 'string') then
+            fail('BADARGS', 'bad attribute at batch[' .. i .. ']')
+        end
+        fv[n + 1], fv[n + 2] = code, value
+        n = n + 2
+    end
+    p = p + 2 * n_attrs
+    if p + (kind == 'D' and n_tags or 2 * n_tags) + 2 * n_meta - 1 > n_args then
+        fail('BADARGS', 'event fields run past the end of the batch')
+    end
+    if kind == 'D' then
+        -- A key deleted twice in one event is one change (index counts must not drift).
+        local seen = n_tags > 1 and {}
+        for i = p, p + n_tags - 1 do
+            local key = args[i]
+            if type_(key) ~= 'string' then
+                not_a_string(i)
+            end
+            if not seen or not seen[key] then
+                fv[n + 1], fv[n + 2] = 't' .. key, false
+                n = n + 2
+                if seen then
+                    seen[key] = true
+                end
+            end
+        end
+        p = p + n_tags
+    else
+        n = copy_pairs(args, p, n_tags, 't', fv, n)
+        p = p + 2 * n_tags
+    end
+    n = copy_pairs(args, p, n_meta, 'm', fv, n)
+    p = p + 2 * n_meta
+    return fv, p
+end
+
+-- One pass checks the layout (no write happens before it ends) and groups the events by
+-- trace in first-seen order: first[trace_id] is its first event, multi[trace_id] the list
+-- of its events when it has several.  Returns acks (entry ids), first, multi, trace_ids.
+local function read_batch(args, n_events)
     local n_args = #args
     local acks = {}
     local first, multi = {}, {}
@@ -104,75 +149,12 @@ local function tt_apply(keys, argv)
             ms = tonumber(ms_text), seq = tonumber(seq_text), ms_text = ms_text,
             base = false, stamp = false,
         }
-        if kind ~= 'X' and kind ~= 'D' and 2 * (n_attrs + n_tags + n_meta) <= CHUNK then
-            -- One copy of the event's slice sizes the table once (growing one is dear here);
-            -- tag and metadata keys then get their field prefix in place.
-            local last = p + 2 * (n_attrs + n_tags + n_meta) - 1
-            if last > n_args then
-                fail('BADARGS', 'event fields run past the end of the batch')
-            end
-            local fv = { unpack_(args, p, last) }
-            local i = 1
-            for _ = 1, n_attrs do
-                local code, value = fv[i], fv[i + 1]
-                if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
-                    or (not NUMERIC[code] and type_(value) ~= 'string') then
-                    fail('BADARGS', 'bad attribute at batch[' .. (p + i - 1) .. ']')
-                end
-                i = i + 2
-            end
-            for _ = 1, n_tags + n_meta do
-                local key, value = fv[i], fv[i + 1]
-                if type_(key) ~= 'string' then
-                    not_a_string(p + i - 1)
-                elseif type_(value) ~= 'string' then
-                    not_a_string(p + i)
-                end
-                fv[i] = (i <= 2 * (n_attrs + n_tags) and 't' or 'm') .. key
-                i = i + 2
-            end
-            p = last + 1
-            ev.fv = fv
-        elseif kind ~= 'X' then
-            local fv = {}
-            local n = 0
-            for i = p, p + 2 * n_attrs - 1, 2 do
-                local code, value = args[i], args[i + 1]
-                if not ATTRIBUTES[code] or (NUMERIC[code] and not is_decimal_millis(value))
-                    or (not NUMERIC[code] and type_(value) ~= 'string') then
-                    fail('BADARGS', 'bad attribute at batch[' .. i .. ']')
-                end
-                fv[n + 1], fv[n + 2] = code, value
-                n = n + 2
-            end
-            p = p + 2 * n_attrs
-            if p + (kind == 'D' and n_tags or 2 * n_tags) + 2 * n_meta - 1 > n_args then
-                fail('BADARGS', 'event fields run past the end of the batch')
-            end
-            if kind == 'D' then
-                -- A key deleted twice in one event is one change (index counts must not drift).
-                local seen = n_tags > 1 and {}
-                for i = p, p + n_tags - 1 do
-                    local key = args[i]
-                    if type_(key) ~= 'string' then
-                        not_a_string(i)
-                    end
-                    if not seen or not seen[key] then
-                        fv[n + 1], fv[n + 2] = 't' .. key, false
-                        n = n + 2
-                        if seen then
-                            seen[key] = true
-                        end
-                    end
-                end
-                p = p + n_tags
+        if kind ~= 'X' then
+            if kind ~= 'D' and 2 * (n_attrs + n_tags + n_meta) <= CHUNK then
+                ev.fv, p = slice_fields(args, p, n_args, n_attrs, n_tags, n_meta)
             else
-                n = copy_pairs(args, p, n_tags, 't', fv, n)
-                p = p + 2 * n_tags
+                ev.fv, p = copy_fields(args, p, n_args, kind, n_attrs, n_tags, n_meta)
             end
-            n = copy_pairs(args, p, n_meta, 'm', fv, n)
-            p = p + 2 * n_meta
-            ev.fv = fv
         end
         local prev = first[trace_id]
         if prev == nil then
@@ -191,6 +173,11 @@ local function tt_apply(keys, argv)
     if p - 1 ~= n_args then
         fail('BADARGS', 'the batch has ' .. n_args .. ' values, its counts describe ' .. (p - 1))
     end
+    return acks, first, multi, trace_ids
+end
+
+-- The number of dead letters in argv (triples from ARGV[4]), checked.
+local function count_dead_letters(argv)
     if (#argv - 3) % 3 ~= 0 then
         fail('BADARGS', 'dead letters must come as (entry_id, payload, reason) triples')
     end
@@ -199,115 +186,52 @@ local function tt_apply(keys, argv)
             fail('BADARGS', 'bad dead-letter entry id at ARGV[' .. i .. ']')
         end
     end
-    local n_dead = (#argv - 3) / 3
+    return (#argv - 3) / 3
+end
 
-    local ids_key, gone_key = prefix .. ':ids', prefix .. ':gone'
+-- Fold every trace of the batch: a trace with one event that is not a deletion takes the
+-- single-event path (no fold state); the others are folded whole (fold_trace.lua).
+-- Returns what the writes after the fold need: out.created (states, or {trace_id, ev} of a
+-- single event, that need a new number), out.gone (tombstone writes), out.ids_removed.
+local function fold_traces(batch, prefix, first, multi, trace_ids)
     local hash_prefix = prefix .. ':t:'
-    local batch = new_batch(prefix)
-    local created = {} -- states (or {trace_id, ev} of a single event) that need a new number
-    local gone_writes, ids_removed = {}, {}
-    if n_traces > 0 then
-        local tombstones = hmget(gone_key, trace_ids)
-        local numbers = hmget(ids_key, trace_ids)
-        for t = 1, n_traces do
-            local trace_id = trace_ids[t]
-            local events = multi[trace_id]
-            local ev = first[trace_id]
-            local no = numbers[t]
-            if not events and ev.fv then
-                local tombstone = tombstones[t]
-                local live = true
-                if tombstone then
-                    local gms, gseq = parse_id(tombstone)
-                    live = newer(ev.ms, ev.seq, gms, gseq)
-                end
-                if live then
-                    if no then
-                        apply_single(batch, ev, no, hash_prefix)
-                    else
-                        created[#created + 1] = { trace_id = trace_id, ev = ev }
-                    end
-                end
-            else
-                events = events or { ev }
-                local st = {
-                    trace_id = trace_id, raw = {}, new = {}, value = {}, dropped = {},
-                    exists = false,
-                }
-                if tombstones[t] then
-                    st.gms, st.gseq = parse_id(tombstones[t])
-                end
+    local out = { created = {}, gone = {}, ids_removed = {} }
+    local n_traces = #trace_ids
+    if n_traces == 0 then
+        return out
+    end
+    local created = out.created
+    local tombstones = hmget(prefix .. ':gone', trace_ids)
+    local numbers = hmget(prefix .. ':ids', trace_ids)
+    for t = 1, n_traces do
+        local trace_id = trace_ids[t]
+        local events = multi[trace_id]
+        local ev = first[trace_id]
+        local no = numbers[t]
+        if not events and ev.fv then
+            local tombstone = tombstones[t]
+            local live = true
+            if tombstone then
+                local gms, gseq = parse_id(tombstone)
+                live = newer(ev.ms, ev.seq, gms, gseq)
+            end
+            if live then
                 if no then
-                    local hash = hash_prefix .. no
-                    local raw = st.raw
-                    -- Read only the registers this batch writes, unless it may delete the trace.
-                    local wanted = { 'b', 'x' }
-                    local whole = false
-                    local times = false
-                    for i = 1, #events do
-                        local fv = events[i].fv
-                        if not fv then
-                            whole = true
-                            break
-                        end
-                        for j = 1, #fv, 2 do
-                            local field = fv[j]
-                            if not raw[field] then
-                                raw[field] = true
-                                wanted[#wanted + 1] = field
-                                if NUMERIC[field] then
-                                    times = true
-                                end
-                            end
-                        end
-                    end
-                    if whole then
-                        local flat = call('HGETALL', hash)
-                        raw = {}
-                        for i = 1, #flat, 2 do
-                            raw[flat[i]] = flat[i + 1]
-                        end
-                    else
-                        if times then
-                            wanted[#wanted + 1] = 's'
-                            wanted[#wanted + 1] = 'd'
-                        end
-                        local got = hmget(hash, wanted)
-                        raw = {}
-                        for i = 1, #wanted do
-                            if got[i] then
-                                raw[wanted[i]] = got[i]
-                            end
-                        end
-                    end
-                    st.raw = raw
-                    st.no = no
-                    st.exists = true
-                    st.base = tonumber(raw['b'])
-                    st.xms, st.xseq = register_stamp(raw['x'], st.base)
-                end
-                local before = st.raw
-                fold_events(st, events)
-                if st.gone_dirty then
-                    gone_writes[#gone_writes + 1] = trace_id
-                    gone_writes[#gone_writes + 1] = int(st.gms) .. '-' .. int(st.gseq)
-                end
-                if st.no and not st.wiped then
-                    write_in_place(batch, st, hash_prefix)
+                    apply_single(batch, ev, no, hash_prefix)
                 else
-                    if st.wiped then
-                        remove_trace(batch, st.no, before, hash_prefix)
-                        if not st.exists then
-                            ids_removed[#ids_removed + 1] = trace_id
-                        end
-                    end
-                    if st.exists then
-                        created[#created + 1] = st
-                    end
+                    created[#created + 1] = { trace_id = trace_id, ev = ev }
                 end
             end
+        else
+            fold_trace(batch, trace_id, events or { ev }, no, tombstones[t], hash_prefix, out)
         end
     end
+    return out
+end
+
+-- Number the traces created by the batch, write them, and record their ids.
+local function write_created(batch, prefix, created)
+    local ids_key, hash_prefix = prefix .. ':ids', prefix .. ':t:'
     local n_created = #created
     if n_created > 0 then
         local last = call('INCRBY', prefix .. ':n', n_created)
@@ -329,15 +253,11 @@ local function tt_apply(keys, argv)
         end
         chunked('HSET', ids_key, ids)
     end
-    if #ids_removed > 0 then
-        chunked('HDEL', ids_key, ids_removed)
-    end
-    if #gone_writes > 0 then
-        chunked('HSET', gone_key, gone_writes)
-    end
-    batch:flush()
+end
 
-    if n_dead > 0 then
+-- Dead-letter the bad entries, then XACK every entry of the batch; returns the acks counted.
+local function dead_letter_and_ack(stream, dead, group, argv, acks)
+    if #argv > 3 then
         local now = call('TIME')
         local time_ms = int(tonumber(now[1]) * 1000 + floor(tonumber(now[2]) / 1000))
         for i = 4, #argv, 3 do
@@ -350,7 +270,52 @@ local function tt_apply(keys, argv)
     for i = 1, #acks, CHUNK do
         acked = acked + call('XACK', stream, group, unpack_(acks, i, math.min(i + CHUNK - 1, #acks)))
     end
-    return { n_events, n_dead, acked }
+    return acked
+end
+
+--[[
+tt_apply: fold one batch of one partition, dead-letter its bad entries and XACK them all.
+KEYS[1] stream      <prefix>:log (the partition's stream; every other key is built from prefix)
+KEYS[2] dead        <prefix>:dead
+ARGV[1] group       consumer group to XACK in
+ARGV[2] prefix      partition prefix ns:{pNN}
+ARGV[3] batch       one msgpack array (one argument is far cheaper to send than thousands;
+                    only msgpack str, int and array: Redis 7.0's cmsgpack has no bin type):
+  n_events, then n_events events: entry_id, kind (S F T D X), trace_id, n_attrs, n_tags,
+  n_meta, n_attrs (code, value) pairs (codes e s d S c; s and d as decimal strings), n_tags (key, value)
+  pairs (keys only for D), n_meta (key, value) pairs
+ARGV[4...]          dead letters, three values each: entry_id, payload, reason
+Returns {events applied, dead letters written, entries acked}.
+--]]
+local function tt_apply(keys, argv)
+    bind_runtime()
+    local stream, dead = keys[1], keys[2]
+    local group, prefix = argv[1], argv[2]
+    if stream ~= prefix .. ':log' or dead ~= prefix .. ':dead' then
+        fail('BADKEYS', 'KEYS must be ' .. prefix .. ':log and ' .. prefix .. ':dead')
+    end
+    local ok, args = pcall(cmsgpack.unpack, argv[3] or '')
+    if not ok or type(args) ~= 'table' then
+        fail('BADARGS', 'ARGV[3] must be a msgpack array')
+    end
+    local n_events = args[1]
+    if not is_count(n_events) then
+        fail('BADARGS', 'the batch must start with its event count')
+    end
+
+    local acks, first, multi, trace_ids = read_batch(args, n_events)
+    local n_dead = count_dead_letters(argv)
+    local batch = new_batch(prefix)
+    local out = fold_traces(batch, prefix, first, multi, trace_ids)
+    write_created(batch, prefix, out.created)
+    if #out.ids_removed > 0 then
+        chunked('HDEL', prefix .. ':ids', out.ids_removed)
+    end
+    if #out.gone > 0 then
+        chunked('HSET', prefix .. ':gone', out.gone)
+    end
+    batch:flush()
+    return { n_events, n_dead, dead_letter_and_ack(stream, dead, group, argv, acks) }
 end
 
 Apply.tt_apply = tt_apply

@@ -139,92 +139,102 @@ function Batch:times(no, old_ts, old_du, ts, du)
     end
 end
 
+-- Write the changes of the value set vkey, whose member count goes from before to after:
+-- its form (plain up to PLAIN_MAX members, chunked above) follows its count.
+local function write_value_set(batch, vkey, before, after, add, rem)
+    local pos = batch.pos
+    if before <= PLAIN_MAX and after <= PLAIN_MAX then
+        if #rem > 0 then
+            chunked('SREM', vkey, rem)
+        end
+        if #add > 0 then
+            chunked('SADD', vkey, add)
+        end
+    elseif before > PLAIN_MAX and after > PLAIN_MAX then
+        if #rem > 0 then
+            chunked_write('SREM', vkey, rem, pos)
+        end
+        if #add > 0 then
+            chunked_write('SADD', vkey, add, pos)
+        end
+    elseif after > PLAIN_MAX then -- plain -> chunked
+        local current = {}
+        if before > 0 then
+            current = call('SMEMBERS', vkey)
+            call('DEL', vkey)
+        end
+        chunked_write('SADD', vkey, members_after(current, rem, add), pos)
+    else -- chunked -> plain
+        if not batch.last_chunk then
+            batch.last_chunk = floor(tonumber(call('GET', batch.prefix .. ':n') or 0) / SET_CHUNK)
+        end
+        local members = members_after(take_chunked(vkey, batch.last_chunk), rem, add)
+        if #members > 0 then
+            chunked('SADD', vkey, members)
+        end
+    end
+end
+
+-- Write the gathered changes of one register field's indexes: its value sets, their counts
+-- in its distinct zset, and for tags and metadata its byte-order index and key set.
+function Batch:flush_field(known)
+    local adds, rems = known.add, known.rem
+    -- The counts of every touched value: one ZMSCORE per distinct zset.
+    local values = {}
+    for value in pairs(adds) do
+        values[#values + 1] = value
+    end
+    for value in pairs(rems) do
+        if not adds[value] then
+            values[#values + 1] = value
+        end
+    end
+    local n = #values
+    local dkey, vprefix = known[2], known[1]
+    local counts = n > 0 and value_counts(dkey, values) or EMPTY
+    local zadd, zrem, added = {}, {}, {}
+    for i = 1, n do
+        local value = values[i]
+        local add, rem = adds[value] or EMPTY, rems[value] or EMPTY
+        local before = counts[i]
+        local after = before + #add - #rem
+        write_value_set(self, vprefix .. enc(value), before, after, add, rem)
+        if after > 0 then
+            zadd[#zadd + 1] = after
+            zadd[#zadd + 1] = value
+            if before == 0 then
+                added[#added + 1] = value
+            end
+        else
+            zrem[#zrem + 1] = value
+        end
+    end
+    if #zadd > 0 then
+        chunked('ZADD', dkey, zadd)
+    end
+    if #zrem > 0 then
+        chunked('ZREM', dkey, zrem)
+    end
+    local kkey = known[3]
+    if kkey then
+        if #added > 0 or #zrem > 0 then
+            lex_update(dkey, added, zrem)
+        end
+        if #known.krem > 0 then
+            chunked_write('SREM', kkey, known.krem, self.pos)
+        end
+        if #known.kadd > 0 then
+            chunked_write('SADD', kkey, known.kadd, self.pos)
+        end
+    end
+end
+
 -- Write the gathered index changes.
 function Batch:flush()
     local prefix = self.prefix
-    local pos = self.pos
-    local last_chunk = nil
     for _, known in pairs(self.fields) do
         if known then
-            local adds, rems = known.add, known.rem
-            -- The counts of every touched value: one ZMSCORE per distinct zset.
-            local values = {}
-            for value in pairs(adds) do
-                values[#values + 1] = value
-            end
-            for value in pairs(rems) do
-                if not adds[value] then
-                    values[#values + 1] = value
-                end
-            end
-            local n = #values
-            local dkey, vprefix = known[2], known[1]
-            local counts = n > 0 and value_counts(dkey, values) or EMPTY
-            local zadd, zrem, added = {}, {}, {}
-            for i = 1, n do
-                local value = values[i]
-                local vkey = vprefix .. enc(value)
-                local add, rem = adds[value] or EMPTY, rems[value] or EMPTY
-                local before = counts[i]
-                local after = before + #add - #rem
-                if before <= PLAIN_MAX and after <= PLAIN_MAX then
-                    if #rem > 0 then
-                        chunked('SREM', vkey, rem)
-                    end
-                    if #add > 0 then
-                        chunked('SADD', vkey, add)
-                    end
-                elseif before > PLAIN_MAX and after > PLAIN_MAX then
-                    if #rem > 0 then
-                        chunked_write('SREM', vkey, rem, pos)
-                    end
-                    if #add > 0 then
-                        chunked_write('SADD', vkey, add, pos)
-                    end
-                elseif after > PLAIN_MAX then -- plain -> chunked
-                    local current = {}
-                    if before > 0 then
-                        current = call('SMEMBERS', vkey)
-                        call('DEL', vkey)
-                    end
-                    chunked_write('SADD', vkey, members_after(current, rem, add), pos)
-                else -- chunked -> plain
-                    if not last_chunk then
-                        last_chunk = floor(tonumber(call('GET', prefix .. ':n') or 0) / SET_CHUNK)
-                    end
-                    local members = members_after(take_chunked(vkey, last_chunk), rem, add)
-                    if #members > 0 then
-                        chunked('SADD', vkey, members)
-                    end
-                end
-                if after > 0 then
-                    zadd[#zadd + 1] = after
-                    zadd[#zadd + 1] = value
-                    if before == 0 then
-                        added[#added + 1] = value
-                    end
-                else
-                    zrem[#zrem + 1] = value
-                end
-            end
-            if #zadd > 0 then
-                chunked('ZADD', dkey, zadd)
-            end
-            if #zrem > 0 then
-                chunked('ZREM', dkey, zrem)
-            end
-            local kkey = known[3]
-            if kkey then
-                if #added > 0 or #zrem > 0 then
-                    lex_update(dkey, added, zrem)
-                end
-                if #known.krem > 0 then
-                    chunked_write('SREM', kkey, known.krem, pos)
-                end
-                if #known.kadd > 0 then
-                    chunked_write('SADD', kkey, known.kadd, pos)
-                end
-            end
+            self:flush_field(known)
         end
     end
     if #self.all_rem > 0 then

@@ -131,6 +131,59 @@ local function count_and(ctx, list, rest)
     return #eval(ctx, { '&', unpack_(rest) }, list)
 end
 
+-- The count of sets and others by one SCARD / SINTERCARD per chunk (no other leaf), or the
+-- chunk's intersection tested against the other leaves.
+local function count_by_chunks(ctx, sets, others)
+    local total = 0
+    local names = {}
+    for c = 0, last_chunk_of(ctx) do
+        local suffix = ':' .. slot(c)
+        for i = 1, #sets do
+            names[i] = sets[i][1] .. suffix
+        end
+        if #others == 0 then
+            if #sets == 1 then
+                total = total + call('SCARD', names[1])
+            else
+                total = total + call('SINTERCARD', #sets, unpack_(names))
+            end
+        else
+            local got
+            if #sets == 1 then
+                got = call('SMEMBERS', names[1])
+            else
+                got = call('SINTER', unpack_(names))
+            end
+            if #got > 0 then
+                total = total + count_and(ctx, chunk_numbers(got, c), others)
+            end
+        end
+    end
+    return total
+end
+
+-- The count of the candidates of source (a leaf) that are in every set and other leaf.
+local function count_from(ctx, source, sets, others)
+    if #sets == 0 and #others == 0 and source[1] == 'R' then
+        return leaf_size(ctx, source)
+    end
+    local rest = {}
+    for i = 1, #sets do
+        rest[#rest + 1] = set_leaf(sets[i])
+    end
+    for i = 1, #others do
+        rest[#rest + 1] = others[i]
+    end
+    local total = 0
+    buffered(function(fn)
+        return enum_source(ctx, source, fn)
+    end, function(batch)
+        total = total + count_and(ctx, batch, rest)
+        return false
+    end)
+    return total
+end
+
 -- Count the traces in every set of `sets` ({key, chunked, count}) and every leaf of `others`.
 local function count_sets(ctx, sets, others)
     local small, small_n = nil, math.huge
@@ -166,25 +219,12 @@ local function count_sets(ctx, sets, others)
     -- chunked sets only)
     if small and (plain or #sets == 0 or small_n < min_set) then
         local rest = {}
-        for i = 1, #sets do
-            rest[#rest + 1] = set_leaf(sets[i])
-        end
         for i = 1, #others do
             if i ~= small then
                 rest[#rest + 1] = others[i]
             end
         end
-        if #rest == 0 and others[small][1] == 'R' then
-            return small_n
-        end
-        local total = 0
-        buffered(function(fn)
-            return enum_source(ctx, others[small], fn)
-        end, function(batch)
-            total = total + count_and(ctx, batch, rest)
-            return false
-        end)
-        return total
+        return count_from(ctx, others[small], sets, rest)
     end
     if #sets == 0 then
         local total = 0
@@ -197,32 +237,7 @@ local function count_sets(ctx, sets, others)
     if #sets == 1 and #others == 0 and sets[1][3] then
         return sets[1][3]
     end
-    local total = 0
-    local names = {}
-    for c = 0, last_chunk_of(ctx) do
-        local suffix = ':' .. slot(c)
-        for i = 1, #sets do
-            names[i] = sets[i][1] .. suffix
-        end
-        if #others == 0 then
-            if #sets == 1 then
-                total = total + call('SCARD', names[1])
-            else
-                total = total + call('SINTERCARD', #sets, unpack_(names))
-            end
-        else
-            local got
-            if #sets == 1 then
-                got = call('SMEMBERS', names[1])
-            else
-                got = call('SINTER', unpack_(names))
-            end
-            if #got > 0 then
-                total = total + count_and(ctx, chunk_numbers(got, c), others)
-            end
-        end
-    end
-    return total
+    return count_by_chunks(ctx, sets, others)
 end
 
 -- A conjunction of leaves; a V leaf of several values is a disjoint sum over its values.

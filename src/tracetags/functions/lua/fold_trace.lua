@@ -1,5 +1,6 @@
 local compact, encode_stamp, is_register = Stamps.compact, Stamps.encode_stamp, Stamps.is_register
-local newer, register_stamp = Stamps.newer, Stamps.register_stamp
+local newer, parse_id, register_stamp = Stamps.newer, Stamps.parse_id, Stamps.register_stamp
+local base_text = Stamps.base_text
 local register_value, stamp_older = Stamps.register_value, Stamps.stamp_older
 local chunked, hmget = Sets.chunked, Sets.hmget
 
@@ -199,14 +200,6 @@ local function remove_trace(batch, no, raw, hash_prefix)
     call('DEL', hash_prefix .. no)
 end
 
--- The text of the base ms of a new trace (the entry id's own digits, unless not canonical).
-local function base_text(text, base)
-    if #text > 1 and sub(text, 1, 1) == '0' then
-        return int(base)
-    end
-    return text
-end
-
 -- Write a trace that got a new number in this batch (first event, or recreated).
 local function write_new(batch, st, no, hash_prefix)
     local base = st.base
@@ -231,112 +224,90 @@ local function write_new(batch, st, no, hash_prefix)
     end
 end
 
---[[ The common case: a trace with one event in the batch (not a deletion) that is newer than
-the trace's tombstone.  No fold state: each register the event writes is compared with the
-stored one (read with one HMGET) and written when older or absent. ]]
-
--- The event ev applied to the existing trace numbered no.
-local function apply_single(batch, ev, no, hash_prefix)
-    local fv = ev.fv
-    local nf = #fv
-    -- b x s d, then the fields (a table constructor sizes the array once).
-    local want = { 'b', 'x', 's', 'd', nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil }
-    for i = 1, nf, 2 do
-        want[i / 2 + 4.5] = fv[i]
-    end
-    local got = hmget(hash_prefix .. no, want)
-    local base = tonumber(got[1])
-    local ms, seq = ev.ms, ev.seq
-    local cn = compact(ms, seq, base)
-    local stamp = nil
-    local writes = { nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil }
-    local n = 0
-    if stamp_older(got[2], base, ms, seq, cn) then
-        stamp = cn and int(cn) or int(ms) .. '-' .. int(seq)
-        writes[1], writes[2] = 'x', stamp
-        n = 2
-    end
-    local ts, du = nil, nil -- new values of s and d, when the event writes them
-    local changed_times = false
-    for i = 1, nf, 2 do
-        local field, value = fv[i], fv[i + 1]
-        local raw = got[i / 2 + 4.5]
-        local write, old = true, nil
-        if raw then
-            local colon = find(raw, ':', 1, true)
-            write = stamp_older(colon and sub(raw, 1, colon - 1) or raw, base, ms, seq, cn)
-            if write and colon then
-                old = sub(raw, colon + 1)
-            end
+-- Read the registers of trace no that a fold of events needs into st (raw, base, the
+-- stamp of its latest event): only those the events write, unless they may delete it.
+local function read_state(st, hash, events)
+    local raw = st.raw
+    local wanted = { 'b', 'x' }
+    local whole = false
+    local times = false
+    for i = 1, #events do
+        local fv = events[i].fv
+        if not fv then
+            whole = true
+            break
         end
-        if write then
-            if not stamp then
-                stamp = cn and int(cn) or int(ms) .. '-' .. int(seq)
-            end
-            writes[n + 1] = field
-            writes[n + 2] = value and stamp .. ':' .. value or stamp
-            n = n + 2
-            value = value or nil
-            batch:change(field, old, value, no)
-            if field == 's' then
-                ts, changed_times = value, true
-            elseif field == 'd' then
-                du, changed_times = value, true
+        for j = 1, #fv, 2 do
+            local field = fv[j]
+            if not raw[field] then
+                raw[field] = true
+                wanted[#wanted + 1] = field
+                if NUMERIC[field] then
+                    times = true
+                end
             end
         end
     end
-    if n > 0 then
-        chunked('HSET', hash_prefix .. no, writes)
-    end
-    if changed_times then
-        local old_ts, old_du = got[3] and register_value(got[3]), got[4] and register_value(got[4])
-        if ts == nil then
-            ts = old_ts
+    if whole then
+        local flat = call('HGETALL', hash)
+        raw = {}
+        for i = 1, #flat, 2 do
+            raw[flat[i]] = flat[i + 1]
         end
-        if du == nil then
-            du = old_du
+    else
+        if times then
+            wanted[#wanted + 1] = 's'
+            wanted[#wanted + 1] = 'd'
         end
-        batch:times(no, old_ts, old_du, ts, du)
+        local got = hmget(hash, wanted)
+        raw = {}
+        for i = 1, #wanted do
+            if got[i] then
+                raw[wanted[i]] = got[i]
+            end
+        end
     end
+    st.raw = raw
+    st.exists = true
+    st.base = tonumber(raw['b'])
+    st.xms, st.xseq = register_stamp(raw['x'], st.base)
 end
 
--- The event ev is the first of a new trace numbered no (so the event's ms is its base).
-local function write_new_single(batch, trace_id, ev, no, hash_prefix)
-    local ms = ev.ms
-    local stamp = encode_stamp(ms, ev.seq, ms)
-    local writes = {
-        'i', trace_id, 'b', base_text(ev.ms_text, ms), 'x', stamp,
-        nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
+-- Fold the events of one trace (several, or a deletion) numbered no (nil: none yet) whose
+-- tombstone is the entry id tombstone (or nil).  Writes the trace unless it needs a new
+-- number; out.created gets its state then, out.gone its tombstone, out.ids_removed its id.
+local function fold_trace(batch, trace_id, events, no, tombstone, hash_prefix, out)
+    local st = {
+        trace_id = trace_id, raw = {}, new = {}, value = {}, dropped = {}, exists = false,
     }
-    local n = 6
-    local ts, du
-    local fv = ev.fv
-    for i = 1, #fv, 2 do
-        local field, value = fv[i], fv[i + 1]
-        writes[n + 1] = field
-        n = n + 2
-        if value then
-            writes[n] = stamp .. ':' .. value
-            batch:change(field, nil, value, no)
-            if field == 's' then
-                ts = value
-            elseif field == 'd' then
-                du = value
-            end
-        else
-            writes[n] = stamp
-        end
+    if tombstone then
+        st.gms, st.gseq = parse_id(tombstone)
     end
-    chunked('HSET', hash_prefix .. no, writes)
-    batch.all_add[#batch.all_add + 1] = no
-    if ts or du then
-        batch:times(no, nil, nil, ts, du)
+    if no then
+        st.no = no
+        read_state(st, hash_prefix .. no, events)
+    end
+    local before = st.raw
+    fold_events(st, events)
+    if st.gone_dirty then
+        local gone = out.gone
+        gone[#gone + 1] = trace_id
+        gone[#gone + 1] = int(st.gms) .. '-' .. int(st.gseq)
+    end
+    if st.no and not st.wiped then
+        write_in_place(batch, st, hash_prefix)
+    else
+        if st.wiped then
+            remove_trace(batch, st.no, before, hash_prefix)
+            if not st.exists then
+                out.ids_removed[#out.ids_removed + 1] = trace_id
+            end
+        end
+        if st.exists then
+            out.created[#out.created + 1] = st
+        end
     end
 end
 
-FoldTrace.apply_single = apply_single
-FoldTrace.fold_events = fold_events
-FoldTrace.remove_trace = remove_trace
-FoldTrace.write_in_place = write_in_place
+FoldTrace.fold_trace = fold_trace
 FoldTrace.write_new = write_new
-FoldTrace.write_new_single = write_new_single

@@ -13,7 +13,8 @@ Redis loads the chunk with no global but `redis` (no string, math, table, unpack
 they exist only while a Function runs, so each Function calls bind_runtime() first.
 --]]
 
-local Stamps, Sets, LexIndex, Lookups, Batches, FoldTrace, Apply = {}, {}, {}, {}, {}, {}, {}
+local Stamps, Sets, LexIndex, Lookups, Batches, FoldTrace, FoldSingle, Apply =
+    {}, {}, {}, {}, {}, {}, {}, {}
 local Leaves, Eval, Enum, Ordering, Walks, Like, Counts, ValueWalk, Query =
     {}, {}, {}, {}, {}, {}, {}, {}, {}
 

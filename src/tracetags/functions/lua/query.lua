@@ -23,6 +23,75 @@ end
 
 
 
+-- count mode without terms: the candidates that pass the residual filter.
+local function count_query(ctx)
+    local total = 0
+    buffered(function(fn)
+        return enum_candidates(ctx, fn)
+    end, function(batch)
+        total = total + #eval(ctx, ctx.residual, batch)
+        return false
+    end)
+    return total
+end
+
+-- page mode: the rows after the cursor, by the strategy the plan names.
+local function page_query(ctx, plan)
+    local prefix = ctx.prefix
+    local seen = {}
+    resolve_sought(ctx, ctx.expr, seen)
+    if ctx.residual ~= ctx.expr then
+        resolve_sought(ctx, ctx.residual, seen)
+    end
+    for _, source in ipairs(plan.sources or EMPTY) do
+        resolve_sought(ctx, source, seen)
+    end
+    local order = plan.order
+    ctx.order = order
+    ctx.fields, ctx.pos = order_fields(order)
+    if plan.cursor then
+        local cursor = {}
+        for k = 1, #order do
+            local item = plan.cursor[k]
+            cursor[k] = (item[1] == 1) and item[2] or false
+        end
+        ctx.cursor = cursor
+    end
+    local need = plan.limit
+    local rows = {}
+    local walk = plan.walk
+    local done = false
+    if plan.walk_values then
+        walk_values_page(ctx, need, rows)
+        done = true
+    elseif plan.chunk_walk then
+        -- plan.chunk_walk: how many chunks to visit before falling back to walk/collect
+        local visited = chunk_walk_page(ctx, need, rows, plan.chunk_walk)
+        if visited ~= 'abandon' then
+            done = true
+            if visited and #rows < need then
+                collect_page(ctx, need - #rows, rows, prefix .. ':ts')
+            end
+        end
+    end
+    if done then
+        -- the page is in rows
+    elseif walk then
+        local zname, asc = walk[1], walk[2] == 1
+        ctx.density = plan.density
+        if walk[3] then
+            ctx.walk_range = { walk[3], walk[4] }
+        end
+        local exhausted = walk_page(ctx, zname, asc, need, rows)
+        if exhausted and #rows < need then
+            collect_page(ctx, need - #rows, rows, prefix .. ':' .. zname)
+        end
+    else
+        collect_page(ctx, need, rows, nil)
+    end
+    return page_reply(ctx, rows, plan.shown or need)
+end
+
 --[[
 tt_query: run one query plan over one partition (read only).
 KEYS[1] ids     <prefix>:ids (declares the partition's slot; every other key is built from prefix)
@@ -78,14 +147,7 @@ local function tt_query(keys, argv)
         return count_terms_reply(ctx, plan.terms)
     end
     if mode == 'count' then
-        local total = 0
-        buffered(function(fn)
-            return enum_candidates(ctx, fn)
-        end, function(batch)
-            total = total + #eval(ctx, ctx.residual, batch)
-            return false
-        end)
-        return total
+        return count_query(ctx)
     end
     if mode == 'stats' then
         return stats_reply(ctx)
@@ -93,58 +155,7 @@ local function tt_query(keys, argv)
     if mode ~= 'page' then
         fail('BADPLAN', 'unknown mode ' .. tostring(mode))
     end
-    local seen = {}
-    resolve_sought(ctx, ctx.expr, seen)
-    if ctx.residual ~= ctx.expr then
-        resolve_sought(ctx, ctx.residual, seen)
-    end
-    for _, source in ipairs(plan.sources or EMPTY) do
-        resolve_sought(ctx, source, seen)
-    end
-    local order = plan.order
-    ctx.order = order
-    ctx.fields, ctx.pos = order_fields(order)
-    if plan.cursor then
-        local cursor = {}
-        for k = 1, #order do
-            local item = plan.cursor[k]
-            cursor[k] = (item[1] == 1) and item[2] or false
-        end
-        ctx.cursor = cursor
-    end
-    local need = plan.limit
-    local rows = {}
-    local walk = plan.walk
-    local done = false
-    if plan.walk_values then
-        walk_values_page(ctx, need, rows)
-        done = true
-    elseif plan.chunk_walk then
-        -- plan.chunk_walk: how many chunks to visit before falling back to walk/collect
-        local visited = chunk_walk_page(ctx, need, rows, plan.chunk_walk)
-        if visited ~= 'abandon' then
-            done = true
-            if visited and #rows < need then
-                collect_page(ctx, need - #rows, rows, prefix .. ':ts')
-            end
-        end
-    end
-    if done then
-        -- the page is in rows
-    elseif walk then
-        local zname, asc = walk[1], walk[2] == 1
-        ctx.density = plan.density
-        if walk[3] then
-            ctx.walk_range = { walk[3], walk[4] }
-        end
-        local exhausted = walk_page(ctx, zname, asc, need, rows)
-        if exhausted and #rows < need then
-            collect_page(ctx, need - #rows, rows, prefix .. ':' .. zname)
-        end
-    else
-        collect_page(ctx, need, rows, nil)
-    end
-    return page_reply(ctx, rows, plan.shown or need)
+    return page_query(ctx, plan)
 end
 
 Query.tt_query = tt_query

@@ -70,6 +70,41 @@ local function chunk_intersection(keys, c, hits)
     return inter
 end
 
+-- Mark in ok the positions of the offsets (count of them, of one chunk: key suffix) that
+-- are in every set of keys: one SMISMEMBER per set, of the offsets still alive.
+local function mark_in_chunk(keys, suffix, offsets, count, ok)
+    local alive = nil -- positions in offsets still matching (nil: all of them)
+    for t = 1, #keys do
+        local members = offsets
+        if alive then
+            members = {}
+            for a = 1, #alive do
+                members[a] = offsets[alive[a]]
+            end
+        end
+        local survivors, m = {}, 0
+        local total = alive and #alive or count
+        for from = 1, total, CHUNK do
+            local got = call('SMISMEMBER', keys[t] .. suffix,
+                unpack_(members, from, math.min(from + CHUNK - 1, total)))
+            for j = 1, #got do
+                if got[j] == 1 then
+                    m = m + 1
+                    local at = from + j - 1
+                    survivors[m] = alive and alive[at] or at
+                end
+            end
+        end
+        alive = survivors
+        if m == 0 then
+            break
+        end
+    end
+    for a = 1, #alive do
+        ok[alive[a]] = true
+    end
+end
+
 -- The members of list in every chunked set of keys, in list order.  Each number is split
 -- into (chunk, offset) once for all the sets; per chunk touched, one SMISMEMBER per set tests
 -- the offsets still alive (the per-candidate Lua work, not Redis, is the cost here).  With
@@ -119,36 +154,7 @@ local function in_chunked_sets(keys, list, hits)
                 end
             end
         else
-            local alive = nil -- positions in offsets still matching (nil: all of them)
-            for t = 1, #keys do
-                local members = offsets
-                if alive then
-                    members = {}
-                    for a = 1, #alive do
-                        members[a] = offsets[alive[a]]
-                    end
-                end
-                local survivors, m = {}, 0
-                local total = alive and #alive or count
-                for from = 1, total, CHUNK do
-                    local got = call('SMISMEMBER', keys[t] .. suffix,
-                        unpack_(members, from, math.min(from + CHUNK - 1, total)))
-                    for j = 1, #got do
-                        if got[j] == 1 then
-                            m = m + 1
-                            local at = from + j - 1
-                            survivors[m] = alive and alive[at] or at
-                        end
-                    end
-                end
-                alive = survivors
-                if m == 0 then
-                    break
-                end
-            end
-            for a = 1, #alive do
-                ok[alive[a]] = true
-            end
+            mark_in_chunk(keys, suffix, offsets, count, ok)
         end
         passed[c] = ok
     end
@@ -205,8 +211,93 @@ local function test_chunked_sets(ctx, node, keys, list)
     return in_chunked_sets(keys, list, #keys > 1 and node.hits or nil)
 end
 
+local eval -- (recursive: the node kinds below call it on their children)
+
+-- A conjunction: the chunked sets of its children are tested together, where the first of
+-- them stands (children come most selective first).
+local function eval_and(ctx, node, list)
+    local keys = {}
+    for i = 2, #node do
+        keys[#keys + 1] = chunked_key(ctx, node[i]) or nil
+    end
+    if ctx.walking and #keys > 0 then
+        -- A walk tests its recent candidates by lookup in each chunk's intersection first,
+        -- so that a range (ZMSCORE, dearer per candidate) or a plain set only sees the
+        -- survivors.
+        list = test_chunked_sets(ctx, node, keys, list)
+        keys = {}
+        if #list == 0 then
+            return list
+        end
+    end
+    for i = 2, #node do
+        local child = node[i]
+        if not chunked_key(ctx, child) then
+            list = eval(ctx, child, list)
+        elseif #keys > 0 then
+            list = test_chunked_sets(ctx, node, keys, list)
+            keys = {}
+        end
+        if #list == 0 then
+            break
+        end
+    end
+    return list
+end
+
+-- The members of list for which hit[member] is (or, with negate, is not) set, in order.
+local function kept(list, hit, negate)
+    local out = {}
+    for j = 1, #list do
+        if (hit[list[j]] == nil) == negate then
+            out[#out + 1] = list[j]
+        end
+    end
+    return out
+end
+
+-- A disjunction: each child tests only the candidates no earlier child matched.
+local function eval_or(ctx, node, list)
+    local hit = {}
+    local rest = list
+    for i = 2, #node do
+        local got = eval(ctx, node[i], rest)
+        if #got > 0 then
+            for j = 1, #got do
+                hit[got[j]] = true
+            end
+            rest = kept(rest, hit, true)
+            if #rest == 0 then
+                break
+            end
+        end
+    end
+    return kept(list, hit, false)
+end
+
+local function eval_not(ctx, node, list)
+    local hit = {}
+    local got = eval(ctx, node[2], list)
+    for j = 1, #got do
+        hit[got[j]] = true
+    end
+    return kept(list, hit, true)
+end
+
+local function eval_leaf(ctx, node, list)
+    local mask = {}
+    test_leaf(ctx, node, list, mask)
+    local out = {}
+    for j = 1, #list do
+        if mask[j] then
+            out[#out + 1] = list[j]
+        end
+    end
+    return out
+end
+
 -- The members of list (trace numbers as decimal strings) that satisfy node, in list order.
-local function eval(ctx, node, list)
+eval = function(ctx, node, list)
     if #list == 0 then
         return list
     end
@@ -219,87 +310,13 @@ local function eval(ctx, node, list)
         return test_chunked_sets(ctx, node, { key }, list)
     end
     if kind == '&' then
-        -- The chunked sets of the conjunction are tested together, where the first of them
-        -- stands (children come most selective first).
-        local keys = {}
-        for i = 2, #node do
-            keys[#keys + 1] = chunked_key(ctx, node[i]) or nil
-        end
-        if ctx.walking and #keys > 0 then
-            -- A walk tests its recent candidates by lookup in each chunk's intersection
-            -- (~0.1 us each): first, so that a range (ZMSCORE, ~0.4 us per candidate) or a
-            -- plain set only sees the survivors.
-            list = test_chunked_sets(ctx, node, keys, list)
-            keys = {}
-            if #list == 0 then
-                return list
-            end
-        end
-        for i = 2, #node do
-            local child = node[i]
-            if not chunked_key(ctx, child) then
-                list = eval(ctx, child, list)
-            elseif #keys > 0 then
-                list = test_chunked_sets(ctx, node, keys, list)
-                keys = {}
-            end
-            if #list == 0 then
-                break
-            end
-        end
-        return list
-    end
-    local hit = {}
-    if kind == '|' then
-        local rest = list
-        for i = 2, #node do
-            local got = eval(ctx, node[i], rest)
-            if #got > 0 then
-                for j = 1, #got do
-                    hit[got[j]] = true
-                end
-                local remaining = {}
-                for j = 1, #rest do
-                    if not hit[rest[j]] then
-                        remaining[#remaining + 1] = rest[j]
-                    end
-                end
-                rest = remaining
-                if #rest == 0 then
-                    break
-                end
-            end
-        end
+        return eval_and(ctx, node, list)
+    elseif kind == '|' then
+        return eval_or(ctx, node, list)
     elseif kind == '!' then
-        local got = eval(ctx, node[2], list)
-        for j = 1, #got do
-            hit[got[j]] = true
-        end
-        local out = {}
-        for j = 1, #list do
-            if not hit[list[j]] then
-                out[#out + 1] = list[j]
-            end
-        end
-        return out
-    else
-        local mask = {}
-        test_leaf(ctx, node, list, mask)
-        local out = {}
-        for j = 1, #list do
-            if mask[j] then
-                out[#out + 1] = list[j]
-            end
-        end
-        return out
+        return eval_not(ctx, node, list)
     end
-    local out = {}
-    for j = 1, #list do
-        if hit[list[j]] then
-            out[#out + 1] = list[j]
-        end
-    end
-    return out
+    return eval_leaf(ctx, node, list)
 end
 
 Eval.chunked_key = chunked_key

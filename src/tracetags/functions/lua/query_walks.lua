@@ -129,16 +129,15 @@ local function chunk_walk_page(ctx, need, out, budget)
     end
 end
 
--- Walk the order zset from the cursor, testing batches, until `need` matches and the tie
--- group of the last one are complete; true when the zset ran out first.
-local function walk_page(ctx, zname, asc, need, out)
-    local zkey = ctx.prefix .. ':' .. zname
-    local order, cursor = ctx.order, ctx.cursor
+-- The ranks of the order zset zkey a walk visits: from the cursor's (nil when the cursor is
+-- among the traces without a score: nothing to walk) up to stop (excluded).
+local function walk_bounds(ctx, zkey, asc)
+    local cursor = ctx.cursor
     local rank = 0
     if cursor then
         local v = cursor[1]
         if v == false then
-            return true
+            return nil
         end
         local text = format('%.17g', v)
         if asc then
@@ -164,6 +163,61 @@ local function walk_page(ctx, zname, asc, need, out)
         if rank < outside then
             rank = outside
         end
+    end
+    return rank, stop
+end
+
+-- Append to out the first `need` rows of found (in walk order, with their scores): the walk
+-- already gives the first key's order, so only runs of equal scores (ties) need their full
+-- keys read and sorted (a Lua comparator is dear).
+local function walk_rows(ctx, found, found_scores, need, out)
+    local rows = {}
+    local i = 1
+    while i <= #found do
+        local j = i
+        while j < #found and found_scores[j + 1] == found_scores[i] do
+            j = j + 1
+        end
+        if j == i then
+            rows[#rows + 1] = { found[i] }
+        else
+            local run = {}
+            for k = i, j do
+                run[#run + 1] = { found[k], full_key(ctx, found[k]) }
+            end
+            sort_rows(ctx, run)
+            for k = 1, #run do
+                rows[#rows + 1] = run[k]
+            end
+        end
+        i = j + 1
+    end
+    for k = 1, math.min(need, #rows) do
+        out[#out + 1] = rows[k]
+    end
+end
+
+-- The size of a walk's next batch: enough for the matches still missing at the density seen
+-- so far (walked entries, kept of them); `boundary`: only the last row's tie group is left.
+local function next_batch(batch, boundary, missing, walked, kept)
+    if boundary then
+        batch = 64
+    elseif kept == 0 then
+        batch = batch * 2
+    else
+        batch = math.ceil(missing * walked / kept * 1.2) + 16
+    end
+    return math.max(64, math.min(batch, WALK_BATCH_MAX))
+end
+
+-- Walk the order zset from the cursor, testing batches, until `need` matches and the tie
+-- group of the last one are complete; true when the zset ran out first.
+local function walk_page(ctx, zname, asc, need, out)
+    local zkey = ctx.prefix .. ':' .. zname
+    local order, cursor = ctx.order, ctx.cursor
+    local rank, stop = walk_bounds(ctx, zkey, asc)
+    if not rank then
+        return true
     end
     local found, found_scores = {}, {}
     local boundary = nil
@@ -229,41 +283,9 @@ local function walk_page(ctx, zname, asc, need, out)
         if boundary and tonumber(call('ZSCORE', zkey, members[#members])) ~= boundary then
             break
         end
-        if boundary then
-            batch = 64 -- only the tie group of the last row is left
-        elseif kept == 0 then
-            batch = batch * 2
-        else
-            batch = math.ceil((need - #found) * walked / kept * 1.2) + 16
-        end
-        batch = math.max(64, math.min(batch, WALK_BATCH_MAX))
+        batch = next_batch(batch, boundary, need - #found, walked, kept)
     end
-    -- The walk already gives the first key's order: only runs of equal scores (ties) need
-    -- their full keys read and sorted (a Lua comparator costs microseconds per call).
-    local rows = {}
-    local i = 1
-    while i <= #found do
-        local j = i
-        while j < #found and found_scores[j + 1] == found_scores[i] do
-            j = j + 1
-        end
-        if j == i then
-            rows[#rows + 1] = { found[i] }
-        else
-            local run = {}
-            for k = i, j do
-                run[#run + 1] = { found[k], full_key(ctx, found[k]) }
-            end
-            sort_rows(ctx, run)
-            for k = 1, #run do
-                rows[#rows + 1] = run[k]
-            end
-        end
-        i = j + 1
-    end
-    for k = 1, math.min(need, #rows) do
-        out[#out + 1] = rows[k]
-    end
+    walk_rows(ctx, found, found_scores, need, out)
     return exhausted
 end
 

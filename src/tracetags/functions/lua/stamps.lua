@@ -69,6 +69,14 @@ local function is_register(field)
     return #field > 1 or ATTRIBUTES[field] ~= nil
 end
 
+-- The text of the base ms of a new trace (the entry id's own digits, unless not canonical).
+local function base_text(text, base)
+    if #text > 1 and sub(text, 1, 1) == '0' then
+        return int(base)
+    end
+    return text
+end
+
 Stamps.register_value = register_value
 Stamps.compact = compact
 Stamps.encode_stamp = encode_stamp
@@ -77,3 +85,4 @@ Stamps.newer = newer
 Stamps.register_stamp = register_stamp
 Stamps.stamp_older = stamp_older
 Stamps.parse_id = parse_id
+Stamps.base_text = base_text
