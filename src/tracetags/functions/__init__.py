@@ -89,6 +89,12 @@ BatchItem = tuple[EntryId, Event | DeadLetter]
 # --- loading ---------------------------------------------------------------------------
 
 
+def translated(exc: redis.ResponseError) -> redis.ResponseError:
+    """``exc`` with each ``user_function:<line>`` of its text named by part file and line
+    (``fold_trace.lua:41``): the library Redis runs is one chunk assembled from parts."""
+    return type(exc)(LIBRARY.translate(str(exc)))
+
+
 def _loaded_code(reply: Any) -> bytes | None:
     """The code of our library in a FUNCTION LIST reply (redis-py gives dicts or flat lists)."""
     for library in reply or ():
@@ -128,7 +134,10 @@ def load(client: redis.Redis) -> bool:
         return False
     for name in _other_versions(client.function_list(LIBRARY_PREFIX + "*")):
         client.function_delete(name)
-    client.function_load(LIBRARY_CODE, replace=True)
+    try:
+        client.function_load(LIBRARY_CODE, replace=True)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
     return True
 
 
@@ -139,7 +148,10 @@ async def load_async(client: redis.asyncio.Redis) -> bool:
         return False
     for name in _other_versions(await client.function_list(LIBRARY_PREFIX + "*")):
         await client.function_delete(name)
-    await client.function_load(LIBRARY_CODE, replace=True)
+    try:
+        await client.function_load(LIBRARY_CODE, replace=True)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
     return True
 
 
@@ -201,6 +213,24 @@ def fingerprint(value: str) -> int:
     return h + 1
 
 
+async def _lookup_async(client: redis.asyncio.Redis, lk: str, *argv: Any) -> Any:
+    try:
+        return await client.fcall(LOOKUP_FUNCTION, 1, lk, *argv)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
+
+
+def drop_lookup(client: redis.Redis, keys: Keys, partition: int, field: str) -> None:
+    """Stop keeping the lookup fingerprints of ``field`` in one partition and delete them."""
+    load(client)
+    try:
+        client.fcall(
+            LOOKUP_FUNCTION, 1, keys.lookups(partition), keys.prefix(partition), "drop", field
+        )
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
+
+
 async def ensure_lookups_async(
     client: redis.asyncio.Redis,
     keys: Keys,
@@ -228,14 +258,14 @@ async def ensure_lookups_async(
             continue
         if on_build is not None:
             on_build(field)
-        await client.fcall(LOOKUP_FUNCTION, 1, lk, prefix, "list", field)
+        await _lookup_async(client, lk, prefix, "list", field)
         chunk, calls = 0, 0
         while chunk >= 0:
-            reply = await client.fcall(
-                LOOKUP_FUNCTION, 1, lk, prefix, "build", field, chunk, LOOKUP_BUILD_CHUNKS
+            reply = await _lookup_async(
+                client, lk, prefix, "build", field, chunk, LOOKUP_BUILD_CHUNKS
             )
             chunk, calls = int(reply), calls + 1
-        await client.fcall(LOOKUP_FUNCTION, 1, lk, prefix, "ready", field)
+        await _lookup_async(client, lk, prefix, "ready", field)
         built[field] = calls
     return built
 
@@ -337,7 +367,7 @@ def _fold_error(exc: redis.ResponseError) -> Exception:
     code = message.split(" ", 1)[0]
     if code.startswith("TT_"):
         return _ERRORS.get(code, FoldError)(message, code)
-    return exc
+    return translated(exc)
 
 
 def _is_missing_function(exc: redis.ResponseError) -> bool:
@@ -396,7 +426,7 @@ async def apply_batch_async(
 
 
 def _query_error(exc: redis.ResponseError) -> QueryError:
-    message = str(exc).split(" script: ", 1)[0]
+    message = LIBRARY.translate(str(exc).split(" script: ", 1)[0])
     code = message.split(" ", 1)[0]
     return QueryError(message, code if code.startswith("TT_") else "TT_ERROR")
 
