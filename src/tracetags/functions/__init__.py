@@ -1,13 +1,14 @@
-"""The Redis Functions library (``tracetags.lua``): its loader and typed wrappers.
+"""The Redis Functions library (part files under ``lua/``, assembled by ``library.py``): its
+loader and typed wrappers.
 
 ``apply_batch`` folds one batch of one partition: the events are applied to the trace
 state and indexes, bad entries are dead-lettered, and every entry of the batch is XACKed,
 all in one ``FCALL`` (one atomic step).
 
 ARGV of ``tt_apply`` (KEYS = the partition's stream and dead-letter stream) is ``group,
-prefix, batch, *dead_letters``.  ``batch`` is one msgpack array (sending one argument instead
-of thousands costs ~4x less per event, in Python and in Redis; Lua unpacks it with
-cmsgpack, which in Redis 7.0 knows no msgpack ``bin``: strings only, so entry ids go as str)::
+prefix, batch, *dead_letters``.  ``batch`` is one msgpack array (one argument instead of
+thousands is far cheaper per event, in Python and in Redis; Lua unpacks it with cmsgpack,
+which in Redis 7.0 knows no msgpack ``bin``: strings only, so entry ids go as str)::
 
     n_events,
     n_events x [entry_id, kind, trace_id, n_attrs, n_tags, n_meta,
@@ -195,8 +196,8 @@ async def ensure_time_bounds_async(client: redis.asyncio.Redis, keys: Keys, part
         low = format(last, ".17g")
 
 
-#: Chunks of 512 trace numbers that one tt_lookup call builds: ~2-3.5 ms of Redis's time
-#: for a full chunk, during which the fold and queries wait (a 1M-trace key builds in ~4.5 s).
+#: Chunks of SET_CHUNK trace numbers that one tt_lookup call builds: Redis runs nothing else
+#: meanwhile (the fold and queries wait), so a build is many short calls.
 LOOKUP_BUILD_CHUNKS: Final = 1
 
 
@@ -240,7 +241,7 @@ async def ensure_lookups_async(
 ) -> dict[str, int]:
     """Make the lookup fingerprints of ``fields`` (register fields ``t<key>`` / ``m<key>``,
     see :attr:`~tracetags.settings.Settings.lookup_keys`) ready in one partition; returns
-    {field: tt_lookup build calls, each over LOOKUP_BUILD_CHUNKS chunks of 512 trace numbers}
+    {field: tt_lookup build calls, each over LOOKUP_BUILD_CHUNKS chunks of SET_CHUNK trace numbers}
     for the fields it had to build.
 
     Safe while a consumer folds: a field is listed (``building``) before it is built, so the
@@ -477,7 +478,7 @@ def query_partitions(
 ) -> list[Any]:
     """Run ``tt_query`` (read only) for each ``(partition, msgpack plan)`` in one pipeline.
 
-    The plan format is documented at ``tt_query`` in tracetags.lua (built by
+    The plan format is documented at ``tt_query`` in lua/query.lua (built by
     :mod:`tracetags.query.planner`).  Loads the library first if the server lacks it.
     Raises :class:`~tracetags.errors.QueryError` when the Function refuses a plan.
     """

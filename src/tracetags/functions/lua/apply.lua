@@ -1,3 +1,24 @@
+--[[ tt_apply: the batch checked, folded per trace, dead-lettered and acknowledged.
+
+Fold semantics: every register (tag, metadata key, attribute) is last-writer-wins by stream
+entry id, compared numerically as (ms, seq); a deleted tag keeps a tombstone stamp; a trace
+deletion records the trace's tombstone in <prefix>:gone and drops every register older than it.
+The first pass over the batch checks the ARGV structure, so that a malformed call fails before
+its first write (Functions do not roll back).
+
+Speed: a batch is folded per trace, not per event.  The tombstones and trace numbers of all
+its traces are read with one HMGET each, every trace hash once (HMGET of the registers the
+batch writes; HGETALL only when the batch deletes the trace), and the hash written once; index
+changes are the difference between the trace's registers before and after the batch, gathered
+over the whole batch so that each index key gets one SADD / SREM / ZADD per batch whatever the
+number of traces touching it.  The Lua around the calls costs more than the calls themselves
+(number-to-string and tonumber conversions, table allocations): a trace with one event in the
+batch takes a path that builds no fold state, stamps are parsed only for the registers the
+batch writes (compact stamps compared as integers), numbers are formatted at most once per
+event, and index changes are gathered per field and value, their key strings built once per
+batch.
+--]]
+
 local newer, parse_id, register_stamp = Stamps.newer, Stamps.parse_id, Stamps.register_stamp
 local chunked, hmget = Sets.chunked, Sets.hmget
 local new_batch = Batches.new_batch
@@ -268,7 +289,8 @@ local function dead_letter_and_ack(stream, dead, group, argv, acks)
     end
     local acked = 0
     for i = 1, #acks, CHUNK do
-        acked = acked + call('XACK', stream, group, unpack_(acks, i, math.min(i + CHUNK - 1, #acks)))
+        local last = math.min(i + CHUNK - 1, #acks)
+        acked = acked + call('XACK', stream, group, unpack_(acks, i, last))
     end
     return acked
 end
@@ -282,8 +304,8 @@ ARGV[2] prefix      partition prefix ns:{pNN}
 ARGV[3] batch       one msgpack array (one argument is far cheaper to send than thousands;
                     only msgpack str, int and array: Redis 7.0's cmsgpack has no bin type):
   n_events, then n_events events: entry_id, kind (S F T D X), trace_id, n_attrs, n_tags,
-  n_meta, n_attrs (code, value) pairs (codes e s d S c; s and d as decimal strings), n_tags (key, value)
-  pairs (keys only for D), n_meta (key, value) pairs
+  n_meta, n_attrs (code, value) pairs (codes e s d S c; s and d as decimal strings),
+  n_tags (key, value) pairs (keys only for D), n_meta (key, value) pairs
 ARGV[4...]          dead letters, three values each: entry_id, payload, reason
 Returns {events applied, dead letters written, entries acked}.
 --]]

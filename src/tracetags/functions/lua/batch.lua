@@ -1,3 +1,6 @@
+-- The index changes of one batch: gathered while its traces are folded, then written once
+-- per index key.
+
 local chunked, chunked_write, members_after = Sets.chunked, Sets.chunked_write, Sets.members_after
 local take_chunked, value_counts = Sets.take_chunked, Sets.value_counts
 local lex_update = LexIndex.lex_update

@@ -1,3 +1,5 @@
+-- Counts (by set algebra), duration stats, and key set sizes for the planner.
+
 local zmscore = Sets.zmscore
 local last_chunk_of, slot, value_sets = Leaves.last_chunk_of, Leaves.slot, Leaves.value_sets
 local eval = Eval.eval

@@ -1,3 +1,5 @@
+-- The fold of a trace with one event in the batch (the common case): no fold state.
+
 local compact, encode_stamp = Stamps.compact, Stamps.encode_stamp
 local register_value, stamp_older = Stamps.register_value, Stamps.stamp_older
 local base_text = Stamps.base_text

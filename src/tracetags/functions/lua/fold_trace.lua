@@ -1,3 +1,6 @@
+-- The fold of one trace that has several events in the batch, or a deletion: its registers
+-- are read once, folded in stamp order, and written back once.
+
 local compact, encode_stamp, is_register = Stamps.compact, Stamps.encode_stamp, Stamps.is_register
 local newer, parse_id, register_stamp = Stamps.newer, Stamps.parse_id, Stamps.register_stamp
 local base_text = Stamps.base_text

@@ -1,11 +1,14 @@
+-- The byte-order index of a key's distinct values: kept by the fold, read by LIKE and by
+-- ordering on the key.
+
 local chunked = Sets.chunked
 
 --[[ The byte-order index of a tag or metadata key's distinct values (dkey td:/md:), so that
 LIKE prefixes and ordering by the key read only the values they need.  The distinct zset is
 scored by count, so it cannot give byte order; one zset of every value at score 0 would
-(ZRANGE BYLEX) but costs ~100 B a value once past 128 members.  Instead the values are cut
-into buckets of at most LEX_BUCKET values at score 0, small enough to stay listpacks
-(~15 B a value):
+(ZRANGE BYLEX) but becomes a skiplist, several times larger a value, once past LEX_BUCKET
+members.  Instead the values are cut into buckets of at most LEX_BUCKET values at score 0,
+small enough to stay listpacks:
   dkey..':L'                 zset, score 0: the head of every bucket, '' included
   dkey..':L:'..enc(head)     zset, score 0: the values v with head <= v < the next head
 The first head is '' (below every value), so every value has a bucket: the largest head

@@ -1,10 +1,13 @@
+-- Lookup fingerprints of listed keys: computed by the fold and by tt_lookup, which builds,
+-- lists, readies and drops them.
+
 local register_value = Stamps.register_value
 local by_chunk = Sets.by_chunk
 
 --[[ Lookup fingerprints (opt-in per tag or metadata key, TRACETAGS_LOOKUP_KEYS): for a
 key whose values are many and sparse (user ids), a walk that tests the newest traces'
 values (LIKE 'user_12%' over a thousand small value sets) would read each trace's hash
-(~1-2 us, a key lookup and a cache miss each).  Instead:
+(a key lookup and a cache miss each).  Instead:
   <prefix>:lk                      hash: register field ('tuser_id') -> 'building' | 'ready'
   <prefix>:lf:<enc field>:<c>      string: for the numbers of chunk c (SET_CHUNK of them), a
                                    big-endian u16 each at byte 2 * offset: fingerprint(value),
@@ -13,8 +16,8 @@ The fold keeps the strings of every field listed in lk (BITFIELD SET u16, one ca
 chunk and batch); ensure_lookups (functions/__init__.py) lists a field, builds its strings
 from the key set (tk/mk) chunk by chunk with tt_lookup, then marks it ready.  tt_query
 trusts only a ready field: a trace whose fingerprint is not wanted does not match; one
-whose fingerprint is wanted is checked on its register (1 in ~65k values collide).
-~2.7 B per trace number ever used per listed key (1 KiB strings). ]]
+whose fingerprint is wanted is checked on its register (fingerprints collide).  A listed
+key costs two bytes per trace number ever used (strings of 2 * SET_CHUNK bytes). ]]
 local function fingerprint(v)
     local h = FINGERPRINT_SEED
     for i = 1, #v do
@@ -48,7 +51,7 @@ local function write_fingerprints(prefix, field, numbers, pos)
     LOOKUP_ZEROS = LOOKUP_ZEROS or string.rep('\0', 2 * SET_CHUNK)
     for c, args in pairs(ops) do
         local chunk_key = key .. int(c)
-        -- made at its full size: grown by BITFIELD, a string keeps ~2x its length allocated
+        -- made at its full size: grown by BITFIELD, a string keeps spare room allocated
         call('SET', chunk_key, LOOKUP_ZEROS, 'NX')
         call('BITFIELD', chunk_key, unpack_(args))
     end

@@ -1,3 +1,6 @@
+-- Order keys of a page: values read per trace, MLflow's comparison, and the page's rows
+-- selected from a set of matches.
+
 local register_value = Stamps.register_value
 local zmscore = Sets.zmscore
 
@@ -23,8 +26,6 @@ local function str_lt(a, b)
     end
     return byte_lt(a, b)
 end
-
--- --- ordering ---------------------------------------------------------------------------
 
 local ORDER_ZSETS = { s = 'ts', d = 'du', E = 'en' }
 
@@ -170,7 +171,7 @@ local function primary_values(ctx, members)
 end
 
 -- Append to out the first `need` rows {no[, key]} of members after the cursor, in order.
--- Table sorts with a Lua comparator cost microseconds per comparison here, so the members
+-- Table sorts with a Lua comparator are dear (a Lua call per comparison), so the members
 -- are grouped by their first key's value, the distinct values sorted natively (numbers, and
 -- strings under byte-order collation), and only a group of several members (ties) gets its
 -- full keys read and sorted.

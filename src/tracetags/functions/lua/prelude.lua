@@ -58,7 +58,8 @@ end
 
 local function bind_runtime()
     call = redis.call
-    floor, sub, find, format, match = math.floor, string.sub, string.find, string.format, string.match
+    floor, sub, find = math.floor, string.sub, string.find
+    format, match = string.format, string.match
     unpack_, type_ = unpack, type
     bytewise = detect_bytewise()
 end

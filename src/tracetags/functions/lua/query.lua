@@ -1,3 +1,5 @@
+-- tt_query: one plan over one partition, dispatched by mode.
+
 local eval = Eval.eval
 local buffered, enum_candidates = Enum.buffered, Enum.enum_candidates
 local order_fields = Ordering.order_fields
@@ -9,8 +11,8 @@ local cards_reply, count_terms_reply = Counts.cards_reply, Counts.count_terms_re
 local stats_reply = Counts.stats_reply
 local walk_values_page = ValueWalk.walk_values_page
 
--- One msgpack string {rows found, hash...}: a reply of ~34 strings per trace costs Redis
--- twice as much to convert as cmsgpack does to pack it, and the client decodes it in C.
+-- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
+-- Redis more to convert than cmsgpack does to pack it, and the client decodes it in C.
 -- Only the first `shown` rows are read (the extra row only tells that a next page exists).
 local function page_reply(ctx, rows, shown)
     local hashes = {}

@@ -1,10 +1,10 @@
+-- Candidate enumeration: a plan's sources, or every trace, fed in batches.
+
 local zmscore = Sets.zmscore
 local QUERY_BATCH, last_chunk_of = Leaves.QUERY_BATCH, Leaves.last_chunk_of
 local score_bound, slot, value_sets = Leaves.score_bound, Leaves.slot, Leaves.value_sets
 local chunked_key = Eval.chunked_key
 
--- Feed fn batches of the members common to the chunked sets keys (one: its members), chunk
--- by chunk (SMEMBERS / SINTER); true when fn asked to stop.
 -- The trace numbers in chunk c of every chunked set of keys (SMEMBERS for one, SINTER);
 -- names: a scratch table for the chunk keys.
 local function chunk_members(keys, c, names)
@@ -20,6 +20,8 @@ local function chunk_members(keys, c, names)
     return got
 end
 
+-- Feed fn batches of the members common to the chunked sets keys (one: its members), chunk
+-- by chunk (SMEMBERS / SINTER); true when fn asked to stop.
 local function enum_chunks_of(ctx, keys, fn)
     local names = {}
     for c = 0, last_chunk_of(ctx) do
@@ -155,8 +157,8 @@ local function enum_candidates(ctx, fn)
 end
 
 -- Regroup the batches an enumerator feeds into lists of up to EVAL_BATCH candidates: a
--- chunked leaf tests a list with one SMISMEMBER per chunk it touches (<= ~2,000 at 1M
--- traces), so large lists cost far fewer calls per candidate than 1,024-number batches.
+-- chunked leaf tests a list with one SMISMEMBER per chunk it touches, so large lists cost
+-- far fewer calls per candidate than QUERY_BATCH-number batches.
 local EVAL_BATCH = 32768
 
 local function buffered(enum, fn)

@@ -1,3 +1,6 @@
+-- The boolean tree of a plan evaluated over a list of candidates, chunked sets of a
+-- conjunction tested together.
+
 local slot, test_leaf, value_sets = Leaves.slot, Leaves.test_leaf, Leaves.value_sets
 
 -- Whether the V leaf holds every trace of the partition (experiment_ids naming every

@@ -1,3 +1,6 @@
+-- Query leaves: each tests a list of candidates (trace numbers) at once, a call per set or
+-- chunk rather than per trace.
+
 local register_value = Stamps.register_value
 local zmscore = Sets.zmscore
 local fingerprint = Lookups.fingerprint
@@ -132,7 +135,7 @@ local function in_range(leaf, score)
 end
 
 
--- A V leaf of many plain sets (LIKE 'user_12%': ~1,000 small user-id sets) would cost one
+-- A V leaf of many plain sets (LIKE 'user_12%': a thousand small user-id sets) would cost one
 -- SMISMEMBER per set and batch: read their members once (the counts bound the work) into a
 -- Lua table and test by lookup.  Chunked sets of the leaf are still tested per chunk.
 local MEMBER_TABLE_MIN_SETS = 8
@@ -172,12 +175,11 @@ local function plain_member_table(leaf, sets)
 end
 
 -- The other way to test a V leaf of many plain sets: read each candidate's own register
--- (HGET of the key's field, ~1.5-2 us) and look its value up.  Chosen while it costs less
--- than the member table (~3 us a set and ~0.7 us a member, paid once: 1,111 user ids and
--- their 22k traces at 1M traces, while a walk meets ~4.6k of them), or than SMISMEMBER per
--- set and list when the table would be too large (`LIKE 'user_1%'` at 1M: 11k sets, 1 s ->
--- 0.1 s).  The field comes with the plan (value_fields: distinct zset -> hash field); true
--- when it marked mask.
+-- (HGET of the key's field) and look its value up.  Chosen while it costs less than the
+-- member table (a cost per set and per member, paid once; a walk may meet only a fraction of
+-- the members), or than SMISMEMBER per set and list when the table would be too large.  The
+-- costs are estimates of Redis time in microseconds.  The field comes with the plan
+-- (value_fields: distinct zset -> hash field); true when it marked mask.
 local HASH_TEST_US, TABLE_SET_US, TABLE_MEMBER_US = 2, 3, 0.7
 
 -- The lookup fingerprints of field when they are ready (see fingerprint): {strings = chunk ->

@@ -1,3 +1,6 @@
+-- Page strategies: collect every match, walk an order zset from the cursor, or walk the
+-- chunks newest first by their time bounds.
+
 local zmscore = Sets.zmscore
 local WALK_BATCH_MAX = Leaves.WALK_BATCH_MAX
 local eval = Eval.eval
@@ -251,7 +254,7 @@ local function walk_page(ctx, zname, asc, need, out)
         ctx.walking = false
         kept = kept + #survivors
         -- Scores of the survivors only: WITHSCORES would make Redis format, and Lua parse,
-        -- the score of every walked entry (~1 us each), most of which fail the filter.
+        -- the score of every walked entry, most of which fail the filter.
         local scores = zmscore(zkey, survivors)
         local done = false
         for i = 1, #survivors do

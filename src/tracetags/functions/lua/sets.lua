@@ -1,3 +1,6 @@
+-- Sets of trace numbers: long commands sent in chunks, and chunked sets (chunk c of key K is
+-- K:<c>, holding the offsets number - c * SET_CHUNK: each chunk stays an intset).
+
 local function chunked(command, key, items)
     local n = #items
     if n <= CHUNK then

@@ -1,3 +1,6 @@
+-- Stamps: every register is stamped with the stream entry id that wrote it, compared as
+-- (ms, seq); stored compact, (ms - base) * SEQ_SPAN + seq, when that is exact.
+
 -- An entry id as (ms, seq); nil when it is not a well-formed id small enough to be exact.
 local function parse_id(id)
     local ms, seq = match(id, '^(%d+)%-(%d+)$')

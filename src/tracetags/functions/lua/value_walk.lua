@@ -1,3 +1,5 @@
+-- Pages ordered by a string key: its distinct values walked in order, each a group.
+
 local zmscore = Sets.zmscore
 local lex_dir, lex_scan = LexIndex.lex_dir, LexIndex.lex_scan
 local ORDER_ZSETS, cmp_value = Ordering.ORDER_ZSETS, Ordering.cmp_value
@@ -5,7 +7,6 @@ local order_fields = Ordering.order_fields
 local chunk_walk_page, collect_page = Walks.chunk_walk_page, Walks.collect_page
 local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_page
 
--- --- walking the distinct values of a string order key -----------------------------------
 -- Distinct zsets are scored by count, so the values are sorted here (byte order = code
 -- point order) and each value's set is a group, in order; within a group the rest of the
 -- order keys decide, by walking their zset or collecting the group's matches.  Stops as soon
@@ -69,8 +70,8 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
 end
 
 -- Feed visit(value, count) the values of the distinct zset dkey in byte order (descending
--- unless asc), stopping when it returns true (then true).  Sorting every value (50k user
--- ids: ~50 ms) is avoided: a sorted sample cuts the values into windows, taken in order
+-- unless asc), stopping when it returns true (then true).  Sorting every value (tens of
+-- thousands of user ids) is avoided: a sorted sample cuts the values into windows, taken in order
 -- with one pass each (windows double in size); only a window's values are sorted.
 -- `from`: skip windows wholly before this value (the cursor's), if given.
 local WINDOW_SAMPLES = 64
