@@ -1,6 +1,6 @@
 -- Counts (by set algebra), duration stats, and key set sizes for the planner.
 
-local zmscore = Sets.zmscore
+local zmscore, chunk_numbers = Sets.zmscore, Sets.chunk_numbers
 local last_chunk_of, slot, value_sets = Leaves.last_chunk_of, Leaves.slot, Leaves.value_sets
 local eval = Eval.eval
 local buffered, enum_all, enum_candidates = Enum.buffered, Enum.enum_all, Enum.enum_candidates
@@ -103,14 +103,6 @@ local function set_leaf(set)
     local leaf = { 'V' }
     leaf.sets = { set }
     return leaf
-end
-
-local function chunk_numbers(offsets, c)
-    local base = c * SET_CHUNK
-    for i = 1, #offsets do
-        offsets[i] = int(base + tonumber(offsets[i]))
-    end
-    return offsets
 end
 
 local function leaf_size(ctx, leaf)

@@ -1,6 +1,6 @@
 -- Candidate enumeration: a plan's sources, or every trace, fed in batches.
 
-local zmscore = Sets.zmscore
+local chunk_numbers, unscored = Sets.chunk_numbers, Sets.unscored
 local QUERY_BATCH, last_chunk_of = Leaves.QUERY_BATCH, Leaves.last_chunk_of
 local score_bound, slot, value_sets = Leaves.score_bound, Leaves.slot, Leaves.value_sets
 local chunked_key = Eval.chunked_key
@@ -13,11 +13,7 @@ local function chunk_members(keys, c, names)
         names[k] = keys[k] .. suffix
     end
     local got = #keys == 1 and call('SMEMBERS', names[1]) or call('SINTER', unpack_(names))
-    local base = c * SET_CHUNK
-    for i = 1, #got do
-        got[i] = int(base + tonumber(got[i]))
-    end
-    return got
+    return chunk_numbers(got, c)
 end
 
 -- Feed fn batches of the members common to the chunked sets keys (one: its members), chunk
@@ -67,13 +63,7 @@ local function enum_all(ctx, fn, skip_timed)
         return false
     end
     return enum_chunked(ctx, ctx.prefix .. ':all', function(got)
-        local scores = zmscore(ts, got)
-        local batch = {}
-        for i = 1, #got do
-            if not scores[i] then
-                batch[#batch + 1] = got[i]
-            end
-        end
+        local batch = unscored(ts, got)
         return #batch > 0 and fn(batch)
     end)
 end

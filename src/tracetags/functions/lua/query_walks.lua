@@ -1,7 +1,7 @@
 -- Page strategies: collect every match, walk an order zset from the cursor, or walk the
 -- chunks newest first by their time bounds.
 
-local zmscore = Sets.zmscore
+local zmscore, unscored = Sets.zmscore, Sets.unscored
 local WALK_BATCH_MAX = Leaves.WALK_BATCH_MAX
 local eval = Eval.eval
 local buffered, chunk_join, chunk_members = Enum.buffered, Enum.chunk_join, Enum.chunk_members
@@ -16,14 +16,7 @@ local function collect_page(ctx, need, out, unscored_in)
     local residual = ctx.residual
     local function take(batch)
         if unscored_in then
-            local scores = zmscore(unscored_in, batch)
-            local kept = {}
-            for i = 1, #batch do
-                if not scores[i] then
-                    kept[#kept + 1] = batch[i]
-                end
-            end
-            batch = kept
+            batch = unscored(unscored_in, batch)
         end
         local got = eval(ctx, residual, batch)
         for i = 1, #got do

@@ -122,6 +122,27 @@ local function zmscore(zkey, members)
     return out
 end
 
+-- The trace numbers (decimal strings) of offsets of chunk c, in place.
+local function chunk_numbers(offsets, c)
+    local base = c * SET_CHUNK
+    for i = 1, #offsets do
+        offsets[i] = int(base + tonumber(offsets[i]))
+    end
+    return offsets
+end
+
+-- The members of list without a score in zkey, in order.
+local function unscored(zkey, list)
+    local scores = zmscore(zkey, list)
+    local out = {}
+    for i = 1, #list do
+        if not scores[i] then
+            out[#out + 1] = list[i]
+        end
+    end
+    return out
+end
+
 Sets.chunked = chunked
 Sets.by_chunk = by_chunk
 Sets.chunked_write = chunked_write
@@ -130,3 +151,5 @@ Sets.take_chunked = take_chunked
 Sets.value_counts = value_counts
 Sets.hmget = hmget
 Sets.zmscore = zmscore
+Sets.chunk_numbers = chunk_numbers
+Sets.unscored = unscored
