@@ -259,7 +259,7 @@ class Keys:
     def tag_key(self, partition: int, key: str) -> str:
         return f"{self.prefix(partition)}:tk:{enc(key)}"
 
-    # --- the fold's state and indexes (mirrored by functions/tracetags.lua) ------------
+    # --- the fold's state and indexes (mirrored by functions/lua/) ---------------------
 
     def trace_counter(self, partition: int) -> str:
         return f"{self.prefix(partition)}:n"

@@ -1,13 +1,14 @@
-"""The Redis Functions library (``tracetags.lua``): its loader and typed wrappers.
+"""The Redis Functions library (part files under ``lua/``, assembled by ``library.py``): its
+loader and typed wrappers.
 
 ``apply_batch`` folds one batch of one partition: the events are applied to the trace
 state and indexes, bad entries are dead-lettered, and every entry of the batch is XACKed,
 all in one ``FCALL`` (one atomic step).
 
 ARGV of ``tt_apply`` (KEYS = the partition's stream and dead-letter stream) is ``group,
-prefix, batch, *dead_letters``.  ``batch`` is one msgpack array (sending one argument instead
-of thousands costs ~4x less per event, in Python and in Redis; Lua unpacks it with
-cmsgpack, which in Redis 7.0 knows no msgpack ``bin``: strings only, so entry ids go as str)::
+prefix, batch, *dead_letters``.  ``batch`` is one msgpack array (one argument instead of
+thousands is far cheaper per event, in Python and in Redis; Lua unpacks it with cmsgpack,
+which in Redis 7.0 knows no msgpack ``bin``: strings only, so entry ids go as str)::
 
     n_events,
     n_events x [entry_id, kind, trace_id, n_attrs, n_tags, n_meta,
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -37,6 +37,12 @@ import redis
 import redis.asyncio
 
 from tracetags.errors import FoldArgumentsError, FoldError, QueryError
+from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
+from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
+from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
+from tracetags.functions.library import LIBRARY_PREFIX as LIBRARY_PREFIX
+from tracetags.functions.library import LOOKUP_FUNCTION as LOOKUP_FUNCTION
+from tracetags.functions.library import QUERY_FUNCTION as QUERY_FUNCTION
 from tracetags.keys import NAME_TAG, SET_CHUNK, Keys
 from tracetags.schemas import (
     ENTRY_FIELD,
@@ -49,13 +55,9 @@ from tracetags.schemas import (
     decode,
 )
 
-LIBRARY_NAME: Final = "tracetags_v5"
-#: Every version of the library is named LIBRARY_PREFIX + its number.
-LIBRARY_PREFIX: Final = "tracetags_v"
-APPLY_FUNCTION: Final = "tt_apply"
-QUERY_FUNCTION: Final = "tt_query"
-LOOKUP_FUNCTION: Final = "tt_lookup"
-LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8")
+#: The library assembled from the part files under lua/ (see library.py).
+LIBRARY: Final = assemble()
+LIBRARY_CODE: Final = LIBRARY.code
 
 _ERRORS: Final[dict[str, type[FoldError]]] = {
     "TT_BADARGS": FoldArgumentsError,
@@ -86,6 +88,12 @@ BatchItem = tuple[EntryId, Event | DeadLetter]
 
 
 # --- loading ---------------------------------------------------------------------------
+
+
+def translated(exc: redis.ResponseError) -> redis.ResponseError:
+    """``exc`` with each ``user_function:<line>`` of its text named by part file and line
+    (``fold_trace.lua:41``): the library Redis runs is one chunk assembled from parts."""
+    return type(exc)(LIBRARY.translate(str(exc)))
 
 
 def _loaded_code(reply: Any) -> bytes | None:
@@ -127,7 +135,10 @@ def load(client: redis.Redis) -> bool:
         return False
     for name in _other_versions(client.function_list(LIBRARY_PREFIX + "*")):
         client.function_delete(name)
-    client.function_load(LIBRARY_CODE, replace=True)
+    try:
+        client.function_load(LIBRARY_CODE, replace=True)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
     return True
 
 
@@ -138,7 +149,10 @@ async def load_async(client: redis.asyncio.Redis) -> bool:
         return False
     for name in _other_versions(await client.function_list(LIBRARY_PREFIX + "*")):
         await client.function_delete(name)
-    await client.function_load(LIBRARY_CODE, replace=True)
+    try:
+        await client.function_load(LIBRARY_CODE, replace=True)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
     return True
 
 
@@ -182,8 +196,8 @@ async def ensure_time_bounds_async(client: redis.asyncio.Redis, keys: Keys, part
         low = format(last, ".17g")
 
 
-#: Chunks of 512 trace numbers that one tt_lookup call builds: ~2-3.5 ms of Redis's time
-#: for a full chunk, during which the fold and queries wait (a 1M-trace key builds in ~4.5 s).
+#: Chunks of SET_CHUNK trace numbers that one tt_lookup call builds: Redis runs nothing else
+#: meanwhile (the fold and queries wait), so a build is many short calls.
 LOOKUP_BUILD_CHUNKS: Final = 1
 
 
@@ -192,11 +206,30 @@ def _str(value: bytes | str) -> str:
 
 
 def fingerprint(value: str) -> int:
-    """A value's lookup fingerprint, as tracetags.lua computes it (1..65521; 0 = none)."""
-    h = 5381
+    """A value's lookup fingerprint, as lookups.lua computes it (1..FINGERPRINT_MOD; 0 =
+    none)."""
+    h = FINGERPRINT_SEED
     for byte in value.encode():
-        h = (h * 33 + byte) % 65521
+        h = (h * 33 + byte) % FINGERPRINT_MOD
     return h + 1
+
+
+async def _lookup_async(client: redis.asyncio.Redis, lk: str, *argv: Any) -> Any:
+    try:
+        return await client.fcall(LOOKUP_FUNCTION, 1, lk, *argv)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
+
+
+def drop_lookup(client: redis.Redis, keys: Keys, partition: int, field: str) -> None:
+    """Stop keeping the lookup fingerprints of ``field`` in one partition and delete them."""
+    load(client)
+    try:
+        client.fcall(
+            LOOKUP_FUNCTION, 1, keys.lookups(partition), keys.prefix(partition), "drop", field
+        )
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
 
 
 async def ensure_lookups_async(
@@ -208,7 +241,7 @@ async def ensure_lookups_async(
 ) -> dict[str, int]:
     """Make the lookup fingerprints of ``fields`` (register fields ``t<key>`` / ``m<key>``,
     see :attr:`~tracetags.settings.Settings.lookup_keys`) ready in one partition; returns
-    {field: tt_lookup build calls, each over LOOKUP_BUILD_CHUNKS chunks of 512 trace numbers}
+    {field: tt_lookup build calls, each over LOOKUP_BUILD_CHUNKS chunks of SET_CHUNK trace numbers}
     for the fields it had to build.
 
     Safe while a consumer folds: a field is listed (``building``) before it is built, so the
@@ -226,14 +259,14 @@ async def ensure_lookups_async(
             continue
         if on_build is not None:
             on_build(field)
-        await client.fcall(LOOKUP_FUNCTION, 1, lk, prefix, "list", field)
+        await _lookup_async(client, lk, prefix, "list", field)
         chunk, calls = 0, 0
         while chunk >= 0:
-            reply = await client.fcall(
-                LOOKUP_FUNCTION, 1, lk, prefix, "build", field, chunk, LOOKUP_BUILD_CHUNKS
+            reply = await _lookup_async(
+                client, lk, prefix, "build", field, chunk, LOOKUP_BUILD_CHUNKS
             )
             chunk, calls = int(reply), calls + 1
-        await client.fcall(LOOKUP_FUNCTION, 1, lk, prefix, "ready", field)
+        await _lookup_async(client, lk, prefix, "ready", field)
         built[field] = calls
     return built
 
@@ -335,7 +368,7 @@ def _fold_error(exc: redis.ResponseError) -> Exception:
     code = message.split(" ", 1)[0]
     if code.startswith("TT_"):
         return _ERRORS.get(code, FoldError)(message, code)
-    return exc
+    return translated(exc)
 
 
 def _is_missing_function(exc: redis.ResponseError) -> bool:
@@ -394,7 +427,7 @@ async def apply_batch_async(
 
 
 def _query_error(exc: redis.ResponseError) -> QueryError:
-    message = str(exc).split(" script: ", 1)[0]
+    message = LIBRARY.translate(str(exc).split(" script: ", 1)[0])
     code = message.split(" ", 1)[0]
     return QueryError(message, code if code.startswith("TT_") else "TT_ERROR")
 
@@ -445,7 +478,7 @@ def query_partitions(
 ) -> list[Any]:
     """Run ``tt_query`` (read only) for each ``(partition, msgpack plan)`` in one pipeline.
 
-    The plan format is documented at ``tt_query`` in tracetags.lua (built by
+    The plan format is documented at ``tt_query`` in lua/query.lua (built by
     :mod:`tracetags.query.planner`).  Loads the library first if the server lacks it.
     Raises :class:`~tracetags.errors.QueryError` when the Function refuses a plan.
     """

@@ -1,0 +1,235 @@
+-- LIKE over a key's distinct values: the values that start like a pattern, sought in the
+-- byte-order index (or filtered where the key has none).
+
+local zmscore = Sets.zmscore
+local lex_dir, lex_first, lex_scan = LexIndex.lex_dir, LexIndex.lex_first, LexIndex.lex_scan
+local MEMBER_TABLE_MAX = Leaves.MEMBER_TABLE_MAX
+local MEMBER_TABLE_MIN_SETS, TABLE_MEMBER_US = Leaves.MEMBER_TABLE_MIN_SETS, Leaves.TABLE_MEMBER_US
+local TABLE_SET_US = Leaves.TABLE_SET_US
+
+-- The smallest string above every string that starts with p (nil: none, p is all \255).
+local function past_prefix(p)
+    local n = #p
+    while n > 0 and string.byte(p, n) == 255 do
+        n = n - 1
+    end
+    if n == 0 then
+        return nil
+    end
+    return sub(p, 1, n - 1) .. string.char(string.byte(p, n) + 1)
+end
+
+-- Bytes of the UTF-8 character whose first byte is b.
+local function utf8_width(b)
+    if b < 0xC0 then
+        return 1
+    elseif b < 0xE0 then
+        return 2
+    elseif b < 0xF0 then
+        return 3
+    end
+    return 4
+end
+
+-- Feed take(values) the values of dkey's index that start with a string matching lead
+-- (literal runs, and counts of any characters: a LIKE pattern up to its first %), in byte
+-- order.  Literal runs extend a prefix that is sought; at a count, the distinct
+-- continuations of the prefix are visited one by one (a seek to the first value after
+-- each), so 'user_12%' costs a few seeks and the values starting 'user_12', not every
+-- value starting 'user'.
+local function lex_lead(dkey, lead, take)
+    local dir = lex_dir(dkey)
+    local function from(p, k)
+        while k <= #lead and type(lead[k]) == 'string' do
+            p = p .. lead[k]
+            k = k + 1
+        end
+        local np = #p
+        if k > #lead then
+            lex_scan(dkey, true, p, function(values)
+                local keep = {}
+                for i = 1, #values do
+                    if sub(values[i], 1, np) ~= p then
+                        take(keep)
+                        return true
+                    end
+                    keep[i] = values[i]
+                end
+                take(keep)
+                return false
+            end)
+            return
+        end
+        local cursor, open = p, false
+        while cursor do
+            local v = lex_first(dkey, dir, cursor, open)
+            if not v or sub(v, 1, np) ~= p then
+                return
+            end
+            local at, chars = np + 1, 0
+            while chars < lead[k] and at <= #v do
+                at = at + utf8_width(string.byte(v, at))
+                chars = chars + 1
+            end
+            if chars < lead[k] then -- too short to match: the values after it
+                cursor, open = v, true
+            else
+                local q = sub(v, 1, at - 1)
+                from(q, k + 1)
+                cursor, open = past_prefix(q), false
+            end
+        end
+    end
+    from('', 1)
+end
+
+-- Whether v starts with a string matching lead (literal runs, and counts of any one
+-- character), as lex_lead seeks them.
+local function lead_match(v, lead)
+    local at = 1
+    for k = 1, #lead do
+        local item = lead[k]
+        if type(item) == 'string' then
+            if sub(v, at, at + #item - 1) ~= item then
+                return false
+            end
+            at = at + #item
+        else
+            for _ = 1, item do
+                if at > #v then
+                    return false
+                end
+                at = at + utf8_width(string.byte(v, at))
+            end
+        end
+    end
+    return true
+end
+
+-- The values of dkey that start like lead, exactly (for a LIKE pattern that is its lead and
+-- one final %, its matches): sought in the byte-order index, or, where the key has none,
+-- filtered from every value.
+local function lead_values(dkey, lead)
+    local found, n = {}, 0
+    if #lead > 0 and call('EXISTS', lex_dir(dkey)) == 1 then
+        lex_lead(dkey, lead, function(values)
+            for i = 1, #values do
+                n = n + 1
+                found[n] = values[i]
+            end
+        end)
+    else
+        local all = call('ZRANGE', dkey, 0, -1)
+        for i = 1, #all do
+            if lead_match(all[i], lead) then
+                n = n + 1
+                found[n] = all[i]
+            end
+        end
+    end
+    return found
+end
+
+-- values mode with count_only: {number of values, their traces} of lead_values (the probe
+-- of a page, whose plan then carries the pattern, not the values: see resolve_sought).
+local function value_count_reply(dkey, lead)
+    local counts = zmscore(dkey, lead_values(dkey, lead))
+    local values, traces = 0, 0
+    for i = 1, #counts do
+        if counts[i] then
+            values = values + 1
+            traces = traces + counts[i]
+        end
+    end
+    return { values, traces }
+end
+
+-- A page plan's leaf {'L', dkey, vprefix, lead, traces, values} (a LIKE that is its lead and
+-- one final %, sized by the probe's value_count_reply) becomes the V leaf of the values it
+-- matches now, sought once per call (seen: lead text -> values); a thousand values then
+-- cross neither the network nor the planner.  The probe's sizes only set costs: a skipped
+-- test would need a count read now, so the leaf is never taken to hold every trace.
+local function resolve_sought(ctx, node, seen)
+    local kind = node[1]
+    if kind == '&' or kind == '|' then
+        for i = 2, #node do
+            resolve_sought(ctx, node[i], seen)
+        end
+    elseif kind == '!' then
+        resolve_sought(ctx, node[2], seen)
+    elseif kind == 'L' then
+        local dkey, lead, traces, count = node[2], node[4], node[5], node[6]
+        local text = dkey .. '\0' .. cmsgpack.pack(lead)
+        local values = seen[text]
+        if not values then
+            values = lead_values(dkey, lead)
+            seen[text] = values
+        end
+        node[4], node[5], node[6] = nil, nil, nil
+        if #values == 0 then
+            node[1], node[2], node[3] = 'Z', nil, nil
+            return
+        end
+        node[1] = 'V'
+        for i = 1, #values do
+            node[3 + i] = values[i]
+        end
+        node.all = false
+        if #values > 1 then
+            node.ckey = false -- (one dense value would be a chunked set: read its count)
+        end
+        node.plain = count
+        node.table_us = count * TABLE_SET_US + traces * TABLE_MEMBER_US
+        node.table_ok = count >= MEMBER_TABLE_MIN_SETS and traces <= MEMBER_TABLE_MAX
+        node.hashed = 0
+    end
+end
+
+-- The values of the distinct zset dkey that start with runs[1] and contain the other runs in
+-- that order (the literal runs of a LIKE pattern, so a superset of its matches; the planner
+-- applies the pattern), as msgpack {sought, {value, count, ...}}: sought = 1 when they came
+-- from the byte-order index by `lead`, so exactly those that start like the pattern.
+-- ZSCAN MATCH would format the score of every value, matching or not; here only the
+-- candidates' scores are read.
+local function values_reply(dkey, runs, lead)
+    local prefix = runs[1] or ''
+    local np = #prefix
+    local found, n = {}, 0
+    local function take(values)
+        for i = 1, #values do
+            local v = values[i]
+            local ok = np == 0 or find(v, prefix, 1, true) == 1
+            local at = np + 1
+            for r = 2, #runs do
+                if not ok then
+                    break
+                end
+                local s = find(v, runs[r], at, true)
+                ok = s ~= nil
+                at = ok and s + #runs[r]
+            end
+            if ok then
+                n = n + 1
+                found[n] = v
+            end
+        end
+    end
+    local sought = np > 0 and call('EXISTS', lex_dir(dkey)) == 1
+    if sought then
+        -- only the values starting like the pattern, sought in byte order
+        lex_lead(dkey, (lead and #lead > 0) and lead or { prefix }, take)
+    else
+        take(call('ZRANGE', dkey, 0, -1))
+    end
+    local counts = zmscore(dkey, found)
+    local flat = {}
+    for i = 1, n do
+        flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
+    end
+    -- msgpack: the client decodes a thousand values in C (not one RESP string each)
+    return cmsgpack.pack({ sought and 1 or 0, flat })
+end
+
+Like.resolve_sought = resolve_sought
+Like.value_count_reply = value_count_reply
+Like.values_reply = values_reply

@@ -1,0 +1,163 @@
+-- tt_query: one plan over one partition, dispatched by mode.
+
+local eval = Eval.eval
+local buffered, enum_candidates = Enum.buffered, Enum.enum_candidates
+local order_fields = Ordering.order_fields
+local chunk_walk_page, collect_page = Walks.chunk_walk_page, Walks.collect_page
+local walk_page = Walks.walk_page
+local resolve_sought, value_count_reply = Like.resolve_sought, Like.value_count_reply
+local values_reply = Like.values_reply
+local cards_reply, count_terms_reply = Counts.cards_reply, Counts.count_terms_reply
+local stats_reply = Counts.stats_reply
+local walk_values_page = ValueWalk.walk_values_page
+
+-- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
+-- Redis more to convert than cmsgpack does to pack it, and the client decodes it in C.
+-- Only the first `shown` rows are read (the extra row only tells that a next page exists).
+local function page_reply(ctx, rows, shown)
+    local hashes = {}
+    local hash_prefix = ctx.prefix .. ':t:'
+    for i = 1, math.min(#rows, shown) do
+        hashes[i] = call('HGETALL', hash_prefix .. rows[i][1])
+    end
+    return cmsgpack.pack({ #rows, hashes })
+end
+
+
+
+-- count mode without terms: the candidates that pass the residual filter.
+local function count_query(ctx)
+    local total = 0
+    buffered(function(fn)
+        return enum_candidates(ctx, fn)
+    end, function(batch)
+        total = total + #eval(ctx, ctx.residual, batch)
+        return false
+    end)
+    return total
+end
+
+-- page mode: the rows after the cursor, by the strategy the plan names.
+local function page_query(ctx, plan)
+    local prefix = ctx.prefix
+    local seen = {}
+    resolve_sought(ctx, ctx.expr, seen)
+    if ctx.residual ~= ctx.expr then
+        resolve_sought(ctx, ctx.residual, seen)
+    end
+    for _, source in ipairs(plan.sources or EMPTY) do
+        resolve_sought(ctx, source, seen)
+    end
+    local order = plan.order
+    ctx.order = order
+    ctx.fields, ctx.pos = order_fields(order)
+    if plan.cursor then
+        local cursor = {}
+        for k = 1, #order do
+            local item = plan.cursor[k]
+            cursor[k] = (item[1] == 1) and item[2] or false
+        end
+        ctx.cursor = cursor
+    end
+    local need = plan.limit
+    local rows = {}
+    local walk = plan.walk
+    local done = false
+    if plan.walk_values then
+        walk_values_page(ctx, need, rows)
+        done = true
+    elseif plan.chunk_walk then
+        -- plan.chunk_walk: how many chunks to visit before falling back to walk/collect
+        local visited = chunk_walk_page(ctx, need, rows, plan.chunk_walk)
+        if visited ~= 'abandon' then
+            done = true
+            if visited and #rows < need then
+                collect_page(ctx, need - #rows, rows, prefix .. ':ts')
+            end
+        end
+    end
+    if done then
+        -- the page is in rows
+    elseif walk then
+        local zname, asc = walk[1], walk[2] == 1
+        ctx.density = plan.density
+        if walk[3] then
+            ctx.walk_range = { walk[3], walk[4] }
+        end
+        local exhausted = walk_page(ctx, zname, asc, need, rows)
+        if exhausted and #rows < need then
+            collect_page(ctx, need - #rows, rows, prefix .. ':' .. zname)
+        end
+    else
+        collect_page(ctx, need, rows, nil)
+    end
+    return page_reply(ctx, rows, plan.shown or need)
+end
+
+--[[
+tt_query: run one query plan over one partition (read only).
+KEYS[1] ids     <prefix>:ids (declares the partition's slot; every other key is built from prefix)
+ARGV[1] prefix  partition prefix ns:{pNN}
+ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'values'), expr (tree),
+                sources (leaves to enumerate; empty = every trace), residual (what a
+                candidate from the sources must still pass), walk ({zname, asc} or
+                absent), order ({kind 'n'|'s'|'x', field, asc 1|0} each), cursor ({present
+                0|1, value} per order key, or absent), limit, group (hash fields), keys (cards)
+                terms (count: {sign, leaf...} conjunctions to count and sum instead of the
+                expr), walk_values ({dkey, vprefix, presence leaf, match fraction, candidate
+                cost, traces}: walk the first order key's distinct values, or absent)
+                shown (page: how many of the `limit` rows to return, default all)
+                density (walk: the expected fraction of walked entries that match)
+                value_fields (page: {distinct zset = hash field} of the V leaves of many
+                values, which may be tested by reading the candidates' registers)
+                dkey, runs, lead (values: a distinct zset and the literal runs of a LIKE
+                pattern, the first one its start, and its lead); count_only (values: the
+                pattern is its lead and one final %: count its values and their traces)
+Returns page: one msgpack array {rows found (<= limit), {hash, ...}}: the HGETALL field/value
+lists of the first `shown` rows after the cursor, in order; count: an integer; stats: groups
+{values, count, duration, n, ...}; cards: integers; values: msgpack {sought 0|1, {value,
+count, ...}}, or with count_only {values, traces}.
+--]]
+local function tt_query(keys, argv)
+    bind_runtime()
+    local prefix = argv[1]
+    if keys[1] ~= prefix .. ':ids' then
+        fail('BADKEYS', 'KEYS[1] must be ' .. tostring(prefix) .. ':ids')
+    end
+    local ok, plan = pcall(cmsgpack.unpack, argv[2] or '')
+    if not ok or type(plan) ~= 'table' then
+        fail('BADPLAN', 'ARGV[2] must be a msgpack map')
+    end
+    local ctx = { prefix = prefix, plan = plan, expr = plan.expr or { 'A' }, scanned = 0 }
+    -- Candidates from the plan's sources need only the residual test; every trace (no
+    -- sources) the whole filter.
+    ctx.residual = ctx.expr
+    if plan.sources and #plan.sources > 0 and plan.residual then
+        ctx.residual = plan.residual
+    end
+    local mode = plan.mode
+    if mode == 'cards' then
+        return cards_reply(ctx, plan.keys or {})
+    end
+    if mode == 'values' then
+        if plan.count_only then
+            return value_count_reply(plan.dkey, plan.lead or {})
+        end
+        return values_reply(plan.dkey, plan.runs or {}, plan.lead)
+    end
+    if mode == 'count' and plan.terms then
+        return count_terms_reply(ctx, plan.terms)
+    end
+    if mode == 'count' then
+        return count_query(ctx)
+    end
+    if mode == 'stats' then
+        return stats_reply(ctx)
+    end
+    if mode ~= 'page' then
+        fail('BADPLAN', 'unknown mode ' .. tostring(mode))
+    end
+    return page_query(ctx, plan)
+end
+
+Query.tt_query = tt_query

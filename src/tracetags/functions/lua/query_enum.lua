@@ -1,0 +1,219 @@
+-- Candidate enumeration: a plan's sources, or every trace, fed in batches.
+
+local chunk_numbers, unscored = Sets.chunk_numbers, Sets.unscored
+local QUERY_BATCH, last_chunk_of = Leaves.QUERY_BATCH, Leaves.last_chunk_of
+local score_bound, slot, value_sets = Leaves.score_bound, Leaves.slot, Leaves.value_sets
+local chunked_key = Eval.chunked_key
+
+-- The trace numbers in chunk c of every chunked set of keys (SMEMBERS for one, SINTER);
+-- names: a scratch table for the chunk keys.
+local function chunk_members(keys, c, names)
+    local suffix = ':' .. slot(c)
+    for k = 1, #keys do
+        names[k] = keys[k] .. suffix
+    end
+    local got = #keys == 1 and call('SMEMBERS', names[1]) or call('SINTER', unpack_(names))
+    return chunk_numbers(got, c)
+end
+
+-- Feed fn batches of the members common to the chunked sets keys (one: its members), chunk
+-- by chunk (SMEMBERS / SINTER); true when fn asked to stop.
+local function enum_chunks_of(ctx, keys, fn)
+    local names = {}
+    for c = 0, last_chunk_of(ctx) do
+        local got = chunk_members(keys, c, names)
+        if #got > 0 and fn(got) then
+            return true
+        end
+    end
+    return false
+end
+
+-- Feed fn batches of the chunked set key's members; true when fn asked to stop.
+local function enum_chunked(ctx, key, fn)
+    return enum_chunks_of(ctx, { key }, fn)
+end
+
+local function enum_rank(zkey, first, count, fn)
+    local rank = first
+    local last = first + count - 1
+    while rank <= last do
+        local got = call('ZRANGE', zkey, rank, math.min(rank + QUERY_BATCH - 1, last))
+        if #got == 0 then
+            break
+        end
+        if fn(got) then
+            return true
+        end
+        rank = rank + #got
+    end
+    return false
+end
+
+-- Every trace of the partition: the ts zset by rank, then (rarely) the traces without a
+-- timestamp from a walk of the chunked set <prefix>:all (HLEN of <prefix>:ids, one field per
+-- live trace, tells whether there are any).
+local function enum_all(ctx, fn, skip_timed)
+    local ts = ctx.prefix .. ':ts'
+    local timed = call('ZCARD', ts)
+    if not skip_timed and enum_rank(ts, 0, timed, fn) then
+        return true
+    end
+    if call('HLEN', ctx.prefix .. ':ids') <= timed then
+        return false
+    end
+    return enum_chunked(ctx, ctx.prefix .. ':all', function(got)
+        local batch = unscored(ts, got)
+        return #batch > 0 and fn(batch)
+    end)
+end
+
+local function enum_source(ctx, src, fn)
+    local kind = src[1]
+    if kind == 'V' then
+        local sets = value_sets(src)
+        for s = 1, #sets do
+            local set = sets[s]
+            if set[2] then
+                if enum_chunked(ctx, set[1], fn) then
+                    return true
+                end
+            else
+                local got = call('SMEMBERS', set[1])
+                if #got > 0 and fn(got) then
+                    return true
+                end
+            end
+        end
+        return false
+    elseif kind == 'C' then
+        return enum_chunked(ctx, src[2], fn)
+    elseif kind == 'R' then
+        local zkey = ctx.prefix .. ':' .. src[2]
+        local lo, lo_open = score_bound(src[3])
+        local first = 0
+        if lo ~= -math.huge then
+            -- Ranks below the range: scores < lo (or <= lo when lo is exclusive).
+            local below = lo_open and sub(src[3], 2) or ('(' .. src[3])
+            first = call('ZCOUNT', zkey, '-inf', below)
+        end
+        return enum_rank(zkey, first, call('ZCOUNT', zkey, src[3], src[4]), fn)
+    elseif kind == 'E' then
+        local batch = {}
+        for i = 2, #src do
+            batch[#batch + 1] = tostring(src[i])
+            if #batch == QUERY_BATCH then
+                if fn(batch) then
+                    return true
+                end
+                batch = {}
+            end
+        end
+        return #batch > 0 and fn(batch)
+    elseif kind == 'A' then
+        return enum_all(ctx, fn, false)
+    elseif kind == 'Z' then
+        return false
+    end
+    fail('BADPLAN', 'cannot enumerate leaf kind ' .. tostring(kind))
+end
+
+-- Feed fn batches of candidates: the plan's sources (deduplicated when several) or every trace.
+local function enum_candidates(ctx, fn)
+    local sources = ctx.plan.sources
+    if not sources or #sources == 0 then
+        return enum_all(ctx, fn, false)
+    end
+    if #sources == 1 then
+        return enum_source(ctx, sources[1], fn)
+    end
+    local seen = {}
+    for s = 1, #sources do
+        local stop = enum_source(ctx, sources[s], function(batch)
+            local fresh = {}
+            for i = 1, #batch do
+                if not seen[batch[i]] then
+                    seen[batch[i]] = true
+                    fresh[#fresh + 1] = batch[i]
+                end
+            end
+            return #fresh > 0 and fn(fresh)
+        end)
+        if stop then
+            return true
+        end
+    end
+    return false
+end
+
+-- Regroup the batches an enumerator feeds into lists of up to EVAL_BATCH candidates: a
+-- chunked leaf tests a list with one SMISMEMBER per chunk it touches, so large lists cost
+-- far fewer calls per candidate than QUERY_BATCH-number batches.
+local EVAL_BATCH = 32768
+
+local function buffered(enum, fn)
+    local buf = {}
+    local stop = enum(function(batch)
+        local n = #buf
+        for i = 1, #batch do
+            buf[n + i] = batch[i]
+        end
+        if #buf >= EVAL_BATCH then
+            local full = buf
+            buf = {}
+            return fn(full)
+        end
+        return false
+    end)
+    if stop then
+        return true
+    end
+    return #buf > 0 and fn(buf) or false
+end
+
+-- When the candidates come from one chunked set and the residual filter ANDs other chunked
+-- sets: an enumerator of their intersection, one SINTER per chunk (Redis intersects <= 512
+-- offsets natively; Lua only sees the matches), and what the matches must still pass.
+-- The conjuncts of expr that are one chunked set each (their keys), and the others as one
+-- node ({'A'} when there are none).
+local function split_conjunction(ctx, expr)
+    local children = expr[1] == '&' and { unpack_(expr, 2) } or { expr }
+    local keys, rest = {}, {}
+    for i = 1, #children do
+        local key = chunked_key(ctx, children[i])
+        if key then
+            keys[#keys + 1] = key
+        else
+            rest[#rest + 1] = children[i]
+        end
+    end
+    return keys, #rest == 0 and { 'A' } or (#rest == 1 and rest[1] or { '&', unpack_(rest) })
+end
+
+local function chunk_join(ctx)
+    local sources = ctx.plan.sources
+    if not sources or #sources ~= 1 then
+        return nil
+    end
+    local first = chunked_key(ctx, sources[1])
+    if not first then
+        return nil
+    end
+    local keys, left = split_conjunction(ctx, ctx.residual)
+    if #keys == 0 then
+        return nil
+    end
+    table.insert(keys, 1, first)
+    local function enumerate(fn)
+        return enum_chunks_of(ctx, keys, fn)
+    end
+    return enumerate, left
+end
+
+Enum.buffered = buffered
+Enum.chunk_join = chunk_join
+Enum.chunk_members = chunk_members
+Enum.enum_all = enum_all
+Enum.enum_candidates = enum_candidates
+Enum.split_conjunction = split_conjunction
+Enum.enum_source = enum_source

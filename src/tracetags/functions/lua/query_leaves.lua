@@ -1,0 +1,345 @@
+-- Query leaves: each tests a list of candidates (trace numbers) at once, a call per set or
+-- chunk rather than per trace.
+
+local register_value = Stamps.register_value
+local zmscore = Sets.zmscore
+local fingerprint = Lookups.fingerprint
+
+--[[ The query engine: tt_query evaluates one compiled plan over one partition.
+
+The plan (built by src/tracetags/query/planner.py, one msgpack map) holds a boolean tree whose
+leaves are index tests, the sources to enumerate candidates from (or a walk of an order zset),
+the order keys, the cursor and the page size.  Candidates are evaluated in batches: each leaf
+tests a whole batch with one SMISMEMBER per set or chunk (ZMSCORE for ranges), so a batch of
+512 numbers costs one call per leaf, not one per trace.
+
+Leaves (arrays, first element is the kind):
+  {'V', dkey, vprefix, value...}  traces whose value is one of the values (value sets; their
+                                  form, plain or chunked, comes from the counts in dkey)
+  {'C', key}                      a chunked key set (tk / mk: traces that have the key)
+  {'R', zname, lo, hi}            traces whose score in <prefix>:<zname> is within lo..hi
+                                  (Redis score syntax: '(5', '-inf')
+  {'E', number...}                these trace numbers
+  {'P', field}                    traces whose hash has the field (an attribute is present)
+  {'A'} every trace;  {'Z'} none
+  {'L', dkey, vprefix, lead, traces, values}  (page plans) a LIKE that is its lead and one
+                                  final %: becomes the V leaf of the values it matches when the
+                                  call starts (resolve_sought); traces and values are the probe's
+Nodes: {'&', child...}  {'|', child...}  {'!', child}.
+--]]
+
+local QUERY_BATCH = 1024
+local WALK_BATCH_MAX = 4096
+
+local function slot(n)
+    return DECIMAL[n] or int(n)
+end
+
+local function last_chunk_of(ctx)
+    if not ctx.last_chunk then
+        ctx.last_chunk = floor(tonumber(call('GET', ctx.prefix .. ':n') or 0) / SET_CHUNK)
+    end
+    return ctx.last_chunk
+end
+
+local function pending_of(list, mask)
+    local members, idx = {}, {}
+    for i = 1, #list do
+        if not mask[i] then
+            members[#members + 1] = list[i]
+            idx[#idx + 1] = i
+        end
+    end
+    return members, idx
+end
+
+local function smismember_into(key, members, idx, mask)
+    local n = #members
+    for i = 1, n, CHUNK do
+        local got = call('SMISMEMBER', key, unpack_(members, i, math.min(i + CHUNK - 1, n)))
+        for j = 1, #got do
+            if got[j] == 1 then
+                mask[idx[i + j - 1]] = true
+            end
+        end
+    end
+end
+
+local function test_chunked(key, list, mask)
+    local groups, order = {}, {}
+    for i = 1, #list do
+        if not mask[i] then
+            local no = tonumber(list[i])
+            local c = floor(no / SET_CHUNK)
+            local g = groups[c]
+            if not g then
+                g = { {}, {} }
+                groups[c] = g
+                order[#order + 1] = c
+            end
+            local offsets, idx = g[1], g[2]
+            offsets[#offsets + 1] = DECIMAL[no - c * SET_CHUNK]
+            idx[#idx + 1] = i
+        end
+    end
+    for k = 1, #order do
+        local c = order[k]
+        local g = groups[c]
+        smismember_into(key .. ':' .. slot(c), g[1], g[2], mask)
+    end
+end
+
+-- The value sets of a V leaf: { {key, chunked, count}, ... } (values with no trace skipped).
+local function value_sets(leaf)
+    if leaf.sets then
+        return leaf.sets
+    end
+    local sets = {}
+    local n = #leaf
+    for i = 4, n, CHUNK do
+        local got = call('ZMSCORE', leaf[2], unpack_(leaf, i, math.min(i + CHUNK - 1, n)))
+        for j = 1, #got do
+            if got[j] then
+                local count = tonumber(got[j])
+                sets[#sets + 1] = { leaf[3] .. enc(leaf[i + j - 1]), count > PLAIN_MAX, count }
+            end
+        end
+    end
+    leaf.sets = sets
+    return sets
+end
+
+local function score_bound(text)
+    local open = sub(text, 1, 1) == '('
+    local body = open and sub(text, 2) or text
+    if body == '-inf' then
+        return -math.huge, open
+    elseif body == '+inf' or body == 'inf' then
+        return math.huge, open
+    end
+    return tonumber(body), open
+end
+
+local function in_range(leaf, score)
+    if leaf.lo == nil then
+        leaf.lo, leaf.lo_open = score_bound(leaf[3])
+        leaf.hi, leaf.hi_open = score_bound(leaf[4])
+    end
+    if score < leaf.lo or (leaf.lo_open and score == leaf.lo) then
+        return false
+    end
+    if score > leaf.hi or (leaf.hi_open and score == leaf.hi) then
+        return false
+    end
+    return true
+end
+
+
+-- A V leaf of many plain sets (LIKE 'user_12%': a thousand small user-id sets) would cost one
+-- SMISMEMBER per set and batch: read their members once (the counts bound the work) into a
+-- Lua table and test by lookup.  Chunked sets of the leaf are still tested per chunk.
+local MEMBER_TABLE_MIN_SETS = 8
+local MEMBER_TABLE_MAX = 200000
+
+-- How many of a leaf's sets are plain, and their members in all.
+local function plain_sets_size(sets)
+    local plain, members = 0, 0
+    for s = 1, #sets do
+        if not sets[s][2] then
+            plain = plain + 1
+            members = members + sets[s][3]
+        end
+    end
+    return plain, members
+end
+
+local function plain_member_table(leaf, sets)
+    if leaf.members ~= nil then
+        return leaf.members
+    end
+    leaf.members = false
+    local plain, total = plain_sets_size(sets)
+    if plain >= MEMBER_TABLE_MIN_SETS and total <= MEMBER_TABLE_MAX then
+        local members = {}
+        for s = 1, #sets do
+            if not sets[s][2] then
+                local got = call('SMEMBERS', sets[s][1])
+                for i = 1, #got do
+                    members[got[i]] = true
+                end
+            end
+        end
+        leaf.members = members
+    end
+    return leaf.members
+end
+
+-- The other way to test a V leaf of many plain sets: read each candidate's own register
+-- (HGET of the key's field) and look its value up.  Chosen while it costs less than the
+-- member table (a cost per set and per member, paid once; a walk may meet only a fraction of
+-- the members), or than SMISMEMBER per set and list when the table would be too large.  The
+-- costs are estimates of Redis time in microseconds.  The field comes with the plan
+-- (value_fields: distinct zset -> hash field); true when it marked mask.
+local HASH_TEST_US, TABLE_SET_US, TABLE_MEMBER_US = 2, 3, 0.7
+
+-- The lookup fingerprints of field when they are ready (see fingerprint): {strings = chunk ->
+-- its string (read once per call), key = their key prefix}; false when not ready.
+local LOOKUP_TEST_US = 0.4
+
+local function lookup_of(ctx, field)
+    ctx.lookups = ctx.lookups or {}
+    local known = ctx.lookups[field]
+    if known == nil then
+        known = false
+        if call('HGET', ctx.prefix .. ':lk', field) == 'ready' then
+            known = { strings = {}, key = ctx.prefix .. ':lf:' .. enc(field) .. ':' }
+        end
+        ctx.lookups[field] = known
+    end
+    return known
+end
+
+local function test_by_registers(ctx, leaf, list, mask)
+    local fields = ctx.plan and ctx.plan.value_fields -- (a walked value group has no plan)
+    local field = fields and fields[leaf[2]]
+    if not field or leaf.members then
+        return false
+    end
+    local lookup = lookup_of(ctx, field)
+    local per_test = lookup and LOOKUP_TEST_US or HASH_TEST_US
+    if not leaf.table_us then -- (a LIKE sought by this call has it from the probe's counts)
+        local plain, members = plain_sets_size(value_sets(leaf))
+        leaf.plain = plain
+        leaf.table_us = plain * TABLE_SET_US + members * TABLE_MEMBER_US
+        leaf.table_ok = plain >= MEMBER_TABLE_MIN_SETS and members <= MEMBER_TABLE_MAX
+        leaf.hashed = 0
+    end
+    local cost = #list * per_test
+    if leaf.table_ok then
+        if (leaf.hashed + #list) * per_test >= leaf.table_us then
+            return false
+        end
+    elseif cost >= leaf.plain * (TABLE_SET_US + 0.1 * #list) then
+        return false
+    end
+    leaf.hashed = leaf.hashed + #list
+    local wanted = leaf.wanted
+    if not wanted then
+        wanted = {}
+        for i = 4, #leaf do
+            wanted[leaf[i]] = true
+        end
+        leaf.wanted = wanted
+    end
+    local fps = lookup and leaf.fingerprints
+    if lookup and not fps then
+        fps = {}
+        for v in pairs(wanted) do
+            fps[fingerprint(v)] = true
+        end
+        leaf.fingerprints = fps
+    end
+    local hash_prefix = ctx.prefix .. ':t:'
+    local strings, key = lookup and lookup.strings, lookup and lookup.key
+    for i = 1, #list do
+        if not mask[i] then
+            local test = true
+            if fps then -- only a wanted fingerprint needs the register read
+                local no = tonumber(list[i])
+                local c = floor(no / SET_CHUNK)
+                local text = strings[c]
+                if not text then
+                    text = call('GET', key .. c) or ''
+                    strings[c] = text
+                end
+                local o = 2 * (no - c * SET_CHUNK)
+                local a, b = string.byte(text, o + 1, o + 2)
+                test = a ~= nil and fps[a * 256 + b] ~= nil
+            end
+            if test then
+                local raw = call('HGET', hash_prefix .. list[i], field)
+                if raw and wanted[register_value(raw)] then
+                    mask[i] = true
+                end
+            end
+        end
+    end
+    return true
+end
+
+-- Mark in mask the members of list that the leaf holds.
+local function test_leaf(ctx, leaf, list, mask)
+    local kind = leaf[1]
+    if kind == 'V' then
+        if test_by_registers(ctx, leaf, list, mask) then
+            return
+        end
+        local sets = value_sets(leaf)
+        local members = plain_member_table(leaf, sets)
+        if members then
+            for i = 1, #list do
+                if members[list[i]] then
+                    mask[i] = true
+                end
+            end
+        end
+        for s = 1, #sets do
+            local set = sets[s]
+            if set[2] then
+                test_chunked(set[1], list, mask)
+            elseif not members then
+                local pending, idx = pending_of(list, mask)
+                if #pending == 0 then
+                    break
+                end
+                smismember_into(set[1], pending, idx, mask)
+            end
+        end
+    elseif kind == 'C' then
+        test_chunked(leaf[2], list, mask)
+    elseif kind == 'R' then
+        local scores = zmscore(ctx.prefix .. ':' .. leaf[2], list)
+        for i = 1, #list do
+            if scores[i] and in_range(leaf, scores[i]) then
+                mask[i] = true
+            end
+        end
+    elseif kind == 'E' then
+        if not leaf.set then
+            leaf.set = {}
+            for i = 2, #leaf do
+                leaf.set[tostring(leaf[i])] = true
+            end
+        end
+        for i = 1, #list do
+            if leaf.set[list[i]] then
+                mask[i] = true
+            end
+        end
+    elseif kind == 'P' then
+        local hash_prefix = ctx.prefix .. ':t:'
+        for i = 1, #list do
+            if call('HEXISTS', hash_prefix .. list[i], leaf[2]) == 1 then
+                mask[i] = true
+            end
+        end
+    elseif kind == 'A' then
+        for i = 1, #list do
+            mask[i] = true
+        end
+    elseif kind ~= 'Z' then
+        fail('BADPLAN', 'unknown leaf kind ' .. tostring(kind))
+    end
+end
+
+Leaves.slot = slot
+Leaves.test_leaf = test_leaf
+Leaves.value_sets = value_sets
+Leaves.QUERY_BATCH = QUERY_BATCH
+Leaves.last_chunk_of = last_chunk_of
+Leaves.score_bound = score_bound
+Leaves.WALK_BATCH_MAX = WALK_BATCH_MAX
+Leaves.MEMBER_TABLE_MAX = MEMBER_TABLE_MAX
+Leaves.MEMBER_TABLE_MIN_SETS = MEMBER_TABLE_MIN_SETS
+Leaves.TABLE_MEMBER_US = TABLE_MEMBER_US
+Leaves.TABLE_SET_US = TABLE_SET_US

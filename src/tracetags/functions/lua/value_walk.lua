@@ -1,0 +1,215 @@
+-- Pages ordered by a string key: its distinct values walked in order, each a group.
+
+local zmscore = Sets.zmscore
+local lex_dir, lex_scan = LexIndex.lex_dir, LexIndex.lex_scan
+local ORDER_ZSETS, cmp_value = Ordering.ORDER_ZSETS, Ordering.cmp_value
+local order_fields = Ordering.order_fields
+local chunk_walk_page, collect_page = Walks.chunk_walk_page, Walks.collect_page
+local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_page
+
+-- Distinct zsets are scored by count, so the values are sorted here (byte order = code
+-- point order) and each value's set is a group, in order; within a group the rest of the
+-- order keys decide, by walking their zset or collecting the group's matches.  Stops as soon
+-- as the page is full; traces without the key (nulls) come last whatever the direction.
+
+local function group_page(ctx, gleaf, gcount, need, cursor, out)
+    local rest = ctx.rest
+    local sub = {
+        prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = rest,
+        cursor = cursor,
+    }
+    sub.fields, sub.pos = order_fields(rest)
+    local spec = rest[1]
+    local zname = spec[1] == 'n' and ORDER_ZSETS[spec[2]]
+    local wv = ctx.plan.walk_values
+    local frac, cost, total = wv[4], wv[5], wv[6]
+    local enumerable = gleaf[1] == 'V'
+    local source_cost = enumerable and math.min(gcount, cost) or cost
+    if zname then
+        local matches = gcount * frac
+        local scan = matches > 0 and need * total / matches or total
+        if scan < source_cost then
+            -- one conjunction (not nested), so that its chunked sets are tested together
+            sub.expr = { '&', gleaf, ctx.expr }
+            if ctx.expr[1] == '&' then
+                sub.expr = { '&', gleaf, unpack_(ctx.expr, 2) }
+            end
+            sub.density = matches / total
+            local before = #out
+            -- Newest first in a partition that bounds its chunks' times: the group's
+            -- chunked sets are intersected chunk by chunk (see chunk_walk_page).
+            local visited = nil
+            if zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds
+                and has_chunked_conjunct(sub, sub.expr) then
+                local visits = matches > 0 and need * total / (matches * SET_CHUNK) * 1.5 + 1
+                    or math.huge
+                visited = chunk_walk_page(sub, need, out, math.max(8, math.ceil(3 * visits)))
+            end
+            local exhausted = visited
+            if visited == nil or visited == 'abandon' then
+                exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
+            end
+            if exhausted and #out - before < need then
+                sub.plan = ctx.plan
+                sub.residual = { '&', gleaf, ctx.residual }
+                collect_page(sub, need - (#out - before), out, ctx.prefix .. ':' .. zname)
+            end
+            ctx.scanned = ctx.scanned + sub.scanned
+            return
+        end
+    end
+    if enumerable and gcount <= cost then
+        sub.plan = { sources = { gleaf } }
+        sub.residual = ctx.expr
+    else
+        sub.plan = ctx.plan
+        sub.residual = { '&', gleaf, ctx.residual }
+    end
+    collect_page(sub, need, out, nil)
+    ctx.scanned = ctx.scanned + sub.scanned
+end
+
+-- Feed visit(value, count) the values of the distinct zset dkey in byte order (descending
+-- unless asc), stopping when it returns true (then true).  Sorting every value (tens of
+-- thousands of user ids) is avoided: a sorted sample cuts the values into windows, taken in order
+-- with one pass each (windows double in size); only a window's values are sorted.
+-- `from`: skip windows wholly before this value (the cursor's), if given.
+local WINDOW_SAMPLES = 64
+
+local function windowed_values(dkey, asc, from, visit)
+    if call('EXISTS', lex_dir(dkey)) == 1 then
+        return lex_scan(dkey, asc, from, function(window)
+            local scores = zmscore(dkey, window)
+            for i = 1, #window do
+                if visit(window[i], scores[i]) then
+                    return true
+                end
+            end
+            return false
+        end)
+    end
+    local values = call('ZRANGE', dkey, 0, -1)
+    local n = #values
+    local sample = {}
+    if n > 4 * WINDOW_SAMPLES then
+        local stride = n / WINDOW_SAMPLES
+        for k = 1, WINDOW_SAMPLES - 1 do
+            sample[k] = values[floor(k * stride)]
+        end
+        table.sort(sample)
+    end
+    -- Window bounds in walk order: (lo, hi] with nil = unbounded.
+    local bounds = {}
+    local m = #sample
+    local step, k = 1, 0
+    while k < m do
+        k = math.min(m, k + step)
+        bounds[#bounds + 1] = asc and sample[k] or sample[m - k + 1]
+        step = step * 2
+    end
+    bounds[#bounds + 1] = false
+    local prev = false
+    for w = 1, #bounds do
+        local bound = bounds[w]
+        local lo, hi
+        if asc then
+            lo, hi = prev, bound
+        else
+            lo, hi = bound, prev
+        end
+        -- skip a window wholly before the cursor value
+        local skip = from and ((asc and hi and hi < from) or (not asc and lo and lo >= from))
+        if not skip then
+            local window = {}
+            for i = 1, n do
+                local v = values[i]
+                if (not lo or v > lo) and (not hi or v <= hi) then
+                    window[#window + 1] = v
+                end
+            end
+            table.sort(window)
+            local count = #window
+            if not asc then
+                for i = 1, floor(count / 2) do
+                    window[i], window[count - i + 1] = window[count - i + 1], window[i]
+                end
+            end
+            local scores = zmscore(dkey, window)
+            for i = 1, count do
+                if visit(window[i], scores[i]) then
+                    return true
+                end
+            end
+        end
+        prev = bound
+    end
+    return false
+end
+
+local function walk_values_page(ctx, need, out)
+    local wv = ctx.plan.walk_values
+    local dkey, vprefix, presence = wv[1], wv[2], wv[3]
+    local order, cursor = ctx.order, ctx.cursor
+    local spec = order[1]
+    local rest, subcursor = {}, nil
+    for k = 2, #order do
+        rest[k - 1] = order[k]
+    end
+    ctx.rest = rest
+    if cursor then
+        subcursor = {}
+        for k = 2, #cursor do
+            subcursor[k - 1] = cursor[k]
+        end
+    end
+    -- One value's group; true when the page is full.
+    local function visit(v, count)
+        local c = cursor and cmp_value(spec, v, cursor[1]) or 1
+        if c >= 0 and count then
+            local leaf = { 'V', dkey, vprefix, v }
+            leaf.sets = { { vprefix .. enc(v), count > PLAIN_MAX, count } }
+            group_page(ctx, leaf, count, need - #out, c == 0 and subcursor or nil, out)
+        end
+        return #out >= need
+    end
+    local present = nil
+    if not (cursor and cursor[1] == false) then
+        if spec[1] == 's' and (bytewise or call('EXISTS', lex_dir(dkey)) == 1) then
+            if windowed_values(dkey, spec[3] == 1, cursor and cursor[1], visit) then
+                return
+            end
+        else
+            local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
+            local values, counts = {}, {}
+            present = 0
+            for i = 1, #flat, 2 do
+                local n = tonumber(flat[i + 1])
+                values[#values + 1] = flat[i]
+                counts[flat[i]] = n
+                present = present + n
+            end
+            table.sort(values, function(a, b)
+                return cmp_value(spec, a, b) < 0
+            end)
+            for i = 1, #values do
+                if visit(values[i], counts[values[i]]) then
+                    return
+                end
+            end
+        end
+    end
+    if present == nil then
+        present = 0
+        local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
+        for i = 2, #flat, 2 do
+            present = present + tonumber(flat[i])
+        end
+    end
+    local nulls = call('HLEN', ctx.prefix .. ':ids') - present
+    if nulls > 0 then
+        local nulls_cursor = cursor and cursor[1] == false and subcursor or nil
+        group_page(ctx, { '!', presence }, nulls, need - #out, nulls_cursor, out)
+    end
+end
+
+ValueWalk.walk_values_page = walk_values_page
