@@ -64,7 +64,7 @@ intset (``set-max-intset-entries``) and costs ~48 B per member instead of 2-4, h
   ``std`` ``exd`` ``crd``), so a reader knows it with one ZSCORE.  Sparse values (user ids,
   sessions) stay plain intsets; dense ones (env, status, experiment) are chunked.
 - ``all`` is a C-set too (~2 B per trace instead of ~48); its size is ``HLEN ns:{pNN}:ids``
-  (one field per live trace), which ``Client.status`` and the planner read instead.
+  (one field per live trace), which ``Client.status`` and the query probe read instead.
 
 **Byte-order index** (``td``/``md`` only).  A distinct zset is scored by count, so it cannot
 list values in byte order, and one zset of every value at score 0 would cost ~100 B a value

@@ -1,4 +1,4 @@
-"""The typed filter AST the parser produces and the planner consumes.
+"""The typed filter AST the parser produces and the logical rewrite (query.logical) consumes.
 
 Nodes are frozen msgspec Structs. ``And``/``Or`` are flat (never nested in a node of their
 own kind) and have at least two children; parentheses leave no trace.
