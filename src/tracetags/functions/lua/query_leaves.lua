@@ -7,7 +7,7 @@ local fingerprint = Lookups.fingerprint
 
 --[[ The query engine: tt_query evaluates one compiled plan over one partition.
 
-The plan (built by src/tracetags/query/planner.py, one msgpack map) holds a boolean tree whose
+The plan (built by src/tracetags/query/plan.py and its stages, one msgpack map) holds a boolean tree whose
 leaves are index tests, the sources to enumerate candidates from (or a walk of an order zset),
 the order keys, the cursor and the page size.  Candidates are evaluated in batches: each leaf
 tests a whole batch with one SMISMEMBER per set or chunk (ZMSCORE for ranges), so a batch of
