@@ -481,9 +481,7 @@ class Client:
         for partition in range(self.partitions):
             lookups = self.keys.lookups(partition)
             dropped += int(self.redis.hexists(lookups, field))
-            self.redis.fcall(
-                functions.LOOKUP_FUNCTION, 1, lookups, self.keys.prefix(partition), "drop", field
-            )
+            functions.drop_lookup(self.redis, self.keys, partition, field)
         return dropped
 
     @_reaching_redis

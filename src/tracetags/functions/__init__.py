@@ -222,8 +222,8 @@ async def _lookup_async(client: redis.asyncio.Redis, lk: str, *argv: Any) -> Any
 
 
 def drop_lookup(client: redis.Redis, keys: Keys, partition: int, field: str) -> None:
-    """Stop keeping the lookup fingerprints of ``field`` in one partition and delete them."""
-    load(client)
+    """Stop keeping the lookup fingerprints of ``field`` in one partition and delete them
+    (the library must be loaded: :func:`ensure_loaded`)."""
     try:
         client.fcall(
             LOOKUP_FUNCTION, 1, keys.lookups(partition), keys.prefix(partition), "drop", field
