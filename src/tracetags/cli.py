@@ -844,6 +844,205 @@ def _embedded_url(settings: Settings) -> str | None:
     return url
 
 
+def _open_archive(settings: Settings) -> Any:
+    """The archive reader of ``settings``' namespace (None: the log was never archived)."""
+    return None
+
+
+@app.command()
+def replay(
+    into: Annotated[str, typer.Option("--into", help="Target namespace (empty unless --resume).")],
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Stop at this point of the log's clock: an ISO-8601 time (UTC unless it has "
+            "an offset), epoch ms, or an entry id ms-seq (inclusive)."
+        ),
+    ] = None,
+    partition: Annotated[
+        list[int] | None, typer.Option("--partition", help="Only this partition (repeatable).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a replay of the same source.")
+    ] = False,
+    redis_url_into: Annotated[
+        str | None,
+        typer.Option("--redis-url-into", help="Redis of the target (default: the source's)."),
+    ] = None,
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """Rebuild the namespace's state in another namespace from its archive and live tail.
+
+    Every partition is folded in entry-id order by the consumer's own fold Function with the
+    original entry ids, so the target's state equals the source's (check it with `tracetags
+    verify`). The target gets the state, indexes, dead letters and a record of the replay;
+    its log stays empty (the history stays in the source). Exit codes: 0 done; 1 entries are
+    missing (trimmed from the stream and not in the archive); 2 the target is not empty or
+    --until is not understood; 3 Redis unreachable.
+    """
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from tracetags.archive import replay as replaying
+    from tracetags.errors import LogGapError
+
+    source = _reachable()
+    try:
+        target = source.replace(namespace=into, redis_url=redis_url_into or source.redis_url)
+    except TracetagsError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if redis_url_into is not None:
+        _ping(target)
+    columns = (
+        TextColumn("replay {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} events/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"{source.namespace} -> {into}", total=None, rate="-")
+        started = time.monotonic()
+
+        def progress(at: replaying.Progress) -> None:
+            elapsed = time.monotonic() - started
+            rate = f"{at.done / elapsed:,.0f}" if elapsed > 0 else "-"
+            bar.update(task, completed=at.done, total=at.total, rate=rate)
+
+        try:
+            result = replaying.replay(
+                source,
+                target,
+                until=until,
+                partitions=partition,
+                resume=resume,
+                archive=_open_archive(source),
+                on_progress=progress,
+            )
+        except LogGapError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            err.print(f"[red]error:[/] Redis unreachable: {escape(str(exc))}")
+            raise typer.Exit(EXIT_UNREACHABLE) from None
+        except (TracetagsError, ValueError) as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(EXIT_USAGE) from None
+    if output is Format.json:
+        record = msgspec.to_builtins(result)
+        record.update(entries=result.entries, applied=result.applied,
+                      dead_lettered=result.dead_lettered,
+                      events_per_second=round(result.events_per_second))  # fmt: skip
+        sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+        return
+    table = Table(title=f"replay of {result.source!r} into {result.target!r}"
+                  + (f" until {result.until}" if result.until else ""))  # fmt: skip
+    for column in ("partition", "from archive", "from tail", "applied", "dead letters",
+                   "resumed after", "last entry"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for p in result.partitions:
+        table.add_row(str(p.partition), str(p.from_archive), str(p.from_tail), str(p.applied),
+                      str(p.dead_lettered), p.resumed_after or "-", p.last_id or "-")  # fmt: skip
+    out.print(table)
+    err.print(
+        f"replayed {result.entries:,} entries in {result.seconds:.1f} s "
+        f"({result.events_per_second:,.0f} events/s)"
+    )
+
+
+@app.command()
+def digest(
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """An order-independent digest of every trace's state, per partition (tags, metadata,
+    attributes; not the stamps): equal digests, equal states."""
+    settings = _reachable()
+    with Client(settings) as client:
+        report = client.digest()
+    if output is Format.json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        return
+    table = Table(title=f"digest of namespace {report.namespace!r}")
+    for column in ("partition", "traces", "digest"):
+        table.add_column(column, justify="right")
+    for row in report.partitions:
+        table.add_row(str(row.partition), str(row.traces), row.digest)
+    table.add_row("all", str(report.traces), report.digest, style="bold")
+    out.print(table)
+    broken = sum(p.broken for p in report.partitions)
+    if broken:
+        err.print(f"[red]{broken} listed traces have no state[/] (a broken namespace)")
+
+
+@app.command()
+def verify(
+    namespace_a: Annotated[str, typer.Argument(metavar="NAMESPACE_A")],
+    namespace_b: Annotated[str, typer.Argument(metavar="NAMESPACE_B")],
+    redis_url_b: Annotated[
+        str | None,
+        typer.Option("--redis-url-b", help="Redis of NAMESPACE_B (default: --redis-url's)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Differing traces to show.")] = 10,
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """Compare two namespaces' digests: exit 0 when equal, 1 when they differ (naming the
+    first differing traces, by trace id, and what differs)."""
+    from tracetags.archive.digest import verify as run_verify
+
+    settings = _reachable()
+    url_b = redis_url_b or settings.effective_redis_url
+    if redis_url_b is not None:
+        _ping(settings.replace(redis_url=redis_url_b))
+    client_a = redis.Redis.from_url(settings.effective_redis_url)
+    client_b = redis.Redis.from_url(url_b)
+    try:
+        result = run_verify(client_a, namespace_a, client_b, namespace_b, limit=limit)
+    finally:
+        client_a.close()
+        client_b.close()
+    if output is Format.json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        table = Table(title=f"{namespace_a!r} (A) vs {namespace_b!r} (B)")
+        for column in ("partition", "traces A", "traces B", "digest A", "digest B", ""):
+            table.add_column(column, justify="right")
+        rows = max(len(result.a.partitions), len(result.b.partitions))
+        for i in range(rows):
+            pa = result.a.partitions[i] if i < len(result.a.partitions) else None
+            pb = result.b.partitions[i] if i < len(result.b.partitions) else None
+            same = pa is not None and pb is not None and (pa.digest, pa.traces) == (
+                pb.digest, pb.traces)  # fmt: skip
+            table.add_row(str(i), "-" if pa is None else str(pa.traces),
+                          "-" if pb is None else str(pb.traces),
+                          "-" if pa is None else pa.digest, "-" if pb is None else pb.digest,
+                          "[green]equal[/]" if same else "[red]differ[/]")  # fmt: skip
+        out.print(table)
+        for d in result.differences:
+            out.print(f"[bold]{escape(d.trace_id)}[/]: {d.kind}")
+            for f in d.fields:
+                out.print(f"  {escape(f.field)}: A={escape(repr(f.a))} B={escape(repr(f.b))}")
+        if result.differing_traces > len(result.differences):
+            out.print(f"... {result.differing_traces - len(result.differences)} more traces differ")
+    if result.equal:
+        err.print(f"equal: {result.a.traces:,} traces, digest {result.a.digest}")
+        return
+    err.print(f"[red]differ[/]: {result.differing_traces} traces in partitions "
+              f"{', '.join(map(str, result.partitions))}")  # fmt: skip
+    raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis
@@ -18,6 +18,9 @@ from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
 from tracetags.settings import Settings
+
+if TYPE_CHECKING:
+    from tracetags.archive.digest import Digest
 
 #: Consumers write a heartbeat every HEARTBEAT_MS; one silent for HEARTBEAT_TTL_MS counts as
 #: gone (XINFO cannot tell: Redis 7.0 registers a consumer only once it has read an entry).
@@ -466,6 +469,15 @@ class Client:
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    @_reaching_redis
+    def digest(self, partitions: Sequence[int] | None = None) -> Digest:
+        """An order-independent digest of every trace's folded state, per partition (see
+        :mod:`tracetags.archive.digest`): equal digests mean equal tags, metadata and
+        attributes of equal sets of traces."""
+        from tracetags.archive.digest import digest
+
+        return digest(self.redis, self.settings.namespace, partitions)
 
     @_reaching_redis
     def status(self) -> Status:

@@ -78,6 +78,20 @@ class FoldArgumentsError(FoldError, ValueError):
     """The batch given to the fold Function is malformed (``TT_BADARGS``, ``TT_BADKEYS``)."""
 
 
+class ReplayError(TracetagsError, RuntimeError):
+    """A replay (``tracetags replay``) cannot go on; the message says why."""
+
+
+class ReplayTargetError(ReplayError, ValueError):
+    """The replay's target namespace is not empty (or not a replay of the same source to
+    resume), or the source has no partitions."""
+
+
+class LogGapError(ReplayError):
+    """Entries of a partition were trimmed from the stream and no archive holds them: a
+    replay would silently miss events, so it stops."""
+
+
 class PageTokenError(FilterError):
     """A ``page_token`` is malformed or belongs to another query (filter, order, experiments)."""
 

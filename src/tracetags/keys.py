@@ -8,6 +8,9 @@ key                                        type     holds
 =========================================  =======  ================================================
 ``ns:meta``                                hash     ``partitions`` (fixed at creation),
                                                     ``created_ms``
+``ns:replay``                              hash     the record of a replay into ``ns``: ``source``
+                                                    namespace, ``partitions``, ``until``,
+                                                    ``p<NN>`` last replayed entry id
 ``ns:{pNN}:log``                           stream   the event log of partition NN (field ``e``)
 ``ns:{pNN}:dead``                          stream   dead letters: payload, entry id, reason, time
 ``ns:{pNN}:n``                             string   counter handing out trace numbers (INCRBY)
@@ -144,6 +147,7 @@ import zlib
 from typing import Final
 
 META_SUFFIX: Final = "meta"
+REPLAY_SUFFIX: Final = "replay"
 #: The tag that holds a trace's ``name`` (MLflow's filter ``name`` means this tag).
 NAME_TAG: Final = "mlflow.traceName"
 #: Compact stamps: ``(ms - base) * STAMP_SEQ_SPAN + seq``; see the key table.
@@ -234,6 +238,10 @@ class Keys:
     def prefix(self, partition: int) -> str:
         """``ns:{pNN}`` — every key of a partition starts with it."""
         return f"{self.namespace}:{{p{partition:02d}}}"
+
+    def replay_progress(self) -> str:
+        """The record of a replay into this namespace (``tracetags replay --resume``)."""
+        return f"{self.namespace}:{REPLAY_SUFFIX}"
 
     def stream(self, partition: int) -> str:
         return f"{self.prefix(partition)}:log"
