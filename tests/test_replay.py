@@ -511,8 +511,16 @@ def test_the_digest_walks_a_1000_trace_partition_in_chunks(r: redis.Redis, names
     functions.apply_batch(r, keys, 0, GROUP, items)
     gone = schemas.TraceDeleted(trace_id="t700", event_id=schemas.new_event_id(), emitted_at_ms=1)
     functions.apply_batch(r, keys, 0, GROUP, [(f"{BASE_MS + 5000}-0", gone)])
-    states = {info.trace_id: info for _, info in digests.iter_states(r, keys, 0) if info}
-    assert len(states) == 1_199 and "t700" not in states
-    assert states["t1100"].tags == {"n": "1100"}
-    expected = sum(digests.trace_hash(info) for info in states.values()) % 2**128
+    hashes = {t: h for _, t, h in digests.iter_hashes(r, keys, 0)}
+    assert len(hashes) == 1_199 and b"t700" not in hashes and None not in hashes
+    expected = sum(hashes.values()) % 2**128
     assert digests.digest(r, namespace).partitions[0].digest == f"{expected:032x}"
+    # a trace's hash is of its values, not of its stamps
+    number = r.hget(keys.trace_ids(0), "t1100").decode()  # type: ignore[union-attr]
+    fields = list(r.hgetall(keys.trace(0, number)).items())  # type: ignore[union-attr]
+    assert digests.trace_hash(fields) == (b"t1100", hashes[b"t1100"])
+    restamped = [(f, b"7:1100" if v.endswith(b":1100") else v) for f, v in fields]
+    assert restamped != fields
+    assert digests.trace_hash(restamped) == (b"t1100", hashes[b"t1100"])
+    changed = [(f, b"7:1101" if v.endswith(b":1100") else v) for f, v in fields]
+    assert digests.trace_hash(changed)[1] != hashes[b"t1100"]

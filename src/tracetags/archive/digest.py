@@ -1,25 +1,26 @@
 """Digest and verify: an order-independent fingerprint of every trace's folded state, and
 the comparison of two namespaces that names the traces that differ.
 
-A trace's hash is BLAKE2b-128 of a canonical msgpack encoding of its logical state (trace
-id, experiment_id, timestamp_ms, execution_time_ms, status, client_request_id, the sorted
-tags and the sorted metadata — as ``Client.get_trace`` shows them: no stamps, no trace
-number, no index).  A partition's digest is the sum of its traces' hashes modulo 2**128
-(a multiset hash: any order of reading gives the same sum) with its trace count.  Traces are
-read by walking the partition's ``all`` index chunk by chunk, with pipelined HGETALLs.
+A trace's hash is BLAKE2b-128 of a canonical msgpack encoding of its state: the trace id and
+the sorted (register, value) pairs of its attributes, tags and metadata — what
+``Client.get_trace`` shows, in the trace hash's own field names (keys.py); no stamps, no
+tombstones, no trace number, no index.  A partition's digest is the sum of its traces'
+hashes modulo 2**128 (a multiset hash: any order of reading gives the same sum) with its
+trace count.  Traces are read by walking the partition's ``all`` index chunk by chunk,
+with pipelined HGETALLs.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import msgspec
 import redis
 
-from tracetags.client import TraceInfo, trace_info_from_fields
-from tracetags.keys import SET_CHUNK, Keys, chunk_key
+from tracetags.client import TraceInfo, trace_info_from_hash
+from tracetags.keys import SET_CHUNK, Keys, chunk_key, partition_of
 
 DIGEST_BITS: Final = 128
 _MASK: Final = (1 << DIGEST_BITS) - 1
@@ -72,32 +73,45 @@ class Verification(msgspec.Struct, frozen=True, kw_only=True):
     differing_traces: int
 
 
-def canonical(info: TraceInfo) -> bytes:
-    """The canonical encoding of a trace's state that its hash is taken of."""
-    return _ENCODER.encode(
-        (
-            info.trace_id,
-            info.experiment_id,
-            info.timestamp_ms,
-            info.execution_time_ms,
-            info.status,
-            info.client_request_id,
-            sorted(info.tags.items()),
-            sorted(info.request_metadata.items()),
-        )
-    )
+def trace_hash(fields: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, int]:
+    """(trace id, 128-bit hash) of a trace hash given as its (field, value) pairs.
+
+    The hash is BLAKE2b-128 of the msgpack of ``(trace id, sorted (field, value) pairs)``
+    over the state's registers (``e s d S c``, ``t<key>``, ``m<key>``; see keys.py) with
+    their values only: stamps, tombstones, the base and the latest stamp are left out.
+    """
+    trace_id: bytes | None = None
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
+    for field, value in fields:
+        if len(field) == 1:
+            if field == b"i":
+                trace_id = value
+                continue
+            if field == b"b" or field == b"x":
+                continue
+        _, colon, text = value.partition(b":")
+        if colon:
+            append((field, text))
+    pairs.sort()
+    hashed = hashlib.blake2b(_ENCODER.encode((trace_id, pairs)), digest_size=16).digest()
+    return trace_id, int.from_bytes(hashed, "big")
 
 
-def trace_hash(info: TraceInfo) -> int:
-    """A trace's 128-bit hash (of :func:`canonical`)."""
-    return int.from_bytes(hashlib.blake2b(canonical(info), digest_size=16).digest(), "big")
+def _pairs(reply: Any) -> Iterable[tuple[bytes, bytes]]:
+    """HGETALL's answer as pairs: a dict (RESP3, or redis-py's RESP2 callback) or a list."""
+    if isinstance(reply, dict):
+        return reply.items()
+    flat = iter(reply or ())
+    return zip(flat, flat, strict=True)
 
 
-def iter_states(
+def iter_hashes(
     client: redis.Redis, keys: Keys, partition: int
-) -> Iterator[tuple[int, TraceInfo | None]]:
-    """Every trace of a partition as (trace number, state), walking the ``all`` index;
-    state None for a listed number whose hash is missing or has no id."""
+) -> Iterator[tuple[int, bytes | None, int]]:
+    """Every trace of a partition as (trace number, trace id, hash), walking the ``all``
+    index chunk by chunk; trace id None for a listed number whose hash is missing or has no
+    id (a broken state)."""
     counter: Any = client.get(keys.trace_counter(partition))
     if counter is None:
         return
@@ -118,21 +132,18 @@ def iter_states(
         pipe = client.pipeline(transaction=False)
         for number in numbers:
             pipe.hgetall(keys.trace(partition, number))
-        for number, fields in zip(numbers, pipe.execute(), strict=True):
-            flat: list[str] = []
-            for name, value in fields.items():
-                flat.append(name.decode())
-                flat.append(value.decode())
-            yield number, (trace_info_from_fields(flat) if flat else None)
+        for number, reply in zip(numbers, pipe.execute(), strict=True):
+            trace_id, hashed = trace_hash(_pairs(reply))
+            yield number, trace_id, hashed
 
 
 def digest_partition(client: redis.Redis, keys: Keys, partition: int) -> PartitionDigest:
     total = traces = broken = 0
-    for _, info in iter_states(client, keys, partition):
-        if info is None:
+    for _, trace_id, hashed in iter_hashes(client, keys, partition):
+        if trace_id is None:
             broken += 1
             continue
-        total += trace_hash(info)
+        total += hashed
         traces += 1
     return PartitionDigest(
         partition=partition, traces=traces, digest=f"{total & _MASK:032x}", broken=broken
@@ -158,16 +169,24 @@ def digest(client: redis.Redis, namespace: str, partitions: Sequence[int] | None
     )
 
 
-def trace_hashes(
-    client: redis.Redis, keys: Keys, partitions: Sequence[int]
-) -> dict[str, tuple[int, TraceInfo]]:
-    """trace id -> (hash, state) of every trace of ``partitions``."""
-    out: dict[str, tuple[int, TraceInfo]] = {}
-    for p in partitions:
-        for _, info in iter_states(client, keys, p):
-            if info is not None:
-                out[info.trace_id] = (trace_hash(info), info)
-    return out
+def trace_hashes(client: redis.Redis, keys: Keys, partitions: Sequence[int]) -> dict[str, int]:
+    """trace id -> hash of every trace of ``partitions``."""
+    return {
+        trace_id.decode(): hashed
+        for p in partitions
+        for _, trace_id, hashed in iter_hashes(client, keys, p)
+        if trace_id is not None
+    }
+
+
+def get_state(client: redis.Redis, keys: Keys, partitions: int, trace_id: str) -> TraceInfo | None:
+    """One trace's state as Client.get_trace reads it (None: absent)."""
+    partition = partition_of(trace_id, partitions)
+    number: Any = client.hget(keys.trace_ids(partition), trace_id)
+    if number is None:
+        return None
+    fields: Any = client.hgetall(keys.trace(partition, number.decode()))
+    return trace_info_from_hash(fields)
 
 
 def _fields(info: TraceInfo | None) -> dict[str, str | None]:
@@ -224,21 +243,15 @@ def verify(
     differences: list[TraceDifference] = []
     count = 0
     if differing:
-        ha = trace_hashes(
-            client_a, Keys(namespace_a), [p for p in differing if p < len(a.partitions)]
-        )
-        hb = trace_hashes(
-            client_b, Keys(namespace_b), [p for p in differing if p < len(b.partitions)]
-        )
-        ids = sorted(
-            t for t in ha.keys() | hb.keys() if ha.get(t, (None,))[0] != hb.get(t, (None,))[0]
-        )
+        keys_a, keys_b = Keys(namespace_a), Keys(namespace_b)
+        ha = trace_hashes(client_a, keys_a, [p for p in differing if p < len(a.partitions)])
+        hb = trace_hashes(client_b, keys_b, [p for p in differing if p < len(b.partitions)])
+        ids = sorted(t for t in ha.keys() | hb.keys() if ha.get(t) != hb.get(t))
         count = len(ids)
         for trace_id in ids[:limit]:
-            sa, sb = ha.get(trace_id), hb.get(trace_id)
-            differences.append(
-                difference(trace_id, None if sa is None else sa[1], None if sb is None else sb[1])
-            )
+            state_a = get_state(client_a, keys_a, len(a.partitions), trace_id)
+            state_b = get_state(client_b, keys_b, len(b.partitions), trace_id)
+            differences.append(difference(trace_id, state_a, state_b))
     if len(a.partitions) != len(b.partitions):
         # Different partition counts spread the same traces differently: equal is then
         # decided trace by trace.
