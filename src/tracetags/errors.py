@@ -102,3 +102,14 @@ class QueryError(TracetagsError, RuntimeError):
     def __init__(self, message: str, code: str = "TT_ERROR") -> None:
         super().__init__(message)
         self.code = code
+
+
+class ArchiveStoreError(TracetagsError, OSError):
+    """The archive store could not be reached, read or written (unreachable, permission
+    denied, disk full); the message names the store's URL, the object and the cause.  The
+    archiver retries with backoff and trims nothing meanwhile: no event is lost."""
+
+
+class ArchiveCorruptError(TracetagsError, ValueError):
+    """An archive object does not match its manifest entry (size or sha256), or does not
+    parse as a segment."""

@@ -51,6 +51,18 @@ key                                        type     holds
 ``ns:{pNN}:lf:<enc field>:<c>``            string   lookup fingerprints of a listed field: a
                                                     big-endian u16 per number of chunk c (0: no
                                                     value), at byte 2 * (number - 512 * c)
+``ns:{pNN}:archive``                       hash     the archiver's cache of the partition's
+                                                    archive (the store's manifest is the
+                                                    truth): ``archived`` (entry id),
+                                                    ``segments``, ``rows``, ``bytes``,
+                                                    ``run_ms``, ``held`` / ``held_detail``
+                                                    (what holds the trim back), ``error`` /
+                                                    ``error_since_ms`` (the store failing)
+``ns:{pNN}:archive:lock``                  string   the one archiver of the partition: its
+                                                    token, with an expiry (SET NX PX)
+``ns:{pNN}:archive:marks``                 zset     archived-up-to entry id -> the ms it was
+                                                    recorded; ``tt_trim`` keeps entries for
+                                                    the live retention after their mark
 =========================================  =======  ================================================
 
 **Set forms.**  Every set and sorted set of traces holds **trace numbers** (dense decimal
@@ -323,3 +335,17 @@ class Keys:
     def lookup_chunk(self, partition: int, field: str, chunk: int) -> str:
         """The fingerprints of ``field`` for the trace numbers of ``chunk``."""
         return f"{self.prefix(partition)}:lf:{enc(field)}:{chunk}"
+
+    # --- the archive (tracetags.archive) ---------------------------------------------
+
+    def archive_state(self, partition: int) -> str:
+        """The archiver's status cache of the partition (hash; fields in the key table)."""
+        return f"{self.prefix(partition)}:archive"
+
+    def archive_lock(self, partition: int) -> str:
+        """Held by the one archiver of the partition (string token with an expiry)."""
+        return f"{self.prefix(partition)}:archive:lock"
+
+    def archive_marks(self, partition: int) -> str:
+        """Archived-up-to entry ids scored by the ms they were recorded (zset)."""
+        return f"{self.prefix(partition)}:archive:marks"

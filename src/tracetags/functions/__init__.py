@@ -55,7 +55,9 @@ LIBRARY_PREFIX: Final = "tracetags_v"
 APPLY_FUNCTION: Final = "tt_apply"
 QUERY_FUNCTION: Final = "tt_query"
 LOOKUP_FUNCTION: Final = "tt_lookup"
-LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8")
+LIBRARY_CODE: Final = (resources.files(__package__) / "tracetags.lua").read_text("utf-8") + (
+    "\n" + (resources.files(__package__) / "trim.lua").read_text("utf-8")
+)
 
 _ERRORS: Final[dict[str, type[FoldError]]] = {
     "TT_BADARGS": FoldArgumentsError,
