@@ -22,7 +22,9 @@ from tests.helpers import drop_namespace, wait_until
 from tests.model import FoldModel, dump, parse_entry_id
 from tracetags import consumer, functions, schemas
 from tracetags.archive import digest as digests
+from tracetags.archive import manifest, segments
 from tracetags.archive import replay as replaying
+from tracetags.archive.store import open_store
 from tracetags.cli import app
 from tracetags.client import Client
 from tracetags.embedded import RedisServer
@@ -524,3 +526,140 @@ def test_the_digest_walks_a_1000_trace_partition_in_chunks(r: redis.Redis, names
     assert digests.trace_hash(restamped) == (b"t1100", hashes[b"t1100"])
     changed = [(f, b"7:1101" if v.endswith(b":1100") else v) for f, v in fields]
     assert digests.trace_hash(changed)[1] != hashes[b"t1100"]
+
+
+# --- with an archive (file:// and S3) --------------------------------------------------------
+
+
+def archive_entries(store: Any, namespace: str, entries: list[Entry], *, rows: int = 97) -> int:
+    """Archive ``entries`` (of one partition, in order) as the archiver does: segments of at
+    most ``rows`` rows, each published meta-last; returns how many it archived."""
+    by_partition: dict[int, list[segments.Row]] = {}
+    for p, entry_id, fields in entries:
+        item = consumer.decode_fields(fields)
+        row = item.payload if isinstance(item, functions.DeadLetter) else item
+        by_partition.setdefault(p, []).append((entry_id, row))
+    for p, items in by_partition.items():
+        for start in range(0, len(items), rows):
+            chunk = items[start : start + rows]
+            first, last = parse_entry_id(chunk[0][0]), parse_entry_id(chunk[-1][0])
+            data = segments.write_segment(chunk)
+            manifest.publish(store, namespace, p, first, last, len(chunk), data, schemas.now_ms())
+    return len(entries)
+
+
+def trim(client: redis.Redis, namespace: str, partition: int, before: str) -> int:
+    """XTRIM MINID: remove the partition's entries older than ``before`` (exactly)."""
+    trimmed: Any = client.xtrim(Keys(namespace).stream(partition), minid=before, approximate=False)
+    return int(trimmed)
+
+
+def of_partition(entries: list[Entry], p: int) -> list[Entry]:
+    return [e for e in entries if e[0] == p]
+
+
+@pytest.fixture(params=["file", "s3"])
+def archive_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/archive"
+    url: str = request.getfixturevalue("s3_url")
+    return url
+
+
+def test_replay_of_archive_plus_trimmed_tail_equals_the_live_state_and_the_model(
+    r: redis.Redis, redis_url: str, namespace: str, target: str, archive_url: str
+) -> None:
+    """Two partitions, each ~70% archived in segments and trimmed to ~50% (the entries
+    between are both archived and still in the stream, as the live retention keeps them)."""
+    entries = produce(r, namespace, seed=21, events=3_000, traces=250, partitions=2)
+    fold(r, namespace, 2)
+    source = Settings(redis_url=redis_url, namespace=namespace, archive_url=archive_url)
+    store = open_store(source)
+    archived = {}
+    for p in range(2):
+        mine = of_partition(entries, p)
+        archived[p] = archive_entries(store, namespace, mine[: len(mine) * 7 // 10])
+        assert trim(r, namespace, p, mine[len(mine) // 2][1]) == len(mine) // 2
+    env = {"TRACETAGS_ARCHIVE_URL": archive_url}
+    result = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "replay",
+                                 "--into", target, "--format", "json"], env=env)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = {p["partition"]: p for p in json.loads(result.stdout)["partitions"]}
+    for p in range(2):
+        assert report[p]["from_archive"] == archived[p]
+        assert report[p]["from_tail"] == len(of_partition(entries, p)) - archived[p]
+        assert report[p]["duplicates"] == 0
+    assert_state(r, target, models(entries, 2))
+    assert dead_letters(r, target, 2) == garbage_ids(entries)
+    assert cli(redis_url, namespace, "verify", namespace, target).exit_code == 0
+
+    # --until inside the archive and inside the tail
+    for cut in (entries[len(entries) // 4][1], entries[len(entries) * 9 // 10][1]):
+        into = f"{target}-u"
+        try:
+            counts = replaying.replay(source, source.replace(namespace=into), until=cut)
+            bound = parse_entry_id(cut)
+            assert counts.entries == sum(1 for e in entries if parse_entry_id(e[1]) <= bound)
+            assert_state(r, into, models(entries, 2, bound))
+        finally:
+            drop_namespace(r, into)
+
+
+class _RacingArchive:
+    """An archive that the archiver extends (and trims behind) while the replay reads it:
+    after the replay took the first part, the next part is archived and the stream trimmed
+    past everything the replay has seen."""
+
+    def __init__(self, inner: replaying.ArchiveReader, on_first_read: Any) -> None:
+        self.inner = inner
+        self.on_first_read = on_first_read
+        self.reads = 0
+
+    def entries(self, partition: int, after: str | None, until_ms: int | None) -> Any:
+        self.reads += 1
+        yield from self.inner.entries(partition, after, until_ms)
+        if self.reads == 1:
+            self.on_first_read()
+
+    def rows(self, partition: int) -> int:
+        return self.inner.rows(partition)
+
+
+def test_an_archiver_trimming_during_the_replay_sends_it_back_to_the_archive(
+    r: redis.Redis, redis_url: str, namespace: str, target: str, tmp_path: Any
+) -> None:
+    entries = produce(r, namespace, seed=22, events=1_000, traces=100, partitions=1)
+    fold(r, namespace, 1)
+    source = Settings(redis_url=redis_url, namespace=namespace, archive_url=f"file://{tmp_path}")
+    store = open_store(source)
+    archive_entries(store, namespace, entries[:300])
+    trim(r, namespace, 0, entries[200][1])
+
+    def archiver_runs() -> None:
+        archive_entries(store, namespace, entries[300:800])
+        trim(r, namespace, 0, entries[700][1])
+
+    racing = _RacingArchive(replaying.archive_of(source), archiver_runs)
+    result = replaying.replay(source, source.replace(namespace=target), archive=racing)
+    counts = result.partitions[0]
+    assert racing.reads == 2
+    assert (counts.from_archive, counts.from_tail, counts.duplicates) == (800, 200, 0)
+    assert_state(r, target, models(entries, 1))
+
+
+def test_entries_trimmed_and_not_archived_are_a_gap_even_with_an_archive(
+    r: redis.Redis, redis_url: str, namespace: str, target: str, tmp_path: Any
+) -> None:
+    entries = produce(r, namespace, seed=23, events=600, traces=60, partitions=1)
+    fold(r, namespace, 1)
+    source = Settings(redis_url=redis_url, namespace=namespace, archive_url=f"file://{tmp_path}")
+    archive_entries(open_store(source), namespace, entries[:200])
+    trim(r, namespace, 0, entries[400][1])
+    with pytest.raises(LogGapError) as caught:
+        replaying.replay(source, source.replace(namespace=target))
+    assert str(caught.value) == (
+        f"partition 0: 400 entries were removed from the stream (it now starts at "
+        f"{entries[400][1]}) but the archive holds 200 and nothing after {entries[199][1]}: "
+        "the entries between are not in the archive (is the archive configured for this "
+        "namespace?)"
+    )

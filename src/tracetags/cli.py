@@ -844,11 +844,6 @@ def _embedded_url(settings: Settings) -> str | None:
     return url
 
 
-def _open_archive(settings: Settings) -> Any:
-    """The archive reader of ``settings``' namespace (None: the log was never archived)."""
-    return None
-
-
 @app.command()
 def replay(
     into: Annotated[str, typer.Option("--into", help="Target namespace (empty unless --resume).")],
@@ -928,7 +923,7 @@ def replay(
                 until=until,
                 partitions=partition,
                 resume=resume,
-                archive=_open_archive(source),
+                archive=replaying.archive_of(source),
                 on_progress=progress,
             )
         except LogGapError as exc:

@@ -27,6 +27,9 @@ import msgspec
 import redis
 
 from tracetags import functions, schemas
+from tracetags.archive import manifest
+from tracetags.archive.reader import read_partition
+from tracetags.archive.store import LocalStore, S3Store, open_store
 from tracetags.consumer import decode_entries
 from tracetags.errors import (
     DecodeError,
@@ -107,7 +110,7 @@ class ArchiveReader(Protocol):
 
 
 class NoArchive:
-    """A namespace whose log was never archived: its whole history is the stream."""
+    """A namespace whose log is not archived: its whole history is the stream."""
 
     def entries(
         self, partition: int, after: str | None, until_ms: int | None
@@ -116,6 +119,38 @@ class NoArchive:
 
     def rows(self, partition: int) -> int:
         return 0
+
+
+class StoreArchive:
+    """A namespace's archive in a store (``file://`` or ``s3://``): the segments its manifest
+    makes visible, read by :func:`tracetags.archive.read_partition`."""
+
+    def __init__(self, store: LocalStore | S3Store, namespace: str) -> None:
+        self.store = store
+        self.namespace = namespace
+        self._rows: dict[int, int] = {}
+
+    def entries(
+        self, partition: int, after: str | None, until_ms: int | None
+    ) -> Iterable[tuple[str, schemas.Event | bytes]]:
+        return read_partition(self.store, self.namespace, partition, after=after, until_ms=until_ms)
+
+    def rows(self, partition: int) -> int:
+        """The rows of the partition's visible segments (their manifest entries), read once
+        per replay: one small object per segment."""
+        if partition not in self._rows:
+            visible = manifest.list_visible(self.store, self.namespace, partition)
+            self._rows[partition] = sum(
+                manifest.read_entry(self.store, segment.manifest_name).rows for segment in visible
+            )
+        return self._rows[partition]
+
+
+def archive_of(settings: Settings) -> ArchiveReader:
+    """The archive of ``settings``' namespace (its ``archive_url``, or the embedded
+    default), or :class:`NoArchive` when archiving is off."""
+    store = open_store(settings)
+    return NoArchive() if store is None else StoreArchive(store, settings.namespace)
 
 
 def archived_item(entry_id: str, entry: schemas.Event | bytes) -> BatchItem:
@@ -209,7 +244,9 @@ def replay(
     partitions (the target's partition count is the source's all the same).  The target must
     be empty — or hold only partitions of an earlier replay of the same source that this
     call does not touch — unless ``resume``, which continues each partition after the last
-    entry id recorded in the target.  Raises ReplayTargetError (a ValueError) for a target
+    entry id recorded in the target.  ``archive`` defaults to the source settings' archive
+    (:func:`archive_of`; pass :class:`NoArchive` to read the stream only).  Raises
+    ReplayTargetError (a ValueError) for a target
     it must not write to, LogGapError when entries were trimmed from the stream and are
     not in ``archive``.
     """
@@ -219,7 +256,7 @@ def replay(
     ):
         raise ReplayTargetError("the target is the source: replay into another namespace")
     bound = parse_until(until)
-    archive = archive or NoArchive()
+    archive = archive_of(source) if archive is None else archive
     size = batch_size or source.consumer_batch_size
     src = redis.Redis.from_url(source.effective_redis_url)
     dst = redis.Redis.from_url(target.effective_redis_url)
