@@ -15,12 +15,16 @@ and, in one run:
      COPY of the pristine stream in a namespace of its own; its group is created at ``$``
      so the worker starts idle, and the clock runs from the last 2 ms sample before the
      group's first delivery (``XGROUP SETID … 0``) until everything is delivered and acked;
-   - *replay*: ``tracetags.archive.replay.replay`` (the library call behind ``tracetags
-     replay``) from the pristine namespace into a fresh one, in this process: its own
-     clock (claiming the target, every read, every fold call, the progress record).
+   - *replay, tail*: ``tracetags.archive.replay.replay`` (the library call behind
+     ``tracetags replay``) from the pristine namespace (the whole log in the stream) into a
+     fresh one, in this process: its own clock (claiming the target, every read, every fold
+     call, the progress record);
+   - *replay, archive + tail*: the same from a copy of the log whose first ``--archived``
+     share (0.9) is in a ``file://`` archive (segments of 50k rows written with the
+     archive's own segment writer and manifest) and trimmed from the stream.
 
-   After each pair, ``verify`` of the two namespaces must say equal.  Prints events/s of
-   each and the ratio replay ÷ live fold (target ≥ 0.8).
+   After each round, ``verify`` of the live fold's namespace against each replay's must say
+   equal.  Prints events/s of each and the ratios replay ÷ live fold (target ≥ 0.8).
 2. **digest** at each of ``--digest-traces``: that many traces (one ``trace_finished`` each
    with the mix's tags, name and metadata) folded by ``functions.apply_batch`` with no stream,
    then ``Client.digest()`` timed (best of two), with Redis's ``used_memory``.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,9 +49,13 @@ import redis
 
 from tracetags import Settings, TagProducer, functions, schemas, traffic
 from tracetags.archive import digest as digests
+from tracetags.archive import manifest, segments
 from tracetags.archive import replay as replaying
+from tracetags.archive.store import open_store
 from tracetags.client import Client
+from tracetags.consumer import decode_fields
 from tracetags.embedded import RedisServer
+from tracetags.functions import DeadLetter
 from tracetags.keys import Keys
 
 VENV_BIN = Path(sys.executable).parent
@@ -117,10 +126,41 @@ def live_fold(url: str, pristine: str, namespace: str, batch: int) -> float:
         client.close()
 
 
-def replay_run(url: str, pristine: str, namespace: str, batch: int) -> tuple[float, int]:
-    source = Settings(redis_url=url, namespace=pristine, consumer_batch_size=batch)
+def archive_log(url: str, pristine: str, archived: str, directory: str, share: float) -> int:
+    """Make namespace ``archived``: a COPY of the pristine log whose first ``share`` is in a
+    file:// archive (segments of 50k rows, as the archiver publishes them) and trimmed from
+    the stream; returns how many entries it archived."""
+    client = redis.Redis.from_url(url)
+    stream = Keys(archived).stream(0)
+    client.copy(Keys(pristine).stream(0), stream)
+    client.hset(Keys(archived).meta, mapping={"partitions": 1, "created_ms": 1})
+    store = open_store(Settings(redis_url=url, archive_url=f"file://{directory}"))
+    assert store is not None
+    entries: Any = client.xrange(stream)
+    count = int(len(entries) * share)
+    rows: list[segments.Row] = []
+    for entry_id, fields in entries[:count]:
+        item = decode_fields(fields)
+        rows.append((entry_id.decode(), item.payload if isinstance(item, DeadLetter) else item))
+    for start in range(0, len(rows), 50_000):
+        chunk = rows[start : start + 50_000]
+        first, last = segments.parse_entry_id(chunk[0][0]), segments.parse_entry_id(chunk[-1][0])
+        data = segments.write_segment(chunk)
+        manifest.publish(store, archived, 0, first, last, len(chunk), data, schemas.now_ms())
+    client.xtrim(stream, minid=entries[count][0], approximate=False)
+    client.close()
+    return count
+
+
+def replay_run(
+    url: str, source_ns: str, namespace: str, batch: int, archive_url: str | None = None
+) -> tuple[float, int, int]:
+    source = Settings(
+        redis_url=url, namespace=source_ns, consumer_batch_size=batch, archive_url=archive_url
+    )
     result = replaying.replay(source, source.replace(namespace=namespace))
-    return result.seconds, result.entries
+    archived = sum(p.from_archive for p in result.partitions)
+    return result.seconds, result.entries, archived
 
 
 def rates(args: argparse.Namespace, url: str, client: redis.Redis) -> None:
@@ -128,41 +168,52 @@ def rates(args: argparse.Namespace, url: str, client: redis.Redis) -> None:
     started = time.monotonic()
     events = fill_log(url, pristine, args.events)
     print(f"log: {events:,} events written in {time.monotonic() - started:.1f} s", flush=True)
-    live: list[float] = []
-    replayed: list[float] = []
+    archive_dir = tempfile.mkdtemp(prefix="tt-bench-archive-")
+    share = args.archived
+    archived = archive_log(url, pristine, "archived", archive_dir, share)
+    print(f"archive: {archived:,} entries ({share:.0%}) in file:// segments, trimmed from a "
+          "copy of the log", flush=True)  # fmt: skip
+    names = ("live fold", "replay, tail", "replay, archive + tail")
+    rates: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.repeat):
-        order = ("live", "replay") if round_ % 2 == 0 else ("replay", "live")
+        order = names if round_ % 2 == 0 else names[::-1]
         for contender in order:
-            if contender == "live":
+            if contender == "live fold":
                 seconds = live_fold(url, pristine, f"live{round_}", args.batch)
-                live.append(events / seconds)
-                print(f"  round {round_ + 1}: live fold {events / seconds:,.0f} events/s "
-                      f"({seconds:.2f} s)", flush=True)  # fmt: skip
-            else:
-                seconds, entries = replay_run(url, pristine, f"replay{round_}", args.batch)
+            elif contender == "replay, tail":
+                seconds, entries, _ = replay_run(url, pristine, f"tail{round_}", args.batch)
                 assert entries == events, (entries, events)
-                replayed.append(events / seconds)
-                print(f"  round {round_ + 1}: replay    {events / seconds:,.0f} events/s "
-                      f"({seconds:.2f} s)", flush=True)  # fmt: skip
-        check = digests.verify(client, f"live{round_}", client, f"replay{round_}")
-        print(f"  round {round_ + 1}: verify live vs replay: "
-              f"{'equal' if check.equal else 'DIFFER'} ({check.a.traces:,} traces, "
-              f"digest {check.a.digest})", flush=True)  # fmt: skip
-        if not check.equal:
-            raise SystemExit(f"replay differs from the live fold: {check.differences[:3]}")
-        drop(client, f"live{round_}")
-        drop(client, f"replay{round_}")
-    live_median, replay_median = statistics.median(live), statistics.median(replayed)
+            else:
+                seconds, entries, from_archive = replay_run(
+                    url, "archived", f"arch{round_}", args.batch, f"file://{archive_dir}"
+                )
+                assert (entries, from_archive) == (events, archived), (entries, from_archive)
+            rates[contender].append(events / seconds)
+            print(f"  round {round_ + 1}: {contender:<22} {events / seconds:>9,.0f} events/s "
+                  f"({seconds:.2f} s)", flush=True)  # fmt: skip
+        for other in (f"tail{round_}", f"arch{round_}"):
+            check = digests.verify(client, f"live{round_}", client, other)
+            print(f"  round {round_ + 1}: verify live vs {other}: "
+                  f"{'equal' if check.equal else 'DIFFER'} ({check.a.traces:,} traces, "
+                  f"digest {check.a.digest})", flush=True)  # fmt: skip
+            if not check.equal:
+                raise SystemExit(f"replay differs from the live fold: {check.differences[:3]}")
+        for name in (f"live{round_}", f"tail{round_}", f"arch{round_}"):
+            drop(client, name)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    live = medians["live fold"]
     print()
     print(f"| {events:,} events, batch {args.batch} | events/s (median of {args.repeat}) "
-          "| all rounds |")  # fmt: skip
-    print("|---|---|---|")
-    print(f"| live fold (tracetags serve, 1 worker) | {live_median:,.0f} "
-          f"| {', '.join(f'{x:,.0f}' for x in live)} |")  # fmt: skip
-    print(f"| replay (library, tail only) | {replay_median:,.0f} "
-          f"| {', '.join(f'{x:,.0f}' for x in replayed)} |")  # fmt: skip
-    print(f"\nreplay ÷ live fold: {replay_median / live_median:.2f}x (target ≥ 0.8)\n", flush=True)
+          "| all rounds | ÷ live fold |")  # fmt: skip
+    print("|---|---|---|---|")
+    for name in names:
+        print(f"| {name} | {medians[name]:,.0f} | "
+              f"{', '.join(f'{x:,.0f}' for x in rates[name])} "
+              f"| {medians[name] / live:.2f}x |")  # fmt: skip
+    print("\ntarget: replay ≥ 0.8x the live fold\n", flush=True)
     drop(client, pristine)
+    drop(client, "archived")
+    shutil.rmtree(archive_dir, ignore_errors=True)
 
 
 def fill_traces(client: redis.Redis, namespace: str, count: int) -> None:
@@ -219,6 +270,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch", type=int, default=500, help="consumer_batch_size of both")
+    parser.add_argument(
+        "--archived", type=float, default=0.9, help="share of the log archived and trimmed"
+    )
     parser.add_argument(
         "--digest-traces",
         type=lambda text: [int(x) for x in text.split(",") if x],
