@@ -663,3 +663,19 @@ def test_entries_trimmed_and_not_archived_are_a_gap_even_with_an_archive(
         "the entries between are not in the archive (is the archive configured for this "
         "namespace?)"
     )
+
+
+def test_a_corrupted_archive_segment_stops_the_replay(
+    r: redis.Redis, redis_url: str, namespace: str, target: str, tmp_path: Any
+) -> None:
+    entries = produce(r, namespace, seed=24, events=400, traces=40, partitions=1)
+    fold(r, namespace, 1)
+    url = f"file://{tmp_path}/archive"
+    archive_entries(open_store(Settings(archive_url=url)), namespace, entries[:200], rows=100)
+    trim(r, namespace, 0, entries[150][1])
+    (segment,) = (tmp_path / "archive").rglob(f"{entries[100][1]}_*.parquet")  # the second
+    segment.write_bytes(segment.read_bytes()[:-1] + b"\0")
+    result = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "replay",
+                                 "--into", target], env={"TRACETAGS_ARCHIVE_URL": url})  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "does not match its manifest entry" in result.stderr

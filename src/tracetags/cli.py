@@ -872,8 +872,8 @@ def replay(
     original entry ids, so the target's state equals the source's (check it with `tracetags
     verify`). The target gets the state, indexes, dead letters and a record of the replay;
     its log stays empty (the history stays in the source). Exit codes: 0 done; 1 entries are
-    missing (trimmed from the stream and not in the archive); 2 the target is not empty or
-    --until is not understood; 3 Redis unreachable.
+    missing (trimmed from the stream and not in the archive) or the archive cannot be read;
+    2 the target is not empty or --until is not understood; 3 Redis unreachable.
     """
     import time
 
@@ -887,7 +887,7 @@ def replay(
     )
 
     from tracetags.archive import replay as replaying
-    from tracetags.errors import LogGapError
+    from tracetags.errors import ArchiveCorruptError, ArchiveStoreError, LogGapError
 
     source = _reachable()
     try:
@@ -926,7 +926,7 @@ def replay(
                 archive=replaying.archive_of(source),
                 on_progress=progress,
             )
-        except LogGapError as exc:
+        except (LogGapError, ArchiveStoreError, ArchiveCorruptError) as exc:
             err.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:

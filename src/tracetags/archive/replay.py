@@ -268,7 +268,7 @@ def replay(
                 f"namespace {source.namespace!r} has no meta key: nothing was ever written to it"
             )
         count = int(raw)
-        chosen = list(range(count)) if partitions is None else list(partitions)
+        chosen = list(range(count)) if partitions is None else sorted(set(partitions))
         for p in chosen:
             if not 0 <= p < count:
                 raise ReplayTargetError(
@@ -292,7 +292,7 @@ def replay(
                     counts.dead_letters_kept += len(items) - len(kept)
                 else:
                     kept = items
-                result = _apply(dst, dst_keys, p, target.consumer_group, kept)
+                result = _apply(dst, dst_keys, p, target.consumer_group, kept, dead_floor)
                 last = _text(items[-1][0])
                 dst.hset(dst_keys.replay_progress(), f"p{p:02d}", last)
                 counts.applied += result.applied
@@ -415,10 +415,16 @@ def _last_dead_letter(client: redis.Redis, keys: Keys, partition: int) -> EntryI
 
 
 def _apply(
-    client: redis.Redis, keys: Keys, partition: int, group: str, items: list[BatchItem]
+    client: redis.Redis,
+    keys: Keys,
+    partition: int,
+    group: str,
+    items: list[BatchItem],
+    dead_floor: EntryId | None = None,
 ) -> BatchResult:
     """apply_batch, with the consumer's answer to a batch the Function refuses: split it
-    until only the refused entries remain, and dead-letter those with the Function's error."""
+    until only the refused entries remain, and dead-letter those with the Function's error
+    (unless the target has that dead letter already: ids up to ``dead_floor``)."""
     if not items:
         return BatchResult(0, 0, 0)
     try:
@@ -426,12 +432,14 @@ def _apply(
     except FoldError as exc:
         if len(items) == 1:
             entry_id, item = items[0]
+            if dead_floor is not None and parse_id(entry_id) <= dead_floor:
+                return BatchResult(0, 0, 0)
             payload = item.payload if isinstance(item, DeadLetter) else schemas.encode(item)
             letter = DeadLetter(payload, f"fold refused it: {exc}")
             return functions.apply_batch(client, keys, partition, group, [(entry_id, letter)])
         middle = len(items) // 2
-        first = _apply(client, keys, partition, group, items[:middle])
-        second = _apply(client, keys, partition, group, items[middle:])
+        first = _apply(client, keys, partition, group, items[:middle], dead_floor)
+        second = _apply(client, keys, partition, group, items[middle:], dead_floor)
         return BatchResult(*(a + b for a, b in zip(first, second, strict=True)))
 
 
