@@ -679,3 +679,23 @@ def test_a_corrupted_archive_segment_stops_the_replay(
                                  "--into", target], env={"TRACETAGS_ARCHIVE_URL": url})  # fmt: skip
     assert result.exit_code == 1, result.output
     assert "does not match its manifest entry" in result.stderr
+
+
+def test_the_demo_folded_by_the_shipped_consumer_replays_equal(
+    redis_url: str, namespace: str, target: str
+) -> None:
+    """End to end: TagProducer writes, the FastStream consumer (tracetags serve's supervisor)
+    folds; replay then digest says equal, and a --until before everything gives nothing."""
+    demo = cli(redis_url, namespace, "demo", "--traces", "300")
+    assert demo.exit_code == 0, demo.output
+    result = cli(redis_url, namespace, "replay", "--into", target)
+    assert result.exit_code == 0, result.output
+    assert "replayed " in result.stderr and "events/s" in result.stderr
+    assert f"replay of {namespace!r} into {target!r}" in result.stdout
+    verified = cli(redis_url, namespace, "verify", namespace, target)
+    assert verified.exit_code == 0, verified.output
+    assert "equal: 300 traces" in verified.stderr
+    digest_a = json.loads(cli(redis_url, namespace, "digest", "--format", "json").stdout)
+    digest_b = json.loads(cli(redis_url, target, "digest", "--format", "json").stdout)
+    assert digest_a["traces"] == 300 and digest_a["digest"] == digest_b["digest"]
+    assert digest_a["namespace"] == namespace and digest_b["namespace"] == target
