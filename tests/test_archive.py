@@ -6,6 +6,7 @@ and status."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -163,6 +164,30 @@ def test_status_shows_the_archive_per_partition(
     assert "live retention" in row.archive.held_back_text
     assert row.stream_length == 100 and (row.stream_bytes or 0) > 0
     assert status.archive_url == settings.archive_url and not status.log_unbounded
+
+
+def test_cli_status_shows_the_archive_table(archived_settings: Settings, r: redis.Redis) -> None:
+    settings = archived_settings.replace(log_retention="1h")
+    produce(settings, 10)
+    fold_all(r, Keys(settings.namespace), 0)
+    archive_once(settings)
+    env = {**os.environ, "TRACETAGS_REDIS_URL": settings.effective_redis_url,
+           "TRACETAGS_NAMESPACE": settings.namespace,
+           "TRACETAGS_ARCHIVE_URL": settings.archive_url or ""}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "tracetags.cli", "status"], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [[c.strip() for c in ln.strip().strip("│").split("│")]
+            for ln in done.stdout.splitlines() if ln.startswith("│")]  # fmt: skip
+    (cells,) = (row for row in rows if len(row) == 8 and row[0] == "0")  # archive table
+    assert cells[1] == "34" and cells[3] == tail(r, Keys(settings.namespace), 0)[-1]
+    assert cells[4] == "1" and cells[6].endswith("s ago")
+    assert cells[7].startswith("live retention")
+    done = subprocess.run([sys.executable, "-m", "tracetags.cli", "status", "--format", "json"],
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    row = json.loads(done.stdout)["partitions"][0]
+    assert row["archive"]["segments"] == 1 and row["archive"]["held_back"] == "retention"
+    assert row["stream_bytes"] > 0
 
 
 def test_status_says_the_log_is_unbounded_without_an_archive(settings: Settings) -> None:
