@@ -9,14 +9,12 @@ orphaned segments, and loses or duplicates nothing after a crash at any step.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -26,7 +24,14 @@ from redis.lock import Lock
 
 from tracetags import schemas
 from tracetags.archive import manifest, state
-from tracetags.archive.segments import EntryId, Row, entry_text, parse_entry_id, write_segment
+from tracetags.archive.segments import (
+    EntryId,
+    Row,
+    entry_text,
+    no_cyclic_gc,
+    parse_entry_id,
+    write_segment,
+)
 from tracetags.archive.store import LocalStore, S3Store, open_store
 from tracetags.archive.trim import trim
 from tracetags.errors import ArchiveCorruptError, ArchiveStoreError
@@ -76,20 +81,6 @@ def _pause_at(step: str) -> None:
         sys.stderr.flush()
         while True:
             time.sleep(3600)
-
-
-@contextlib.contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Pause the cyclic collector while a segment is built: its 100k+ fresh dicts and
-    Structs (no cycles among them) made full collections run again and again, ~6x the cost
-    of reading the entries."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _decode(fields: dict[bytes, bytes]) -> schemas.Event | bytes:
@@ -211,7 +202,7 @@ class PartitionRun:
             bound = folded_bound(self.client, self.keys, p, self.settings.consumer_group)
             if bound is None:
                 break
-            with _no_cyclic_gc():
+            with no_cyclic_gc():
                 entries = _folded_entries(
                     self.client, stream, archived, bound, self.settings.archive_max_rows
                 )
