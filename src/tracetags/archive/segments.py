@@ -25,6 +25,8 @@ column                type                    holds
 ``raw``               binary                  only for an entry that did not decode (the
                                               payload the fold dead-lettered), so nothing
                                               of the log is lost
+``source``            string (dictionary)     who wrote the event, for event types that
+                                              have a ``source`` field (none yet: null)
 ====================  ======================  =============================================
 
 Row-group statistics are on; ``trace_id`` has a bloom filter (pyarrow >= 19 writes them).
@@ -79,6 +81,7 @@ SCHEMA: Final = pa.schema(
         pa.field("deleted_keys", pa.list_(pa.string())),
         pa.field("metadata", _STRING_MAP),
         pa.field("raw", pa.binary()),
+        pa.field("source", pa.string()),
     ]
 )
 
@@ -98,6 +101,8 @@ _PLAIN_COLUMNS: Final = ("event_id", "execution_time_ms", "raw")
 _DICTIONARY_COLUMNS: Final = tuple(
     name for name in SCHEMA.names if name not in _DELTA_COLUMNS and name not in _PLAIN_COLUMNS
 )
+
+_EVENTS_HAVE_SOURCE: Final = "source" in TagsSet.__struct_fields__
 
 #: Entry ids as ``(ms, seq)`` and their text ``ms-seq``.
 EntryId = tuple[int, int]
@@ -170,6 +175,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
     deleted: list[list[str] | None] = []
     metadata: list[dict[str, str] | None] = []
     raws: list[bytes | None] = []
+    sources: list[str | None] = []
     for entry_id, item in rows:
         ms, _, seq = entry_id.partition("-")
         entry_ms.append(int(ms))
@@ -190,6 +196,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
             deleted.append(None)
             metadata.append(None)
             raws.append(item)  # type: ignore[arg-type]
+            sources.append(None)
             continue
         event: Any = item
         kinds.append(_TYPES[cls])
@@ -197,6 +204,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
         event_ids.append(event.event_id)
         emitted.append(event.emitted_at_ms)
         raws.append(None)
+        sources.append(getattr(event, "source", None))
         if cls is TraceStarted or cls is TraceFinished:
             experiments.append(event.experiment_id)
             timestamps.append(event.timestamp_ms)
@@ -246,6 +254,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
             pa.array(deleted, pa.list_(pa.string())),
             _map_array(metadata),
             pa.array(raws, pa.binary()),
+            pa.array(sources, pa.string()),
         ],
         schema=SCHEMA,
     )
@@ -321,6 +330,9 @@ def rows_of(table: pa.Table) -> list[Row]:
         else (table.column(name).to_pylist())
         for name in table.column_names
     }
+    # Segments written before a column existed lack it; events that have no ``source``
+    # field yet never get one.
+    sources = column.get("source") if _EVENTS_HAVE_SOURCE else None
     out: list[Row] = []
     append = out.append
     for i, (ms, seq, kind) in enumerate(
@@ -335,6 +347,8 @@ def rows_of(table: pa.Table) -> list[Row]:
             "event_id": column["event_id"][i],
             "emitted_at_ms": column["emitted_at_ms"][i],
         }
+        if sources is not None and sources[i] is not None:
+            common["source"] = sources[i]
         event: Event
         if kind == "tags_set":
             event = TagsSet(tags=column["tags"][i], **common)
