@@ -146,6 +146,44 @@ def test_archive_plus_tail_is_the_whole_log_and_only_folded_entries_leave(
         assert tail(r, keys, p) == []
 
 
+def test_entries_pending_in_the_fold_group_are_not_archived_yet(
+    archived_settings: Settings, r: redis.Redis
+) -> None:
+    settings = archived_settings
+    keys = Keys(settings.namespace)
+    stream = keys.stream(0)
+    produce(settings, 10)
+    fold_all(r, keys, 0)
+    produce(settings, 10, start=10)
+    reply: Any = r.xreadgroup(GROUP, "crashed", {stream: ">"}, count=5)  # read, never acked
+    fold_all(r, keys, 0)  # the rest is folded after them
+    pending = [raw.decode() for raw, _ in reply[0][1]]
+    model = log_model(r, keys, 0)
+    (report,) = archive_once(settings)
+    archived = [i for i, _ in read_partition(settings, settings.namespace, 0)]
+    assert archived and id_tuple(archived[-1]) < id_tuple(pending[0])
+    assert report.held == "archive" and tail(r, keys, 0)[0] == pending[0]
+    r.xack(stream, GROUP, *pending)  # folded at last (the consumer would reclaim them)
+    archive_once(settings)
+    assert tail(r, keys, 0) == []
+    assert list(read_partition(settings, settings.namespace, 0)) == model
+
+
+def test_one_archiver_per_partition(archived_settings: Settings, r: redis.Redis) -> None:
+    from redis.lock import Lock
+
+    keys = Keys(archived_settings.namespace)
+    produce(archived_settings, 5)
+    fold_all(r, keys, 0)
+    other = Lock(r, keys.archive_lock(0), timeout=30)
+    assert other.acquire(blocking=False)
+    (report,) = archive_once(archived_settings)
+    assert report.locked_out and report.archived == 0 and len(tail(r, keys, 0)) == 17
+    other.release()
+    (report,) = archive_once(archived_settings)
+    assert not report.locked_out and report.archived == 17
+
+
 def test_status_shows_the_archive_per_partition(
     archived_settings: Settings, r: redis.Redis
 ) -> None:
