@@ -118,6 +118,9 @@ def test_rows_are_sorted_by_trace_then_entry_and_columns_are_real() -> None:
 def test_a_segment_is_the_same_bytes_when_written_again() -> None:
     rows = _realistic_rows()
     assert segments.write_segment(rows) == segments.write_segment(list(rows))
+    # Built page by page (as the archiver does), the same bytes again.
+    pages = [segments.to_table(rows[:1]), segments.to_table(rows[1:3]), segments.to_table(rows[3:])]
+    assert segments.write_tables(pages) == segments.write_segment(rows)
 
 
 def _publish(store: LocalStore | object, namespace: str, rows: list[segments.Row]) -> None:

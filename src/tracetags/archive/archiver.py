@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import msgspec
@@ -26,11 +26,11 @@ from tracetags import schemas
 from tracetags.archive import manifest, state
 from tracetags.archive.segments import (
     EntryId,
-    Row,
     entry_text,
     no_cyclic_gc,
     parse_entry_id,
-    write_segment,
+    to_table,
+    write_tables,
 )
 from tracetags.archive.store import LocalStore, S3Store, open_store
 from tracetags.archive.trim import trim
@@ -113,27 +113,28 @@ def folded_bound(
     return last, oldest
 
 
-def _folded_entries(
+def _folded_pages(
     client: redis.Redis, stream: str, after: EntryId | None, bound: tuple[EntryId, EntryId | None],
     limit: int,
-) -> list[tuple[str, dict[bytes, bytes]]]:  # fmt: skip
-    """Up to ``limit`` folded entries after ``after``, in order."""
+) -> Iterator[list[tuple[str, dict[bytes, bytes]]]]:  # fmt: skip
+    """Pages (XRANGE) of the folded entries after ``after``, ``limit`` entries at most."""
     last, oldest = bound
     start = "(" + entry_text(after) if after is not None else "-"
-    out: list[tuple[str, dict[bytes, bytes]]] = []
-    while len(out) < limit:
-        page: Any = client.xrange(
-            stream, start, entry_text(last), count=min(READ_PAGE, limit - len(out))
-        )
-        for raw_id, fields in page:
-            entry_id = raw_id.decode()
-            if oldest is not None and parse_entry_id(entry_id) >= oldest:
-                return out
-            out.append((entry_id, fields))
-        if len(page) < READ_PAGE:
-            return out
-        start = "(" + page[-1][0].decode()
-    return out
+    left = limit
+    while left > 0:
+        page: Any = client.xrange(stream, start, entry_text(last), count=min(READ_PAGE, left))
+        entries = [(raw_id.decode(), fields) for raw_id, fields in page]
+        if oldest is not None and entries and parse_entry_id(entries[-1][0]) >= oldest:
+            entries = [e for e in entries if parse_entry_id(e[0]) < oldest]
+            if entries:
+                yield entries
+            return
+        if entries:
+            yield entries
+        if len(page) < min(READ_PAGE, left):
+            return
+        left -= len(entries)
+        start = "(" + entries[-1][0]
 
 
 class PartitionRun:
@@ -204,18 +205,24 @@ class PartitionRun:
             bound = folded_bound(self.client, self.keys, p, self.settings.consumer_group)
             if bound is None:
                 break
+            tables = []
+            count = 0
+            first = last = (0, 0)
             with no_cyclic_gc():
-                entries = _folded_entries(
+                for page in _folded_pages(
                     self.client, stream, archived, bound, self.settings.archive_max_rows
-                )
-                if not entries:
-                    break
-                rows: list[Row] = [(entry_id, _decode(fields)) for entry_id, fields in entries]
-                first, last = parse_entry_id(entries[0][0]), parse_entry_id(entries[-1][0])
-                _pause_at("before_upload")
-                data = write_segment(rows)
-                count = len(rows)
-                del entries, rows
+                ):
+                    if not count:
+                        first = parse_entry_id(page[0][0])
+                    last = parse_entry_id(page[-1][0])
+                    count += len(page)
+                    tables.append(to_table([(i, _decode(fields)) for i, fields in page]))
+                    del page
+            if not count:
+                break
+            _pause_at("before_upload")
+            data = write_tables(tables)
+            del tables
             manifest.publish(
                 store, ns, p, first, last, count, data, schemas.now_ms(),
                 before_manifest=self._before_manifest,

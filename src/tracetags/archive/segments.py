@@ -157,8 +157,8 @@ def _map_array(maps: Sequence[dict[str, str] | None]) -> pa.Array:
 
 
 def to_table(rows: Iterable[Row]) -> pa.Table:
-    """The rows (entry id text, event or raw payload) as a table of :data:`SCHEMA`, sorted
-    by (trace_id, entry id), undecodable entries last."""
+    """The rows (entry id text, event or raw payload) as a table of :data:`SCHEMA`, in the
+    order given."""
     entry_ms: list[int] = []
     entry_seq: list[int] = []
     kinds: list[str | None] = []
@@ -258,6 +258,19 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
         ],
         schema=SCHEMA,
     )
+    return table
+
+
+def write_segment(rows: Iterable[Row]) -> bytes:
+    """The Parquet bytes of a segment holding ``rows``."""
+    return write_tables([to_table(rows)])
+
+
+def write_tables(tables: Sequence[pa.Table]) -> bytes:
+    """The Parquet bytes of a segment holding the rows of ``tables`` (from :func:`to_table`;
+    a segment built page by page keeps its rows in Arrow, ~100 B each, not as Python
+    objects), sorted by (trace_id, entry id), undecodable entries last."""
+    table = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
     order = pc.sort_indices(
         table,
         sort_keys=[
@@ -266,12 +279,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
             ("entry_seq", "ascending"),
         ],
     )
-    return table.take(order)
-
-
-def write_segment(rows: Iterable[Row]) -> bytes:
-    """The Parquet bytes of a segment holding ``rows``."""
-    table = to_table(rows)
+    table = table.take(order).combine_chunks()
     table = table.replace_schema_metadata(
         {_FORMAT_KEY: SEGMENT_FORMAT.encode(), _SCHEMA_VERSION_KEY: str(schemas.SCHEMA_VERSION)}
     )
