@@ -515,3 +515,61 @@ def test_a_full_or_read_only_disk_loses_nothing_and_the_archiver_catches_up(
     assert report.error is None
     assert list(read_partition(settings, settings.namespace, 0)) == model
     assert tail(r, keys, 0) == []
+
+
+# --- everything at once ---------------------------------------------------------------------
+
+
+async def test_archiving_while_producing_and_folding_keeps_every_event_in_order(
+    settings: Settings, tmp_path: Path, r: redis.Redis
+) -> None:
+    """The real consumer folds and serve's archiver loop archives and trims (retention 0,
+    every 200 ms) while a producer writes; archive + tail hold every event once, in order."""
+    import asyncio
+    import threading
+
+    from tracetags.archive.archiver import Archiver
+    from tracetags.consumer import create_app
+
+    settings = settings.replace(
+        archive_url=f"file://{tmp_path}/archive", log_retention="0", archive_interval="200ms",
+        archive_max_rows=500, partitions=2,
+    )  # fmt: skip
+    keys = Keys(settings.namespace)
+    archiver = Archiver(settings)
+    runner = threading.Thread(target=archiver.run, daemon=True)
+    app = create_app(settings, name="archive-test")
+    await app.start()
+    runner.start()
+    expected: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    try:
+        producer = TagProducer(settings)
+        for i in range(1_500):
+            trace_id = f"tr-{i % 150:03d}"
+            tags = {"n": str(i)}
+            producer.set_tags(trace_id, tags)
+            expected.setdefault(trace_id, []).append(("tags_set", tags))
+            if i % 100 == 0:
+                await asyncio.sleep(0.05)
+        with Client(settings) as client:
+            await asyncio.to_thread(client.wait_applied, producer.flush(), 60)
+        producer.close()
+        segments_while_running = sum(
+            int(r.hget(keys.archive_state(p), "segments") or 0) for p in (0, 1)
+        )
+    finally:
+        await app.stop()
+        archiver.stop()
+        runner.join(30)
+    archive_once(settings)
+    seen: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    ids: list[tuple[int, str]] = []
+    for p in (0, 1):
+        rows = list(read_partition(settings, settings.namespace, p))
+        rows += log_model(r, keys, p)
+        ids += [(p, i) for i, _ in rows]
+        for _, event in rows:
+            seen.setdefault(event.trace_id, []).append(("tags_set", event.tags))
+    assert len(ids) == len(set(ids)) == 1_500
+    assert seen == expected
+    assert segments_while_running >= 2  # the loop archived during the run, not only at the end
