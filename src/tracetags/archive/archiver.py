@@ -432,7 +432,7 @@ class Archiver:
             return
         self._backoff.pop(partition, None)
         if report.archived:
-            log.info(
+            log.debug(
                 "archiver: partition %d: %d entries in %d segment(s), %d trimmed (held: %s)",
                 partition, report.archived, report.segments_written, report.trimmed,
                 report.held or "-",
