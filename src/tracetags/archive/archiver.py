@@ -229,6 +229,9 @@ class PartitionRun:
             )  # fmt: skip
             _pause_at("before_mark")
             self._mark(last, count, len(data))
+            # Trimmed segment by segment: a backlog (after an outage) frees Redis's memory as
+            # it is archived, not at the end of the run.
+            self._trim()
             archived = last
             written += 1
             self.report.archived += count
@@ -316,7 +319,7 @@ class PartitionRun:
 
     def _trim(self) -> None:
         result = trim(self.client, self.keys, self.partition, self.settings.log_retention_ms)
-        self.report.trimmed = result.trimmed
+        self.report.trimmed += result.trimmed
         self.report.held = result.held
         self.report.held_detail = result.detail
         self.client.hset(
