@@ -260,6 +260,7 @@ def serve(
             f"{active.namespace!r} at {active.effective_redis_url}\n"
             f"  export TRACETAGS_REDIS_URL={active.effective_redis_url}"
         )
+        _print_archive_plan(active)
 
     try:
         run_serve(
@@ -275,6 +276,8 @@ def _reachable() -> Settings:
     of ./.tracetags — the running one, or one started for this command (its data is kept)."""
     settings = _settings()
     if settings.redis_url is None:
+        # The archive's default is the embedded Redis's: pin it before the URL is set.
+        settings = settings.replace(archive_url=settings.archive_location)
         url = _embedded_url(settings)
         if url is not None:
             settings = settings.replace(redis_url=url)
@@ -325,6 +328,7 @@ def status(
         )
         out.print(f"lookup keys: {listed}")
     out.print(f"Redis memory: {report.used_memory_human}")
+    _print_archive_status(report)
     if report.consumers:
         out.print(f"consumers running: {report.consumers} ({', '.join(report.live_consumers)})")
     else:
@@ -1036,6 +1040,118 @@ def verify(
     err.print(f"[red]differ[/]: {result.differing_traces} traces in partitions "
               f"{', '.join(map(str, result.partitions))}")  # fmt: skip
     raise typer.Exit(1)
+
+
+# --- the archive ------------------------------------------------------------------------
+
+
+def _print_archive_plan(active: Settings) -> None:
+    if active.archive_url is None:
+        from tracetags.serve import UNBOUNDED_WARNING
+
+        err.print(f"[bold red]warning:[/] {escape(UNBOUNDED_WARNING)}")
+    else:
+        out.print(
+            f"  archiving to {active.archive_url} every {active.archive_interval}; entries stay "
+            f"in Redis {active.log_retention} after they are archived"
+        )
+
+
+def _ago(ms: int | None) -> str:
+    if ms is None:
+        return "never"
+    seconds = max(0.0, (schemas.now_ms() - ms) / 1000)
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+def _print_archive_status(report: Any) -> None:
+    if report.log_unbounded:
+        out.print(
+            "[bold red]the log is unbounded[/]: no archive is configured for this Redis "
+            "(TRACETAGS_ARCHIVE_URL), so nothing is archived or trimmed and the log grows in "
+            "Redis's memory"
+        )
+        return
+    table = Table(title=f"archive {report.archive_url or ''}".rstrip())
+    for column in ("partition", "tail entries", "tail bytes", "archived up to", "segments",
+                   "archive bytes", "last run", "trim held back by"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "trim held back by" else "right")
+    for row in report.partitions:
+        archive = row.archive
+        table.add_row(
+            str(row.partition), str(row.stream_length), _size(row.stream_bytes),
+            (archive.archived_up_to or "-") if archive else "-",
+            str(archive.segments) if archive else "0",
+            _size(archive.archive_bytes) if archive else "0 B",
+            _ago(archive.last_run_ms) if archive else "never",
+            archive.held_back_text if archive else "no archive run yet",
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command("archive")
+def archive_command(
+    partition: Annotated[int | None, typer.Option(min=0, help="Only this partition.")] = None,
+) -> None:
+    """Archive the folded log to the archive store and trim it safely, once, then exit.
+
+    Writes every entry the fold has acknowledged into Parquet segments
+    (TRACETAGS_ARCHIVE_URL; with the embedded Redis, ./.tracetags/archive), records them in
+    the manifest, then trims the stream up to what every consumer group acknowledged and the
+    live retention (TRACETAGS_LOG_RETENTION) allows.  `tracetags serve` does this every
+    TRACETAGS_ARCHIVE_INTERVAL.
+    """
+    from tracetags.archive import archive_once
+
+    settings = _reachable()
+    if settings.archive_location is None:
+        from tracetags.serve import UNBOUNDED_WARNING
+
+        err.print(f"[red]error:[/] {escape(UNBOUNDED_WARNING)}")
+        raise typer.Exit(EXIT_USAGE)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("archiving", total=None)
+
+        def advance(part: int, entries: int) -> None:
+            progress.update(task, advance=entries, description=f"partition {part}")
+
+        try:
+            reports = archive_once(settings, partition=partition, on_progress=advance)
+        except TracetagsError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(EXIT_USAGE) from None
+    failed = False
+    for report in reports:
+        if report.locked_out:
+            out.print(f"partition {report.partition}: another archiver is running; skipped")
+            continue
+        line = (
+            f"partition {report.partition}: {report.archived} entries archived in "
+            f"{report.segments_written} segment(s) (up to {report.archived_up_to or '-'}), "
+            f"{report.trimmed} trimmed"
+        )
+        if report.orphans_removed:
+            line += f"; {report.orphans_removed} orphaned segment(s) removed"
+        if report.held:
+            line += f"; trim held back by {report.held}"
+            line += f" ({report.held_detail})" if report.held_detail else ""
+        out.print(line)
+        if report.error is not None:
+            failed = True
+            message = escape(report.error)
+            err.print(f"[red]partition {report.partition}: archive failed:[/] {message}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: (a duration: ``500ms``, ``10s``, ``5m``, ``1h``; a bare number is seconds).
     archive_interval: str = "10s"
     #: Most rows in one archive segment.
-    archive_max_rows: int = 200_000
+    archive_max_rows: int = 100_000
     #: How long an entry stays in the stream after it is archived (a duration; ``0``: trim
     #: as soon as it is archived and acknowledged by every group).
     log_retention: str = "5m"

@@ -25,6 +25,8 @@ column                type                    holds
 ``raw``               binary                  only for an entry that did not decode (the
                                               payload the fold dead-lettered), so nothing
                                               of the log is lost
+``source``            string (dictionary)     who wrote the event, for event types that
+                                              have a ``source`` field (none yet: null)
 ====================  ======================  =============================================
 
 Row-group statistics are on; ``trace_id`` has a bloom filter (pyarrow >= 19 writes them).
@@ -34,8 +36,10 @@ for the same id range after a crash is the same file.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import pyarrow as pa
@@ -77,6 +81,7 @@ SCHEMA: Final = pa.schema(
         pa.field("deleted_keys", pa.list_(pa.string())),
         pa.field("metadata", _STRING_MAP),
         pa.field("raw", pa.binary()),
+        pa.field("source", pa.string()),
     ]
 )
 
@@ -97,9 +102,25 @@ _DICTIONARY_COLUMNS: Final = tuple(
     name for name in SCHEMA.names if name not in _DELTA_COLUMNS and name not in _PLAIN_COLUMNS
 )
 
+_EVENTS_HAVE_SOURCE: Final = "source" in TagsSet.__struct_fields__
+
 #: Entry ids as ``(ms, seq)`` and their text ``ms-seq``.
 EntryId = tuple[int, int]
 Row = tuple[str, Event | bytes]
+
+
+@contextlib.contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic collector while a segment's rows are made or read: 100k+ fresh
+    dicts and Structs (no cycles among them) make its full collections run again and again,
+    at several times the cost of the work itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def parse_entry_id(text: str | bytes) -> EntryId:
@@ -136,8 +157,8 @@ def _map_array(maps: Sequence[dict[str, str] | None]) -> pa.Array:
 
 
 def to_table(rows: Iterable[Row]) -> pa.Table:
-    """The rows (entry id text, event or raw payload) as a table of :data:`SCHEMA`, sorted
-    by (trace_id, entry id), undecodable entries last."""
+    """The rows (entry id text, event or raw payload) as a table of :data:`SCHEMA`, in the
+    order given."""
     entry_ms: list[int] = []
     entry_seq: list[int] = []
     kinds: list[str | None] = []
@@ -154,6 +175,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
     deleted: list[list[str] | None] = []
     metadata: list[dict[str, str] | None] = []
     raws: list[bytes | None] = []
+    sources: list[str | None] = []
     for entry_id, item in rows:
         ms, _, seq = entry_id.partition("-")
         entry_ms.append(int(ms))
@@ -174,6 +196,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
             deleted.append(None)
             metadata.append(None)
             raws.append(item)  # type: ignore[arg-type]
+            sources.append(None)
             continue
         event: Any = item
         kinds.append(_TYPES[cls])
@@ -181,6 +204,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
         event_ids.append(event.event_id)
         emitted.append(event.emitted_at_ms)
         raws.append(None)
+        sources.append(getattr(event, "source", None))
         if cls is TraceStarted or cls is TraceFinished:
             experiments.append(event.experiment_id)
             timestamps.append(event.timestamp_ms)
@@ -230,9 +254,23 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
             pa.array(deleted, pa.list_(pa.string())),
             _map_array(metadata),
             pa.array(raws, pa.binary()),
+            pa.array(sources, pa.string()),
         ],
         schema=SCHEMA,
     )
+    return table
+
+
+def write_segment(rows: Iterable[Row]) -> bytes:
+    """The Parquet bytes of a segment holding ``rows``."""
+    return write_tables([to_table(rows)])
+
+
+def write_tables(tables: Sequence[pa.Table]) -> bytes:
+    """The Parquet bytes of a segment holding the rows of ``tables`` (from :func:`to_table`;
+    a segment built page by page keeps its rows in Arrow, ~100 B each, not as Python
+    objects), sorted by (trace_id, entry id), undecodable entries last."""
+    table = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
     order = pc.sort_indices(
         table,
         sort_keys=[
@@ -241,12 +279,7 @@ def to_table(rows: Iterable[Row]) -> pa.Table:
             ("entry_seq", "ascending"),
         ],
     )
-    return table.take(order)
-
-
-def write_segment(rows: Iterable[Row]) -> bytes:
-    """The Parquet bytes of a segment holding ``rows``."""
-    table = to_table(rows)
+    table = table.take(order).combine_chunks()
     table = table.replace_schema_metadata(
         {_FORMAT_KEY: SEGMENT_FORMAT.encode(), _SCHEMA_VERSION_KEY: str(schemas.SCHEMA_VERSION)}
     )
@@ -305,6 +338,9 @@ def rows_of(table: pa.Table) -> list[Row]:
         else (table.column(name).to_pylist())
         for name in table.column_names
     }
+    # Segments written before a column existed lack it; events that have no ``source``
+    # field yet never get one.
+    sources = column.get("source") if _EVENTS_HAVE_SOURCE else None
     out: list[Row] = []
     append = out.append
     for i, (ms, seq, kind) in enumerate(
@@ -319,6 +355,8 @@ def rows_of(table: pa.Table) -> list[Row]:
             "event_id": column["event_id"][i],
             "emitted_at_ms": column["emitted_at_ms"][i],
         }
+        if sources is not None and sources[i] is not None:
+            common["source"] = sources[i]
         event: Event
         if kind == "tags_set":
             event = TagsSet(tags=column["tags"][i], **common)
@@ -357,4 +395,5 @@ def rows_of(table: pa.Table) -> list[Row]:
 def read_segment(data: bytes) -> list[Row]:
     """A segment's rows in entry-id order."""
     table = read_table(data).sort_by([("entry_ms", "ascending"), ("entry_seq", "ascending")])
-    return rows_of(table)
+    with no_cyclic_gc():
+        return rows_of(table)
