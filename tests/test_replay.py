@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from tests.helpers import drop_namespace, wait_until
 from tests.model import FoldModel, dump, parse_entry_id
 from tracetags import consumer, functions, schemas
+from tracetags.archive import archive_once, manifest, segments
 from tracetags.archive import digest as digests
-from tracetags.archive import manifest, segments
 from tracetags.archive import replay as replaying
 from tracetags.archive.store import open_store
 from tracetags.cli import app
@@ -699,3 +699,49 @@ def test_the_demo_folded_by_the_shipped_consumer_replays_equal(
     digest_b = json.loads(cli(redis_url, target, "digest", "--format", "json").stdout)
     assert digest_a["traces"] == 300 and digest_a["digest"] == digest_b["digest"]
     assert digest_a["namespace"] == namespace and digest_b["namespace"] == target
+
+
+def test_the_archivers_archive_and_trim_then_more_events_replay_equal(
+    r: redis.Redis, redis_url: str, namespace: str, target: str, archive_url: str
+) -> None:
+    """The real archiver (tracetags.archive.archive_once: segments, manifest, tt_trim with no
+    live retention) archives and trims what the fold acknowledged; later events stay in the
+    tail; replay folds both into a state equal to the model's and the live one's, and
+    --until a point inside the archive gives the model's state then."""
+    entries = produce(r, namespace, seed=25, events=2_000, traces=200, partitions=2)
+    fold(r, namespace, 2)
+    source = Settings(redis_url=redis_url, namespace=namespace, archive_url=archive_url,
+                      log_retention="0", archive_max_rows=300)  # fmt: skip
+    reports = archive_once(source)
+    assert [x.error for x in reports] == [None, None]
+    assert sum(x.archived for x in reports) == len(entries)
+    assert all(x.trimmed == x.archived for x in reports)
+    assert all(r.xlen(Keys(namespace).stream(p)) == 0 for p in range(2))
+    # more events land in the tail (later ids), folded, not archived
+    keys = Keys(namespace)
+    more = produce(r, f"{namespace}-more", seed=26, events=500, traces=200, partitions=2)
+    drop_namespace(r, f"{namespace}-more")
+    later = []
+    for p, entry_id, fields in more:
+        ms, seq = parse_entry_id(entry_id)
+        moved = f"{ms + 10**7}-{seq}"
+        r.xadd(keys.stream(p), fields, id=moved)  # type: ignore[arg-type]
+        later.append((p, moved, fields))
+    for p in range(2):
+        reply: Any = r.xreadgroup(GROUP, "c1", {keys.stream(p): ">"})
+        functions.apply_batch(r, keys, p, GROUP, consumer.decode_entries(reply[0][1]))
+
+    result = replaying.replay(source, source.replace(namespace=target))
+    assert sum(p.from_archive for p in result.partitions) == len(entries)
+    assert sum(p.from_tail for p in result.partitions) == len(later)
+    assert_state(r, target, models(entries + later, 2))
+    assert dead_letters(r, target, 2) == garbage_ids(entries + later)
+    assert digests.verify(r, namespace, r, target).equal
+
+    cut = entries[len(entries) // 3][1]
+    into = f"{target}-u"
+    try:
+        replaying.replay(source, source.replace(namespace=into), until=cut)
+        assert_state(r, into, models(entries + later, 2, parse_entry_id(cut)))
+    finally:
+        drop_namespace(r, into)
