@@ -478,7 +478,7 @@ def test_verify_names_a_changed_tag_a_deleted_trace_and_an_extra_trace(
     assert f"{changed}: differs" in table.stdout
     assert f"tags.env: A={old!r} B={old + '!'!r}" in table.stdout
     assert f"{deleted}: only in A" in table.stdout and f"{extra}: only in B" in table.stdout
-    assert "differ: 3 traces in partitions" in table.stderr
+    assert "differ: 3 traces in partition" in table.stderr
     # a value changed behind the fold's back (the register rewritten in place) shows too
     p = partition_of(changed, 3)
     number = r.hget(keys.trace_ids(p), changed).decode()  # type: ignore[union-attr]

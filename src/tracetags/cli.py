@@ -1037,7 +1037,8 @@ def verify(
     if result.equal:
         err.print(f"equal: {result.a.traces:,} traces, digest {result.a.digest}")
         return
-    err.print(f"[red]differ[/]: {result.differing_traces} traces in partitions "
+    where = "partition" if len(result.partitions) == 1 else "partitions"
+    err.print(f"[red]differ[/]: {result.differing_traces} traces in {where} "
               f"{', '.join(map(str, result.partitions))}")  # fmt: skip
     raise typer.Exit(1)
 
