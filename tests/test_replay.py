@@ -745,3 +745,21 @@ def test_the_archivers_archive_and_trim_then_more_events_replay_equal(
         assert_state(r, into, models(entries + later, 2, parse_entry_id(cut)))
     finally:
         drop_namespace(r, into)
+
+
+def test_a_listed_trace_without_its_hash_counts_as_broken(
+    r: redis.Redis, redis_url: str, namespace: str, target: str
+) -> None:
+    produce(r, namespace, seed=27, events=300, traces=30, partitions=1)
+    fold(r, namespace, 1)
+    assert cli(redis_url, namespace, "replay", "--into", target).exit_code == 0
+    keys = Keys(target)
+    number = next(iter(r.hvals(keys.trace_ids(0)))).decode()  # type: ignore[union-attr]
+    r.delete(keys.trace(0, number))  # behind the fold's back: listed in `all`, no state
+    shown = digests.digest(r, target)
+    assert shown.partitions[0].broken == 1
+    assert shown.traces == digests.digest(r, namespace).traces - 1
+    result = cli(redis_url, namespace, "verify", namespace, target)
+    assert result.exit_code == 1
+    digest_table = cli(redis_url, target, "digest")
+    assert "1 listed traces have no state" in digest_table.stderr
