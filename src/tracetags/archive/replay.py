@@ -245,10 +245,12 @@ def replay(
     be empty — or hold only partitions of an earlier replay of the same source that this
     call does not touch — unless ``resume``, which continues each partition after the last
     entry id recorded in the target.  ``archive`` defaults to the source settings' archive
-    (:func:`archive_of`; pass :class:`NoArchive` to read the stream only).  Raises
-    ReplayTargetError (a ValueError) for a target
-    it must not write to, LogGapError when entries were trimmed from the stream and are
-    not in ``archive``.
+    (:func:`archive_of`; pass :class:`NoArchive` to read the stream only).
+    ``on_progress`` is called after every batch.
+
+    Raises ReplayTargetError (a ValueError) for a target it must not write to, LogGapError
+    when entries were trimmed from the stream and are not in ``archive``, and the archive's
+    ArchiveStoreError / ArchiveCorruptError when it cannot be read.
     """
     started = time.monotonic()
     if source.namespace == target.namespace and (
