@@ -965,8 +965,11 @@ def replay(
 def digest(
     output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
-    """An order-independent digest of every trace's state, per partition (tags, metadata,
-    attributes; not the stamps): equal digests, equal states."""
+    """An order-independent digest of every trace's state, per partition.
+
+    Of each trace's tags, metadata and attributes (not the stamps, not the trace number),
+    summed per partition: equal digests, equal states. Reads every trace (~45k/s).
+    """
     settings = _reachable()
     with Client(settings) as client:
         report = client.digest()
@@ -996,8 +999,11 @@ def verify(
     limit: Annotated[int, typer.Option(min=1, help="Differing traces to show.")] = 10,
     output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
-    """Compare two namespaces' digests: exit 0 when equal, 1 when they differ (naming the
-    first differing traces, by trace id, and what differs)."""
+    """Compare two namespaces' digests: exit 0 when equal, 1 when they differ.
+
+    Where partitions differ, their traces are compared one by one: the first differing
+    traces (by trace id) are named with what differs.
+    """
     from tracetags.archive.digest import verify as run_verify
 
     settings = _reachable()
