@@ -968,7 +968,7 @@ def digest(
     """An order-independent digest of every trace's state, per partition.
 
     Of each trace's tags, metadata and attributes (not the stamps, not the trace number),
-    summed per partition: equal digests, equal states. Reads every trace (~45k/s).
+    summed per partition: equal digests, equal states. It reads every trace.
     """
     settings = _reachable()
     with Client(settings) as client:
