@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_runs_redis_with_aof_and_scalable_consumers() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "consumer"}
+    assert set(services) == {"redis", "consumer", "minio", "minio-bucket"}
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[0] == "redis-server"
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
@@ -25,6 +25,17 @@ def test_compose_runs_redis_with_aof_and_scalable_consumers() -> None:
     assert url == "redis://redis:6379/0"
     assert consumer["depends_on"]["redis"]["condition"] == "service_healthy"
     assert consumer["deploy"]["replicas"] >= 1
+
+
+def test_compose_archives_the_log_to_minio() -> None:
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    env = services["consumer"]["environment"]
+    assert env["TRACETAGS_ARCHIVE_URL"].startswith("s3://tracetags/")
+    assert env["TRACETAGS_ARCHIVE_S3_ENDPOINT"] == "http://minio:9000"
+    assert services["minio"]["command"][:2] == ["server", "/data"]
+    assert "mc mb --ignore-existing local/tracetags" in services["minio-bucket"]["command"][0]
+    depends = services["consumer"]["depends_on"]["minio-bucket"]
+    assert depends["condition"] == "service_completed_successfully"
 
 
 def test_dockerfile_installs_the_package_and_runs_serve() -> None:

@@ -336,6 +336,7 @@ def serve(
             f"{active.namespace!r} at {active.effective_redis_url}\n"
             f"  export TRACETAGS_REDIS_URL={active.effective_redis_url}"
         )
+        _print_archive_plan(active)
 
     run_serve(
         settings, workers, on_ready=ready, log_level=logging.DEBUG if verbose else logging.INFO
@@ -347,6 +348,8 @@ def _reachable() -> Settings:
     of ./.tracetags — the running one, or one started for this command (its data is kept)."""
     settings = _settings()
     if settings.redis_url is None:
+        # The archive's default is the embedded Redis's: pin it before the URL is set.
+        settings = settings.replace(archive_url=settings.archive_location)
         url = _embedded_url(settings)
         if url is not None:
             settings = settings.replace(redis_url=url)
@@ -393,6 +396,7 @@ def status(
         )
         out.print(f"lookup keys: {listed}")
     out.print(f"Redis memory: {report.used_memory_human}")
+    _print_archive_status(report)
     if report.consumers:
         out.print(f"consumers running: {report.consumers} ({', '.join(report.live_consumers)})")
     else:
@@ -861,6 +865,319 @@ def _embedded_url(settings: Settings) -> str | None:
     finally:
         client.close()
     return url
+
+
+@app.command()
+def replay(
+    into: Annotated[str, typer.Option("--into", help="Target namespace (empty unless --resume).")],
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Stop at this point of the log's clock: an ISO-8601 time (UTC unless it has "
+            "an offset), epoch ms, or an entry id ms-seq (inclusive)."
+        ),
+    ] = None,
+    partition: Annotated[
+        list[int] | None, typer.Option("--partition", help="Only this partition (repeatable).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a replay of the same source.")
+    ] = False,
+    redis_url_into: Annotated[
+        str | None,
+        typer.Option("--redis-url-into", help="Redis of the target (default: the source's)."),
+    ] = None,
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """Rebuild the namespace's state in another namespace from its archive and live tail.
+
+    Every partition is folded in entry-id order by the consumer's own fold Function with the
+    original entry ids, so the target's state equals the source's (check it with `tracetags
+    verify`). The target gets the state, indexes, dead letters and a record of the replay;
+    its log stays empty (the history stays in the source). Exit codes: 0 done; 1 entries are
+    missing (trimmed from the stream and not in the archive) or the archive cannot be read;
+    2 the target is not empty or --until is not understood; 3 Redis unreachable.
+    """
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from tracetags.archive import replay as replaying
+    from tracetags.errors import ArchiveCorruptError, ArchiveStoreError, LogGapError
+
+    source = _reachable()
+    try:
+        target = source.replace(namespace=into, redis_url=redis_url_into or source.redis_url)
+    except TracetagsError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if redis_url_into is not None:
+        _ping(target)
+    columns = (
+        TextColumn("replay {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} events/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"{source.namespace} -> {into}", total=None, rate="-")
+        started = time.monotonic()
+
+        def progress(at: replaying.Progress) -> None:
+            elapsed = time.monotonic() - started
+            rate = f"{at.done / elapsed:,.0f}" if elapsed > 0 else "-"
+            bar.update(task, completed=at.done, total=at.total, rate=rate)
+
+        try:
+            result = replaying.replay(
+                source,
+                target,
+                until=until,
+                partitions=partition,
+                resume=resume,
+                archive=replaying.archive_of(source),
+                on_progress=progress,
+            )
+        except (LogGapError, ArchiveStoreError, ArchiveCorruptError) as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            err.print(f"[red]error:[/] Redis unreachable: {escape(str(exc))}")
+            raise typer.Exit(EXIT_UNREACHABLE) from None
+        except (TracetagsError, ValueError) as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(EXIT_USAGE) from None
+    if output is Format.json:
+        record = msgspec.to_builtins(result)
+        record.update(entries=result.entries, applied=result.applied,
+                      dead_lettered=result.dead_lettered,
+                      events_per_second=round(result.events_per_second))  # fmt: skip
+        sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+        return
+    table = Table(title=f"replay of {result.source!r} into {result.target!r}"
+                  + (f" until {result.until}" if result.until else ""))  # fmt: skip
+    for column in ("partition", "from archive", "from tail", "applied", "dead letters",
+                   "resumed after", "last entry"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for p in result.partitions:
+        table.add_row(str(p.partition), str(p.from_archive), str(p.from_tail), str(p.applied),
+                      str(p.dead_lettered), p.resumed_after or "-", p.last_id or "-")  # fmt: skip
+    out.print(table)
+    err.print(
+        f"replayed {result.entries:,} entries in {result.seconds:.1f} s "
+        f"({result.events_per_second:,.0f} events/s)"
+    )
+
+
+@app.command()
+def digest(
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """An order-independent digest of every trace's state, per partition.
+
+    Of each trace's tags, metadata and attributes (not the stamps, not the trace number),
+    summed per partition: equal digests, equal states. It reads every trace.
+    """
+    settings = _reachable()
+    with Client(settings) as client:
+        report = client.digest()
+    if output is Format.json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        return
+    table = Table(title=f"digest of namespace {report.namespace!r}")
+    for column in ("partition", "traces", "digest"):
+        table.add_column(column, justify="right")
+    for row in report.partitions:
+        table.add_row(str(row.partition), str(row.traces), row.digest)
+    table.add_row("all", str(report.traces), report.digest, style="bold")
+    out.print(table)
+    broken = sum(p.broken for p in report.partitions)
+    if broken:
+        err.print(f"[red]{broken} listed traces have no state[/] (a broken namespace)")
+
+
+@app.command()
+def verify(
+    namespace_a: Annotated[str, typer.Argument(metavar="NAMESPACE_A")],
+    namespace_b: Annotated[str, typer.Argument(metavar="NAMESPACE_B")],
+    redis_url_b: Annotated[
+        str | None,
+        typer.Option("--redis-url-b", help="Redis of NAMESPACE_B (default: --redis-url's)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Differing traces to show.")] = 10,
+    output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """Compare two namespaces' digests: exit 0 when equal, 1 when they differ.
+
+    Where partitions differ, their traces are compared one by one: the first differing
+    traces (by trace id) are named with what differs.
+    """
+    from tracetags.archive.digest import verify as run_verify
+
+    settings = _reachable()
+    url_b = redis_url_b or settings.effective_redis_url
+    if redis_url_b is not None:
+        _ping(settings.replace(redis_url=redis_url_b))
+    client_a = redis.Redis.from_url(settings.effective_redis_url)
+    client_b = redis.Redis.from_url(url_b)
+    try:
+        result = run_verify(client_a, namespace_a, client_b, namespace_b, limit=limit)
+    finally:
+        client_a.close()
+        client_b.close()
+    if output is Format.json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        table = Table(title=f"{namespace_a!r} (A) vs {namespace_b!r} (B)")
+        for column in ("partition", "traces A", "traces B", "digest A", "digest B", ""):
+            table.add_column(column, justify="right")
+        rows = max(len(result.a.partitions), len(result.b.partitions))
+        for i in range(rows):
+            pa = result.a.partitions[i] if i < len(result.a.partitions) else None
+            pb = result.b.partitions[i] if i < len(result.b.partitions) else None
+            same = pa is not None and pb is not None and (pa.digest, pa.traces) == (
+                pb.digest, pb.traces)  # fmt: skip
+            table.add_row(str(i), "-" if pa is None else str(pa.traces),
+                          "-" if pb is None else str(pb.traces),
+                          "-" if pa is None else pa.digest, "-" if pb is None else pb.digest,
+                          "[green]equal[/]" if same else "[red]differ[/]")  # fmt: skip
+        out.print(table)
+        for d in result.differences:
+            out.print(f"[bold]{escape(d.trace_id)}[/]: {d.kind}")
+            for f in d.fields:
+                out.print(f"  {escape(f.field)}: A={escape(repr(f.a))} B={escape(repr(f.b))}")
+        if result.differing_traces > len(result.differences):
+            out.print(f"... {result.differing_traces - len(result.differences)} more traces differ")
+    if result.equal:
+        err.print(f"equal: {result.a.traces:,} traces, digest {result.a.digest}")
+        return
+    where = "partition" if len(result.partitions) == 1 else "partitions"
+    err.print(f"[red]differ[/]: {result.differing_traces} traces in {where} "
+              f"{', '.join(map(str, result.partitions))}")  # fmt: skip
+    raise typer.Exit(1)
+
+
+# --- the archive ------------------------------------------------------------------------
+
+
+def _print_archive_plan(active: Settings) -> None:
+    if active.archive_url is None:
+        from tracetags.serve import UNBOUNDED_WARNING
+
+        err.print(f"[bold red]warning:[/] {escape(UNBOUNDED_WARNING)}")
+    else:
+        out.print(
+            f"  archiving to {active.archive_url} every {active.archive_interval}; entries stay "
+            f"in Redis {active.log_retention} after they are archived"
+        )
+
+
+def _ago(ms: int | None) -> str:
+    if ms is None:
+        return "never"
+    seconds = max(0.0, (schemas.now_ms() - ms) / 1000)
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+def _print_archive_status(report: Any) -> None:
+    if report.log_unbounded:
+        out.print(
+            "[bold red]the log is unbounded[/]: no archive is configured for this Redis "
+            "(TRACETAGS_ARCHIVE_URL), so nothing is archived or trimmed and the log grows in "
+            "Redis's memory"
+        )
+        return
+    table = Table(title=f"archive {report.archive_url or ''}".rstrip())
+    for column in ("partition", "tail entries", "tail bytes", "archived up to", "segments",
+                   "archive bytes", "last run", "trim held back by"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "trim held back by" else "right")
+    for row in report.partitions:
+        archive = row.archive
+        table.add_row(
+            str(row.partition), str(row.stream_length), _size(row.stream_bytes),
+            (archive.archived_up_to or "-") if archive else "-",
+            str(archive.segments) if archive else "0",
+            _size(archive.archive_bytes) if archive else "0 B",
+            _ago(archive.last_run_ms) if archive else "never",
+            archive.held_back_text if archive else "no archive run yet",
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command("archive")
+def archive_command(
+    partition: Annotated[int | None, typer.Option(min=0, help="Only this partition.")] = None,
+) -> None:
+    """Archive the folded log to the archive store and trim it safely, once, then exit.
+
+    Writes every entry the fold has acknowledged into Parquet segments
+    (TRACETAGS_ARCHIVE_URL; with the embedded Redis, ./.tracetags/archive), records them in
+    the manifest, then trims the stream up to what every consumer group acknowledged and the
+    live retention (TRACETAGS_LOG_RETENTION) allows.  `tracetags serve` does this every
+    TRACETAGS_ARCHIVE_INTERVAL.
+    """
+    from tracetags.archive import archive_once
+
+    settings = _reachable()
+    if settings.archive_location is None:
+        from tracetags.serve import UNBOUNDED_WARNING
+
+        err.print(f"[red]error:[/] {escape(UNBOUNDED_WARNING)}")
+        raise typer.Exit(EXIT_USAGE)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("archiving", total=None)
+
+        def advance(part: int, entries: int) -> None:
+            progress.update(task, advance=entries, description=f"partition {part}")
+
+        try:
+            reports = archive_once(settings, partition=partition, on_progress=advance)
+        except TracetagsError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(EXIT_USAGE) from None
+    failed = False
+    for report in reports:
+        if report.locked_out:
+            out.print(f"partition {report.partition}: another archiver is running; skipped")
+            continue
+        line = (
+            f"partition {report.partition}: {report.archived} entries archived in "
+            f"{report.segments_written} segment(s) (up to {report.archived_up_to or '-'}), "
+            f"{report.trimmed} trimmed"
+        )
+        if report.orphans_removed:
+            line += f"; {report.orphans_removed} orphaned segment(s) removed"
+        if report.held:
+            line += f"; trim held back by {report.held}"
+            line += f" ({report.held_detail})" if report.held_detail else ""
+        out.print(line)
+        if report.error is not None:
+            failed = True
+            message = escape(report.error)
+            err.print(f"[red]partition {report.partition}: archive failed:[/] {message}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -7,17 +7,22 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis
 
 from tracetags import functions, schemas
+from tracetags.archive import state as archive_state
+from tracetags.archive.state import ArchiveStatus
 from tracetags.errors import RedisUnavailableError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
 from tracetags.settings import Settings
+
+if TYPE_CHECKING:
+    from tracetags.archive.digest import Digest
 
 #: Consumers write a heartbeat every HEARTBEAT_MS; one silent for HEARTBEAT_TTL_MS counts as
 #: gone (XINFO cannot tell: Redis 7.0 registers a consumer only once it has read an entry).
@@ -89,6 +94,10 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     traces: int
     #: Keys with lookup fingerprints (``tags.user_id``) -> ``building`` | ``ready``.
     lookups: dict[str, str] = {}
+    #: Redis memory of the stream, the live tail of the log (MEMORY USAGE, an estimate).
+    stream_bytes: int | None = None
+    #: The partition's archive as the archiver last saw it (None: never archived).
+    archive: ArchiveStatus | None = None
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +108,13 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     partitions: list[GroupStatus]
     used_memory_bytes: int
     used_memory_human: str
+    #: The archive URL these settings give (TRACETAGS_ARCHIVE_URL or the embedded default).
+    archive_url: str | None = None
+
+    @property
+    def log_unbounded(self) -> bool:
+        """No archive is configured and no archiver ever ran: nothing trims the log."""
+        return self.archive_url is None and all(p.archive is None for p in self.partitions)
 
     @property
     def total_pending(self) -> int:
@@ -485,6 +501,15 @@ class Client:
         return dropped
 
     @_reaching_redis
+    def digest(self, partitions: Sequence[int] | None = None) -> Digest:
+        """An order-independent digest of every trace's folded state, per partition (see
+        :mod:`tracetags.archive.digest`): equal digests mean equal tags, metadata and
+        attributes of equal sets of traces."""
+        from tracetags.archive.digest import digest
+
+        return digest(self.redis, self.settings.namespace, partitions)
+
+    @_reaching_redis
     def status(self) -> Status:
         """Per partition: stream length, consumers, pending, lag, dead letters, traces;
         and Redis memory."""
@@ -497,7 +522,9 @@ class Client:
             pipe.xlen(self.keys.dead_letters(partition))
             pipe.hlen(self.keys.trace_ids(partition))
             pipe.hgetall(self.keys.lookups(partition))
-            length, dead, traces, lookups = pipe.execute()
+            pipe.hgetall(self.keys.archive_state(partition))
+            pipe.memory_usage(stream)
+            length, dead, traces, lookups, archived, stream_bytes = pipe.execute()
             try:
                 groups: Any = self.redis.xinfo_groups(stream)
             except redis.ResponseError:
@@ -520,6 +547,8 @@ class Client:
                     lookups={
                         field_label(f.decode()): state.decode() for f, state in lookups.items()
                     },
+                    stream_bytes=int(stream_bytes) if stream_bytes is not None else None,
+                    archive=archive_state.from_hash(archived) if archived else None,
                 )
             )
         memory: Any = self.redis.info("memory")
@@ -532,4 +561,5 @@ class Client:
             partitions=rows,
             used_memory_bytes=int(memory["used_memory"]),
             used_memory_human=str(memory["used_memory_human"]),
+            archive_url=self.settings.archive_location,
         )

@@ -78,6 +78,20 @@ class FoldArgumentsError(FoldError, ValueError):
     """The batch given to the fold Function is malformed (``TT_BADARGS``, ``TT_BADKEYS``)."""
 
 
+class ReplayError(TracetagsError, RuntimeError):
+    """A replay (``tracetags replay``) cannot go on; the message says why."""
+
+
+class ReplayTargetError(ReplayError, ValueError):
+    """The replay's target namespace is not empty (or not a replay of the same source to
+    resume), or the source has no partitions."""
+
+
+class LogGapError(ReplayError):
+    """Entries of a partition were trimmed from the stream and no archive holds them: a
+    replay would silently miss events, so it stops."""
+
+
 class PageTokenError(FilterError):
     """A ``page_token`` is malformed or belongs to another query (filter, order, experiments)."""
 
@@ -88,3 +102,14 @@ class QueryError(TracetagsError, RuntimeError):
     def __init__(self, message: str, code: str = "TT_ERROR") -> None:
         super().__init__(message)
         self.code = code
+
+
+class ArchiveStoreError(TracetagsError, OSError):
+    """The archive store could not be reached, read or written (unreachable, permission
+    denied, disk full); the message names the store's URL, the object and the cause.  The
+    archiver retries with backoff and trims nothing meanwhile: no event is lost."""
+
+
+class ArchiveCorruptError(TracetagsError, ValueError):
+    """An archive object does not match its manifest entry (size or sha256), or does not
+    parse as a segment."""

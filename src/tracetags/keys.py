@@ -8,6 +8,9 @@ key                                        type     holds
 =========================================  =======  ================================================
 ``ns:meta``                                hash     ``partitions`` (fixed at creation),
                                                     ``created_ms``
+``ns:replay``                              hash     the record of a replay into ``ns``: ``source``
+                                                    namespace, ``partitions``, ``until``,
+                                                    ``p<NN>`` last replayed entry id
 ``ns:{pNN}:log``                           stream   the event log of partition NN (field ``e``)
 ``ns:{pNN}:dead``                          stream   dead letters: payload, entry id, reason, time
 ``ns:{pNN}:n``                             string   counter handing out trace numbers (INCRBY)
@@ -48,6 +51,18 @@ key                                        type     holds
 ``ns:{pNN}:lf:<enc field>:<c>``            string   lookup fingerprints of a listed field: a
                                                     big-endian u16 per number of chunk c (0: no
                                                     value), at byte 2 * (number - 512 * c)
+``ns:{pNN}:archive``                       hash     the archiver's cache of the partition's
+                                                    archive (the store's manifest is the
+                                                    truth): ``archived`` (entry id),
+                                                    ``segments``, ``rows``, ``bytes``,
+                                                    ``run_ms``, ``held`` / ``held_detail``
+                                                    (what holds the trim back), ``error`` /
+                                                    ``error_since_ms`` (the store failing)
+``ns:{pNN}:archive:lock``                  string   the one archiver of the partition: its
+                                                    token, with an expiry (SET NX PX)
+``ns:{pNN}:archive:marks``                 zset     archived-up-to entry id -> the ms it was
+                                                    recorded; ``tt_trim`` keeps entries for
+                                                    the live retention after their mark
 =========================================  =======  ================================================
 
 **Set forms.**  Every set and sorted set of traces holds **trace numbers** (dense decimal
@@ -144,6 +159,7 @@ from collections.abc import Mapping
 from typing import Final, Literal, TypeAlias
 
 META_SUFFIX: Final = "meta"
+REPLAY_SUFFIX: Final = "replay"
 #: The tag that holds a trace's ``name`` (MLflow's filter ``name`` means this tag).
 NAME_TAG: Final = "mlflow.traceName"
 #: Compact stamps: ``(ms - base) * STAMP_SEQ_SPAN + seq``; see the key table.
@@ -242,6 +258,10 @@ class Keys:
     def prefix(self, partition: int) -> str:
         """``ns:{pNN}`` — every key of a partition starts with it."""
         return f"{self.namespace}:{{p{partition:02d}}}"
+
+    def replay_progress(self) -> str:
+        """The record of a replay into this namespace (``tracetags replay --resume``)."""
+        return f"{self.namespace}:{REPLAY_SUFFIX}"
 
     def stream(self, partition: int) -> str:
         return f"{self.prefix(partition)}:log"
@@ -348,3 +368,17 @@ class Keys:
     def lookup_chunk(self, partition: int, field: str, chunk: int) -> str:
         """The fingerprints of ``field`` for the trace numbers of ``chunk``."""
         return f"{self.prefix(partition)}:lf:{enc(field)}:{chunk}"
+
+    # --- the archive (tracetags.archive) ---------------------------------------------
+
+    def archive_state(self, partition: int) -> str:
+        """The archiver's status cache of the partition (hash; fields in the key table)."""
+        return f"{self.prefix(partition)}:archive"
+
+    def archive_lock(self, partition: int) -> str:
+        """Held by the one archiver of the partition (string token with an expiry)."""
+        return f"{self.prefix(partition)}:archive:lock"
+
+    def archive_marks(self, partition: int) -> str:
+        """Archived-up-to entry ids scored by the ms they were recorded (zset)."""
+        return f"{self.prefix(partition)}:archive:marks"

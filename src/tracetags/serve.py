@@ -22,6 +22,11 @@ from tracetags.settings import Settings
 log = logging.getLogger("tracetags.serve")
 
 _RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+UNBOUNDED_WARNING = (
+    "no archive is configured (TRACETAGS_ARCHIVE_URL) for this Redis: nothing is archived or "
+    "trimmed, the log is unbounded and grows in Redis's memory until it runs out; set "
+    "TRACETAGS_ARCHIVE_URL=file://DIR or s3://BUCKET/PREFIX"
+)
 _STOP_GRACE_S = 35.0
 
 
@@ -41,29 +46,45 @@ def run_worker(settings_data: dict[str, Any], log_level: int = logging.INFO) -> 
 
 
 class Supervisor:
-    """Keeps ``workers`` consumer processes running until :meth:`stop`."""
+    """Keeps ``workers`` consumer processes (and the archiver process, when ``archiver``)
+    running until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, workers: int, log_level: int = logging.INFO) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        log_level: int = logging.INFO,
+        *,
+        archiver: bool = False,
+    ) -> None:
         self.settings = settings
         self.workers = workers
         self.log_level = log_level
         self._ctx = multiprocessing.get_context("spawn")
-        self._procs: list[BaseProcess | None] = [None] * workers
-        self._restarts = [0] * workers
+        slots = workers + (1 if archiver else 0)
+        self._procs: list[BaseProcess | None] = [None] * slots
+        self._restarts = [0] * slots
         self._stopping = threading.Event()
 
     def _spawn(self, slot: int) -> None:
+        if slot >= self.workers:
+            from tracetags.archive.archiver import run_archiver_process
+
+            target: Callable[..., None] = run_archiver_process
+            name = "tracetags-archiver"
+        else:
+            target, name = run_worker, f"tracetags-consumer-{slot}"
         proc = self._ctx.Process(
-            target=run_worker,
+            target=target,
             args=(msgspec.to_builtins(self.settings), self.log_level),
-            name=f"tracetags-consumer-{slot}",
+            name=name,
             daemon=False,
         )
         proc.start()
         self._procs[slot] = proc
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
-        for slot in range(self.workers):
+        for slot in range(len(self._procs)):
             self._spawn(slot)
         if on_ready is not None:
             on_ready()
@@ -74,9 +95,7 @@ class Supervisor:
                 code = proc.exitcode
                 delay = _RESTART_BACKOFF_S[min(self._restarts[slot], len(_RESTART_BACKOFF_S) - 1)]
                 self._restarts[slot] += 1
-                log.warning(
-                    "consumer %d exited with code %s; restarting in %.1fs", slot, code, delay
-                )
+                log.warning("%s exited with code %s; restarting in %.1fs", proc.name, code, delay)
                 if self._stopping.wait(delay):
                     break
                 self._spawn(slot)
@@ -120,10 +139,14 @@ def serve(
     """Run ``workers`` consumers until SIGTERM/SIGINT; with no Redis URL, run the embedded
     Redis (data kept in ``settings.embedded_dir``) for as long as they run."""
     server: RedisServer | None = None
+    # The archive's default depends on the embedded Redis: pin it before the URL is set.
+    settings = settings.replace(archive_url=settings.archive_location)
+    if settings.archive_url is None:
+        log.warning(UNBOUNDED_WARNING)
     if settings.redis_url is None:
         server = embedded_server(settings.embedded_dir).start()
         settings = settings.replace(redis_url=server.url)
-    supervisor = Supervisor(settings, workers, log_level)
+    supervisor = Supervisor(settings, workers, log_level, archiver=settings.archive_url is not None)
     previous = {
         sig: signal.signal(sig, lambda *_: supervisor.stop())
         for sig in (signal.SIGTERM, signal.SIGINT)

@@ -68,6 +68,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: session ids) that filters match by pattern: a newest-first page of ``LIKE
     #: 'user_12%'`` then tests 2 bytes per walked trace instead of reading its hash.
     lookup_keys: tuple[str, ...] = ()
+    #: Where archive segments go: ``file://PATH`` or ``s3://BUCKET/PREFIX`` (options in the
+    #: query string: ``?endpoint=http://host:9000&region=us-east-1``).  None: under
+    #: ``embedded_dir``/archive when the embedded Redis is used; with a Redis URL given and
+    #: no archive URL nothing is archived or trimmed (the log is unbounded).
+    archive_url: str | None = None
+    #: Endpoint of an S3-compatible service (MinIO, Ceph, ...) for ``s3://`` URLs; None: AWS.
+    archive_s3_endpoint: str | None = None
+    #: Region of the bucket for ``s3://`` URLs; None: the AWS SDK's default chain.
+    archive_s3_region: str | None = None
+    #: How often the archiver of ``tracetags serve`` archives and trims each partition
+    #: (a duration: ``500ms``, ``10s``, ``5m``, ``1h``; a bare number is seconds).
+    archive_interval: str = "10s"
+    #: Most rows in one archive segment.
+    archive_max_rows: int = 100_000
+    #: How long an entry stays in the stream after it is archived (a duration; ``0``: trim
+    #: as soon as it is archived and acknowledged by every group).
+    log_retention: str = "5m"
 
     def __post_init__(self) -> None:
         _check(
@@ -115,6 +132,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 key,
                 "each must be tags.<key> or metadata.<key>",
             )
+        for name in ("archive_interval", "log_retention"):
+            _check(
+                parse_duration_ms(getattr(self, name)) is not None,
+                name,
+                getattr(self, name),
+                "must be a duration such as 0, 500ms, 90s, 5m, 1h",
+            )
+        _check(
+            parse_duration_ms(self.archive_interval) != 0,
+            "archive_interval",
+            self.archive_interval,
+            "must be more than 0",
+        )
+        _check(
+            self.archive_max_rows >= 1, "archive_max_rows", self.archive_max_rows, "must be >= 1"
+        )
+        if self.archive_url is not None:
+            _check(
+                self.archive_url.startswith(("file://", "s3://")),
+                "archive_url",
+                self.archive_url,
+                "must start with file:// or s3://",
+            )
         if self.redis_url is not None:
             _check(
                 self.redis_url.startswith(("redis://", "rediss://", "unix://")),
@@ -127,6 +167,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def effective_redis_url(self) -> str:
         """The URL library calls connect to (the local default when none is set)."""
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def archive_location(self) -> str | None:
+        """The archive URL in force: ``archive_url``; else ``file://`` under
+        ``embedded_dir``/archive when the embedded Redis is used (no ``redis_url``); else
+        None (no archiving).  Callers that start the embedded Redis and then set
+        ``redis_url`` pin this first (``replace(archive_url=settings.archive_location)``)."""
+        if self.archive_url is not None:
+            return self.archive_url
+        if self.redis_url is None:
+            return "file://" + os.path.abspath(os.path.join(self.embedded_dir, "archive"))
+        return None
+
+    @property
+    def archive_interval_ms(self) -> int:
+        return parse_duration_ms(self.archive_interval) or 0
+
+    @property
+    def log_retention_ms(self) -> int:
+        return parse_duration_ms(self.log_retention) or 0
 
     @property
     def lookup_fields(self) -> tuple[str, ...]:
@@ -160,6 +220,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 _TRUE: Final = ("1", "true", "yes", "on")
 _FALSE: Final = ("0", "false", "no", "off")
+
+
+_DURATION_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+_DURATION_UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str) -> int | None:
+    """Milliseconds of a duration such as ``0``, ``500ms``, ``90s``, ``5m``, ``1h``, ``2d``
+    (a bare number is seconds); None when ``text`` is not one."""
+    match = _DURATION_RE.fullmatch(text)
+    if match is None:
+        return None
+    return round(float(match[1]) * _DURATION_UNIT_MS[match[2] or "s"])
 
 
 def _parse(var: str, raw: str, default: Any) -> Any:
