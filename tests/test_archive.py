@@ -27,7 +27,7 @@ from tests.helpers import wait_until
 from tracetags import Settings, TagProducer, functions, schemas
 from tracetags.archive import archive_once, manifest, open_store, read_partition
 from tracetags.archive.archiver import LOCK_TTL_S, PAUSE_ENV
-from tracetags.archive.trim import trim_once
+from tracetags.archive.trim import trim
 from tracetags.client import Client
 from tracetags.consumer import decode_entries
 from tracetags.keys import Keys
@@ -260,7 +260,7 @@ def test_trim_stops_at_a_pending_entry_of_a_dead_consumer(r: redis.Redis, namesp
     r.xack(stream, GROUP, *ids[3:])
     r.xack(stream, GROUP, ids[0])
     r.zadd(keys.archive_marks(0), {ids[-1]: 0})  # everything archived long ago
-    result = trim_once(r, keys, 0, retention_ms=0)
+    result = trim(r, keys, 0, retention_ms=0)
     assert (result.trimmed, result.min_id, result.held, result.detail) == (1, ids[1], "pending",
                                                                              GROUP)  # fmt: skip
     assert tail(r, keys, 0) == ids[1:]
@@ -277,7 +277,7 @@ def test_trim_waits_for_a_lagging_second_group(r: redis.Redis, namespace: str) -
     r.xreadgroup("analytics", "c", {stream: ">"}, count=4)
     r.xack(stream, "analytics", *ids[:4])
     r.zadd(keys.archive_marks(0), {ids[-1]: 0})
-    result = trim_once(r, keys, 0, retention_ms=0)
+    result = trim(r, keys, 0, retention_ms=0)
     assert (result.held, result.detail, result.min_id) == ("undelivered", "analytics", ids[4])
     assert tail(r, keys, 0) == ids[4:]
 
@@ -289,14 +289,14 @@ def test_trim_keeps_what_is_not_archived_and_what_is_in_retention(
     ids = _stream_of(r, keys, 10)
     stream = keys.stream(0)
     r.xgroup_create(stream, GROUP, "$")  # everything delivered and acknowledged
-    assert trim_once(r, keys, 0, retention_ms=0).held == "archive"  # nothing archived
+    assert trim(r, keys, 0, retention_ms=0).held == "archive"  # nothing archived
     assert tail(r, keys, 0) == ids
     now = int(time.time() * 1000)
     r.zadd(keys.archive_marks(0), {ids[2]: now - 120_000, ids[6]: now})
-    result = trim_once(r, keys, 0, retention_ms=60_000)  # ids[6] archived just now
+    result = trim(r, keys, 0, retention_ms=60_000)  # ids[6] archived just now
     assert (result.trimmed, result.held) == (3, "retention")
     assert tail(r, keys, 0) == ids[3:]
-    result = trim_once(r, keys, 0, retention_ms=0)
+    result = trim(r, keys, 0, retention_ms=0)
     assert (result.trimmed, result.held) == (4, "archive")
     assert tail(r, keys, 0) == ids[7:]
     assert r.zrange(keys.archive_marks(0), 0, -1) == [ids[6].encode()]
@@ -311,7 +311,7 @@ def trim_cases(draw: st.DrawFn) -> dict[str, Any]:
         acked = draw(st.sets(st.integers(0, max(0, delivered - 1)), max_size=delivered))
         groups.append((delivered, acked))
     marks = draw(st.lists(st.tuples(st.integers(0, n - 1), st.booleans()), max_size=3))
-    return {"n": n, "groups": groups, "marks": marks, "limit": draw(st.integers(1, 40))}
+    return {"n": n, "groups": groups, "marks": marks}
 
 
 @hsettings(
@@ -341,8 +341,7 @@ def test_trim_never_passes_an_entry_some_group_or_the_archive_still_needs(
         r.zadd(keys.archive_marks(0), {ids[i]: now - 3_600_000 if old else now + 3_600_000})
     archived_to = max(usable, default=-1)
     must_keep |= set(range(archived_to + 1, case["n"]))
-    must_keep |= set(range(case["limit"], case["n"]))
-    result = trim_once(r, keys, 0, retention_ms=60_000, max_entries=case["limit"])
+    result = trim(r, keys, 0, retention_ms=60_000)
     left = tail(r, keys, 0)
     # Safe: everything that must stay stayed; maximal: nothing else did.
     assert left == [ids[i] for i in sorted(must_keep)]
