@@ -101,7 +101,8 @@ class Bench:
     def fill(self) -> int:
         calls = realistic_calls(self.args.events, seed=7)
         print(f"workload: {len(calls):,} events ({kinds(calls)})")
-        with TagProducer(self.settings(flush_interval_ms=5)) as producer:
+        # A buffer for every call: played back to back, they outrun the writes.
+        with TagProducer(self.settings(buffer_size=len(calls) + 1)) as producer:
             for call in calls:
                 play(producer, call)
             producer.flush(timeout=300)
