@@ -2,7 +2,7 @@
 archiver, archive bytes per event against Redis's bytes per log entry, Redis memory under a
 steady rate.
 
-    .venv/bin/python benchmarks/bench_archive.py [--events 200000] [--repeat 2]
+    .venv/bin/python benchmarks/bench_archive.py [--events 200000] [--repeat 2 (0: steady only)]
         [--steady-seconds 600] [--steady-rate 3000] [--store file|s3]
 
 Starts a private redis-server (AOF ``everysec``, like the embedded default; never port
@@ -336,7 +336,9 @@ def _duration_s(text: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="A/B rounds; 0 runs the steady phase alone"
+    )
     parser.add_argument("--store", choices=("file", "s3"), default="file")
     parser.add_argument("--segment-rows", type=int, default=100_000)
     parser.add_argument("--steady-seconds", type=int, default=60)
@@ -355,6 +357,10 @@ def main() -> None:
         print(f"1. Redis log: {total:,} entries, MEMORY USAGE {log_bytes / 2**20:.1f} MiB = "
               f"{log_bytes / total:.0f} B per entry")  # fmt: skip
 
+        if args.repeat == 0:  # the steady phase alone
+            if args.steady_seconds > 0:
+                steady(bench)
+            return
         rates: dict[str, list[float]] = {"A": [], "B": []}
         for round_no in range(args.repeat):
             for label in ("A", "B") if round_no % 2 == 0 else ("B", "A"):
