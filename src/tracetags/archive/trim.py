@@ -29,9 +29,11 @@ def _text(value: Any) -> str:
 
 
 def trim(client: redis.Redis, keys: Keys, partition: int, retention_ms: int) -> TrimResult:
-    """Trim as far as is safe (one ``tt_trim`` call; loads the library when the server
-    lacks it): how many entries went, the first kept, and what stops the trim there."""
+    """Trim as far as is safe (one ``tt_trim`` call): how many entries went, the first
+    kept, and what stops the trim there.  The server's library is checked (and replaced if
+    its code differs) once per connection pool, as for queries."""
     argv = (keys.stream(partition), keys.archive_marks(partition), retention_ms)
+    functions.ensure_loaded(client)
     try:
         reply: Any = client.fcall(TRIM_FUNCTION, 2, *argv)
     except redis.ResponseError as exc:
