@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ from tests.helpers import wait_until
 from tracetags import Settings, TagProducer, functions, schemas
 from tracetags.archive import archive_once, manifest, open_store, read_partition
 from tracetags.archive.archiver import LOCK_TTL_S, PAUSE_ENV
-from tracetags.archive.trim import trim_once
+from tracetags.archive.trim import trim
 from tracetags.client import Client
 from tracetags.consumer import decode_entries
 from tracetags.keys import Keys
@@ -260,7 +260,7 @@ def test_trim_stops_at_a_pending_entry_of_a_dead_consumer(r: redis.Redis, namesp
     r.xack(stream, GROUP, *ids[3:])
     r.xack(stream, GROUP, ids[0])
     r.zadd(keys.archive_marks(0), {ids[-1]: 0})  # everything archived long ago
-    result = trim_once(r, keys, 0, retention_ms=0)
+    result = trim(r, keys, 0, retention_ms=0)
     assert (result.trimmed, result.min_id, result.held, result.detail) == (1, ids[1], "pending",
                                                                              GROUP)  # fmt: skip
     assert tail(r, keys, 0) == ids[1:]
@@ -277,7 +277,7 @@ def test_trim_waits_for_a_lagging_second_group(r: redis.Redis, namespace: str) -
     r.xreadgroup("analytics", "c", {stream: ">"}, count=4)
     r.xack(stream, "analytics", *ids[:4])
     r.zadd(keys.archive_marks(0), {ids[-1]: 0})
-    result = trim_once(r, keys, 0, retention_ms=0)
+    result = trim(r, keys, 0, retention_ms=0)
     assert (result.held, result.detail, result.min_id) == ("undelivered", "analytics", ids[4])
     assert tail(r, keys, 0) == ids[4:]
 
@@ -289,14 +289,14 @@ def test_trim_keeps_what_is_not_archived_and_what_is_in_retention(
     ids = _stream_of(r, keys, 10)
     stream = keys.stream(0)
     r.xgroup_create(stream, GROUP, "$")  # everything delivered and acknowledged
-    assert trim_once(r, keys, 0, retention_ms=0).held == "archive"  # nothing archived
+    assert trim(r, keys, 0, retention_ms=0).held == "archive"  # nothing archived
     assert tail(r, keys, 0) == ids
     now = int(time.time() * 1000)
     r.zadd(keys.archive_marks(0), {ids[2]: now - 120_000, ids[6]: now})
-    result = trim_once(r, keys, 0, retention_ms=60_000)  # ids[6] archived just now
+    result = trim(r, keys, 0, retention_ms=60_000)  # ids[6] archived just now
     assert (result.trimmed, result.held) == (3, "retention")
     assert tail(r, keys, 0) == ids[3:]
-    result = trim_once(r, keys, 0, retention_ms=0)
+    result = trim(r, keys, 0, retention_ms=0)
     assert (result.trimmed, result.held) == (4, "archive")
     assert tail(r, keys, 0) == ids[7:]
     assert r.zrange(keys.archive_marks(0), 0, -1) == [ids[6].encode()]
@@ -311,7 +311,7 @@ def trim_cases(draw: st.DrawFn) -> dict[str, Any]:
         acked = draw(st.sets(st.integers(0, max(0, delivered - 1)), max_size=delivered))
         groups.append((delivered, acked))
     marks = draw(st.lists(st.tuples(st.integers(0, n - 1), st.booleans()), max_size=3))
-    return {"n": n, "groups": groups, "marks": marks, "limit": draw(st.integers(1, 40))}
+    return {"n": n, "groups": groups, "marks": marks}
 
 
 @hsettings(
@@ -341,8 +341,7 @@ def test_trim_never_passes_an_entry_some_group_or_the_archive_still_needs(
         r.zadd(keys.archive_marks(0), {ids[i]: now - 3_600_000 if old else now + 3_600_000})
     archived_to = max(usable, default=-1)
     must_keep |= set(range(archived_to + 1, case["n"]))
-    must_keep |= set(range(case["limit"], case["n"]))
-    result = trim_once(r, keys, 0, retention_ms=60_000, max_entries=case["limit"])
+    result = trim(r, keys, 0, retention_ms=60_000)
     left = tail(r, keys, 0)
     # Safe: everything that must stay stayed; maximal: nothing else did.
     assert left == [ids[i] for i in sorted(must_keep)]
@@ -573,3 +572,87 @@ async def test_archiving_while_producing_and_folding_keeps_every_event_in_order(
     assert len(ids) == len(set(ids)) == 1_500
     assert seen == expected
     assert segments_while_running >= 2  # the loop archived during the run, not only at the end
+
+
+@st.composite
+def lifecycles(draw: st.DrawFn) -> list[tuple[str, int]]:
+    steps = st.one_of(
+        st.tuples(st.just("write"), st.integers(1, 40)),
+        st.tuples(st.just("read"), st.integers(1, 30)),  # delivered to the fold, not acked
+        st.tuples(st.just("ack"), st.integers(1, 30)),  # oldest pending acknowledged
+        st.tuples(st.just("other_read"), st.integers(1, 30)),  # a second group reads
+        st.tuples(st.just("other_ack"), st.integers(1, 30)),  # and acknowledges
+        st.tuples(st.just("archive"), st.integers(1, 50)),  # max rows per segment
+    )
+    return draw(st.lists(steps, min_size=1, max_size=16))
+
+
+@hsettings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=lifecycles())
+@example(steps=[("write", 10), ("read", 10), ("ack", 10), ("other_read", 5), ("archive", 50)])
+@example(steps=[("write", 10), ("read", 10), ("ack", 10), ("other_read", 3), ("other_ack", 3),
+                ("archive", 4), ("write", 2), ("archive", 50)])  # fmt: skip
+def test_any_interleaving_of_writes_folds_and_archive_runs_keeps_the_log_whole(
+    r: redis.Redis, namespace: str, tmp_path_factory: pytest.TempPathFactory,
+    steps: list[tuple[str, int]],
+) -> None:  # fmt: skip
+    """Archive + tail is always the whole log, the archive holds only entries folded
+    before it ran, and the tail keeps everything pending or undelivered in any group."""
+    ns = f"{namespace}-{time.monotonic_ns()}"
+    url = f"file://{tmp_path_factory.mktemp('lifecycle')}"
+    host = r.connection_pool.connection_kwargs
+    settings = Settings(redis_url=f"redis://{host['host']}:{host['port']}/0", namespace=ns,
+                        archive_url=url, log_retention="0")  # fmt: skip
+    keys = Keys(ns)
+    stream = keys.stream(0)
+    r.hset(keys.meta, "partitions", 1)
+    r.xgroup_create(stream, GROUP, "0", mkstream=True)
+    r.xgroup_create(stream, "other", "0")
+    model: list[tuple[str, Any]] = []
+    n = 0
+    for op, k in steps:
+        if op == "write":
+            for _ in range(k):
+                event = schemas.TagsSet(trace_id=f"tr-{n % 7}", event_id=n.to_bytes(16, "big"),
+                                        emitted_at_ms=n, tags={"n": str(n)})  # fmt: skip
+                entry_id = r.xadd(stream, {"e": schemas.encode(event)}).decode()  # type: ignore[union-attr]
+                model.append((entry_id, event))
+                n += 1
+        elif op == "read":
+            r.xreadgroup(GROUP, "c", {stream: ">"}, count=k)
+        elif op in ("ack", "other_ack"):
+            group_name = GROUP if op == "ack" else "other"
+            pending: Any = r.xpending_range(stream, group_name, "-", "+", count=k)
+            if pending:
+                r.xack(stream, group_name, *(p["message_id"] for p in pending))
+        elif op == "other_read":
+            r.xreadgroup("other", "c", {stream: ">"}, count=k)
+        else:
+            info: Any = r.xinfo_groups(stream)
+            fold = next(g for g in info if g["name"] == GROUP.encode())
+            first_pending: Any = r.xpending_range(stream, GROUP, "-", "+", count=1)
+            (report,) = archive_once(settings.replace(archive_max_rows=k))
+            assert report.error is None
+            archived = [i for i, _ in read_partition(settings, ns, 0)]
+            if archived:
+                assert id_tuple(archived[-1]) <= id_tuple(fold["last-delivered-id"])
+                if first_pending:
+                    assert id_tuple(archived[-1]) < id_tuple(first_pending[0]["message_id"])
+        # Invariants after every step.
+        left = tail(r, keys, 0)
+        archived_rows = list(read_partition(settings, ns, 0))
+        merged = {i: item for i, item in archived_rows}
+        assert len(merged) == len(archived_rows)
+        merged.update((i, item) for i, item in model if i in set(left))
+        assert sorted(merged.items(), key=lambda kv: id_tuple(kv[0])) == model
+        for group in r.xinfo_groups(stream):  # type: ignore[union-attr]
+            oldest: Any = r.xpending_range(stream, group["name"], "-", "+", count=1)
+            keep_from = [id_tuple(oldest[0]["message_id"])] if oldest else []
+            after = [i for i, _ in model if id_tuple(i) > id_tuple(group["last-delivered-id"])]
+            keep_from += [id_tuple(after[0])] if after else []
+            if keep_from:
+                must = [i for i, _ in model if id_tuple(i) >= min(keep_from)]
+                assert set(must) <= set(left)
+    r.delete(stream, keys.meta, keys.archive_state(0), keys.archive_marks(0))

@@ -320,7 +320,10 @@ def serve(
     """Run the consumer that folds the log (Ctrl-C / SIGTERM stops it cleanly).
 
     With no Redis URL it starts the embedded local Redis (AOF, data in ./.tracetags),
-    prints the URL to use, and stops it on exit.
+    prints the URL to use, and stops it on exit.  Beside the consumers it runs the
+    archiver (TRACETAGS_ARCHIVE_URL; with the embedded Redis, ./.tracetags/archive), which
+    archives the folded log and trims it every TRACETAGS_ARCHIVE_INTERVAL; with a Redis URL
+    and no archive URL it warns that the log is unbounded.
     """
     import logging
 

@@ -29,7 +29,7 @@ column                type                    holds
                                               have a ``source`` field (none yet: null)
 ====================  ======================  =============================================
 
-Row-group statistics are on; ``trace_id`` has a bloom filter (pyarrow >= 19 writes them).
+Row-group statistics are on; ``trace_id`` has a bloom filter (pyarrow >= 24 writes them).
 The writer's output depends only on its rows and the pyarrow version, so a segment rewritten
 for the same id range after a crash is the same file.
 """

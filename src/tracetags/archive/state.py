@@ -29,7 +29,6 @@ HELD_REASONS: Final = {
     "archive": "entries not archived yet",
     "pending": "entries pending in group {detail}",
     "undelivered": "entries not yet delivered to group {detail} (a lagging group)",
-    "limit": "the per-call trim limit (more is trimmed on the next call)",
 }
 
 
@@ -46,7 +45,7 @@ class ArchiveStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: When the archiver last ran on the partition (None: never).
     last_run_ms: int | None
     #: What stops the trim where it stops (a ``tt_trim`` reason: ``retention``,
-    #: ``archive``, ``pending``, ``undelivered``, ``limit``; '' nothing; None: not run).
+    #: ``archive``, ``pending``, ``undelivered``; '' nothing; None: not run).
     held_back: str | None
     #: The group that holds it back, for ``pending`` / ``undelivered``.
     held_back_by: str | None

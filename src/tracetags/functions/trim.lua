@@ -3,28 +3,27 @@
 -- KEYS[1] stream     ns:{pNN}:log
 -- KEYS[2] marks      ns:{pNN}:archive:marks (zset: archived-up-to entry id -> archived at ms)
 -- ARGV[1] retention_ms   an entry stays this long after the archive recorded it
--- ARGV[2] max_entries    trim at most this many entries in this call (bounds the call's time)
 --
 -- The safe point is the first entry that must stay: the smallest of
 --   * the entry after the newest archived-up-to mark recorded at least retention_ms ago,
 --   * for every consumer group of the stream: its oldest pending entry (read but not
 --     acknowledged, by any consumer, live or dead), and the entry after its
---     last-delivered-id (nothing after it was delivered to the group yet),
---   * the entry after the first max_entries entries.
+--     last-delivered-id (nothing after it was delivered to the group yet).
 -- Everything before it is removed with XTRIM MINID (exact).  Redis 7.0 has no
 -- XTRIM ... ACKED, and reading the groups and trimming in one Function call means no group
--- can read or acknowledge in between.
+-- can read or acknowledge in between.  Nothing here reads more than one entry: an exact
+-- MINID trim frees whole stream nodes (~100 entries each) and edits only the last one, so
+-- even a large trim is cheap (a bound found by reading N entries cost far more).
 --
 -- Returns {trimmed, minid, held, detail}: held names what stops the trim where it stops
 -- ('' when everything was trimmed): 'retention' (archived entries still in their live
 -- retention), 'archive' (entries not archived yet), 'pending' / 'undelivered' (detail: the
--- group), 'limit' (max_entries reached; call again).
+-- group).
 redis.register_function{function_name = 'tt_trim', callback = function(keys, argv)
   local stream, marks = keys[1], keys[2]
   local retention_ms = tonumber(argv[1])
-  local max_entries = tonumber(argv[2])
-  if retention_ms == nil or retention_ms < 0 or max_entries == nil or max_entries < 1 then
-    return redis.error_reply('TT_BADARGS tt_trim: retention_ms >= 0 and max_entries >= 1')
+  if retention_ms == nil or retention_ms < 0 then
+    return redis.error_reply('TT_BADARGS tt_trim: retention_ms must be a number >= 0')
   end
   if redis.call('EXISTS', stream) == 0 then
     return {0, '', '', ''}
@@ -79,11 +78,6 @@ redis.register_function{function_name = 'tt_trim', callback = function(keys, arg
     if undelivered ~= nil then
       bound(undelivered, 'undelivered', name)
     end
-  end
-
-  local beyond = redis.call('XRANGE', stream, '-', '+', 'COUNT', max_entries + 1)[max_entries + 1]
-  if beyond ~= nil then
-    bound(beyond[1], 'limit', '')
   end
 
   local trimmed
