@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.archive_support import moto_server, s3_url  # noqa: F401 - fixtures
+from tests.support.archive import moto_server, s3_url  # noqa: F401 - fixtures
 from tests.support.helpers import drop_namespace
 from tracetags.embedded import RedisServer
 from tracetags.settings import Settings

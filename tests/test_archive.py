@@ -22,14 +22,15 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tests.archive_support import MotoServer
-from tests.helpers import wait_until
+from tests.support.archive import MotoServer
+from tests.support.helpers import wait_until
 from tracetags import Settings, TagProducer, functions, schemas
 from tracetags.archive import archive_once, manifest, open_store, read_partition
 from tracetags.archive.archiver import LOCK_TTL_S, PAUSE_ENV
 from tracetags.archive.trim import trim
 from tracetags.client import Client
 from tracetags.consumer import decode_entries
+from tracetags.errors import DecodeError
 from tracetags.keys import Keys
 
 GROUP = "tracetags-fold"
@@ -59,18 +60,18 @@ def fold_all(r: redis.Redis, keys: Keys, partition: int, group: str = GROUP) -> 
 def log_model(r: redis.Redis, keys: Keys, partition: int) -> list[tuple[str, Any]]:
     """Every entry of the stream now, as the archive reader yields them."""
     out = []
-    for raw_id, fields in r.xrange(keys.stream(partition)):  # type: ignore[union-attr]
-        payload = fields.get(b"e")
+    for raw_id, fields in r.xrange(keys.stream(partition)):
+        payload: Any = fields.get(b"e")
         try:
             item: Any = schemas.decode(payload)
-        except (schemas.DecodeError, TypeError):
+        except (DecodeError, TypeError):
             item = payload
         out.append((raw_id.decode(), item))
     return out
 
 
 def tail(r: redis.Redis, keys: Keys, partition: int) -> list[str]:
-    return [raw.decode() for raw, _ in r.xrange(keys.stream(partition))]  # type: ignore[union-attr]
+    return [raw.decode() for raw, _ in r.xrange(keys.stream(partition))]
 
 
 def produce(settings: Settings, traces: int, start: int = 0) -> None:
@@ -247,7 +248,7 @@ def test_status_says_the_log_is_unbounded_without_an_archive(settings: Settings)
 
 def _stream_of(r: redis.Redis, keys: Keys, n: int) -> list[str]:
     stream = keys.stream(0)
-    return [r.xadd(stream, {"e": b"x"}).decode() for _ in range(n)]  # type: ignore[union-attr]
+    return [r.xadd(stream, {"e": b"x"}).decode() for _ in range(n)]
 
 
 def test_trim_stops_at_a_pending_entry_of_a_dead_consumer(r: redis.Redis, namespace: str) -> None:
@@ -617,7 +618,7 @@ def test_any_interleaving_of_writes_folds_and_archive_runs_keeps_the_log_whole(
             for _ in range(k):
                 event = schemas.TagsSet(trace_id=f"tr-{n % 7}", event_id=n.to_bytes(16, "big"),
                                         emitted_at_ms=n, tags={"n": str(n)})  # fmt: skip
-                entry_id = r.xadd(stream, {"e": schemas.encode(event)}).decode()  # type: ignore[union-attr]
+                entry_id = r.xadd(stream, {"e": schemas.encode(event)}).decode()
                 model.append((entry_id, event))
                 n += 1
         elif op == "read":
@@ -647,7 +648,7 @@ def test_any_interleaving_of_writes_folds_and_archive_runs_keeps_the_log_whole(
         assert len(merged) == len(archived_rows)
         merged.update((i, item) for i, item in model if i in set(left))
         assert sorted(merged.items(), key=lambda kv: id_tuple(kv[0])) == model
-        for group in r.xinfo_groups(stream):  # type: ignore[union-attr]
+        for group in r.xinfo_groups(stream):
             oldest: Any = r.xpending_range(stream, group["name"], "-", "+", count=1)
             keep_from = [id_tuple(oldest[0]["message_id"])] if oldest else []
             after = [i for i, _ in model if id_tuple(i) > id_tuple(group["last-delivered-id"])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,7 +29,7 @@ optional = st.none() | st.text(max_size=12)
 
 @st.composite
 def events(draw: st.DrawFn) -> schemas.Event | bytes:
-    common = {
+    common: dict[str, Any] = {
         "trace_id": draw(st.sampled_from(["tr-1", "tr-2", "trace ü"]) | texts),
         "event_id": draw(st.binary(min_size=16, max_size=16)),
         "emitted_at_ms": draw(millis),
@@ -59,7 +60,7 @@ def events(draw: st.DrawFn) -> schemas.Event | bytes:
 def logs(draw: st.DrawFn) -> list[segments.Row]:
     items = draw(st.lists(events(), min_size=1, max_size=40))
     ms = draw(st.integers(min_value=0, max_value=2**50))
-    rows = []
+    rows: list[segments.Row] = []
     for item in items:
         step = draw(st.sampled_from([(0, 1), (1, 0), (7, 0)]))
         ms += step[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 from tracetags import Settings, TagProducer
 from tracetags.archive import read_partition
 from tracetags.client import Client
@@ -55,7 +55,7 @@ def test_serve_archives_and_trims_the_folded_log(
                                        tags={"env": "prod"})  # fmt: skip
                 producer.set_tags(f"tr-{i}", {"n": str(i)})
             receipt = producer.flush()
-            written = [raw.decode() for raw, _ in r.xrange(keys.stream(0))]  # type: ignore[union-attr]
+            written = [raw.decode() for raw, _ in r.xrange(keys.stream(0))]
             client.wait_applied(receipt, timeout=60)
             wait_until(lambda: r.xlen(keys.stream(0)) == 0, timeout=60, interval=0.1)
             archive = client.status().partitions[0].archive

@@ -12,14 +12,14 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 from typer.testing import CliRunner
 
-from tests.helpers import drop_namespace, wait_until
-from tests.model import FoldModel, dump, parse_entry_id
+from tests.support.helpers import drop_namespace, wait_until
+from tests.support.model import FoldModel, dump, parse_entry_id
 from tracetags import consumer, functions, schemas
 from tracetags.archive import archive_once, manifest, segments
 from tracetags.archive import digest as digests
@@ -152,7 +152,7 @@ def dead_letters(client: redis.Redis, namespace: str, partitions: int) -> list[s
     keys = Keys(namespace)
     out = []
     for p in range(partitions):
-        for _, fields in client.xrange(keys.dead_letters(p)):  # type: ignore[union-attr]
+        for _, fields in client.xrange(keys.dead_letters(p)):
             out.append(fields[b"entry_id"].decode())
     return sorted(out)
 
@@ -330,7 +330,7 @@ def test_resume_after_a_replay_killed_midway_ends_equal(
     result = cli(redis_url, namespace, "replay", "--into", target, "--resume", "--format", "json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["partitions"][0]["resumed_after"] == killed_at.decode()  # type: ignore[union-attr]
+    assert report["partitions"][0]["resumed_after"] == killed_at.decode()
     assert report["partitions"][1]["resumed_after"] is None
     assert_state(r, target, models(entries, 2))
     assert dead_letters(r, target, 2) == garbage_ids(entries)  # none written twice
@@ -443,7 +443,7 @@ def test_verify_names_a_changed_tag_a_deleted_trace_and_an_extra_trace(
     extra = "tr-extra"
     keys = Keys(target)
     last = max((e for _, e, _ in entries), key=parse_entry_id)
-    common = {"event_id": schemas.new_event_id(), "emitted_at_ms": 1}
+    common: dict[str, Any] = {"event_id": schemas.new_event_id(), "emitted_at_ms": 1}
     old = model[partition_of(changed, 3)].traces[changed].value("tenv")
     corruption: list[tuple[str, schemas.Event]] = [
         (changed, schemas.TagsSet(trace_id=changed, tags={"env": f"{old}!"}, **common)),
@@ -481,9 +481,9 @@ def test_verify_names_a_changed_tag_a_deleted_trace_and_an_extra_trace(
     assert "differ: 3 traces in partition" in table.stderr
     # a value changed behind the fold's back (the register rewritten in place) shows too
     p = partition_of(changed, 3)
-    number = r.hget(keys.trace_ids(p), changed).decode()  # type: ignore[union-attr]
-    stamp = r.hget(keys.trace(p, number), "tenv").split(b":", 1)[0]  # type: ignore[union-attr]
-    r.hset(keys.trace(p, number), "tenv", stamp + b":" + old.encode())  # type: ignore[union-attr]
+    number = r.hget(keys.trace_ids(p), changed).decode()
+    stamp = cast(bytes, r.hget(keys.trace(p, number), "tenv")).split(b":", 1)[0]
+    r.hset(keys.trace(p, number), "tenv", stamp + b":" + old.encode())
     again = json.loads(cli(redis_url, namespace, "verify", namespace, target,
                            "--format", "json").stdout)  # fmt: skip
     assert again["differing_traces"] == 2 and changed not in {
@@ -518,8 +518,8 @@ def test_the_digest_walks_a_1000_trace_partition_in_chunks(r: redis.Redis, names
     expected = sum(hashes.values()) % 2**128
     assert digests.digest(r, namespace).partitions[0].digest == f"{expected:032x}"
     # a trace's hash is of its values, not of its stamps
-    number = r.hget(keys.trace_ids(0), "t1100").decode()  # type: ignore[union-attr]
-    fields = list(r.hgetall(keys.trace(0, number)).items())  # type: ignore[union-attr]
+    number = r.hget(keys.trace_ids(0), "t1100").decode()
+    fields = cast(list[tuple[bytes, bytes]], list(r.hgetall(keys.trace(0, number)).items()))
     assert digests.trace_hash(fields) == (b"t1100", hashes[b"t1100"])
     restamped = [(f, b"7:1100" if v.endswith(b":1100") else v) for f, v in fields]
     assert restamped != fields
@@ -754,7 +754,7 @@ def test_a_listed_trace_without_its_hash_counts_as_broken(
     fold(r, namespace, 1)
     assert cli(redis_url, namespace, "replay", "--into", target).exit_code == 0
     keys = Keys(target)
-    number = next(iter(r.hvals(keys.trace_ids(0)))).decode()  # type: ignore[union-attr]
+    number = next(iter(r.hvals(keys.trace_ids(0)))).decode()
     r.delete(keys.trace(0, number))  # behind the fold's back: listed in `all`, no state
     shown = digests.digest(r, target)
     assert shown.partitions[0].broken == 1

@@ -32,7 +32,10 @@ from tracetags import deadletters, schemas, traffic
 from tracetags.client import Client, TraceInfo
 from tracetags.embedded import RedisServer, embedded_server
 from tracetags.errors import (
+    ArchiveCorruptError,
+    ArchiveStoreError,
     EmbeddedRedisError,
+    LogGapError,
     RedisUnavailableError,
     TracetagsError,
     TracetagsTimeoutError,
@@ -53,7 +56,7 @@ class ExitCode(enum.IntEnum):
 
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success",
-    ExitCode.FAILED: "not found or timed out",
+    ExitCode.FAILED: "not found, timed out, or failed (a gap in the log, an unreadable archive)",
     ExitCode.USAGE: "usage or filter error (the filter is shown with a caret)",
     ExitCode.UNREACHABLE: "Redis unreachable (the URL tried and a hint)",
 }
@@ -68,6 +71,9 @@ ERROR_EXIT_CODES: tuple[tuple[type[TracetagsError], ExitCode, str | None], ...] 
     (RedisUnavailableError, ExitCode.UNREACHABLE, _UNREACHABLE_HINT),
     (EmbeddedRedisError, ExitCode.UNREACHABLE, None),
     (TracetagsTimeoutError, ExitCode.FAILED, None),
+    (LogGapError, ExitCode.FAILED, None),
+    (ArchiveStoreError, ExitCode.FAILED, None),
+    (ArchiveCorruptError, ExitCode.FAILED, None),
     (TracetagsError, ExitCode.USAGE, None),
 )
 
@@ -913,14 +919,13 @@ def replay(
     )
 
     from tracetags.archive import replay as replaying
-    from tracetags.errors import ArchiveCorruptError, ArchiveStoreError, LogGapError
 
     source = _reachable()
     try:
         target = source.replace(namespace=into, redis_url=redis_url_into or source.redis_url)
     except TracetagsError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     if redis_url_into is not None:
         _ping(target)
     columns = (
@@ -954,13 +959,13 @@ def replay(
             )
         except (LogGapError, ArchiveStoreError, ArchiveCorruptError) as exc:
             err.print(f"[red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from None
+            raise typer.Exit(ExitCode.FAILED) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             err.print(f"[red]error:[/] Redis unreachable: {escape(str(exc))}")
-            raise typer.Exit(EXIT_UNREACHABLE) from None
+            raise typer.Exit(ExitCode.UNREACHABLE) from None
         except (TracetagsError, ValueError) as exc:
             err.print(f"[red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(ExitCode.USAGE) from None
     if output is Format.json:
         record = msgspec.to_builtins(result)
         record.update(entries=result.entries, applied=result.applied,
@@ -1147,7 +1152,7 @@ def archive_command(
         from tracetags.serve import UNBOUNDED_WARNING
 
         err.print(f"[red]error:[/] {escape(UNBOUNDED_WARNING)}")
-        raise typer.Exit(EXIT_USAGE)
+        raise typer.Exit(ExitCode.USAGE)
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("archiving", total=None)
 
@@ -1158,7 +1163,7 @@ def archive_command(
             reports = archive_once(settings, partition=partition, on_progress=advance)
         except TracetagsError as exc:
             err.print(f"[red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(ExitCode.USAGE) from None
     failed = False
     for report in reports:
         if report.locked_out:

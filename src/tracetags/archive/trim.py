@@ -1,17 +1,17 @@
-"""The safe trim: ``tt_trim`` (functions/trim.lua) computes the first entry that must stay
+"""The safe trim: ``tt_trim`` (functions/lua/trim.lua) computes the first entry that must stay
 (archived and past the live retention, acknowledged by every group, delivered to every
 group) and trims before it with XTRIM MINID, in one atomic call."""
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
 from tracetags import functions
 from tracetags.keys import Keys
 
-TRIM_FUNCTION: Final = "tt_trim"
+TRIM_FUNCTION = functions.TRIM_FUNCTION
 
 
 class TrimResult(NamedTuple):

@@ -23,6 +23,7 @@ LIBRARY_PREFIX: Final = "tracetags_v"
 APPLY_FUNCTION: Final = "tt_apply"
 QUERY_FUNCTION: Final = "tt_query"
 LOOKUP_FUNCTION: Final = "tt_lookup"
+TRIM_FUNCTION: Final = "tt_trim"
 #: A lookup fingerprint is djb2 over the value's UTF-8 bytes modulo FINGERPRINT_MOD, plus 1.
 FINGERPRINT_SEED: Final = 5381
 FINGERPRINT_MOD: Final = 65521
@@ -50,6 +51,7 @@ PARTS: Final = (
     "counts.lua",  # counts by set algebra, stats, key set sizes
     "value_walk.lua",  # pages ordered by a string key: walking its distinct values
     "query.lua",  # tt_query
+    "trim.lua",  # tt_trim: the archiver's safe trim of a stream
     "registration.lua",  # the Functions registered
 )
 
@@ -60,6 +62,7 @@ def shared_constants(function_names: Mapping[str, str] | None = None) -> dict[st
         "APPLY_FUNCTION": APPLY_FUNCTION,
         "QUERY_FUNCTION": QUERY_FUNCTION,
         "LOOKUP_FUNCTION": LOOKUP_FUNCTION,
+        "TRIM_FUNCTION": TRIM_FUNCTION,
         **(function_names or {}),
     }
     return {

@@ -4,3 +4,4 @@ redis.register_function {
     function_name = QUERY_FUNCTION, callback = Query.tt_query, flags = { 'no-writes' },
 }
 redis.register_function(APPLY_FUNCTION, Apply.tt_apply)
+redis.register_function(TRIM_FUNCTION, Trim.tt_trim)
