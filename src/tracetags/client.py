@@ -25,6 +25,12 @@ HEARTBEAT_MS = 1_000
 HEARTBEAT_TTL_MS = 5_000
 
 
+def consumer_client_name(settings: Settings, consumer: str) -> str:
+    """The connection name a consumer's fold connection carries (``CLIENT LIST`` shows it:
+    liveness that needs no write, so it holds while Redis is read-only or out of memory)."""
+    return f"tracetags:{settings.namespace}:{consumer}"
+
+
 # gc=False: a page makes a hundred of each, and they hold only strings, ints and dicts of
 # strings (never a cycle), so the cycle collector need not track them.
 class TraceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -28,6 +28,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from tracetags import redis_errors, schemas
+from tracetags.connections import socket_options
 from tracetags.errors import BufferFullError, ProducerClosedError, TracetagsTimeoutError
 from tracetags.keys import Keys, partition_of
 from tracetags.schemas import (
@@ -678,12 +679,10 @@ class _ProducerBase:
 def _client_kwargs(settings: Settings, *, for_asyncio: bool = False) -> dict[str, Any]:
     # redis-py's own retry would resend a pipeline cut by a lost connection and so write
     # duplicates; the producer retries itself, after finding what already landed.
-    timeout = settings.socket_timeout_ms / 1000
     return {
         "retry": (AsyncRetry if for_asyncio else Retry)(NoBackoff(), 0),
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
         "health_check_interval": 0,
+        **socket_options(settings),
     }
 
 
