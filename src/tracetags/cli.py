@@ -30,6 +30,7 @@ from tracetags import deadletters, functions, schemas, traffic
 from tracetags.client import Client, TraceInfo
 from tracetags.embedded import RedisServer, embedded_server
 from tracetags.errors import (
+    BulkWriteError,
     ConfigError,
     FilterError,
     RedisUnavailableError,
@@ -42,6 +43,8 @@ from tracetags.settings import Settings
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+#: A bulk write fell short: fewer events written than traces matched.
+EXIT_INCOMPLETE = 4
 _UNREACHABLE_HINT = "hint: start one (redis-server), or pass --redis-url / set TRACETAGS_REDIS_URL"
 
 app = typer.Typer(
@@ -482,6 +485,9 @@ def _query(action: Any) -> Any:
     except RedisUnavailableError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}\n{_UNREACHABLE_HINT}")
         raise typer.Exit(EXIT_UNREACHABLE) from None
+    except BulkWriteError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_INCOMPLETE) from None
     except TracetagsTimeoutError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None

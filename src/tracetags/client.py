@@ -13,7 +13,8 @@ import msgspec
 import redis
 
 from tracetags import schemas
-from tracetags.errors import RedisUnavailableError, TracetagsTimeoutError
+from tracetags.connections import socket_options
+from tracetags.errors import BulkWriteError, RedisUnavailableError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
@@ -215,7 +216,9 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.keys = Keys(self.settings.namespace)
-        self.redis = redis.Redis.from_url(self.settings.effective_redis_url)
+        self.redis = redis.Redis.from_url(
+            self.settings.effective_redis_url, **socket_options(self.settings)
+        )
         self._partitions: int | None = None
         self._producer: TagProducer | None = None
 
@@ -391,7 +394,7 @@ class Client:
         """
         checked = dict(schemas.check_mapping(tags, "tag", allow_empty=False))
         return self._bulk(filter_string, experiment_ids,
-                          lambda trace_id: self.producer.set_tags(trace_id, checked),
+                          lambda producer, trace_id: producer.set_tags(trace_id, checked),
                           wait, timeout, progress)  # fmt: skip
 
     @_reaching_redis
@@ -409,29 +412,54 @@ class Client:
         many traces it touched (see :meth:`set_tags_where`)."""
         checked = schemas.check_keys(keys, "tag")
         return self._bulk(filter_string, experiment_ids,
-                          lambda trace_id: self.producer.delete_tags(trace_id, checked),
+                          lambda producer, trace_id: producer.delete_tags(trace_id, checked),
                           wait, timeout, progress)  # fmt: skip
 
     def _bulk(
         self,
         filter_string: str | None,
         experiment_ids: Sequence[str] | None,
-        action: Callable[[str], None],
+        action: Callable[[TagProducer, str], None],
         wait: bool,
         timeout: float,
         progress: Callable[[int, int], None] | None,
     ) -> int:
+        """Write one event per match through a producer of its own that blocks when its
+        buffer is full (backpressure) and never drops; return how many were written, or
+        raise :class:`BulkWriteError` naming the shortfall."""
         ids = self.matching_ids(filter_string, experiment_ids)
         total = len(ids)
-        for done, trace_id in enumerate(ids, 1):
-            action(trace_id)
-            if progress is not None and (done % 1_000 == 0 or done == total):
-                progress(done, total)
-        if wait and total:
-            self.wait_applied(self.producer.flush(timeout), timeout)
-        elif total:
-            self.producer.flush(timeout)
-        return total
+        if not total:
+            return 0
+        block_ms = min(self.settings.overflow_timeout_ms, max(1, int(timeout * 1000)))
+        settings = self.settings.replace(overflow="block", overflow_timeout_ms=block_ms)
+        producer = TagProducer(settings)
+        try:
+            for done, trace_id in enumerate(ids, 1):
+                action(producer, trace_id)
+                if progress is not None and (done % 1_000 == 0 or done == total):
+                    progress(done, total)
+            receipt = producer.flush(timeout)
+        except TracetagsTimeoutError as exc:
+            producer.close(0)
+            written = producer.stats().sent
+            raise BulkWriteError(
+                f"wrote {written} of {total} events, then gave up: {exc}",
+                written=written,
+                total=total,
+            ) from exc
+        producer.close(timeout)
+        stats = producer.stats()
+        if stats.sent != total or stats.dropped:
+            raise BulkWriteError(
+                f"wrote {stats.sent} of {total} events ({stats.dropped} dropped; last error: "
+                f"{stats.last_error or 'none'})",
+                written=stats.sent,
+                total=total,
+            )
+        if wait:
+            self.wait_applied(receipt, timeout)
+        return stats.sent
 
     # --- the fold's progress --------------------------------------------------------------
 
