@@ -46,6 +46,8 @@ def run_fault(server: RedisServer, admin: redis.Redis, fault: str, hold_s: float
         wait_until(lambda: len(client.status().live_consumers) == 2, 60, 0.1)
         load.start()
         time.sleep(2.0)
+        load.burst(5_000)  # a backlog in the consumers' hands when the fault starts
+        producer.flush(10)
         flip(admin, True)
         time.sleep(hold_s)
         load.stop()

@@ -38,6 +38,14 @@ class Load(threading.Thread):
         self.rng = random.Random(seed)
         self.calls = 0
         self.halt = threading.Event()
+        self._burst = 0
+        self.burst_done = threading.Event()
+
+    def burst(self, events: int) -> None:
+        """Submit ``events`` at once (a backlog for the consumers), then go on at the rate."""
+        self.burst_done.clear()
+        self._burst = events
+        self.burst_done.wait(30)
 
     def run(self) -> None:
         rng, producer = self.rng, self.producer
@@ -57,6 +65,12 @@ class Load(threading.Thread):
                     trace, experiment_id="1", timestamp_ms=i, execution_time_ms=i % 997
                 )
             self.calls += 1
+            if self._burst:
+                self._burst -= 1
+                if not self._burst:
+                    started = time.monotonic() - self.calls / self.rate
+                    self.burst_done.set()
+                continue
             ahead = self.calls / self.rate - (time.monotonic() - started)
             if ahead > 0.005:
                 time.sleep(ahead)
