@@ -124,6 +124,8 @@ class Folder:
         #: Entry ids this consumer holds (being folded, or waiting out a condition): its
         #: own-stuck reclaim must not take them.
         self.in_hand: set[Any] = set()
+        #: Wall-clock time the fold call in flight started (0.0: none); serve's watchdog.
+        self.call_started = 0.0
 
     def transient(self, error: BaseException, what: str) -> None:
         """Note a transient failure: one log line when a condition starts, none after."""
@@ -166,6 +168,7 @@ class Folder:
             delay = BACKOFF_FIRST_S
             refreshed = time.monotonic()
             while True:
+                self.call_started = time.time()
                 try:
                     result = await self.apply(partition, items)
                 except (redis.RedisError, OSError) as exc:
@@ -175,6 +178,8 @@ class Folder:
                 else:
                     self.recovered()
                     return result
+                finally:
+                    self.call_started = 0.0
                 pause = min(delay * random.uniform(0.5, 1.0), refresh_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), pause)
@@ -428,8 +433,11 @@ BROKER_RETRY_ON: Final[list[type[Exception]]] = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, name: str | None = None) -> FastStream:
-    """A FastStream app that folds ``settings``' namespace (from the env when None)."""
+def create_app(
+    settings: Settings | None = None, *, name: str | None = None, watch: Any = None
+) -> FastStream:
+    """A FastStream app that folds ``settings``' namespace (from the env when None);
+    ``watch`` (a shared array from ``tracetags serve``) gets its liveness for the watchdog."""
     settings = settings or Settings.from_env()
     consumer = name or consumer_name()
     # Per-batch "Received/Processed" lines at DEBUG: at INFO they would flood the log.
@@ -495,6 +503,13 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), interval)
 
+    async def watch_ticker() -> None:
+        while not stopping.is_set():
+            watch[0] = time.time()
+            watch[1] = folder.call_started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.5)
+
     async def heartbeat() -> None:
         while not stopping.is_set():
             now = schemas.now_ms()
@@ -508,8 +523,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
                 log.debug("heartbeat failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), HEARTBEAT_MS / 1000)
-        with contextlib.suppress(redis.RedisError, OSError):
-            await client.zrem(folder.keys.consumers, consumer)
+        with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(client.zrem(folder.keys.consumers, consumer), 1.0)
 
     @app.on_startup
     async def start() -> None:
@@ -542,6 +557,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         if settings.consumer_gc_freeze:
             gc.freeze()
         tasks.append(asyncio.create_task(heartbeat()))
+        if watch is not None:
+            tasks.append(asyncio.create_task(watch_ticker()))
         for partition in range(folder.partitions):
             tasks.append(asyncio.create_task(reclaim_loop(partition)))
 

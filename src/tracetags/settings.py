@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_max_ms: int = 5_000
     #: Socket connect/read timeout of the producer's connection.
     socket_timeout_ms: int = 5_000
+    #: ``tracetags serve`` kills and restarts a worker whose fold call has been in flight
+    #: (or whose event loop has been silent) this long: a fold stuck for good, not waiting.
+    watchdog_ms: int = 60_000
     #: How long the atexit hook may spend flushing a producer.
     atexit_flush_timeout_ms: int = 2_000
     #: Where the embedded Redis keeps its data (``tracetags serve`` without a URL).
@@ -100,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "flush_interval_ms",
             "claim_idle_ms",
             "overflow_timeout_ms",
+            "watchdog_ms",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(

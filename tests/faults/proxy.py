@@ -93,6 +93,11 @@ class FaultProxy:
         """Hold every byte in both directions (connections stay open) until turned off."""
         self._loop.call_soon_threadsafe(self._flowing.clear if on else self._flowing.set)
 
+    def blackhole_now(self) -> None:
+        """:meth:`blackhole` from inside a hook (the proxy's own thread): the command being
+        forwarded still reaches the server, its reply is held."""
+        self._flowing.clear()
+
     def cut_all(self) -> None:
         """Close every current connection (as a network reset would)."""
         self._call(self._cut_all())
