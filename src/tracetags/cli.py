@@ -28,6 +28,7 @@ from rich.table import Table
 
 from tracetags import deadletters, functions, schemas, traffic
 from tracetags.client import Client, TraceInfo
+from tracetags.connections import socket_options
 from tracetags.embedded import RedisServer, embedded_server
 from tracetags.errors import (
     BulkWriteError,
@@ -45,6 +46,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 #: A bulk write fell short: fewer events written than traces matched.
 EXIT_INCOMPLETE = 4
+#: ``status``: Redis answers but does not work normally (OOM, READONLY, MISCONF, BUSY, ...).
+EXIT_DEGRADED = 5
 _UNREACHABLE_HINT = "hint: start one (redis-server), or pass --redis-url / set TRACETAGS_REDIS_URL"
 
 app = typer.Typer(
@@ -122,9 +125,15 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
 
 
 def _ping(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=3)
+    client = redis.Redis.from_url(
+        settings.effective_redis_url, **socket_options(settings, timeout_s=3.0)
+    )
     try:
         client.ping()
+    except (redis.ResponseError, redis.exceptions.BusyLoadingError) as exc:
+        # It answered: not unreachable (LOADING, BUSY, MISCONF refuse even PING); the
+        # command says what it can do, `status` names the condition.
+        err.print(f"[yellow]warning:[/] Redis answers but refuses: {escape(str(exc))}")
     except redis.RedisError as exc:
         err.print(
             f"[red]error:[/] Redis unreachable at {settings.effective_redis_url}: "
@@ -305,9 +314,11 @@ def status(
     """Per partition: stream length, lag, pending, dead letters, traces; consumers; memory."""
     settings = _reachable()
     with Client(settings) as client:
-        report = client.status()
+        report = _query(client.status)
     if output is Format.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        if report.condition is not None:
+            raise typer.Exit(EXIT_DEGRADED)
         return
     table = Table(title=f"namespace {report.namespace!r}, group {report.group!r}")
     for column in ("partition", "log entries", "lag", "pending", "dead letters", "traces"):
@@ -337,6 +348,12 @@ def status(
             + (f" ({behind} entries waiting)" if behind else "")
             + "; start one with `tracetags serve`"
         )
+    if report.condition is not None:
+        out.print(
+            f"[bold red]Redis is degraded: {report.condition}[/] "
+            f"({escape(report.condition_detail or '')}); writes wait until it ends"
+        )
+        raise typer.Exit(EXIT_DEGRADED)
 
 
 @app.command()

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 import redis
 
-from tracetags import schemas
+from tracetags import redis_errors, schemas
 from tracetags.connections import socket_options
 from tracetags.errors import BulkWriteError, RedisUnavailableError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
@@ -106,6 +106,12 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     partitions: list[GroupStatus]
     used_memory_bytes: int
     used_memory_human: str
+    #: What keeps Redis from working normally now (``OOM``, ``READONLY``, ``MISCONF``,
+    #: ``BUSY``, ``LOADING``...; see :mod:`tracetags.redis_errors`), None when it takes
+    #: writes.  Under ``BUSY`` and ``LOADING`` nothing can be read: ``partitions`` is empty.
+    condition: str | None = None
+    #: Redis's own words for the condition.
+    condition_detail: str | None = None
 
     @property
     def total_pending(self) -> int:
@@ -504,7 +510,20 @@ class Client:
     @_reaching_redis
     def status(self) -> Status:
         """Per partition: stream length, consumers, pending, lag, dead letters, traces;
-        and Redis memory."""
+        Redis memory; and the condition that keeps Redis from taking writes, if any (the
+        rest is read wherever reads work)."""
+        condition, detail = self._write_condition()
+        if condition in ("BUSY", "LOADING"):
+            return Status(
+                namespace=self.settings.namespace,
+                group=self.settings.consumer_group,
+                live_consumers=[],
+                partitions=[],
+                used_memory_bytes=0,
+                used_memory_human="?",
+                condition=condition,
+                condition_detail=detail,
+            )
         group = self.settings.consumer_group.encode()
         rows: list[GroupStatus] = []
         for partition in range(self.partitions):
@@ -545,8 +564,44 @@ class Client:
         return Status(
             namespace=self.settings.namespace,
             group=self.settings.consumer_group,
-            live_consumers=sorted(name.decode() for name in live),
+            live_consumers=sorted({name.decode() for name in live} | self._connected_consumers()),
             partitions=rows,
             used_memory_bytes=int(memory["used_memory"]),
             used_memory_human=str(memory["used_memory_human"]),
+            condition=condition,
+            condition_detail=detail,
         )
+
+    def _write_condition(self) -> tuple[str | None, str | None]:
+        """Whether Redis would take a write now, asked without writing: an XADD queued in a
+        transaction that is then discarded.  (The condition's name, Redis's words.)"""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute_command("MULTI")  # type: ignore[no-untyped-call]
+        pipe.execute_command("XADD", self.keys.stream(0), "*", schemas.ENTRY_FIELD, b"")  # type: ignore[no-untyped-call]
+        pipe.execute_command("DISCARD")  # type: ignore[no-untyped-call]
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.exceptions.BusyLoadingError as exc:
+            return "LOADING", str(exc)
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is None:
+            return None, None
+        if isinstance(refused, redis.ConnectionError | redis.TimeoutError) and not isinstance(
+            refused, redis.exceptions.BusyLoadingError
+        ):
+            raise refused
+        return redis_errors.condition(refused), str(refused)
+
+    def _connected_consumers(self) -> set[str]:
+        """Consumers whose fold connection is open now (its name, in CLIENT LIST): liveness
+        that needs no write, for when the heartbeat cannot be written."""
+        prefix = consumer_client_name(self.settings, "")
+        try:
+            clients: Any = self.redis.client_list()
+        except redis.ResponseError:  # CLIENT LIST denied (ACL): the heartbeat alone
+            return set()
+        return {
+            str(c["name"])[len(prefix) :]
+            for c in clients
+            if str(c.get("name", "")).startswith(prefix)
+        }
