@@ -56,8 +56,9 @@ BACKOFF_CAP_S: Final = 0.5
 HOLD_REFRESH_S: Final = 1.0
 #: How long a stopping consumer may spend folding entries a cut-short read left pending.
 DRAIN_TIMEOUT_S: Final = 5.0
-#: A group consumer with nothing pending and idle this long is removed from the group.
-DEAD_CONSUMER_IDLE_MS: Final = 120_000
+#: A group consumer with nothing pending and idle this long (and at least twice
+#: claim_idle_ms) is removed from the group: a live one reads every POLL_MS.
+DEAD_CONSUMER_IDLE_MS: Final = 10_000
 _MSGPACK_TYPES: Final = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
 
@@ -333,12 +334,27 @@ class Folder:
         return claimed_total
 
     async def _remove_dead_consumers(self, stream: str) -> None:
-        """Remove group consumers with nothing pending that have not read for long: a dead
-        process's name, once its entries were claimed (a live one idle that long would just
-        be re-created by its next read)."""
+        """Remove group consumers of processes that are gone, once their entries were
+        claimed: nothing pending, no read for long, no fold connection, no heartbeat."""
         consumers: Any = await self.client.xinfo_consumers(stream, self.group)
-        for info in consumers:
-            if int(info["pending"]) == 0 and int(info["idle"]) > DEAD_CONSUMER_IDLE_MS:
+        idle_ms = max(DEAD_CONSUMER_IDLE_MS, 2 * self.settings.claim_idle_ms)
+        idle = [c for c in consumers if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms]
+        if not idle:
+            return
+        # Only a process that is gone (no open fold connection, no recent heartbeat): a
+        # live one could read between XINFO and DELCONSUMER, whose entries would leave
+        # the pending list with it.
+        alive: set[str] = set()
+        prefix = consumer_client_name(self.settings, "")
+        with contextlib.suppress(redis.ResponseError):
+            clients: Any = await self.client.client_list()
+            alive |= {str(c["name"])[len(prefix) :] for c in clients
+                      if str(c.get("name", "")).startswith(prefix)}  # fmt: skip
+        since = schemas.now_ms() - HEARTBEAT_TTL_MS
+        beating: Any = await self.client.zrangebyscore(self.keys.consumers, since, "+inf")
+        alive |= {_text(name) for name in beating}
+        for info in idle:
+            if _text(info["name"]) not in alive:
                 removed = await self.client.xgroup_delconsumer(stream, self.group, info["name"])
                 if int(removed) == 0:
                     self.stats.consumers_removed += 1
