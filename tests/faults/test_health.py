@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from tests.faults.conftest import out_of_memory, read_only
+from tests.faults.proxy import FaultProxy
 from tests.faults.workload import start_worker
 from tests.helpers import wait_until
 from tracetags import Settings, TagProducer
@@ -178,3 +179,19 @@ def test_a_live_consumer_is_seen_while_its_heartbeat_cannot_be_written(
         worker.terminate()
         worker.join(30)
         client.close()
+
+
+def test_status_behind_a_network_black_hole_answers_unreachable_in_seconds(
+    server: RedisServer, proxy: FaultProxy
+) -> None:
+    """Before the fix `tracetags status` hung > 40 s (no socket timeout on its connection)."""
+    with TagProducer(Settings(redis_url=server.url, namespace="h")) as producer:
+        producer.set_tags("t", {"k": "v"})
+        producer.flush(10)
+    proxy.blackhole(True)
+    started = time.monotonic()
+    code, _, stderr = status_cli(proxy.url, "h")
+    took_s = time.monotonic() - started
+    proxy.blackhole(False)
+    assert code == 3, (code, stderr)
+    assert took_s < 15, took_s
