@@ -508,6 +508,7 @@ def create_app(
         while not stopping.is_set():
             try:
                 await folder.reclaim(partition, consumer, stopping)
+                folder.recovered()  # an idle consumer sees the end of a condition too
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     with contextlib.suppress(redis.RedisError, OSError):
