@@ -45,7 +45,8 @@ FASTSTREAM_FIELD: Final = b"__data__"
 POLL_MS: Final = 100
 #: This consumer's own pending entries idle this long are stuck (their XREADGROUP reply was
 #: lost with a dropped connection): they are folded again without waiting for claim_idle_ms.
-OWN_STUCK_MS: Final = 2_000
+#: Entries in hand (being folded, or waiting out a condition) are never taken for stuck.
+OWN_STUCK_MS: Final = 500
 #: Backoff while a transient condition lasts (OOM, READONLY, LOADING, lost connection...):
 #: exponential from the first, jittered, capped; Redis being back is seen within the cap.
 BACKOFF_FIRST_S: Final = 0.05
