@@ -604,9 +604,9 @@ def create_app(
             if folder.condition is not None:
                 raise TimeoutError(f"Redis refuses for now ({folder.condition})")
             await asyncio.wait_for(drain(), DRAIN_TIMEOUT_S)
-        except (redis.RedisError, OSError, TimeoutError):
-            log.warning("could not fold this consumer's pending entries before stopping; "
-                        "another consumer will claim them", exc_info=True)  # fmt: skip
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not fold this consumer's pending entries before stopping "
+                        "(%r); another consumer will claim them", exc)  # fmt: skip
         await client.aclose()
         log.info(
             "tracetags consumer %s stopped (%s)",

@@ -13,7 +13,7 @@ import redis
 
 from tests.faults.conftest import out_of_memory
 from tests.faults.workload import start_worker
-from tracetags import Settings, TagProducer
+from tracetags import AsyncTagProducer, Settings, TagProducer
 from tracetags.client import Client
 from tracetags.embedded import RedisServer
 from tracetags.errors import BufferFullError, BulkWriteError
@@ -124,3 +124,23 @@ def test_receipts_report_drops_and_block_raises_buffer_full(server: RedisServer)
         assert producer.stats().dropped == 0
         server.start()
         assert producer.flush(10).dropped == 0
+
+
+async def test_the_asyncio_producer_with_block_raises_at_once_when_full(
+    server: RedisServer,
+) -> None:
+    """Its flusher runs on the caller's loop: waiting there would wait for ever."""
+    settings = Settings(redis_url=server.url, namespace="async-full", buffer_size=10,
+                        producer_batch_size=5, overflow="block")  # fmt: skip
+    producer = AsyncTagProducer(settings)
+    producer.set_tags("t", {"k": "v"})
+    await producer.flush(10)
+    server.kill()
+    with pytest.raises(BufferFullError, match="await flush"):
+        for i in range(100):
+            producer.set_tags("t", {"k": str(i)})
+    assert producer.stats().dropped == 0
+    server.start()
+    receipt = await producer.flush(10)
+    assert receipt.dropped == 0
+    await producer.close(5)
