@@ -13,7 +13,7 @@ from hypothesis import settings as hsettings
 
 from tests.faults.conftest import out_of_memory, read_only
 from tests.faults.proxy import Action, FaultProxy
-from tracetags import Settings, TagProducer, log, schemas
+from tracetags import AsyncTagProducer, Settings, TagProducer, log, schemas
 from tracetags.embedded import RedisServer
 
 
@@ -129,3 +129,32 @@ def test_log_order_is_call_order_whatever_fails_mid_pipeline(
         proxy.hook = None
         producer.close(5)
     assert logged_values(admin, namespace) == [str(i) for i in range(events)]
+
+
+async def test_the_asyncio_producer_keeps_call_order_too(
+    server: RedisServer, admin: redis.Redis, proxy: FaultProxy
+) -> None:
+    """The same reproduction through AsyncTagProducer (same core, its own I/O driver)."""
+    lifted = False
+
+    def hook(_: int, command: list[bytes]) -> Action:
+        nonlocal lifted
+        if not lifted and command[0].upper() == b"XADD" and b"v2" in command[-1]:
+            read_only(admin, False)
+            lifted = True
+        return "forward"
+
+    settings = Settings(
+        redis_url=proxy.url, namespace="ro-async", flush_interval_ms=100, retry_initial_ms=10
+    )
+    producer = AsyncTagProducer(settings)
+    producer.set_tags("t", {"n": "v0"})
+    await producer.flush(10)
+    read_only(admin, True)
+    proxy.hook = hook
+    for value in ("v1", "v2", "v3"):
+        producer.set_tags("t", {"n": value})
+    await producer.flush(10)
+    await producer.close(5)
+    assert lifted
+    assert logged_values(admin, "ro-async") == ["v0", "v1", "v2", "v3"]
