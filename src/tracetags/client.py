@@ -584,8 +584,8 @@ class Client:
         except redis.exceptions.BusyLoadingError as exc:
             return "LOADING", str(exc)
         refused = next((r for r in replies if isinstance(r, Exception)), None)
-        if refused is None:
-            return None, None
+        if refused is None or isinstance(refused, redis.exceptions.NoPermissionError):
+            return None, None  # (a read-only ACL user cannot ask this way: no verdict)
         if isinstance(refused, redis.ConnectionError | redis.TimeoutError) and not isinstance(
             refused, redis.exceptions.BusyLoadingError
         ):
