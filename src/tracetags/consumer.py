@@ -438,6 +438,27 @@ def fold_client(settings: Settings, consumer: str | None = None) -> redis.asynci
     )
 
 
+class WaitOutRefusals(Retry):
+    """redis-py's retry, plus: an error reply naming a transient condition (MISCONF, BUSY,
+    ...; redis-py has no class of its own for most) is retried on the same connection after
+    a backoff.  FastStream's subscriber would otherwise restart its read at once, for as long
+    as the condition lasts (under MISCONF even its PING is refused: thousands a second)."""
+
+    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        async def patiently() -> Any:
+            delay = BACKOFF_FIRST_S
+            while True:
+                try:
+                    return await do()
+                except redis.ResponseError as exc:
+                    if redis_errors.condition(exc) not in redis_errors.TRANSIENT_CODES:
+                        raise
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, BACKOFF_CAP_S)
+
+        return await super().call_with_retry(patiently, fail, *args, **kwargs)
+
+
 #: redis-py errors the broker's reads retry on their own (with backoff, for ever): a read
 #: failing on them would make FastStream's subscriber sleep 5 s before the next one.
 BROKER_RETRY_ON: Final[list[type[Exception]]] = [
@@ -466,7 +487,9 @@ def create_app(
         graceful_timeout=30.0,
         log_level=logging.DEBUG,
         logger=logging.getLogger("tracetags.faststream"),
-        retry=Retry(ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_FIRST_S), -1),
+        retry=WaitOutRefusals(
+            ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_FIRST_S), -1
+        ),
         retry_on_error=BROKER_RETRY_ON,
         **socket_options(settings, timeout_s=max(settings.socket_timeout_ms / 1000, 1.0)),
     )
@@ -505,7 +528,7 @@ def create_app(
     stopping = asyncio.Event()
 
     async def reclaim_loop(partition: int) -> None:
-        interval = min(max(settings.claim_idle_ms / 2000, 0.05), 1.0)
+        interval = min(max(settings.claim_idle_ms / 2000, 0.05), 0.5)
         while not stopping.is_set():
             try:
                 await folder.reclaim(partition, consumer, stopping)
