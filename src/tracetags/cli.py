@@ -30,10 +30,12 @@ from typer.core import TyperGroup
 
 from tracetags import deadletters, schemas, traffic
 from tracetags.client import Client, TraceInfo
+from tracetags.connections import socket_options
 from tracetags.embedded import RedisServer, embedded_server
 from tracetags.errors import (
     ArchiveCorruptError,
     ArchiveStoreError,
+    BulkWriteError,
     EmbeddedRedisError,
     LogGapError,
     RedisUnavailableError,
@@ -52,6 +54,10 @@ class ExitCode(enum.IntEnum):
     FAILED = 1
     USAGE = 2
     UNREACHABLE = 3
+    #: A bulk write fell short: fewer events written than traces matched.
+    INCOMPLETE = 4
+    #: ``status``: Redis answers but does not work normally (OOM, READONLY, MISCONF, BUSY).
+    DEGRADED = 5
 
 
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
@@ -59,6 +65,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.FAILED: "not found, timed out, or failed (a gap in the log, an unreadable archive)",
     ExitCode.USAGE: "usage or filter error (the filter is shown with a caret)",
     ExitCode.UNREACHABLE: "Redis unreachable (the URL tried and a hint)",
+    ExitCode.INCOMPLETE: "a bulk write fell short (fewer traces written than matched)",
+    ExitCode.DEGRADED: "status: Redis answers but is degraded (OOM, READONLY, MISCONF, BUSY, ...)",
 }
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(
     f"{int(code)} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items()
@@ -71,6 +79,7 @@ ERROR_EXIT_CODES: tuple[tuple[type[TracetagsError], ExitCode, str | None], ...] 
     (RedisUnavailableError, ExitCode.UNREACHABLE, _UNREACHABLE_HINT),
     (EmbeddedRedisError, ExitCode.UNREACHABLE, None),
     (TracetagsTimeoutError, ExitCode.FAILED, None),
+    (BulkWriteError, ExitCode.INCOMPLETE, None),
     (LogGapError, ExitCode.FAILED, None),
     (ArchiveStoreError, ExitCode.FAILED, None),
     (ArchiveCorruptError, ExitCode.FAILED, None),
@@ -204,9 +213,15 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
 
 
 def _ping(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.effective_redis_url, socket_connect_timeout=3)
+    client = redis.Redis.from_url(
+        settings.effective_redis_url, **socket_options(settings, timeout_s=3.0)
+    )
     try:
         client.ping()
+    except (redis.ResponseError, redis.exceptions.BusyLoadingError) as exc:
+        # It answered: not unreachable (LOADING, BUSY, MISCONF refuse even PING); the
+        # command says what it can do, `status` names the condition.
+        err.print(f"[yellow]warning:[/] Redis answers but refuses: {escape(str(exc))}")
     except redis.RedisError as exc:
         url = settings.effective_redis_url
         raise RedisUnavailableError(f"Redis unreachable at {url}: {exc}") from None
@@ -385,6 +400,8 @@ def status(
         report = client.status()
     if output is Format.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        if report.condition is not None:
+            raise typer.Exit(ExitCode.DEGRADED)
         return
     table = Table(title=f"namespace {report.namespace!r}, group {report.group!r}")
     for column in ("partition", "log entries", "lag", "pending", "dead letters", "traces"):
@@ -415,6 +432,12 @@ def status(
             + (f" ({behind} entries waiting)" if behind else "")
             + "; start one with `tracetags serve`"
         )
+    if report.condition is not None:
+        out.print(
+            f"[bold red]Redis is degraded: {report.condition}[/] "
+            f"({escape(report.condition_detail or '')}); writes wait until it ends"
+        )
+        raise typer.Exit(ExitCode.DEGRADED)
 
 
 @app.command()

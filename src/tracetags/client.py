@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 import redis
 
-from tracetags import functions, schemas
+from tracetags import functions, redis_errors, schemas
 from tracetags.archive import state as archive_state
 from tracetags.archive.state import ArchiveStatus
-from tracetags.errors import RedisUnavailableError, TracetagsTimeoutError
+from tracetags.connections import socket_options
+from tracetags.errors import BulkWriteError, RedisUnavailableError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
 #: gone (XINFO cannot tell: Redis 7.0 registers a consumer only once it has read an entry).
 HEARTBEAT_MS = 1_000
 HEARTBEAT_TTL_MS = 5_000
+
+
+def consumer_client_name(settings: Settings, consumer: str) -> str:
+    """The connection name a consumer's fold connection carries (``CLIENT LIST`` shows it:
+    liveness that needs no write, so it holds while Redis is read-only or out of memory)."""
+    return f"tracetags:{settings.namespace}:{consumer}"
 
 
 # gc=False: a page makes a hundred of each, and they hold only strings, ints and dicts of
@@ -108,6 +115,12 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     partitions: list[GroupStatus]
     used_memory_bytes: int
     used_memory_human: str
+    #: What keeps Redis from working normally now (``OOM``, ``READONLY``, ``MISCONF``,
+    #: ``BUSY``, ``LOADING``...; see :mod:`tracetags.redis_errors`), None when it takes
+    #: writes.  Under ``BUSY`` and ``LOADING`` nothing can be read: ``partitions`` is empty.
+    condition: str | None = None
+    #: Redis's own words for the condition.
+    condition_detail: str | None = None
     #: The archive URL these settings give (TRACETAGS_ARCHIVE_URL or the embedded default).
     archive_url: str | None = None
 
@@ -225,7 +238,9 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.keys = Keys(self.settings.namespace)
-        self.redis = redis.Redis.from_url(self.settings.effective_redis_url)
+        self.redis = redis.Redis.from_url(
+            self.settings.effective_redis_url, **socket_options(self.settings)
+        )
         self._partitions: int | None = None
         self._producer: TagProducer | None = None
 
@@ -401,7 +416,7 @@ class Client:
         """
         checked = dict(schemas.check_mapping(tags, "tag", allow_empty=False))
         return self._bulk(filter_string, experiment_ids,
-                          lambda trace_id: self.producer.set_tags(trace_id, checked),
+                          lambda producer, trace_id: producer.set_tags(trace_id, checked),
                           wait, timeout, progress)  # fmt: skip
 
     @_reaching_redis
@@ -419,29 +434,54 @@ class Client:
         many traces it touched (see :meth:`set_tags_where`)."""
         checked = schemas.check_keys(keys, "tag")
         return self._bulk(filter_string, experiment_ids,
-                          lambda trace_id: self.producer.delete_tags(trace_id, checked),
+                          lambda producer, trace_id: producer.delete_tags(trace_id, checked),
                           wait, timeout, progress)  # fmt: skip
 
     def _bulk(
         self,
         filter_string: str | None,
         experiment_ids: Sequence[str] | None,
-        action: Callable[[str], None],
+        action: Callable[[TagProducer, str], None],
         wait: bool,
         timeout: float,
         progress: Callable[[int, int], None] | None,
     ) -> int:
+        """Write one event per match through a producer of its own that blocks when its
+        buffer is full (backpressure) and never drops; return how many were written, or
+        raise :class:`BulkWriteError` naming the shortfall."""
         ids = self.matching_ids(filter_string, experiment_ids)
         total = len(ids)
-        for done, trace_id in enumerate(ids, 1):
-            action(trace_id)
-            if progress is not None and (done % 1_000 == 0 or done == total):
-                progress(done, total)
-        if wait and total:
-            self.wait_applied(self.producer.flush(timeout), timeout)
-        elif total:
-            self.producer.flush(timeout)
-        return total
+        if not total:
+            return 0
+        block_ms = min(self.settings.overflow_timeout_ms, max(1, int(timeout * 1000)))
+        settings = self.settings.replace(overflow="block", overflow_timeout_ms=block_ms)
+        producer = TagProducer(settings)
+        try:
+            for done, trace_id in enumerate(ids, 1):
+                action(producer, trace_id)
+                if progress is not None and (done % 1_000 == 0 or done == total):
+                    progress(done, total)
+            receipt = producer.flush(timeout)
+        except TracetagsTimeoutError as exc:
+            producer.close(0)
+            written = producer.stats().sent
+            raise BulkWriteError(
+                f"wrote {written} of {total} events, then gave up: {exc}",
+                written=written,
+                total=total,
+            ) from exc
+        producer.close(timeout)
+        stats = producer.stats()
+        if stats.sent != total or stats.dropped:
+            raise BulkWriteError(
+                f"wrote {stats.sent} of {total} events ({stats.dropped} dropped; last error: "
+                f"{stats.last_error or 'none'})",
+                written=stats.sent,
+                total=total,
+            )
+        if wait:
+            self.wait_applied(receipt, timeout)
+        return stats.sent
 
     # --- the fold's progress --------------------------------------------------------------
 
@@ -512,7 +552,20 @@ class Client:
     @_reaching_redis
     def status(self) -> Status:
         """Per partition: stream length, consumers, pending, lag, dead letters, traces;
-        and Redis memory."""
+        Redis memory; and the condition that keeps Redis from taking writes, if any (the
+        rest is read wherever reads work)."""
+        condition, detail = self._write_condition()
+        if condition in ("BUSY", "LOADING"):
+            return Status(
+                namespace=self.settings.namespace,
+                group=self.settings.consumer_group,
+                live_consumers=[],
+                partitions=[],
+                used_memory_bytes=0,
+                used_memory_human="?",
+                condition=condition,
+                condition_detail=detail,
+            )
         group = self.settings.consumer_group.encode()
         rows: list[GroupStatus] = []
         for partition in range(self.partitions):
@@ -557,9 +610,45 @@ class Client:
         return Status(
             namespace=self.settings.namespace,
             group=self.settings.consumer_group,
-            live_consumers=sorted(name.decode() for name in live),
+            live_consumers=sorted({name.decode() for name in live} | self._connected_consumers()),
             partitions=rows,
             used_memory_bytes=int(memory["used_memory"]),
             used_memory_human=str(memory["used_memory_human"]),
             archive_url=self.settings.archive_location,
+            condition=condition,
+            condition_detail=detail,
         )
+
+    def _write_condition(self) -> tuple[str | None, str | None]:
+        """Whether Redis would take a write now, asked without writing: an XADD queued in a
+        transaction that is then discarded.  (The condition's name, Redis's words.)"""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute_command("MULTI")  # type: ignore[no-untyped-call]
+        pipe.execute_command("XADD", self.keys.stream(0), "*", schemas.ENTRY_FIELD, b"")  # type: ignore[no-untyped-call]
+        pipe.execute_command("DISCARD")  # type: ignore[no-untyped-call]
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.exceptions.BusyLoadingError as exc:
+            return "LOADING", str(exc)
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is None or isinstance(refused, redis.exceptions.NoPermissionError):
+            return None, None  # (a read-only ACL user cannot ask this way: no verdict)
+        if isinstance(refused, redis.ConnectionError | redis.TimeoutError) and not isinstance(
+            refused, redis.exceptions.BusyLoadingError
+        ):
+            raise refused
+        return redis_errors.condition(refused), str(refused)
+
+    def _connected_consumers(self) -> set[str]:
+        """Consumers whose fold connection is open now (its name, in CLIENT LIST): liveness
+        that needs no write, for when the heartbeat cannot be written."""
+        prefix = consumer_client_name(self.settings, "")
+        try:
+            clients: Any = self.redis.client_list()
+        except redis.ResponseError:  # CLIENT LIST denied (ACL): the heartbeat alone
+            return set()
+        return {
+            str(c["name"])[len(prefix) :]
+            for c in clients
+            if str(c.get("name", "")).startswith(prefix)
+        }

@@ -13,7 +13,9 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import socket
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -27,8 +29,9 @@ from faststream.redis.parser.binary import BinaryMessageFormatV1
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from tracetags import functions, schemas
-from tracetags.client import HEARTBEAT_MS, HEARTBEAT_TTL_MS
+from tracetags import functions, redis_errors, schemas
+from tracetags.client import HEARTBEAT_MS, HEARTBEAT_TTL_MS, consumer_client_name
+from tracetags.connections import socket_options
 from tracetags.errors import DecodeError, FoldError
 from tracetags.functions import BatchItem, BatchResult, DeadLetter
 from tracetags.keys import Keys
@@ -42,7 +45,21 @@ FASTSTREAM_FIELD: Final = b"__data__"
 POLL_MS: Final = 100
 #: This consumer's own pending entries idle this long are stuck (their XREADGROUP reply was
 #: lost with a dropped connection): they are folded again without waiting for claim_idle_ms.
-OWN_STUCK_MS: Final = 2_000
+#: Entries in hand (being folded, or waiting out a condition) are never taken for stuck.
+OWN_STUCK_MS: Final = 500
+#: Backoff while a transient condition lasts (OOM, READONLY, LOADING, lost connection...):
+#: exponential from the first, jittered, capped; Redis being back is seen within the cap.
+BACKOFF_FIRST_S: Final = 0.05
+BACKOFF_CAP_S: Final = 0.5
+#: A consumer holds entries it waits to fold; it re-claims them this often (XCLAIM JUSTID:
+#: idle time reset, delivery count unchanged), so that no other consumer takes a live
+#: consumer's entries for a dead one's and counts a delivery.
+HOLD_REFRESH_S: Final = 1.0
+#: How long a stopping consumer may spend folding entries a cut-short read left pending.
+DRAIN_TIMEOUT_S: Final = 5.0
+#: A group consumer with nothing pending and idle this long (and at least twice
+#: claim_idle_ms) is removed from the group: a live one reads every POLL_MS.
+DEAD_CONSUMER_IDLE_MS: Final = 10_000
 _MSGPACK_TYPES: Final = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
 
@@ -87,6 +104,10 @@ class FoldStats(msgspec.Struct, kw_only=True):
     dead_lettered: int = 0
     reclaimed: int = 0
     failures: int = 0
+    #: Fold attempts that met a transient condition and were retried after a backoff.
+    transient_retries: int = 0
+    #: Consumer names removed from the group (dead, nothing left pending).
+    consumers_removed: int = 0
 
 
 class Folder:
@@ -99,6 +120,80 @@ class Folder:
         self.client = client
         self.stats = FoldStats()
         self.partitions = 0
+        #: The transient condition the fold is waiting out (None while folds succeed).
+        self.condition: str | None = None
+        self._condition_since = 0.0
+        #: Entry ids this consumer holds (being folded, or waiting out a condition): its
+        #: own-stuck reclaim must not take them.
+        self.in_hand: set[Any] = set()
+        #: Wall-clock time the fold call in flight started (0.0: none); serve's watchdog.
+        self.call_started = 0.0
+
+    def transient(self, error: BaseException, what: str) -> None:
+        """Note a transient failure: one log line when a condition starts, none after."""
+        name = redis_errors.condition(error)
+        self.stats.transient_retries += 1
+        if self.condition is None:
+            self._condition_since = time.monotonic()
+            log.warning(
+                "%s: Redis refuses for now (%s: %s); entries stay pending, retrying with backoff",
+                what,
+                name,
+                error,
+            )
+        elif self.condition != name:
+            log.warning("%s: the condition is now %s (%s)", what, name, error)
+        self.condition = name
+
+    def recovered(self) -> None:
+        if self.condition is not None:
+            log.info(
+                "Redis answers again: folding resumed (%s lasted %.1f s, %d retries)",
+                self.condition,
+                time.monotonic() - self._condition_since,
+                self.stats.transient_retries,
+            )
+            self.condition = None
+
+    async def apply_patiently(
+        self, partition: int, items: list[BatchItem], stopping: asyncio.Event, consumer: str
+    ) -> BatchResult | None:
+        """:meth:`apply`, waiting out transient conditions (backoff with jitter, capped,
+        reset on success) while holding the entries; None when ``stopping`` ended the wait
+        (the entries stay pending for this or another consumer)."""
+        ids: list[Any] = [entry_id for entry_id, _ in items]
+        self.in_hand.update(ids)
+        stream = self.keys.stream(partition)
+        # Refreshed well within claim_idle_ms, so another consumer never finds them idle.
+        refresh_s = min(HOLD_REFRESH_S, self.settings.claim_idle_ms / 3000)
+        try:
+            delay = BACKOFF_FIRST_S
+            refreshed = time.monotonic()
+            while True:
+                self.call_started = time.time()
+                try:
+                    result = await self.apply(partition, items)
+                except (redis.RedisError, OSError) as exc:
+                    if redis_errors.is_poison(exc):
+                        raise
+                    self.transient(exc, f"fold of partition {partition}")
+                else:
+                    self.recovered()
+                    return result
+                finally:
+                    self.call_started = 0.0
+                pause = min(delay * random.uniform(0.5, 1.0), refresh_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), pause)
+                if stopping.is_set():
+                    return None
+                delay = min(delay * 2, BACKOFF_CAP_S)
+                if time.monotonic() - refreshed >= refresh_s:
+                    refreshed = time.monotonic()
+                    with contextlib.suppress(redis.RedisError, OSError):
+                        await self.client.xclaim(stream, self.group, consumer, 0, ids, justid=True)
+        finally:
+            self.in_hand.difference_update(ids)
 
     async def apply(self, partition: int, items: list[BatchItem]) -> BatchResult:
         """Fold ``items``; a batch the Function refuses is split so that only the entries
@@ -204,13 +299,16 @@ class Folder:
             raise
         return True
 
-    async def reclaim(self, partition: int, consumer: str) -> int:
+    async def reclaim(
+        self, partition: int, consumer: str, stopping: asyncio.Event | None = None
+    ) -> int:
         """Fold entries left pending: this consumer's own after ``OWN_STUCK_MS`` (a reply
         lost with a dropped connection leaves them there), anyone's after ``claim_idle_ms``
         (XAUTOCLAIM); entries delivered more than ``max_deliveries`` times are dead-lettered.
         Returns how many entries it claimed."""
+        stopping = stopping or asyncio.Event()
         stream = self.keys.stream(partition)
-        claimed_total = await self._reclaim_own(partition, consumer)
+        claimed_total = await self._reclaim_own(partition, consumer, stopping)
         start = "0-0"
         while True:
             reply = await self.client.xautoclaim(
@@ -228,34 +326,65 @@ class Folder:
             if entries:
                 claimed_total += len(entries)
                 items = await self._limit_deliveries(stream, entries)
-                await self.apply(partition, items)
+                if await self.apply_patiently(partition, items, stopping, consumer) is None:
+                    break
             if _text(start) == "0-0":
                 break
         self.stats.reclaimed += claimed_total
+        await self._remove_dead_consumers(stream)
         return claimed_total
 
-    async def _reclaim_own(self, partition: int, consumer: str) -> int:
+    async def _remove_dead_consumers(self, stream: str) -> None:
+        """Remove group consumers of processes that are gone, once their entries were
+        claimed: nothing pending, no read for long, no fold connection, no heartbeat."""
+        consumers: Any = await self.client.xinfo_consumers(stream, self.group)
+        idle_ms = max(DEAD_CONSUMER_IDLE_MS, 2 * self.settings.claim_idle_ms)
+        idle = [c for c in consumers if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms]
+        if not idle:
+            return
+        # Only a process that is gone (no open fold connection, no recent heartbeat): a
+        # live one could read between XINFO and DELCONSUMER, whose entries would leave
+        # the pending list with it.
+        alive: set[str] = set()
+        prefix = consumer_client_name(self.settings, "")
+        with contextlib.suppress(redis.ResponseError):
+            clients: Any = await self.client.client_list()
+            alive |= {str(c["name"])[len(prefix) :] for c in clients
+                      if str(c.get("name", "")).startswith(prefix)}  # fmt: skip
+        since = schemas.now_ms() - HEARTBEAT_TTL_MS
+        beating: Any = await self.client.zrangebyscore(self.keys.consumers, since, "+inf")
+        alive |= {_text(name) for name in beating}
+        for info in idle:
+            if _text(info["name"]) not in alive:
+                removed = await self.client.xgroup_delconsumer(stream, self.group, info["name"])
+                if int(removed) == 0:
+                    self.stats.consumers_removed += 1
+                    log.info("removed dead consumer %s from the group", _text(info["name"]))
+
+    async def _reclaim_own(self, partition: int, consumer: str, stopping: asyncio.Event) -> int:
         idle = min(OWN_STUCK_MS, self.settings.claim_idle_ms)
-        return await self._fold_own(partition, consumer, idle)
+        return await self._fold_own(partition, consumer, idle, stopping)
 
     async def drain_own(self, partition: int, consumer: str) -> int:
         """Fold every entry still pending for ``consumer``, however briefly: run once the
         subscribers have stopped, so that a read cut short by the shutdown (its entries
         delivered but never handed to the handler) is folded before the process exits."""
         total = 0
-        while folded := await self._fold_own(partition, consumer, 0):
+        while folded := await self._fold_own(partition, consumer, 0, asyncio.Event()):
             total += folded
         return total
 
-    async def _fold_own(self, partition: int, consumer: str, idle: int) -> int:
+    async def _fold_own(
+        self, partition: int, consumer: str, idle: int, stopping: asyncio.Event
+    ) -> int:
         stream = self.keys.stream(partition)
         pending = await self.client.xpending_range(
             stream, self.group, min="-", max="+", count=self.settings.consumer_batch_size,
             consumername=consumer, idle=idle,
         )  # fmt: skip
-        if not pending:
+        ids: list[Any] = [p["message_id"] for p in pending if p["message_id"] not in self.in_hand]
+        if not ids:
             return 0
-        ids: list[Any] = [p["message_id"] for p in pending]
         claimed: Any = await self.client.xclaim(stream, self.group, consumer, idle, ids)
         entries = [e for e in claimed if e[1] is not None]
         # Redis < 7 returns an entry trimmed away while pending with no fields (7.0 drops
@@ -264,7 +393,8 @@ class Folder:
         if gone:
             await self.client.xack(stream, self.group, *gone)
         if entries:
-            await self.apply(partition, await self._limit_deliveries(stream, entries))
+            items = await self._limit_deliveries(stream, entries)
+            await self.apply_patiently(partition, items, stopping, consumer)
         return len(claimed)
 
     async def _limit_deliveries(
@@ -294,18 +424,58 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def fold_client(settings: Settings) -> redis.asyncio.Redis:
-    """The connection the fold calls go through: it retries lost connections for ever
-    (with backoff), which is safe because a fold call is idempotent in effect."""
+def fold_client(settings: Settings, consumer: str | None = None) -> redis.asyncio.Redis:
+    """The connection the fold calls go through.  redis-py reconnects once at once (a pooled
+    connection the server closed while idle); longer trouble is waited out, logged and
+    counted by :meth:`Folder.apply_patiently`.  Named after the consumer, so that ``status``
+    sees it alive even where the heartbeat (a write) cannot be written."""
     return redis.asyncio.Redis.from_url(
         settings.effective_redis_url,
-        retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), -1),
+        retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 1),
         health_check_interval=30,
+        client_name=None if consumer is None else consumer_client_name(settings, consumer),
+        **socket_options(settings),
     )
 
 
-def create_app(settings: Settings | None = None, *, name: str | None = None) -> FastStream:
-    """A FastStream app that folds ``settings``' namespace (from the env when None)."""
+class WaitOutRefusals(Retry):
+    """redis-py's retry, plus: an error reply naming a transient condition (MISCONF, BUSY,
+    ...; redis-py has no class of its own for most) is retried on the same connection after
+    a backoff.  FastStream's subscriber would otherwise restart its read at once, for as long
+    as the condition lasts (under MISCONF even its PING is refused: thousands a second)."""
+
+    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        async def patiently() -> Any:
+            delay = BACKOFF_FIRST_S
+            while True:
+                try:
+                    return await do()
+                except redis.ResponseError as exc:
+                    if redis_errors.condition(exc) not in redis_errors.TRANSIENT_CODES:
+                        raise
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, BACKOFF_CAP_S)
+
+        return await super().call_with_retry(patiently, fail, *args, **kwargs)
+
+
+#: redis-py errors the broker's reads retry on their own (with backoff, for ever): a read
+#: failing on them would make FastStream's subscriber sleep 5 s before the next one.
+BROKER_RETRY_ON: Final[list[type[Exception]]] = [
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+]
+
+
+def create_app(
+    settings: Settings | None = None, *, name: str | None = None, watch: Any = None
+) -> FastStream:
+    """A FastStream app that folds ``settings``' namespace (from the env when None);
+    ``watch`` (a shared array from ``tracetags serve``) gets its liveness for the watchdog."""
     settings = settings or Settings.from_env()
     consumer = name or consumer_name()
     # Per-batch "Received/Processed" lines at DEBUG: at INFO they would flood the log.
@@ -317,9 +487,14 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         graceful_timeout=30.0,
         log_level=logging.DEBUG,
         logger=logging.getLogger("tracetags.faststream"),
+        retry=WaitOutRefusals(
+            ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_FIRST_S), -1
+        ),
+        retry_on_error=BROKER_RETRY_ON,
+        **socket_options(settings, timeout_s=max(settings.socket_timeout_ms / 1000, 1.0)),
     )
     app = FastStream(broker)
-    client = fold_client(settings)
+    client = fold_client(settings, consumer)
     folder = Folder(settings, client)
     tasks: list[asyncio.Task[None]] = []
 
@@ -339,7 +514,7 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
             return decode_entries(list(zip(raw["message_ids"], raw["data"], strict=True)))
 
         async def handle(items: Any) -> None:
-            await folder.apply(partition, items)
+            await folder.apply_patiently(partition, items, stopping, consumer)
 
         stream = StreamSub(
             folder.keys.stream(partition), group=settings.consumer_group, consumer=consumer,
@@ -353,19 +528,28 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
     stopping = asyncio.Event()
 
     async def reclaim_loop(partition: int) -> None:
-        interval = min(max(settings.claim_idle_ms / 2000, 0.05), 1.0)
+        interval = min(max(settings.claim_idle_ms / 2000, 0.05), 0.5)
         while not stopping.is_set():
             try:
-                await folder.reclaim(partition, consumer)
+                await folder.reclaim(partition, consumer, stopping)
+                folder.recovered()  # an idle consumer sees the end of a condition too
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    await folder.ensure_group(partition)
+                    with contextlib.suppress(redis.RedisError, OSError):
+                        await folder.ensure_group(partition)
                 else:
-                    log.exception("reclaim of partition %d failed", partition)
-            except (redis.RedisError, OSError):
-                log.exception("reclaim of partition %d failed", partition)
+                    folder.transient(exc, f"reclaim of partition {partition}")
+            except (redis.RedisError, OSError) as exc:
+                folder.transient(exc, f"reclaim of partition {partition}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), interval)
+
+    async def watch_ticker() -> None:
+        while not stopping.is_set():
+            watch[0] = time.time()
+            watch[1] = folder.call_started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.5)
 
     async def heartbeat() -> None:
         while not stopping.is_set():
@@ -375,16 +559,26 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
                 pipe.zadd(folder.keys.consumers, {consumer: now})
                 pipe.zremrangebyscore(folder.keys.consumers, "-inf", now - 60 * HEARTBEAT_TTL_MS)
                 await pipe.execute()
-            except (redis.RedisError, OSError):
-                log.warning("heartbeat failed", exc_info=True)
+            except (redis.RedisError, OSError) as exc:
+                # Liveness still shows through the fold connection's name (CLIENT LIST).
+                log.debug("heartbeat failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), HEARTBEAT_MS / 1000)
-        with contextlib.suppress(redis.RedisError, OSError):
-            await client.zrem(folder.keys.consumers, consumer)
+        with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(client.zrem(folder.keys.consumers, consumer), 1.0)
 
     @app.on_startup
     async def start() -> None:
-        partitions = await folder.prepare()
+        delay = BACKOFF_FIRST_S
+        while True:  # a consumer started while Redis refuses waits, as a running one does
+            try:
+                partitions = await folder.prepare()
+                break
+            except (redis.RedisError, OSError) as exc:
+                folder.transient(exc, "start")
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, BACKOFF_CAP_S)
+        folder.recovered()
         for partition in range(partitions):
             subscribe(partition)
         log.info(
@@ -403,6 +597,8 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
         if settings.consumer_gc_freeze:
             gc.freeze()
         tasks.append(asyncio.create_task(heartbeat()))
+        if watch is not None:
+            tasks.append(asyncio.create_task(watch_ticker()))
         for partition in range(folder.partitions):
             tasks.append(asyncio.create_task(reclaim_loop(partition)))
 
@@ -426,11 +622,13 @@ def create_app(settings: Settings | None = None, *, name: str | None = None) -> 
                     log.info("partition %d: folded %d entries a stopped read had taken",
                              partition, held)  # fmt: skip
 
-        try:  # one deadline for all partitions: the supervisor's grace period is 35 s
-            await asyncio.wait_for(drain(), 25.0)
-        except (redis.RedisError, OSError, TimeoutError):
-            log.warning("could not fold this consumer's pending entries before stopping; "
-                        "another consumer will claim them", exc_info=True)  # fmt: skip
+        try:  # one deadline for all partitions, well within the supervisor's grace period
+            if folder.condition is not None:
+                raise TimeoutError(f"Redis refuses for now ({folder.condition})")
+            await asyncio.wait_for(drain(), DRAIN_TIMEOUT_S)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not fold this consumer's pending entries before stopping "
+                        "(%r); another consumer will claim them", exc)  # fmt: skip
         await client.aclose()
         log.info(
             "tracetags consumer %s stopped (%s)",

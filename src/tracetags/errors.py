@@ -42,6 +42,20 @@ class TracetagsTimeoutError(TracetagsError, TimeoutError):
     """A bounded wait (flush, wait_applied) ran out of time."""
 
 
+class BufferFullError(TracetagsTimeoutError):
+    """A producer with ``overflow="block"`` found its buffer full for longer than
+    ``overflow_timeout_ms`` (or, in the asyncio flavour, full at the call)."""
+
+
+class BulkWriteError(TracetagsError, RuntimeError):
+    """A bulk operation wrote fewer events than it had matches; ``written`` says how many."""
+
+    def __init__(self, message: str, *, written: int, total: int) -> None:
+        super().__init__(message)
+        self.written = written
+        self.total = total
+
+
 class ProducerClosedError(TracetagsError, RuntimeError):
     """An event was submitted to a producer after ``close()``."""
 

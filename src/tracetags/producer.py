@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -27,8 +27,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
-from tracetags import schemas
-from tracetags.errors import ProducerClosedError, TracetagsTimeoutError
+from tracetags import redis_errors, schemas
+from tracetags.connections import socket_options
+from tracetags.errors import BufferFullError, ProducerClosedError, TracetagsTimeoutError
 from tracetags.keys import Keys, partition_of
 from tracetags.schemas import (
     ENTRY_FIELD,
@@ -51,6 +52,9 @@ _DROP_WARNING_INTERVAL_S: Final = 10.0
 # How far before the failed attempt (server clock) the de-duplication scan starts looking.
 _DEDUP_CLOCK_SLACK_MS: Final = 60_000
 _DEDUP_PAGE: Final = 1_000
+#: While backing off, how often the flusher asks Redis whether it would take a write now:
+#: buffered events go out this soon after Redis recovers, whatever the backoff had reached.
+PROBE_INTERVAL_S: Final = 0.05
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +62,9 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
 
     namespace: str
     positions: dict[int, str]
+    #: Events this producer dropped (buffer full, or given up at close) since the previous
+    #: receipt: 0 means every event submitted before this flush was written.
+    dropped: int = 0
 
 
 class ProducerStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +74,9 @@ class ProducerStats(msgspec.Struct, frozen=True, kw_only=True):
     retries: int
     last_error: str | None
     last_error_at_ms: int | None
+    #: What the flusher is waiting out now (``OOM``, ``READONLY``, ``unreachable``...; see
+    #: :mod:`tracetags.redis_errors`), None while writes succeed.
+    condition: str | None = None
 
 
 class _Pending(msgspec.Struct, frozen=True, gc=False):
@@ -134,6 +144,8 @@ class _Core:
         self.keys = Keys(settings.namespace)
         self._batch_size = settings.producer_batch_size
         self._buffer_size = settings.buffer_size
+        self._block = settings.overflow == "block"
+        self._block_timeout_s = settings.overflow_timeout_ms / 1000
         self._linger_s = settings.flush_interval_ms / 1000
         self._backoff = ExponentialWithJitterBackoff(
             cap=settings.retry_max_ms / 1000, base=settings.retry_initial_ms / 1000
@@ -162,14 +174,23 @@ class _Core:
         self.retries = 0
         self.last_error: str | None = None
         self.last_error_at_ms: int | None = None
+        self.condition: str | None = None
+        self._dropped_at_receipt = 0
         self._drops_unreported = 0
         self._last_drop_warning = 0.0
 
     # --- call side --------------------------------------------------------------------
 
-    def submit(self, event: schemas.Event) -> bool:
-        """Buffer one validated event; True when the flusher should be woken."""
+    def submit(self, event: schemas.Event, wake: Callable[[], None] | None = None) -> bool:
+        """Buffer one validated event; True when the flusher should be woken.
+
+        With ``overflow="block"`` and a full buffer, wakes the flusher with ``wake`` and waits
+        for room (``BufferFullError`` after ``overflow_timeout_ms``); without ``wake`` (the
+        asyncio flavour, whose flusher runs on the caller's own loop) it raises at once.
+        """
         payload = encode(event)
+        if self._block:
+            self._wait_for_room(wake)
         with self.lock:
             if self.closing:
                 raise ProducerClosedError("this producer is closed; create a new one")
@@ -184,6 +205,28 @@ class _Core:
                 n -= 1
                 self._warn_drops()
         return n == 1 or n == self._batch_size
+
+    def _wait_for_room(self, wake: Callable[[], None] | None) -> None:
+        with self.lock:
+            if len(self._queue) < self._buffer_size:
+                return
+            self.urgent = True
+        if wake is None:
+            raise BufferFullError(
+                f"the producer's buffer is full ({self._buffer_size} events); "
+                "await flush() before submitting more"
+            )
+        wake()
+        with self.lock:
+            room = self.progress.wait_for(
+                lambda: len(self._queue) < self._buffer_size or self.closing,
+                self._block_timeout_s,
+            )
+        if not room:
+            raise BufferFullError(
+                f"the producer's buffer stayed full ({self._buffer_size} events) for "
+                f"{self._block_timeout_s:g}s (last error: {self.last_error or 'none'})"
+            )
 
     def _warn_drops(self) -> None:
         now = time.monotonic()
@@ -208,6 +251,7 @@ class _Core:
                 retries=self.retries,
                 last_error=self.last_error,
                 last_error_at_ms=self.last_error_at_ms,
+                condition=self.condition,
             )
 
     def _unresolved_from(self) -> int:
@@ -227,7 +271,16 @@ class _Core:
         return self._unresolved_from() > target
 
     def receipt(self) -> Receipt:
-        return Receipt(namespace=self.settings.namespace, positions=dict(self._positions))
+        """Where events landed, and how many were dropped since the previous receipt
+        (called with the lock held)."""
+        dropped = self.dropped - self._dropped_at_receipt
+        self._dropped_at_receipt = self.dropped
+        if self._drops_unreported:
+            self._last_drop_warning = 0.0
+            self._warn_drops()
+        return Receipt(
+            namespace=self.settings.namespace, positions=dict(self._positions), dropped=dropped
+        )
 
     def timeout_error(self, timeout: float) -> TracetagsTimeoutError:
         with self.lock:
@@ -285,7 +338,22 @@ class _Core:
                     self._suspect_since_ms = attempt_ms
                 yield from self._failed(reply)
                 return
-            self._confirm(batch, partitions, reply)  # type: ignore[arg-type]
+            assert reply is not None
+            written = reply[-1]
+            if not isinstance(written, list):
+                # Refused as a whole (EXECABORT, or EXEC itself refused): nothing landed.
+                # The first refused command says why (OOM, READONLY, ...).
+                refused = next((r for r in reply if isinstance(r, BaseException)), written)
+                yield from self._failed(
+                    refused
+                    if isinstance(refused, BaseException)
+                    else redis.ResponseError(f"EXEC answered {refused!r}")
+                )
+                return
+            error = self._confirm(batch, partitions, written)
+            if error is not None:
+                yield from self._failed(error)
+                return
 
     def _take_batch(self) -> list[_Pending]:
         # Short work under the lock: every call waits for it, and a caller that blocks on
@@ -299,6 +367,8 @@ class _Core:
                 else:
                     popleft = queue.popleft
                     self._inflight = [popleft() for _ in range(self._batch_size)]
+                if self._block:
+                    self.progress.notify_all()  # room for callers waiting on a full buffer
             return self._inflight
 
     def _partition(self, trace_id: str) -> int:
@@ -316,20 +386,27 @@ class _Core:
     def _xadd_commands(
         self, batch: list[_Pending], partitions: list[int] | None
     ) -> list[tuple[Any, ...]]:
+        # One transaction per batch, so that a condition starting or ending in the middle of
+        # it (READONLY at a failover, OOM, MISCONF) refuses all of it or none: a batch
+        # written in part would land its later events before the refused ones are resent.
         # The flusher's Python time is taken from the callers (the GIL): keep it lean.
         if partitions is None:
             stream = self._streams[0]
-            return [("XADD", stream, "*", ENTRY_FIELD, p.payload) for p in batch]
-        streams = self._streams
-        return [
-            ("XADD", streams[n], "*", ENTRY_FIELD, p.payload)
-            for p, n in zip(batch, partitions, strict=True)
-        ]
+            commands = [("XADD", stream, "*", ENTRY_FIELD, p.payload) for p in batch]
+        else:
+            streams = self._streams
+            commands = [
+                ("XADD", streams[n], "*", ENTRY_FIELD, p.payload)
+                for p, n in zip(batch, partitions, strict=True)
+            ]
+        return [("MULTI",), *commands, ("EXEC",)]
 
     def _confirm(
         self, batch: list[_Pending], partitions: list[int] | None, replies: list[Any]
-    ) -> None:
-        """Record written entries; keep any that failed (in order) for the next attempt."""
+    ) -> BaseException | None:
+        """Record written entries; keep any that failed (in order) for the next attempt, and
+        return the last error (only a command's own error, such as WRONGTYPE, fails inside
+        a transaction that ran)."""
         failed: list[_Pending] = []
         error: BaseException | None = None
         last: dict[int, Any] = {}
@@ -348,19 +425,54 @@ class _Core:
         with self.lock:
             self.sent += len(batch) - len(failed)
             self._inflight = failed
-            self._failures = 0
-            if error is not None:
-                self._note_error(error)
+            if error is None:
+                self._recovered()
             self.progress.notify_all()
+        return error
+
+    def _recovered(self) -> None:
+        """A write went through (called with the lock held)."""
+        self._failures = 0
+        if self.condition is not None:
+            log.info(
+                "tracetags producer: writing again (%s is over; %d retries in all)",
+                self.condition,
+                self.retries,
+            )
+            self.condition = None
 
     def _failed(self, error: BaseException) -> Generator[Step, Reply, None]:
+        """Back off after a failed write (exponential, jittered, capped), probing whether
+        Redis would take a write every ``PROBE_INTERVAL_S`` to end the pause early."""
+        name = redis_errors.condition(error)
         with self.lock:
             self.retries += 1
             self._failures += 1
             self._note_error(error)
             failures = self._failures
-        log.debug("tracetags producer: write failed (%s); retrying", error)
-        yield Sleep(self._backoff.compute(failures))
+            started = self.condition is None
+            self.condition = name
+        if started:
+            log.warning(
+                "tracetags producer: Redis refuses writes (%s: %s); events stay buffered and "
+                "are retried in order",
+                name,
+                error,
+            )
+        deadline = time.monotonic() + self._backoff.compute(failures)
+        while not self.abandoned:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            yield Sleep(min(PROBE_INTERVAL_S, left))
+            probe = yield Execute(self._probe_commands())
+            if isinstance(probe, list) and len(probe) > 1 and probe[1] == b"QUEUED":
+                return
+
+    def _probe_commands(self) -> list[tuple[Any, ...]]:
+        # A write queued in a transaction and discarded: Redis answers QUEUED only when it
+        # would run a write now (not OOM, READONLY, MISCONF, BUSY, LOADING), writing nothing.
+        return [("MULTI",), ("XADD", self.keys.stream(0), "*", ENTRY_FIELD, b""), ("DISCARD",)]
 
     def _note_error(self, error: BaseException) -> None:
         self.last_error = f"{type(error).__name__}: {error}"
@@ -388,6 +500,8 @@ class _Core:
         self._server_offset_ms = int(seconds) * 1000 + int(micros) // 1000 - schemas.now_ms()
         self._partitions = partitions
         self._streams = [self.keys.stream(n) for n in range(partitions)]
+        with self.lock:
+            self._recovered()
 
     def _drop_already_written(self, batch: list[_Pending]) -> Generator[Step, Reply, bool]:
         """After an ambiguous failure, find which in-flight events did land, and forget them.
@@ -565,12 +679,10 @@ class _ProducerBase:
 def _client_kwargs(settings: Settings, *, for_asyncio: bool = False) -> dict[str, Any]:
     # redis-py's own retry would resend a pipeline cut by a lost connection and so write
     # duplicates; the producer retries itself, after finding what already landed.
-    timeout = settings.socket_timeout_ms / 1000
     return {
         "retry": (AsyncRetry if for_asyncio else Retry)(NoBackoff(), 0),
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
         "health_check_interval": 0,
+        **socket_options(settings),
     }
 
 
@@ -604,10 +716,13 @@ class TagProducer(_ProducerBase):
         self._start_fresh()
 
     def _submit(self, event: schemas.Event) -> None:
-        if self._core.submit(event):
-            if not self._started:
-                self._start_thread()
-            self._wake.set()
+        if self._core.submit(event, self._wake_flusher):
+            self._wake_flusher()
+
+    def _wake_flusher(self) -> None:
+        if not self._started:
+            self._start_thread()
+        self._wake.set()
 
     def _start_thread(self) -> None:
         with self._core.lock:

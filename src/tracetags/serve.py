@@ -1,5 +1,6 @@
 """``tracetags serve``: N consumer processes, supervised, and the embedded Redis when no URL
-is given.  A worker that dies (killed, or its stream deleted under it) is restarted."""
+is given.  A worker that dies (killed, or its stream deleted under it) is restarted, and so
+is one whose fold is stuck (a watchdog: see :class:`Supervisor`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from typing import Any
+from multiprocessing.sharedctypes import SynchronizedArray
+from typing import Any, Final
 
 import msgspec
 
@@ -28,11 +30,20 @@ UNBOUNDED_WARNING = (
     "TRACETAGS_ARCHIVE_URL=file://DIR or s3://BUCKET/PREFIX"
 )
 _STOP_GRACE_S = 35.0
+#: A worker that ran this long before exiting was healthy: its restart backoff starts over.
+HEALTHY_RUN_S: Final = 30.0
+#: Slots of the array a worker shares with the supervisor (wall-clock seconds).
+WATCH_TICK: Final = 0  # the worker's event loop last ran its watch task
+WATCH_FOLD: Final = 1  # a fold call in flight since (0: none)
 
 
-def run_worker(settings_data: dict[str, Any], log_level: int = logging.INFO) -> None:
+def run_worker(
+    settings_data: dict[str, Any],
+    log_level: int = logging.INFO,
+    watch: SynchronizedArray[float] | None = None,
+) -> None:
     """One consumer process: the FastStream app until SIGTERM/SIGINT (it finishes the batch
-    in hand, then exits)."""
+    in hand, then exits).  ``watch`` is where it tells the supervisor it is not stuck."""
     from tracetags.consumer import create_app
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -42,7 +53,7 @@ def run_worker(settings_data: dict[str, Any], log_level: int = logging.INFO) -> 
     for name in ("faststream", "tracetags.faststream"):
         logging.getLogger(name).setLevel(logging.CRITICAL + 1 if quiet else logging.WARNING)
     settings = msgspec.convert(settings_data, Settings)
-    asyncio.run(create_app(settings).run(log_level=log_level))
+    asyncio.run(create_app(settings, watch=watch).run(log_level=log_level))
 
 
 class Supervisor:
@@ -64,24 +75,46 @@ class Supervisor:
         slots = workers + (1 if archiver else 0)
         self._procs: list[BaseProcess | None] = [None] * slots
         self._restarts = [0] * slots
+        self._started_at = [0.0] * slots
+        # The consumers' watchdog slots (the archiver, last, has none).
+        self._watches = [self._ctx.Array("d", 2) for _ in range(workers)]
         self._stopping = threading.Event()
+        self.watchdog_restarts = 0
 
     def _spawn(self, slot: int) -> None:
         if slot >= self.workers:
             from tracetags.archive.archiver import run_archiver_process
 
             target: Callable[..., None] = run_archiver_process
+            args: tuple[Any, ...] = (msgspec.to_builtins(self.settings), self.log_level)
             name = "tracetags-archiver"
         else:
+            watch = self._watches[slot]
+            watch[WATCH_TICK] = 0.0
+            watch[WATCH_FOLD] = 0.0
             target, name = run_worker, f"tracetags-consumer-{slot}"
+            args = (msgspec.to_builtins(self.settings), self.log_level, watch)
         proc = self._ctx.Process(
             target=target,
-            args=(msgspec.to_builtins(self.settings), self.log_level),
+            args=args,
             name=name,
             daemon=False,
         )
         proc.start()
         self._procs[slot] = proc
+        self._started_at[slot] = time.monotonic()
+
+    def _stuck(self, slot: int) -> str | None:
+        """Why the worker in ``slot`` is stuck (its fold call in flight too long, or its
+        event loop silent too long after it first ticked), or None."""
+        limit = self.settings.watchdog_ms / 1000
+        now = time.time()
+        tick, fold = self._watches[slot][WATCH_TICK], self._watches[slot][WATCH_FOLD]
+        if fold and now - fold > limit:
+            return f"a fold call has been in flight for {now - fold:.0f} s"
+        if tick and now - tick > limit:
+            return f"its event loop has not run for {now - tick:.0f} s"
+        return None
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
         for slot in range(len(self._procs)):
@@ -90,8 +123,18 @@ class Supervisor:
             on_ready()
         while not self._stopping.wait(0.2):
             for slot, proc in enumerate(self._procs):
-                if proc is None or proc.is_alive() or self._stopping.is_set():
+                if proc is None or self._stopping.is_set():
                     continue
+                if proc.is_alive():
+                    reason = self._stuck(slot) if slot < self.workers else None
+                    if reason is None:
+                        continue
+                    log.error("consumer %d is stuck (%s); killing it", slot, reason)
+                    self.watchdog_restarts += 1
+                    proc.kill()
+                    proc.join(5)
+                if time.monotonic() - self._started_at[slot] >= HEALTHY_RUN_S:
+                    self._restarts[slot] = 0
                 code = proc.exitcode
                 delay = _RESTART_BACKOFF_S[min(self._restarts[slot], len(_RESTART_BACKOFF_S) - 1)]
                 self._restarts[slot] += 1

@@ -51,13 +51,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     producer_batch_size: int = 500
     #: The producer's flusher writes at least this often while events are buffered.
     flush_interval_ms: int = 5
-    #: Events the producer buffers (besides one batch in flight) before dropping the oldest.
+    #: Events the producer buffers (besides one batch in flight) before ``overflow`` applies.
     buffer_size: int = 100_000
+    #: What a producer does with a new event when its buffer is full: ``drop_oldest`` (never
+    #: block the caller; for a request path) or ``block`` (wait for room up to
+    #: ``overflow_timeout_ms``, then raise ``BufferFullError``; for backfills and scripts).
+    overflow: str = "drop_oldest"
+    overflow_timeout_ms: int = 30_000
     #: First and largest pause between retries while Redis is unreachable.
     retry_initial_ms: int = 50
     retry_max_ms: int = 5_000
     #: Socket connect/read timeout of the producer's connection.
     socket_timeout_ms: int = 5_000
+    #: ``tracetags serve`` kills and restarts a worker whose fold call has been in flight
+    #: (or whose event loop has been silent) this long: a fold stuck for good, not waiting.
+    watchdog_ms: int = 60_000
     #: How long the atexit hook may spend flushing a producer.
     atexit_flush_timeout_ms: int = 2_000
     #: Where the embedded Redis keeps its data (``tracetags serve`` without a URL).
@@ -111,6 +119,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "socket_timeout_ms",
             "flush_interval_ms",
             "claim_idle_ms",
+            "overflow_timeout_ms",
+            "watchdog_ms",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(
@@ -124,6 +134,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "retry_max_ms",
             self.retry_max_ms,
             "must be >= retry_initial_ms",
+        )
+        _check(
+            self.overflow in ("drop_oldest", "block"),
+            "overflow",
+            self.overflow,
+            "must be drop_oldest or block",
         )
         for key in self.lookup_keys:
             _check(
