@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import redis
 
 from tests.support.archive import moto_server, s3_url  # noqa: F401 - fixtures
-from tests.support.helpers import drop_namespace
+from tests.support.helpers import scratch_namespace
 from tracetags.embedded import RedisServer
 from tracetags.settings import Settings
 
@@ -119,13 +118,8 @@ def redis_url() -> str:
 @pytest.fixture
 def namespace(redis_url: str) -> Iterator[str]:
     """A namespace no other test uses; its keys are removed afterwards."""
-    ns = f"tt-{uuid.uuid4().hex[:12]}"
-    yield ns
-    client = redis.Redis.from_url(redis_url)
-    try:
-        drop_namespace(client, ns)
-    finally:
-        client.close()
+    with scratch_namespace(redis_url) as ns:
+        yield ns
 
 
 @pytest.fixture

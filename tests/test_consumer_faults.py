@@ -3,41 +3,20 @@ a stream deleted under a running consumer: the state must equal the model's in-o
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import random
 import signal
 import threading
 import time
-from multiprocessing.process import BaseProcess
 
-import msgspec
 import redis
 
 from tests.support.helpers import wait_until
-from tests.support.model import FoldModel, dump
-from tracetags import Settings, TagProducer, log
+from tests.support.workload import assert_state_equals_model, start_worker
+from tracetags import Settings, TagProducer
 from tracetags.client import Client
 from tracetags.keys import Keys
-from tracetags.serve import Supervisor, run_worker
-
-_ctx = multiprocessing.get_context("spawn")
-
-
-def start_worker(settings: Settings) -> BaseProcess:
-    proc = _ctx.Process(target=run_worker, args=(msgspec.to_builtins(settings),), daemon=True)
-    proc.start()
-    return proc
-
-
-def assert_state_equals_model(r: redis.Redis, settings: Settings) -> None:
-    keys = Keys(settings.namespace)
-    models = {p: FoldModel() for p in range(settings.partitions)}
-    for entry in log.read_log(r, settings.namespace):
-        assert entry.event is not None, entry.error
-        models[entry.partition].apply(entry.entry_id, entry.event)
-    for partition, model in models.items():
-        assert dump(r, keys, partition) == model.expected(keys, partition), partition
+from tracetags.serve import Supervisor
 
 
 def mixed_load(producer: TagProducer, events: int, seed: int) -> None:

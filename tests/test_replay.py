@@ -18,7 +18,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from tests.support.helpers import drop_namespace, wait_until
+from tests.support.helpers import drop_namespace, scratch_namespace, wait_until
 from tests.support.model import FoldModel, dump, parse_entry_id
 from tracetags import consumer, functions, schemas
 from tracetags.archive import archive_once, manifest, segments
@@ -44,13 +44,9 @@ Entry = tuple[int, str, dict[bytes, bytes]]  # partition, entry id, fields
 
 @pytest.fixture
 def target(redis_url: str) -> Iterator[str]:
-    ns = f"tt-{uuid.uuid4().hex[:12]}"
-    yield ns
-    client = redis.Redis.from_url(redis_url)
-    try:
-        drop_namespace(client, ns)
-    finally:
-        client.close()
+    """A second fresh namespace: where a replay goes."""
+    with scratch_namespace(redis_url) as ns:
+        yield ns
 
 
 def _event(rng: random.Random, trace_id: str) -> schemas.Event:

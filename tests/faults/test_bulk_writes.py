@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.faults.conftest import out_of_memory
-from tests.faults.workload import start_worker
+from tests.support.workload import start_worker
 from tracetags import AsyncTagProducer, Settings, TagProducer
 from tracetags.client import Client
 from tracetags.embedded import RedisServer

@@ -17,14 +17,14 @@ import pytest
 import redis
 
 from tests.faults.proxy import Action, FaultProxy
-from tests.faults.workload import (
+from tests.support.helpers import wait_until
+from tests.support.workload import (
     Load,
     assert_log_in_call_order,
     assert_settled,
     assert_state_equals_model,
     start_worker,
 )
-from tests.support.helpers import wait_until
 from tracetags import Settings, TagProducer
 from tracetags.client import Client
 from tracetags.embedded import RedisServer

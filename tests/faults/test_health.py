@@ -21,8 +21,8 @@ import redis
 
 from tests.faults.conftest import out_of_memory, read_only
 from tests.faults.proxy import FaultProxy
-from tests.faults.workload import start_worker
 from tests.support.helpers import wait_until
+from tests.support.workload import start_worker
 from tracetags import Settings, TagProducer
 from tracetags.client import HEARTBEAT_TTL_MS, Client
 from tracetags.embedded import RedisServer

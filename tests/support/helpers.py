@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 
 import redis
 
@@ -34,3 +36,15 @@ def drop_namespace(client: redis.Redis, namespace: str) -> None:
     keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
     for start in range(0, len(keys), 500):
         client.delete(*keys[start : start + 500])
+
+
+@contextlib.contextmanager
+def scratch_namespace(redis_url: str) -> Iterator[str]:
+    """A namespace no other test uses; its keys are removed afterwards."""
+    ns = f"tt-{uuid.uuid4().hex[:12]}"
+    yield ns
+    client = redis.Redis.from_url(redis_url)
+    try:
+        drop_namespace(client, ns)
+    finally:
+        client.close()
