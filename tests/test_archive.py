@@ -656,3 +656,31 @@ def test_any_interleaving_of_writes_folds_and_archive_runs_keeps_the_log_whole(
                 must = [i for i, _ in model if id_tuple(i) >= min(keep_from)]
                 assert set(must) <= set(left)
     r.delete(stream, keys.meta, keys.archive_state(0), keys.archive_marks(0))
+
+
+def test_the_serve_loop_trims_when_retention_passes_not_only_at_its_runs(
+    settings: Settings, tmp_path: Path, r: redis.Redis
+) -> None:
+    """Archive runs every 30 s, retention 1 s: the entries go ~1 s after the first run
+    archived them, not at the second run."""
+    import threading
+
+    from tracetags.archive.archiver import Archiver
+
+    settings = settings.replace(archive_url=f"file://{tmp_path}/archive", log_retention="1s",
+                                archive_interval="30s")  # fmt: skip
+    keys = Keys(settings.namespace)
+    produce(settings, 20)
+    fold_all(r, keys, 0)
+    archiver = Archiver(settings)
+    runner = threading.Thread(target=archiver.run, daemon=True)
+    started = time.monotonic()
+    runner.start()
+    try:
+        wait_until(lambda: r.hget(keys.archive_state(0), "archived") is not None, timeout=10)
+        assert r.xlen(keys.stream(0)) == 67  # archived, still in its live retention
+        wait_until(lambda: r.xlen(keys.stream(0)) == 0, timeout=10)
+        assert time.monotonic() - started < 10
+    finally:
+        archiver.stop()
+        runner.join(30)
