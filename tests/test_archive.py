@@ -686,3 +686,31 @@ def test_the_readme_duckdb_query_reads_the_archive(
     expected.sort(key=lambda pair: pair[0])
     assert rows == [row for _, row in expected[:10]]
     assert len(rows) == 10
+
+
+def test_the_serve_loop_trims_when_retention_passes_not_only_at_its_runs(
+    settings: Settings, tmp_path: Path, r: redis.Redis
+) -> None:
+    """Archive runs every 30 s, retention 1 s: the entries go ~1 s after the first run
+    archived them, not at the second run."""
+    import threading
+
+    from tracetags.archive.archiver import Archiver
+
+    settings = settings.replace(archive_url=f"file://{tmp_path}/archive", log_retention="1s",
+                                archive_interval="30s")  # fmt: skip
+    keys = Keys(settings.namespace)
+    produce(settings, 20)
+    fold_all(r, keys, 0)
+    archiver = Archiver(settings)
+    runner = threading.Thread(target=archiver.run, daemon=True)
+    started = time.monotonic()
+    runner.start()
+    try:
+        wait_until(lambda: r.hget(keys.archive_state(0), "archived") is not None, timeout=10)
+        assert r.xlen(keys.stream(0)) == 67  # archived, still in its live retention
+        wait_until(lambda: r.xlen(keys.stream(0)) == 0, timeout=10)
+        assert time.monotonic() - started < 10
+    finally:
+        archiver.stop()
+        runner.join(30)
