@@ -145,8 +145,11 @@ def test_help_shows_one_line_summaries_exit_codes_and_completion() -> None:
         assert any(f" {name} " in line and summaries[name] in line for line in lines), name
     text = " ".join(result.stdout.split())
     assert (
-        "Exit codes: 0 success; 1 not found or timed out; 2 usage or filter error (the "
-        "filter is shown with a caret); 3 Redis unreachable (the URL tried and a hint)."
+        "Exit codes: 0 success; 1 not found, timed out, or failed (a gap in the log, an "
+        "unreadable archive); 2 usage or filter error (the filter is shown with a caret); 3 "
+        "Redis unreachable (the URL tried and a hint); 4 a bulk write fell short (fewer traces "
+        "written than matched); 5 status: Redis answers but is degraded (OOM, READONLY, "
+        "MISCONF, BUSY, ...)."
     ) in text
     assert "--install-completion" in text and "--show-completion" in text
 
@@ -432,13 +435,18 @@ EXIT_CASES: dict[ExitCode, tuple[list[str], str]] = {
 }
 
 
+#: Codes that need a Redis fault to happen, tested where the fault is made:
+#: INCOMPLETE in tests/faults/test_bulk_writes.py, DEGRADED in tests/faults/test_health.py.
+FAULT_EXIT_CODES = {ExitCode.INCOMPLETE, ExitCode.DEGRADED}
+
+
 def test_every_exit_code_has_a_case_below() -> None:
-    assert set(EXIT_CASES) == set(ExitCode)
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3]
+    assert set(EXIT_CASES) | FAULT_EXIT_CODES == set(ExitCode)
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5]
     assert set(EXIT_CODE_MEANINGS) == set(ExitCode)
 
 
-@pytest.mark.parametrize("code", list(ExitCode), ids=[code.name for code in ExitCode])
+@pytest.mark.parametrize("code", list(EXIT_CASES), ids=[code.name for code in EXIT_CASES])
 def test_exit_code(code: ExitCode, redis_url: str, namespace: str) -> None:
     args, message = EXIT_CASES[code]
     url = f"redis://127.0.0.1:{free_port()}/0" if code is ExitCode.UNREACHABLE else redis_url
@@ -457,6 +465,11 @@ def test_exit_code(code: ExitCode, redis_url: str, namespace: str) -> None:
         (errors.RedisUnavailableError("x"), ExitCode.UNREACHABLE),
         (errors.EmbeddedRedisError("x"), ExitCode.UNREACHABLE),
         (errors.TracetagsTimeoutError("x"), ExitCode.FAILED),
+        (errors.BulkWriteError("x", written=1, total=2), ExitCode.INCOMPLETE),
+        (errors.LogGapError("x"), ExitCode.FAILED),
+        (errors.ArchiveStoreError("x"), ExitCode.FAILED),
+        (errors.ArchiveCorruptError("x"), ExitCode.FAILED),
+        (errors.ReplayTargetError("x"), ExitCode.USAGE),
         (errors.ConfigError("x"), ExitCode.USAGE),
         (errors.ValidationError("x"), ExitCode.USAGE),
         (errors.InvalidTagKeyError("x"), ExitCode.USAGE),

@@ -121,6 +121,7 @@ def faulty(r: redis.Redis) -> Iterator[tuple[library.Library, int]]:
         "APPLY_FUNCTION": "tt_fault_apply",
         "QUERY_FUNCTION": "tt_fault_query",
         "LOOKUP_FUNCTION": "tt_fault_lookup",
+        "TRIM_FUNCTION": "tt_fault_trim",
     }
     lib = library.assemble(parts, library_name="tracetags_test_fault", function_names=names)
     r.function_load(lib.code, replace=True)

@@ -1,6 +1,6 @@
 """The only module that spells Redis keys.
 
-Every key of a namespace ``ns`` (the Lua library ``tracetags_v5`` builds the same shapes from
+Every key of a namespace ``ns`` (the Lua library ``tracetags_vN`` builds the same shapes from
 the partition prefix it is given; ``functions/`` mirrors this table):
 
 =========================================  =======  ================================================

@@ -21,6 +21,75 @@
 -- ('' when everything was trimmed): 'retention' (archived entries still in their live
 -- retention), 'archive' (entries not archived yet), 'pending' / 'undelivered' (detail: the
 -- group).
+local function parse(id)
+    local ms, seq = match(id, '^(%d+)-(%d+)$')
+    return tonumber(ms), tonumber(seq)
+end
+
+local function less(a, b)
+    local ams, aseq = parse(a)
+    local bms, bseq = parse(b)
+    return ams < bms or (ams == bms and aseq < bseq)
+end
+
+-- The first entry of `stream` after `id`, or nil when the stream has none.
+local function after(stream, id)
+    local next_entry = call('XRANGE', stream, '(' .. id, '+', 'COUNT', 1)[1]
+    return next_entry and next_entry[1] or nil
+end
+
+-- The first entry that must stay for the archive (nil: none), and why; nil, reason when
+-- no mark is old enough (nothing may be trimmed).
+local function archive_bound(stream, marks, retention_ms)
+    local now = call('TIME')
+    local now_ms = tonumber(now[1]) * 1000 + floor(tonumber(now[2]) / 1000)
+    local newest = call('ZRANGE', marks, '+inf', '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
+    local mark = call('ZRANGE', marks, now_ms - retention_ms, '-inf', 'BYSCORE', 'REV',
+        'LIMIT', 0, 1)[1]
+    if mark == nil then
+        return nil, nil, newest and 'retention' or 'archive'
+    end
+    local keep = after(stream, mark)
+    return mark, keep, keep and (mark == newest and 'archive' or 'retention') or ''
+end
+
+-- Lowers `keep` to every group's oldest pending entry and first undelivered entry.
+local function group_bound(stream, keep, held, detail)
+    for _, info in ipairs(call('XINFO', 'GROUPS', stream)) do
+        local name, last_delivered
+        for i = 1, #info, 2 do
+            if info[i] == 'name' then name = info[i + 1] end
+            if info[i] == 'last-delivered-id' then last_delivered = info[i + 1] end
+        end
+        local summary = call('XPENDING', stream, name)
+        local candidates = {
+            { tonumber(summary[1]) > 0 and summary[2] or nil, 'pending' },
+            { after(stream, last_delivered), 'undelivered' },
+        }
+        for _, c in ipairs(candidates) do
+            if c[1] ~= nil and (keep == nil or less(c[1], keep)) then
+                keep, held, detail = c[1], c[2], name
+            end
+        end
+    end
+    return keep, held, detail
+end
+
+-- Trims everything before `keep`, or the whole stream when keep is nil: then MINID just
+-- past the last entry removes every one.  Returns the count trimmed and the MINID used.
+local function trim_before(stream, keep)
+    if keep ~= nil then
+        return call('XTRIM', stream, 'MINID', '=', keep), keep
+    end
+    local last = call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+    if last == nil then
+        return 0, ''
+    end
+    local ms = parse(last[1])
+    local minid = (ms + 1) .. '-0'
+    return call('XTRIM', stream, 'MINID', '=', minid), minid
+end
+
 local function tt_trim(keys, argv)
     bind_runtime()
     local stream, marks = keys[1], keys[2]
@@ -28,79 +97,19 @@ local function tt_trim(keys, argv)
     if retention_ms == nil or retention_ms < 0 then
         return redis.error_reply('TT_BADARGS tt_trim: retention_ms must be a number >= 0')
     end
-    if redis.call('EXISTS', stream) == 0 then
-        return {0, '', '', ''}
+    if call('EXISTS', stream) == 0 then
+        return { 0, '', '', '' }
     end
-
-    local function parse(id)
-        local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-        return tonumber(ms), tonumber(seq)
-    end
-    local function less(a, b)
-        local ams, aseq = parse(a)
-        local bms, bseq = parse(b)
-        return ams < bms or (ams == bms and aseq < bseq)
-    end
-    -- The first entry after `id`, or nil when the stream has none.
-    local function after(id)
-        local next_entry = redis.call('XRANGE', stream, '(' .. id, '+', 'COUNT', 1)[1]
-        return next_entry and next_entry[1] or nil
-    end
-
-    local now = redis.call('TIME')
-    local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-
-    local newest_mark = redis.call('ZRANGE', marks, '+inf', '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
-    local mark = redis.call('ZRANGE', marks, now_ms - retention_ms, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
+    local mark, keep, held = archive_bound(stream, marks, retention_ms)
     if mark == nil then
-        return {0, '', newest_mark and 'retention' or 'archive', ''}
+        return { 0, '', held, '' }
     end
-
-    -- The bound so far: the first entry we must keep (nil: none, trim everything).
-    local keep = after(mark)
-    local held = keep and (mark == newest_mark and 'archive' or 'retention') or ''
-    local detail = ''
-    local function bound(candidate, why, group)
-        if candidate ~= nil and (keep == nil or less(candidate, keep)) then
-            keep, held, detail = candidate, why, group
-        end
-    end
-
-    local groups = redis.call('XINFO', 'GROUPS', stream)
-    for _, info in ipairs(groups) do
-        local name, last_delivered
-        for i = 1, #info, 2 do
-            if info[i] == 'name' then name = info[i + 1] end
-            if info[i] == 'last-delivered-id' then last_delivered = info[i + 1] end
-        end
-        local summary = redis.call('XPENDING', stream, name)
-        if tonumber(summary[1]) > 0 then
-            bound(summary[2], 'pending', name)
-        end
-        local undelivered = after(last_delivered)
-        if undelivered ~= nil then
-            bound(undelivered, 'undelivered', name)
-        end
-    end
-
-    local trimmed
-    if keep == nil then
-        trimmed = redis.call('XLEN', stream)
-        if trimmed > 0 then
-            -- Nothing must stay: MINID just past the last entry removes every one.
-            local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1][1]
-            local ms, seq = parse(last)
-            redis.call('XTRIM', stream, 'MINID', '=', (ms + 1) .. '-0')
-            keep = (ms + 1) .. '-0'
-        else
-            keep = ''
-        end
-    else
-        trimmed = redis.call('XTRIM', stream, 'MINID', '=', keep)
-    end
+    local detail
+    keep, held, detail = group_bound(stream, keep, held, '')
+    local trimmed, minid = trim_before(stream, keep)
     -- Marks older than the one used can never be used again.
-    redis.call('ZREMRANGEBYSCORE', marks, '-inf', '(' .. redis.call('ZSCORE', marks, mark))
-    return {trimmed, keep, held, detail}
+    call('ZREMRANGEBYSCORE', marks, '-inf', '(' .. call('ZSCORE', marks, mark))
+    return { trimmed, minid, held, detail }
 end
 
 Trim.tt_trim = tt_trim
