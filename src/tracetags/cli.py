@@ -997,7 +997,7 @@ def replay(
         sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
         return
     table = Table(title=f"replay of {result.source!r} into {result.target!r}"
-                  + (f" until {result.until}" if result.until else ""))  # fmt: skip
+                  + (f" until {_until_text(result.until)}" if result.until else ""))  # fmt: skip
     for column in ("partition", "from archive", "from tail", "applied", "dead letters",
                    "resumed after", "last entry"):  # fmt: skip
         table.add_column(column, justify="right")
@@ -1009,6 +1009,15 @@ def replay(
         f"replayed {result.entries:,} entries in {result.seconds:.1f} s "
         f"({result.events_per_second:,.0f} events/s)"
     )
+
+
+def _until_text(until: str) -> str:
+    """An --until bound as a person reads it: the entry id, or its time when the bound is a
+    whole millisecond (replay keeps it as ``ms-<largest sequence>``)."""
+    ms, _, seq = until.partition("-")
+    if seq != str(2**64 - 1):
+        return until
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 @app.command()
