@@ -25,20 +25,27 @@ def logged_values(admin: redis.Redis, namespace: str) -> list[str]:
     return out
 
 
+class LiftReadOnlyBeforeV2:
+    """A proxy hook that ends the read-only window just before v2's XADD reaches Redis
+    (once): the failover ends in the middle of a pipeline."""
+
+    def __init__(self, admin: redis.Redis) -> None:
+        self.admin = admin
+        self.lifted = False
+
+    def __call__(self, _: int, command: list[bytes]) -> Action:
+        if not self.lifted and command[0].upper() == b"XADD" and b"v2" in command[-1]:
+            read_only(self.admin, False)
+            self.lifted = True
+        return "forward"
+
+
 def test_a_read_only_window_ending_mid_pipeline_keeps_call_order(
     server: RedisServer, admin: redis.Redis, proxy: FaultProxy
 ) -> None:
     """The issue's reproduction: v1 refused (READONLY), the failover ends before v2 reaches
     the server; before the fix the log read v2, v3, v1 and the fold kept v1."""
-    lifted = False
-
-    def hook(_: int, command: list[bytes]) -> Action:
-        nonlocal lifted
-        if not lifted and command[0].upper() == b"XADD" and b"v2" in command[-1]:
-            read_only(admin, False)
-            lifted = True
-        return "forward"
-
+    hook = LiftReadOnlyBeforeV2(admin)
     settings = Settings(
         redis_url=proxy.url, namespace="ro", flush_interval_ms=100, retry_initial_ms=10
     )
@@ -51,7 +58,7 @@ def test_a_read_only_window_ending_mid_pipeline_keeps_call_order(
             producer.set_tags("t", {"n": value})
         producer.flush(10)
         stats = producer.stats()
-    assert lifted
+    assert hook.lifted
     assert logged_values(admin, "ro") == ["v0", "v1", "v2", "v3"]
     assert stats.retries >= 1
 
@@ -135,15 +142,7 @@ async def test_the_asyncio_producer_keeps_call_order_too(
     server: RedisServer, admin: redis.Redis, proxy: FaultProxy
 ) -> None:
     """The same reproduction through AsyncTagProducer (same core, its own I/O driver)."""
-    lifted = False
-
-    def hook(_: int, command: list[bytes]) -> Action:
-        nonlocal lifted
-        if not lifted and command[0].upper() == b"XADD" and b"v2" in command[-1]:
-            read_only(admin, False)
-            lifted = True
-        return "forward"
-
+    hook = LiftReadOnlyBeforeV2(admin)
     settings = Settings(
         redis_url=proxy.url, namespace="ro-async", flush_interval_ms=100, retry_initial_ms=10
     )
@@ -156,5 +155,5 @@ async def test_the_asyncio_producer_keeps_call_order_too(
         producer.set_tags("t", {"n": value})
     await producer.flush(10)
     await producer.close(5)
-    assert lifted
+    assert hook.lifted
     assert logged_values(admin, "ro-async") == ["v0", "v1", "v2", "v3"]
