@@ -360,28 +360,24 @@ def rows_of(table: pa.Table) -> list[Row]:
         event: Event
         if kind == "tags_set":
             event = TagsSet(tags=column["tags"][i], **common)
-        elif kind == "trace_finished":
-            event = TraceFinished(
-                experiment_id=column["experiment_id"][i],
-                timestamp_ms=column["timestamp_ms"][i],
-                execution_time_ms=column["execution_time_ms"][i],
-                status=column["status"][i],
-                name=column["name"][i],
-                client_request_id=column["client_request_id"][i],
-                metadata=column["metadata"][i],
-                tags=column["tags"][i],
-                **common,
-            )
-        elif kind == "trace_started":
-            event = TraceStarted(
+        elif kind in ("trace_started", "trace_finished"):
+            # The attributes both trace events carry; a finish adds duration and status.
+            common.update(
                 experiment_id=column["experiment_id"][i],
                 timestamp_ms=column["timestamp_ms"][i],
                 name=column["name"][i],
                 client_request_id=column["client_request_id"][i],
                 metadata=column["metadata"][i],
                 tags=column["tags"][i],
-                **common,
             )
+            if kind == "trace_started":
+                event = TraceStarted(**common)
+            else:
+                event = TraceFinished(
+                    execution_time_ms=column["execution_time_ms"][i],
+                    status=column["status"][i],
+                    **common,
+                )
         elif kind == "tags_deleted":
             event = TagsDeleted(keys=list(column["deleted_keys"][i] or ()), **common)
         elif kind == "trace_deleted":
