@@ -144,7 +144,7 @@ def archive_log(url: str, pristine: str, archived: str, directory: str, share: f
         rows.append((entry_id.decode(), item.payload if isinstance(item, DeadLetter) else item))
     for start in range(0, len(rows), 50_000):
         chunk = rows[start : start + 50_000]
-        first, last = segments.parse_entry_id(chunk[0][0]), segments.parse_entry_id(chunk[-1][0])
+        first, last = schemas.parse_entry_id(chunk[0][0]), schemas.parse_entry_id(chunk[-1][0])
         data = segments.write_segment(chunk)
         manifest.publish(store, archived, 0, first, last, len(chunk), data, schemas.now_ms())
     client.xtrim(stream, minid=entries[count][0], approximate=False)

@@ -126,8 +126,8 @@ def test_a_segment_is_the_same_bytes_when_written_again() -> None:
 
 def _publish(store: LocalStore | object, namespace: str, rows: list[segments.Row]) -> None:
     data = segments.write_segment(rows)
-    first = segments.parse_entry_id(rows[0][0])
-    last = segments.parse_entry_id(rows[-1][0])
+    first = schemas.parse_entry_id(rows[0][0])
+    last = schemas.parse_entry_id(rows[-1][0])
     manifest.publish(store, namespace, 0, first, last, len(rows), data, 0)  # type: ignore[arg-type]
 
 

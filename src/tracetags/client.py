@@ -20,6 +20,7 @@ from tracetags.errors import BulkWriteError, RedisUnavailableError, TracetagsTim
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
+from tracetags.schemas import parse_entry_id
 from tracetags.settings import Settings
 
 if TYPE_CHECKING:
@@ -203,12 +204,6 @@ def trace_info_from_hash(fields: Mapping[bytes, bytes]) -> TraceInfo | None:
         flat.append(field.decode())
         flat.append(value.decode())
     return trace_info_from_fields(flat)
-
-
-def _id_tuple(entry_id: str | bytes) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -497,7 +492,7 @@ class Client:
             except redis.ResponseError:
                 return False
             info = next((g for g in groups if g["name"] == group), None)
-            if info is None or _id_tuple(info["last-delivered-id"]) < _id_tuple(position):
+            if info is None or parse_entry_id(info["last-delivered-id"]) < parse_entry_id(position):
                 return False
             pending: Any = self.redis.xpending_range(stream, group, min="-", max=position, count=1)
             if pending:

@@ -42,6 +42,7 @@ from tracetags.schemas import (
     encode,
     new_event_id,
     now_ms,
+    parse_entry_id,
 )
 from tracetags.settings import Settings
 
@@ -129,11 +130,6 @@ def _entry_payload(fields: Any) -> Any:
             if fields[i] == ENTRY_FIELD:
                 return fields[i + 1]
     return None
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class _Core:
@@ -518,7 +514,7 @@ class _Core:
         for partition in sorted({self._partition(p.trace_id) for p in batch}):
             start = f"{max(since_ms, 0)}-0"
             mark = self._watermarks.get(partition)
-            if mark is not None and _id_tuple(mark) >= _id_tuple(start):
+            if mark is not None and parse_entry_id(mark) >= parse_entry_id(start):
                 start = "(" + mark
             while True:
                 reply = yield Execute(
@@ -544,7 +540,7 @@ class _Core:
                 last = entries[-1][0]
                 start = "(" + (last.decode() if isinstance(last, bytes) else last)
         for partition, entry_id in found.values():
-            if _id_tuple(entry_id) > _id_tuple(self._positions.get(partition, "0-0")):
+            if parse_entry_id(entry_id) > parse_entry_id(self._positions.get(partition, "0-0")):
                 self._positions[partition] = entry_id
                 self._watermarks[partition] = entry_id
         with self.lock:

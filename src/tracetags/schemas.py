@@ -303,3 +303,20 @@ def check_optional_text(value: object, what: str) -> str | None:
 def as_builtins(event: Event) -> dict[str, Any]:
     """The event as plain Python values (for logs, the dead-letter view and the CLI)."""
     return msgspec.to_builtins(event)  # type: ignore[no-any-return]
+
+
+#: A stream entry id ``ms-seq`` as ``(ms, seq)``: entry ids compare numerically, never as text.
+EntryPosition = tuple[int, int]
+
+
+def parse_entry_id(text: str | bytes) -> EntryPosition:
+    """``(ms, seq)`` of a stream entry id (``ms`` alone means sequence 0)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def entry_text(entry_id: EntryPosition) -> str:
+    """The ``ms-seq`` text of an entry id."""
+    return f"{entry_id[0]}-{entry_id[1]}"

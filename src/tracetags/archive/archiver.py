@@ -26,9 +26,7 @@ from tracetags import schemas
 from tracetags.archive import manifest, state
 from tracetags.archive.segments import (
     EntryId,
-    entry_text,
     no_cyclic_gc,
-    parse_entry_id,
     to_table,
     write_tables,
 )
@@ -38,6 +36,7 @@ from tracetags.errors import ArchiveCorruptError, ArchiveStoreError
 from tracetags.functions import DeadLetter
 from tracetags.keys import Keys
 from tracetags.log import partition_count
+from tracetags.schemas import entry_text, parse_entry_id
 from tracetags.settings import Settings
 
 log = logging.getLogger("tracetags.archive")

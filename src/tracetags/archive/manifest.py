@@ -18,9 +18,10 @@ from typing import Final
 
 import msgspec
 
-from tracetags.archive.segments import EntryId, entry_text, parse_entry_id
+from tracetags.archive.segments import EntryId
 from tracetags.archive.store import LocalStore, S3Store
 from tracetags.errors import ArchiveCorruptError
+from tracetags.schemas import entry_text, parse_entry_id
 
 Store = LocalStore | S3Store
 MANIFEST_FORMAT: Final = 1

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from tracetags.archive import manifest
-from tracetags.archive.segments import EntryId, parse_entry_id, read_segment
+from tracetags.archive.segments import EntryId, read_segment
 from tracetags.archive.store import LocalStore, S3Store, open_store
 from tracetags.errors import ConfigError
-from tracetags.schemas import Event
+from tracetags.schemas import Event, parse_entry_id
 from tracetags.settings import Settings
 
 Store = LocalStore | S3Store

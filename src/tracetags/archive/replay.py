@@ -40,24 +40,13 @@ from tracetags.errors import (
 )
 from tracetags.functions import BatchItem, BatchResult, DeadLetter
 from tracetags.keys import Keys
+from tracetags.schemas import entry_text, parse_entry_id
 from tracetags.settings import Settings
 
-EntryId = tuple[int, int]
+EntryId = schemas.EntryPosition
 #: The largest sequence number of an entry id: ``--until <ms>`` takes every entry of that ms.
 MAX_SEQ: Final = 2**64 - 1
 _ENTRY_ID_RE: Final = re.compile(r"(\d+)-(\d+)")
-
-
-def parse_id(text: str | bytes) -> EntryId:
-    """A stream entry id ``ms-seq`` as ``(ms, seq)`` (compared numerically, never as text)."""
-    if isinstance(text, bytes):
-        text = text.decode()
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(entry_id: EntryId) -> str:
-    return f"{entry_id[0]}-{entry_id[1]}"
 
 
 def parse_until(value: str | int | None) -> EntryId | None:
@@ -289,7 +278,7 @@ def replay(
                     kept = [
                         (entry_id, item)
                         for entry_id, item in items
-                        if not isinstance(item, DeadLetter) or parse_id(entry_id) > dead_floor
+                        if not isinstance(item, DeadLetter) or parse_entry_id(entry_id) > dead_floor
                     ]
                     counts.dead_letters_kept += len(items) - len(kept)
                 else:
@@ -316,7 +305,7 @@ def replay(
         return ReplayResult(
             source=source.namespace,
             target=target.namespace,
-            until=None if bound is None else format_id(bound),
+            until=None if bound is None else entry_text(bound),
             partitions=results,
             seconds=time.monotonic() - started,
         )
@@ -372,10 +361,10 @@ def _claim_target(
                 "recorded replay position"
             )
         if bound is not None:
-            past = [p for p, at in positions.items() if parse_id(at) > bound]
+            past = [p for p, at in positions.items() if parse_entry_id(at) > bound]
             if past:
                 raise ReplayTargetError(
-                    f"cannot resume with --until {format_id(bound)}: partition {past[0]} of "
+                    f"cannot resume with --until {entry_text(bound)}: partition {past[0]} of "
                     f"{name!r} is already replayed up to {positions[past[0]]}"
                 )
     pipe = client.pipeline(transaction=False)
@@ -386,7 +375,7 @@ def _claim_target(
         mapping={
             "source": source,
             "partitions": count,
-            "until": "" if bound is None else format_id(bound),
+            "until": "" if bound is None else entry_text(bound),
             "started_ms": schemas.now_ms(),
         },
     )
@@ -413,7 +402,7 @@ def _last_dead_letter(client: redis.Redis, keys: Keys, partition: int) -> EntryI
     if not newest:
         return None
     entry_id = newest[0][1].get(b"entry_id")
-    return None if entry_id is None else parse_id(entry_id)
+    return None if entry_id is None else parse_entry_id(entry_id)
 
 
 def _apply(
@@ -434,7 +423,7 @@ def _apply(
     except FoldError as exc:
         if len(items) == 1:
             entry_id, item = items[0]
-            if dead_floor is not None and parse_id(entry_id) <= dead_floor:
+            if dead_floor is not None and parse_entry_id(entry_id) <= dead_floor:
                 return BatchResult(0, 0, 0)
             payload = item.payload if isinstance(item, DeadLetter) else schemas.encode(item)
             letter = DeadLetter(payload, f"fold refused it: {exc}")
@@ -463,16 +452,16 @@ class _PartitionReader:
         self.stream = keys.stream(partition)
         self.partition = partition
         self.archive = archive
-        self.position = parse_id(after) if after is not None else None
+        self.position = parse_entry_id(after) if after is not None else None
         self.bound = bound
         self.size = size
 
     def _archived(self, counts: PartitionCounts) -> Iterator[list[BatchItem]]:
-        after = None if self.position is None else format_id(self.position)
+        after = None if self.position is None else entry_text(self.position)
         until_ms = None if self.bound is None else self.bound[0]
         batch: list[BatchItem] = []
         for entry_id, entry in self.archive.entries(self.partition, after, until_ms):
-            at = parse_id(entry_id)
+            at = parse_entry_id(entry_id)
             if self.bound is not None and at > self.bound:
                 break
             if self.position is not None and at <= self.position:
@@ -487,7 +476,7 @@ class _PartitionReader:
             yield batch
 
     def batches(self, counts: PartitionCounts) -> Iterator[tuple[list[BatchItem], str]]:
-        end = "+" if self.bound is None else format_id(self.bound)
+        end = "+" if self.bound is None else entry_text(self.bound)
         # The position at which the archive was last found to hold nothing more.
         exhausted_at: EntryId | bool | None = False
         while True:
@@ -499,7 +488,7 @@ class _PartitionReader:
             if self.bound is not None and self.position is not None and self.position >= self.bound:
                 return
             while True:
-                start = "-" if self.position is None else "(" + format_id(self.position)
+                start = "-" if self.position is None else "(" + entry_text(self.position)
                 # One transaction: the page and the stream's trim marks are of one instant.
                 pipe = self.client.pipeline(transaction=True)
                 pipe.exists(self.stream)
@@ -521,7 +510,7 @@ class _PartitionReader:
                     return
                 out: list[BatchItem] = []
                 for entry_id, item in decode_entries(entries):
-                    at = parse_id(entry_id)
+                    at = parse_entry_id(entry_id)
                     if self.position is not None and at <= self.position:
                         counts.duplicates += 1
                         continue
@@ -538,8 +527,8 @@ class _PartitionReader:
         stream's first entry (or before the largest deleted id)."""
         position = self.position or (0, 0)
         removed = int(info["entries-added"]) - int(info["length"])
-        first = parse_id(info.get("recorded-first-entry-id") or b"0-0")
-        deleted = parse_id(info.get("max-deleted-entry-id") or b"0-0")
+        first = parse_entry_id(info.get("recorded-first-entry-id") or b"0-0")
+        deleted = parse_entry_id(info.get("max-deleted-entry-id") or b"0-0")
         return (removed > 0 and first > position) or deleted > position
 
     def _check_archived(self, info: dict[str, Any]) -> None:
@@ -548,7 +537,7 @@ class _PartitionReader:
         them); otherwise removed entries are nowhere, and the replay must not go on."""
         removed = int(info["entries-added"]) - int(info["length"])
         archived = self.archive.rows(self.partition)
-        if archived >= removed and parse_id(info.get("max-deleted-entry-id") or b"0-0") <= (
+        if archived >= removed and parse_entry_id(info.get("max-deleted-entry-id") or b"0-0") <= (
             self.position or (0, 0)
         ):
             return
@@ -556,7 +545,7 @@ class _PartitionReader:
         raise LogGapError(
             f"partition {self.partition}: {removed:,} entries were removed from the stream "
             f"(it now starts at {first}) but the archive holds {archived:,} and nothing after "
-            f"{'the start' if self.position is None else format_id(self.position)}: "
+            f"{'the start' if self.position is None else entry_text(self.position)}: "
             "the entries between are not in the archive (is the archive configured for this "
             "namespace?)"
         )

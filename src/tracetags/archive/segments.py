@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 from tracetags import schemas
 from tracetags.errors import ArchiveCorruptError
 from tracetags.schemas import (
+    EntryPosition,
     Event,
     TagsDeleted,
     TagsSet,
@@ -105,7 +106,7 @@ _DICTIONARY_COLUMNS: Final = tuple(
 _EVENTS_HAVE_SOURCE: Final = "source" in TagsSet.__struct_fields__
 
 #: Entry ids as ``(ms, seq)`` and their text ``ms-seq``.
-EntryId = tuple[int, int]
+EntryId = EntryPosition
 Row = tuple[str, Event | bytes]
 
 
@@ -121,17 +122,6 @@ def no_cyclic_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def parse_entry_id(text: str | bytes) -> EntryId:
-    if isinstance(text, bytes):
-        text = text.decode()
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def entry_text(entry_id: EntryId) -> str:
-    return f"{entry_id[0]}-{entry_id[1]}"
 
 
 def _map_array(maps: Sequence[dict[str, str] | None]) -> pa.Array:
