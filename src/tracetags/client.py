@@ -20,6 +20,7 @@ from tracetags.errors import BulkWriteError, RedisUnavailableError, TracetagsTim
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
+from tracetags.query.limits import FilterLimits
 from tracetags.schemas import parse_entry_id
 from tracetags.settings import Settings
 
@@ -238,6 +239,7 @@ class Client:
         )
         self._partitions: int | None = None
         self._producer: TagProducer | None = None
+        self._filter_limits = FilterLimits.of(self.settings)
 
     def close(self) -> None:
         if self._producer is not None:
@@ -297,7 +299,7 @@ class Client:
         ``page.token`` fetches the next page (None on the last).  Raises FilterSyntaxError /
         FilterSemanticError / PageTokenError (all ValueError) for bad input.
         """
-        prepared = executor.prepare(experiment_ids, filter_string, order_by)
+        prepared = executor.prepare(experiment_ids, filter_string, order_by, self._filter_limits)
         limit = executor.check_max_results(max_results)
         page = executor.search(self.redis, self.keys, self.partitions, prepared, limit, page_token)
         traces = []
@@ -312,7 +314,7 @@ class Client:
         self, filter_string: str | None = None, experiment_ids: Sequence[str] | None = None
     ) -> int:
         """How many traces match (computed inside Redis; no trace is fetched)."""
-        prepared = executor.prepare(experiment_ids, filter_string)
+        prepared = executor.prepare(experiment_ids, filter_string, None, self._filter_limits)
         return executor.count(self.redis, self.keys, self.partitions, prepared)
 
     @_reaching_redis
@@ -328,7 +330,7 @@ class Client:
         execution_time_ms (None when no trace of the group has finished).  Groups are sorted
         by count, largest first; each is ``{"group": {...}, "count": ..., ...}``.
         """
-        prepared = executor.prepare(experiment_ids, filter_string)
+        prepared = executor.prepare(experiment_ids, filter_string, None, self._filter_limits)
         return executor.stats(self.redis, self.keys, self.partitions, prepared, group_by, metrics)
 
     @_reaching_redis
@@ -344,7 +346,7 @@ class Client:
     ) -> str:
         """The plan ``search_traces`` (or ``count`` with count=True) would run, per partition,
         with estimated cardinalities and why it was chosen."""
-        prepared = executor.prepare(experiment_ids, filter_string, order_by)
+        prepared = executor.prepare(experiment_ids, filter_string, order_by, self._filter_limits)
         limit = executor.check_max_results(max_results)
         return executor.explain(
             self.redis,

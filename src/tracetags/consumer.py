@@ -35,6 +35,7 @@ from tracetags.connections import socket_options
 from tracetags.errors import DecodeError, FoldError
 from tracetags.functions import BatchItem, BatchResult, DeadLetter
 from tracetags.keys import Keys
+from tracetags.limits import DEFAULT_EVENT_LIMITS, EventLimits, over_limit, split_batch
 from tracetags.settings import Settings
 
 log = logging.getLogger("tracetags.consumer")
@@ -63,8 +64,11 @@ DEAD_CONSUMER_IDLE_MS: Final = 10_000
 _MSGPACK_TYPES: Final = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
 
-def decode_fields(fields: Mapping[bytes, bytes]) -> schemas.Event | DeadLetter:
-    """One stream entry as an event, or as a dead letter with the reason it is not one.
+def decode_fields(
+    fields: Mapping[bytes, bytes], limits: EventLimits = DEFAULT_EVENT_LIMITS
+) -> schemas.Event | DeadLetter:
+    """One stream entry as an event, or as a dead letter with the reason it is not one
+    (undecodable, or over one of ``limits``: another publisher may skip the producer's check).
 
     Two shapes are folded: our own (field ``e``, msgpack) and FastStream's publisher
     envelope (field ``__data__``; its body JSON or msgpack, by content-type or by sniffing).
@@ -72,25 +76,33 @@ def decode_fields(fields: Mapping[bytes, bytes]) -> schemas.Event | DeadLetter:
     payload = fields.get(schemas.ENTRY_FIELD)
     if payload is not None:
         try:
-            return schemas.decode(payload)
+            event = schemas.decode(payload)
         except DecodeError as exc:
             return DeadLetter(payload, str(exc))
+        reason = over_limit(event, len(payload), limits)
+        return event if reason is None else DeadLetter(payload, reason)
     envelope = fields.get(FASTSTREAM_FIELD)
     if envelope is not None:
         body, headers = BinaryMessageFormatV1.parse(envelope)
         content_type = str(headers.get("content-type", ""))
         try:
             if content_type in _MSGPACK_TYPES or (not content_type and body[:1] != b"{"):
-                return schemas.decode(body)
-            return schemas.decode_json(body)
+                event = schemas.decode(body)
+            else:
+                event = schemas.decode_json(body)
         except DecodeError as exc:
             return DeadLetter(envelope, f"FastStream message: {exc}")
+        reason = over_limit(event, len(body), limits)
+        return event if reason is None else DeadLetter(envelope, f"FastStream message: {reason}")
     flat = b"\n".join(b"%s=%s" % (k, v) for k, v in fields.items())
     return DeadLetter(flat, "entry has neither field 'e' (tracetags) nor '__data__' (FastStream)")
 
 
-def decode_entries(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> list[BatchItem]:
-    return [(entry_id, decode_fields(fields)) for entry_id, fields in entries]
+def decode_entries(
+    entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]],
+    limits: EventLimits = DEFAULT_EVENT_LIMITS,
+) -> list[BatchItem]:
+    return [(entry_id, decode_fields(fields, limits)) for entry_id, fields in entries]
 
 
 def consumer_name() -> str:
@@ -119,6 +131,7 @@ class Folder:
         self.group = settings.consumer_group
         self.client = client
         self.stats = FoldStats()
+        self.limits = EventLimits.of(settings)
         self.partitions = 0
         #: The transient condition the fold is waiting out (None while folds succeed).
         self.condition: str | None = None
@@ -196,11 +209,24 @@ class Folder:
             self.in_hand.difference_update(ids)
 
     async def apply(self, partition: int, items: list[BatchItem]) -> BatchResult:
+        """Fold ``items`` in calls of at most ``fold_max_keys`` keys each (no call holds
+        Redis long), in order."""
+        runs = split_batch(items, self.limits)
+        if len(runs) == 1:
+            return await self._apply_run(partition, items)
+        total = BatchResult(0, 0, 0)
+        for run in runs:
+            done = await self._apply_run(partition, list(run))
+            total = BatchResult(*(a + b for a, b in zip(total, done, strict=True)))
+        return total
+
+    async def _apply_run(self, partition: int, items: list[BatchItem]) -> BatchResult:
         """Fold ``items``; a batch the Function refuses is split so that only the entries
         it refuses on their own are dead-lettered (with the Function's error)."""
+        max_tags = self.limits.max_tags_per_trace
         try:
             result = await functions.apply_batch_async(
-                self.client, self.keys, partition, self.group, items
+                self.client, self.keys, partition, self.group, items, max_tags
             )
         except FoldError as exc:
             self.stats.failures += 1
@@ -219,11 +245,12 @@ class Folder:
                     partition,
                     self.group,
                     [(entry_id, DeadLetter(payload, f"fold refused it: {exc}"))],
+                    max_tags,
                 )
             else:
                 middle = len(items) // 2
-                first = await self.apply(partition, items[:middle])
-                second = await self.apply(partition, items[middle:])
+                first = await self._apply_run(partition, items[:middle])
+                second = await self._apply_run(partition, items[middle:])
                 return BatchResult(*(a + b for a, b in zip(first, second, strict=True)))
         self.stats.batches += 1
         self.stats.applied += result.applied
@@ -404,7 +431,7 @@ class Folder:
             stream, self.group, min=entries[0][0], max=entries[-1][0], count=len(entries) * 4
         )
         deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        items = decode_entries(entries)
+        items = decode_entries(entries, self.limits)
         limit = self.settings.max_deliveries
         out: list[BatchItem] = []
         for entry_id, item in items:
@@ -511,7 +538,8 @@ def create_app(
 
         async def decode(message: StreamMessage[Any]) -> Any:
             raw = message.raw_message
-            return decode_entries(list(zip(raw["message_ids"], raw["data"], strict=True)))
+            entries = list(zip(raw["message_ids"], raw["data"], strict=True))
+            return decode_entries(entries, folder.limits)
 
         async def handle(items: Any) -> None:
             await folder.apply_patiently(partition, items, stopping, consumer)

@@ -127,3 +127,11 @@ class ArchiveStoreError(TracetagsError, OSError):
 class ArchiveCorruptError(TracetagsError, ValueError):
     """An archive object does not match its manifest entry (size or sha256), or does not
     parse as a segment."""
+
+
+class EventLimitError(ValidationError):
+    """An event over a limit of docs/limits.md (keys or bytes per event, tags per trace)."""
+
+
+class QueryLimitError(TracetagsError, RuntimeError):
+    """A query whose answer is over a limit of docs/limits.md (e.g. too many stats groups)."""

@@ -29,8 +29,14 @@ from redis.retry import Retry
 
 from tracetags import redis_errors, schemas
 from tracetags.connections import socket_options
-from tracetags.errors import BufferFullError, ProducerClosedError, TracetagsTimeoutError
+from tracetags.errors import (
+    BufferFullError,
+    EventLimitError,
+    ProducerClosedError,
+    TracetagsTimeoutError,
+)
 from tracetags.keys import Keys, partition_of
+from tracetags.limits import EventLimits, over_limit
 from tracetags.schemas import (
     ENTRY_FIELD,
     check_id,
@@ -139,6 +145,7 @@ class _Core:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self._batch_size = settings.producer_batch_size
+        self._limits = EventLimits.of(settings)
         self._buffer_size = settings.buffer_size
         self._block = settings.overflow == "block"
         self._block_timeout_s = settings.overflow_timeout_ms / 1000
@@ -185,6 +192,9 @@ class _Core:
         asyncio flavour, whose flusher runs on the caller's own loop) it raises at once.
         """
         payload = encode(event)
+        reason = over_limit(event, len(payload), self._limits)
+        if reason is not None:
+            raise EventLimitError(f"trace {event.trace_id!r}: {reason}")
         if self._block:
             self._wait_for_room(wake)
         with self.lock:

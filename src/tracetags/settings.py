@@ -93,6 +93,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: How long an entry stays in the stream after it is archived (a duration; ``0``: trim
     #: as soon as it is archived and acknowledged by every group).
     log_retention: str = "5m"
+    #: Limits on events (docs/limits.md): an event over one is refused at the producer call
+    #: (``EventLimitError``) and dead-lettered by the fold when another publisher wrote it.
+    max_keys_per_event: int = 1000
+    max_event_bytes: int = 1_000_000
+    #: A tags_set (or start/finish) that would leave its trace with more live tags is
+    #: dead-lettered by the fold.
+    max_tags_per_trace: int = 1000
+    #: One fold call folds at most this many keys of events (a consumer batch is cut).
+    fold_max_keys: int = 2000
+    #: Limits on a filter's size (docs/limits.md); a larger filter is a FilterSemanticError.
+    filter_max_terms: int = 500
+    filter_max_or_width: int = 500
+    filter_max_in_values: int = 10_000
+    filter_max_pattern_chars: int = 1000
 
     def __post_init__(self) -> None:
         _check(
@@ -121,6 +135,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "claim_idle_ms",
             "overflow_timeout_ms",
             "watchdog_ms",
+            "max_keys_per_event",
+            "max_event_bytes",
+            "max_tags_per_trace",
+            "fold_max_keys",
+            "filter_max_terms",
+            "filter_max_or_width",
+            "filter_max_in_values",
+            "filter_max_pattern_chars",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(

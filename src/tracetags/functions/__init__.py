@@ -6,7 +6,8 @@ state and indexes, bad entries are dead-lettered, and every entry of the batch i
 all in one ``FCALL`` (one atomic step).
 
 ARGV of ``tt_apply`` (KEYS = the partition's stream and dead-letter stream) is ``group,
-prefix, batch, *dead_letters``.  ``batch`` is one msgpack array (one argument instead of
+prefix, batch, max_tags_per_trace, *dead_letters`` (``max_tags_per_trace``: an event that
+would leave its trace with more live tags is dead-lettered by the fold; 0: no limit).  ``batch`` is one msgpack array (one argument instead of
 thousands is far cheaper per event, in Python and in Redis; Lua unpacks it with cmsgpack,
 which in Redis 7.0 knows no msgpack ``bin``: strings only, so entry ids go as str)::
 
@@ -38,6 +39,7 @@ import redis.asyncio
 
 from tracetags.errors import FoldArgumentsError, FoldError, QueryError
 from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
+from tracetags.limits import DEFAULT_MAX_TAGS_PER_TRACE
 from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
 from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
 from tracetags.functions.library import LIBRARY_PREFIX as LIBRARY_PREFIX
@@ -356,11 +358,16 @@ def build_batch(items: Iterable[BatchItem], dead: list[Any] | None = None) -> li
     return args
 
 
-def build_args(group: str, prefix: str, items: Iterable[BatchItem]) -> list[Any]:
-    """The ARGV of ``tt_apply`` for ``items``."""
+def build_args(
+    group: str,
+    prefix: str,
+    items: Iterable[BatchItem],
+    max_tags_per_trace: int = DEFAULT_MAX_TAGS_PER_TRACE,
+) -> list[Any]:
+    """The ARGV of ``tt_apply`` for ``items`` (0 for ``max_tags_per_trace``: no limit)."""
     dead: list[Any] = []
     batch = _ENCODER.encode(build_batch(items, dead))
-    return [group, prefix, batch, *dead]
+    return [group, prefix, batch, max_tags_per_trace, *dead]
 
 
 def _fold_error(exc: redis.ResponseError) -> Exception:
@@ -381,7 +388,12 @@ def _result(reply: Sequence[int]) -> BatchResult:
 
 
 def apply_batch(
-    client: redis.Redis, keys: Keys, partition: int, group: str, items: Iterable[BatchItem]
+    client: redis.Redis,
+    keys: Keys,
+    partition: int,
+    group: str,
+    items: Iterable[BatchItem],
+    max_tags_per_trace: int = DEFAULT_MAX_TAGS_PER_TRACE,
 ) -> BatchResult:
     """Fold ``items`` (events and dead letters of one partition) and XACK them, atomically.
 
@@ -389,7 +401,8 @@ def apply_batch(
     Raises :class:`~tracetags.errors.FoldError` (nothing applied) for a malformed batch.
     """
     prefix = keys.prefix(partition)
-    argv = (f"{prefix}:log", f"{prefix}:dead", *build_args(group, prefix, items))
+    args = build_args(group, prefix, items, max_tags_per_trace)
+    argv = (f"{prefix}:log", f"{prefix}:dead", *args)
     try:
         return _result(client.fcall(APPLY_FUNCTION, 2, *argv))
     except redis.ResponseError as exc:
@@ -408,10 +421,12 @@ async def apply_batch_async(
     partition: int,
     group: str,
     items: Iterable[BatchItem],
+    max_tags_per_trace: int = DEFAULT_MAX_TAGS_PER_TRACE,
 ) -> BatchResult:
     """:func:`apply_batch` for redis.asyncio."""
     prefix = keys.prefix(partition)
-    argv = (f"{prefix}:log", f"{prefix}:dead", *build_args(group, prefix, items))
+    args = build_args(group, prefix, items, max_tags_per_trace)
+    argv = (f"{prefix}:log", f"{prefix}:dead", *args)
     try:
         return _result(await client.fcall(APPLY_FUNCTION, 2, *argv))
     except redis.ResponseError as exc:

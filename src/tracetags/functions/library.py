@@ -41,6 +41,7 @@ PARTS: Final = (
     "batch.lua",  # index changes of one batch, gathered and written once
     "fold_trace.lua",  # the fold of one trace's events (several, or a deletion)
     "fold_single.lua",  # the common case: a trace with one event in the batch
+    "tag_limit.lua",  # events over the live-tags-per-trace limit taken out of a batch
     "apply.lua",  # tt_apply: a batch checked, folded, dead-lettered and acked
     "query_leaves.lua",  # leaf tests of a query plan
     "query_eval.lua",  # the boolean tree over candidate lists

@@ -22,6 +22,7 @@ from tracetags import functions
 from tracetags.errors import FilterSemanticError, PageTokenError
 from tracetags.keys import Keys, field_label, metadata_field, split_register, tag_field
 from tracetags.query.ast import Expr, OrderKey
+from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
 from tracetags.query.logical import LogicalNode, logical
 from tracetags.query.parser import (
     effective_order,
@@ -122,14 +123,21 @@ def _inputs_key(experiment_ids: Any, filter_string: Any, order_by: Any) -> tuple
     return None if parts[0] == 0 else tuple(parts)
 
 
-def prepare(experiment_ids: Any, filter_string: Any, order_by: Any = None) -> Prepared:
-    """Parse and validate a query's inputs (FilterSyntaxError / FilterSemanticError)."""
+def prepare(
+    experiment_ids: Any,
+    filter_string: Any,
+    order_by: Any = None,
+    limits: FilterLimits = DEFAULT_FILTER_LIMITS,
+) -> Prepared:
+    """Parse and validate a query's inputs (FilterSyntaxError / FilterSemanticError), the
+    filter's size within ``limits``."""
     key = _inputs_key(experiment_ids, filter_string, order_by)
     if key is not None:
+        key = (*key, limits)
         known = _prepared.get(key)
         if known is not None:
             return known
-    prepared = _prepare(experiment_ids, filter_string, order_by)
+    prepared = _prepare(experiment_ids, filter_string, order_by, limits)
     if key is not None:
         if len(_prepared) >= _PREPARED_MAX:
             _prepared.clear()
@@ -137,9 +145,12 @@ def prepare(experiment_ids: Any, filter_string: Any, order_by: Any = None) -> Pr
     return prepared
 
 
-def _prepare(experiment_ids: Any, filter_string: Any, order_by: Any) -> Prepared:
+def _prepare(
+    experiment_ids: Any, filter_string: Any, order_by: Any, limits: FilterLimits
+) -> Prepared:
     scope = _check_experiment_ids(experiment_ids)
     expr = parse_filter(filter_string)
+    check_filter(expr, filter_string, limits)
     if order_by is not None and (
         isinstance(order_by, str | bytes) or not isinstance(order_by, Sequence)
     ):

@@ -24,6 +24,7 @@ local chunked, hmget = Sets.chunked, Sets.hmget
 local new_batch = Batches.new_batch
 local fold_trace, write_new = FoldTrace.fold_trace, FoldTrace.write_new
 local apply_single, write_new_single = FoldSingle.apply_single, FoldSingle.write_new_single
+local refuse_over_limit = TagLimit.refuse_over_limit
 
 local KINDS = { S = true, F = true, T = true, D = true, X = true }
 
@@ -168,7 +169,7 @@ local function read_batch(args, n_events)
         p = p + 6
         local ev = {
             ms = tonumber(ms_text), seq = tonumber(seq_text), ms_text = ms_text,
-            base = false, stamp = false,
+            base = false, stamp = false, id = entry_id,
         }
         if kind ~= 'X' then
             if kind ~= 'D' and 2 * (n_attrs + n_tags + n_meta) <= CHUNK then
@@ -197,17 +198,17 @@ local function read_batch(args, n_events)
     return acks, first, multi, trace_ids
 end
 
--- The number of dead letters in argv (triples from ARGV[4]), checked.
+-- The number of dead letters in argv (triples from ARGV[5]), checked.
 local function count_dead_letters(argv)
-    if (#argv - 3) % 3 ~= 0 then
+    if (#argv - 4) % 3 ~= 0 then
         fail('BADARGS', 'dead letters must come as (entry_id, payload, reason) triples')
     end
-    for i = 4, #argv, 3 do
+    for i = 5, #argv, 3 do
         if not parse_id(argv[i]) then
             fail('BADARGS', 'bad dead-letter entry id at ARGV[' .. i .. ']')
         end
     end
-    return (#argv - 3) / 3
+    return (#argv - 4) / 3
 end
 
 -- Fold every trace of the batch: a trace with one event that is not a deletion takes the
@@ -276,15 +277,21 @@ local function write_created(batch, prefix, created)
     end
 end
 
--- Dead-letter the bad entries, then XACK every entry of the batch; returns the acks counted.
-local function dead_letter_and_ack(stream, dead, group, argv, acks)
-    if #argv > 3 then
+-- Dead-letter the bad entries (those of argv, acked here, and the events refused over the
+-- tag limit, in acks already), then XACK every entry of the batch; returns the acks counted.
+local function dead_letter_and_ack(stream, dead, group, argv, acks, refused)
+    if #argv > 4 or #refused > 0 then
         local now = call('TIME')
         local time_ms = int(tonumber(now[1]) * 1000 + floor(tonumber(now[2]) / 1000))
-        for i = 4, #argv, 3 do
+        for i = 5, #argv, 3 do
             call('XADD', dead, '*', 'entry_id', argv[i], 'payload', argv[i + 1],
                 'reason', argv[i + 2], 'time_ms', time_ms)
             acks[#acks + 1] = argv[i]
+        end
+        for r = 1, #refused do
+            local item = refused[r]
+            call('XADD', dead, '*', 'entry_id', item[1], 'payload', 'trace ' .. item[2],
+                'reason', item[3], 'time_ms', time_ms)
         end
     end
     local acked = 0
@@ -306,7 +313,9 @@ ARGV[3] batch       one msgpack array (one argument is far cheaper to send than 
   n_events, then n_events events: entry_id, kind (S F T D X), trace_id, n_attrs, n_tags,
   n_meta, n_attrs (code, value) pairs (codes e s d S c; s and d as decimal strings),
   n_tags (key, value) pairs (keys only for D), n_meta (key, value) pairs
-ARGV[4...]          dead letters, three values each: entry_id, payload, reason
+ARGV[4] max_tags    live tags a trace may hold (decimal; 0: no limit): an event that would
+                    leave its trace with more is dead-lettered instead of folded
+ARGV[5...]          dead letters, three values each: entry_id, payload, reason
 Returns {events applied, dead letters written, entries acked}.
 --]]
 local function tt_apply(keys, argv)
@@ -327,6 +336,11 @@ local function tt_apply(keys, argv)
 
     local acks, first, multi, trace_ids = read_batch(args, n_events)
     local n_dead = count_dead_letters(argv)
+    local max_tags = tonumber(argv[4])
+    if not max_tags or max_tags < 0 or max_tags % 1 ~= 0 then
+        fail('BADARGS', 'ARGV[4] must be the tag limit per trace (a whole number >= 0)')
+    end
+    local refused = refuse_over_limit(prefix, first, multi, trace_ids, max_tags)
     local batch = new_batch(prefix)
     local out = fold_traces(batch, prefix, first, multi, trace_ids)
     write_created(batch, prefix, out.created)
@@ -337,7 +351,8 @@ local function tt_apply(keys, argv)
         chunked('HSET', prefix .. ':gone', out.gone)
     end
     batch:flush()
-    return { n_events, n_dead, dead_letter_and_ack(stream, dead, group, argv, acks) }
+    local acked = dead_letter_and_ack(stream, dead, group, argv, acks, refused)
+    return { n_events - #refused, n_dead + #refused, acked }
 end
 
 Apply.tt_apply = tt_apply
