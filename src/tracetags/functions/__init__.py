@@ -7,8 +7,8 @@ all in one ``FCALL`` (one atomic step).
 
 ARGV of ``tt_apply`` (KEYS = the partition's stream and dead-letter stream) is ``group,
 prefix, batch, max_tags_per_trace, *dead_letters`` (``max_tags_per_trace``: an event that
-would leave its trace with more live tags is dead-lettered by the fold; 0: no limit).  ``batch`` is one msgpack array (one argument instead of
-thousands is far cheaper per event, in Python and in Redis; Lua unpacks it with cmsgpack,
+would leave its trace with more live tags is dead-lettered by the fold; 0: no limit).
+``batch`` is one msgpack array (one argument instead of thousands is far cheaper per event, in Python and in Redis; Lua unpacks it with cmsgpack,
 which in Redis 7.0 knows no msgpack ``bin``: strings only, so entry ids go as str)::
 
     n_events,
@@ -39,7 +39,6 @@ import redis.asyncio
 
 from tracetags.errors import FoldArgumentsError, FoldError, QueryError
 from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
-from tracetags.limits import DEFAULT_MAX_TAGS_PER_TRACE
 from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
 from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
 from tracetags.functions.library import LIBRARY_PREFIX as LIBRARY_PREFIX
@@ -47,6 +46,7 @@ from tracetags.functions.library import LOOKUP_FUNCTION as LOOKUP_FUNCTION
 from tracetags.functions.library import QUERY_FUNCTION as QUERY_FUNCTION
 from tracetags.functions.library import TRIM_FUNCTION as TRIM_FUNCTION
 from tracetags.keys import NAME_TAG, SET_CHUNK, Keys
+from tracetags.limits import DEFAULT_MAX_TAGS_PER_TRACE
 from tracetags.schemas import (
     ENTRY_FIELD,
     Event,
