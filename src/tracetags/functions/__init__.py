@@ -8,7 +8,8 @@ all in one ``FCALL`` (one atomic step).
 ARGV of ``tt_apply`` (KEYS = the partition's stream and dead-letter stream) is ``group,
 prefix, batch, max_tags_per_trace, *dead_letters`` (``max_tags_per_trace``: an event that
 would leave its trace with more live tags is dead-lettered by the fold; 0: no limit).
-``batch`` is one msgpack array (one argument instead of thousands is far cheaper per event, in Python and in Redis; Lua unpacks it with cmsgpack,
+``batch`` is one msgpack array (one argument instead of thousands is far cheaper per event,
+in Python and in Redis; Lua unpacks it with cmsgpack,
 which in Redis 7.0 knows no msgpack ``bin``: strings only, so entry ids go as str)::
 
     n_events,
