@@ -315,7 +315,9 @@ class Client:
     ) -> int:
         """How many traces match (computed inside Redis; no trace is fetched)."""
         prepared = executor.prepare(experiment_ids, filter_string, None, self._filter_limits)
-        return executor.count(self.redis, self.keys, self.partitions, prepared)
+        return executor.count(
+            self.redis, self.keys, self.partitions, prepared, self.settings.query_call_budget_ms
+        )
 
     @_reaching_redis
     def stats(
@@ -331,7 +333,16 @@ class Client:
         by count, largest first; each is ``{"group": {...}, "count": ..., ...}``.
         """
         prepared = executor.prepare(experiment_ids, filter_string, None, self._filter_limits)
-        return executor.stats(self.redis, self.keys, self.partitions, prepared, group_by, metrics)
+        return executor.stats(
+            self.redis,
+            self.keys,
+            self.partitions,
+            prepared,
+            group_by,
+            metrics,
+            self.settings.query_call_budget_ms,
+            self.settings.stats_max_groups,
+        )
 
     @_reaching_redis
     def explain(

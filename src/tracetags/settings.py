@@ -107,6 +107,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     filter_max_or_width: int = 500
     filter_max_in_values: int = 10_000
     filter_max_pattern_chars: int = 1000
+    #: A count or stats whose work would hold Redis longer runs in calls of about this many
+    #: milliseconds each (a budgeted scan).
+    query_call_budget_ms: int = 40
+    #: Most groups a stats answers; more is a QueryLimitError.
+    stats_max_groups: int = 100_000
 
     def __post_init__(self) -> None:
         _check(
@@ -143,6 +148,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "filter_max_or_width",
             "filter_max_in_values",
             "filter_max_pattern_chars",
+            "query_call_budget_ms",
+            "stats_max_groups",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(

@@ -44,12 +44,14 @@ PARTS: Final = (
     "tag_limit.lua",  # events over the live-tags-per-trace limit taken out of a batch
     "apply.lua",  # tt_apply: a batch checked, folded, dead-lettered and acked
     "query_leaves.lua",  # leaf tests of a query plan
+    "query_or.lua",  # a wide OR's children on one index tested together
     "query_eval.lua",  # the boolean tree over candidate lists
     "query_enum.lua",  # candidate enumeration
     "ordering.lua",  # order keys, comparison, page selection
     "query_walks.lua",  # pages by collecting, walking an order zset, or walking chunks
     "like.lua",  # LIKE values sought in the byte-order index
     "counts.lua",  # counts by set algebra, stats, key set sizes
+    "budget.lua",  # counts and stats over several calls, each within a time budget
     "value_walk.lua",  # pages ordered by a string key: walking its distinct values
     "query.lua",  # tt_query
     "trim.lua",  # tt_trim: the archiver's safe trim of a stream

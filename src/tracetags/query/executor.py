@@ -7,6 +7,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import itertools
 import math
 import time
 import weakref
@@ -19,8 +20,9 @@ import msgspec
 import redis
 
 from tracetags import functions
-from tracetags.errors import FilterSemanticError, PageTokenError
+from tracetags.errors import FilterSemanticError, PageTokenError, QueryLimitError
 from tracetags.keys import Keys, field_label, metadata_field, split_register, tag_field
+from tracetags.query import budget
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
 from tracetags.query.logical import LogicalNode, logical
@@ -52,6 +54,8 @@ __all__ = [
 ]
 
 MAX_RESULTS_LIMIT = 50_000
+#: Most groups a stats call answers (Settings.stats_max_groups); more: QueryLimitError.
+DEFAULT_MAX_GROUPS = 100_000
 DEFAULT_MAX_RESULTS = 100
 METRICS = ("count", "avg", "min", "max", "p50", "p95", "p99")
 _TOKEN_VERSION = 1
@@ -59,8 +63,9 @@ _ENCODER = msgspec.msgpack.Encoder()
 RawTrace = list[str]
 #: tt_query's page reply: (rows found, the flat hash of each row shown).
 _PAGE_DECODER = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
-#: A LIKE's candidate values: (sought by the pattern's start, [value, count, ...]).
-_VALUES_DECODER = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool]])
+#: A LIKE's candidate values: (sought by the pattern's start, [value, count, ...], the next
+#: window's first rank or -1).
+_VALUES_DECODER = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool], int])
 
 
 @dataclass(frozen=True)
@@ -185,9 +190,10 @@ def _probe(
         for probe in probes:
             for name, key, *args in probe.commands:
                 if name == "ZRANGE":
-                    pipe.zrange(key, 0, -1, withscores=True)
+                    pipe.zrange(key, 0, budget.ZRANGE_WINDOW - 1, withscores=True)
                 elif name == "VALUES":
-                    plan = ValuesPlan(dkey=key, runs=args[0], lead=args[1])
+                    window = [0, budget.VALUES_WINDOW]
+                    plan = ValuesPlan(dkey=key, runs=args[0], lead=args[1], window=window)
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "VALUECOUNT":
                     plan = ValuesPlan(dkey=key, lead=args[0], count_only=1)
@@ -210,10 +216,18 @@ def _probe(
     replies = functions.execute_queries(client, fill)
     at = 0
     for probe in probes:
-        for offset, (name, *_) in enumerate(probe.commands):
-            if name == "VALUES":
-                sought, flat = _VALUES_DECODER.decode(replies[at + offset])
-                pairs = list(zip(flat[::2], flat[1::2], strict=True))
+        for offset, (name, key, *args) in enumerate(probe.commands):
+            if name == "ZRANGE" and len(replies[at + offset]) == budget.ZRANGE_WINDOW:
+                more = budget.rest_of_zrange(client, key)
+                replies[at + offset] = list(dict([*replies[at + offset], *more]).items())
+            elif name == "VALUES":
+                sought, flat, next_rank = _VALUES_DECODER.decode(replies[at + offset])
+                if next_rank >= 0:
+                    more = budget.rest_of_values(
+                        client, keys, probe.partition, key, args, next_rank
+                    )
+                    flat = [*flat, *more]
+                pairs = list(dict(zip(flat[::2], flat[1::2], strict=True)).items())
                 replies[at + offset] = MatchedValues(bool(sought), pairs)
             elif name == "VALUECOUNT":
                 values, traces = replies[at + offset]
@@ -516,11 +530,19 @@ def search(
     return Page(rows, token)
 
 
-def count(client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared) -> int:
-    """How many traces match, without fetching any."""
+def count(
+    client: redis.Redis,
+    keys: Keys,
+    partitions: int,
+    prepared: Prepared,
+    budget_ms: int = budget.DEFAULT_CALL_BUDGET_MS,
+) -> int:
+    """How many traces match, without fetching any (a large count in budgeted calls)."""
     plans = _plans(client, keys, partitions, prepared, "count")
     total = sum(p.exact_count for p in plans)
-    to_run = [p for p in plans if p.strategy != "exact"]
+    to_run = [p for p in plans if p.strategy != "exact" and not budget.scans(p)]
+    to_scan = [p for p in plans if p.strategy != "exact" and budget.scans(p)]
+    total += sum(int(n) for n in budget.scanned(client, keys, to_scan, budget_ms))
     return total + sum(int(n) for n in _run(client, keys, to_run))
 
 
@@ -620,6 +642,16 @@ def _percentile(pairs: Sequence[tuple[int, int]], n: int, q: float) -> float:
     return a + (b - a) * (rank - low)
 
 
+def _new_groups(
+    merged: dict[tuple[str | None, ...], Any], reply: Sequence[Any]
+) -> set[tuple[str | None, ...]]:
+    """The groups known after merging ``reply`` (its rows' group values and ``merged``'s)."""
+    out = set(merged)
+    for row in reply:
+        out.add(tuple(v[1].decode() if int(v[0]) else None for v in row[0]))
+    return out
+
+
 def stats(
     client: redis.Redis,
     keys: Keys,
@@ -627,6 +659,8 @@ def stats(
     prepared: Prepared,
     group_by: Sequence[str] = (),
     metrics: Sequence[str] | None = None,
+    budget_ms: int = budget.DEFAULT_CALL_BUDGET_MS,
+    max_groups: int = DEFAULT_MAX_GROUPS,
 ) -> list[dict[str, Any]]:
     """Count and execution_time_ms statistics of the matches, grouped by field values.
 
@@ -645,7 +679,17 @@ def stats(
         client, keys, partitions, prepared, "stats", group_fields=[code for _, code in fields]
     )
     merged: dict[tuple[str | None, ...], tuple[int, Counter[int]]] = {}
-    for reply in _run(client, keys, plans):
+    direct = [p for p in plans if not budget.scans(p)]
+    scanned = [p for p in plans if budget.scans(p)]
+    replies = itertools.chain(
+        _run(client, keys, direct), budget.scanned(client, keys, scanned, budget_ms)
+    )
+    for reply in replies:
+        if len(merged) + len(reply) > max_groups and len(_new_groups(merged, reply)) > max_groups:
+            raise QueryLimitError(
+                f"stats: more than {max_groups:,} groups (stats_max_groups); narrow the filter"
+                " or group by fewer distinct values"
+            )
         for row in reply:
             values = tuple(v[1].decode() if int(v[0]) else None for v in row[0])
             n, durations = merged.get(values, (0, Counter()))

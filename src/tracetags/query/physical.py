@@ -250,9 +250,13 @@ def _or(children: list[PNode], total: int) -> PNode:
         miss *= 1 - (child.est / total if total else 0.0)
     est = max(max(c.est for c in flat), total * (1 - miss))
     node = PNode("|", ["|", *(c.spec for c in flat)], min(est, total), "OR", flat)
-    if all(c.sources is not None for c in flat):
+    cost = sum(c.cost for c in flat)
+    # Enumerating the children's sources (each candidate then tested against the whole OR)
+    # pays off while they produce a fraction of the candidates that testing every trace
+    # costs; past that (a wide OR of broad ranges) every trace is tested once.
+    if all(c.sources is not None for c in flat) and cost <= max(total, 1) * max(len(flat), 4) / 4:
         node.sources = [s for c in flat for s in (c.sources or [])]
-        node.cost = sum(c.cost for c in flat)
+        node.cost = cost
         node.residual = node.spec
     return node
 

@@ -83,6 +83,9 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     - ``terms`` (count): signed conjunctions of leaves, ``[sign, leaf, ...]``; the count is
       the signed sum of theirs (set algebra), instead of testing candidates of ``expr``.
     - ``group`` (stats): the trace-hash fields whose values make a group.
+    - ``scan`` (count, stats): ``[from trace number, budget in microseconds]``: test the
+      traces in number order from there until the budget is spent, and reply where the next
+      call starts (query/budget.py runs the calls).
     - ``order`` (page): the order keys.
     - ``limit`` (page): how many matches to find.
     - ``time_bounds`` (page): the partition keeps its chunks' time bounds (``tsx``), so a
@@ -109,6 +112,7 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     residual: Spec
     terms: list[list[Any]] | None = None
     group: list[str] | None = None
+    scan: list[int] | None = None
     order: list[OrderSpec] | None = None
     limit: int | None = None
     time_bounds: bool = False
@@ -133,15 +137,18 @@ class ValuesPlan(
       values are sought by it in the byte-order index.
     - ``count_only``: 1 when the pattern is its lead and one final ``%``: only count the
       values and their traces.
+    - ``window``: ``[first rank, count]``: values that are not sought are read this window
+      of ranks at a time (one call never reads every value of a key of a million).
 
-    Reply: msgpack ``[sought 0|1, [value, count, ...]]``, or ``[values, traces]`` with
-    ``count_only``.
+    Reply: msgpack ``[sought 0|1, [value, count, ...], next window's first rank or -1]``, or
+    ``[values, traces]`` with ``count_only``.
     """
 
     dkey: str
     runs: tuple[str, ...] | None = None
     lead: tuple[str | int, ...]
     count_only: int | None = None
+    window: list[int] | None = None
 
 
 class CardsPlan(msgspec.Struct, tag_field="mode", tag="cards", kw_only=True, frozen=True):

@@ -7,42 +7,47 @@ local buffered, enum_all, enum_candidates = Enum.buffered, Enum.enum_all, Enum.e
 local enum_source = Enum.enum_source
 local plain_register = Ordering.plain_register
 
--- Durations grouped by the values of the group fields: {values, count, d1, n1, d2, n2, ...}.
-local function stats_reply(ctx)
-    local fields = ctx.plan.group or {}
-    local groups, names = {}, {}
-    local du = ctx.prefix .. ':du'
-    local hash_prefix = ctx.prefix .. ':t:'
-    enum_candidates(ctx, function(batch)
-        local got = eval(ctx, ctx.residual, batch)
-        if #got == 0 then
-            return false
-        end
-        local durations = zmscore(du, got)
-        for i = 1, #got do
-            local values, name = {}, ''
-            if #fields > 0 then
-                local raw = call('HMGET', hash_prefix .. got[i], unpack_(fields))
-                for k = 1, #fields do
-                    local v = plain_register(raw[k], fields[k])
-                    values[k] = v
-                    name = name .. (v and enc(v) or '-') .. '|'
-                end
-            end
-            local group = groups[name]
-            if not group then
-                group = { values = values, count = 0, by_duration = {} }
-                groups[name] = group
-                names[#names + 1] = name
-            end
-            group.count = group.count + 1
-            local d = durations[i]
-            if d then
-                group.by_duration[d] = (group.by_duration[d] or 0) + 1
+-- Durations grouped by the values of the group fields, gathered batch by batch (stats_add)
+-- into state, then as reply rows (stats_rows): {values, count, d1, n1, d2, n2, ...}.
+local function stats_state(ctx)
+    return {
+        fields = ctx.plan.group or {}, groups = {}, names = {},
+        du = ctx.prefix .. ':du', hash_prefix = ctx.prefix .. ':t:',
+    }
+end
+
+local function stats_add(state, got)
+    if #got == 0 then
+        return
+    end
+    local fields, groups, names = state.fields, state.groups, state.names
+    local durations = zmscore(state.du, got)
+    for i = 1, #got do
+        local values, name = {}, ''
+        if #fields > 0 then
+            local raw = call('HMGET', state.hash_prefix .. got[i], unpack_(fields))
+            for k = 1, #fields do
+                local v = plain_register(raw[k], fields[k])
+                values[k] = v
+                name = name .. (v and enc(v) or '-') .. '|'
             end
         end
-        return false
-    end)
+        local group = groups[name]
+        if not group then
+            group = { values = values, count = 0, by_duration = {} }
+            groups[name] = group
+            names[#names + 1] = name
+        end
+        group.count = group.count + 1
+        local d = durations[i]
+        if d then
+            group.by_duration[d] = (group.by_duration[d] or 0) + 1
+        end
+    end
+end
+
+local function stats_rows(state)
+    local fields, groups, names = state.fields, state.groups, state.names
     local reply = {}
     for g = 1, #names do
         local group = groups[names[g]]
@@ -63,6 +68,15 @@ local function stats_reply(ctx)
         reply[g] = row
     end
     return reply
+end
+
+local function stats_reply(ctx)
+    local state = stats_state(ctx)
+    enum_candidates(ctx, function(batch)
+        stats_add(state, eval(ctx, ctx.residual, batch))
+        return false
+    end)
+    return stats_rows(state)
 end
 
 -- Sizes of key sets for the planner.  A key (entry {key set, distinct zset}) is on every
@@ -291,3 +305,6 @@ end
 Counts.cards_reply = cards_reply
 Counts.count_terms_reply = count_terms_reply
 Counts.stats_reply = stats_reply
+Counts.stats_state = stats_state
+Counts.stats_add = stats_add
+Counts.stats_rows = stats_rows

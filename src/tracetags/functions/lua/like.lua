@@ -190,8 +190,10 @@ end
 -- applies the pattern), as msgpack {sought, {value, count, ...}}: sought = 1 when they came
 -- from the byte-order index by `lead`, so exactly those that start like the pattern.
 -- ZSCAN MATCH would format the score of every value, matching or not; here only the
--- candidates' scores are read.
-local function values_reply(dkey, runs, lead)
+-- candidates' scores are read.  With window {first rank, count}, values not sought are read
+-- that window of ranks at a time, and the reply's third item is the next window's first
+-- rank (-1: none), so no call reads a million values.
+local function values_reply(dkey, runs, lead, window)
     local prefix = runs[1] or ''
     local np = #prefix
     local found, n = {}, 0
@@ -215,9 +217,17 @@ local function values_reply(dkey, runs, lead)
         end
     end
     local sought = np > 0 and call('EXISTS', lex_dir(dkey)) == 1
+    local next_rank = -1
     if sought then
         -- only the values starting like the pattern, sought in byte order
         lex_lead(dkey, (lead and #lead > 0) and lead or { prefix }, take)
+    elseif window then
+        -- every value, a window of ranks per call (the client asks for the next one)
+        local got = call('ZRANGE', dkey, window[1], window[1] + window[2] - 1)
+        take(got)
+        if #got == window[2] then
+            next_rank = window[1] + window[2]
+        end
     else
         take(call('ZRANGE', dkey, 0, -1))
     end
@@ -227,7 +237,7 @@ local function values_reply(dkey, runs, lead)
         flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
     end
     -- msgpack: the client decodes a thousand values in C (not one RESP string each)
-    return cmsgpack.pack({ sought and 1 or 0, flat })
+    return cmsgpack.pack({ sought and 1 or 0, flat, next_rank })
 end
 
 Like.resolve_sought = resolve_sought

@@ -10,6 +10,7 @@ local values_reply = Like.values_reply
 local cards_reply, count_terms_reply = Counts.cards_reply, Counts.count_terms_reply
 local stats_reply = Counts.stats_reply
 local walk_values_page = ValueWalk.walk_values_page
+local count_scan, stats_scan = Budget.count_scan, Budget.stats_scan
 
 -- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
 -- Redis more to convert than cmsgpack does to pack it, and the client decodes it in C.
@@ -107,16 +108,20 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'value
                 expr), walk_values ({dkey, vprefix, presence leaf, match fraction, candidate
                 cost, traces}: walk the first order key's distinct values, or absent)
                 shown (page: how many of the `limit` rows to return, default all)
+                scan (count, stats: {from trace number, budget in microseconds}: test the
+                traces from that number on, in number order, until the budget is spent)
                 density (walk: the expected fraction of walked entries that match)
                 value_fields (page: {distinct zset = hash field} of the V leaves of many
                 values, which may be tested by reading the candidates' registers)
                 dkey, runs, lead (values: a distinct zset and the literal runs of a LIKE
-                pattern, the first one its start, and its lead); count_only (values: the
+                pattern, the first one its start, and its lead); window (values: {first rank,
+                count} of the values read when they are not sought); count_only (values: the
                 pattern is its lead and one final %: count its values and their traces)
 Returns page: one msgpack array {rows found (<= limit), {hash, ...}}: the HGETALL field/value
 lists of the first `shown` rows after the cursor, in order; count: an integer; stats: groups
-{values, count, duration, n, ...}; cards: integers; values: msgpack {sought 0|1, {value,
-count, ...}}, or with count_only {values, traces}.
+{values, count, duration, n, ...}; with scan, count and stats reply {next trace number or
+-1 when done, the count or groups of this call}; cards: integers; values: msgpack {sought 0|1, {value,
+count, ...}, next window's first rank or -1}, or with count_only {values, traces}.
 --]]
 local function tt_query(keys, argv)
     bind_runtime()
@@ -143,7 +148,10 @@ local function tt_query(keys, argv)
         if plan.count_only then
             return value_count_reply(plan.dkey, plan.lead or {})
         end
-        return values_reply(plan.dkey, plan.runs or {}, plan.lead)
+        return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window)
+    end
+    if plan.scan then
+        return mode == 'stats' and stats_scan(ctx) or count_scan(ctx)
     end
     if mode == 'count' and plan.terms then
         return count_terms_reply(ctx, plan.terms)

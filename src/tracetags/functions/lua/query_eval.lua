@@ -2,6 +2,7 @@
 -- conjunction tested together.
 
 local slot, test_leaf, value_sets = Leaves.slot, Leaves.test_leaf, Leaves.value_sets
+local or_children, test_union = OrGroups.or_children, OrGroups.test_union
 
 -- Whether the V leaf holds every trace of the partition (experiment_ids naming every
 -- experiment): a trace has at most one value per key and the sets hold live traces only, so
@@ -259,17 +260,24 @@ local function kept(list, hit, negate)
     return out
 end
 
--- A disjunction: each child tests only the candidates no earlier child matched.
+-- A disjunction: each child tests the candidates no earlier child matched (the list of them
+-- is rebuilt once a quarter of it has matched, so a wide OR costs a pass per child, not
+-- two); children on the same index are tested together (query_or.lua).
 local function eval_or(ctx, node, list)
     local hit = {}
-    local rest = list
-    for i = 2, #node do
-        local got = eval(ctx, node[i], rest)
-        if #got > 0 then
-            for j = 1, #got do
+    local rest, fresh = list, 0
+    local children = or_children(node)
+    for i = 1, #children do
+        local child = children[i]
+        local got = child.union and test_union(ctx, child, rest) or eval(ctx, child, rest)
+        for j = 1, #got do
+            if not hit[got[j]] then
                 hit[got[j]] = true
+                fresh = fresh + 1
             end
-            rest = kept(rest, hit, true)
+        end
+        if fresh * 4 >= #rest then
+            rest, fresh = kept(rest, hit, true), 0
             if #rest == 0 then
                 break
             end

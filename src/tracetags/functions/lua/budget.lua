@@ -1,0 +1,103 @@
+-- Budgeted scans: a count or stats that would test many candidates runs over several calls,
+-- each testing traces in trace-number order from plan.scan[1] until plan.scan[2]
+-- microseconds are spent, and replying where the next call starts.
+--
+-- The cursor is a trace number, which never changes for a trace, so a trace that lives
+-- through the whole scan is counted exactly once; one created or changed meanwhile is seen
+-- as it is when its chunk is reached (the scan is not a snapshot).
+
+local eval, chunked_key = Eval.eval, Eval.chunked_key
+local last_chunk_of, slot = Leaves.last_chunk_of, Leaves.slot
+local stats_state, stats_add, stats_rows = Counts.stats_state, Counts.stats_add, Counts.stats_rows
+
+local function now_us()
+    local t = call('TIME')
+    return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The numbers of chunk c of the chunked set key that are >= from, ascending.
+local function chunk_from(key, c, from)
+    local got = call('SMEMBERS', key .. ':' .. slot(c))
+    local base = c * SET_CHUNK
+    local numbers = {}
+    for i = 1, #got do
+        local n = base + tonumber(got[i])
+        if n >= from then
+            numbers[#numbers + 1] = n
+        end
+    end
+    table.sort(numbers)
+    return numbers
+end
+
+-- What the scan enumerates and tests: the one chunked source of the plan and the residual,
+-- or every trace (the chunked set <prefix>:all) and the whole filter.
+local function scan_target(ctx)
+    local sources = ctx.plan.sources
+    if sources and #sources == 1 then
+        local key = chunked_key(ctx, sources[1])
+        if key then
+            return key, ctx.residual
+        end
+    end
+    return ctx.prefix .. ':all', ctx.expr
+end
+
+-- Feed on_batch the matches of traces from plan.scan[1] on, in small batches sized to the
+-- budget left; returns the trace number the next call starts from (-1: done).
+local function scan(ctx, on_batch)
+    local from, budget = ctx.plan.scan[1], ctx.plan.scan[2]
+    local start = now_us()
+    local key, expr = scan_target(ctx)
+    local last = last_chunk_of(ctx)
+    local size = 64
+    for c = floor(from / SET_CHUNK), last do
+        local numbers = chunk_from(key, c, from)
+        local i = 1
+        while i <= #numbers do
+            local j = math.min(i + size - 1, #numbers)
+            local batch = {}
+            for k = i, j do
+                batch[k - i + 1] = int(numbers[k])
+            end
+            local t0 = now_us()
+            on_batch(eval(ctx, expr, batch))
+            local t1 = now_us()
+            local left = budget - (t1 - start)
+            if left <= 0 then
+                return j < #numbers and numbers[j + 1] or (c + 1) * SET_CHUNK
+            end
+            -- The next batch: what the rest of the budget allows at this batch's cost per
+            -- trace (an overestimate: a batch has a fixed cost per leaf), at most four times
+            -- this one.
+            local per = math.max(t1 - t0, 1) / (j - i + 1)
+            size = math.max(1, math.min(4 * size, floor(left / per / 2), 4096))
+            i = j + 1
+        end
+        if now_us() - start >= budget then
+            return c < last and (c + 1) * SET_CHUNK or -1
+        end
+    end
+    return -1
+end
+
+-- count with plan.scan: {next trace number or -1, matches counted by this call}.
+local function count_scan(ctx)
+    local total = 0
+    local next_from = scan(ctx, function(got)
+        total = total + #got
+    end)
+    return { next_from, total }
+end
+
+-- stats with plan.scan: {next trace number or -1, rows of this call's matches}.
+local function stats_scan(ctx)
+    local state = stats_state(ctx)
+    local next_from = scan(ctx, function(got)
+        stats_add(state, got)
+    end)
+    return { next_from, stats_rows(state) }
+end
+
+Budget.count_scan = count_scan
+Budget.stats_scan = stats_scan

@@ -1,0 +1,134 @@
+"""The call budget of counts and stats: a plan whose work would hold Redis long runs as a
+budgeted scan over several ``tt_query`` calls, each within ``query_call_budget_ms``.
+
+A scan tests the traces of a partition in trace-number order (or the members of its one
+chunked source), from a cursor, until the call's budget is spent; the reply carries the
+next cursor.  Each round pipelines one call per unfinished partition, so no call holds Redis
+for longer than the budget (plus one batch), whatever the filter or the number of traces
+(docs/limits.md states the consistency: not a snapshot, each trace counted once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+import msgspec
+import redis
+
+from tracetags import functions
+from tracetags.keys import Keys
+from tracetags.query.plan import Spec
+from tracetags.query.strategy import PartitionPlan
+
+__all__ = [
+    "DEFAULT_CALL_BUDGET_MS",
+    "SCAN_WORK_MIN",
+    "VALUES_WINDOW",
+    "ZRANGE_WINDOW",
+    "estimated_work",
+    "rest_of_values",
+    "rest_of_zrange",
+    "scanned",
+    "scans",
+]
+
+DEFAULT_CALL_BUDGET_MS: Final = 40
+#: A count or stats plan expected to make at least this many leaf tests (candidates times
+#: the leaves each is tested against) runs as a budgeted scan: ~0.5-1 us a test puts it at
+#: the edge of one call's budget.
+SCAN_WORK_MIN: Final = 30_000
+#: The distinct values a pattern is matched against are read this many per call: a LIKE
+#: that is not sought by its start (values tested in Lua, ~1 us each), and ILIKE, RLIKE
+#: and numeric comparisons on tags (a ZRANGE WITHSCORES window).
+VALUES_WINDOW: Final = 20_000
+ZRANGE_WINDOW: Final = 50_000
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_VALUES_DECODER: Final = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool], int])
+
+
+def _leaves(spec: Spec) -> int:
+    if isinstance(spec, list) and spec and spec[0] in ("&", "|", "!"):
+        return sum(_leaves(child) for child in spec[1:])
+    return 1
+
+
+def estimated_work(plan: PartitionPlan) -> float:
+    """Leaf tests the plan's one call would make: its candidates times the leaves each is
+    tested against (values of a wide IN count once: they are tested by one lookup)."""
+    query = plan.plan
+    candidates = plan.tree.cost if query.sources else float(plan.total)
+    if candidates == float("inf"):
+        candidates = float(plan.total)
+    return candidates * _leaves(query.residual if query.sources else query.expr)
+
+
+def scans(plan: PartitionPlan) -> bool:
+    """Whether the plan runs as a budgeted scan: a count that tests candidates, or a stats,
+    expected to make more than SCAN_WORK_MIN leaf tests."""
+    counting = plan.strategy in ("count", "stats") and plan.plan.terms is None
+    return counting and estimated_work(plan) >= SCAN_WORK_MIN
+
+
+def scanned(
+    client: redis.Redis, keys: Keys, plans: Sequence[PartitionPlan], budget_ms: int
+) -> Iterator[Any]:
+    """Run ``plans`` as budgeted scans; yield each call's payload (a count, or stats rows)
+    as it arrives, round after round, until every partition is done."""
+    cursors = {i: 0 for i in range(len(plans))}
+    budget_us = max(1, budget_ms) * 1000
+    while cursors:
+        running = sorted(cursors)
+        encoded = [
+            (
+                plans[i].partition,
+                _ENCODER.encode(
+                    msgspec.structs.replace(plans[i].plan, scan=[cursors[i], budget_us])
+                ),
+            )
+            for i in running
+        ]
+        replies = functions.query_partitions(client, keys, encoded)
+        for i, raw in zip(running, replies, strict=True):
+            next_from, payload = int(raw[0]), raw[1]
+            if next_from < 0:
+                del cursors[i]
+            else:
+                cursors[i] = next_from
+            yield payload
+
+
+def rest_of_zrange(client: redis.Redis, key: str) -> list[Any]:
+    """The (value, score) pairs of the zset ``key`` after its first ZRANGE_WINDOW, a window
+    per call.  Ranks move when values come and go between calls: a value may be missed or
+    read twice (the planner keeps one of each)."""
+    out: list[Any] = []
+    start = ZRANGE_WINDOW
+    while True:
+        got = client.zrange(key, start, start + ZRANGE_WINDOW - 1, withscores=True)
+        out.extend(got)
+        if len(got) < ZRANGE_WINDOW:
+            return out
+        start += ZRANGE_WINDOW
+
+
+def rest_of_values(
+    client: redis.Redis,
+    keys: Keys,
+    partition: int,
+    dkey: str,
+    args: Sequence[Any],
+    first_rank: int,
+) -> list[str | float | bool]:
+    """The flat [value, count, ...] of a LIKE's values from rank ``first_rank`` on, a
+    VALUES_WINDOW per ``tt_query`` call (``args``: the probe's runs and lead)."""
+    from tracetags.query.plan import ValuesPlan
+
+    out: list[str | float | bool] = []
+    rank = first_rank
+    while rank >= 0:
+        plan = ValuesPlan(dkey=dkey, runs=args[0], lead=args[1], window=[rank, VALUES_WINDOW])
+        (reply,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(plan))])
+        _, flat, rank = _VALUES_DECODER.decode(reply)
+        out.extend(flat)
+    return out
