@@ -108,8 +108,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     filter_max_in_values: int = 10_000
     filter_max_pattern_chars: int = 1000
     #: A count or stats whose work would hold Redis longer runs in calls of about this many
-    #: milliseconds each (a budgeted scan).
-    query_call_budget_ms: int = 40
+    #: milliseconds each (a budgeted scan; a call may pass it by one batch of candidates).
+    query_call_budget_ms: int = 20
     #: Most groups a stats answers; more is a QueryLimitError.
     stats_max_groups: int = 100_000
 

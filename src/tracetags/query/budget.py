@@ -33,7 +33,7 @@ __all__ = [
     "scans",
 ]
 
-DEFAULT_CALL_BUDGET_MS: Final = 40
+DEFAULT_CALL_BUDGET_MS: Final = 20
 #: A count or stats plan expected to make at least this many leaf tests (candidates times
 #: the leaves each is tested against) runs as a budgeted scan: ~0.5-1 us a test puts it at
 #: the edge of one call's budget.

@@ -47,10 +47,10 @@ end
 -- budget left; returns the trace number the next call starts from (-1: done).
 local function scan(ctx, on_batch)
     local from, budget = ctx.plan.scan[1], ctx.plan.scan[2]
-    local start = now_us()
+    local start = ctx.started or now_us()
     local key, expr = scan_target(ctx)
     local last = last_chunk_of(ctx)
-    local size = 64
+    local size = 1
     for c = floor(from / SET_CHUNK), last do
         local numbers = chunk_from(key, c, from)
         local i = 1
@@ -68,10 +68,9 @@ local function scan(ctx, on_batch)
                 return j < #numbers and numbers[j + 1] or (c + 1) * SET_CHUNK
             end
             -- The next batch: what the rest of the budget allows at this batch's cost per
-            -- trace (an overestimate: a batch has a fixed cost per leaf), at most four times
-            -- this one.
+            -- trace, at most twice this one (a cheap batch may precede a dear one).
             local per = math.max(t1 - t0, 1) / (j - i + 1)
-            size = math.max(1, math.min(4 * size, floor(left / per / 2), 4096))
+            size = math.max(1, math.min(2 * size, floor(left / per / 2), 4096))
             i = j + 1
         end
         if now_us() - start >= budget then
@@ -99,5 +98,6 @@ local function stats_scan(ctx)
     return { next_from, stats_rows(state) }
 end
 
+Budget.now_us = now_us
 Budget.count_scan = count_scan
 Budget.stats_scan = stats_scan

@@ -10,7 +10,7 @@ local values_reply = Like.values_reply
 local cards_reply, count_terms_reply = Counts.cards_reply, Counts.count_terms_reply
 local stats_reply = Counts.stats_reply
 local walk_values_page = ValueWalk.walk_values_page
-local count_scan, stats_scan = Budget.count_scan, Budget.stats_scan
+local count_scan, stats_scan, now_us = Budget.count_scan, Budget.stats_scan, Budget.now_us
 
 -- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
 -- Redis more to convert than cmsgpack does to pack it, and the client decodes it in C.
@@ -125,6 +125,7 @@ count, ...}, next window's first rank or -1}, or with count_only {values, traces
 --]]
 local function tt_query(keys, argv)
     bind_runtime()
+    local started = now_us() -- (a budgeted scan counts its time from here)
     local prefix = argv[1]
     if keys[1] ~= prefix .. ':ids' then
         fail('BADKEYS', 'KEYS[1] must be ' .. tostring(prefix) .. ':ids')
@@ -151,6 +152,7 @@ local function tt_query(keys, argv)
         return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window)
     end
     if plan.scan then
+        ctx.started = started
         return mode == 'stats' and stats_scan(ctx) or count_scan(ctx)
     end
     if mode == 'count' and plan.terms then
