@@ -22,6 +22,25 @@ class RedisUnavailableError(TracetagsError, ConnectionError):
     raises it: it buffers and retries instead."""
 
 
+class RedisRefusedError(TracetagsError, PermissionError):
+    """Redis answered but refuses this client until an operator acts: wrong credentials or
+    an ACL rule.  Never retried quickly; the message names the URL (redacted) and the rule."""
+
+
+class RedisAuthError(RedisRefusedError):
+    """Redis refused the URL's user name or password (``WRONGPASS``, ``NOAUTH``)."""
+
+
+class RedisPermissionError(RedisRefusedError):
+    """Redis's ACL refused a command or key to this user (``NOPERM``): see docs/security.md
+    for the rules each role needs."""
+
+
+class RedisBusyError(TracetagsError, ConnectionError):
+    """Redis answers but cannot serve now: a script or Function is running (``BUSY``) or it
+    is loading its data (``LOADING``).  Transient: try again shortly."""
+
+
 class ValidationError(TracetagsError, ValueError):
     """An event, tag key, tag value or argument breaks a rule; the message names it."""
 

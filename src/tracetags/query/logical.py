@@ -10,7 +10,9 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
+
+import re2
 
 from tracetags.keys import (
     NAME_TAG,
@@ -41,6 +43,7 @@ __all__ = [
     "logical",
     "order_index",
     "order_zset",
+    "pattern_predicate",
 ]
 
 IndexKind: TypeAlias = Literal["tag", "metadata", "status", "client_request_id", "experiment"]
@@ -189,23 +192,46 @@ LogicalLeaf: TypeAlias = LValues | LMatch | LPresent | LRange | LIds | LIdMatch 
 LogicalNode: TypeAlias = LogicalLeaf | LAnd | LOr | LNot
 
 
-def _like_regex(pattern: str) -> re.Pattern[str]:
-    parts = [".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern]
-    return re.compile("".join(parts), re.DOTALL)
+# RE2 runs in time linear in the value (no backtracking), so no pattern can hang a query, and
+# it releases the GIL while it matches.  Errors in a pattern are the caller's, not logged.
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.log_errors = False
+# LIKE's `_` and `%` span newlines: `.` in (?s) mode.
+_LIKE_OPTIONS: Final = re2.Options()
+_LIKE_OPTIONS.log_errors = False
+_LIKE_OPTIONS.dot_nl = True
 
 
-def _pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
+class _Compiled(Protocol):
+    def search(self, text: str) -> object | None: ...
+    def fullmatch(self, text: str) -> object | None: ...
+
+
+def _like_regex(pattern: str) -> _Compiled:
+    parts = [".*" if ch == "%" else "." if ch == "_" else re2.escape(ch) for ch in pattern]
+    compiled: _Compiled = re2.compile("".join(parts), _LIKE_OPTIONS)
+    return compiled
+
+
+def _never(value: str) -> bool:
+    return False
+
+
+def pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
+    """Whether a value matches ``pattern`` under ``op`` (LIKE, ILIKE, RLIKE; a ``NOT`` op is
+    negated by the caller).  RLIKE is an unanchored RE2 search: a pattern RE2 does not
+    accept (a backreference, lookaround, or anything invalid) matches nothing."""
     base = op.removeprefix("NOT ")
-    if base == "LIKE":
-        like = _like_regex(pattern)
-        return lambda v: like.fullmatch(v) is not None
-    if base == "ILIKE":
-        ilike = _like_regex(pattern.lower())
-        return lambda v: ilike.fullmatch(v.lower()) is not None
     try:
-        regex = re.compile(pattern)
-    except (re.error, RecursionError, OverflowError, ValueError):
-        return lambda v: False  # an invalid pattern matches nothing
+        if base == "LIKE":
+            like = _like_regex(pattern)
+            return lambda v: like.fullmatch(v) is not None
+        if base == "ILIKE":
+            ilike = _like_regex(pattern.lower())
+            return lambda v: ilike.fullmatch(v.lower()) is not None
+        regex: _Compiled = re2.compile(pattern, _RE2_OPTIONS)
+    except (re2.error, ValueError, OverflowError):
+        return _never
     return lambda v: regex.search(v) is not None
 
 
@@ -293,7 +319,7 @@ def _comparison(node: Comparison) -> LogicalNode:
             leaf = LIds(tuple(ids), text)
             return leaf if op in ("=", "IN") else LNot(leaf)
         assert isinstance(value, str)
-        matched = _pattern_predicate(op, value)
+        matched = pattern_predicate(op, value)
         if op.startswith("NOT "):
             return LIdMatch(lambda v: not matched(v), text)
         return LIdMatch(matched, text)
@@ -324,8 +350,8 @@ def _comparison(node: Comparison) -> LogicalNode:
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
     if op != "LIKE":
-        return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text)
-    predicate = _pattern_predicate(op, value)
+        return LMatch(index, pattern_predicate(op, value), op.startswith("NOT "), text)
+    predicate = pattern_predicate(op, value)
     lead_is_pattern = value.endswith("%") and value.count("%") == 1
     return LMatch(
         index, predicate, False, text, _like_runs(value), _like_lead(value), lead_is_pattern
