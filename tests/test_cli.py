@@ -474,6 +474,8 @@ def test_exit_code(code: ExitCode, redis_url: str, namespace: str) -> None:
         (errors.RedisAuthError("x"), ExitCode.AUTH_FAILED),
         (errors.RedisPermissionError("x"), ExitCode.FORBIDDEN),
         (errors.RedisBusyError("x"), ExitCode.DEGRADED),
+        (errors.RedisTlsError("x"), ExitCode.UNREACHABLE),
+        (errors.LibraryVersionError("x"), ExitCode.FAILED),
         (errors.EmbeddedRedisError("x"), ExitCode.UNREACHABLE),
         (errors.TracetagsTimeoutError("x"), ExitCode.FAILED),
         (errors.BulkWriteError("x", written=1, total=2), ExitCode.INCOMPLETE),

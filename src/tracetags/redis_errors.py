@@ -12,6 +12,7 @@ log it.  :func:`library_error` turns any of them into the tracetags error a call
 
 from __future__ import annotations
 
+import ssl
 from typing import Final
 
 import redis
@@ -22,6 +23,7 @@ from tracetags.errors import (
     RedisAuthError,
     RedisBusyError,
     RedisPermissionError,
+    RedisTlsError,
     RedisUnavailableError,
     TracetagsError,
 )
@@ -53,8 +55,9 @@ _CODE_OF_CLASS: Final[tuple[tuple[type[BaseException], str], ...]] = (
     (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
 )
 
-#: Conditions an operator must end (credentials, ACL): retried only at the slowest pace.
-REFUSED_CODES: Final = frozenset({"AUTH", "NOPERM"})
+#: Conditions an operator must end (credentials, ACL, a TLS certificate the client does not
+#: trust): retried only at the slowest pace.
+REFUSED_CODES: Final = frozenset({"AUTH", "NOPERM", "TLS"})
 
 UNREACHABLE: Final = "unreachable"
 TIMEOUT: Final = "timeout"
@@ -86,6 +89,8 @@ def condition(exc: BaseException) -> str:
     ``poison``, or ``error`` (an unknown reply: not poison, so waited out like a transient)."""
     if isinstance(exc, FoldError | DecodeError):
         return POISON
+    if _tls_failure(exc) is not None:
+        return "TLS"
     code = error_code(exc)  # first: redis-py's LOADING and AUTH errors are ConnectionErrors
     if code is not None and code in TRANSIENT_CODES | REFUSED_CODES:
         return code
@@ -113,6 +118,18 @@ def is_poison(exc: BaseException) -> bool:
     return condition(exc) == POISON
 
 
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS handshake's failure behind ``exc`` (redis-py wraps it in a ConnectionError)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def is_refused(exc: BaseException) -> bool:
     """Wrong credentials or an ACL rule: waiting alone will not end it."""
     return condition(exc) in REFUSED_CODES
@@ -132,6 +149,11 @@ def library_error(exc: BaseException, url: str) -> TracetagsError | None:
         return RedisPermissionError(
             f"Redis at {shown} refused by its ACL: {exc} "
             "(docs/security.md lists the rules each role needs)"
+        )
+    if name == "TLS":
+        return RedisTlsError(
+            f"TLS with Redis at {shown} failed: {_tls_failure(exc)} "
+            "(check ssl_ca_certs in the URL: the CA that signed the server's certificate)"
         )
     if name in ("BUSY", "LOADING"):
         what = "busy running a script or Function" if name == "BUSY" else "loading its data"
