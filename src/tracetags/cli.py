@@ -42,6 +42,7 @@ from tracetags.errors import (
     RedisAuthError,
     RedisBusyError,
     RedisPermissionError,
+    RedisTlsError,
     RedisUnavailableError,
     TracetagsError,
     TracetagsTimeoutError,
@@ -92,6 +93,7 @@ ERROR_EXIT_CODES: tuple[tuple[type[TracetagsError], ExitCode, str | None], ...] 
     (RedisPermissionError, ExitCode.FORBIDDEN, None),
     (RedisBusyError, ExitCode.DEGRADED, None),
     (LibraryVersionError, ExitCode.FAILED, None),
+    (RedisTlsError, ExitCode.UNREACHABLE, None),
     (RedisUnavailableError, ExitCode.UNREACHABLE, _UNREACHABLE_HINT),
     (EmbeddedRedisError, ExitCode.UNREACHABLE, None),
     (TracetagsTimeoutError, ExitCode.FAILED, None),
@@ -247,6 +249,8 @@ def _ping(settings: Settings) -> None:
         mapped = redis_errors.library_error(exc, settings.effective_redis_url)
         if mapped is not None and not isinstance(mapped, RedisBusyError):
             raise mapped from None
+        if mapped is not None:
+            return  # busy or loading: the command's first call says so (status: its state)
         # It answered: not unreachable (LOADING, BUSY, MISCONF refuse even PING); the
         # command says what it can do, `status` names the condition.
         err.print(f"[yellow]warning:[/] Redis answers but refuses: {escape(str(exc))}")

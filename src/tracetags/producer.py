@@ -461,35 +461,38 @@ class _Core:
         """Back off after a failed write (exponential, jittered, capped), probing whether
         Redis would take a write every ``PROBE_INTERVAL_S`` to end the pause early."""
         name = redis_errors.condition(error)
-        refused = name in redis_errors.REFUSED_CODES
+        refusal = None
+        if name in redis_errors.REFUSED_CODES:
+            refusal = redis_errors.library_error(error, self.settings.effective_redis_url)
+            if self.refusal is None:
+                # Permanent until an operator acts: said once, loudly (before flush can
+                # raise it); the events stay buffered (the overflow policy applies) and are
+                # retried at the slowest pace.
+                log.error(
+                    "tracetags producer: %s; events stay buffered (overflow=%s) and are "
+                    "retried every %g s until it is allowed",
+                    refusal,
+                    self.settings.overflow,
+                    self.settings.retry_max_ms / 1000,
+                )
         with self.lock:
             self.retries += 1
             self._failures += 1
             self._note_error(error)
             failures = self._failures
-            started = self.condition != name
+            started = self.condition is None
             self.condition = name
-            if refused:
-                self.refusal = redis_errors.library_error(error, self.settings.effective_redis_url)
+            self.refusal = refusal
             self.progress.notify_all()
-        if started and refused:
-            # Permanent until an operator acts: said once, loudly; the events stay buffered
-            # (the overflow policy applies) and are retried at the slowest pace.
-            log.error(
-                "tracetags producer: %s; events stay buffered (overflow=%s) and are retried "
-                "every %g s until it is allowed",
-                self.refusal,
-                self.settings.overflow,
-                self.settings.retry_max_ms / 1000,
-            )
-        elif started:
+        if started and refusal is None:
             log.warning(
                 "tracetags producer: Redis refuses writes (%s: %s); events stay buffered and "
                 "are retried in order",
                 name,
                 error,
             )
-        pause = self.settings.retry_max_ms / 1000 if refused else self._backoff.compute(failures)
+        slowest = self.settings.retry_max_ms / 1000
+        pause = slowest if refusal is not None else self._backoff.compute(failures)
         deadline = time.monotonic() + pause
         while not self.abandoned:
             left = deadline - time.monotonic()

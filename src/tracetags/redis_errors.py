@@ -138,6 +138,8 @@ def is_refused(exc: BaseException) -> bool:
 def library_error(exc: BaseException, url: str) -> TracetagsError | None:
     """The tracetags error to raise for redis-py's ``exc`` talking to ``url`` (redacted in
     the message), or None for an error that is not about reaching or using Redis."""
+    if isinstance(exc, TracetagsError):
+        return None  # already ours (TracetagsTimeoutError is an OSError too)
     shown = redact_url(url)
     name = condition(exc)
     if name == "AUTH":

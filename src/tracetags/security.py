@@ -60,11 +60,19 @@ _RULES: Final[dict[Role, tuple[str, ...]]] = {
     # Searches, counts, stats, get and status: reads and the read-only query Function.  It
     # never loads the library: a consumer of the same version must have loaded it.
     "query": (*_CONNECT, "+@read", "+fcall_ro", "+function|list", *_KEYSPACE_WIDE),
-    # Archives folded entries and trims the log (the tt_trim Function), keeps its cache.
+    # Archives folded entries and trims the log (the tt_trim Function: XTRIM, and the
+    # archive marks), keeps its cache, and holds a per-partition lock (redis-py's Lock: SET
+    # NX PX, and small scripts that GET, PEXPIRE and DEL it).
     "archiver": (
         *_CONNECT,
         "+client|setname",
+        "+time",
         "+@read",
+        "+set",
+        "+del",
+        "+pexpire",
+        "+xtrim",
+        "+zremrangebyscore",
         "+hset",
         "+hsetnx",
         "+hdel",
@@ -72,6 +80,9 @@ _RULES: Final[dict[Role, tuple[str, ...]]] = {
         "+zadd",
         "+multi",
         "+exec",
+        "+evalsha",
+        "+eval",
+        "+script|load",
         "+fcall",
         "+function|list",
         *_KEYSPACE_WIDE,
