@@ -36,7 +36,7 @@ from tracetags.errors import (
     RedisPermissionError,
     RedisTlsError,
 )
-from tracetags.security import Role
+from tracetags.security import ROLES, Role, acl_setuser
 from tracetags.settings import Settings
 
 runner = CliRunner()
@@ -352,3 +352,10 @@ def test_wrong_credentials_fail_the_library_calls_at_once(plain: Deployment) -> 
     url = plain.urls["consumer"].replace("pw-consumer-", "wrong-password-")
     with pytest.raises(RedisAuthError):
         prepare_namespace(Settings(redis_url=url, namespace=plain.namespace))
+
+
+def test_the_documented_rules_are_the_tested_rules() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    for role in ROLES:
+        line = " ".join(["ACL", "SETUSER", *acl_setuser(role, "myns", f"myns-{role}", "PASSWORD")])
+        assert f"\n{line}\n" in docs, role
