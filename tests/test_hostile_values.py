@@ -18,15 +18,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.support.query_data import apply_events
 from tracetags import TagProducer, schemas
+from tracetags.cli import ExitCode, app
 from tracetags.client import Client
 from tracetags.errors import FilterSemanticError, FilterSyntaxError, ValidationError
 from tracetags.query.logical import pattern_predicate
 from tracetags.query.parser import parse_filter
 from tracetags.settings import Settings
 
+runner = CliRunner()
 #: A linear engine answers these in microseconds; a backtracking one takes minutes or more.
 DEADLINE_S = 2.0
 LONG = "a" * 8000
@@ -225,3 +228,46 @@ def test_crashing_filters_are_clean_through_the_client(settings: Settings) -> No
                 client.search_traces(None, filter_string)
         with pytest.raises(ValidationError, match="lone surrogate"):
             client.get_trace("a\udcff")
+
+
+# --- the same through the command line: one line, exit 2 -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["count", "execution_time_ms > 99999999999999999999"], "Integer out of range"),
+        (["search", "tags.x = 'a\udcff'"], "Invalid text: a lone surrogate"),
+        (["get", "tr\udcff"], "trace_id holds a lone surrogate at 2"),
+        (["tag", "set", "tr", "k", "v\udcff", "--no-wait"], "tag 'k': value holds a lone"),
+        (["tag", "set", "tr\n", "k", "v", "--no-wait"], "trace_id must not end with a newline"),
+    ],
+)
+def test_hostile_cli_arguments_exit_2_with_one_line(
+    redis_url: str, namespace: str, args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, *args])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    # One error line (a filter error adds the filter and a caret under the position).
+    lines = result.stderr.splitlines()
+    assert len(lines) == (3 if "position" in lines[0] else 1), result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "redis://127.0.0.1:6390/0?socket_timeout=abc",
+            "Invalid value for 'socket_timeout' in connection URL.",
+        ),
+        ("redis://127.0.0.1:99999/0", "Port out of range 0-65535"),
+        ("http://127.0.0.1:6390/0", "must start with redis://, rediss:// or unix://"),
+    ],
+)
+def test_a_bad_redis_url_is_a_config_error(url: str, message: str) -> None:
+    result = runner.invoke(app, ["--redis-url", url, "count"])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr == f"error: redis_url={url!r}: {message}\n"
