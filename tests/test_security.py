@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from tests.support.consumer import consumer
 from tests.support.secure_redis import ADMIN_PASSWORD, SecureRedis, TlsFiles, make_tls_files
-from tracetags import TagProducer, functions
+from tracetags import AsyncTagProducer, TagProducer, functions
 from tracetags.cli import ExitCode, app
 from tracetags.client import NOT_PERMITTED, Client
 from tracetags.consumer import create_app, prepare_namespace
@@ -183,6 +183,19 @@ def test_a_refused_producer_logs_once_keeps_its_events_and_flush_raises(
         assert [r.levelname for r in refusals] == ["ERROR"]
     finally:
         producer.close(timeout=0.1)
+
+
+async def test_a_refused_async_producer_raises_at_flush(plain: Deployment) -> None:
+    producer = AsyncTagProducer(plain.settings("query"))
+    try:
+        producer.set_tags("tr-3", {"k": "v"})
+        started = time.monotonic()
+        with pytest.raises(RedisPermissionError, match="refused by its ACL"):
+            await producer.flush(timeout=30)
+        assert time.monotonic() - started < 5
+        assert producer.stats().buffered == 1
+    finally:
+        await producer.close(timeout=0.1)
 
 
 def test_another_namespace_is_forbidden(plain: Deployment) -> None:
