@@ -138,7 +138,7 @@ class RootGroup(TyperGroup):
         except TracetagsError as exc:
             code, hint = exit_code_for(exc)
             _fail(code, str(exc), hint)
-        except (redis.RedisError, OSError) as exc:
+        except redis.RedisError as exc:
             # A call that reached Redis outside the Client's mapping: the same one-line errors.
             url = state.redis_url or Settings().effective_redis_url
             mapped = redis_errors.library_error(exc, url)
