@@ -108,9 +108,8 @@ def main() -> None:
     for op, pattern in HOSTILE:
         ours_s = hostile_seconds(op, pattern, "tracetags", args.hostile_limit_s)
         theirs_s = hostile_seconds(op, pattern, "re", args.hostile_limit_s)
-        print(
-            f"| {op} | `{pattern[:24]}{'…' if len(pattern) > 24 else ''}` | {ours_s} | {theirs_s} |"
-        )
+        shown = pattern if len(pattern) <= 24 else pattern[:24] + "..."
+        print(f"| {op} | `{shown}` | {ours_s} | {theirs_s} |")
 
 
 if __name__ == "__main__":
