@@ -372,3 +372,18 @@ def test_the_documented_rules_are_the_tested_rules() -> None:
     for role in ROLES:
         line = " ".join(["ACL", "SETUSER", *acl_setuser(role, "myns", f"myns-{role}", "PASSWORD")])
         assert f"\n{line}\n" in docs, role
+
+
+def test_a_producer_with_a_wrong_password_raises_at_flush(plain: Deployment) -> None:
+    url = plain.urls["producer"].replace("pw-producer-", "wrong-password-")
+    producer = TagProducer(Settings(redis_url=url, namespace=plain.namespace))
+    try:
+        producer.set_tags("tr-4", {"k": "v"})
+        started = time.monotonic()
+        with pytest.raises(RedisAuthError, match="refused the credentials") as caught:
+            producer.flush(timeout=30)
+        assert time.monotonic() - started < 5
+        assert "wrong-password" not in str(caught.value)
+        assert producer.stats().condition == "AUTH"
+    finally:
+        producer.close(timeout=0.1)
