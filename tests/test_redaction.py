@@ -127,24 +127,30 @@ def test_serve_banner_and_logs_hide_the_password(server: SecureRedis, tmp_path: 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACETAGS_")}
     env.update(TRACETAGS_REDIS_URL=server.url(), TRACETAGS_ARCHIVE_URL=ARCHIVE_URL)
     ns = f"red-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tracetags.cli", "--namespace", ns, "serve", "--verbose"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        banner = ""
-        assert proc.stdout is not None
-        while "TRACETAGS_REDIS_URL" not in banner and time.monotonic() < deadline:
-            banner += proc.stdout.readline()
-        time.sleep(2)  # the workers and the archiver start and log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+    err_path = tmp_path / "serve.err"
+    with err_path.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tracetags.cli", "--namespace", ns, "serve", "--verbose"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err_file,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            banner = ""
+            assert proc.stdout is not None
+            while "TRACETAGS_REDIS_URL" not in banner and time.monotonic() < deadline:
+                banner += proc.stdout.readline()
+            time.sleep(2)  # the workers and the archiver start and log
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            # Read on through the same buffered reader (communicate would skip what
+            # readline has already buffered).
+            out = proc.stdout.read() if proc.stdout is not None else ""
+            proc.wait(60)
+    err = err_path.read_text()
     text = banner + out + err
     assert f"at redis://:***@127.0.0.1:{server.port}/0" in banner
     assert "(clients: set TRACETAGS_REDIS_URL to this URL with its password)" in banner
