@@ -148,8 +148,9 @@ def test_help_shows_one_line_summaries_exit_codes_and_completion() -> None:
         "Exit codes: 0 success; 1 not found, timed out, or failed (a gap in the log, an "
         "unreadable archive); 2 usage or filter error (the filter is shown with a caret); 3 "
         "Redis unreachable (the URL tried and a hint); 4 a bulk write fell short (fewer traces "
-        "written than matched); 5 status: Redis answers but is degraded (OOM, READONLY, "
-        "MISCONF, BUSY, ...)."
+        "written than matched); 5 Redis answers but is degraded (status: OOM, READONLY, "
+        "MISCONF, ...; any command: busy or loading); 6 Redis refused the user name or "
+        "password; 7 Redis's ACL refused a command or key to the user."
     ) in text
     assert "--install-completion" in text and "--show-completion" in text
 
@@ -436,13 +437,20 @@ EXIT_CASES: dict[ExitCode, tuple[list[str], str]] = {
 
 
 #: Codes that need a Redis fault to happen, tested where the fault is made:
-#: INCOMPLETE in tests/faults/test_bulk_writes.py, DEGRADED in tests/faults/test_health.py.
-FAULT_EXIT_CODES = {ExitCode.INCOMPLETE, ExitCode.DEGRADED}
+#: INCOMPLETE in tests/faults/test_bulk_writes.py, DEGRADED in tests/faults/test_health.py
+#: (and busy in tests/test_clean_errors.py), AUTH_FAILED and FORBIDDEN in
+#: tests/test_clean_errors.py (a Redis with ACL users).
+FAULT_EXIT_CODES = {
+    ExitCode.INCOMPLETE,
+    ExitCode.DEGRADED,
+    ExitCode.AUTH_FAILED,
+    ExitCode.FORBIDDEN,
+}
 
 
 def test_every_exit_code_has_a_case_below() -> None:
     assert set(EXIT_CASES) | FAULT_EXIT_CODES == set(ExitCode)
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 6, 7]
     assert set(EXIT_CODE_MEANINGS) == set(ExitCode)
 
 
@@ -463,6 +471,11 @@ def test_exit_code(code: ExitCode, redis_url: str, namespace: str) -> None:
     ("error", "code"),
     [
         (errors.RedisUnavailableError("x"), ExitCode.UNREACHABLE),
+        (errors.RedisAuthError("x"), ExitCode.AUTH_FAILED),
+        (errors.RedisPermissionError("x"), ExitCode.FORBIDDEN),
+        (errors.RedisBusyError("x"), ExitCode.DEGRADED),
+        (errors.RedisTlsError("x"), ExitCode.UNREACHABLE),
+        (errors.LibraryVersionError("x"), ExitCode.FAILED),
         (errors.EmbeddedRedisError("x"), ExitCode.UNREACHABLE),
         (errors.TracetagsTimeoutError("x"), ExitCode.FAILED),
         (errors.BulkWriteError("x", written=1, total=2), ExitCode.INCOMPLETE),

@@ -148,7 +148,7 @@ def test_namespace_keeps_the_partition_count_it_was_created_with(
                 "t", experiment_id="1", timestamp_ms=1, execution_time_ms=-1
             ),
             ValidationError,
-            "execution_time_ms must be a non-negative int (milliseconds), got -1",
+            "execution_time_ms must be a non-negative int (milliseconds) below 2**63, got -1",
         ),
         (
             lambda p: p.trace_finished(

@@ -28,7 +28,7 @@ from rich.progress import Progress
 from rich.table import Table
 from typer.core import TyperGroup
 
-from tracetags import deadletters, schemas, traffic
+from tracetags import deadletters, redis_errors, schemas, traffic
 from tracetags.client import Client, TraceInfo
 from tracetags.connections import socket_options
 from tracetags.embedded import RedisServer, embedded_server
@@ -37,14 +37,19 @@ from tracetags.errors import (
     ArchiveStoreError,
     BulkWriteError,
     EmbeddedRedisError,
+    LibraryVersionError,
     LogGapError,
+    RedisAuthError,
+    RedisBusyError,
+    RedisPermissionError,
+    RedisTlsError,
     RedisUnavailableError,
     TracetagsError,
     TracetagsTimeoutError,
 )
 from tracetags.log import read_log
 from tracetags.producer import TagProducer
-from tracetags.settings import Settings
+from tracetags.settings import Settings, has_secret, redact_url
 
 
 class ExitCode(enum.IntEnum):
@@ -56,8 +61,13 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 3
     #: A bulk write fell short: fewer events written than traces matched.
     INCOMPLETE = 4
-    #: ``status``: Redis answers but does not work normally (OOM, READONLY, MISCONF, BUSY).
+    #: Redis answers but does not work normally: ``status`` (OOM, READONLY, MISCONF, BUSY),
+    #: or any command while Redis is busy running a script or loading its data.
     DEGRADED = 5
+    #: Redis refused the URL's user name or password.
+    AUTH_FAILED = 6
+    #: Redis's ACL refused a command or key to the user (docs/security.md).
+    FORBIDDEN = 7
 
 
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
@@ -66,7 +76,10 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.USAGE: "usage or filter error (the filter is shown with a caret)",
     ExitCode.UNREACHABLE: "Redis unreachable (the URL tried and a hint)",
     ExitCode.INCOMPLETE: "a bulk write fell short (fewer traces written than matched)",
-    ExitCode.DEGRADED: "status: Redis answers but is degraded (OOM, READONLY, MISCONF, BUSY, ...)",
+    ExitCode.DEGRADED: "Redis answers but is degraded (status: OOM, READONLY, MISCONF, ...; "
+    "any command: busy or loading)",
+    ExitCode.AUTH_FAILED: "Redis refused the user name or password",
+    ExitCode.FORBIDDEN: "Redis's ACL refused a command or key to the user",
 }
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(
     f"{int(code)} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items()
@@ -76,6 +89,11 @@ _UNREACHABLE_HINT = "hint: start one (redis-server), or pass --redis-url / set T
 # The exit code (and a hint to print) of each library error, most specific first: the first
 # row whose class the error is an instance of decides.  Every command goes through it.
 ERROR_EXIT_CODES: tuple[tuple[type[TracetagsError], ExitCode, str | None], ...] = (
+    (RedisAuthError, ExitCode.AUTH_FAILED, None),
+    (RedisPermissionError, ExitCode.FORBIDDEN, None),
+    (RedisBusyError, ExitCode.DEGRADED, None),
+    (LibraryVersionError, ExitCode.FAILED, None),
+    (RedisTlsError, ExitCode.UNREACHABLE, None),
     (RedisUnavailableError, ExitCode.UNREACHABLE, _UNREACHABLE_HINT),
     (EmbeddedRedisError, ExitCode.UNREACHABLE, None),
     (TracetagsTimeoutError, ExitCode.FAILED, None),
@@ -120,6 +138,14 @@ class RootGroup(TyperGroup):
         except TracetagsError as exc:
             code, hint = exit_code_for(exc)
             _fail(code, str(exc), hint)
+        except redis.RedisError as exc:
+            # A call that reached Redis outside the Client's mapping: the same one-line errors.
+            url = state.redis_url or Settings().effective_redis_url
+            mapped = redis_errors.library_error(exc, url)
+            if mapped is None:
+                _fail(ExitCode.FAILED, f"Redis refused a command: {exc}")
+            code, hint = exit_code_for(mapped)
+            _fail(code, str(mapped), hint)
 
 
 def leaf_commands(group: Any) -> Iterator[Any]:
@@ -202,7 +228,8 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
     server: RedisServer | None = None
     if settings.redis_url is None:
         server = embedded_server(settings.embedded_dir).start()
-        err.print(f"embedded Redis at [bold]{server.url}[/] (data in {server.directory})")
+        shown = redact_url(server.url)
+        err.print(f"embedded Redis at [bold]{shown}[/] (data in {server.directory})")
         settings = settings.replace(redis_url=server.url)
     try:
         _ping(settings)
@@ -218,13 +245,15 @@ def _ping(settings: Settings) -> None:
     )
     try:
         client.ping()
-    except (redis.ResponseError, redis.exceptions.BusyLoadingError) as exc:
+    except (redis.RedisError, OSError) as exc:
+        mapped = redis_errors.library_error(exc, settings.effective_redis_url)
+        if mapped is not None and not isinstance(mapped, RedisBusyError):
+            raise mapped from None
+        if mapped is not None:
+            return  # busy or loading: the command's first call says so (status: its state)
         # It answered: not unreachable (LOADING, BUSY, MISCONF refuse even PING); the
         # command says what it can do, `status` names the condition.
         err.print(f"[yellow]warning:[/] Redis answers but refuses: {escape(str(exc))}")
-    except redis.RedisError as exc:
-        url = settings.effective_redis_url
-        raise RedisUnavailableError(f"Redis unreachable at {url}: {exc}") from None
     finally:
         client.close()
 
@@ -284,7 +313,13 @@ def _pasteable_options(settings: Settings) -> str:
     """The global options a pasted command needs to reach the same Redis and namespace."""
     options = ""
     if state.redis_url is not None:
-        options += f" --redis-url {shlex.quote(settings.effective_redis_url)}"
+        url = settings.effective_redis_url
+        # A URL with a password is named by its variable, never printed.
+        options += (
+            ' --redis-url "$TRACETAGS_REDIS_URL"'
+            if has_secret(url)
+            else (f" --redis-url {shlex.quote(url)}")
+        )
     if state.namespace:
         options += f" --namespace {settings.namespace}"
     return options
@@ -355,10 +390,15 @@ def serve(
         _ping(settings)
 
     def ready(active: Settings) -> None:
+        url = active.effective_redis_url
+        hint = (
+            "  (clients: set TRACETAGS_REDIS_URL to this URL with its password)"
+            if has_secret(url)
+            else f"  export TRACETAGS_REDIS_URL={url}"
+        )
         out.print(
             f"tracetags serve: {workers} consumer(s) folding namespace "
-            f"{active.namespace!r} at {active.effective_redis_url}\n"
-            f"  export TRACETAGS_REDIS_URL={active.effective_redis_url}"
+            f"{active.namespace!r} at {redact_url(url)}\n{hint}"
         )
         _print_archive_plan(active)
 
@@ -1118,7 +1158,8 @@ def _print_archive_plan(active: Settings) -> None:
         err.print(f"[bold red]warning:[/] {escape(UNBOUNDED_WARNING)}")
     else:
         out.print(
-            f"  archiving to {active.archive_url} every {active.archive_interval}; entries stay "
+            f"  archiving to {redact_url(active.archive_url)} every {active.archive_interval}; "
+            "entries stay "
             f"in Redis {active.log_retention} after they are archived"
         )
 
@@ -1148,7 +1189,7 @@ def _print_archive_status(report: Any) -> None:
             "Redis's memory"
         )
         return
-    table = Table(title=f"archive {report.archive_url or ''}".rstrip())
+    table = Table(title=f"archive {redact_url(report.archive_url or '')}".rstrip())
     for column in ("partition", "tail entries", "tail bytes", "archived up to", "segments",
                    "archive bytes", "last run", "trim held back by"):  # fmt: skip
         table.add_column(column, justify="left" if column == "trim held back by" else "right")

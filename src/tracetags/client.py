@@ -16,7 +16,7 @@ from tracetags import functions, redis_errors, schemas
 from tracetags.archive import state as archive_state
 from tracetags.archive.state import ArchiveStatus
 from tracetags.connections import socket_options
-from tracetags.errors import BulkWriteError, RedisUnavailableError, TracetagsTimeoutError
+from tracetags.errors import BulkWriteError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
@@ -208,19 +208,24 @@ def trace_info_from_hash(fields: Mapping[bytes, bytes]) -> TraceInfo | None:
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
+#: What ``status`` shows for a figure the ACL does not let it read.
+NOT_PERMITTED = "unknown (not permitted by the ACL)"
 
 
 def _reaching_redis(method: _Method) -> _Method:
-    """Turn redis-py's connection failures into RedisUnavailableError (a ConnectionError
-    naming the URL); other errors pass unchanged."""
+    """Turn redis-py's failures to reach or use Redis into tracetags errors naming the URL
+    (redacted): unreachable, wrong credentials, refused by the ACL, busy or loading
+    (:func:`tracetags.redis_errors.library_error`); other errors pass unchanged."""
 
     @functools.wraps(method)
     def call(self: Client, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            url = self.settings.effective_redis_url
-            raise RedisUnavailableError(f"Redis unreachable at {url}: {exc}") from exc
+        except redis.RedisError as exc:
+            mapped = redis_errors.library_error(exc, self.settings.effective_redis_url)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     return call  # type: ignore[return-value]
 
@@ -273,7 +278,7 @@ class Client:
     @_reaching_redis
     def get_trace(self, trace_id: str) -> Trace | None:
         """The folded state of one trace, or None if it does not exist (or was deleted)."""
-        schemas.check_id(trace_id, "trace_id")
+        schemas.check_text(schemas.check_id(trace_id, "trace_id"), "trace_id")
         partition = partition_of(trace_id, self.partitions)
         number: Any = self.redis.hget(self.keys.trace_ids(partition), trace_id)
         if number is None:
@@ -584,8 +589,8 @@ class Client:
             pipe.hlen(self.keys.trace_ids(partition))
             pipe.hgetall(self.keys.lookups(partition))
             pipe.hgetall(self.keys.archive_state(partition))
-            pipe.memory_usage(stream)
-            length, dead, traces, lookups, archived, stream_bytes = pipe.execute()
+            length, dead, traces, lookups, archived = pipe.execute()
+            stream_bytes = self._allowed(functools.partial(self.redis.memory_usage, stream))
             try:
                 groups: Any = self.redis.xinfo_groups(stream)
             except redis.ResponseError:
@@ -612,7 +617,7 @@ class Client:
                     archive=archive_state.from_hash(archived) if archived else None,
                 )
             )
-        memory: Any = self.redis.info("memory")
+        memory: Any = self._allowed(lambda: self.redis.info("memory")) or {}
         alive_since = schemas.now_ms() - HEARTBEAT_TTL_MS
         live: Any = self.redis.zrangebyscore(self.keys.consumers, alive_since, "+inf")
         return Status(
@@ -620,12 +625,20 @@ class Client:
             group=self.settings.consumer_group,
             live_consumers=sorted({name.decode() for name in live} | self._connected_consumers()),
             partitions=rows,
-            used_memory_bytes=int(memory["used_memory"]),
-            used_memory_human=str(memory["used_memory_human"]),
+            used_memory_bytes=int(memory.get("used_memory", 0)),
+            used_memory_human=str(memory.get("used_memory_human", NOT_PERMITTED)),
             archive_url=self.settings.archive_location,
             condition=condition,
             condition_detail=detail,
         )
+
+    @staticmethod
+    def _allowed(read: Callable[[], Any]) -> Any:
+        """``read()``, or None when the ACL denies it (``status`` shows what it can read)."""
+        try:
+            return read()
+        except redis.exceptions.NoPermissionError:
+            return None
 
     def _write_condition(self) -> tuple[str | None, str | None]:
         """Whether Redis would take a write now, asked without writing: an XADD queued in a

@@ -32,7 +32,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from tracetags import functions, redis_errors, schemas
 from tracetags.client import HEARTBEAT_MS, HEARTBEAT_TTL_MS, consumer_client_name
 from tracetags.connections import socket_options
-from tracetags.errors import DecodeError, FoldError
+from tracetags.errors import DecodeError, FoldError, LibraryVersionError
 from tracetags.functions import BatchItem, BatchResult, DeadLetter
 from tracetags.keys import Keys
 from tracetags.limits import DEFAULT_EVENT_LIMITS, EventLimits, over_limit, split_batch
@@ -498,6 +498,28 @@ BROKER_RETRY_ON: Final[list[type[Exception]]] = [
 ]
 
 
+def prepare_namespace(settings: Settings) -> int:
+    """What every consumer does at start, once (partitions, library, groups, lookups), for
+    ``tracetags serve`` to find out before it says it folds: a refusal (credentials, ACL,
+    TLS trust, a newer library) raises its tracetags error here instead of a worker
+    restarting for ever.  Returns the partition count."""
+
+    async def run() -> int:
+        client = fold_client(settings)
+        try:
+            return await Folder(settings, client).prepare()
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(run())
+    except (redis.RedisError, OSError) as exc:
+        mapped = redis_errors.library_error(exc, settings.effective_redis_url)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
 def create_app(
     settings: Settings | None = None, *, name: str | None = None, watch: Any = None
 ) -> FastStream:
@@ -602,7 +624,16 @@ def create_app(
             try:
                 partitions = await folder.prepare()
                 break
+            except LibraryVersionError as exc:
+                log.error("tracetags consumer cannot start: %s", exc)
+                raise
             except (redis.RedisError, OSError) as exc:
+                if redis_errors.is_refused(exc):
+                    # Credentials, ACL, TLS trust: waiting will not end it; say so and stop.
+                    refusal = redis_errors.library_error(exc, settings.effective_redis_url)
+                    assert refusal is not None
+                    log.error("tracetags consumer cannot start: %s", refusal)
+                    raise refusal from None
                 folder.transient(exc, "start")
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, BACKOFF_CAP_S)

@@ -22,6 +22,35 @@ class RedisUnavailableError(TracetagsError, ConnectionError):
     raises it: it buffers and retries instead."""
 
 
+class RedisTlsError(RedisUnavailableError):
+    """The TLS handshake with Redis failed (typically: the URL's ``ssl_ca_certs`` did not
+    sign the server's certificate).  Not retried quickly: the configuration must change."""
+
+
+class RedisRefusedError(TracetagsError, PermissionError):
+    """Redis answered but refuses this client until an operator acts: wrong credentials or
+    an ACL rule.  Never retried quickly; the message names the URL (redacted) and the rule."""
+
+
+class RedisAuthError(RedisRefusedError):
+    """Redis refused the URL's user name or password (``WRONGPASS``, ``NOAUTH``)."""
+
+
+class RedisPermissionError(RedisRefusedError):
+    """Redis's ACL refused a command or key to this user (``NOPERM``): see docs/security.md
+    for the rules each role needs."""
+
+
+class RedisBusyError(TracetagsError, ConnectionError):
+    """Redis answers but cannot serve now: a script or Function is running (``BUSY``) or it
+    is loading its data (``LOADING``).  Transient: try again shortly."""
+
+
+class LibraryVersionError(TracetagsError, RuntimeError):
+    """Redis runs a newer version of the Functions library than this tracetags: it is shared
+    by every namespace of the server, so an older consumer will not replace it."""
+
+
 class ValidationError(TracetagsError, ValueError):
     """An event, tag key, tag value or argument breaks a rule; the message names it."""
 

@@ -33,7 +33,10 @@ from tracetags.errors import (
     BufferFullError,
     EventLimitError,
     ProducerClosedError,
+    RedisRefusedError,
+    TracetagsError,
     TracetagsTimeoutError,
+    ValidationError,
 )
 from tracetags.keys import Keys, partition_of
 from tracetags.limits import EventLimits, over_limit
@@ -178,6 +181,9 @@ class _Core:
         self.last_error: str | None = None
         self.last_error_at_ms: int | None = None
         self.condition: str | None = None
+        #: Set while Redis refuses this producer (credentials, ACL): flush raises it at once
+        #: instead of waiting for a write that an operator must first allow.
+        self.refusal: TracetagsError | None = None
         self._dropped_at_receipt = 0
         self._drops_unreported = 0
         self._last_drop_warning = 0.0
@@ -191,7 +197,10 @@ class _Core:
         for room (``BufferFullError`` after ``overflow_timeout_ms``); without ``wake`` (the
         asyncio flavour, whose flusher runs on the caller's own loop) it raises at once.
         """
-        payload = encode(event)
+        try:
+            payload = encode(event)
+        except UnicodeEncodeError:
+            raise ValidationError(schemas.unencodable(event)) from None
         reason = over_limit(event, len(payload), self._limits)
         if reason is not None:
             raise EventLimitError(f"trace {event.trace_id!r}: {reason}")
@@ -287,6 +296,12 @@ class _Core:
         return Receipt(
             namespace=self.settings.namespace, positions=dict(self._positions), dropped=dropped
         )
+
+    def refused(self) -> TracetagsError:
+        """A fresh copy of the refusal for a caller to raise."""
+        refusal = self.refusal
+        assert refusal is not None
+        return type(refusal)(str(refusal))
 
     def timeout_error(self, timeout: float) -> TracetagsTimeoutError:
         with self.lock:
@@ -439,6 +454,7 @@ class _Core:
     def _recovered(self) -> None:
         """A write went through (called with the lock held)."""
         self._failures = 0
+        self.refusal = None
         if self.condition is not None:
             log.info(
                 "tracetags producer: writing again (%s is over; %d retries in all)",
@@ -451,6 +467,20 @@ class _Core:
         """Back off after a failed write (exponential, jittered, capped), probing whether
         Redis would take a write every ``PROBE_INTERVAL_S`` to end the pause early."""
         name = redis_errors.condition(error)
+        refusal = None
+        if name in redis_errors.REFUSED_CODES:
+            refusal = redis_errors.library_error(error, self.settings.effective_redis_url)
+            if self.refusal is None:
+                # Permanent until an operator acts: said once, loudly (before flush can
+                # raise it); the events stay buffered (the overflow policy applies) and are
+                # retried at the slowest pace.
+                log.error(
+                    "tracetags producer: %s; events stay buffered (overflow=%s) and are "
+                    "retried every %g s until it is allowed",
+                    refusal,
+                    self.settings.overflow,
+                    self.settings.retry_max_ms / 1000,
+                )
         with self.lock:
             self.retries += 1
             self._failures += 1
@@ -458,14 +488,18 @@ class _Core:
             failures = self._failures
             started = self.condition is None
             self.condition = name
-        if started:
+            self.refusal = refusal
+            self.progress.notify_all()
+        if started and refusal is None:
             log.warning(
                 "tracetags producer: Redis refuses writes (%s: %s); events stay buffered and "
                 "are retried in order",
                 name,
                 error,
             )
-        deadline = time.monotonic() + self._backoff.compute(failures)
+        slowest = self.settings.retry_max_ms / 1000
+        pause = slowest if refusal is not None else self._backoff.compute(failures)
+        deadline = time.monotonic() + pause
         while not self.abandoned:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -798,9 +832,13 @@ class TagProducer(_ProducerBase):
             self._start_thread()
         self._wake.set()
         with core.progress:
-            done = core.progress.wait_for(lambda: core.flushed(target), timeout)
+            core.progress.wait_for(
+                lambda: core.flushed(target) or core.refusal is not None, timeout
+            )
             receipt = core.receipt()
-        if not done:
+        if not core.flushed(target):
+            if core.refusal is not None:
+                raise core.refused()
             raise core.timeout_error(timeout or 0)
         return receipt
 
@@ -810,7 +848,7 @@ class TagProducer(_ProducerBase):
             return
         try:
             self.flush(timeout)
-        except TracetagsTimeoutError:
+        except (TracetagsTimeoutError, RedisRefusedError):
             lost = self._core.abandon()
             log.warning("tracetags producer closed with %d events not written", lost)
         with self._core.lock:
@@ -921,6 +959,8 @@ class AsyncTagProducer(_ProducerBase):
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not core.flushed(target):
+            if core.refusal is not None:
+                raise core.refused()
             self._progress.clear()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -935,7 +975,7 @@ class AsyncTagProducer(_ProducerBase):
             return
         try:
             await self.flush(timeout)
-        except TracetagsTimeoutError:
+        except (TracetagsTimeoutError, RedisRefusedError):
             lost = self._core.abandon()
             log.warning("tracetags producer closed with %d events not written", lost)
         with self._core.lock:

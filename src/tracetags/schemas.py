@@ -32,6 +32,8 @@ ENTRY_FIELD: Final = b"e"
 MAX_KEY_LENGTH: Final = 250
 MAX_VALUE_LENGTH: Final = 8000
 MAX_ID_LENGTH: Final = 256
+#: Milliseconds are signed 64-bit integers, as in MLflow's BIGINT columns.
+MAX_MILLIS: Final = 2**63 - 1
 
 TRACE_STATES: Final = ("OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED")
 TraceState = Literal["OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED"]
@@ -49,6 +51,9 @@ KEY_RULE: Final = (
     "or have a '.' or '..' path component"
 )
 _KEY_RE: Final = re.compile(KEY_PATTERN)
+#: Values, names and ids may hold newlines, but not end with one (see KEY_PATTERN: MLflow's
+#: ``$`` lets a trailing newline through; tracetags refuses it everywhere).
+NEWLINE_RULE: Final = "must not end with a newline"
 
 # The decoder checks key lengths; the key rule's regex runs after decoding, through the same
 # cache of keys found valid that the producer uses (the regex per key would otherwise be the
@@ -238,6 +243,8 @@ def check_value(key: str, value: object, kind: str = "tag") -> str:
             f"{kind} {key!r}: value is {len(value)} characters long; "
             f"the limit is {MAX_VALUE_LENGTH} (values are refused, never truncated)"
         )
+    if value[-1:] == "\n":
+        raise InvalidTagValueError(f"{kind} {key!r}: value {NEWLINE_RULE}")
     return value
 
 
@@ -256,7 +263,7 @@ def check_mapping(items: object, kind: str = "tag", *, allow_empty: bool = True)
     for key, value in items.items():
         if type(key) is not str or key not in valid:
             check_key(key, kind)
-        if type(value) is not str or len(value) > MAX_VALUE_LENGTH:
+        if type(value) is not str or len(value) > MAX_VALUE_LENGTH or value[-1:] == "\n":
             check_value(key, value, kind)
     return items if type(items) is dict else dict(items)
 
@@ -277,12 +284,52 @@ def check_id(value: object, what: str) -> str:
         raise ValidationError(
             f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
         )
+    if value[-1] == "\n":
+        raise ValidationError(f"{what} {NEWLINE_RULE}")
     return value
 
 
+def check_text(value: str, what: str) -> str:
+    """``value`` if it is valid Unicode text (encodes to UTF-8), else a ValidationError naming
+    the first lone surrogate (what a mis-decoded byte becomes in a command-line argument)."""
+    if not value.isascii():
+        problem = _surrogate(value)
+        if problem is not None:
+            raise ValidationError(f"{what} {problem}")
+    return value
+
+
+def _surrogate(value: str) -> str | None:
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate at {exc.start} (not valid Unicode text)"
+    return None
+
+
+def unencodable(event: Event) -> str:
+    """Why ``event`` does not encode: the first field that holds a lone surrogate (the
+    producer finds out by encoding, which costs nothing when all is well)."""
+    named: list[tuple[str, str]] = [("trace_id", event.trace_id)]
+    if isinstance(event, TraceStarted | TraceFinished):
+        named.append(("experiment_id", event.experiment_id))
+        named += [(what, text) for what, text in (("name", event.name),
+                  ("client_request_id", event.client_request_id)) if text is not None]  # fmt: skip
+        named += [(f"metadata {k!r}: value", v) for k, v in event.metadata.items()]
+    if isinstance(event, TraceStarted | TraceFinished | TagsSet):
+        named += [(f"tag {k!r}: value", v) for k, v in event.tags.items()]
+    for what, text in named:
+        problem = _surrogate(text)
+        if problem is not None:
+            return f"{what} {problem}"
+    return "the event holds text that is not valid Unicode"
+
+
 def check_millis(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"{what} must be a non-negative int (milliseconds), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MILLIS:
+        raise ValidationError(
+            f"{what} must be a non-negative int (milliseconds) below 2**63, got {value!r}"
+        )
     return value
 
 
@@ -297,6 +344,8 @@ def check_optional_text(value: object, what: str) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > MAX_VALUE_LENGTH:
         raise ValidationError(f"{what} must be a str of at most {MAX_VALUE_LENGTH} characters")
+    if value[-1:] == "\n":
+        raise ValidationError(f"{what} {NEWLINE_RULE}")
     return value
 
 

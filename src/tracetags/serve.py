@@ -9,6 +9,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,12 @@ from typing import Any, Final
 import msgspec
 
 from tracetags.embedded import RedisServer, embedded_server
+from tracetags.errors import (
+    LibraryVersionError,
+    RedisRefusedError,
+    RedisTlsError,
+    TracetagsError,
+)
 from tracetags.settings import Settings
 
 log = logging.getLogger("tracetags.serve")
@@ -30,6 +37,9 @@ UNBOUNDED_WARNING = (
     "TRACETAGS_ARCHIVE_URL=file://DIR or s3://BUCKET/PREFIX"
 )
 _STOP_GRACE_S = 35.0
+#: A worker's exit code for a refusal that restarting cannot end (credentials, ACL, TLS
+#: trust, a newer library): EX_CONFIG of sysexits.h.
+EXIT_REFUSED: Final = 78
 #: A worker that ran this long before exiting was healthy: its restart backoff starts over.
 HEALTHY_RUN_S: Final = 30.0
 #: Slots of the array a worker shares with the supervisor (wall-clock seconds).
@@ -53,7 +63,13 @@ def run_worker(
     for name in ("faststream", "tracetags.faststream"):
         logging.getLogger(name).setLevel(logging.CRITICAL + 1 if quiet else logging.WARNING)
     settings = msgspec.convert(settings_data, Settings)
-    asyncio.run(create_app(settings, watch=watch).run(log_level=log_level))
+    try:
+        asyncio.run(create_app(settings, watch=watch).run(log_level=log_level))
+    except TracetagsError as exc:
+        # Raised only for what waiting will not end (logged by the app): the supervisor
+        # stops instead of restarting this worker for ever.
+        log.error("consumer stopped: %s", exc)
+        sys.exit(EXIT_REFUSED)
 
 
 class Supervisor:
@@ -80,6 +96,8 @@ class Supervisor:
         self._watches = [self._ctx.Array("d", 2) for _ in range(workers)]
         self._stopping = threading.Event()
         self.watchdog_restarts = 0
+        #: Why the supervisor gave up (a worker refused for good), or None.
+        self.gave_up: str | None = None
 
     def _spawn(self, slot: int) -> None:
         if slot >= self.workers:
@@ -136,6 +154,11 @@ class Supervisor:
                 if time.monotonic() - self._started_at[slot] >= HEALTHY_RUN_S:
                     self._restarts[slot] = 0
                 code = proc.exitcode
+                if code == EXIT_REFUSED:
+                    self.gave_up = f"{proc.name} cannot run: Redis refuses it (see its log above)"
+                    log.error("%s; stopping", self.gave_up)
+                    self._stopping.set()
+                    break
                 delay = _RESTART_BACKOFF_S[min(self._restarts[slot], len(_RESTART_BACKOFF_S) - 1)]
                 self._restarts[slot] += 1
                 log.warning("%s exited with code %s; restarting in %.1fs", proc.name, code, delay)
@@ -189,6 +212,12 @@ def serve(
     if settings.redis_url is None:
         server = embedded_server(settings.embedded_dir).start()
         settings = settings.replace(redis_url=server.url)
+    try:
+        _preflight(settings)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
     supervisor = Supervisor(settings, workers, log_level, archiver=settings.archive_url is not None)
     previous = {
         sig: signal.signal(sig, lambda *_: supervisor.stop())
@@ -201,3 +230,19 @@ def serve(
             signal.signal(sig, handler)
         if server is not None:
             server.stop()
+    if supervisor.gave_up is not None:
+        raise RedisRefusedError(supervisor.gave_up)
+
+
+def _preflight(settings: Settings) -> None:
+    """Prepare the namespace once before any worker starts: a refusal that no restart ends
+    (credentials, ACL, TLS trust, a newer library) is raised here, before the ready banner.
+    A transient condition (LOADING, BUSY, unreachable) is left to the workers to wait out."""
+    from tracetags.consumer import prepare_namespace
+
+    try:
+        prepare_namespace(settings)
+    except (RedisRefusedError, RedisTlsError, LibraryVersionError):
+        raise
+    except TracetagsError as exc:
+        log.warning("Redis is not ready yet (%s); the consumers wait for it", exc)

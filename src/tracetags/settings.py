@@ -9,8 +9,10 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import unquote
 
 import msgspec
+import redis
 
 from tracetags.errors import ConfigError
 
@@ -197,21 +199,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             _check(
                 self.archive_url.startswith(("file://", "s3://")),
                 "archive_url",
-                self.archive_url,
+                redact_url(self.archive_url),
                 "must start with file:// or s3://",
             )
         if self.redis_url is not None:
             _check(
                 self.redis_url.startswith(("redis://", "rediss://", "unix://")),
                 "redis_url",
-                self.redis_url,
+                redact_url(self.redis_url),
                 "must start with redis://, rediss:// or unix://",
             )
+            try:
+                # What redis-py will read from it, checked now rather than at first use.
+                redis.connection.parse_url(self.redis_url)  # type: ignore[no-untyped-call]
+            except ValueError as exc:
+                raise ConfigError(f"redis_url={redact_url(self.redis_url)!r}: {exc}") from None
 
     @property
     def effective_redis_url(self) -> str:
         """The URL library calls connect to (the local default when none is set)."""
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def shown_redis_url(self) -> str:
+        """:attr:`effective_redis_url` fit to print (its password redacted)."""
+        return redact_url(self.effective_redis_url)
 
     @property
     def archive_location(self) -> str | None:
@@ -261,6 +273,46 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (validated)."""
         return msgspec.structs.replace(self, **changes)
+
+
+#: Options of a URL's query string whose values are secrets (redis-py passes any unknown
+#: option, ``?password=`` included, to the connection).
+SECRET_OPTIONS: Final = frozenset(
+    {"password", "ssl_password", "secret", "token", "access_key", "secret_key", "session_token"}
+)
+REDACTED: Final = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to print: its password (``user:PASSWORD@host``), secret query options
+    (``?password=``) and the password of a URL inside an option (``?endpoint=``) become
+    ``***``.  Every URL that tracetags prints, logs or raises goes through here."""
+    head, _, fragment = url.partition("#")
+    head, question, query = head.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at:
+            user, colon, _password = userinfo.partition(":")
+            authority = f"{user}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}"
+        head = f"{scheme}://{authority}{slash}{path}"
+    if question:
+        parts = []
+        for part in query.split("&"):
+            name, equals, value = part.partition("=")
+            if equals and unquote(name).lower() in SECRET_OPTIONS:
+                value = REDACTED
+            elif equals and "@" in unquote(value):
+                value = redact_url(unquote(value))
+            parts.append(f"{name}{equals}{value}")
+        head = f"{head}?{'&'.join(parts)}"
+    return head + ("#" + REDACTED if fragment else "")
+
+
+def has_secret(url: str) -> bool:
+    """Whether printing ``url`` would show a secret (see :func:`redact_url`)."""
+    return redact_url(url) != url
 
 
 _TRUE: Final = ("1", "true", "yes", "on")

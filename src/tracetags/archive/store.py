@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow.fs as pafs
 
 from tracetags.errors import ArchiveStoreError, ConfigError
-from tracetags.settings import Settings
+from tracetags.settings import Settings, redact_url
 
 
 class StoredObject:
@@ -58,7 +58,7 @@ class LocalStore:
 
     def __init__(self, root: str | Path, url: str | None = None) -> None:
         self.root = Path(root)
-        self.url = url or f"file://{self.root}"
+        self.url = redact_url(url) if url else f"file://{self.root}"
 
     def _path(self, name: str) -> Path:
         return self.root / name
@@ -140,7 +140,7 @@ class S3Store:
         region: str | None = None,
         timeout_s: float = 10.0,
     ) -> None:
-        self.url = url
+        self.url = redact_url(url)  # shown and logged only: the store is built from the parts
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         options: dict[str, object] = {
@@ -217,12 +217,13 @@ def store_from_url(
         return LocalStore(split.netloc + split.path, url)
     if split.scheme == "s3":
         if not split.netloc:
-            raise ConfigError(f"archive_url={url!r}: an s3:// URL needs a bucket")
+            raise ConfigError(f"archive_url={redact_url(url)!r}: an s3:// URL needs a bucket")
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         unknown = set(query) - {"endpoint", "region"}
         if unknown:
             raise ConfigError(
-                f"archive_url={url!r}: unknown option(s) {', '.join(sorted(unknown))} "
+                f"archive_url={redact_url(url)!r}: unknown option(s) "
+                f"{', '.join(sorted(unknown))} "
                 "(known: endpoint, region)"
             )
         return S3Store(
@@ -232,7 +233,7 @@ def store_from_url(
             endpoint=query.get("endpoint", endpoint),
             region=query.get("region", region),
         )
-    raise ConfigError(f"archive_url={url!r}: must start with file:// or s3://")
+    raise ConfigError(f"archive_url={redact_url(url)!r}: must start with file:// or s3://")
 
 
 def open_store(settings: Settings) -> LocalStore | S3Store | None:

@@ -38,7 +38,7 @@ import msgspec
 import redis
 import redis.asyncio
 
-from tracetags.errors import FoldArgumentsError, FoldError, QueryError
+from tracetags.errors import FoldArgumentsError, FoldError, LibraryVersionError, QueryError
 from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
 from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
 from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
@@ -127,17 +127,39 @@ def _other_versions(reply: Any) -> list[str]:
     return names
 
 
+def library_version(name: str) -> int | None:
+    """N of a library named ``tracetags_vN`` (None for any other name)."""
+    number = name.removeprefix(LIBRARY_PREFIX)
+    return int(number) if name != number and number.isdigit() else None
+
+
+def _older_versions(names: list[str]) -> list[str]:
+    """The names of ``names`` to delete before loading this version; raises
+    LibraryVersionError when one is newer (a newer tracetags runs on this server)."""
+    ours = library_version(LIBRARY_NAME)
+    assert ours is not None
+    newer = [n for n in names if (library_version(n) or 0) > ours]
+    if newer:
+        raise LibraryVersionError(
+            f"Redis runs the Functions library {newer[0]}, newer than this tracetags's "
+            f"{LIBRARY_NAME}: upgrade tracetags here. The library is shared by every "
+            "namespace of the server, so an older version does not replace it."
+        )
+    return names
+
+
 def load(client: redis.Redis) -> bool:
     """Load the library unless the same code is already loaded; True when it was (re)loaded.
 
     Idempotent and safe to race: ``FUNCTION LOAD REPLACE`` swaps the library atomically.
     Another version of the library (an older ``tracetags_vN``) is deleted first: function
-    names are global, and its fold would not keep this version's indexes.  Functions are
+    names are global, and its fold would not keep this version's indexes.  A newer version
+    is never replaced (:class:`~tracetags.errors.LibraryVersionError`).  Functions are
     not propagated between cluster primaries: call this on each primary.
     """
     if _loaded_code(client.function_list(LIBRARY_NAME, withcode=True)) == LIBRARY_CODE.encode():
         return False
-    for name in _other_versions(client.function_list(LIBRARY_PREFIX + "*")):
+    for name in _older_versions(_other_versions(client.function_list(LIBRARY_PREFIX + "*"))):
         client.function_delete(name)
     try:
         client.function_load(LIBRARY_CODE, replace=True)
@@ -151,7 +173,8 @@ async def load_async(client: redis.asyncio.Redis) -> bool:
     listed = await client.function_list(LIBRARY_NAME, withcode=True)
     if _loaded_code(listed) == LIBRARY_CODE.encode():
         return False
-    for name in _other_versions(await client.function_list(LIBRARY_PREFIX + "*")):
+    others = _other_versions(await client.function_list(LIBRARY_PREFIX + "*"))
+    for name in _older_versions(others):
         await client.function_delete(name)
     try:
         await client.function_load(LIBRARY_CODE, replace=True)

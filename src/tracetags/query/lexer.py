@@ -96,6 +96,13 @@ class _Lexer:
 
     def run(self) -> list[Token]:
         src = self.source
+        if not src.isascii():
+            # A mis-decoded byte of a command-line argument arrives as a lone surrogate,
+            # which no Redis command can carry: refused here, where it can be pointed at.
+            try:
+                src.encode()
+            except UnicodeEncodeError as exc:
+                self.fail("Invalid text: a lone surrogate (not valid Unicode)", exc.start)
         while True:
             while self.pos < len(src) and src[self.pos].isspace():
                 self.pos += 1

@@ -27,6 +27,7 @@ from tracetags.query.ast import (
     Value,
 )
 from tracetags.query.lexer import RESERVED_KEY_WORDS, Token, TokenType, raise_at, tokenize
+from tracetags.schemas import MAX_MILLIS
 
 __all__ = [
     "effective_order",
@@ -455,6 +456,14 @@ class _Parser:
                     FilterSemanticError,
                 )
             value = _number(value.strip())
+        numeric = resolved.field_class == "numeric_attribute"
+        if numeric and isinstance(value, int) and abs(value) > MAX_MILLIS:
+            # Stored as signed 64-bit integers: a larger one could only fail in the plan.
+            self.fail(
+                f"Integer out of range for {resolved.field.key} (at most 2**63-1)",
+                value_token.start,
+                FilterSemanticError,
+            )
         bare_timestamp = ident.entity is None and not ident.quoted and ident.text == "timestamp"
         # sqlparse reads a bare `timestamp` as a type name; MLflow then takes only integers.
         if bare_timestamp and (kind != "number" or not isinstance(value, int)):
