@@ -9,6 +9,7 @@ orphaned segments, and loses or duplicates nothing after a crash at any step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -78,7 +79,41 @@ class RunReport(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
-def _pause_at(step: str) -> None:
+def partition_lock(client: redis.Redis, keys: Keys, partition: int) -> Lock:
+    """The lock one archiver or compaction of ``partition`` holds at a time."""
+    return Lock(client, keys.archive_lock(partition), timeout=LOCK_TTL_S, thread_local=False)
+
+
+@contextlib.contextmanager
+def held(lock: Lock, partition: int) -> Iterator[bool]:
+    """Hold ``lock`` (without waiting: yields False when another holder has it), extended
+    by a thread every LOCK_TTL_S / 3 while the block runs."""
+    if not lock.acquire(blocking=False):
+        yield False
+        return
+    done = threading.Event()
+
+    def keep() -> None:
+        while not done.wait(LOCK_TTL_S / 3):
+            try:
+                lock.extend(LOCK_TTL_S, replace_ttl=True)
+            except redis.RedisError as exc:
+                # Lost (expired while Redis was unreachable): the manifest step checks
+                # ownership before it publishes anything.
+                log.warning("partition %d: cannot extend the archive lock: %s", partition, exc)
+
+    keeper = threading.Thread(target=keep, daemon=True)
+    keeper.start()
+    try:
+        yield True
+    finally:
+        done.set()
+        keeper.join()
+        if lock.owned():
+            lock.release()
+
+
+def pause_at(step: str) -> None:
     if os.environ.get(PAUSE_ENV) == step:
         sys.stderr.write(f"archiver paused at {step}\n")
         sys.stderr.flush()
@@ -153,18 +188,13 @@ class PartitionRun:
         self.partition = partition
         self.on_progress = on_progress
         self.report = RunReport(partition=partition)
-        self.lock = Lock(
-            client, self.keys.archive_lock(partition), timeout=LOCK_TTL_S, thread_local=False
-        )
+        self.lock = partition_lock(client, self.keys, partition)
 
     def run(self, max_segments: int | None = None) -> RunReport:
-        if not self.lock.acquire(blocking=False):
-            self.report.locked_out = True
-            return self.report
-        done = threading.Event()
-        keeper = threading.Thread(target=self._keep_lock, args=(done,), daemon=True)
-        keeper.start()
-        try:
+        with held(self.lock, self.partition) as owned:
+            if not owned:
+                self.report.locked_out = True
+                return self.report
             try:
                 self._archive(max_segments)
             except (ArchiveStoreError, ArchiveCorruptError) as exc:
@@ -172,28 +202,15 @@ class PartitionRun:
             else:
                 self._recovered()
             self._trim()
-        finally:
-            done.set()
-            keeper.join()
-            if self.lock.owned():
-                self.lock.release()
         return self.report
-
-    def _keep_lock(self, done: threading.Event) -> None:
-        while not done.wait(LOCK_TTL_S / 3):
-            try:
-                self.lock.extend(LOCK_TTL_S, replace_ttl=True)
-            except redis.RedisError as exc:
-                # Lost (expired while Redis was unreachable): the manifest step checks
-                # ownership before it publishes anything.
-                log.warning("partition %d: cannot extend the archive lock: %s", self.partition, exc)
 
     # --- archive ----------------------------------------------------------------------
 
     def _archive(self, max_segments: int | None) -> None:
         store, ns, p = self.store, self.namespace, self.partition
-        ranges = manifest.list_visible(store, ns, p)
-        for name in manifest.orphans(store, ns, p, ranges):
+        entries = manifest.list_entries(store, ns, p)
+        ranges = manifest.split_superseded(entries)[0]
+        for name in manifest.orphans(store, ns, p, entries):
             log.info("partition %d: removing orphaned segment %s", p, name)
             store.delete(name)
             self.report.orphans_removed += 1
@@ -221,14 +238,14 @@ class PartitionRun:
                     del page
             if not count:
                 break
-            _pause_at("before_upload")
+            pause_at("before_upload")
             data = write_tables(tables)
             del tables
             manifest.publish(
                 store, ns, p, first, last, count, data, schemas.now_ms(),
                 before_manifest=self._before_manifest,
             )  # fmt: skip
-            _pause_at("before_mark")
+            pause_at("before_mark")
             self._mark(last, count, len(data))
             # Trimmed segment by segment: a backlog (after an outage) frees Redis's memory as
             # it is archived, not at the end of the run.
@@ -242,7 +259,7 @@ class PartitionRun:
         self.report.archived_up_to = entry_text(archived) if archived is not None else None
 
     def _before_manifest(self) -> None:
-        _pause_at("before_manifest")
+        pause_at("before_manifest")
         # A run that lost its lock (expired while it uploaded) must not publish: the new
         # holder may be removing this very segment as an orphan.
         if not self.lock.owned():

@@ -29,7 +29,10 @@ column                type                    holds
                                               have a ``source`` field (none yet: null)
 ====================  ======================  =============================================
 
-Row-group statistics are on; ``trace_id`` has a bloom filter (pyarrow >= 24 writes them).
+Rows go in row groups of :data:`ROW_GROUP_ROWS`, with statistics; as the rows are sorted by
+trace, each row group holds a narrow trace_id range (its min/max), and each has a bloom filter
+on ``trace_id`` (pyarrow >= 24 writes them; :mod:`tracetags.archive.bloom` reads them), so
+one trace's rows are found by reading one row group.
 The writer's output depends only on its rows and the pyarrow version, so a segment rewritten
 for the same id range after a crash is the same file.
 """
@@ -102,6 +105,12 @@ _PLAIN_COLUMNS: Final = ("event_id", "execution_time_ms", "raw")
 _DICTIONARY_COLUMNS: Final = tuple(
     name for name in SCHEMA.names if name not in _DELTA_COLUMNS and name not in _PLAIN_COLUMNS
 )
+
+#: Rows per row group: small enough that one trace's lookup reads ~1 MB at most, large
+#: enough that the per-group dictionaries and footer stay a few percent of the file.
+ROW_GROUP_ROWS: Final = 16_384
+#: The bloom filters' target false-positive rate, per row group.
+BLOOM_FPP: Final = 0.01
 
 _EVENTS_HAVE_SOURCE: Final = "source" in TagsSet.__struct_fields__
 
@@ -273,6 +282,10 @@ def write_tables(tables: Sequence[pa.Table]) -> bytes:
     table = table.replace_schema_metadata(
         {_FORMAT_KEY: SEGMENT_FORMAT.encode(), _SCHEMA_VERSION_KEY: str(schemas.SCHEMA_VERSION)}
     )
+    # Sized for the trace ids a row group holds (a trace has a few rows), not its rows.
+    distinct = pc.count_distinct(table.column("trace_id")).as_py()
+    groups = max(1, -(-table.num_rows // ROW_GROUP_ROWS))
+    ndv = max(1, -(-distinct // groups))
     sink = io.BytesIO()
     encoding = dict.fromkeys(_DELTA_COLUMNS, "DELTA_BINARY_PACKED")
     encoding.update(dict.fromkeys(_PLAIN_COLUMNS, "PLAIN"))
@@ -284,13 +297,13 @@ def write_tables(tables: Sequence[pa.Table]) -> bytes:
         use_dictionary=list(_DICTIONARY_COLUMNS),
         column_encoding=encoding,
         write_statistics=True,
-        row_group_size=1 << 20,
+        row_group_size=ROW_GROUP_ROWS,
         sorting_columns=[
             pq.SortingColumn(SCHEMA.get_field_index("trace_id"), nulls_first=False),
             pq.SortingColumn(SCHEMA.get_field_index("entry_ms")),
             pq.SortingColumn(SCHEMA.get_field_index("entry_seq")),
         ],
-        bloom_filter_options={"trace_id": {"ndv": max(table.num_rows, 1), "fpp": 0.05}},
+        bloom_filter_options={"trace_id": {"ndv": ndv, "fpp": BLOOM_FPP}},
         store_schema=False,
     )
     return sink.getvalue()
