@@ -106,9 +106,10 @@ _DICTIONARY_COLUMNS: Final = tuple(
     name for name in SCHEMA.names if name not in _DELTA_COLUMNS and name not in _PLAIN_COLUMNS
 )
 
-#: Rows per row group: small enough that one trace's lookup reads ~1 MB at most, large
-#: enough that the per-group dictionaries and footer stay a few percent of the file.
-ROW_GROUP_ROWS: Final = 16_384
+#: Rows per row group: a trace's lookup reads (decompresses and decodes) one group, ~3 ms
+#: at 4,096 rows (14 ms at 16k, 75 ms as one group of 100k); the file is 0.7 % larger
+#: than with one group (per-group dictionaries, filters and footer entries).
+ROW_GROUP_ROWS: Final = 4_096
 #: The bloom filters' target false-positive rate, per row group.
 BLOOM_FPP: Final = 0.01
 
