@@ -57,6 +57,10 @@ MAX_BACKOFF_S: Final = 60.0
 #: ``before_manifest`` (segment written, manifest entry not), ``before_mark`` (manifest
 #: written, Redis not told, nothing trimmed).
 PAUSE_ENV: Final = "TRACETAGS_ARCHIVE_TEST_PAUSE_AT"
+#: The serve loop compacts each partition at most this often, at most COMPACT_MERGES merges
+#: a time (a merge of 8 x 100k rows takes ~5 s on one core).
+COMPACT_EVERY_S: Final = 30.0
+COMPACT_MERGES: Final = 4
 #: Niceness the archiver process of ``tracetags serve`` adds to itself.
 ARCHIVER_NICE: Final = 10
 
@@ -409,6 +413,7 @@ class Archiver:
         self.stopping = threading.Event()
         self._due: dict[int, float] = {}
         self._backoff: dict[int, float] = {}
+        self._compacted: dict[int, float] = {}
 
     def stop(self) -> None:
         self.stopping.set()
@@ -463,6 +468,7 @@ class Archiver:
             self._due[partition] = time.monotonic() + delay
             return
         self._backoff.pop(partition, None)
+        self._compact(partition)
         if report.archived:
             log.debug(
                 "archiver: partition %d: %d entries in %d segment(s), %d trimmed (held: %s)",
@@ -470,6 +476,33 @@ class Archiver:
                 report.held or "-",
             )  # fmt: skip
         self._due[partition] = time.monotonic() + interval
+
+
+    def _compact(self, partition: int) -> None:
+        """Between archive runs, at most every COMPACT_EVERY_S per partition: a few merges
+        (each holds the partition's lock for a few seconds at most)."""
+        if self.settings.archive_compact_rows <= 0:
+            return
+        now = time.monotonic()
+        if self._compacted.get(partition, -COMPACT_EVERY_S) + COMPACT_EVERY_S > now:
+            return
+        self._compacted[partition] = now
+        from tracetags.archive.compaction import compact_locked
+
+        try:
+            report = compact_locked(
+                self.client, self.store, self.settings, partition, max_merges=COMPACT_MERGES
+            )
+        except redis.RedisError as exc:
+            log.warning("archiver: partition %d: compaction: Redis error %s", partition, exc)
+            return
+        if report.written or report.retired:
+            log.info(
+                "archiver: partition %d: compacted %d segments into %d (%d rows), %d "
+                "superseded removed, %d visible",
+                partition, report.merged, report.written, report.rows, report.retired,
+                report.segments,
+            )  # fmt: skip
 
 
 def run_archiver_process(settings_data: dict[str, Any], log_level: int = logging.INFO) -> None:
