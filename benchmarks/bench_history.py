@@ -183,7 +183,8 @@ class Measure:
             import duckdb
 
             con = duckdb.connect()
-            files = sorted(str(store.root / o.name) for o in store.list(f"{NAMESPACE}/p00/segments"))
+            listed = store.list(f"{NAMESPACE}/p00/segments")
+            files = sorted(str(store.root / o.name) for o in listed)
             query = ("SELECT entry_ms, entry_seq, type, tags FROM read_parquet(?) "
                      "WHERE trace_id = ? ORDER BY entry_ms, entry_seq")  # fmt: skip
             con.execute(query, [files, present[0]]).fetchall()
@@ -224,22 +225,28 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="tt-bench-history-"))
     log: list[str] = []
     m = Measure(args, log)
-    m.say(f"bench_history {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}")  # fmt: skip
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    m.say(f"bench_history {when}, {platform.machine()} {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")  # fmt: skip
     m.say("\n### read_trace vs archive size, before and after compaction\n")
     m.say(HEADER)
     for events in (int(x) for x in args.sizes.split(",") if x):
-        root = work / f"size-{events}-{args.segment_rows}"
-        store, sample, took = generate(root, events, args.segment_rows)
+        pristine = work / f"size-{events}-{args.segment_rows}"
+        _, sample, took = generate(pristine, events, args.segment_rows)
         if took:
             m.say(f"  (generated {events:,} events in {took:.0f} s)")
+        # Compaction changes the archive: measure a copy, keep the generated one.
+        root = work / "compacting"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(pristine, root)
+        store = LocalStore(root)
         label = f"{args.segment_rows // 1000}k-row segments"
         m.lookups(store, label, sample, events, events <= args.naive_max, True)
         m.compact(store, full=False)
         m.lookups(store, "compacted", sample, events, False, True)
         m.compact(store, full=True)
         m.lookups(store, "compacted --full", sample, events, events <= args.naive_max, True)
-        (root / "DONE").unlink()  # compacted: regenerate next time
+        shutil.rmtree(root)
     m.say("\n### read_trace vs segment count (1M events)\n")
     m.say(HEADER)
     for count in (int(x) for x in args.counts.split(",") if x):

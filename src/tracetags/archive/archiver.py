@@ -477,7 +477,6 @@ class Archiver:
             )  # fmt: skip
         self._due[partition] = time.monotonic() + interval
 
-
     def _compact(self, partition: int) -> None:
         """Between archive runs, at most every COMPACT_EVERY_S per partition: a few merges
         (each holds the partition's lock for a few seconds at most)."""

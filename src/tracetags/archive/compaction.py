@@ -18,19 +18,20 @@ A crash before 2 leaves an orphaned segment (removed by the next archive run or
 compaction); after 2, superseded entries that step 3 removes later.  Readers dedup ids, so
 nothing is lost or read twice at any point.
 
-Which segments merge (size-tiered, so a row is rewritten about log8(target / segment size)
-times, not once per merge): segments of fewer than ``archive_compact_rows / 2`` rows are in
-tier floor(log8(rows)); each run of :data:`FAN_IN` consecutive segments of one tier whose
-rows add up to at most ``archive_compact_rows`` becomes one segment.  ``full=True``
-instead merges every run of consecutive small segments up to the target (a one-off
-clean-up: ``tracetags archive compact --full``).
+Which segments merge: a segment of fewer than ``archive_compact_rows / 2`` rows is small;
+from the oldest, consecutive small segments are grouped up to ``archive_compact_rows``
+rows, and a group merges when it has at least :data:`MIN_INPUTS` segments and none holds
+more than half its rows.  That last rule bounds the rewriting: a row is rewritten only into
+a segment at least twice as large as the one it was in, so at most log2(target / first
+size) times (a growing segment is not rewritten for every small one that follows it).
+``full=True`` merges every group of two or more segments below the target instead (a
+one-off clean-up: ``tracetags archive compact --full``).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections.abc import Callable
 from typing import Final
 
@@ -54,8 +55,8 @@ from tracetags.settings import Settings
 log = logging.getLogger("tracetags.archive")
 
 Store = LocalStore | S3Store
-#: Segments of one tier merged at a time.
-FAN_IN: Final = 8
+#: Fewest segments one merge takes (unless ``full``).
+MIN_INPUTS: Final = 4
 
 
 class CompactionReport(msgspec.Struct, kw_only=True):
@@ -78,39 +79,33 @@ class CompactionReport(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
-def _tier(rows: int) -> int:
-    return int(math.log(max(rows, 1), FAN_IN))
-
-
 def plan(
     visible: list[tuple[SegmentRange, ManifestEntry]], target_rows: int, *, full: bool = False
 ) -> list[list[tuple[SegmentRange, ManifestEntry]]]:
     """Groups of consecutive visible segments to merge, oldest first."""
     if target_rows <= 0:
         return []
+    limit = target_rows if full else target_rows // 2
     groups: list[list[tuple[SegmentRange, ManifestEntry]]] = []
     run: list[tuple[SegmentRange, ManifestEntry]] = []
-    rows = 0
-
-    def close() -> None:
-        if len(run) >= (2 if full else FAN_IN):
-            groups.append(run[:])
-        run.clear()
-
-    for item in visible:
-        size = item[1].rows
-        fits = size < target_rows // 2 or (full and size < target_rows)
-        if not fits:
-            close()
-            rows = 0
+    for item in [*visible, None]:
+        if item is not None and item[1].rows < limit:
+            run.append(item)
             continue
-        same_tier = full or not run or _tier(size) == _tier(run[0][1].rows)
-        if not same_tier or rows + size > target_rows or (not full and len(run) == FAN_IN):
-            close()
-            rows = 0
-        run.append(item)
-        rows += size
-    close()
+        i = 0
+        while i < len(run):
+            j, rows = i, 0
+            while j < len(run) and rows + run[j][1].rows <= target_rows:
+                rows += run[j][1].rows
+                j += 1
+            group = run[i:j]
+            largest = max((e.rows for _, e in group), default=0)
+            if len(group) >= 2 and (full or (len(group) >= MIN_INPUTS and 2 * largest <= rows)):
+                groups.append(group)
+                i = j
+            else:
+                i += 1
+        run = []
     return groups
 
 

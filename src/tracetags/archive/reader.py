@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from tracetags.archive import bloom, manifest
 from tracetags.archive.index import CACHE
-from tracetags.archive.segments import EntryId, no_cyclic_gc, read_segment, rows_of
+from tracetags.archive.segments import EntryId, iter_segment, no_cyclic_gc, rows_of
 from tracetags.archive.store import LocalStore, S3Store, open_store
 from tracetags.errors import ArchiveCorruptError, ConfigError
 from tracetags.schemas import Event, parse_entry_id
@@ -85,17 +85,18 @@ def _read_from(
             break
         try:
             entry = manifest.read_entry(store, segment.manifest_name)
-            rows = read_segment(manifest.read_segment_bytes(store, entry))
+            data = manifest.read_segment_bytes(store, entry)
         except FileNotFoundError:
             raise _Vanished(segment.manifest_name, last) from None
-        for entry_id, item in rows:
-            key = parse_entry_id(entry_id)
-            if last is not None and key <= last:
-                continue
-            if until_ms is not None and key[0] > until_ms:
-                return
-            last = key
-            yield entry_id, item
+        for rows in iter_segment(data):
+            for entry_id, item in rows:
+                key = parse_entry_id(entry_id)
+                if last is not None and key <= last:
+                    continue
+                if until_ms is not None and key[0] > until_ms:
+                    return
+                last = key
+                yield entry_id, item
 
 
 def read_trace(

@@ -110,6 +110,9 @@ _DICTIONARY_COLUMNS: Final = tuple(
 #: at 4,096 rows (14 ms at 16k, 75 ms as one group of 100k); the file is 0.7 % larger
 #: than with one group (per-group dictionaries, filters and footer entries).
 ROW_GROUP_ROWS: Final = 4_096
+#: Rows sorted, taken and written (or read back and decoded) at a time: a multiple of
+#: ROW_GROUP_ROWS, so the row groups are the same as one write's.
+WRITE_CHUNK_ROWS: Final = 16 * ROW_GROUP_ROWS
 #: The bloom filters' target false-positive rate, per row group.
 BLOOM_FPP: Final = 0.01
 
@@ -269,7 +272,10 @@ def write_segment(rows: Iterable[Row]) -> bytes:
 def write_tables(tables: Sequence[pa.Table]) -> bytes:
     """The Parquet bytes of a segment holding the rows of ``tables`` (from :func:`to_table`;
     a segment built page by page keeps its rows in Arrow, ~100 B each, not as Python
-    objects), sorted by (trace_id, entry id), undecodable entries last."""
+    objects), sorted by (trace_id, entry id), undecodable entries last.
+
+    The sorted rows are taken and written :data:`WRITE_CHUNK_ROWS` at a time, so a large
+    segment (compaction) needs its input rows in memory once, not twice."""
     table = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
     order = pc.sort_indices(
         table,
@@ -279,8 +285,7 @@ def write_tables(tables: Sequence[pa.Table]) -> bytes:
             ("entry_seq", "ascending"),
         ],
     )
-    table = table.take(order).combine_chunks()
-    table = table.replace_schema_metadata(
+    schema = SCHEMA.with_metadata(
         {_FORMAT_KEY: SEGMENT_FORMAT.encode(), _SCHEMA_VERSION_KEY: str(schemas.SCHEMA_VERSION)}
     )
     # Sized for the trace ids a row group holds (a trace has a few rows), not its rows.
@@ -290,15 +295,14 @@ def write_tables(tables: Sequence[pa.Table]) -> bytes:
     sink = io.BytesIO()
     encoding = dict.fromkeys(_DELTA_COLUMNS, "DELTA_BINARY_PACKED")
     encoding.update(dict.fromkeys(_PLAIN_COLUMNS, "PLAIN"))
-    pq.write_table(
-        table,
+    with pq.ParquetWriter(
         sink,
+        schema,
         compression="zstd",
         compression_level=3,
         use_dictionary=list(_DICTIONARY_COLUMNS),
         column_encoding=encoding,
         write_statistics=True,
-        row_group_size=ROW_GROUP_ROWS,
         sorting_columns=[
             pq.SortingColumn(SCHEMA.get_field_index("trace_id"), nulls_first=False),
             pq.SortingColumn(SCHEMA.get_field_index("entry_ms")),
@@ -306,8 +310,24 @@ def write_tables(tables: Sequence[pa.Table]) -> bytes:
         ],
         bloom_filter_options={"trace_id": {"ndv": ndv, "fpp": BLOOM_FPP}},
         store_schema=False,
-    )
+    ) as writer:
+        for start in range(0, max(table.num_rows, 1), WRITE_CHUNK_ROWS):
+            chunk = table.take(order.slice(start, WRITE_CHUNK_ROWS)).combine_chunks()
+            writer.write_table(chunk, row_group_size=ROW_GROUP_ROWS)
     return sink.getvalue()
+
+
+def iter_segment(data: bytes) -> Iterator[list[Row]]:
+    """A segment's rows in entry-id order, :data:`WRITE_CHUNK_ROWS` at a time (a segment
+    of a million rows is ~1 GB as Python objects)."""
+    table = read_table(data)
+    order = pc.sort_indices(
+        table, sort_keys=[("entry_ms", "ascending"), ("entry_seq", "ascending")]
+    )
+    for start in range(0, table.num_rows, WRITE_CHUNK_ROWS):
+        chunk = table.take(order.slice(start, WRITE_CHUNK_ROWS))
+        with no_cyclic_gc():
+            yield rows_of(chunk)
 
 
 def read_table(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
@@ -394,6 +414,4 @@ def rows_of(table: pa.Table) -> list[Row]:
 
 def read_segment(data: bytes) -> list[Row]:
     """A segment's rows in entry-id order."""
-    table = read_table(data).sort_by([("entry_ms", "ascending"), ("entry_seq", "ascending")])
-    with no_cyclic_gc():
-        return rows_of(table)
+    return [row for rows in iter_segment(data) for row in rows]
