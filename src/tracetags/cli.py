@@ -1180,8 +1180,8 @@ def archive_command(
         bool,
         typer.Option(
             "--full",
-            help="With compact: merge every run of small segments up to the target, not "
-            "only runs of 8 of one size tier.",
+            help="With compact: merge every run of segments below the target, not only "
+            "runs of 4 or more small ones.",
         ),
     ] = False,
 ) -> None:

@@ -94,8 +94,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: rows (0: never compact).  Fewer, larger segments make a trace's history cheaper.
     archive_compact_rows: int = 1_000_000
     #: How long compacted-away segments stay in the store after their replacement is
-    #: visible, for readers that listed the archive before (DuckDB queries, long replays).
-    archive_compact_grace: str = "10m"
+    #: visible, for readers that listed them before (a DuckDB query over the files; the
+    #: archive's own readers list again when a segment vanishes).
+    archive_compact_grace: str = "1m"
     #: How long an entry stays in the stream after it is archived (a duration; ``0``: trim
     #: as soon as it is archived and acknowledged by every group).
     log_retention: str = "5m"
