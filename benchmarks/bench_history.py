@@ -18,21 +18,25 @@ chunks of 100k calls with their own seed, entry ids 3 per millisecond, cut into 
   at sizes up to ``--naive-max``; its result must equal read_trace's.
 * **DuckDB**: ``SELECT ... FROM read_parquet(<segments>) WHERE trace_id = ?`` over the same
   files (DuckDB uses the row-group statistics and the bloom filters too), 30 lookups.
-* then ``compact_partition`` (the serve loop's policy, ``archive_compact_rows`` 1M, grace 0)
-  and the same lookups again; then ``--full`` compaction and again.
+* then ``compact_partition`` (the serve loop's policy, ``archive_compact_rows`` default, grace 0;
+  in a child process, for its peak RSS) and the same lookups again; then ``--full``
+  compaction and again.  Compaction works on a copy: the generated archive is kept in
+  ``--work`` for the next run.
 
-The segment-count curve: 1M events cut into segments of each ``--counts`` rows.
+The segment-count curve: 1M events cut into segments of each ``--counts`` rows; the
+smallest compacted, and measured again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
-import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,15 +46,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fold import realistic_calls
-from tracetags import schemas
+from tracetags import Settings, schemas
 from tracetags.archive import manifest, read_partition
-from tracetags.archive.compaction import compact_partition
 from tracetags.archive.index import CACHE
 from tracetags.archive.reader import read_trace
 from tracetags.archive.segments import Row, to_table, write_tables
 from tracetags.archive.store import LocalStore
 
 NAMESPACE = "benchhistory"
+#: Compaction's target: the default of ``archive_compact_rows``.
+TARGET_ROWS = Settings().archive_compact_rows
 CHUNK = 100_000
 BASE_MS = 1_780_000_000_000
 
@@ -197,15 +202,25 @@ class Measure:
         return result
 
     def compact(self, store: LocalStore, full: bool) -> None:
-        started = time.perf_counter()
-        report = compact_partition(store, NAMESPACE, 0, target_rows=1_000_000, grace_ms=0,
-                                   full=full)  # fmt: skip
-        took = time.perf_counter() - started
+        """``compact_partition`` in a child process, for its own peak RSS."""
+        script = (
+            "import json, resource, sys, time\n"
+            "from tracetags.archive.compaction import compact_partition\n"
+            "from tracetags.archive.store import LocalStore\n"
+            "t = time.perf_counter()\n"
+            f"r = compact_partition(LocalStore({str(store.root)!r}), {NAMESPACE!r}, 0, "
+            f"target_rows={TARGET_ROWS}, grace_ms=0, full={full})\n"
+            "print(json.dumps({'merged': r.merged, 'written': r.written, 'rows': r.rows, "
+            "'s': time.perf_counter() - t, "
+            "'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              check=True)  # fmt: skip
+        r = json.loads(done.stdout)
         self.say(
-            f"  compaction{' --full' if full else ''}: {report.merged} segments into "
-            f"{report.written} ({report.rows:,} rows) in {took:.1f} s = "
-            f"{report.rows / max(took, 1e-9):,.0f} rows/s; peak RSS so far "
-            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"
+            f"  compaction{' --full' if full else ''}: {r['merged']} segments into "
+            f"{r['written']} ({r['rows']:,} rows) in {r['s']:.1f} s = "
+            f"{r['rows'] / max(r['s'], 1e-9):,.0f} rows/s; peak RSS {r['rss'] / 1024:,.0f} MiB"
         )
 
 
@@ -249,10 +264,20 @@ def main() -> None:
         shutil.rmtree(root)
     m.say("\n### read_trace vs segment count (1M events)\n")
     m.say(HEADER)
-    for count in (int(x) for x in args.counts.split(",") if x):
-        root = work / f"count-{count}"
-        store, sample, _ = generate(root, 1_000_000, count)
+    counts = sorted(int(x) for x in args.counts.split(",") if x)
+    for count in counts:
+        pristine = work / f"count-{count}"
+        _, sample, _ = generate(pristine, 1_000_000, count)
+        store = LocalStore(pristine)
         m.lookups(store, f"{count:,}-row segments", sample, 1_000_000, False, count >= 10_000)
+        if count == counts[0]:
+            root = work / "compacting"
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.copytree(pristine, root)
+            store = LocalStore(root)
+            m.compact(store, full=False)
+            m.lookups(store, "compacted", sample, 1_000_000, False, True)
+            shutil.rmtree(root)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -92,7 +92,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     archive_max_rows: int = 100_000
     #: Compaction merges a partition's small segments into sorted ones of at most this many
     #: rows (0: never compact).  Fewer, larger segments make a trace's history cheaper.
-    archive_compact_rows: int = 1_000_000
+    archive_compact_rows: int = 500_000
     #: How long compacted-away segments stay in the store after their replacement is
     #: visible, for readers that listed them before (a DuckDB query over the files; the
     #: archive's own readers list again when a segment vanishes).
