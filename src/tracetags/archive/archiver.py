@@ -55,7 +55,9 @@ MAX_BACKOFF_S: Final = 60.0
 #: Test-only: the archiver stops (prints ``archiver paused at STEP`` to stderr and sleeps)
 #: at the named step, so a test can SIGKILL it there: ``before_upload``,
 #: ``before_manifest`` (segment written, manifest entry not), ``before_mark`` (manifest
-#: written, Redis not told, nothing trimmed).
+#: written, Redis not told, nothing trimmed); compaction's ``compact_before_upload``,
+#: ``compact_before_manifest`` and ``compact_before_retire`` (the compacted segment
+#: visible, the replaced ones not removed yet).
 PAUSE_ENV: Final = "TRACETAGS_ARCHIVE_TEST_PAUSE_AT"
 #: The serve loop compacts each partition at most this often, at most COMPACT_MERGES merges
 #: a time (a merge of 8 x 100k rows takes ~5 s on one core).
