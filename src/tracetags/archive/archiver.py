@@ -60,9 +60,10 @@ MAX_BACKOFF_S: Final = 60.0
 #: visible, the replaced ones not removed yet).
 PAUSE_ENV: Final = "TRACETAGS_ARCHIVE_TEST_PAUSE_AT"
 #: The serve loop compacts each partition at most this often, at most COMPACT_MERGES merges
-#: a time (a merge of 8 x 100k rows takes ~5 s on one core).
+#: a time: a merge of 500k rows takes 2-4 s on one core, during which this loop trims no
+#: other partition (one merge per 30 s still compacts 16k rows/s per partition).
 COMPACT_EVERY_S: Final = 30.0
-COMPACT_MERGES: Final = 4
+COMPACT_MERGES: Final = 1
 #: Niceness the archiver process of ``tracetags serve`` adds to itself.
 ARCHIVER_NICE: Final = 10
 
@@ -480,8 +481,8 @@ class Archiver:
         self._due[partition] = time.monotonic() + interval
 
     def _compact(self, partition: int) -> None:
-        """Between archive runs, at most every COMPACT_EVERY_S per partition: a few merges
-        (each holds the partition's lock for a few seconds at most)."""
+        """Between archive runs, at most every COMPACT_EVERY_S per partition: at most
+        COMPACT_MERGES merges (each holds the partition's lock for a few seconds)."""
         if self.settings.archive_compact_rows <= 0:
             return
         now = time.monotonic()
