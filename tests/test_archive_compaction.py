@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tests.support.helpers import drop_namespace
+from tests.support.helpers import drop_namespace, wait_until
 from tracetags import consumer, functions, schemas
 from tracetags.archive import archive_once, bloom, manifest, read_partition, store_from_url
 from tracetags.archive import replay as replaying
@@ -577,3 +577,26 @@ def test_history_replay_and_digest_are_unchanged_by_compaction(
     assert archive_once(settings)[0].archived == 0
     assert [entry_text(manifest.archived_up_to(manifest.list_visible(store, ns, p)) or (0, 0))
             for p in range(2)] == [rep.archived_up_to for rep in reports]  # fmt: skip
+
+
+@pytest.mark.parametrize("archived", ["file"], indirect=True)
+def test_the_serve_loop_compacts_between_its_archive_runs(
+    archived: tuple[Settings, list[Row]], r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    from tracetags.archive.archiver import Archiver
+
+    settings, log = archived
+    store = store_from_url(settings.archive_url or "")
+    archiver = Archiver(settings.replace(archive_interval="200ms"))
+    runner = threading.Thread(target=archiver.run, daemon=True)
+    caplog.set_level("INFO", logger="tracetags.archive")
+    runner.start()
+    try:
+        wait_until(lambda: len(manifest.list_entries(store, settings.namespace, 0)) == 1)
+    finally:
+        archiver.stop()
+        runner.join(30)
+    assert list(read_partition(store, settings.namespace, 0)) == log
+    assert "compacted 12 segments into 1 (2400 rows), 12 superseded removed" in caplog.text
