@@ -4,7 +4,7 @@ events, before and after compaction, and against the segment count.
 
     flock /tmp/tt-bench.lock .venv/bin/python benchmarks/bench_history.py \\
         [--sizes 1000000,10000000] [--segment-rows 100000] [--counts 1000,10000,100000] \\
-        [--lookups 300] [--naive-max 1000000] [--work DIR]
+        [--lookups 300] [--naive-max 1000000] [--work DIR] [--s3]
 
 The archive is written directly with the segment and manifest writers (no Redis): bench_fold's
 realistic event mix (``realistic_calls``, ~3.3 events per trace, traces overlapping), in
@@ -24,7 +24,8 @@ chunks of 100k calls with their own seed, entry ids 3 per millisecond, cut into 
   ``--work`` for the next run.
 
 The segment-count curve: 1M events cut into segments of each ``--counts`` rows; the
-smallest compacted, and measured again.
+smallest compacted, and measured again.  ``--s3``: the 1M archive copied into moto's S3
+server on loopback (every lookup lists the manifest and reads ranges over HTTP).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from tracetags.archive import manifest, read_partition
 from tracetags.archive.index import CACHE
 from tracetags.archive.reader import read_trace
 from tracetags.archive.segments import Row, to_table, write_tables
-from tracetags.archive.store import LocalStore
+from tracetags.archive.store import LocalStore, S3Store, store_from_url
 
 NAMESPACE = "benchhistory"
 #: Compaction's target: the default of ``archive_compact_rows``.
@@ -133,7 +134,7 @@ def timed(fn: Callable[[str], Any], ids: list[str]) -> list[float]:
     return out
 
 
-def archive_bytes(store: LocalStore) -> int:
+def archive_bytes(store: LocalStore | S3Store) -> int:
     return sum(o.size for o in store.list(f"{NAMESPACE}/p00/segments"))
 
 
@@ -146,7 +147,7 @@ class Measure:
         print(line, flush=True)
         self.log.append(line)
 
-    def lookups(self, store: LocalStore, label: str, sample: list[str], events: int,
+    def lookups(self, store: LocalStore | S3Store, label: str, sample: list[str], events: int,
                 naive: bool, duck: bool) -> dict[str, float]:  # fmt: skip
         rng = random.Random(5)
         present = rng.sample(sample, min(self.args.lookups, len(sample)))
@@ -184,7 +185,7 @@ class Measure:
             result["scan"] = statistics.median(scan)
             self.say(f"  full scan (read_partition + filter), median of 3: {result['scan']:,.0f} "
                      f"ms = {result['scan'] / result['p50']:,.0f}x read_trace's p50")  # fmt: skip
-        if duck:
+        if duck and isinstance(store, LocalStore):
             import duckdb
 
             con = duckdb.connect()
@@ -207,7 +208,7 @@ class Measure:
         script = (
             "import json, time\n"
             "from tracetags.archive.compaction import compact_partition\n"
-            "from tracetags.archive.store import LocalStore\n"
+            "from tracetags.archive.store import LocalStore, S3Store, store_from_url\n"
             "t = time.perf_counter()\n"
             f"r = compact_partition(LocalStore({str(store.root)!r}), {NAMESPACE!r}, 0, "
             f"target_rows={TARGET_ROWS}, grace_ms=0, full={full})\n"
@@ -237,6 +238,7 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=300)
     parser.add_argument("--naive-max", type=int, default=1_000_000)
     parser.add_argument("--work", default=None, help="keep generated archives here")
+    parser.add_argument("--s3", action="store_true", help="also on moto's S3 server (1M)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="tt-bench-history-"))
     log: list[str] = []
@@ -279,8 +281,47 @@ def main() -> None:
             m.compact(store, full=False)
             m.lookups(store, "compacted", sample, 1_000_000, False, True)
             shutil.rmtree(root)
+    if args.s3:
+        s3_lookups(m, work)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def s3_lookups(m: Measure, work: Path) -> None:
+    """The 1M-event archive (100k-row segments) copied into moto's S3 server on loopback."""
+    import socket
+
+    import pyarrow.fs as pafs
+
+    m.say("\n### read_trace on S3 (moto's server on loopback; 1M events)\n")
+    m.say(HEADER)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                               region="us-east-1", allow_bucket_creation=True)  # fmt: skip
+        fs.create_dir("bench")
+        store = store_from_url(f"s3://bench/a?endpoint=http://127.0.0.1:{port}&region=us-east-1")
+        local, sample, _ = generate(work / "size-1000000-100000", 1_000_000, 100_000)
+        for obj in local.list(NAMESPACE):
+            store.put(obj.name, local.get(obj.name))
+        m.lookups(store, "S3, 100k-row segments", sample, 1_000_000, False, False)
+    finally:
+        moto.terminate()
+        moto.wait()
 
 
 if __name__ == "__main__":
