@@ -1208,7 +1208,23 @@ def _print_archive_status(report: Any) -> None:
 
 @app.command("archive")
 def archive_command(
+    action: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[compact]",
+            help="compact: merge the archive's small segments instead (see below).",
+            show_default=False,
+        ),
+    ] = None,
     partition: Annotated[int | None, typer.Option(min=0, help="Only this partition.")] = None,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="With compact: merge every run of segments below the target, not only "
+            "runs of 4 or more small ones.",
+        ),
+    ] = False,
 ) -> None:
     """Archive the folded log to the archive store and trim it safely, once, then exit.
 
@@ -1217,15 +1233,25 @@ def archive_command(
     the manifest, then trims the stream up to what every consumer group acknowledged and the
     live retention (TRACETAGS_LOG_RETENTION) allows.  `tracetags serve` does this every
     TRACETAGS_ARCHIVE_INTERVAL.
-    """
-    from tracetags.archive import archive_once
 
+    `tracetags archive compact` merges small segments into sorted ones of up to
+    TRACETAGS_ARCHIVE_COMPACT_ROWS rows (one atomic manifest write each) and removes
+    segments superseded longer than TRACETAGS_ARCHIVE_COMPACT_GRACE ago; `serve` does this
+    between its archive runs.
+    """
+    if action not in (None, "compact"):
+        _fail(ExitCode.USAGE, f"unknown action {action!r} (known: compact)")
     settings = _reachable()
     if settings.archive_location is None:
         from tracetags.serve import UNBOUNDED_WARNING
 
         err.print(f"[red]error:[/] {escape(UNBOUNDED_WARNING)}")
         raise typer.Exit(ExitCode.USAGE)
+    if action == "compact":
+        _compact(settings, partition, full)
+        return
+    from tracetags.archive import archive_once
+
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("archiving", total=None)
 
@@ -1257,6 +1283,38 @@ def archive_command(
             failed = True
             message = escape(report.error)
             err.print(f"[red]partition {report.partition}: archive failed:[/] {message}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _compact(settings: Settings, partition: int | None, full: bool) -> None:
+    from tracetags.archive.compaction import compact
+
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("compacting", total=None)
+
+        def advance(part: int, rows: int, total: int) -> None:
+            progress.update(task, advance=rows, total=total, description=f"partition {part}")
+
+        reports = compact(settings, partition=partition, full=full, on_progress=advance)
+    failed = False
+    for report in reports:
+        if report.locked_out:
+            out.print(f"partition {report.partition}: an archiver is running; skipped")
+            continue
+        if report.error is not None:
+            failed = True
+            message = escape(report.error)
+            err.print(f"[red]partition {report.partition}: compaction failed:[/] {message}")
+            continue
+        line = (
+            f"partition {report.partition}: {report.merged} segments compacted into "
+            f"{report.written} ({report.rows} rows), {report.retired} superseded removed, "
+            f"{report.segments} visible"
+        )
+        if report.orphans_removed:
+            line += f"; {report.orphans_removed} orphaned segment(s) removed"
+        out.print(line)
     if failed:
         raise typer.Exit(1)
 

@@ -92,6 +92,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     archive_interval: str = "10s"
     #: Most rows in one archive segment.
     archive_max_rows: int = 100_000
+    #: Compaction merges a partition's small segments into sorted ones of at most this many
+    #: rows (0: never compact).  Fewer, larger segments make a trace's history cheaper.
+    archive_compact_rows: int = 500_000
+    #: How long compacted-away segments stay in the store after their replacement is
+    #: visible, for readers that listed them before (a DuckDB query over the files; the
+    #: archive's own readers list again when a segment vanishes).
+    archive_compact_grace: str = "1m"
     #: How long an entry stays in the stream after it is archived (a duration; ``0``: trim
     #: as soon as it is archived and acknowledged by every group).
     log_retention: str = "5m"
@@ -179,7 +186,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 key,
                 "each must be tags.<key> or metadata.<key>",
             )
-        for name in ("archive_interval", "log_retention"):
+        for name in ("archive_interval", "log_retention", "archive_compact_grace"):
             _check(
                 parse_duration_ms(getattr(self, name)) is not None,
                 name,
@@ -194,6 +201,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         )
         _check(
             self.archive_max_rows >= 1, "archive_max_rows", self.archive_max_rows, "must be >= 1"
+        )
+        _check(
+            self.archive_compact_rows >= 0,
+            "archive_compact_rows",
+            self.archive_compact_rows,
+            "must be >= 0",
         )
         if self.archive_url is not None:
             _check(
@@ -236,6 +249,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.redis_url is None:
             return "file://" + os.path.abspath(os.path.join(self.embedded_dir, "archive"))
         return None
+
+    @property
+    def archive_compact_grace_ms(self) -> int:
+        return parse_duration_ms(self.archive_compact_grace) or 0
 
     @property
     def archive_interval_ms(self) -> int:

@@ -11,13 +11,17 @@ Public surface (stable)::
         every archived entry of the partition in entry-id order: (entry id text, decoded
         event) or (entry id text, raw payload) for an entry that did not decode;
         ``after`` excludes ids <= it, ``until_ms`` keeps ids whose ms <= it
+    read_trace(settings_or_store, namespace, partition, trace_id, *, until_ms=None)
+        -> Iterator[tuple[str, Event | bytes]]
+        every archived entry of one trace, in entry-id order, without a scan
     archive_once(settings, *, partition=None) -> list[RunReport]
         one archive-and-trim run on every partition (``tracetags archive``)
 
 Modules: store (file/S3 objects), segments (Parquet layout), manifest (meta-last
-visibility), reader, archiver (runs, the serve loop), trim (``tt_trim``), state (the
-status cache).  This package imports pyarrow only when a function above is called, so
-``Client.status`` stays light.
+visibility), reader, index (the per-process cache of footers and bloom filters), bloom
+(Parquet's bloom filters, read), compaction, archiver (runs, the serve loop), trim
+(``tt_trim``), state (the status cache).  This package imports pyarrow only when a
+function above is called, so ``Client.status`` stays light.
 """
 
 from __future__ import annotations
@@ -61,6 +65,21 @@ def read_partition(
     return _read(settings_or_store, namespace, partition, after=after, until_ms=until_ms)
 
 
+def read_trace(
+    settings_or_store: Settings | LocalStore | S3Store,
+    namespace: str,
+    partition: int,
+    trace_id: str,
+    *,
+    until_ms: int | None = None,
+) -> Iterator[tuple[str, Event | bytes]]:
+    """Every archived entry of ``trace_id`` in ``partition`` in entry-id order (see
+    :func:`tracetags.archive.reader.read_trace`)."""
+    from tracetags.archive.reader import read_trace as _read
+
+    return _read(settings_or_store, namespace, partition, trace_id, until_ms=until_ms)
+
+
 def archive_once(
     settings: Settings,
     *,
@@ -75,4 +94,4 @@ def archive_once(
     return _once(settings, partition=partition, on_progress=on_progress, max_segments=max_segments)
 
 
-__all__ = ["archive_once", "open_store", "read_partition", "store_from_url"]
+__all__ = ["archive_once", "open_store", "read_partition", "read_trace", "store_from_url"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from tracetags.errors import ArchiveStoreError, ConfigError
@@ -42,6 +43,10 @@ class Store(Protocol):
         """Write ``data`` as ``name``, atomically: readers see the old object or the new one."""
 
     def get(self, name: str) -> bytes: ...
+
+    def open_input(self, name: str) -> pa.NativeFile:
+        """``name`` for reading parts of it (random access; on S3, ranged GETs)."""
+        ...
 
     def list(self, directory: str) -> list[StoredObject]:
         """Objects directly or indirectly under ``directory`` (names relative to the root),
@@ -90,6 +95,14 @@ class LocalStore:
     def get(self, name: str) -> bytes:
         try:
             return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise ArchiveStoreError(f"archive {self.url}: cannot read {name}: {exc}") from exc
+
+    def open_input(self, name: str) -> pa.NativeFile:
+        try:
+            return pa.OSFile(str(self._path(name)))
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -173,6 +186,14 @@ class S3Store:
         try:
             with self.fs.open_input_stream(self._key(name)) as stream:
                 return bytes(stream.read())
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._error("read", name, exc) from exc
+
+    def open_input(self, name: str) -> pa.NativeFile:
+        try:
+            return self.fs.open_input_file(self._key(name))
         except FileNotFoundError:
             raise
         except OSError as exc:
