@@ -7,16 +7,28 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
 
+from tracetags import schemas
 from tracetags.errors import ConfigError
 
 ENV_PREFIX = "TRACETAGS_"
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_SOURCE_RE = re.compile(schemas.SOURCE_PATTERN)
+
+
+def default_source() -> str:
+    """``<program>@<host>``: the script or command that runs, and the machine."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if program in ("", "-c", "-m", "__main__.py"):
+        program = "python"
+    return schemas.source_name(f"{program.removesuffix('.py')}@{socket.gethostname()}")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +44,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str = "tracetags"
     #: Number of partition streams, fixed when the namespace is first used.
     partitions: int = 1
+    #: Who writes: the ``source`` every event of this process's producers carries (a
+    #: ``set_tags(..., source=...)`` overrides it per call).  None: ``<program>@<host>``;
+    #: the CLI writes ``cli:<os user>``.  1-128 characters: letters, digits, ``_ . @ : / + -``.
+    source: str | None = None
     #: Experiment that the fluent ``@tracetags.trace`` API logs to (MLflow's default is "0").
     experiment_id: str = "0"
     #: Consumer group that folds the log.
@@ -108,6 +124,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "letters, digits, '_', '.', '-' only (1-128 chars)",
         )
         _check(1 <= self.partitions <= 1024, "partitions", self.partitions, "must be 1..1024")
+        if self.source is not None:
+            _check(
+                _SOURCE_RE.fullmatch(self.source) is not None
+                and len(self.source) <= schemas.MAX_SOURCE_LENGTH,
+                "source",
+                self.source,
+                schemas.SOURCE_RULE,
+            )
         _check(self.experiment_id != "", "experiment_id", self.experiment_id, "must not be empty")
         for name in (
             "consumer_batch_size",
@@ -183,6 +207,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def effective_redis_url(self) -> str:
         """The URL library calls connect to (the local default when none is set)."""
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def effective_source(self) -> str:
+        """The ``source`` written on events: ``source``, else ``<program>@<host>``."""
+        if self.source is not None:
+            return self.source
+        return default_source()
 
     @property
     def archive_location(self) -> str | None:

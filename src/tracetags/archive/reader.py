@@ -61,3 +61,22 @@ def read_partition(
                 return
             last = key
             yield entry_id, item
+
+
+def read_trace(
+    settings_or_store: Settings | Store,
+    namespace: str,
+    partition: int,
+    trace_id: str,
+    *,
+    until_ms: int | None = None,
+) -> Iterator[tuple[str, Event | bytes]]:
+    """Every archived entry of ``trace_id`` in ``partition`` as (entry id text, event) in
+    entry-id order (``until_ms`` as in :func:`read_partition`)."""
+    # The plain version: a filter over the whole partition.  The pruned one (manifest and
+    # row-group statistics, the bloom filter on trace_id) replaces it.
+    for entry_id, item in read_partition(
+        settings_or_store, namespace, partition, until_ms=until_ms
+    ):
+        if not isinstance(item, bytes) and item.trace_id == trace_id:
+            yield entry_id, item
