@@ -517,3 +517,26 @@ def test_cli_history_get_as_of_and_log_show_the_source(
         assert client.get_trace("c1").info.tags == {"env": "staging"}
         assert client.trace_history("c1")[-1].source == f"undo:{cli_source()}"
     assert _cli(cli_env, "history").exit_code == 2
+
+
+def test_the_archive_keeps_the_source_dictionary_encoded_with_statistics() -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tracetags.archive import segments
+
+    rows: list[segments.Row] = [
+        (f"{BASE_MS + i}-0", schemas.TagsSet(trace_id=f"t{i % 7}", event_id=schemas.new_event_id(),
+                                             emitted_at_ms=i, tags={"k": "v"},
+                                             source=None if i % 5 == 0 else f"job-{i % 3}"))
+        for i in range(1_000)
+    ]  # fmt: skip
+    data = segments.write_segment(rows)
+    assert segments.read_segment(data) == sorted(rows, key=lambda r: parse_entry_id(r[0]))
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    group = meta.row_group(0)
+    (column,) = [group.column(i) for i in range(group.num_columns)
+                 if group.column(i).path_in_schema == "source"]  # fmt: skip
+    assert "RLE_DICTIONARY" in column.encodings
+    assert (column.statistics.min, column.statistics.max) == ("job-0", "job-2")
+    assert column.statistics.null_count == 200
