@@ -38,6 +38,12 @@ and, in one run:
    keys, finished, folded through ``functions.apply_batch`` with no stream at all (nothing
    to subtract); ``used_memory`` after ``MEMORY PURGE`` before and after, per trace.
 
+4. **source** (``--steps source``, not in the default steps): the cost of ``source`` on
+   every event, A/B in one run: the rate step's log written with a realistic mix of writers
+   (``source_of``) and the same entries without a source (as written before sources
+   existed), folded alternately by the shipped consumer and the hand loop (``--repeat``
+   rounds); the decode alone; and the archive's bytes per event with and without.
+
 ``--profile DIR`` adds one consumer run under ``py-spy record --idle`` (not counted) and
 prints where the worker's time goes.  Only public calls (functions.apply_batch /
 decode_entries / load, Keys, Client, the ``tracetags`` CLI) are used, so a new Function
@@ -63,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -158,12 +165,13 @@ class Bench:
     def url(self) -> str:
         return self.server.url
 
-    def reset(self, *, with_log: bool = True) -> None:
-        """DB 0 empty but for a fresh copy of the pristine log (no group); AOF rewritten
-        first, so that no rewrite from an earlier run lands in this one."""
+    def reset(self, *, with_log: bool = True, log: str | None = None) -> None:
+        """DB 0 empty but for a fresh copy of the pristine log (no group; ``log``: another
+        pristine stream than the usual one); AOF rewritten first, so that no rewrite from an
+        earlier run lands in this one."""
         self.db0.flushdb()
         if with_log:
-            self.pristine.copy(self.stream, self.stream, destination_db=0)
+            self.pristine.copy(log or self.stream, self.stream, destination_db=0)
         self.db0.bgrewriteaof()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -367,8 +375,10 @@ class Run:
         return self.events / self.elapsed_s
 
 
-def run_consumer(bench: Bench, sample: list[str], profile: Path | None = None) -> Run:
-    bench.reset()
+def run_consumer(
+    bench: Bench, sample: list[str], profile: Path | None = None, log: str | None = None
+) -> Run:
+    bench.reset(log=log)
     bench.db0.xgroup_create(bench.stream, bench.group, id="$")
     serve = ServeProcess(bench, "profile" if profile else "rate")
     spy: subprocess.Popen[bytes] | None = None
@@ -411,8 +421,8 @@ def run_consumer(bench: Bench, sample: list[str], profile: Path | None = None) -
 # --- the hand-written loop and the Function alone -----------------------------------------
 
 
-def run_hand_loop(bench: Bench, sample: list[str]) -> Run:
-    bench.reset()
+def run_hand_loop(bench: Bench, sample: list[str], log: str | None = None) -> Run:
+    bench.reset(log=log)
     bench.db0.xgroup_create(bench.stream, bench.group, id="0")
     client = redis.Redis.from_url(bench.url)
     stream, group = bench.stream, bench.group
@@ -936,6 +946,8 @@ def main() -> None:
                 freshness_step(bench, rate, args.fresh_seconds, args.probe_rate)
         if "memory" in steps:
             memory_step(bench, [int(n) for n in args.memory_traces.split(",") if n])
+        if "source" in steps:
+            source_step(bench, args.events, args.repeat)
         print(
             f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}"
         )
@@ -1009,6 +1021,106 @@ def rate_step(bench: Bench, events: int, repeat: int, profile: Path | None) -> N
         )
         for line in summarise_profile(profile / "consumer.collapsed"):
             print(f"  {line}")
+
+
+# --- what ``source`` on every event costs ------------------------------------------------
+
+
+def source_of(call: Call) -> str:
+    """A realistic mix of writers: the traced app on four hosts writes the traces, a
+    labelling job their tags, a person at the CLI the deletions."""
+    method, trace_id, _ = call
+    if method in ("trace_started", "trace_finished"):
+        return f"chat-api@web-{zlib.crc32(trace_id.encode()) % 4}"
+    return "labeler/v2" if method == "set_tags" else "cli:alice"
+
+
+def source_step(bench: Bench, events: int, repeat: int) -> None:
+    """A/B in one run: the same log (same entry ids and events) with and without ``source``
+    (the events as written before sources existed), folded by the shipped consumer and by
+    the hand loop, alternating; then the archive's bytes per event of both."""
+    from tracetags.archive import segments
+
+    calls = [(m, t, {**kw, "source": source_of((m, t, kw))}) for m, t, kw in
+             realistic_calls(events, seed=7)]  # fmt: skip
+    fill(bench, calls)
+    plain = f"{bench.stream}:without-source"
+    rows: dict[str, list[segments.Row]] = {"with": [], "without": []}
+    sizes = {"with": 0, "without": 0}
+    cursor = "-"
+    while True:
+        page: Any = bench.pristine.xrange(bench.stream, cursor, "+", count=10_000)
+        pipe = bench.pristine.pipeline(transaction=False)
+        for entry_id, fields in page:
+            event = schemas.decode(fields[schemas.ENTRY_FIELD])
+            old = msgspec.structs.replace(event, source=None)
+            payload = schemas.encode(old)
+            pipe.xadd(plain, {schemas.ENTRY_FIELD: payload}, id=entry_id)
+            rows["with"].append((entry_id.decode(), event))
+            rows["without"].append((entry_id.decode(), old))
+            sizes["with"] += len(fields[schemas.ENTRY_FIELD])
+            sizes["without"] += len(payload)
+        pipe.execute()
+        if len(page) < 10_000:
+            break
+        cursor = "(" + page[-1][0].decode()
+    n = len(rows["with"])
+    print(
+        f"log: {n:,} events ({kinds(calls)}); payload {sizes['without'] / n:.1f} B/event "
+        f"without source, {sizes['with'] / n:.1f} B with ({len({source_of(c) for c in calls})} "
+        "writers)"
+    )
+    traces = list(dict.fromkeys(trace_id for _, trace_id, _ in calls))
+    sample = random.Random(3).sample(traces, 300)
+    runs: dict[str, list[Run]] = collections.defaultdict(list)
+    variants = [("with", None), ("without", plain)]
+    for round_no in range(repeat):
+        # alternate which variant goes first, so a drift of the machine hits both alike
+        for variant, log in variants if round_no % 2 == 0 else variants[::-1]:
+            for name, contender in (("consumer", run_consumer), ("hand loop", run_hand_loop)):
+                run = contender(bench, sample, log=log)  # type: ignore[operator]
+                runs[f"{name} {variant}"].append(run)
+                print(
+                    f"  round {round_no + 1}: {name:10s} {variant:7s} source "
+                    f"{run.rate:9,.0f} events/s ({run.elapsed_s:5.2f} s, client CPU "
+                    f"{run.client_cpu_s * 1e6 / run.events:5.1f} µs/event) state {run.state}"
+                )
+    states = {run.state for group in runs.values() for run in group}
+    print(f"same final state in every run: {'yes' if len(states) == 1 else 'NO: ' + str(states)}")
+    medians = {name: statistics.median(r.rate for r in group) for name, group in runs.items()}
+    cpu = {name: statistics.median(r.client_cpu_s * 1e6 / r.events for r in group)
+           for name, group in runs.items()}  # fmt: skip
+    for name in ("consumer", "hand loop"):
+        old, new = medians[f"{name} without"], medians[f"{name} with"]
+        cost = old / new - 1
+        print(
+            f"{name:10s}: {old:,.0f} events/s without source, {new:,.0f} with: cost per event "
+            f"{cost:+.1%} (client CPU {cpu[f'{name} without']:.1f} -> {cpu[f'{name} with']:.1f} "
+            f"µs/event; target <= 5 %: {verdict(cost, 0.05, higher_is_better=False)})"
+        )
+    decode_cost = []
+    for _ in range(5):
+        for variant, log in variants:
+            entries: Any = bench.pristine.xrange(log or bench.stream, "-", "+", count=50_000)
+            t0 = time.perf_counter()
+            functions.decode_entries(entries)
+            decode_cost.append((variant, (time.perf_counter() - t0) * 1e6 / len(entries)))
+    per = {v: statistics.median(c for w, c in decode_cost if w == v) for v, _ in variants}
+    print(
+        f"decode alone (functions.decode_entries, 50k entries, 5 alternations): "
+        f"{per['without']:.2f} µs/event without source, {per['with']:.2f} with"
+    )
+    print("archive segments (100k rows each, as the archiver writes them):")
+    total = {}
+    for variant in ("without", "with"):
+        size = 0
+        for start in range(0, n, 100_000):
+            size += len(segments.write_segment(rows[variant][start : start + 100_000]))
+        total[variant] = size
+        print(f"  {variant:7s} source: {size:,} B = {size / n:.2f} B/event")
+    extra = (total["with"] - total["without"]) / n
+    ok = verdict(extra, 10, higher_is_better=False)
+    print(f"  source adds {extra:.2f} B/event (target <= 10 B: {ok})")
 
 
 def freshness_step(bench: Bench, rate: int, seconds: float, probe_rate: int) -> None:

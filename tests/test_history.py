@@ -540,3 +540,90 @@ def test_the_archive_keeps_the_source_dictionary_encoded_with_statistics() -> No
     assert "RLE_DICTIONARY" in column.encodings
     assert (column.statistics.min, column.statistics.max) == ("job-0", "job-2")
     assert column.statistics.null_count == 200
+
+
+# --- the history index of the live tail ---------------------------------------------------
+
+
+async def test_the_live_tails_history_index_answers_like_the_scan(
+    r: redis.Redis, redis_url: str, namespace: str, archive_dir: str
+) -> None:
+    """The real consumer folds (and indexes) a workload; part of it is archived; then some
+    entries are delivered but not folded (pending) and some not delivered at all: the
+    history through the index equals the history by a scan, equals the model's event list,
+    and the index keys expire with the live retention."""
+    from tests.support.consumer import consumer, wait_applied
+    from tracetags.producer import TagProducer
+
+    settings = Settings(redis_url=redis_url, namespace=namespace, archive_url=archive_dir,
+                        log_retention="0", archive_max_rows=100, archive_interval="1s")  # fmt: skip
+    rng = random.Random(8)
+    ids = [f"ix{i}" for i in range(15)]
+    with Client(settings) as client, TagProducer(settings) as producer:
+        async with consumer(settings):
+            for n in range(600):
+                trace_id = rng.choice(ids)
+                if rng.random() < 0.2:
+                    producer.delete_tags(trace_id, [rng.choice(["a", "b"])], source="w2")
+                else:
+                    producer.set_tags(trace_id, {rng.choice(["a", "b"]): str(n)}, source="w1")
+            await wait_applied(client, producer)
+        archive_once(settings, max_segments=2)
+        keys = Keys(namespace)
+        stream = keys.stream(0)
+        # delivered, not folded: pending for a consumer that went away
+        for trace_id in ids[:5]:
+            producer.set_tags(trace_id, {"a": "pending"}, source="w3")
+        producer.flush()
+        r.xreadgroup(settings.consumer_group, "gone", {stream: ">"})
+        # not delivered at all
+        for trace_id in ids[3:8]:
+            producer.set_tags(trace_id, {"b": "lagging"}, source="w4")
+        producer.flush()
+
+        ttl = r.pttl(keys.history_index(0, ids[0]))
+        assert 0 < ttl <= settings.history_index_ttl_ms  # type: ignore[operator]
+        assert r.hget(keys.history_index_start(0), "ttl_ms") == str(ttl_of(settings)).encode()
+        log = _whole_log(r, stream, settings)
+        scanning = settings.replace(history_index=False)
+        with Client(scanning) as scan:
+            for trace_id in ids:
+                indexed = client.trace_history(trace_id)
+                assert indexed == scan.trace_history(trace_id)
+                assert_history_matches_model(indexed, events_of(log, trace_id), 0)
+        _, rows = history.trace_entries(settings, r, ids[0], 1)
+        assert rows[-1][1].source == "w3"
+        through_index = history.indexed_tail(settings, r, 0, {ids[4]})
+        assert through_index is not None
+        tail: Any = r.xrange(stream)
+        in_stream = [e.decode() for e, f in tail
+                     if schemas.decode(f[schemas.ENTRY_FIELD]).trace_id == ids[4]]  # fmt: skip
+        assert [e for e, _ in through_index] == in_stream and in_stream
+        # an index that expired: the entries it held are found by the scan of the older part
+        r.hset(keys.history_index_start(0), "ttl_ms", 1)
+        r.delete(keys.history_index(0, ids[9]))
+        with Client(scanning) as scan:
+            assert client.trace_history(ids[9]) == scan.trace_history(ids[9])
+
+
+def ttl_of(settings: Settings) -> int:
+    ttl = settings.history_index_ttl_ms
+    assert ttl is not None
+    return ttl
+
+
+def _whole_log(r: redis.Redis, stream: str, settings: Settings) -> list[Entry]:
+    """Every entry of the log: the archive's, then the stream's."""
+    from tracetags.archive import read_partition
+
+    out: list[Entry] = []
+    seen = set()
+    for entry_id, item in read_partition(settings, settings.namespace, 0):
+        assert not isinstance(item, bytes)
+        out.append((0, entry_id, {schemas.ENTRY_FIELD: schemas.encode(item)}))
+        seen.add(entry_id)
+    entries: Any = r.xrange(stream)
+    for raw_id, fields in entries:
+        if raw_id.decode() not in seen:
+            out.append((0, raw_id.decode(), fields))
+    return out

@@ -275,16 +275,19 @@ def tail_entries(
     *,
     after: EntryPosition | None = None,
     until: EntryPosition | None = None,
+    before: EntryPosition | None = None,
 ) -> Iterator[Entry]:
-    """The stream's entries of ``trace_ids`` after ``after`` up to ``until`` (both as entry
-    ids; None: no bound), in entry-id order.  Entries that do not decode are skipped (they
-    belong to no trace)."""
+    """The stream's entries of ``trace_ids`` after ``after`` up to ``until`` and before
+    ``before`` (entry ids; None: no bound), in entry-id order, by a scan.  Entries that do
+    not decode are skipped (they belong to no trace)."""
     # A few traces: a substring test per payload passes over the others undecoded; many:
     # decoding each entry once is cheaper than testing every needle.
     needles = [_needle(t) for t in trace_ids] if len(trace_ids) <= _FEW else []
     one = needles[0] if len(needles) == 1 else None
     cursor = "-" if after is None else "(" + schemas.entry_text(after)
     end = "+" if until is None else _end_text(until)
+    if before is not None and (until is None or before <= until):
+        end = "(" + schemas.entry_text(before)
     stream = keys.stream(partition)
     field = schemas.ENTRY_FIELD
     while True:
@@ -313,6 +316,94 @@ def _end_text(until: EntryPosition) -> str:
     return str(until[0]) if until[1] == MAX_SEQ else schemas.entry_text(until)
 
 
+#: Pending entries beyond this many: the index is not used (a scan finds them too).
+_MAX_PENDING: Final = 10_000
+
+
+def indexed_tail(
+    settings: Settings,
+    client: redis.Redis,
+    partition: int,
+    trace_ids: set[str],
+    *,
+    after: EntryPosition | None = None,
+    until: EntryPosition | None = None,
+) -> list[Entry] | None:
+    """The stream's entries of ``trace_ids`` (as :func:`tail_entries`) through the history
+    index the consumer keeps (``Keys.history_index``), or None when it cannot answer.
+
+    The index holds every entry a consumer delivered, from its start on, until it expires
+    (its expiry is refreshed by every entry, so an entry younger than the expiry is there).
+    So the index answers for the entries delivered to the fold group since ``max(start, now -
+    expiry)``; entries before that (normally archived already) and those not delivered yet
+    (the fold's lag) are scanned, and pending ones are read by id.
+    """
+    keys = Keys(settings.namespace)
+    stream = keys.stream(partition)
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.history_index_start(partition))
+    pipe.xinfo_groups(stream)
+    pipe.xpending(stream, settings.consumer_group)
+    pipe.time()
+    ordered = sorted(trace_ids)
+    for trace_id in ordered:
+        pipe.get(keys.history_index(partition, trace_id))
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    start, groups, pending, now = replies[:4]
+    if any(isinstance(r, Exception) for r in replies):
+        if isinstance(groups, redis.ResponseError) and not client.exists(stream):
+            return []
+        return None
+    if b"start" not in start:
+        return None
+    group = next((g for g in groups if g["name"] == settings.consumer_group.encode()), None)
+    if group is None or (pending and pending["pending"] > _MAX_PENDING):
+        return None
+    covered = parse_entry_id(start[b"start"])
+    if b"ttl_ms" in start:
+        oldest = int(now[0]) * 1000 + int(now[1]) // 1000 - int(start[b"ttl_ms"]) + 1
+        covered = max(covered, (oldest, 0))
+    delivered = parse_entry_id(group["last-delivered-id"])
+    candidates: set[EntryPosition] = set()
+    for text in replies[4:]:
+        if text:
+            candidates.update(parse_entry_id(i) for i in text.decode().split(",") if i)
+    if pending and pending["pending"]:
+        held: Any = client.xpending_range(
+            stream, settings.consumer_group, min="-", max="+", count=_MAX_PENDING
+        )
+        candidates.update(parse_entry_id(p["message_id"]) for p in held)
+    low = after if after is not None else (0, 0)
+    wanted = sorted(
+        c for c in candidates
+        if low < c and covered <= c <= delivered and (until is None or c <= until)
+    )  # fmt: skip
+    found: dict[EntryPosition, Entry] = {}
+    # Older than the index's cover, and not delivered yet: scanned.
+    if low < covered:
+        for entry_id, event in tail_entries(client, keys, partition, trace_ids, after=after,
+                                            until=until, before=covered):  # fmt: skip
+            found[parse_entry_id(entry_id)] = (entry_id, event)
+    for entry_id, event in tail_entries(client, keys, partition, trace_ids,
+                                        after=max(low, delivered), until=until):  # fmt: skip
+        found[parse_entry_id(entry_id)] = (entry_id, event)
+    if wanted:
+        fetch = client.pipeline(transaction=False)
+        for position in wanted:
+            text = schemas.entry_text(position)
+            fetch.xrange(stream, text, text)
+        for reply in fetch.execute():
+            for raw_id, fields in reply:  # empty: trimmed since (then it is archived)
+                payload = fields.get(schemas.ENTRY_FIELD)
+                try:
+                    event = schemas.decode(payload)
+                except (ValueError, TypeError):
+                    continue
+                if event.trace_id in trace_ids:
+                    found[parse_entry_id(raw_id)] = (raw_id.decode(), event)
+    return [found[p] for p in sorted(found)]
+
+
 def entries_of(
     settings: Settings,
     client: redis.Redis,
@@ -334,9 +425,12 @@ def entries_of(
             manifest.list_visible(store, settings.namespace, partition)
         )
     found: dict[str, dict[EntryPosition, Entry]] = {t: {} for t in trace_ids}
-    for entry_id, event in tail_entries(
-        client, keys, partition, trace_ids, after=archived_to, until=until
-    ):
+    tail: Iterable[Entry] | None = None
+    if settings.history_index and len(trace_ids) <= _FEW:
+        tail = indexed_tail(settings, client, partition, trace_ids, after=archived_to, until=until)
+    if tail is None:
+        tail = tail_entries(client, keys, partition, trace_ids, after=archived_to, until=until)
+    for entry_id, event in tail:
         found[event.trace_id][parse_entry_id(entry_id)] = (entry_id, event)
     if store is not None:
         until_ms = None if until is None else until[0]

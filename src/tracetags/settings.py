@@ -92,6 +92,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: session ids) that filters match by pattern: a newest-first page of ``LIKE
     #: 'user_12%'`` then tests 2 bytes per walked trace instead of reading its hash.
     lookup_keys: tuple[str, ...] = ()
+    #: The consumer keeps a history index of the live tail (per trace, the entry ids of its
+    #: entries; ~14 B per entry plus ~70 B per trace with entries in the tail, expiring with
+    #: the live retention), so that a trace's history reads its own entries instead of
+    #: scanning the stream.  Off: ``trace_history`` scans the tail (readers and consumers
+    #: must agree).
+    history_index: bool = True
     #: Where archive segments go: ``file://PATH`` or ``s3://BUCKET/PREFIX`` (options in the
     #: query string: ``?endpoint=http://host:9000&region=us-east-1``).  None: under
     #: ``embedded_dir``/archive when the embedded Redis is used; with a Redis URL given and
@@ -226,6 +232,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.redis_url is None:
             return "file://" + os.path.abspath(os.path.join(self.embedded_dir, "archive"))
         return None
+
+    @property
+    def history_index_ttl_ms(self) -> int | None:
+        """How long a trace's history index outlives its last entry: the live retention and
+        two archive runs, plus a minute (None: nothing is archived, the log is never trimmed
+        and the index is kept as long)."""
+        if self.archive_location is None:
+            return None
+        return self.log_retention_ms + 2 * self.archive_interval_ms + 60_000
 
     @property
     def archive_interval_ms(self) -> int:
