@@ -208,8 +208,11 @@ class Bench:
         summary = {
             "traces": sum(p.traces for p in status.partitions),
             "dead": sum(p.dead_letters for p in status.partitions),
-            # keys of the partition only: the consumer also makes namespace-wide keys (meta)
-            "keys": sum(1 for _ in self.db0.scan_iter(f"{self.keys.prefix(0)}:*", 10_000)),
+            # keys of the partition only: the consumer also makes namespace-wide keys (meta);
+            # the history index (hx) is part of the log, not of the state
+            "keys": sum(
+                1 for k in self.db0.scan_iter(f"{self.keys.prefix(0)}:*", 10_000) if b":hx" not in k
+            ),
             "sample": [None if t is None else msgspec.to_builtins(t.info) for t in traces],
         }
         digest = hashlib.sha256(msgspec.json.encode(summary)).hexdigest()[:12]
@@ -263,12 +266,13 @@ def fill(bench: Bench, calls: list[Call]) -> float:
 class ServeProcess:
     """``tracetags --redis-url … --namespace … serve`` (supervisor + one spawned worker)."""
 
-    def __init__(self, bench: Bench, label: str) -> None:
+    def __init__(self, bench: Bench, label: str, extra_env: dict[str, str] | None = None) -> None:
         self.workers = bench.workers
         env = {
             **os.environ,
             "TRACETAGS_CONSUMER_BATCH_SIZE": str(bench.batch),
             "TRACETAGS_CONSUMER_GROUP": bench.group,
+            **(extra_env or {}),
         }
         self.log_path = bench.logs / f"serve-{label}.log"
         self._log = self.log_path.open("wb")
@@ -376,11 +380,15 @@ class Run:
 
 
 def run_consumer(
-    bench: Bench, sample: list[str], profile: Path | None = None, log: str | None = None
+    bench: Bench,
+    sample: list[str],
+    profile: Path | None = None,
+    log: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Run:
     bench.reset(log=log)
     bench.db0.xgroup_create(bench.stream, bench.group, id="$")
-    serve = ServeProcess(bench, "profile" if profile else "rate")
+    serve = ServeProcess(bench, "profile" if profile else "rate", env)
     spy: subprocess.Popen[bytes] | None = None
     try:
         pids = serve.wait_workers()
@@ -948,6 +956,8 @@ def main() -> None:
             memory_step(bench, [int(n) for n in args.memory_traces.split(",") if n])
         if "source" in steps:
             source_step(bench, args.events, args.repeat)
+        if "index" in steps:
+            index_step(bench, args.events, args.repeat)
         print(
             f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}"
         )
@@ -1121,6 +1131,54 @@ def source_step(bench: Bench, events: int, repeat: int) -> None:
     extra = (total["with"] - total["without"]) / n
     ok = verdict(extra, 10, higher_is_better=False)
     print(f"  source adds {extra:.2f} B/event (target <= 10 B: {ok})")
+
+
+def index_step(bench: Bench, events: int, repeat: int) -> None:
+    """A/B in one run: the shipped consumer with and without the history index of the live
+    tail (TRACETAGS_HISTORY_INDEX), on the rate step's log; both with an archive configured
+    (so the index keys get their expiry) whose archiver runs once an hour (idle here)."""
+    calls = realistic_calls(events, seed=7)
+    fill(bench, calls)
+    traces = list(dict.fromkeys(trace_id for _, trace_id, _ in calls))
+    sample = random.Random(3).sample(traces, 300)
+    archive = tempfile.mkdtemp(prefix="tt-bench-archive-")
+    common = {"TRACETAGS_ARCHIVE_URL": f"file://{archive}", "TRACETAGS_ARCHIVE_INTERVAL": "1h"}
+    variants = [("index", {**common, "TRACETAGS_HISTORY_INDEX": "1"}),
+                ("no index", {**common, "TRACETAGS_HISTORY_INDEX": "0"})]  # fmt: skip
+    print(f"log: {events:,} events ({kinds(calls)}), {len(traces):,} traces")
+    runs: dict[str, list[Run]] = collections.defaultdict(list)
+    index_bytes = 0
+    try:
+        for round_no in range(repeat):
+            for name, env in variants if round_no % 2 == 0 else variants[::-1]:
+                run = run_consumer(bench, sample, env=env)
+                runs[name].append(run)
+                if name == "index":
+                    keys = list(bench.db0.scan_iter(f"{bench.keys.prefix(0)}:hx*", 10_000))
+                    pipe = bench.db0.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.memory_usage(key, samples=0)
+                    index_bytes = sum(pipe.execute())
+                redis_us = run.server["cpu_s"] * 1e6 / run.events
+                print(
+                    f"  round {round_no + 1}: consumer {name:8s} {run.rate:9,.0f} events/s "
+                    f"({run.elapsed_s:5.2f} s, Redis CPU {redis_us:5.1f} µs/event, client CPU "
+                    f"{run.client_cpu_s * 1e6 / run.events:5.1f} µs/event) state {run.state}"
+                )
+    finally:
+        shutil.rmtree(archive, ignore_errors=True)
+    states = {run.state for group in runs.values() for run in group}
+    print(f"same final state in every run: {'yes' if len(states) == 1 else 'NO: ' + str(states)}")
+    with_index = statistics.median(r.rate for r in runs["index"])
+    without = statistics.median(r.rate for r in runs["no index"])
+    print(
+        f"consumer: {without:,.0f} events/s without the index, {with_index:,.0f} with: cost "
+        f"{without / with_index - 1:+.1%} per event"
+    )
+    print(
+        f"index memory (MEMORY USAGE of the hx keys): {index_bytes / 2**20:.1f} MiB = "
+        f"{index_bytes / events:.1f} B/event, {index_bytes / len(traces):.1f} B/trace in the tail"
+    )
 
 
 def freshness_step(bench: Bench, rate: int, seconds: float, probe_rate: int) -> None:
