@@ -406,6 +406,9 @@ def test_follow_one_key_and_validation(settings: Settings, r: redis.Redis) -> No
             client.trace_history("k1", key="status")
         with pytest.raises(ValidationError):
             client.get_trace("k1", as_of="yesterday")
+    two_hours_ago = history.parse_time("2h")
+    assert two_hours_ago is not None
+    assert abs(two_hours_ago[0] - (schemas.now_ms() - 7_200_000)) < 5_000
 
 
 # --- source on events ---------------------------------------------------------------------

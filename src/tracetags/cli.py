@@ -462,7 +462,7 @@ def get(
         typer.Option(
             "--as-of",
             help="The trace as it was at this point of the log's clock: an ISO-8601 time (UTC "
-            "unless it has an offset), epoch ms, or an entry id ms-seq.",
+            "unless it has an offset), epoch ms, an entry id ms-seq, or a duration ago (2h).",
         ),
     ] = None,
 ) -> None:
@@ -958,7 +958,10 @@ def history_command(
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option(help="From this point of the log's clock: ISO-8601, epoch ms or ms-seq."),
+        typer.Option(
+            help="From this point of the log's clock: ISO-8601, epoch ms, ms-seq, or a "
+            "duration ago (15m, 2h, 7d)."
+        ),
     ] = None,
     until: Annotated[str | None, typer.Option(help="Up to this point (as --since).")] = None,
     key: Annotated[

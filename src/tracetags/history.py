@@ -16,6 +16,7 @@ entry found in both is kept once.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -37,11 +38,12 @@ from tracetags.schemas import (
     TraceStarted,
     parse_entry_id,
 )
-from tracetags.settings import Settings
+from tracetags.settings import Settings, parse_duration_ms
 
 #: Largest sequence number of an entry id: a bound given as a time covers its whole ms.
 MAX_SEQ: Final = 2**64 - 1
 _PAGE: Final = 10_000
+_AGO_RE: Final = re.compile(r"\d+(?:\.\d+)?(?:ms|s|m|h|d)")
 #: Up to this many traces are read one by one (by trace id); more, by one pass over the log.
 _FEW: Final = 8
 
@@ -473,7 +475,8 @@ def trace_entries(
 
 def parse_time(value: datetime | str | int | None) -> EntryPosition | None:
     """A point of the log's clock: a datetime, an ISO-8601 text (UTC unless it has an
-    offset), epoch milliseconds (int or digits) or an entry id ``ms-seq``; a time covers its
+    offset), epoch milliseconds (int or digits), an entry id ``ms-seq``, or a duration ago
+    (``90s``, ``15m``, ``2h``, ``7d``: this machine's clock minus it); a time covers its
     whole millisecond (every entry id of it)."""
     if value is None:
         return None
@@ -488,6 +491,11 @@ def parse_time(value: datetime | str | int | None) -> EntryPosition | None:
         return (value, MAX_SEQ)
     from tracetags.archive.replay import parse_until
 
+    ago = _AGO_RE.fullmatch(value.strip())
+    if ago is not None:
+        duration = parse_duration_ms(ago[0])
+        assert duration is not None
+        return (max(0, schemas.now_ms() - duration), MAX_SEQ)
     bound = parse_until(value)
     assert bound is not None
     return bound
