@@ -436,6 +436,28 @@ def test_producers_write_the_settings_source_and_a_call_overrides_it(
     assert found == ["svc@box", "svc@box", "labeler", "labeler", "svc@box"]
 
 
+async def test_the_async_producer_and_the_fluent_api_write_sources_too(
+    settings: Settings, r: redis.Redis
+) -> None:
+    import tracetags
+    from tracetags.producer import AsyncTagProducer
+
+    async with AsyncTagProducer(settings.replace(source="async-svc")) as producer:
+        producer.set_tags("a1", {"k": "v"})
+        producer.delete_tags("a1", ["k"], source="async-job")
+        await producer.flush()
+    tracetags.configure(settings.replace(source="fluent-app"))
+    try:
+        tracetags.set_trace_tag("a1", "k", "w")
+        tracetags.delete_trace_tag("a1", "k", source="fluent-job")
+        tracetags.default_producer().flush()
+    finally:
+        tracetags.default_producer().close()
+    entries: Any = r.xrange(Keys(settings.namespace).stream(0))
+    found = [schemas.decode(f[schemas.ENTRY_FIELD]).source for _, f in entries]
+    assert found == ["async-svc", "async-job", "fluent-app", "fluent-job"]
+
+
 def test_the_default_source_names_program_and_host() -> None:
     import socket
 
