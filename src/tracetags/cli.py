@@ -1017,7 +1017,12 @@ def history_command(
     )
     _print_history(report.entries, output, f"changes by {source}", with_trace=True)
     if output is HistoryFormat.table and report.trace_ids:
-        err.print("traces: " + escape(" ".join(report.trace_ids)))
+        ids = report.trace_ids
+        more = f" ... and {len(ids) - 100:,} more" if len(ids) > 100 else ""
+        err.print("traces: " + escape(" ".join(ids[:100])) + more)
+
+
+_TABLE_ROWS = 1_000
 
 
 def _history_record(entry: history.HistoryEntry) -> dict[str, Any]:
@@ -1045,7 +1050,10 @@ def _print_history(
         columns.insert(0, "trace")
     for column in columns:
         table.add_column(column)
-    for entry in events:
+    if len(events) > _TABLE_ROWS:
+        err.print(f"the table shows the first {_TABLE_ROWS:,} of {len(events):,} events "
+                  "(--format jsonl for all)")  # fmt: skip
+    for entry in events[:_TABLE_ROWS]:
         lines = []
         for c in entry.changes:
             before = "-" if c.before is None else repr(c.before)
