@@ -652,3 +652,29 @@ def _whole_log(r: redis.Redis, stream: str, settings: Settings) -> list[Entry]:
         if raw_id.decode() not in seen:
             out.append((0, raw_id.decode(), fields))
     return out
+
+
+def test_an_archiver_trimming_between_the_reads_loses_nothing_at_the_seam(
+    r: redis.Redis, redis_url: str, namespace: str, archive_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The archive's end is listed, then the archiver archives and trims everything, then
+    the tail is read (empty now): the entries in between come from the archive's second
+    listing."""
+    entries = produce(r, namespace, seed=41, events=600, traces=5, partitions=1)
+    fold_shuffled(r, namespace, 1, 41)
+    settings = archived_settings(redis_url, namespace, archive_dir)
+    archive_once(settings, max_segments=1)
+    real = history.tail_entries
+    runs: list[int] = []
+
+    def racing(*args: Any, **kwargs: Any) -> Iterator[history.Entry]:
+        if not runs:
+            runs.append(len(archive_once(settings)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(history, "tail_entries", racing)
+    with Client(settings) as client:
+        found = client.trace_history("tr-41-0")
+    assert runs and r.xlen(Keys(namespace).stream(0)) == 0
+    assert_history_matches_model(found, events_of(entries, "tr-41-0"), 0)
