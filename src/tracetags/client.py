@@ -312,6 +312,8 @@ class Client:
         ``attributes.status``): only the changes of that field.  ``until``: only the log up to
         that time (as ``as_of`` in :meth:`get_trace`)."""
         schemas.check_id(trace_id, "trace_id")
+        if key is not None:
+            history.register_of(key)  # a bad name fails before anything is read
         bound = history.parse_time(until)
         partition, entries = history.trace_entries(
             self.settings, self.redis, trace_id, self.partitions, until=bound
