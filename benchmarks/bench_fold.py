@@ -38,6 +38,12 @@ and, in one run:
    keys, finished, folded through ``functions.apply_batch`` with no stream at all (nothing
    to subtract); ``used_memory`` after ``MEMORY PURGE`` before and after, per trace.
 
+4. **source** (``--steps source``, not in the default steps): the cost of ``source`` on
+   every event, A/B in one run: the rate step's log written with a realistic mix of writers
+   (``source_of``) and the same entries without a source (as written before sources
+   existed), folded alternately by the shipped consumer and the hand loop (``--repeat``
+   rounds); the decode alone; and the archive's bytes per event with and without.
+
 ``--profile DIR`` adds one consumer run under ``py-spy record --idle`` (not counted) and
 prints where the worker's time goes.  Only public calls (functions.apply_batch /
 decode_entries / load, Keys, Client, the ``tracetags`` CLI) are used, so a new Function
@@ -63,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -158,12 +165,13 @@ class Bench:
     def url(self) -> str:
         return self.server.url
 
-    def reset(self, *, with_log: bool = True) -> None:
-        """DB 0 empty but for a fresh copy of the pristine log (no group); AOF rewritten
-        first, so that no rewrite from an earlier run lands in this one."""
+    def reset(self, *, with_log: bool = True, log: str | None = None) -> None:
+        """DB 0 empty but for a fresh copy of the pristine log (no group; ``log``: another
+        pristine stream than the usual one); AOF rewritten first, so that no rewrite from an
+        earlier run lands in this one."""
         self.db0.flushdb()
         if with_log:
-            self.pristine.copy(self.stream, self.stream, destination_db=0)
+            self.pristine.copy(log or self.stream, self.stream, destination_db=0)
         self.db0.bgrewriteaof()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -200,8 +208,11 @@ class Bench:
         summary = {
             "traces": sum(p.traces for p in status.partitions),
             "dead": sum(p.dead_letters for p in status.partitions),
-            # keys of the partition only: the consumer also makes namespace-wide keys (meta)
-            "keys": sum(1 for _ in self.db0.scan_iter(f"{self.keys.prefix(0)}:*", 10_000)),
+            # keys of the partition only: the consumer also makes namespace-wide keys (meta);
+            # the history index (hx) is part of the log, not of the state
+            "keys": sum(
+                1 for k in self.db0.scan_iter(f"{self.keys.prefix(0)}:*", 10_000) if b":hx" not in k
+            ),
             "sample": [None if t is None else msgspec.to_builtins(t.info) for t in traces],
         }
         digest = hashlib.sha256(msgspec.json.encode(summary)).hexdigest()[:12]
@@ -255,12 +266,13 @@ def fill(bench: Bench, calls: list[Call]) -> float:
 class ServeProcess:
     """``tracetags --redis-url … --namespace … serve`` (supervisor + one spawned worker)."""
 
-    def __init__(self, bench: Bench, label: str) -> None:
+    def __init__(self, bench: Bench, label: str, extra_env: dict[str, str] | None = None) -> None:
         self.workers = bench.workers
         env = {
             **os.environ,
             "TRACETAGS_CONSUMER_BATCH_SIZE": str(bench.batch),
             "TRACETAGS_CONSUMER_GROUP": bench.group,
+            **(extra_env or {}),
         }
         self.log_path = bench.logs / f"serve-{label}.log"
         self._log = self.log_path.open("wb")
@@ -285,7 +297,8 @@ class ServeProcess:
             workers = [p for p, cmd in children_of(self.process.pid) if "spawn_main" in cmd]
             clients = self.bench.db0.client_list()
             reading = sum(c.get("cmd") == "xreadgroup" for c in clients)
-            if len(workers) == self.workers and reading >= self.workers:
+            # >=: with an archive configured, serve also runs its archiver as a process
+            if len(workers) >= self.workers and reading >= self.workers:
                 return workers
             time.sleep(0.05)
         raise SystemExit(
@@ -367,10 +380,16 @@ class Run:
         return self.events / self.elapsed_s
 
 
-def run_consumer(bench: Bench, sample: list[str], profile: Path | None = None) -> Run:
-    bench.reset()
+def run_consumer(
+    bench: Bench,
+    sample: list[str],
+    profile: Path | None = None,
+    log: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Run:
+    bench.reset(log=log)
     bench.db0.xgroup_create(bench.stream, bench.group, id="$")
-    serve = ServeProcess(bench, "profile" if profile else "rate")
+    serve = ServeProcess(bench, "profile" if profile else "rate", env)
     spy: subprocess.Popen[bytes] | None = None
     try:
         pids = serve.wait_workers()
@@ -411,8 +430,8 @@ def run_consumer(bench: Bench, sample: list[str], profile: Path | None = None) -
 # --- the hand-written loop and the Function alone -----------------------------------------
 
 
-def run_hand_loop(bench: Bench, sample: list[str]) -> Run:
-    bench.reset()
+def run_hand_loop(bench: Bench, sample: list[str], log: str | None = None) -> Run:
+    bench.reset(log=log)
     bench.db0.xgroup_create(bench.stream, bench.group, id="0")
     client = redis.Redis.from_url(bench.url)
     stream, group = bench.stream, bench.group
@@ -936,6 +955,10 @@ def main() -> None:
                 freshness_step(bench, rate, args.fresh_seconds, args.probe_rate)
         if "memory" in steps:
             memory_step(bench, [int(n) for n in args.memory_traces.split(",") if n])
+        if "source" in steps:
+            source_step(bench, args.events, args.repeat)
+        if "index" in steps:
+            index_step(bench, args.events, args.repeat)
         print(
             f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}"
         )
@@ -1009,6 +1032,157 @@ def rate_step(bench: Bench, events: int, repeat: int, profile: Path | None) -> N
         )
         for line in summarise_profile(profile / "consumer.collapsed"):
             print(f"  {line}")
+
+
+# --- what ``source`` on every event costs ------------------------------------------------
+
+
+def source_of(call: Call) -> str:
+    """A realistic mix of writers: the traced app on four hosts writes the traces, a
+    labelling job their tags, a person at the CLI the deletions."""
+    method, trace_id, _ = call
+    if method in ("trace_started", "trace_finished"):
+        return f"chat-api@web-{zlib.crc32(trace_id.encode()) % 4}"
+    return "labeler/v2" if method == "set_tags" else "cli:alice"
+
+
+def source_step(bench: Bench, events: int, repeat: int) -> None:
+    """A/B in one run: the same log (same entry ids and events) with and without ``source``
+    (the events as written before sources existed), folded by the shipped consumer and by
+    the hand loop, alternating; then the archive's bytes per event of both."""
+    from tracetags.archive import segments
+
+    calls = [(m, t, {**kw, "source": source_of((m, t, kw))}) for m, t, kw in
+             realistic_calls(events, seed=7)]  # fmt: skip
+    fill(bench, calls)
+    plain = f"{bench.stream}:without-source"
+    rows: dict[str, list[segments.Row]] = {"with": [], "without": []}
+    sizes = {"with": 0, "without": 0}
+    cursor = "-"
+    while True:
+        page: Any = bench.pristine.xrange(bench.stream, cursor, "+", count=10_000)
+        pipe = bench.pristine.pipeline(transaction=False)
+        for entry_id, fields in page:
+            event = schemas.decode(fields[schemas.ENTRY_FIELD])
+            old = msgspec.structs.replace(event, source=None)
+            payload = schemas.encode(old)
+            pipe.xadd(plain, {schemas.ENTRY_FIELD: payload}, id=entry_id)
+            rows["with"].append((entry_id.decode(), event))
+            rows["without"].append((entry_id.decode(), old))
+            sizes["with"] += len(fields[schemas.ENTRY_FIELD])
+            sizes["without"] += len(payload)
+        pipe.execute()
+        if len(page) < 10_000:
+            break
+        cursor = "(" + page[-1][0].decode()
+    n = len(rows["with"])
+    print(
+        f"log: {n:,} events ({kinds(calls)}); payload {sizes['without'] / n:.1f} B/event "
+        f"without source, {sizes['with'] / n:.1f} B with ({len({source_of(c) for c in calls})} "
+        "writers)"
+    )
+    traces = list(dict.fromkeys(trace_id for _, trace_id, _ in calls))
+    sample = random.Random(3).sample(traces, 300)
+    runs: dict[str, list[Run]] = collections.defaultdict(list)
+    variants = [("with", None), ("without", plain)]
+    for round_no in range(repeat):
+        # alternate which variant goes first, so a drift of the machine hits both alike
+        for variant, log in variants if round_no % 2 == 0 else variants[::-1]:
+            for name, contender in (("consumer", run_consumer), ("hand loop", run_hand_loop)):
+                run = contender(bench, sample, log=log)  # type: ignore[operator]
+                runs[f"{name} {variant}"].append(run)
+                print(
+                    f"  round {round_no + 1}: {name:10s} {variant:7s} source "
+                    f"{run.rate:9,.0f} events/s ({run.elapsed_s:5.2f} s, Redis CPU "
+                    f"{run.server['cpu_s'] * 1e6 / run.events:5.1f} µs/event, client CPU "
+                    f"{run.client_cpu_s * 1e6 / run.events:5.1f} µs/event) state {run.state}"
+                )
+    states = {run.state for group in runs.values() for run in group}
+    print(f"same final state in every run: {'yes' if len(states) == 1 else 'NO: ' + str(states)}")
+    medians = {name: statistics.median(r.rate for r in group) for name, group in runs.items()}
+    cpu = {name: statistics.median((r.client_cpu_s + r.server["cpu_s"]) * 1e6 / r.events
+                                   for r in group)
+           for name, group in runs.items()}  # fmt: skip
+    for name in ("consumer", "hand loop"):
+        old, new = medians[f"{name} without"], medians[f"{name} with"]
+        cost = old / new - 1
+        print(
+            f"{name:10s}: {old:,.0f} events/s without source, {new:,.0f} with: cost per event "
+            f"{cost:+.1%}; CPU (client + Redis) {cpu[f'{name} without']:.1f} -> "
+            f"{cpu[f'{name} with']:.1f} µs/event = "
+            f"{cpu[f'{name} with'] / cpu[f'{name} without'] - 1:+.1%} (target <= 5 %)"
+        )
+    decode_cost = []
+    for _ in range(11):
+        for variant, log in variants:
+            entries: Any = bench.pristine.xrange(log or bench.stream, "-", "+", count=50_000)
+            t0 = time.perf_counter()
+            functions.decode_entries(entries)
+            decode_cost.append((variant, (time.perf_counter() - t0) * 1e6 / len(entries)))
+    per = {v: statistics.median(c for w, c in decode_cost if w == v) for v, _ in variants}
+    print(
+        f"decode alone (functions.decode_entries, 50k entries, 11 alternations): "
+        f"{per['without']:.2f} µs/event without source, {per['with']:.2f} with"
+    )
+    print("archive segments (100k rows each, as the archiver writes them):")
+    total = {}
+    for variant in ("without", "with"):
+        size = 0
+        for start in range(0, n, 100_000):
+            size += len(segments.write_segment(rows[variant][start : start + 100_000]))
+        total[variant] = size
+        print(f"  {variant:7s} source: {size:,} B = {size / n:.2f} B/event")
+    extra = (total["with"] - total["without"]) / n
+    ok = verdict(extra, 10, higher_is_better=False)
+    print(f"  source adds {extra:.2f} B/event (target <= 10 B: {ok})")
+
+
+def index_step(bench: Bench, events: int, repeat: int) -> None:
+    """A/B in one run: the shipped consumer with and without the history index of the live
+    tail (TRACETAGS_HISTORY_INDEX), on the rate step's log; both with an archive configured
+    (so the index keys get their expiry) whose archiver runs once an hour (idle here)."""
+    calls = realistic_calls(events, seed=7)
+    fill(bench, calls)
+    traces = list(dict.fromkeys(trace_id for _, trace_id, _ in calls))
+    sample = random.Random(3).sample(traces, 300)
+    archive = tempfile.mkdtemp(prefix="tt-bench-archive-")
+    common = {"TRACETAGS_ARCHIVE_URL": f"file://{archive}", "TRACETAGS_ARCHIVE_INTERVAL": "1h"}
+    variants = [("index", {**common, "TRACETAGS_HISTORY_INDEX": "1"}),
+                ("no index", {**common, "TRACETAGS_HISTORY_INDEX": "0"})]  # fmt: skip
+    print(f"log: {events:,} events ({kinds(calls)}), {len(traces):,} traces")
+    runs: dict[str, list[Run]] = collections.defaultdict(list)
+    index_bytes = 0
+    try:
+        for round_no in range(repeat):
+            for name, env in variants if round_no % 2 == 0 else variants[::-1]:
+                run = run_consumer(bench, sample, env=env)
+                runs[name].append(run)
+                if name == "index":
+                    keys = list(bench.db0.scan_iter(f"{bench.keys.prefix(0)}:hx*", 10_000))
+                    pipe = bench.db0.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.memory_usage(key, samples=0)
+                    index_bytes = sum(pipe.execute())
+                redis_us = run.server["cpu_s"] * 1e6 / run.events
+                print(
+                    f"  round {round_no + 1}: consumer {name:8s} {run.rate:9,.0f} events/s "
+                    f"({run.elapsed_s:5.2f} s, Redis CPU {redis_us:5.1f} µs/event, client CPU "
+                    f"{run.client_cpu_s * 1e6 / run.events:5.1f} µs/event) state {run.state}"
+                )
+    finally:
+        shutil.rmtree(archive, ignore_errors=True)
+    states = {run.state for group in runs.values() for run in group}
+    print(f"same final state in every run: {'yes' if len(states) == 1 else 'NO: ' + str(states)}")
+    with_index = statistics.median(r.rate for r in runs["index"])
+    without = statistics.median(r.rate for r in runs["no index"])
+    print(
+        f"consumer: {without:,.0f} events/s without the index, {with_index:,.0f} with: cost "
+        f"{without / with_index - 1:+.1%} per event"
+    )
+    print(
+        f"index memory (MEMORY USAGE of the hx keys): {index_bytes / 2**20:.1f} MiB = "
+        f"{index_bytes / events:.1f} B/event, {index_bytes / len(traces):.1f} B/trace in the tail"
+    )
 
 
 def freshness_step(bench: Bench, rate: int, seconds: float, probe_rate: int) -> None:

@@ -33,6 +33,7 @@ def events(draw: st.DrawFn) -> schemas.Event | bytes:
         "trace_id": draw(st.sampled_from(["tr-1", "tr-2", "trace ü"]) | texts),
         "event_id": draw(st.binary(min_size=16, max_size=16)),
         "emitted_at_ms": draw(millis),
+        "source": draw(st.none() | st.sampled_from(["cli:alice", "etl@host-1", "undo:x/y"])),
     }
     kind = draw(st.sampled_from(["S", "F", "T", "D", "X", "raw"]))
     if kind == "S":

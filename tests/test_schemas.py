@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 
 import msgspec
@@ -8,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracetags import schemas
-from tracetags.errors import DecodeError, InvalidTagKeyError, InvalidTagValueError
+from tracetags.errors import (
+    DecodeError,
+    InvalidTagKeyError,
+    InvalidTagValueError,
+    ValidationError,
+)
 
 EID = schemas.new_event_id()
 
@@ -103,6 +109,59 @@ def test_decode_refuses_a_bad_key_and_a_newer_schema_version() -> None:
     )
     with pytest.raises(DecodeError, match="schema version 2 is not supported"):
         schemas.decode(newer)
+
+
+# The wire bytes of one event of schema version 1 as written before events had a source,
+# and the same event with one: the field is optional (an unset source is not encoded), so
+# the old bytes still decode, and a source is one more map entry.
+_FIXED_ID = bytes(range(16))
+_WITHOUT_SOURCE = (
+    b"\x85\xa4type\xa8tags_set\xa8trace_id\xa4tr-1\xa8event_id\xc4\x10" + _FIXED_ID
+    + b"\xademitted_at_ms\x03\xa4tags\x81\xa3env\xa4prod"
+)  # fmt: skip
+_WITH_SOURCE = (
+    b"\x86\xa4type\xa8tags_set\xa8trace_id\xa4tr-1\xa8event_id\xc4\x10" + _FIXED_ID
+    + b"\xademitted_at_ms\x03\xa6source\xa9cli:alice\xa4tags\x81\xa3env\xa4prod"
+)  # fmt: skip
+
+
+def test_schema_version_1_pins_events_with_and_without_a_source() -> None:
+    assert schemas.SCHEMA_VERSION == 1
+    old = schemas.TagsSet(trace_id="tr-1", event_id=_FIXED_ID, emitted_at_ms=3,
+                          tags={"env": "prod"})  # fmt: skip
+    new = msgspec.structs.replace(old, source="cli:alice")
+    assert schemas.encode(old) == _WITHOUT_SOURCE
+    assert schemas.encode(new) == _WITH_SOURCE
+    assert schemas.decode(_WITHOUT_SOURCE) == old and old.source is None
+    assert schemas.decode(_WITH_SOURCE) == new
+    assert schemas.decode_json(msgspec.json.encode(new)) == new
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("", "Expected `str` of length >= 1 - at `$.source`"),
+        ("x" * 129, "Expected `str` of length <= 128 - at `$.source`"),
+        ("two words", "source 'two words' breaks the source rule - at `$.source`"),
+        ("a\nb", "breaks the source rule"),
+    ],
+)
+def test_a_bad_source_is_refused_when_decoded_and_when_written(source: str, message: str) -> None:
+    raw = msgspec.msgpack.encode(
+        {"type": "trace_deleted", "trace_id": "t", "event_id": EID, "emitted_at_ms": 1,
+         "source": source}
+    )  # fmt: skip
+    with pytest.raises(DecodeError, match=re.escape(message)):
+        schemas.decode(raw)
+    with pytest.raises(ValidationError, match="a source is 1-128 characters"):
+        schemas.check_source(source)
+
+
+@pytest.mark.parametrize("source", ["etl@host-3", "cli:alice", "undo:labeler/v2", "jöb+1.2_x"])
+def test_valid_sources(source: str) -> None:
+    assert schemas.check_source(source) == source
+    event = schemas.TraceDeleted(trace_id="t", event_id=EID, emitted_at_ms=1, source=source)
+    assert schemas.decode(schemas.encode(event)) == event
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,9 @@ import contextlib
 import copy
 import csv
 import enum
+import getpass
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from rich.progress import Progress
 from rich.table import Table
 from typer.core import TyperGroup
 
-from tracetags import deadletters, redis_errors, schemas, traffic
+from tracetags import deadletters, history, redis_errors, schemas, traffic
 from tracetags.client import Client, TraceInfo
 from tracetags.connections import socket_options
 from tracetags.embedded import RedisServer, embedded_server
@@ -214,7 +216,18 @@ def main_options(
     state.namespace = namespace
 
 
+def cli_source() -> str:
+    """``cli:<os user>``: the source of what the CLI writes unless TRACETAGS_SOURCE says."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a bare container)
+        user = f"uid{os.getuid()}"
+    return schemas.source_name(f"cli:{user}")
+
+
 def _settings(**overrides: Any) -> Settings:
+    if not os.environ.get("TRACETAGS_SOURCE"):
+        overrides.setdefault("source", cli_source())
     if state.redis_url:
         overrides["redis_url"] = state.redis_url
     if state.namespace:
@@ -484,28 +497,73 @@ def status(
 def get(
     trace_id: Annotated[str, typer.Argument(help="The trace id.", metavar="TRACE")],
     output: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="The trace as it was at this point of the log's clock: an ISO-8601 time (UTC "
+            "unless it has an offset), epoch ms, an entry id ms-seq, or a duration ago (2h).",
+        ),
+    ] = None,
 ) -> None:
-    """Show one trace: its attributes, tags and metadata (exit 1 when it does not exist)."""
+    """Show one trace: its attributes, tags and metadata, and when and by whom each was last
+    set (from its history; exit 1 when it does not exist)."""
     settings = _reachable()
     with Client(settings) as client:
-        trace = client.get_trace(trace_id)
+        trace = client.get_trace(trace_id, as_of=as_of)
+        last_set: dict[str, dict[str, Any]] = {}
+        if trace is not None:
+            try:
+                events = client.trace_history(trace_id, until=as_of)
+            except (ArchiveStoreError, ArchiveCorruptError) as exc:
+                err.print(f"[yellow]warning:[/] no history (the archive: {escape(str(exc))})")
+                events = []
+            last_set = _last_set(events)
     if trace is None:
-        err.print(f"trace {escape(trace_id)!r} not found in namespace {settings.namespace!r}")
+        when = "" if as_of is None else f" as of {as_of}"
+        err.print(f"trace {escape(trace_id)!r} not found in namespace {settings.namespace!r}{when}")
         raise typer.Exit(ExitCode.FAILED)
     info = trace.info
     if output is Format.json:
-        sys.stdout.write(msgspec.json.encode(trace_record(info)).decode() + "\n")
+        record = trace_record(info)
+        record["last_set"] = last_set
+        sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
         return
-    table = Table(title=f"trace {info.trace_id}", show_header=False)
+    title = f"trace {info.trace_id}" + ("" if as_of is None else f" as of {as_of}")
+    table = Table(title=title)
     table.add_column("field", style="bold")
     table.add_column("value")
+    table.add_column("last set")
+    table.add_column("by")
+    attributes = {"experiment_id", "timestamp_ms", "execution_time_ms", "status",
+                  "client_request_id"}  # fmt: skip
     for field, value in trace_record(info).items():
         if isinstance(value, dict):
             for key, item in sorted(value.items()):
-                table.add_row(f"{field}.{key}", escape(item))
+                label = f"{field}.{key}"
+                table.add_row(label, escape(item), *_who(last_set.get(label)))
         else:
-            table.add_row(field, "" if value is None else escape(str(value)))
+            setter = last_set.get(f"attributes.{field}") if field in attributes else None
+            table.add_row(field, "" if value is None else escape(str(value)), *_who(setter))
     out.print(table)
+
+
+def _last_set(events: list[history.HistoryEntry]) -> dict[str, dict[str, Any]]:
+    """Per field holding a value: the entry id, time and source of the event that set it."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in events:
+        for change in entry.changes:
+            if change.overwritten_by is None and change.after is not None:
+                out[change.field] = {"entry_id": entry.entry_id,
+                                     "time": history.time_text(entry.time_ms),
+                                     "source": entry.source}  # fmt: skip
+    return out
+
+
+def _who(setter: dict[str, Any] | None) -> tuple[str, str]:
+    if setter is None:
+        return "", ""
+    return setter["time"], escape(setter["source"] or "-")
 
 
 def trace_record(info: TraceInfo) -> dict[str, Any]:
@@ -921,6 +979,163 @@ def log_command(
             sys.stdout.write(encoder.encode(record).decode() + "\n")
     finally:
         client.close()
+
+
+class HistoryFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+
+
+@app.command("history")
+def history_command(
+    trace_id: Annotated[
+        str | None, typer.Argument(help="The trace (or give --source).", metavar="[TRACE]")
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Every change this writer made, across traces."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="From this point of the log's clock: ISO-8601, epoch ms, ms-seq, or a "
+            "duration ago (15m, 2h, 7d)."
+        ),
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this point (as --since).")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Follow one field: tags.<k>, metadata.<k>, attributes.<a>."),
+    ] = None,
+    output: Annotated[
+        HistoryFormat, typer.Option("--format", help="table, json or jsonl.")
+    ] = HistoryFormat.table,
+    undo: Annotated[
+        bool,
+        typer.Option(
+            "--undo",
+            help="With --source: the events that reverse its changes (a dry run unless "
+            "--yes or confirmed).",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Write the --undo events.")] = False,
+    wait: Annotated[bool, typer.Option(help="With --undo --yes: wait for the fold.")] = True,
+) -> None:
+    """Who changed what, and when: every event of a trace in log order (archive and live
+    tail) with its time, source and changes (from -> to; a change a newer write replaced is
+    marked), or with --source every change one writer made across traces, and --undo."""
+    if (trace_id is None) == (source is None):
+        _fail(ExitCode.USAGE, "give a TRACE or --source NAME (not both)")
+    if undo and source is None:
+        _fail(ExitCode.USAGE, "--undo needs --source")
+    if (since is not None) and source is None:
+        _fail(ExitCode.USAGE, "--since goes with --source (a trace's history is whole)")
+    settings = _reachable()
+    with Client(settings) as client:
+        if trace_id is not None:
+            events = client.trace_history(trace_id, key=key, until=until)
+            _print_history(events, output, f"history of {trace_id}")
+            return
+        assert source is not None
+        if undo:
+            _undo(client, source, since, until, yes, wait)
+            return
+        report = client.source_history(source, since=since, until=until)
+        if key is not None:
+            report = msgspec.structs.replace(report, entries=[
+                e for e in history.follow(report.entries, key)])  # fmt: skip
+    if output is HistoryFormat.json:
+        record = msgspec.to_builtins(report)
+        record.update(count=report.count, trace_ids=report.trace_ids,
+                      entries=[_history_record(e) for e in report.entries])  # fmt: skip
+        sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+        return
+    err.print(
+        f"{report.count:,} events by {escape(source)} on {len(report.trace_ids):,} traces "
+        f"({report.segments_read} archive segments read, {report.segments_skipped} skipped)"
+    )
+    _print_history(report.entries, output, f"changes by {source}", with_trace=True)
+    if output is HistoryFormat.table and report.trace_ids:
+        ids = report.trace_ids
+        more = f" ... and {len(ids) - 100:,} more" if len(ids) > 100 else ""
+        err.print("traces: " + escape(" ".join(ids[:100])) + more)
+
+
+_TABLE_ROWS = 1_000
+
+
+def _history_record(entry: history.HistoryEntry) -> dict[str, Any]:
+    record: dict[str, Any] = msgspec.to_builtins(entry)
+    record["time"] = history.time_text(entry.time_ms)
+    return record
+
+
+def _print_history(
+    events: list[history.HistoryEntry], output: HistoryFormat, title: str,
+    *, with_trace: bool = False,
+) -> None:  # fmt: skip
+    if output is HistoryFormat.json:
+        records = [_history_record(e) for e in events]
+        sys.stdout.write(msgspec.json.encode(records).decode() + "\n")
+        return
+    if output is HistoryFormat.jsonl:
+        encoder = msgspec.json.Encoder()
+        for entry in events:
+            sys.stdout.write(encoder.encode(_history_record(entry)).decode() + "\n")
+        return
+    table = Table(title=title)
+    columns = ["entry id", "time", "source", "type", "changes"]
+    if with_trace:
+        columns.insert(0, "trace")
+    for column in columns:
+        table.add_column(column)
+    if len(events) > _TABLE_ROWS:
+        err.print(f"the table shows the first {_TABLE_ROWS:,} of {len(events):,} events "
+                  "(--format jsonl for all)")  # fmt: skip
+    for entry in events[:_TABLE_ROWS]:
+        lines = []
+        for c in entry.changes:
+            before = "-" if c.before is None else repr(c.before)
+            after = "deleted" if c.after is None else repr(c.after)
+            mark = f"  [dim](overwritten by {c.overwritten_by})[/]" if c.overwritten_by else ""
+            lines.append(f"{escape(c.field)}: {escape(before)} -> {escape(after)}{mark}")
+        row = [entry.entry_id, history.time_text(entry.time_ms), escape(entry.source or "-"),
+               entry.type + (" [yellow](lost)[/]" if entry.lost else ""),
+               "\n".join(lines) or "-"]  # fmt: skip
+        if with_trace:
+            row.insert(0, escape(entry.trace_id))
+        table.add_row(*row)
+    out.print(table)
+
+
+def _undo(
+    client: Client, source: str, since: str | None, until: str | None, yes: bool, wait: bool
+) -> None:
+    steps = client.undo_source(source, since=since, until=until)
+    writes = [s for s in steps if s.set or s.delete]
+    table = Table(title=f"undo of {source}" + ("" if since is None else f" since {since}"))
+    for column in ("trace", "set back", "delete", "left alone"):
+        table.add_column(column)
+    for step in steps:
+        table.add_row(
+            escape(step.trace_id),
+            escape(", ".join(f"{k}={v!r}" for k, v in sorted(step.set.items()))),
+            escape(", ".join(step.delete)),
+            escape("; ".join(f"{f}: {why}" for f, why in sorted(step.skipped.items()))),
+        )
+    out.print(table)
+    who = history.undo_source_name(source)
+    if not writes:
+        err.print("nothing to undo")
+        return
+    if not yes and not (sys.stdin.isatty() and typer.confirm(
+            f"write the reversing events of {len(writes)} traces (source {who})?")):  # fmt: skip
+        err.print(f"dry run: {len(writes)} traces would be changed back; run again with --yes "
+                  "to write the events")  # fmt: skip
+        return
+    client.undo_source(source, since=since, until=until, apply=True, wait=wait)
+    err.print(f"wrote the reversing events of {len(writes)} traces (source {escape(who)})")
 
 
 def _embedded_url(settings: Settings) -> str | None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis
 
-from tracetags import functions, redis_errors, schemas
+from tracetags import functions, history, redis_errors, schemas
 from tracetags.archive import state as archive_state
 from tracetags.archive.state import ArchiveStatus
 from tracetags.connections import socket_options
@@ -276,9 +277,23 @@ class Client:
     # --- reads ----------------------------------------------------------------------------
 
     @_reaching_redis
-    def get_trace(self, trace_id: str) -> Trace | None:
-        """The folded state of one trace, or None if it does not exist (or was deleted)."""
+    def get_trace(
+        self, trace_id: str, *, as_of: datetime | str | int | None = None
+    ) -> Trace | None:
+        """The folded state of one trace, or None if it does not exist (or was deleted).
+
+        ``as_of``: the state at that point of the log's clock instead (a datetime, an
+        ISO-8601 text, epoch ms or an entry id; the entry ids' milliseconds are the clock):
+        the trace's history from the archive and the live tail, folded up to it.
+        """
         schemas.check_text(schemas.check_id(trace_id, "trace_id"), "trace_id")
+        if as_of is not None:
+            bound = history.parse_time(as_of)
+            _, entries = history.trace_entries(
+                self.settings, self.redis, trace_id, self.partitions, until=bound
+            )
+            folded = history.fold(entries).info(trace_id)
+            return None if folded is None else Trace(info=folded)
         partition = partition_of(trace_id, self.partitions)
         number: Any = self.redis.hget(self.keys.trace_ids(partition), trace_id)
         if number is None:
@@ -286,6 +301,112 @@ class Client:
         fields: Any = self.redis.hgetall(self.keys.trace(partition, number.decode()))
         info = trace_info_from_hash(fields)
         return None if info is None else Trace(info=info)
+
+    # --- history (the log: archive + live tail; see tracetags.history) --------------------
+
+    @_reaching_redis
+    def trace_history(
+        self,
+        trace_id: str,
+        *,
+        key: str | None = None,
+        until: datetime | str | int | None = None,
+    ) -> list[history.HistoryEntry]:
+        """Every event of the trace in log order (archive, then the live tail), each with
+        its entry id, time, source, type and what it changed (from -> to); a change a newer
+        write replaced names that write (``overwritten_by``), and an event all of whose
+        changes were replaced is marked ``lost``.  ``key`` (``tags.k``, ``metadata.k``,
+        ``attributes.status``): only the changes of that field.  ``until``: only the log up to
+        that time (as ``as_of`` in :meth:`get_trace`)."""
+        schemas.check_id(trace_id, "trace_id")
+        if key is not None:
+            history.register_of(key)  # a bad name fails before anything is read
+        bound = history.parse_time(until)
+        partition, entries = history.trace_entries(
+            self.settings, self.redis, trace_id, self.partitions, until=bound
+        )
+        events = history.fold(entries).history(partition)
+        return events if key is None else history.follow(events, key)
+
+    @_reaching_redis
+    def source_history(
+        self,
+        source: str,
+        *,
+        since: datetime | str | int | None = None,
+        until: datetime | str | int | None = None,
+    ) -> history.SourceReport:
+        """The events ``source`` wrote (across traces) from ``since`` to ``until`` on the
+        log's clock, each with what it changed (from -> to, and whether a newer write
+        replaced it); ``report.count`` and ``report.trace_ids`` sum it up.  Archive segments
+        outside the window are not read, and in the others only the rows of ``source``."""
+        return self._source_histories(source, since, until)[0]
+
+    def _source_histories(
+        self,
+        source: str,
+        since: datetime | str | int | None,
+        until: datetime | str | int | None,
+    ) -> tuple[history.SourceReport, dict[str, list[history.HistoryEntry]]]:
+        low, high = history.window(since, until)
+        counts = [0, 0]
+        found = history.source_entries(
+            self.settings, self.redis, self.partitions, source, since=low, until=high,
+            counts=counts,
+        )  # fmt: skip
+        entries: list[history.HistoryEntry] = []
+        histories: dict[str, list[history.HistoryEntry]] = {}
+        for partition, rows in sorted(found.items()):
+            wanted = {entry_id for entry_id, _ in rows}
+            # Each trace's whole history gives each change its value before and whether a
+            # newer write replaced it.
+            traces = {event.trace_id for _, event in rows}
+            whole = history.entries_of(self.settings, self.redis, partition, traces)
+            for trace_id, trace_rows in whole.items():
+                events = history.fold(trace_rows).history(partition)
+                histories[trace_id] = events
+                entries.extend(e for e in events if e.entry_id in wanted)
+        entries.sort(key=lambda e: (e.partition, schemas.parse_entry_id(e.entry_id)))
+        report = history.SourceReport(
+            source=source,
+            since_ms=None if low is None else low[0],
+            until_ms=None if high is None else high[0],
+            entries=entries,
+            segments_read=counts[0],
+            segments_skipped=counts[1],
+        )
+        return report, histories
+
+    @_reaching_redis
+    def undo_source(
+        self,
+        source: str,
+        *,
+        since: datetime | str | int | None = None,
+        until: datetime | str | int | None = None,
+        apply: bool = False,
+        wait: bool = True,
+        timeout: float = 300.0,
+    ) -> list[history.UndoStep]:
+        """The reversing events of ``source``'s changes in the window: each tag it changed
+        back to its value from before (deleted if it created it), unless someone changed it
+        since.  A dry run unless ``apply``; then written through the producer with the
+        source ``undo:<source>`` (and, with ``wait``, applied by the fold on return)."""
+        _, histories = self._source_histories(source, since, until)
+        low, high = history.window(since, until)
+        steps = history.plan_undo(source, histories, low, high)
+        if apply and any(step.set or step.delete for step in steps):
+            who = history.undo_source_name(source)
+            producer = self.producer
+            for step in steps:
+                if step.set:
+                    producer.set_tags(step.trace_id, step.set, source=who)
+                if step.delete:
+                    producer.delete_tags(step.trace_id, step.delete, source=who)
+            receipt = producer.flush(timeout)
+            if wait:
+                self.wait_applied(receipt, timeout)
+        return steps
 
     # --- queries (MLflow filter strings; see FILTER-LANGUAGE.md) ---------------------------
 
@@ -377,18 +498,32 @@ class Client:
     # --- writes (through the producer) ----------------------------------------------------
 
     def set_trace_tag(
-        self, trace_id: str, key: str, value: str, *, wait: bool = False, timeout: float = 30.0
+        self,
+        trace_id: str,
+        key: str,
+        value: str,
+        *,
+        wait: bool = False,
+        timeout: float = 30.0,
+        source: str | None = None,
     ) -> None:
-        """Set one tag; with ``wait=True``, return only once the fold has applied it."""
-        self.producer.set_tags(trace_id, {key: value})
+        """Set one tag; with ``wait=True``, return only once the fold has applied it.
+        ``source``: who writes (default: ``settings.source``)."""
+        self.producer.set_tags(trace_id, {key: value}, source=source)
         if wait:
             self.wait_applied(self.producer.flush(timeout), timeout)
 
     def delete_trace_tag(
-        self, trace_id: str, key: str, *, wait: bool = False, timeout: float = 30.0
+        self,
+        trace_id: str,
+        key: str,
+        *,
+        wait: bool = False,
+        timeout: float = 30.0,
+        source: str | None = None,
     ) -> None:
         """Delete one tag; with ``wait=True``, return only once the fold has applied it."""
-        self.producer.delete_tags(trace_id, [key])
+        self.producer.delete_tags(trace_id, [key], source=source)
         if wait:
             self.wait_applied(self.producer.flush(timeout), timeout)
 
@@ -420,6 +555,7 @@ class Client:
         wait: bool = False,
         timeout: float = 300.0,
         progress: Callable[[int, int], None] | None = None,
+        source: str | None = None,
     ) -> int:
         """Set ``tags`` on every trace matching ``filter_string`` now; returns how many.
 
@@ -428,8 +564,10 @@ class Client:
         it goes; with ``wait=True`` it returns once the fold has applied every change.
         """
         checked = dict(schemas.check_mapping(tags, "tag", allow_empty=False))
+        who = None if source is None else schemas.check_source(source)
         return self._bulk(filter_string, experiment_ids,
-                          lambda producer, trace_id: producer.set_tags(trace_id, checked),
+                          lambda producer, trace_id: producer.set_tags(trace_id, checked,
+                                                                       source=who),
                           wait, timeout, progress)  # fmt: skip
 
     @_reaching_redis
@@ -442,12 +580,15 @@ class Client:
         wait: bool = False,
         timeout: float = 300.0,
         progress: Callable[[int, int], None] | None = None,
+        source: str | None = None,
     ) -> int:
         """Delete tag ``keys`` from every trace matching ``filter_string`` now; returns how
         many traces it touched (see :meth:`set_tags_where`)."""
         checked = schemas.check_keys(keys, "tag")
+        who = None if source is None else schemas.check_source(source)
         return self._bulk(filter_string, experiment_ids,
-                          lambda producer, trace_id: producer.delete_tags(trace_id, checked),
+                          lambda producer, trace_id: producer.delete_tags(trace_id, checked,
+                                                                          source=who),
                           wait, timeout, progress)  # fmt: skip
 
     def _bulk(

@@ -185,6 +185,8 @@ class Folder:
             while True:
                 self.call_started = time.time()
                 try:
+                    if self.settings.history_index:
+                        await self.index(partition, items)
                     result = await self.apply(partition, items)
                 except (redis.RedisError, OSError) as exc:
                     if redis_errors.is_poison(exc):
@@ -207,6 +209,32 @@ class Folder:
                         await self.client.xclaim(stream, self.group, consumer, 0, ids, justid=True)
         finally:
             self.in_hand.difference_update(ids)
+
+    async def index(self, partition: int, items: list[BatchItem]) -> None:
+        """Append each entry id to its trace's history index (see tracetags.history), before
+        the fold: an entry is indexed before it is acknowledged, and one indexed twice (a
+        retry, a redelivery) is read once."""
+        ids: dict[str, list[str]] = {}
+        for entry_id, item in items:
+            if type(item) is not DeadLetter:
+                ids.setdefault(item.trace_id, []).append(_text(entry_id))  # type: ignore[union-attr]
+        if not ids:
+            return
+        ttl = self.settings.history_index_ttl_ms
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for trace_id, entry_ids in ids.items():
+            key = keys.history_index(partition, trace_id)
+            pipe.append(key, "," + ",".join(entry_ids))
+            if ttl is not None:
+                pipe.pexpire(key, ttl)
+        start = keys.history_index_start(partition)
+        pipe.hsetnx(start, "start", _text(items[0][0]))
+        if ttl is None:
+            pipe.hdel(start, "ttl_ms")
+        else:
+            pipe.hset(start, "ttl_ms", ttl)
+        await pipe.execute()
 
     async def apply(self, partition: int, items: list[BatchItem]) -> BatchResult:
         """Fold ``items`` in calls of at most ``fold_max_keys`` keys each (no call holds

@@ -112,14 +112,15 @@ def update_current_trace(
         default_producer().set_tags(active.trace_id, tags)
 
 
-def set_trace_tag(trace_id: str, key: str, value: str) -> None:
-    """Set one tag on any trace (fire-and-forget)."""
-    default_producer().set_tags(trace_id, {key: value})
+def set_trace_tag(trace_id: str, key: str, value: str, *, source: str | None = None) -> None:
+    """Set one tag on any trace (fire-and-forget); ``source``: who writes (default: the
+    settings' source)."""
+    default_producer().set_tags(trace_id, {key: value}, source=source)
 
 
-def delete_trace_tag(trace_id: str, key: str) -> None:
+def delete_trace_tag(trace_id: str, key: str, *, source: str | None = None) -> None:
     """Delete one tag from any trace (fire-and-forget)."""
-    default_producer().delete_tags(trace_id, [key])
+    default_producer().delete_tags(trace_id, [key], source=source)
 
 
 @overload

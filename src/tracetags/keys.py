@@ -63,6 +63,15 @@ key                                        type     holds
 ``ns:{pNN}:archive:marks``                 zset     archived-up-to entry id -> the ms it was
                                                     recorded; ``tt_trim`` keeps entries for
                                                     the live retention after their mark
+``ns:{pNN}:hx:<enc trace id>``             string   the history index of the live tail: the
+                                                    entry ids (``,ms-seq`` each) of the
+                                                    trace's entries, appended by the consumer
+                                                    before it folds them; expires after the
+                                                    live retention (see tracetags.history)
+``ns:{pNN}:hx0``                           hash     ``start``: the first entry id a consumer
+                                                    indexed (older ones: found by a scan);
+                                                    ``ttl_ms``: the index's expiry (absent:
+                                                    none)
 =========================================  =======  ================================================
 
 **Set forms.**  Every set and sorted set of traces holds **trace numbers** (dense decimal
@@ -382,3 +391,13 @@ class Keys:
     def archive_marks(self, partition: int) -> str:
         """Archived-up-to entry ids scored by the ms they were recorded (zset)."""
         return f"{self.prefix(partition)}:archive:marks"
+
+    # --- the history index of the live tail (tracetags.history) ----------------------
+
+    def history_index(self, partition: int, trace_id: str) -> str:
+        """The entry ids of one trace's entries in the live tail (string, ``,ms-seq`` each)."""
+        return f"{self.prefix(partition)}:hx:{enc(trace_id)}"
+
+    def history_index_start(self, partition: int) -> str:
+        """Where the history index starts and when its entries expire (hash)."""
+        return f"{self.prefix(partition)}:hx0"

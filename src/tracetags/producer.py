@@ -47,6 +47,7 @@ from tracetags.schemas import (
     check_mapping,
     check_millis,
     check_optional_text,
+    check_source,
     check_status,
     encode,
     new_event_id,
@@ -612,9 +613,16 @@ class _ProducerBase:
     """The public call API, shared by both flavours; subclasses provide ``_wake``."""
 
     _core: _Core
+    settings: Settings
+    #: ``settings.effective_source``, checked once at construction.
+    _default_source: str
 
     def _submit(self, event: schemas.Event) -> None:
         raise NotImplementedError
+
+    def _source(self, source: str | None) -> str:
+        """The call's ``source``, else the settings'."""
+        return self._default_source if source is None else check_source(source)
 
     def trace_started(
         self,
@@ -626,14 +634,17 @@ class _ProducerBase:
         client_request_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         tags: Mapping[str, str] | None = None,
+        source: str | None = None,
     ) -> None:
-        """Record that a trace started (``timestamp_ms`` defaults to now)."""
+        """Record that a trace started (``timestamp_ms`` defaults to now).  ``source``: who
+        writes (default: ``settings.source``), as for every write call."""
         now = now_ms()
         self._submit(
             schemas.TraceStarted(
                 trace_id=check_id(trace_id, "trace_id"),
                 event_id=new_event_id(now),
                 emitted_at_ms=now,
+                source=self._source(source),
                 experiment_id=check_id(experiment_id, "experiment_id"),
                 timestamp_ms=now
                 if timestamp_ms is None
@@ -657,6 +668,7 @@ class _ProducerBase:
         client_request_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         tags: Mapping[str, str] | None = None,
+        source: str | None = None,
     ) -> None:
         """Record that a trace finished: its start time, duration and final status."""
         now = now_ms()
@@ -665,6 +677,7 @@ class _ProducerBase:
                 trace_id=check_id(trace_id, "trace_id"),
                 event_id=new_event_id(now),
                 emitted_at_ms=now,
+                source=self._source(source),
                 experiment_id=check_id(experiment_id, "experiment_id"),
                 timestamp_ms=check_millis(timestamp_ms, "timestamp_ms"),
                 execution_time_ms=check_millis(execution_time_ms, "execution_time_ms"),
@@ -676,7 +689,9 @@ class _ProducerBase:
             )
         )
 
-    def set_tags(self, trace_id: str, tags: Mapping[str, str]) -> None:
+    def set_tags(
+        self, trace_id: str, tags: Mapping[str, str], *, source: str | None = None
+    ) -> None:
         """Set one or many tags on a trace (new keys added, existing ones overwritten)."""
         now = now_ms()
         self._submit(
@@ -684,11 +699,12 @@ class _ProducerBase:
                 trace_id=check_id(trace_id, "trace_id"),
                 event_id=new_event_id(now),
                 emitted_at_ms=now,
+                source=self._source(source),
                 tags=check_mapping(tags, "tag", allow_empty=False),
             )
         )
 
-    def delete_tags(self, trace_id: str, keys: Iterable[str]) -> None:
+    def delete_tags(self, trace_id: str, keys: Iterable[str], *, source: str | None = None) -> None:
         """Delete tags from a trace (a missing key is not an error)."""
         now = now_ms()
         self._submit(
@@ -696,11 +712,12 @@ class _ProducerBase:
                 trace_id=check_id(trace_id, "trace_id"),
                 event_id=new_event_id(now),
                 emitted_at_ms=now,
+                source=self._source(source),
                 keys=check_keys(keys, "tag"),
             )
         )
 
-    def delete_trace(self, trace_id: str) -> None:
+    def delete_trace(self, trace_id: str, *, source: str | None = None) -> None:
         """Remove a trace from the state and every index (the log keeps its history)."""
         now = now_ms()
         self._submit(
@@ -708,6 +725,7 @@ class _ProducerBase:
                 trace_id=check_id(trace_id, "trace_id"),
                 event_id=new_event_id(now),
                 emitted_at_ms=now,
+                source=self._source(source),
             )
         )
 
@@ -738,6 +756,7 @@ class TagProducer(_ProducerBase):
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        self._default_source = check_source(self.settings.effective_source)
         self._core = _Core(self.settings)
         self._start_fresh()
         _live_producers.add(self)
@@ -872,6 +891,7 @@ class AsyncTagProducer(_ProducerBase):
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        self._default_source = check_source(self.settings.effective_source)
         self._core = _Core(self.settings)
         self._client = redis.asyncio.Redis.from_url(
             self.settings.effective_redis_url, **_client_kwargs(self.settings, for_asyncio=True)

@@ -35,6 +35,16 @@ MAX_ID_LENGTH: Final = 256
 #: Milliseconds are signed 64-bit integers, as in MLflow's BIGINT columns.
 MAX_MILLIS: Final = 2**63 - 1
 
+#: A ``source`` (who wrote an event) is a short name: ``etl@host-3``, ``cli:alice``,
+#: ``undo:labeler/v2``.
+MAX_SOURCE_LENGTH: Final = 128
+SOURCE_PATTERN: Final = r"\A[\w.@:/+\-]+\Z"
+SOURCE_RULE: Final = (
+    f"a source is 1-{MAX_SOURCE_LENGTH} characters: letters and digits of any script, "
+    "'_', '.', '@', ':', '/', '+' and '-'"
+)
+_SOURCE_RE: Final = re.compile(SOURCE_PATTERN)
+
 TRACE_STATES: Final = ("OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED")
 TraceState = Literal["OK", "ERROR", "IN_PROGRESS", "STATE_UNSPECIFIED"]
 
@@ -62,6 +72,9 @@ Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
 Value = Annotated[str, msgspec.Meta(max_length=MAX_VALUE_LENGTH)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 Millis = Annotated[int, msgspec.Meta(ge=0)]
+# The character rule runs after decoding, through a cache like the keys' (a writer has one
+# source, so the regex runs once per source, not once per event).
+Source = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SOURCE_LENGTH)]
 EventId = Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
 
 
@@ -73,6 +86,9 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_
     event_id: EventId
     emitted_at_ms: Millis
     v: int = SCHEMA_VERSION
+    #: Who wrote the event (``Settings.source``, or per call); None for events written
+    #: before sources existed, which decode unchanged: an unset source is not encoded.
+    source: Source | None = None
 
 
 class TraceStarted(_Event, frozen=True, kw_only=True, tag="trace_started"):
@@ -146,6 +162,13 @@ def _check_version(event: Event) -> Event:
         raise DecodeError(
             f"schema version {event.v} is not supported (this tracetags reads {SCHEMA_VERSION})"
         )
+    source = event.source
+    if source is not None and source not in _valid_sources:
+        if _SOURCE_RE.match(source) is None:
+            raise DecodeError(
+                f"schema violation: source {source!r} breaks the source rule - at `$.source`"
+            )
+        _remember_source(source)
     valid = _valid_keys
     if type(event) is TagsSet:
         _check_decoded_keys(event.tags, "$.tags", valid)
@@ -231,6 +254,34 @@ def check_key(key: object, kind: str = "tag") -> str:
             _valid_keys.clear()
         _valid_keys.add(key)
     return key
+
+
+_valid_sources: set[str] = set()
+
+
+def check_source(value: object) -> str:
+    """Return ``value`` if it is a valid ``source``, else raise :class:`ValidationError`."""
+    if type(value) is str and value in _valid_sources:
+        return value
+    if not isinstance(value, str) or not value or len(value) > MAX_SOURCE_LENGTH:
+        raise ValidationError(f"source {value!r:.60}: {SOURCE_RULE}")
+    if _SOURCE_RE.match(value) is None:
+        raise ValidationError(f"source {value!r}: {SOURCE_RULE}")
+    _remember_source(value)
+    return value
+
+
+def _remember_source(value: str) -> None:
+    if len(_valid_sources) >= _VALID_KEYS_MAX:
+        _valid_sources.clear()
+    _valid_sources.add(value)
+
+
+def source_name(text: str) -> str:
+    """``text`` made into a valid source: characters outside the rule become ``_``, cut to
+    the length limit (for names built from a program, host or user name)."""
+    cleaned = re.sub(r"[^\w.@:/+\-]", "_", text)[:MAX_SOURCE_LENGTH]
+    return cleaned or "unknown"
 
 
 def check_value(key: str, value: object, kind: str = "tag") -> str:

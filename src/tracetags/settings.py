@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import sys
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import unquote
@@ -14,11 +16,21 @@ from urllib.parse import unquote
 import msgspec
 import redis
 
+from tracetags import schemas
 from tracetags.errors import ConfigError
 
 ENV_PREFIX = "TRACETAGS_"
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_SOURCE_RE = re.compile(schemas.SOURCE_PATTERN)
+
+
+def default_source() -> str:
+    """``<program>@<host>``: the script or command that runs, and the machine."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if program in ("", "-c", "-m", "__main__.py"):
+        program = "python"
+    return schemas.source_name(f"{program.removesuffix('.py')}@{socket.gethostname()}")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +46,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str = "tracetags"
     #: Number of partition streams, fixed when the namespace is first used.
     partitions: int = 1
+    #: Who writes: the ``source`` every event of this process's producers carries (a
+    #: ``set_tags(..., source=...)`` overrides it per call).  None: ``<program>@<host>``;
+    #: the CLI writes ``cli:<os user>``.  1-128 characters: letters, digits, ``_ . @ : / + -``.
+    source: str | None = None
     #: Experiment that the fluent ``@tracetags.trace`` API logs to (MLflow's default is "0").
     experiment_id: str = "0"
     #: Consumer group that folds the log.
@@ -78,6 +94,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: session ids) that filters match by pattern: a newest-first page of ``LIKE
     #: 'user_12%'`` then tests 2 bytes per walked trace instead of reading its hash.
     lookup_keys: tuple[str, ...] = ()
+    #: The consumer keeps a history index of the live tail (per trace, the entry ids of its
+    #: entries; ~14 B per entry plus ~70 B per trace with entries in the tail, expiring with
+    #: the live retention), so that a trace's history reads its own entries instead of
+    #: scanning the stream.  Off: ``trace_history`` scans the tail (readers and consumers
+    #: must agree).
+    history_index: bool = True
     #: Where archive segments go: ``file://PATH`` or ``s3://BUCKET/PREFIX`` (options in the
     #: query string: ``?endpoint=http://host:9000&region=us-east-1``).  None: under
     #: ``embedded_dir``/archive when the embedded Redis is used; with a Redis URL given and
@@ -136,6 +158,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "letters, digits, '_', '.', '-' only (1-128 chars)",
         )
         _check(1 <= self.partitions <= 1024, "partitions", self.partitions, "must be 1..1024")
+        if self.source is not None:
+            _check(
+                _SOURCE_RE.fullmatch(self.source) is not None
+                and len(self.source) <= schemas.MAX_SOURCE_LENGTH,
+                "source",
+                self.source,
+                schemas.SOURCE_RULE,
+            )
         _check(self.experiment_id != "", "experiment_id", self.experiment_id, "must not be empty")
         for name in (
             "consumer_batch_size",
@@ -239,6 +269,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return redact_url(self.effective_redis_url)
 
     @property
+    def effective_source(self) -> str:
+        """The ``source`` written on events: ``source``, else ``<program>@<host>``."""
+        if self.source is not None:
+            return self.source
+        return default_source()
+
+    @property
     def archive_location(self) -> str | None:
         """The archive URL in force: ``archive_url``; else ``file://`` under
         ``embedded_dir``/archive when the embedded Redis is used (no ``redis_url``); else
@@ -253,6 +290,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def archive_compact_grace_ms(self) -> int:
         return parse_duration_ms(self.archive_compact_grace) or 0
+
+    @property
+    def history_index_ttl_ms(self) -> int | None:
+        """How long a trace's history index outlives its last entry: the live retention and
+        two archive runs, plus a minute (None: nothing is archived, the log is never trimmed
+        and the index is kept as long)."""
+        if self.archive_location is None:
+            return None
+        return self.log_retention_ms + 2 * self.archive_interval_ms + 60_000
 
     @property
     def archive_interval_ms(self) -> int:

@@ -390,6 +390,9 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
             encoded, tail = _take_enc(rest[3:].encode())
             assert tail[:1] == b":" and tail[1:].isdigit(), key
             fingerprints[(encoded.split(b":", 1)[1].decode(), int(tail[1:]))] = value
+        elif head == "hx" or rest == "hx0":
+            # the consumer's history index of the live tail: part of the log, not the state
+            assert kind == ("hash" if rest == "hx0" else "string"), key
         elif rest == "tsx":
             assert kind == "zset", key
             time_bounds = {int(m): s for m, s in value}
