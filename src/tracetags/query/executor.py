@@ -32,8 +32,9 @@ from tracetags.query.parser import (
     strip_positions,
 )
 from tracetags.query.physical import describe, physical, reply_text
-from tracetags.query.plan import CardsPlan, OrderSpec, ValuesPlan
+from tracetags.query.plan import CardsPlan, IdsPlan, OrderSpec, ValuesPlan
 from tracetags.query.probe import MatchedCount, MatchedValues, Probe, probe_commands, sizes_only
+from tracetags.query.simplify import simplify
 from tracetags.query.strategy import PartitionPlan, order_specs, plan_partition
 
 __all__ = [
@@ -59,6 +60,7 @@ RawTrace = list[str]
 #: tt_query's page reply: (rows found, the flat hash of each row shown).
 _PAGE_DECODER = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
 #: A LIKE's candidate values: (sought by the pattern's start, [value, count, ...]).
+_IDS_DECODER = msgspec.msgpack.Decoder(list[Any])  # [1, [id, number, ...]] or [0]
 _VALUES_DECODER = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool]])
 
 
@@ -153,7 +155,7 @@ def _prepare(experiment_ids: Any, filter_string: Any, order_by: Any) -> Prepared
         sorted(set(scope or ())),
     ]
     fingerprint = hashlib.blake2b(_ENCODER.encode(identity), digest_size=8).digest()
-    return Prepared(expr, order, scope, logical(expr, scope), fingerprint)
+    return Prepared(expr, order, scope, simplify(logical(expr, scope)), fingerprint)
 
 
 # --- probing and planning ------------------------------------------------------------------
@@ -181,6 +183,9 @@ def _probe(
                 elif name == "VALUECOUNT":
                     plan = ValuesPlan(dkey=key, lead=args[0], count_only=1)
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
+                elif name == "IDSEEK":
+                    ids_plan = IdsPlan(prefixes=list(args[0]))
+                    functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(ids_plan))
                 elif name == "ZMSCORE":
                     pipe.zmscore(key, args)
                 elif name == "ZCOUNT":
@@ -204,6 +209,13 @@ def _probe(
                 sought, flat = _VALUES_DECODER.decode(replies[at + offset])
                 pairs = list(zip(flat[::2], flat[1::2], strict=True))
                 replies[at + offset] = MatchedValues(bool(sought), pairs)
+            elif name == "IDSEEK":  # {id: number}, like HGETALL of the ids hash
+                found = _IDS_DECODER.decode(replies[at + offset])
+                if found[0]:
+                    ids = found[1]
+                    replies[at + offset] = dict(zip(ids[::2], ids[1::2], strict=True))
+                else:  # a dense prefix: every id, as without a prefix
+                    replies[at + offset] = client.hgetall(keys.trace_ids(probe.partition))
             elif name == "VALUECOUNT":
                 values, traces = replies[at + offset]
                 replies[at + offset] = MatchedCount(int(values), int(traces))
@@ -327,6 +339,8 @@ def _make_plans(
         distinct = None if slot is None else int(replies[slot])
         bounds = probe.time_bounds_slot
         time_bounds = bounds is not None and int(replies[bounds]) > 0
+        id_slot = probe.id_order_slot
+        id_order = id_slot is not None and int(replies[id_slot]) > 0
         plans.append(
             plan_partition(
                 probe.partition,
@@ -340,6 +354,7 @@ def _make_plans(
                 keys=keys,
                 order_distinct=distinct,
                 time_bounds=time_bounds,
+                id_order=id_order,
             )
         )
     return plans

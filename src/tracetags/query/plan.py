@@ -35,6 +35,7 @@ import msgspec
 
 __all__ = [
     "CardsPlan",
+    "IdsPlan",
     "LeafKind",
     "Mode",
     "NodeKind",
@@ -52,7 +53,7 @@ Spec: TypeAlias = list[Any]
 Mode: TypeAlias = Literal["page", "count", "stats"]
 #: How a partition is run (``explain`` shows it): see :func:`strategy.plan_partition`.
 Strategy: TypeAlias = Literal[
-    "walk", "chunk-walk", "walk-values", "collect", "exact", "count", "algebra", "stats"
+    "walk", "chunk-walk", "walk-values", "walk-ids", "collect", "exact", "count", "algebra", "stats"
 ]
 
 
@@ -101,6 +102,13 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
       value's set in turn, then the traces without the key.
     - ``shown`` (page): how many of the ``limit`` rows to return (default all: the extra
       row only tells that a next page exists).
+    - ``id_walk`` (page, first order key ``request_id``): walk the buckets of the trace ids'
+      byte order (``<prefix>:ri``) from the cursor, giving up past this many buckets (then
+      collect; also when the partition has no such index).
+    - ``walk_next`` (with ``walk_values``): per order key after the first, how a large group
+      of the walk is ordered by it without sorting: ``[dkey, vprefix, presence leaf]`` (a
+      string key: a nested walk of its values) or ``"i"`` (request_id: the ids' byte
+      order), up to the first numeric key (whose zset orders a group, as before).
     """
 
     mode: Mode
@@ -119,6 +127,8 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     density: float | None = None
     walk_values: tuple[str, str, Spec, float, float, int] | None = None
     shown: int | None = None
+    id_walk: int | None = None
+    walk_next: list[Any] | None = None
 
 
 class ValuesPlan(
@@ -142,6 +152,14 @@ class ValuesPlan(
     runs: tuple[str, ...] | None = None
     lead: tuple[str | int, ...]
     count_only: int | None = None
+
+
+class IdsPlan(msgspec.Struct, tag_field="mode", tag="ids", kw_only=True, frozen=True):
+    """A probe's read of the trace ids that start with one of ``prefixes`` (a request_id
+    pattern's literal lead and its case variants), from the ids' byte order.
+    Reply: msgpack ``[id, number, ...]``."""
+
+    prefixes: list[str]
 
 
 class CardsPlan(msgspec.Struct, tag_field="mode", tag="cards", kw_only=True, frozen=True):

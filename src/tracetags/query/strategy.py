@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+
 from tracetags.keys import Keys, metadata_field, tag_field
-from tracetags.query import costs
+from tracetags.query import costs, group_order, id_walk
 from tracetags.query.ast import OrderKey
 from tracetags.query.costs import COSTS
 from tracetags.query.counts import count_terms
@@ -92,12 +94,14 @@ def plan_partition(
     keys: Keys | None = None,
     order_distinct: int | None = None,
     time_bounds: bool = False,
+    id_order: bool = False,
 ) -> PartitionPlan:
     """Choose how to run one partition: the tt_query plan and the reason, for explain.
 
     ``order_distinct`` is the number of distinct values of the first order key when it is
     a string key with a distinct zset (then ``keys`` is needed to name its sets);
-    ``time_bounds`` tells that the partition keeps its chunks' time bounds (tsx).
+    ``time_bounds`` tells that the partition keeps its chunks' time bounds (tsx);
+    ``id_order`` that it keeps its trace ids' byte order (ri).
     """
     sources = tree.sources if tree.sources is not None else []
     if sources and sources[0][0] == "A":
@@ -227,6 +231,13 @@ def plan_partition(
             f"~{scan:,.0f} {zset} entries"
         )
         return done("collect", reason, page())
+    if id_order and id_walk.orders_by_id(order) and not null_cursor:
+        by_id = id_walk.choose(
+            tree, total, limit, cost, from_range=any(s[0] == "R" for s in sources)
+        )
+        if by_id is not None:
+            plan = msgspec.structs.replace(page(), id_walk=by_id[0])
+            return done("walk-ids", by_id[1], plan)
     index = order_index(order[0]) if order else None
     walk_values_us = costs.walk_values_cost_us(order_distinct, limit, tree.est)
     if (
@@ -256,7 +267,9 @@ def plan_partition(
             f"value's set in turn (nulls last), until {limit} rows: cheaper than sorting the "
             f"{cost:,.0f} candidates from {source_text}"
         )
-        return done("walk-values", reason, page(walk_values=walk_values))
+        nested = group_order.walk_next(order, keys, partition)
+        plan = msgspec.structs.replace(page(walk_values=walk_values), walk_next=nested)
+        return done("walk-values", reason, plan)
     why = "the first order key has no order zset" if zset is None else "the cursor is past it"
     reason = f"collect and sort the matches from {source_text} ({why})"
     return done("collect", reason, page())

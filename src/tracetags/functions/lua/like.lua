@@ -192,6 +192,11 @@ end
 -- ZSCAN MATCH would format the score of every value, matching or not; here only the
 -- candidates' scores are read.
 local function values_reply(dkey, runs, lead)
+    if #runs == 0 then
+        -- every value (ILIKE, RLIKE, numbers): one packed reply the client decodes in C,
+        -- scores as Redis formats them
+        return cmsgpack.pack({ 0, call('ZRANGE', dkey, 0, -1, 'WITHSCORES') })
+    end
     local prefix = runs[1] or ''
     local np = #prefix
     local found, n = {}, 0

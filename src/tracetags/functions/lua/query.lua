@@ -10,6 +10,7 @@ local values_reply = Like.values_reply
 local cards_reply, count_terms_reply = Counts.cards_reply, Counts.count_terms_reply
 local stats_reply = Counts.stats_reply
 local walk_values_page = ValueWalk.walk_values_page
+local id_walk_page = IdWalk.id_walk_page
 
 -- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
 -- Redis more to convert than cmsgpack does to pack it, and the client decodes it in C.
@@ -66,6 +67,9 @@ local function page_query(ctx, plan)
     if plan.walk_values then
         walk_values_page(ctx, need, rows)
         done = true
+    elseif plan.id_walk then
+        -- plan.id_walk: how many id buckets to visit before falling back to collect
+        done = id_walk_page(ctx, need, rows, plan.id_walk) ~= 'abandon'
     elseif plan.chunk_walk then
         -- plan.chunk_walk: how many chunks to visit before falling back to walk/collect
         local visited = chunk_walk_page(ctx, need, rows, plan.chunk_walk)
@@ -138,6 +142,9 @@ local function tt_query(keys, argv)
     local mode = plan.mode
     if mode == 'cards' then
         return cards_reply(ctx, plan.keys or {})
+    end
+    if mode == 'ids' then
+        return IdWalk.ids_reply(prefix, plan.prefixes or {})
     end
     if mode == 'values' then
         if plan.count_only then
