@@ -178,7 +178,8 @@ def _probe(
                 if name == "ZRANGE":
                     pipe.zrange(key, 0, -1, withscores=True)
                 elif name == "VALUES":
-                    plan = ValuesPlan(dkey=key, runs=args[0], lead=args[1])
+                    alts = args[2] if len(args) > 2 else None
+                    plan = ValuesPlan(dkey=key, runs=args[0], lead=args[1], alts=alts)
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "VALUECOUNT":
                     plan = ValuesPlan(dkey=key, lead=args[0], count_only=1)

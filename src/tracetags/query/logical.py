@@ -131,6 +131,9 @@ class LMatch:
     lead: tuple[str | int, ...] = ()
     #: The pattern is its lead and one final ``%``: values sought by the lead all match.
     lead_is_pattern: bool = False
+    #: ILIKE only: its literal lead in every case variant (:func:`id_prefixes`); a matching
+    #: value starts with one of them, so the probe seeks them in the byte-order index.
+    alts: tuple[str, ...] | None = None
 
     @property
     def sought_in_page(self) -> bool:
@@ -326,6 +329,11 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
+    if op == "ILIKE":
+        alts = id_prefixes(op, value)
+        if alts is not None and len(alts) > _MAX_SEEKS:
+            alts = None
+        return LMatch(index, _pattern_predicate(op, value), False, text, alts=alts)
     if op != "LIKE":
         return LMatch(index, _pattern_predicate(op, value), op.startswith("NOT "), text)
     predicate = _pattern_predicate(op, value)
@@ -393,6 +401,8 @@ def order_zset(key: OrderKey) -> ZsetName | None:
 #: Characters other than the ASCII pair whose ``str.lower()`` starts with the letter.
 _FOLDS_TO = {"k": "\u212a", "i": "\u0130"}
 _MAX_PREFIXES = 64
+#: An ILIKE on a tag or metadata key seeks at most this many case variants of its lead.
+_MAX_SEEKS = 16
 
 
 def id_prefixes(op: str, pattern: str) -> tuple[str, ...] | None:

@@ -112,6 +112,8 @@ def physical(
             reply = replies[probe.slots[id(node)]]
             if isinstance(reply, MatchedCount):  # sought again by the page's tt_query
                 return _sought(node, reply)
+            # every value of the key was read (no runs, not sought): a complement is exact
+            full = node.runs is None and not (isinstance(reply, MatchedValues) and reply.sought)
             if isinstance(reply, MatchedValues):  # a LIKE's values, read inside tt_query
                 pairs = [(reply_text(v), float(s or 0)) for v, s in reply.pairs]
                 exact = reply.sought and node.lead_is_pattern
@@ -120,7 +122,7 @@ def physical(
                 exact = False
             hits = pairs if exact else [(v, s) for v, s in pairs if node.predicate(v)]
             misses: list[tuple[str, float]] = []
-            if node.negated or (not exact and node.runs is None and len(hits) > 64):
+            if node.negated or (not exact and full and len(hits) > 64):
                 hit_set = {v for v, _ in hits}
                 misses = [(v, s) for v, s in pairs if v not in hit_set]
             # want: the values whose traces match; other: the rest of the key's values.
@@ -128,7 +130,7 @@ def physical(
             if node.negated:
                 if len(want) <= len(other):
                     return _values(node.index, want, node.text)
-            elif exact or node.runs is not None or len(want) <= max(len(other), 64):
+            elif exact or not full or len(want) <= max(len(other), 64):
                 # (a positive match over every value of the key (no runs), most matching,
                 # goes on: presence minus the few other values' sets is cheaper to test)
                 return _values(node.index, want, node.text)

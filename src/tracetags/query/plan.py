@@ -143,6 +143,9 @@ class ValuesPlan(
       values are sought by it in the byte-order index.
     - ``count_only``: 1 when the pattern is its lead and one final ``%``: only count the
       values and their traces.
+    - ``alts``: an ILIKE's literal lead in each of its case variants: only the values
+      starting with one of them are returned (sought 1), when the key has its byte-order
+      index; else every value (sought 0).  The client applies the exact pattern.
 
     Reply: msgpack ``[sought 0|1, [value, count, ...]]``, or ``[values, traces]`` with
     ``count_only``.
@@ -152,6 +155,7 @@ class ValuesPlan(
     runs: tuple[str, ...] | None = None
     lead: tuple[str | int, ...]
     count_only: int | None = None
+    alts: tuple[str, ...] | None = None
 
 
 class IdsPlan(msgspec.Struct, tag_field="mode", tag="ids", kw_only=True, frozen=True):

@@ -109,6 +109,9 @@ def probe_commands(
         elif isinstance(leaf, LMatch) and leaf.runs is not None:
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs, leaf.lead))
+        elif isinstance(leaf, LMatch) and leaf.alts:
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("VALUES", leaf.index.distinct(keys, partition), (), (), leaf.alts))
         elif isinstance(leaf, LMatch):
             # every value with its count, packed by tt_query (no runs: no value filtered out)
             probe.slots[id(leaf)] = len(cmds)

@@ -191,7 +191,24 @@ end
 -- from the byte-order index by `lead`, so exactly those that start like the pattern.
 -- ZSCAN MATCH would format the score of every value, matching or not; here only the
 -- candidates' scores are read.
-local function values_reply(dkey, runs, lead)
+local function values_reply(dkey, runs, lead, alts)
+    if alts and #alts > 0 and call('EXISTS', lex_dir(dkey)) == 1 then
+        -- an ILIKE's lead in each of its case variants: only values starting so
+        local found = {}
+        for _, alt in ipairs(alts) do
+            lex_lead(dkey, { alt }, function(values)
+                for i = 1, #values do
+                    found[#found + 1] = values[i]
+                end
+            end)
+        end
+        local counts = zmscore(dkey, found)
+        local flat = {}
+        for i = 1, #found do
+            flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
+        end
+        return cmsgpack.pack({ 1, flat })
+    end
     if #runs == 0 then
         -- every value (ILIKE, RLIKE, numbers): one packed reply the client decodes in C,
         -- scores as Redis formats them

@@ -150,7 +150,7 @@ local function tt_query(keys, argv)
         if plan.count_only then
             return value_count_reply(plan.dkey, plan.lead or {})
         end
-        return values_reply(plan.dkey, plan.runs or {}, plan.lead)
+        return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.alts)
     end
     if mode == 'count' and plan.terms then
         return count_terms_reply(ctx, plan.terms)
