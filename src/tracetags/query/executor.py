@@ -22,7 +22,7 @@ from tracetags import functions
 from tracetags.errors import FilterSemanticError, PageTokenError
 from tracetags.keys import Keys, field_label, metadata_field, split_register, tag_field
 from tracetags.query.ast import Expr, OrderKey
-from tracetags.query.logical import LogicalNode, logical
+from tracetags.query.logical import LConst, LogicalNode, logical
 from tracetags.query.parser import (
     effective_order,
     parse_filter,
@@ -490,6 +490,8 @@ def search(
     """
     specs = order_specs(prepared.order)
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
+    if _nothing(prepared):
+        return Page([], None)
     plans = _plans(
         client,
         keys,
@@ -521,8 +523,15 @@ def search(
     return Page(rows, token)
 
 
+def _nothing(prepared: Prepared) -> bool:
+    """A filter that cannot match (a contradiction, simplify.py): no round trip at all."""
+    return isinstance(prepared.root, LConst) and not prepared.root.value
+
+
 def count(client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared) -> int:
     """How many traces match, without fetching any."""
+    if _nothing(prepared):
+        return 0
     plans = _plans(client, keys, partitions, prepared, "count")
     total = sum(p.exact_count for p in plans)
     to_run = [p for p in plans if p.strategy != "exact"]

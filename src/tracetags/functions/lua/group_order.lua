@@ -83,7 +83,12 @@ local function nested_group(ctx, gleaf, gcount, need, cursor, out)
         time_bounds = ctx.plan.time_bounds,
         value_fields = ctx.plan.value_fields,
     }
-    ValueWalk.walk_values_page(sub, need, out)
+    -- (a walk of values counts its page from an empty list)
+    local rows = {}
+    ValueWalk.walk_values_page(sub, need, rows)
+    for i = 1, #rows do
+        out[#out + 1] = rows[i]
+    end
     ctx.scanned = ctx.scanned + sub.scanned
     return true
 end
