@@ -141,6 +141,45 @@ def _conjunction(children: list[LogicalNode]) -> LogicalNode:
         known = values.get(index)
         if known is not None and set(known.values) <= ruled_out:
             return LConst(False, f"{known.text}: every value is excluded by another term")
-    if not out:
+    return _pinned(out, values)
+
+
+def _pinned(out: list[LogicalNode], values: dict[ValueIndex, LValues]) -> LogicalNode:
+    """Terms on a key the conjunction pins to a few values are decided on those values: a
+    pattern (``client_request_id = 'a' AND client_request_id LIKE 'b%'``) keeps the values
+    it matches, presence is implied, ``!= v`` drops v; no pattern is read over the key."""
+    kept = list(out)
+    for child in out:
+        index = getattr(child, "index", None)
+        if isinstance(child, LNot) and isinstance(child.child, LValues):
+            index = child.child.index
+        known = values.get(index) if index is not None else None
+        if known is None or isinstance(child, LValues):
+            continue
+        if isinstance(child, LMatch):
+            left = tuple(v for v in known.values if child.predicate(v) != child.negated)
+        elif isinstance(child, LNot) and isinstance(child.child, LValues):
+            gone = set(child.child.values)
+            left = tuple(v for v in known.values if v not in gone)
+        elif isinstance(child, LPresent):
+            left = known.values  # implied by the values
+        else:
+            continue
+        if not left:
+            return LConst(False, f"{known.text} AND {_text(child)}: no value is both")
+        kept.remove(child)
+        if left != known.values:
+            narrowed = LValues(known.index, left, f"{known.text} AND {_text(child)}")
+            kept[kept.index(known)] = narrowed
+            values[known.index] = narrowed
+    if not kept:
         return LConst(True, "every trace")
-    return out[0] if len(out) == 1 else LAnd(tuple(out))
+    return kept[0] if len(kept) == 1 else LAnd(tuple(kept))
+
+
+def _text(node: LogicalNode) -> str:
+    if isinstance(node, LNot):
+        inner = _text(node.child)
+        # (a != / NOT IN clause is NOT of its values, under the clause's own text)
+        return inner if "!=" in inner or "NOT IN" in inner else f"NOT ({inner})"
+    return str(getattr(node, "text", "…"))
