@@ -105,6 +105,9 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     - ``id_walk`` (page, first order key ``request_id``): walk the buckets of the trace ids'
       byte order (``<prefix>:ri``) from the cursor, giving up past this many buckets (then
       collect; also when the partition has no such index).
+    - ``walk_budget`` (walk): once the walk has tested this many entries without a single
+      match, the matches are far rarer than estimated (an empty intersection of terms
+      the estimate took as independent): it stops and collects from ``sources`` instead.
     - ``walk_next`` (with ``walk_values``): per order key after the first, how a large group
       of the walk is ordered by it without sorting: ``[dkey, vprefix, presence leaf]`` (a
       string key: a nested walk of its values) or ``"i"`` (request_id: the ids' byte
@@ -126,9 +129,10 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     walk: list[str | int] | None = None
     density: float | None = None
     walk_values: tuple[str, str, Spec, float, float, int] | None = None
-    shown: int | None = None
     id_walk: int | None = None
     walk_next: list[Any] | None = None
+    walk_budget: int | None = None
+    shown: int | None = None
 
 
 class ValuesPlan(

@@ -211,6 +211,9 @@ def plan_partition(
                 walk=walk,
                 density=None if walk is None else density,
             )
+            if walk is not None and sources and cost < total:  # (see the walk below)
+                give_up = math.ceil(max(4 * scan, cost, 1024.0))
+                plan = msgspec.structs.replace(plan, walk_budget=give_up)
             return done("chunk-walk", reason, plan)
         if scan < collect_cost:
             walk = [zset, 1 if order[0].ascending else 0]
@@ -224,7 +227,13 @@ def plan_partition(
                 f"{limit} rows, cheaper than collecting the {cost:,.0f} candidates from "
                 f"{source_text} (cost ~{collect_cost:,.0f})"
             )
-            return done("walk", reason, page(walk=walk, density=density))
+            plan = page(walk=walk, density=density)
+            if sources and cost < total:
+                # Correlated terms can make the walk far longer than estimated (an empty
+                # intersection walks the whole zset): past this, the collect is cheaper.
+                give_up = math.ceil(max(4 * scan, cost, 1024.0))
+                plan = msgspec.structs.replace(plan, walk_budget=give_up)
+            return done("walk", reason, plan)
         reason = (
             f"collect and sort: ~{est:,.0f} matches expected, the smallest source gives "
             f"{cost:,.0f} candidates (cost ~{collect_cost:,.0f}), cheaper than walking "

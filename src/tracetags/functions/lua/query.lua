@@ -88,8 +88,12 @@ local function page_query(ctx, plan)
         if walk[3] then
             ctx.walk_range = { walk[3], walk[4] }
         end
+        ctx.walk_budget = plan.walk_budget
         local exhausted = walk_page(ctx, zname, asc, need, rows)
-        if exhausted and #rows < need then
+        ctx.walk_budget = nil
+        if exhausted == 'abandon' then
+            collect_page(ctx, need, rows, nil)
+        elseif exhausted and #rows < need then
             collect_page(ctx, need - #rows, rows, prefix .. ':' .. zname)
         end
     else
