@@ -62,7 +62,13 @@ CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
     "walk": (
         lambda: _plan(_slow_prod_errors, 1_000_000, mode="page", limit=101),
         "walk",
-        {**SLOW_PROD_ERRORS, "walk": ["ts", 0], "density": 0.004568760000000001},
+        {
+            **SLOW_PROD_ERRORS,
+            "walk": ["ts", 0],
+            "density": 0.004568760000000001,
+            # past this many entries without a match, collect the 88k candidates instead
+            "walk_budget": 88428,
+        },
     ),
     "collect": (
         lambda: _plan(_slow_prod_errors, 100_000, mode="page", limit=101),
@@ -89,6 +95,7 @@ CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
             "chunk_walk": 25,
             "walk": ["ts", 0],
             "density": 0.04115999999999999,
+            "walk_budget": 19600,
         },
     ),
     "cursor and value fields": (
@@ -111,6 +118,7 @@ CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
             "cursor": [[1, 1780000000000], [1, "t-42"]],
             "walk": ["ts", 0],
             "density": 0.023,
+            "walk_budget": 8872,
         },
     ),
     "walk values": (

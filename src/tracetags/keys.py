@@ -45,6 +45,11 @@ key                                        type     holds
                                                     of every trace in the chunk (only rises);
                                                     member -1 at -inf from the partition's
                                                     birth (absent: made by an older version)
+``ns:{pNN}:ri``                            zset     score 0: the head (lowest trace id) of
+                                                    every bucket of the ids' byte order, ''
+                                                    included (absent: made by an older version)
+``ns:{pNN}:ri:<enc(head)>``                 set      trace numbers whose id is in [head, next
+                                                    head), at most 512 (an intset)
 ``ns:{pNN}:lk``                            hash     register field (``t<key>``, ``m<key>``) ->
                                                     ``building`` | ``ready``: keys listed in
                                                     ``TRACETAGS_LOOKUP_KEYS``
@@ -369,6 +374,10 @@ class Keys:
 
     def time_bounds(self, partition: int) -> str:
         return f"{self.prefix(partition)}:tsx"
+
+    def id_order(self, partition: int) -> str:
+        """The directory of the trace ids' byte order (functions/lua/id_order.lua)."""
+        return f"{self.prefix(partition)}:ri"
 
     def lookups(self, partition: int) -> str:
         """The hash of register fields with lookup fingerprints (→ building | ready)."""

@@ -37,6 +37,7 @@ PARTS: Final = (
     "stamps.lua",  # stream-id stamps of registers
     "sets.lua",  # plain and chunked sets of trace numbers
     "lex_index.lua",  # the byte-order index of a key's distinct values
+    "id_order.lua",  # the byte order of the trace ids (pages ordered by request_id)
     "lookups.lua",  # lookup fingerprints and tt_lookup
     "batch.lua",  # index changes of one batch, gathered and written once
     "fold_trace.lua",  # the fold of one trace's events (several, or a deletion)
@@ -53,6 +54,8 @@ PARTS: Final = (
     "counts.lua",  # counts by set algebra, stats, key set sizes
     "budget.lua",  # counts and stats over several calls, each within a time budget
     "value_walk.lua",  # pages ordered by a string key: walking its distinct values
+    "id_walk.lua",  # pages ordered by request_id: walking the ids' byte order
+    "group_order.lua",  # pages ordered by several keys: groups walked by the next key
     "query.lua",  # tt_query
     "trim.lua",  # tt_trim: the archiver's safe trim of a stream
     "registration.lua",  # the Functions registered

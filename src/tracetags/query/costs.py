@@ -80,6 +80,19 @@ class CostTable:
     walk_values_distinct_factor: int = 4
     walk_values_margin: int = 3
 
+    # --- walk the trace ids' byte order (request_id first), same units as a walk --------
+    #: One bucket of ids visited (SMEMBERS, a call).
+    id_bucket_visit: float = 20.0
+    #: Traces in a bucket, on average (buckets hold 160..512).
+    id_bucket_size: int = 300
+    #: A match of a visited bucket: its id read (HGET) and sorted in the bucket.
+    id_match: float = 2.0
+    #: Collecting for request_id order reads each match's id from its hash (HGET).
+    collect_id_read: float = 2.0
+    #: Walk the ids only when this many times cheaper: a bucket's traces are spread over
+    #: every chunk (ids are random), so its tests cost more than the estimate's.
+    id_walk_margin: int = 3
+
     # --- tests of many-valued leaves --------------------------------------------------
     #: A V leaf of at least this many values may be tested by reading each candidate's
     #: register instead of building tt_query's member table of the values' sets (the

@@ -25,7 +25,7 @@ from tracetags.keys import Keys, field_label, metadata_field, split_register, ta
 from tracetags.query import budget
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
-from tracetags.query.logical import LogicalNode, logical
+from tracetags.query.logical import LConst, LogicalNode, logical
 from tracetags.query.parser import (
     effective_order,
     parse_filter,
@@ -35,8 +35,9 @@ from tracetags.query.parser import (
     strip_positions,
 )
 from tracetags.query.physical import describe, physical, reply_text
-from tracetags.query.plan import CardsPlan, OrderSpec, ValuesPlan
+from tracetags.query.plan import CardsPlan, IdsPlan, OrderSpec, ValuesPlan
 from tracetags.query.probe import MatchedCount, MatchedValues, Probe, probe_commands, sizes_only
+from tracetags.query.simplify import simplify
 from tracetags.query.strategy import PartitionPlan, order_specs, plan_partition
 
 __all__ = [
@@ -66,6 +67,7 @@ _PAGE_DECODER = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
 #: A LIKE's candidate values: (sought by the pattern's start, [value, count, ...], the next
 #: window's first rank or -1).
 _VALUES_DECODER = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool], int])
+_IDS_DECODER = msgspec.msgpack.Decoder(list[Any])  # [1, [id, number, ...]] or [0]
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def _prepare(
         sorted(set(scope or ())),
     ]
     fingerprint = hashlib.blake2b(_ENCODER.encode(identity), digest_size=8).digest()
-    return Prepared(expr, order, scope, logical(expr, scope), fingerprint)
+    return Prepared(expr, order, scope, simplify(logical(expr, scope)), fingerprint)
 
 
 # --- probing and planning ------------------------------------------------------------------
@@ -193,11 +195,17 @@ def _probe(
                     pipe.zrange(key, 0, budget.ZRANGE_WINDOW - 1, withscores=True)
                 elif name == "VALUES":
                     window = [0, budget.VALUES_WINDOW]
-                    plan = ValuesPlan(dkey=key, runs=args[0], lead=args[1], window=window)
+                    alts = args[2] if len(args) > 2 else None
+                    plan = ValuesPlan(
+                        dkey=key, runs=args[0], lead=args[1], window=window, alts=alts
+                    )
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "VALUECOUNT":
                     plan = ValuesPlan(dkey=key, lead=args[0], count_only=1)
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
+                elif name == "IDSEEK":
+                    ids_plan = IdsPlan(prefixes=list(args[0]))
+                    functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(ids_plan))
                 elif name == "ZMSCORE":
                     pipe.zmscore(key, args)
                 elif name == "ZCOUNT":
@@ -229,6 +237,14 @@ def _probe(
                     flat = [*flat, *more]
                 pairs = list(dict(zip(flat[::2], flat[1::2], strict=True)).items())
                 replies[at + offset] = MatchedValues(bool(sought), pairs)
+            elif name == "IDSEEK":  # {id: number}, like HGETALL of the ids hash
+                found = _IDS_DECODER.decode(replies[at + offset])
+                if not found[0]:  # a dense prefix: every id, as without a prefix
+                    every = _ENCODER.encode(IdsPlan(prefixes=[]))
+                    reply = functions.query_partitions(client, keys, [(probe.partition, every)])
+                    found = _IDS_DECODER.decode(reply[0])
+                ids = found[1]
+                replies[at + offset] = dict(zip(ids[::2], ids[1::2], strict=True))
             elif name == "VALUECOUNT":
                 values, traces = replies[at + offset]
                 replies[at + offset] = MatchedCount(int(values), int(traces))
@@ -352,6 +368,8 @@ def _make_plans(
         distinct = None if slot is None else int(replies[slot])
         bounds = probe.time_bounds_slot
         time_bounds = bounds is not None and int(replies[bounds]) > 0
+        id_slot = probe.id_order_slot
+        id_order = id_slot is not None and int(replies[id_slot]) > 0
         plans.append(
             plan_partition(
                 probe.partition,
@@ -365,6 +383,7 @@ def _make_plans(
                 keys=keys,
                 order_distinct=distinct,
                 time_bounds=time_bounds,
+                id_order=id_order,
             )
         )
     return plans
@@ -499,6 +518,8 @@ def search(
     """
     specs = order_specs(prepared.order)
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
+    if _nothing(prepared):
+        return Page([], None)
     plans = _plans(
         client,
         keys,
@@ -530,6 +551,11 @@ def search(
     return Page(rows, token)
 
 
+def _nothing(prepared: Prepared) -> bool:
+    """A filter that cannot match (a contradiction, simplify.py): no round trip at all."""
+    return isinstance(prepared.root, LConst) and not prepared.root.value
+
+
 def count(
     client: redis.Redis,
     keys: Keys,
@@ -538,6 +564,8 @@ def count(
     budget_ms: int = budget.DEFAULT_CALL_BUDGET_MS,
 ) -> int:
     """How many traces match, without fetching any (a large count in budgeted calls)."""
+    if _nothing(prepared):
+        return 0
     plans = _plans(client, keys, partitions, prepared, "count")
     total = sum(p.exact_count for p in plans)
     to_run = [p for p in plans if p.strategy != "exact" and not budget.scans(p)]

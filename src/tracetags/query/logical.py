@@ -134,6 +134,9 @@ class LMatch:
     lead: tuple[str | int, ...] = ()
     #: The pattern is its lead and one final ``%``: values sought by the lead all match.
     lead_is_pattern: bool = False
+    #: ILIKE only: its literal lead in every case variant (:func:`id_prefixes`); a matching
+    #: value starts with one of them, so the probe seeks them in the byte-order index.
+    alts: tuple[str, ...] | None = None
 
     @property
     def sought_in_page(self) -> bool:
@@ -165,6 +168,9 @@ class LIds:
 class LIdMatch:
     predicate: Callable[[str], bool] = field(compare=False)
     text: str = ""
+    #: Byte prefixes every matching id starts with (a LIKE or ILIKE's literal lead, with
+    #: its case variants): the probe seeks them in the ids' byte order.  None: read all ids.
+    prefixes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -351,7 +357,7 @@ def _comparison(node: Comparison) -> LogicalNode:
         matched = pattern_predicate(op, value)
         if op.startswith("NOT "):
             return LIdMatch(lambda v: not matched(v), text)
-        return LIdMatch(matched, text)
+        return LIdMatch(matched, text, id_prefixes(op, value))
     if entity == "attribute":
         index = ValueIndex("status" if key == "status" else "client_request_id")
     else:
@@ -378,6 +384,11 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
+    if op == "ILIKE":
+        alts = id_prefixes(op, value)
+        if alts is not None and len(alts) > _MAX_SEEKS:
+            alts = None
+        return LMatch(index, pattern_predicate(op, value), False, text, alts=alts)
     if op != "LIKE":
         return LMatch(index, pattern_predicate(op, value), op.startswith("NOT "), text)
     predicate = pattern_predicate(op, value)
@@ -440,3 +451,32 @@ def order_zset(key: OrderKey) -> ZsetName | None:
     if key.field.entity != "attribute":
         return None
     return SCORE_INDEXES.get(key.field.key)
+
+
+#: Characters other than the ASCII pair whose ``str.lower()`` starts with the letter.
+_FOLDS_TO = {"k": "\u212a", "i": "\u0130"}
+_MAX_PREFIXES = 64
+#: An ILIKE on a tag or metadata key seeks at most this many case variants of its lead.
+_MAX_SEEKS = 16
+
+
+def id_prefixes(op: str, pattern: str) -> tuple[str, ...] | None:
+    """The byte prefixes a trace id matching ``LIKE``/``ILIKE`` ``pattern`` must start with
+    (its literal lead; for ILIKE every case variant, Unicode folding included), or None
+    when there is no lead, it holds non-ASCII characters, or it has too many variants."""
+    if op not in ("LIKE", "ILIKE"):
+        return None
+    lead = re.split("[%_]", pattern, maxsplit=1)[0]
+    if not lead or not lead.isascii():
+        return None
+    if op == "LIKE":
+        return (lead,)
+    prefixes = [""]
+    for ch in lead.lower():
+        options = [ch, ch.upper()] if ch.isalpha() else [ch]
+        if ch in _FOLDS_TO:
+            options.append(_FOLDS_TO[ch])
+        prefixes = [p + o for p in prefixes for o in options]
+        if len(prefixes) > _MAX_PREFIXES:
+            return None
+    return tuple(prefixes)

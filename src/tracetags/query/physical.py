@@ -91,6 +91,8 @@ def physical(
             return _or([resolve(c) for c in node.children], total)
         if isinstance(node, LNot):
             child = resolve(node.child)
+            if fresh and child.exact and child.kind in ("C", "V") and child.est >= total:
+                return _leaf("Z", ["Z"], 0, f"NOT ({child.text}): every trace", enumerable=True)
             out = PNode("!", ["!", child.spec], max(0.0, total - child.est), "NOT", [child])
             out.exact = child.exact
             return out
@@ -110,6 +112,8 @@ def physical(
             reply = replies[probe.slots[id(node)]]
             if isinstance(reply, MatchedCount):  # sought again by the page's tt_query
                 return _sought(node, reply)
+            # every value of the key was read (no runs, not sought): a complement is exact
+            full = node.runs is None and not (isinstance(reply, MatchedValues) and reply.sought)
             if isinstance(reply, MatchedValues):  # a LIKE's values, read inside tt_query
                 pairs = [(reply_text(v), float(s or 0)) for v, s in reply.pairs]
                 exact = reply.sought and node.lead_is_pattern
@@ -117,12 +121,19 @@ def physical(
                 pairs = [(reply_text(v), float(s)) for v, s in reply]
                 exact = False
             hits = pairs if exact else [(v, s) for v, s in pairs if node.predicate(v)]
-            if not node.negated:
-                return _values(node.index, hits, node.text)
-            hit_set = {v for v, _ in hits}
-            misses = [(v, s) for v, s in pairs if v not in hit_set]
-            if len(misses) <= len(hits):
-                return _values(node.index, misses, node.text)
+            misses: list[tuple[str, float]] = []
+            if node.negated or (not exact and full and len(hits) > 64):
+                hit_set = {v for v, _ in hits}
+                misses = [(v, s) for v, s in pairs if v not in hit_set]
+            # want: the values whose traces match; other: the rest of the key's values.
+            want, other = (misses, hits) if node.negated else (hits, misses)
+            if node.negated:
+                if len(want) <= len(other):
+                    return _values(node.index, want, node.text)
+            elif exact or not full or len(want) <= max(len(other), 64):
+                # (a positive match over every value of the key (no runs), most matching,
+                # goes on: presence minus the few other values' sets is cheaper to test)
+                return _values(node.index, want, node.text)
             key_set = node.index.key_set(keys, p)
             label = f"{node.index.label} present"
             if key_set is None:
@@ -131,9 +142,12 @@ def physical(
             else:
                 having = sum(s for _, s in pairs)  # every trace with the key has one value
                 present = _leaf("C", ["C", key_set], having, label, enumerable=True)
-            matching = _values(node.index, hits, node.text)
-            out = _and([present, _not(matching, total)], total)
-            out.est = sum(s for _, s in misses)
+            if not other:
+                present.est, present.exact = sum(s for _, s in want), True
+                present.text = f"{node.text} [every value: {label}]"
+                return present
+            out = _and([present, _not(_values(node.index, other, node.text), total)], total)
+            out.est = sum(s for _, s in want)
             out.exact = True
             return out
         if isinstance(node, LPresent):
@@ -159,14 +173,11 @@ def physical(
             return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
         if isinstance(node, LIdMatch):
             mapping = replies[probe.slots[id(node)]]
-            numbers = sorted(
-                (
-                    reply_text(no)
-                    for trace_id, no in mapping.items()
-                    if node.predicate(reply_text(trace_id))
-                ),
-                key=int,
-            )
+            predicate = node.predicate
+            matched = [no for trace_id, no in mapping.items() if predicate(reply_text(trace_id))]
+            if matched and len(matched) >= total:  # every trace: nothing to enumerate
+                return _leaf("A", ["A"], total, f"{node.text} (every trace)", enumerable=True)
+            numbers = sorted(map(reply_text, matched), key=int)
             return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
         raise TypeError(f"not a logical node: {node!r}")
 

@@ -35,6 +35,7 @@ import msgspec
 
 __all__ = [
     "CardsPlan",
+    "IdsPlan",
     "LeafKind",
     "Mode",
     "NodeKind",
@@ -52,7 +53,7 @@ Spec: TypeAlias = list[Any]
 Mode: TypeAlias = Literal["page", "count", "stats"]
 #: How a partition is run (``explain`` shows it): see :func:`strategy.plan_partition`.
 Strategy: TypeAlias = Literal[
-    "walk", "chunk-walk", "walk-values", "collect", "exact", "count", "algebra", "stats"
+    "walk", "chunk-walk", "walk-values", "walk-ids", "collect", "exact", "count", "algebra", "stats"
 ]
 
 
@@ -104,6 +105,16 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
       value's set in turn, then the traces without the key.
     - ``shown`` (page): how many of the ``limit`` rows to return (default all: the extra
       row only tells that a next page exists).
+    - ``id_walk`` (page, first order key ``request_id``): walk the buckets of the trace ids'
+      byte order (``<prefix>:ri``) from the cursor, giving up past this many buckets (then
+      collect; also when the partition has no such index).
+    - ``walk_budget`` (walk): once the walk has tested this many entries without a single
+      match, the matches are far rarer than estimated (an empty intersection of terms
+      the estimate took as independent): it stops and collects from ``sources`` instead.
+    - ``walk_next`` (with ``walk_values``): per order key after the first, how a large group
+      of the walk is ordered by it without sorting: ``[dkey, vprefix, presence leaf]`` (a
+      string key: a nested walk of its values) or ``"i"`` (request_id: the ids' byte
+      order), up to the first numeric key (whose zset orders a group, as before).
     """
 
     mode: Mode
@@ -122,6 +133,9 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     walk: list[str | int] | None = None
     density: float | None = None
     walk_values: tuple[str, str, Spec, float, float, int] | None = None
+    id_walk: int | None = None
+    walk_next: list[Any] | None = None
+    walk_budget: int | None = None
     shown: int | None = None
 
 
@@ -139,6 +153,9 @@ class ValuesPlan(
       values and their traces.
     - ``window``: ``[first rank, count]``: values that are not sought are read this window
       of ranks at a time (one call never reads every value of a key of a million).
+    - ``alts``: an ILIKE's literal lead in each of its case variants: only the values
+      starting with one of them are returned (sought 1), when the key has its byte-order
+      index; else every value (sought 0).  The client applies the exact pattern.
 
     Reply: msgpack ``[sought 0|1, [value, count, ...], next window's first rank or -1]``, or
     ``[values, traces]`` with ``count_only``.
@@ -149,6 +166,15 @@ class ValuesPlan(
     lead: tuple[str | int, ...]
     count_only: int | None = None
     window: list[int] | None = None
+    alts: tuple[str, ...] | None = None
+
+
+class IdsPlan(msgspec.Struct, tag_field="mode", tag="ids", kw_only=True, frozen=True):
+    """A probe's read of the trace ids that start with one of ``prefixes`` (a request_id
+    pattern's literal lead and its case variants), from the ids' byte order.
+    Reply: msgpack ``[id, number, ...]``."""
+
+    prefixes: list[str]
 
 
 class CardsPlan(msgspec.Struct, tag_field="mode", tag="cards", kw_only=True, frozen=True):

@@ -41,6 +41,7 @@ class Probe:
     card_keys: list[list[str]] = field(default_factory=list)
     order_distinct_slot: int | None = None  # reply index of ZCARD of the order key's values
     time_bounds_slot: int | None = None  # reply index of ZCARD of tsx (newest-first pages)
+    id_order_slot: int | None = None  # reply index of ZCARD of the ids' byte order (ri)
 
 
 class MatchedValues(NamedTuple):
@@ -85,6 +86,17 @@ def probe_commands(
     if any(order_zset(key) == "ts" and not key.ascending for key in order[:2]):
         probe.time_bounds_slot = len(cmds)
         cmds.append(("ZCARD", keys.time_bounds(partition)))
+    if (
+        page
+        and order
+        and (order[0].field.entity, order[0].field.key)
+        == (
+            "attribute",
+            "request_id",
+        )
+    ):  # may walk the ids' byte order (id_walk.py) if the partition keeps it
+        probe.id_order_slot = len(cmds)
+        cmds.append(("ZCARD", keys.id_order(partition)))
     for leaf in leaves(root):
         if id(leaf) in probe.slots:
             continue
@@ -97,9 +109,13 @@ def probe_commands(
         elif isinstance(leaf, LMatch) and leaf.runs is not None:
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs, leaf.lead))
-        elif isinstance(leaf, LMatch):
+        elif isinstance(leaf, LMatch) and leaf.alts:
             probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("ZRANGE", leaf.index.distinct(keys, partition), 0, -1, "WITHSCORES"))
+            cmds.append(("VALUES", leaf.index.distinct(keys, partition), (), (), leaf.alts))
+        elif isinstance(leaf, LMatch):
+            # every value with its count, packed by tt_query (no runs: no value filtered out)
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("VALUES", leaf.index.distinct(keys, partition), (), ()))
         elif isinstance(leaf, LRange):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZCOUNT", keys.by_score(partition, leaf.zset), leaf.lo, leaf.hi))
@@ -107,8 +123,9 @@ def probe_commands(
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("HMGET", keys.trace_ids(partition), *leaf.ids))
         elif isinstance(leaf, LIdMatch):
+            # the ids starting with the pattern's lead, or (no lead) every id
             probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("HGETALL", keys.trace_ids(partition)))
+            cmds.append(("IDSEEK", keys.trace_ids(partition), leaf.prefixes or ()))
         elif isinstance(leaf, LPresent):
             key_set = leaf.index.key_set(keys, partition)
             if key_set is not None:

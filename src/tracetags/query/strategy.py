@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+
 from tracetags.keys import Keys, metadata_field, tag_field
-from tracetags.query import costs
+from tracetags.query import costs, group_order, id_walk
 from tracetags.query.ast import OrderKey
 from tracetags.query.costs import COSTS
 from tracetags.query.counts import count_terms
@@ -92,12 +94,14 @@ def plan_partition(
     keys: Keys | None = None,
     order_distinct: int | None = None,
     time_bounds: bool = False,
+    id_order: bool = False,
 ) -> PartitionPlan:
     """Choose how to run one partition: the tt_query plan and the reason, for explain.
 
     ``order_distinct`` is the number of distinct values of the first order key when it is
     a string key with a distinct zset (then ``keys`` is needed to name its sets);
-    ``time_bounds`` tells that the partition keeps its chunks' time bounds (tsx).
+    ``time_bounds`` tells that the partition keeps its chunks' time bounds (tsx);
+    ``id_order`` that it keeps its trace ids' byte order (ri).
     """
     sources = tree.sources if tree.sources is not None else []
     if sources and sources[0][0] == "A":
@@ -207,6 +211,9 @@ def plan_partition(
                 walk=walk,
                 density=None if walk is None else density,
             )
+            if walk is not None and sources and cost < total:  # (see the walk below)
+                give_up = math.ceil(max(4 * scan, cost, 1024.0))
+                plan = msgspec.structs.replace(plan, walk_budget=give_up)
             return done("chunk-walk", reason, plan)
         if scan < collect_cost:
             walk = [zset, 1 if order[0].ascending else 0]
@@ -220,13 +227,26 @@ def plan_partition(
                 f"{limit} rows, cheaper than collecting the {cost:,.0f} candidates from "
                 f"{source_text} (cost ~{collect_cost:,.0f})"
             )
-            return done("walk", reason, page(walk=walk, density=density))
+            plan = page(walk=walk, density=density)
+            if sources and cost < total:
+                # Correlated terms can make the walk far longer than estimated (an empty
+                # intersection walks the whole zset): past this, the collect is cheaper.
+                give_up = math.ceil(max(4 * scan, cost, 1024.0))
+                plan = msgspec.structs.replace(plan, walk_budget=give_up)
+            return done("walk", reason, plan)
         reason = (
             f"collect and sort: ~{est:,.0f} matches expected, the smallest source gives "
             f"{cost:,.0f} candidates (cost ~{collect_cost:,.0f}), cheaper than walking "
             f"~{scan:,.0f} {zset} entries"
         )
         return done("collect", reason, page())
+    if id_order and id_walk.orders_by_id(order) and not null_cursor:
+        by_id = id_walk.choose(
+            tree, total, limit, cost, from_range=any(s[0] == "R" for s in sources)
+        )
+        if by_id is not None:
+            plan = msgspec.structs.replace(page(), id_walk=by_id[0])
+            return done("walk-ids", by_id[1], plan)
     index = order_index(order[0]) if order else None
     walk_values_us = costs.walk_values_cost_us(order_distinct, limit, tree.est)
     if (
@@ -256,7 +276,9 @@ def plan_partition(
             f"value's set in turn (nulls last), until {limit} rows: cheaper than sorting the "
             f"{cost:,.0f} candidates from {source_text}"
         )
-        return done("walk-values", reason, page(walk_values=walk_values))
+        nested = group_order.walk_next(order, keys, partition)
+        plan = msgspec.structs.replace(page(walk_values=walk_values), walk_next=nested)
+        return done("walk-values", reason, plan)
     why = "the first order key has no order zset" if zset is None else "the cursor is past it"
     reason = f"collect and sort the matches from {source_text} ({why})"
     return done("collect", reason, page())

@@ -25,6 +25,7 @@ local new_batch = Batches.new_batch
 local fold_trace, write_new = FoldTrace.fold_trace, FoldTrace.write_new
 local apply_single, write_new_single = FoldSingle.apply_single, FoldSingle.write_new_single
 local refuse_over_limit = TagLimit.refuse_over_limit
+local id_order_update = IdOrder.id_order_update
 
 local KINDS = { S = true, F = true, T = true, D = true, X = true }
 
@@ -217,7 +218,7 @@ end
 -- single event, that need a new number), out.gone (tombstone writes), out.ids_removed.
 local function fold_traces(batch, prefix, first, multi, trace_ids)
     local hash_prefix = prefix .. ':t:'
-    local out = { created = {}, gone = {}, ids_removed = {} }
+    local out = { created = {}, gone = {}, ids_removed = {}, unordered = {} }
     local n_traces = #trace_ids
     if n_traces == 0 then
         return out
@@ -251,10 +252,12 @@ local function fold_traces(batch, prefix, first, multi, trace_ids)
     return out
 end
 
--- Number the traces created by the batch, write them, and record their ids.
+-- Number the traces created by the batch, write them, and record their ids; returns
+-- {trace_id, number} of each.
 local function write_created(batch, prefix, created)
     local ids_key, hash_prefix = prefix .. ':ids', prefix .. ':t:'
     local n_created = #created
+    local added = {}
     if n_created > 0 then
         local last = call('INCRBY', prefix .. ':n', n_created)
         batch.born = last == n_created -- the partition's first traces: it gets a tsx
@@ -272,9 +275,11 @@ local function write_created(batch, prefix, created)
                 write_new(batch, st, no, hash_prefix)
             end
             ids[2 * i - 1], ids[2 * i] = st.trace_id, no
+            added[i] = { st.trace_id, no }
         end
         chunked('HSET', ids_key, ids)
     end
+    return added
 end
 
 -- Dead-letter the bad entries (those of argv, acked here, and the events refused over the
@@ -343,10 +348,11 @@ local function tt_apply(keys, argv)
     local refused = refuse_over_limit(prefix, first, multi, trace_ids, max_tags)
     local batch = new_batch(prefix)
     local out = fold_traces(batch, prefix, first, multi, trace_ids)
-    write_created(batch, prefix, out.created)
+    local added = write_created(batch, prefix, out.created)
     if #out.ids_removed > 0 then
         chunked('HDEL', prefix .. ':ids', out.ids_removed)
     end
+    id_order_update(prefix, out.unordered, added, batch.born)
     if #out.gone > 0 then
         chunked('HSET', prefix .. ':gone', out.gone)
     end

@@ -302,6 +302,7 @@ local function fold_trace(batch, trace_id, events, no, tombstone, hash_prefix, o
     else
         if st.wiped then
             remove_trace(batch, st.no, before, hash_prefix)
+            out.unordered[#out.unordered + 1] = { trace_id, st.no }
             if not st.exists then
                 out.ids_removed[#out.ids_removed + 1] = trace_id
             end

@@ -193,7 +193,34 @@ end
 -- candidates' scores are read.  With window {first rank, count}, values not sought are read
 -- that window of ranks at a time, and the reply's third item is the next window's first
 -- rank (-1: none), so no call reads a million values.
-local function values_reply(dkey, runs, lead, window)
+local function values_reply(dkey, runs, lead, window, alts)
+    if alts and #alts > 0 and call('EXISTS', lex_dir(dkey)) == 1 then
+        -- an ILIKE's lead in each of its case variants: only values starting so
+        local found = {}
+        for _, alt in ipairs(alts) do
+            lex_lead(dkey, { alt }, function(values)
+                for i = 1, #values do
+                    found[#found + 1] = values[i]
+                end
+            end)
+        end
+        local counts = zmscore(dkey, found)
+        local flat = {}
+        for i = 1, #found do
+            flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
+        end
+        return cmsgpack.pack({ 1, flat, -1 })
+    end
+    if #runs == 0 then
+        -- every value (ILIKE, RLIKE, numbers): one packed reply the client decodes in C,
+        -- scores as Redis formats them; a window of ranks per call when given
+        if window then
+            local got = call('ZRANGE', dkey, window[1], window[1] + window[2] - 1, 'WITHSCORES')
+            local next_rank = #got == 2 * window[2] and window[1] + window[2] or -1
+            return cmsgpack.pack({ 0, got, next_rank })
+        end
+        return cmsgpack.pack({ 0, call('ZRANGE', dkey, 0, -1, 'WITHSCORES'), -1 })
+    end
     local prefix = runs[1] or ''
     local np = #prefix
     local found, n = {}, 0

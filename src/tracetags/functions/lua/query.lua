@@ -11,6 +11,7 @@ local cards_reply, count_terms_reply = Counts.cards_reply, Counts.count_terms_re
 local stats_reply = Counts.stats_reply
 local walk_values_page = ValueWalk.walk_values_page
 local count_scan, stats_scan, now_us = Budget.count_scan, Budget.stats_scan, Budget.now_us
+local id_walk_page = IdWalk.id_walk_page
 
 -- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
 -- Redis more to convert than cmsgpack does to pack it, and the client decodes it in C.
@@ -67,6 +68,9 @@ local function page_query(ctx, plan)
     if plan.walk_values then
         walk_values_page(ctx, need, rows)
         done = true
+    elseif plan.id_walk then
+        -- plan.id_walk: how many id buckets to visit before falling back to collect
+        done = id_walk_page(ctx, need, rows, plan.id_walk) ~= 'abandon'
     elseif plan.chunk_walk then
         -- plan.chunk_walk: how many chunks to visit before falling back to walk/collect
         local visited = chunk_walk_page(ctx, need, rows, plan.chunk_walk)
@@ -85,8 +89,12 @@ local function page_query(ctx, plan)
         if walk[3] then
             ctx.walk_range = { walk[3], walk[4] }
         end
+        ctx.walk_budget = plan.walk_budget
         local exhausted = walk_page(ctx, zname, asc, need, rows)
-        if exhausted and #rows < need then
+        ctx.walk_budget = nil
+        if exhausted == 'abandon' then
+            collect_page(ctx, need, rows, nil)
+        elseif exhausted and #rows < need then
             collect_page(ctx, need - #rows, rows, prefix .. ':' .. zname)
         end
     else
@@ -145,11 +153,14 @@ local function tt_query(keys, argv)
     if mode == 'cards' then
         return cards_reply(ctx, plan.keys or {})
     end
+    if mode == 'ids' then
+        return IdWalk.ids_reply(prefix, plan.prefixes or {})
+    end
     if mode == 'values' then
         if plan.count_only then
             return value_count_reply(plan.dkey, plan.lead or {})
         end
-        return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window)
+        return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window, plan.alts)
     end
     if plan.scan then
         ctx.started = started

@@ -246,6 +246,9 @@ local function walk_page(ctx, zname, asc, need, out)
         local survivors = eval(ctx, ctx.expr, members)
         ctx.walking = false
         kept = kept + #survivors
+        if ctx.walk_budget and kept == 0 and walked >= ctx.walk_budget then
+            return 'abandon' -- matches far rarer than planned: the caller collects instead
+        end
         -- Scores of the survivors only: WITHSCORES would make Redis format, and Lua parse,
         -- the score of every walked entry, most of which fail the filter.
         local scores = zmscore(zkey, survivors)

@@ -13,6 +13,9 @@ local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_p
 -- as the page is full; traces without the key (nulls) come last whatever the direction.
 
 local function group_page(ctx, gleaf, gcount, need, cursor, out)
+    if GroupOrder.nested_group(ctx, gleaf, gcount, need, cursor, out) then
+        return
+    end
     local rest = ctx.rest
     local sub = {
         prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = rest,
@@ -165,7 +168,7 @@ local function walk_values_page(ctx, need, out)
     -- One value's group; true when the page is full.
     local function visit(v, count)
         local c = cursor and cmp_value(spec, v, cursor[1]) or 1
-        if c >= 0 and count then
+        if c >= 0 and count and not GroupOrder.excluded(ctx, dkey, v) then
             local leaf = { 'V', dkey, vprefix, v }
             leaf.sets = { { vprefix .. enc(v), count > PLAIN_MAX, count } }
             group_page(ctx, leaf, count, need - #out, c == 0 and subcursor or nil, out)

@@ -1,0 +1,151 @@
+-- Pages ordered by request_id: walking the byte order of the trace ids (id_order.lua).
+
+local eval = Eval.eval
+local id_dir, id_bucket, id_head = IdOrder.id_dir, IdOrder.id_bucket, IdOrder.id_head
+local id_rows, id_lt = IdOrder.id_rows, IdOrder.id_lt
+
+-- The head after `head` in walk order, reading the directory 16 heads at a time (nil at the
+-- end); `ahead` = {heads, at} carries what was read.
+local function next_head(dir, head, asc, ahead)
+    if ahead.at > #ahead.heads then
+        if asc then
+            ahead.heads = call('ZRANGE', dir, '(' .. head, '+', 'BYLEX', 'LIMIT', 0, 16)
+        elseif head == '' then
+            ahead.heads = EMPTY
+        else
+            ahead.heads = call('ZRANGE', dir, '(' .. head, '-', 'BYLEX', 'REV', 'LIMIT', 0, 16)
+        end
+        ahead.at = 1
+    end
+    local h = ahead.heads[ahead.at]
+    ahead.at = ahead.at + 1
+    return h
+end
+
+-- Append the matches of one bucket's sorted rows past the cursor id `from` to rows, in walk
+-- order, until `need`; true once the page is full.
+local function take_sorted(sorted, asc, from, need, rows)
+    local n = #sorted
+    for k = 1, n do
+        local row = asc and sorted[k] or sorted[n - k + 1]
+        local id = row[1]
+        if not from or (asc and id_lt(from, id)) or (not asc and id_lt(id, from)) then
+            rows[#rows + 1] = { row[2] }
+            if #rows >= need then
+                return true
+            end
+        end
+    end
+    return false
+end
+
+-- Walk the id buckets in request_id order from the cursor, testing each bucket's traces
+-- against the filter, until `need` rows.  Rows are unique by id, so no tie reads the later
+-- order keys.  'abandon' (nothing written to out) when the partition has no id index or
+-- past `budget` buckets: the planner expected far fewer, and collecting is cheaper then.
+local function id_walk_page(ctx, need, out, budget)
+    local prefix = ctx.prefix
+    local dir = id_dir(prefix)
+    if call('EXISTS', dir) == 0 then
+        return 'abandon'
+    end
+    local asc = ctx.order[1][3] == 1
+    local from = ctx.cursor and ctx.cursor[1] or nil
+    local head
+    if from then
+        head = id_head(dir, from)
+    elseif asc then
+        head = ''
+    else
+        head = call('ZRANGE', dir, '+', '-', 'BYLEX', 'REV', 'LIMIT', 0, 1)[1] or ''
+    end
+    local rows, visited, ahead = {}, 0, { heads = EMPTY, at = 1 }
+    while head do
+        visited = visited + 1
+        if visited > budget then
+            return 'abandon'
+        end
+        local members = call('SMEMBERS', id_bucket(prefix, head))
+        ctx.scanned = ctx.scanned + #members
+        ctx.walking = true
+        local got = eval(ctx, ctx.expr, members)
+        ctx.walking = false
+        if #got > 0 and take_sorted(id_rows(prefix, got, EMPTY), asc, from, need, rows) then
+            break
+        end
+        head = next_head(dir, head, asc, ahead)
+    end
+    for i = 1, #rows do
+        out[#out + 1] = rows[i]
+    end
+    return true
+end
+
+local function starts(s, p)
+    return sub(s, 1, #p) == p
+end
+
+-- Append id, number of every id starting with p: the buckets from the head of p while the
+-- next head still starts with p (buckets are contiguous ranges of ids).  Returns the
+-- buckets visited.
+local function seek_prefix(ctx_prefix, dir, p, flat)
+    local head = id_head(dir, p)
+    local hash_prefix = ctx_prefix .. ':t:'
+    local visited = 0
+    while head do
+        visited = visited + 1
+        local members = call('SMEMBERS', id_bucket(ctx_prefix, head))
+        for i = 1, #members do
+            local id = call('HGET', hash_prefix .. members[i], 'i')
+            if id and starts(id, p) then
+                flat[#flat + 1] = id
+                flat[#flat + 1] = members[i]
+            end
+        end
+        head = call('ZRANGE', dir, '(' .. head, '+', 'BYLEX', 'LIMIT', 0, 1)[1]
+        if head and not starts(head, p) then
+            return visited
+        end
+    end
+    return visited
+end
+
+-- Past this many buckets a prefix is dense: the client reads every id instead.
+local SEEK_BUCKETS = 24
+
+-- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes (a
+-- request_id LIKE/ILIKE's literal lead and its case variants), sought in the id buckets
+-- (a partition without them reads every id), or {0} when the prefixes are dense (past
+-- SEEK_BUCKETS buckets); no prefixes: every id.  The client applies the exact pattern.
+local function ids_reply(prefix, prefixes)
+    local flat = {}
+    local dir = id_dir(prefix)
+    if #prefixes == 0 then
+        -- every id (a pattern with no literal lead): packed, the client decodes it in C
+        return cmsgpack.pack({ 1, call('HGETALL', prefix .. ':ids') })
+    end
+    if call('EXISTS', dir) == 1 then
+        local visited = 0
+        for _, p in ipairs(prefixes) do
+            visited = visited + seek_prefix(prefix, dir, p, flat)
+            if visited > SEEK_BUCKETS then
+                return cmsgpack.pack({ 0 })
+            end
+        end
+    else
+        local all = call('HGETALL', prefix .. ':ids')
+        for i = 1, #all, 2 do
+            for _, p in ipairs(prefixes) do
+                if starts(all[i], p) then
+                    flat[#flat + 1] = all[i]
+                    flat[#flat + 1] = all[i + 1]
+                    break
+                end
+            end
+        end
+    end
+    return cmsgpack.pack({ 1, flat })
+end
+
+IdWalk.id_walk_page = id_walk_page
+IdWalk.ids_reply = ids_reply

@@ -1,0 +1,185 @@
+"""Contradictions found before any probe or walk: a conjunction that cannot match is nothing.
+
+``tags.env = 'prod' AND tags.env = 'dev'``, ``timestamp_ms > 9 AND timestamp_ms < 5``,
+``tags.k IS NULL AND tags.k = 'v'``, two different trace ids: each conjunct may match many
+traces, so without this the planner would walk (or collect) them all to return nothing.
+The rewrite works on the logical terms, so it holds in every partition:
+
+- value sets of one index are intersected (a trace has one value per key);
+- ranges on one score index are intersected (both bounds, open or closed);
+- explicit trace ids are intersected;
+- a key's absence contradicts any value, pattern or presence term on that key (a value
+  comparison never matches a missing value);
+- a false constant makes the conjunction false, a true one drops out.
+
+Nothing else changes: a conjunction that can match is returned with the same terms (the
+intersected ones merged), so plans and ``explain`` stay as they were.
+"""
+
+from __future__ import annotations
+
+from tracetags.query.logical import (
+    LAnd,
+    LConst,
+    LIds,
+    LMatch,
+    LNot,
+    LogicalNode,
+    LOr,
+    LPresent,
+    LRange,
+    LValues,
+    ValueIndex,
+)
+
+__all__ = ["simplify"]
+
+
+def simplify(node: LogicalNode) -> LogicalNode:
+    """``node`` with every contradictory conjunction (at any depth) replaced by false."""
+    if isinstance(node, LAnd):
+        return _conjunction([simplify(c) for c in node.children])
+    if isinstance(node, LOr):
+        return LOr(tuple(simplify(c) for c in node.children))
+    if isinstance(node, LNot):
+        return LNot(simplify(node.child))
+    return node
+
+
+def _bound(text: str) -> tuple[float, bool]:
+    """A Redis score bound as (value, open)."""
+    if text in ("-inf", "+inf"):
+        return float(text), False
+    if text.startswith("("):
+        return float(text[1:]), True
+    return float(text), False
+
+
+def _tighter(a: str, b: str, low: bool) -> str:
+    (va, oa), vb = _bound(a), _bound(b)[0]
+    if va != vb:
+        return a if (va > vb) == low else b
+    return a if oa else b  # equal values: the open bound is the tighter one
+
+
+def _empty_range(lo: str, hi: str) -> bool:
+    (vl, ol), (vh, oh) = _bound(lo), _bound(hi)
+    return vl > vh or (vl == vh and (ol or oh))
+
+
+def _conjunction(children: list[LogicalNode]) -> LogicalNode:
+    flat: list[LogicalNode] = []
+    for child in children:
+        flat.extend(child.children if isinstance(child, LAnd) else [child])
+    if any(isinstance(c, LConst) and not c.value for c in flat):
+        return next(c for c in flat if isinstance(c, LConst) and not c.value)
+    values: dict[ValueIndex, LValues] = {}
+    ranges: dict[str, LRange] = {}
+    ids: LIds | None = None
+    absent: set[ValueIndex] = set()
+    excluded: dict[ValueIndex, set[str]] = {}  # values a NOT (k = v) rules out
+    needs: set[ValueIndex] = set()  # keys some term needs present
+    out: list[LogicalNode] = []
+    for child in flat:
+        if isinstance(child, LValues):
+            known = values.get(child.index)
+            if known is None:
+                values[child.index] = child
+                out.append(child)
+                continue
+            kept = tuple(v for v in known.values if v in set(child.values))
+            if not kept:
+                return LConst(False, f"{known.text} AND {child.text}: no value is both")
+            merged = LValues(child.index, kept, f"{known.text} AND {child.text}")
+            out[out.index(known)] = merged
+            values[child.index] = merged
+            needs.add(child.index)
+        elif isinstance(child, LRange):
+            seen = ranges.get(child.zset)
+            if seen is None:
+                ranges[child.zset] = child
+                out.append(child)
+                continue
+            lo = _tighter(seen.lo, child.lo, True)
+            hi = _tighter(seen.hi, child.hi, False)
+            text = f"{seen.text} AND {child.text}"
+            if _empty_range(lo, hi):
+                return LConst(False, f"{text}: an empty range")
+            merged_range = LRange(child.zset, lo, hi, text)
+            out[out.index(seen)] = merged_range
+            ranges[child.zset] = merged_range
+        elif isinstance(child, LIds):
+            if ids is None:
+                ids = child
+                out.append(child)
+                continue
+            wanted = set(child.ids)
+            both = tuple(i for i in ids.ids if i in wanted)
+            if not both:
+                return LConst(False, f"{ids.text} AND {child.text}: no trace id is both")
+            merged_ids = LIds(both, f"{ids.text} AND {child.text}")
+            out[out.index(ids)] = merged_ids
+            ids = merged_ids
+        elif isinstance(child, LConst):
+            continue  # true: drops out
+        else:
+            if isinstance(child, LNot) and isinstance(child.child, LPresent):
+                absent.add(child.child.index)
+            elif isinstance(child, LNot) and isinstance(child.child, LValues):
+                excluded.setdefault(child.child.index, set()).update(child.child.values)
+            elif isinstance(child, LPresent | LMatch):
+                needs.add(child.index)
+            elif isinstance(child, LAnd | LOr | LNot):
+                pass
+            out.append(child)
+    needs.update(values)
+    clash = absent & needs
+    if clash:
+        index = next(iter(clash))
+        return LConst(False, f"{index.label} IS NULL and a term that needs it present")
+    for index, ruled_out in excluded.items():
+        known = values.get(index)
+        if known is not None and set(known.values) <= ruled_out:
+            return LConst(False, f"{known.text}: every value is excluded by another term")
+    return _pinned(out, values)
+
+
+def _pinned(out: list[LogicalNode], values: dict[ValueIndex, LValues]) -> LogicalNode:
+    """Terms on a key the conjunction pins to a few values are decided on those values: a
+    pattern (``client_request_id = 'a' AND client_request_id LIKE 'b%'``) keeps the values
+    it matches, presence is implied, ``!= v`` drops v; no pattern is read over the key."""
+    kept = list(out)
+    for child in out:
+        index = getattr(child, "index", None)
+        if isinstance(child, LNot) and isinstance(child.child, LValues):
+            index = child.child.index
+        known = values.get(index) if index is not None else None
+        if known is None or isinstance(child, LValues):
+            continue
+        if isinstance(child, LMatch):
+            left = tuple(v for v in known.values if child.predicate(v) != child.negated)
+        elif isinstance(child, LNot) and isinstance(child.child, LValues):
+            gone = set(child.child.values)
+            left = tuple(v for v in known.values if v not in gone)
+        elif isinstance(child, LPresent):
+            left = known.values  # implied by the values
+        else:
+            continue
+        if not left:
+            return LConst(False, f"{known.text} AND {_text(child)}: no value is both")
+        kept.remove(child)
+        if left != known.values:
+            narrowed = LValues(known.index, left, f"{known.text} AND {_text(child)}")
+            kept[kept.index(known)] = narrowed
+            values[known.index] = narrowed
+    if not kept:
+        return LConst(True, "every trace")
+    return kept[0] if len(kept) == 1 else LAnd(tuple(kept))
+
+
+def _text(node: LogicalNode) -> str:
+    if isinstance(node, LNot):
+        inner = _text(node.child)
+        # (a != / NOT IN clause is NOT of its values, under the clause's own text)
+        return inner if "!=" in inner or "NOT IN" in inner else f"NOT ({inner})"
+    return str(getattr(node, "text", "…"))

@@ -1,0 +1,80 @@
+"""Contradictions and pinned keys decided before any read (query/simplify.py): the rewritten
+terms, and the answers of such filters against the reference evaluator."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.helpers import drop_namespace
+from tracetags.client import Client
+from tracetags.query import executor
+from tracetags.query.logical import LConst, LValues
+from tracetags.settings import Settings
+
+NOTHING = [
+    "tags.env = 'production' AND tags.env = 'staging'",
+    "timestamp_ms > 1700000005000 AND timestamp_ms < 1700000004000",
+    "timestamp_ms > 1700000005000 AND timestamp_ms <= 1700000005000",
+    "tags.env IS NULL AND tags.env = 'production'",
+    "tags.env IS NULL AND tags.env LIKE 'p%'",
+    "tags.env = 'production' AND tags.env != 'production'",
+    "request_id = 'a' AND request_id = 'b'",
+    "status = 'OK' AND status = 'ERROR'",
+    "client_request_id = 'req-1' AND client_request_id LIKE 'req-2%'",
+    "tags.env = 'dev' AND tags.env NOT LIKE 'd%'",
+    "status = 'OK' AND (tags.user = 'user_1' AND tags.user = 'user_2')",
+]
+SOMETHING = [
+    "tags.env IN ('production', 'staging') AND tags.env = 'staging'",
+    "tags.env IN ('production', 'staging', 'dev') AND tags.env != 'dev'",
+    "client_request_id = 'req-1' AND client_request_id LIKE 'req-%'",
+    "status = 'OK' AND status != 'ERROR' AND tags.env IS NOT NULL",
+    "execution_time_ms > 10 AND execution_time_ms < 400 AND execution_time_ms >= 20",
+    "tags.env = 'production' AND tags.env ILIKE 'PROD%'",
+    "NOT (tags.env = 'a' AND tags.env = 'b')",
+    "tags.env = 'production' OR (status = 'OK' AND status = 'ERROR')",
+    "timestamp_ms >= 1700000005000 AND timestamp_ms <= 1700000005000",
+]
+
+
+@pytest.mark.parametrize("filter_string", NOTHING)
+def test_a_contradiction_is_nothing(filter_string: str) -> None:
+    root = executor.prepare(None, filter_string).root
+    assert isinstance(root, LConst) and not root.value, root
+
+
+def test_a_pinned_key_narrows_its_values() -> None:
+    root = executor.prepare(None, "tags.k IN ('a', 'b', 'c') AND tags.k != 'b'").root
+    assert isinstance(root, LValues) and root.values == ("a", "c")
+    root = executor.prepare(None, "client_request_id = 'r1' AND client_request_id LIKE 'r%'").root
+    assert isinstance(root, LValues) and root.values == ("r1",)
+
+
+@pytest.fixture(scope="module")
+def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    traces, mutations = qd.generate(29, 400, n_mutations=60)
+    c = Client(
+        Settings(redis_url=redis_url, namespace=f"tt-simp-{os.urandom(4).hex()}", partitions=2)
+    )
+    qd.load(c.redis, c.keys, 2, traces, mutations)
+    yield c, ref.apply_mutations(traces, mutations)
+    drop_namespace(c.redis, c.keys.namespace)
+    c.close()
+
+
+@pytest.mark.parametrize("filter_string", NOTHING + SOMETHING)
+def test_simplified_filters_equal_the_reference(
+    loaded: tuple[Client, list[dict[str, object]]], filter_string: str
+) -> None:
+    client, final = loaded
+    expected = ref.search(final, None, filter_string, None, 1000)
+    page = client.search_traces(filter_string=filter_string, max_results=1000)
+    assert [t.info.trace_id for t in page] == expected
+    assert client.count(filter_string) == len(expected)
+    if filter_string in SOMETHING[:6]:
+        assert expected  # the dataset has matches: the rewrite kept them
