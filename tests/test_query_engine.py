@@ -586,7 +586,7 @@ def _build_lookups(loaded: Loaded, redis_url: str, fields: list[str]) -> None:
     async def build() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
         try:
-            for partition in range(loaded.settings.partitions):
+            for partition in range(loaded.settings.partition_count):
                 keys = loaded.client.keys
                 await functions.ensure_lookups_async(client, keys, partition, fields)
         finally:

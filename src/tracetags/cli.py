@@ -30,7 +30,7 @@ from typer.core import TyperGroup
 
 from tracetags import deadletters, schemas, traffic
 from tracetags.client import Client, TraceInfo
-from tracetags.connections import socket_options
+from tracetags.connections import socket_options, sync_client
 from tracetags.embedded import RedisServer, embedded_server
 from tracetags.errors import (
     ArchiveCorruptError,
@@ -213,9 +213,7 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
 
 
 def _ping(settings: Settings) -> None:
-    client = redis.Redis.from_url(
-        settings.effective_redis_url, **socket_options(settings, timeout_s=3.0)
-    )
+    client = sync_client(settings.effective_redis_url, **socket_options(settings, timeout_s=3.0))
     try:
         client.ping()
     except (redis.ResponseError, redis.exceptions.BusyLoadingError) as exc:
@@ -866,7 +864,7 @@ def log_command(
 ) -> None:
     """Print the decoded event log as JSON lines (one entry per line)."""
     settings = _reachable()
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    client = sync_client(settings.effective_redis_url)
     encoder = msgspec.json.Encoder()
     try:
         for entry in read_log(
@@ -1069,8 +1067,8 @@ def verify(
     url_b = redis_url_b or settings.effective_redis_url
     if redis_url_b is not None:
         _ping(settings.replace(redis_url=redis_url_b))
-    client_a = redis.Redis.from_url(settings.effective_redis_url)
-    client_b = redis.Redis.from_url(url_b)
+    client_a = sync_client(settings.effective_redis_url)
+    client_b = sync_client(url_b)
     try:
         result = run_verify(client_a, namespace_a, client_b, namespace_b, limit=limit)
     finally:

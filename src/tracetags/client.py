@@ -15,7 +15,7 @@ import redis
 from tracetags import functions, redis_errors, schemas
 from tracetags.archive import state as archive_state
 from tracetags.archive.state import ArchiveStatus
-from tracetags.connections import socket_options
+from tracetags.connections import socket_options, sync_client
 from tracetags.errors import BulkWriteError, RedisUnavailableError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
@@ -233,9 +233,7 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.keys = Keys(self.settings.namespace)
-        self.redis = redis.Redis.from_url(
-            self.settings.effective_redis_url, **socket_options(self.settings)
-        )
+        self.redis = sync_client(self.settings.effective_redis_url, **socket_options(self.settings))
         self._partitions: int | None = None
         self._producer: TagProducer | None = None
 
@@ -256,7 +254,7 @@ class Client:
         if self._partitions is None:
             raw = self.redis.hget(self.keys.meta, "partitions")
             if raw is None:
-                return self.settings.partitions
+                return self.settings.partition_count
             self._partitions = int(raw)
         return self._partitions
 
@@ -618,9 +616,9 @@ class Client:
         """Whether Redis would take a write now, asked without writing: an XADD queued in a
         transaction that is then discarded.  (The condition's name, Redis's words.)"""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.execute_command("MULTI")  # type: ignore[no-untyped-call]
-        pipe.execute_command("XADD", self.keys.stream(0), "*", schemas.ENTRY_FIELD, b"")  # type: ignore[no-untyped-call]
-        pipe.execute_command("DISCARD")  # type: ignore[no-untyped-call]
+        pipe.execute_command("MULTI")
+        pipe.execute_command("XADD", self.keys.stream(0), "*", schemas.ENTRY_FIELD, b"")
+        pipe.execute_command("DISCARD")
         try:
             replies = pipe.execute(raise_on_error=False)
         except redis.exceptions.BusyLoadingError as exc:

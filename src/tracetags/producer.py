@@ -477,7 +477,7 @@ class _Core:
     def _connect_commands(self) -> list[tuple[Any, ...]]:
         meta = self.keys.meta
         return [
-            ("HSETNX", meta, "partitions", self.settings.partitions),
+            ("HSETNX", meta, "partitions", self.settings.partition_count),
             ("HSETNX", meta, "created_ms", schemas.now_ms()),
             ("HGET", meta, "partitions"),
             ("TIME",),
@@ -485,7 +485,7 @@ class _Core:
 
     def _connected(self, replies: list[Any]) -> None:
         partitions = int(replies[2])
-        if partitions != self.settings.partitions:
+        if self.settings.partitions is not None and partitions != self.settings.partitions:
             log.warning(
                 "namespace %r was created with %d partitions; using that (settings say %d)",
                 self.settings.namespace,

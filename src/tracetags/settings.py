@@ -8,13 +8,21 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import msgspec
 
 from tracetags.errors import ConfigError
 
 ENV_PREFIX = "TRACETAGS_"
+#: URL schemes that name a Redis Cluster (any node is a seed), and the plain scheme redis-py
+#: parses the rest of the URL with.
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+#: Partitions of a namespace first created on a cluster, unless ``partitions`` is set: each
+#: partition is one slot (its keys share the ``{pNN}`` tag), so the count bounds how many
+#: primaries the fold and the data spread over; 16 spreads over up to a dozen or so primaries
+#: while costing a single-primary cluster little (one fold call per partition and batch).
+CLUSTER_DEFAULT_PARTITIONS: Final = 16
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
@@ -27,11 +35,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     unless a URL is given.
     """
 
+    #: ``redis://``, ``rediss://`` or ``unix://`` for one Redis; ``redis+cluster://host:port``
+    #: or ``rediss+cluster://`` for a Redis Cluster (any node as the seed).
     redis_url: str | None = None
     #: Prefix of every Redis key; letters, digits, ``_ . -``.
     namespace: str = "tracetags"
-    #: Number of partition streams, fixed when the namespace is first used.
-    partitions: int = 1
+    #: Number of partition streams, fixed when the namespace is first used (None: 1 on one
+    #: Redis, ``CLUSTER_DEFAULT_PARTITIONS`` on a cluster).
+    partitions: int | None = None
     #: Experiment that the fluent ``@tracetags.trace`` API logs to (MLflow's default is "0").
     experiment_id: str = "0"
     #: Consumer group that folds the log.
@@ -107,7 +118,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.consumer_group,
             "letters, digits, '_', '.', '-' only (1-128 chars)",
         )
-        _check(1 <= self.partitions <= 1024, "partitions", self.partitions, "must be 1..1024")
+        _check(
+            self.partitions is None or 1 <= self.partitions <= 1024,
+            "partitions",
+            self.partitions,
+            "must be 1..1024",
+        )
         _check(self.experiment_id != "", "experiment_id", self.experiment_id, "must not be empty")
         for name in (
             "consumer_batch_size",
@@ -173,16 +189,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.redis_url is not None:
             _check(
-                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                self.redis_url.startswith(("redis://", "rediss://", "unix://")) or self.is_cluster,
                 "redis_url",
                 self.redis_url,
-                "must start with redis://, rediss:// or unix://",
+                "must start with redis://, rediss://, unix://, redis+cluster:// or "
+                "rediss+cluster://",
             )
 
     @property
     def effective_redis_url(self) -> str:
         """The URL library calls connect to (the local default when none is set)."""
         return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when ``redis_url`` names a Redis Cluster (``redis+cluster://``...)."""
+        if self.redis_url is None:
+            return False
+        scheme = self.redis_url.split("://", 1)[0].lower()
+        return scheme in CLUSTER_SCHEMES
+
+    @property
+    def partition_count(self) -> int:
+        """The partition count a namespace created with these settings gets."""
+        if self.partitions is not None:
+            return self.partitions
+        return CLUSTER_DEFAULT_PARTITIONS if self.is_cluster else 1
 
     @property
     def archive_location(self) -> str | None:
@@ -222,7 +254,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
-            values[field.name] = _parse(var, raw, field.default)
+            # An optional whole number (None: a default that depends on other settings).
+            sample = 0 if field.default is None and int in get_args(field.type) else field.default
+            values[field.name] = _parse(var, raw, sample)
         values.update(overrides)
         try:
             return cls(**values)

@@ -32,6 +32,7 @@ from tracetags.archive.segments import (
 )
 from tracetags.archive.store import LocalStore, S3Store, open_store
 from tracetags.archive.trim import trim
+from tracetags.connections import SyncClient, sync_client
 from tracetags.errors import ArchiveCorruptError, ArchiveStoreError
 from tracetags.functions import DeadLetter
 from tracetags.keys import Keys
@@ -94,7 +95,7 @@ def _decode(fields: dict[bytes, bytes]) -> schemas.Event | bytes:
 
 
 def folded_bound(
-    client: redis.Redis, keys: Keys, partition: int, group: str
+    client: SyncClient, keys: Keys, partition: int, group: str
 ) -> tuple[EntryId, EntryId | None] | None:
     """``(last delivered, oldest pending or None)`` of the fold's group, read in one
     MULTI: every entry up to the first is folded except those from the second on.  None:
@@ -115,7 +116,7 @@ def folded_bound(
 
 
 def _folded_pages(
-    client: redis.Redis, stream: str, after: EntryId | None, bound: tuple[EntryId, EntryId | None],
+    client: SyncClient, stream: str, after: EntryId | None, bound: tuple[EntryId, EntryId | None],
     limit: int,
 ) -> Iterator[list[tuple[str, dict[bytes, bytes]]]]:  # fmt: skip
     """Pages (XRANGE) of the folded entries after ``after``, ``limit`` entries at most."""
@@ -142,7 +143,7 @@ class PartitionRun:
     """One run on one partition, holding its lock."""
 
     def __init__(
-        self, client: redis.Redis, store: Store, settings: Settings, partition: int,
+        self, client: SyncClient, store: Store, settings: Settings, partition: int,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:  # fmt: skip
         self.client = client
@@ -335,7 +336,7 @@ class PartitionRun:
 
 
 def archive_partition(
-    client: redis.Redis, store: Store, settings: Settings, partition: int, *,
+    client: SyncClient, store: Store, settings: Settings, partition: int, *,
     max_segments: int | None = None, on_progress: Callable[[int], None] | None = None,
 ) -> RunReport:  # fmt: skip
     """Archive the folded entries of ``partition`` not archived yet, then trim safely.
@@ -357,7 +358,7 @@ def archive_once(
     from tracetags.archive.reader import _store
 
     store = _store(settings)
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    client = sync_client(settings.effective_redis_url)
     try:
         partitions = (
             [partition]
@@ -387,7 +388,7 @@ class Archiver:
             raise ArchiveStoreError("no archive is configured: the log is unbounded")
         self.settings = settings
         self.store = store
-        self.client = redis.Redis.from_url(settings.effective_redis_url)
+        self.client = sync_client(settings.effective_redis_url)
         self.keys = Keys(settings.namespace)
         self.stopping = threading.Event()
         self._due: dict[int, float] = {}

@@ -29,13 +29,16 @@ tag ``mlflow.traceName``, overriding that key in the same event's ``tags``.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import msgspec
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
+from tracetags.connections import AsyncClient, SyncClient, pool_of
 from tracetags.errors import FoldArgumentsError, FoldError, QueryError
 from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
 from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
@@ -124,37 +127,76 @@ def _other_versions(reply: Any) -> list[str]:
     return names
 
 
-def load(client: redis.Redis) -> bool:
+def _load_steps() -> Generator[tuple[Any, ...], Any, bool]:
+    """The loading protocol as the raw commands it sends (each reply sent back in): the
+    same for one Redis and for each primary of a cluster, sync or async."""
+    listed = yield ("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME, "WITHCODE")
+    if _loaded_code(listed) == LIBRARY_CODE.encode():
+        return False
+    for name in _other_versions((yield ("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_PREFIX + "*"))):
+        yield ("FUNCTION", "DELETE", name)
+    yield ("FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
+    return True
+
+
+def _run_load(execute: Callable[..., Any]) -> bool:
+    steps = _load_steps()
+    try:
+        command = next(steps)
+        while True:
+            command = steps.send(execute(*command))
+    except StopIteration as done:
+        return bool(done.value)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
+
+
+async def _run_load_async(execute: Callable[..., Awaitable[Any]]) -> bool:
+    steps = _load_steps()
+    try:
+        command = next(steps)
+        while True:
+            command = steps.send(await execute(*command))
+    except StopIteration as done:
+        return bool(done.value)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
+
+
+def load(client: SyncClient) -> bool:
     """Load the library unless the same code is already loaded; True when it was (re)loaded.
 
     Idempotent and safe to race: ``FUNCTION LOAD REPLACE`` swaps the library atomically.
     Another version of the library (an older ``tracetags_vN``) is deleted first: function
-    names are global, and its fold would not keep this version's indexes.  Functions are
-    not propagated between cluster primaries: call this on each primary.
+    names are global, and its fold would not keep this version's indexes.  Functions are not
+    propagated between cluster primaries (replicas get them from their primary): on a
+    cluster, it is loaded on every primary the client knows of.
     """
-    if _loaded_code(client.function_list(LIBRARY_NAME, withcode=True)) == LIBRARY_CODE.encode():
-        return False
-    for name in _other_versions(client.function_list(LIBRARY_PREFIX + "*")):
-        client.function_delete(name)
-    try:
-        client.function_load(LIBRARY_CODE, replace=True)
-    except redis.ResponseError as exc:
-        raise translated(exc) from None
-    return True
+    if isinstance(client, redis.cluster.RedisCluster):
+        loaded = False
+        for node in client.get_primaries():  # type: ignore[no-untyped-call]
+
+            def on_node(*args: Any, node: Any = node) -> Any:
+                return client.execute_command(*args, target_nodes=node)  # type: ignore[no-untyped-call]
+
+            loaded = _run_load(on_node) or loaded
+        return loaded
+    return _run_load(client.execute_command)
 
 
-async def load_async(client: redis.asyncio.Redis) -> bool:
+async def load_async(client: AsyncClient) -> bool:
     """:func:`load` for redis.asyncio."""
-    listed = await client.function_list(LIBRARY_NAME, withcode=True)
-    if _loaded_code(listed) == LIBRARY_CODE.encode():
-        return False
-    for name in _other_versions(await client.function_list(LIBRARY_PREFIX + "*")):
-        await client.function_delete(name)
-    try:
-        await client.function_load(LIBRARY_CODE, replace=True)
-    except redis.ResponseError as exc:
-        raise translated(exc) from None
-    return True
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        await client.initialize()
+        loaded = False
+        for node in client.get_primaries():
+
+            async def on_node(*args: Any, node: Any = node) -> Any:
+                return await client.execute_command(*args, target_nodes=node)
+
+            loaded = await _run_load_async(on_node) or loaded
+        return loaded
+    return await _run_load_async(client.execute_command)
 
 
 # --- the chunks' time bounds of partitions folded before them ---------------------------
@@ -162,7 +204,7 @@ async def load_async(client: redis.asyncio.Redis) -> bool:
 TIME_BOUNDS_BATCH: Final = 10_000
 
 
-async def ensure_time_bounds_async(client: redis.asyncio.Redis, keys: Keys, partition: int) -> int:
+async def ensure_time_bounds_async(client: AsyncClient, keys: Keys, partition: int) -> int:
     """Give a partition folded before ``tracetags_v4`` its chunks' time bounds (``tsx``, see
     keys.py), which newest-first pages need to visit chunks instead of walking ``ts``;
     returns how many traces it read (0: the partition had them, or has no trace yet).
@@ -215,14 +257,14 @@ def fingerprint(value: str) -> int:
     return h + 1
 
 
-async def _lookup_async(client: redis.asyncio.Redis, lk: str, *argv: Any) -> Any:
+async def _lookup_async(client: AsyncClient, lk: str, *argv: Any) -> Any:
     try:
         return await client.fcall(LOOKUP_FUNCTION, 1, lk, *argv)
     except redis.ResponseError as exc:
         raise translated(exc) from None
 
 
-def drop_lookup(client: redis.Redis, keys: Keys, partition: int, field: str) -> None:
+def drop_lookup(client: SyncClient, keys: Keys, partition: int, field: str) -> None:
     """Stop keeping the lookup fingerprints of ``field`` in one partition and delete them
     (the library must be loaded: :func:`ensure_loaded`)."""
     try:
@@ -234,7 +276,7 @@ def drop_lookup(client: redis.Redis, keys: Keys, partition: int, field: str) -> 
 
 
 async def ensure_lookups_async(
-    client: redis.asyncio.Redis,
+    client: AsyncClient,
     keys: Keys,
     partition: int,
     fields: Sequence[str],
@@ -381,7 +423,7 @@ def _result(reply: Sequence[int]) -> BatchResult:
 
 
 def apply_batch(
-    client: redis.Redis, keys: Keys, partition: int, group: str, items: Iterable[BatchItem]
+    client: SyncClient, keys: Keys, partition: int, group: str, items: Iterable[BatchItem]
 ) -> BatchResult:
     """Fold ``items`` (events and dead letters of one partition) and XACK them, atomically.
 
@@ -403,7 +445,7 @@ def apply_batch(
 
 
 async def apply_batch_async(
-    client: redis.asyncio.Redis,
+    client: AsyncClient,
     keys: Keys,
     partition: int,
     group: str,
@@ -438,9 +480,10 @@ def _query_error(exc: redis.ResponseError) -> QueryError:
 _verified: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def ensure_loaded(client: redis.Redis) -> None:
-    """Load (or replace) the library once per connection pool, before the first query."""
-    pool = client.connection_pool
+def ensure_loaded(client: SyncClient) -> None:
+    """Load (or replace) the library once per connection pool (per cluster client), before
+    the first query."""
+    pool = pool_of(client)
     if pool not in _verified:
         load(client)
         _verified.add(pool)
@@ -453,7 +496,7 @@ def queue_query(pipe: redis.client.Pipeline, keys: Keys, partition: int, plan: b
 
 
 def execute_queries(
-    client: redis.Redis, fill: Callable[[redis.client.Pipeline], object]
+    client: SyncClient, fill: Callable[[redis.client.Pipeline], object]
 ) -> list[Any]:
     """Run the pipeline ``fill`` builds: ``tt_query`` calls (:func:`queue_query`) and any
     other reads, in one round trip.  Loads the library first, and once more if the server
@@ -475,7 +518,7 @@ def execute_queries(
 
 
 def query_partitions(
-    client: redis.Redis, keys: Keys, plans: Sequence[tuple[int, bytes]]
+    client: SyncClient, keys: Keys, plans: Sequence[tuple[int, bytes]]
 ) -> list[Any]:
     """Run ``tt_query`` (read only) for each ``(partition, msgpack plan)`` in one pipeline.
 

@@ -19,6 +19,7 @@ import msgspec
 import redis
 
 from tracetags import functions
+from tracetags.connections import SyncClient, pool_of
 from tracetags.errors import FilterSemanticError, PageTokenError
 from tracetags.keys import Keys, field_label, metadata_field, split_register, tag_field
 from tracetags.query.ast import Expr, OrderKey
@@ -160,7 +161,7 @@ def _prepare(experiment_ids: Any, filter_string: Any, order_by: Any) -> Prepared
 
 
 def _probe(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partitions: int,
     root: LogicalNode,
@@ -256,9 +257,9 @@ def clear_caches() -> None:
 
 
 def _recent_probe(
-    client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared
+    client: SyncClient, keys: Keys, partitions: int, prepared: Prepared
 ) -> _Reused | None:
-    entry = _probes.get(client.connection_pool, {}).get((keys.namespace, partitions, id(prepared)))
+    entry = _probes.get(pool_of(client), {}).get((keys.namespace, partitions, id(prepared)))
     if (
         entry is None
         or entry.prepared is not prepared
@@ -269,9 +270,9 @@ def _recent_probe(
 
 
 def _remember_probe(
-    client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared, probed: Probed
+    client: SyncClient, keys: Keys, partitions: int, prepared: Prepared, probed: Probed
 ) -> None:
-    known = _probes.setdefault(client.connection_pool, {})
+    known = _probes.setdefault(pool_of(client), {})
     if len(known) >= _PREPARED_MAX:
         known.clear()
     known[(keys.namespace, partitions, id(prepared))] = _Reused(
@@ -280,7 +281,7 @@ def _remember_probe(
 
 
 def _plans(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partitions: int,
     prepared: Prepared,
@@ -345,7 +346,7 @@ def _make_plans(
     return plans
 
 
-def _run(client: redis.Redis, keys: Keys, plans: Sequence[PartitionPlan]) -> list[Any]:
+def _run(client: SyncClient, keys: Keys, plans: Sequence[PartitionPlan]) -> list[Any]:
     return functions.query_partitions(
         client, keys, [(p.partition, _ENCODER.encode(p.plan)) for p in plans]
     )
@@ -459,7 +460,7 @@ class Page:
 
 
 def search(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partitions: int,
     prepared: Prepared,
@@ -505,7 +506,7 @@ def search(
     return Page(rows, token)
 
 
-def count(client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared) -> int:
+def count(client: SyncClient, keys: Keys, partitions: int, prepared: Prepared) -> int:
     """How many traces match, without fetching any."""
     plans = _plans(client, keys, partitions, prepared, "count")
     total = sum(p.exact_count for p in plans)
@@ -514,7 +515,7 @@ def count(client: redis.Redis, keys: Keys, partitions: int, prepared: Prepared) 
 
 
 def explain(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partitions: int,
     prepared: Prepared,
@@ -610,7 +611,7 @@ def _percentile(pairs: Sequence[tuple[int, int]], n: int, q: float) -> float:
 
 
 def stats(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partitions: int,
     prepared: Prepared,
