@@ -22,6 +22,7 @@ import redis
 from tests.support.archive import moto_server, s3_url  # noqa: F401 - fixtures
 from tests.support.cluster import LocalCluster, cluster_available
 from tests.support.helpers import scratch_namespace
+from tracetags.connections import SyncClient, sync_client
 from tracetags.embedded import RedisServer
 from tracetags.settings import Settings
 
@@ -176,3 +177,11 @@ def any_settings(any_redis_url: str) -> Iterator[Settings]:
     """Settings of a fresh namespace on :func:`any_redis_url` (removed afterwards)."""
     with scratch_namespace(any_redis_url) as ns:
         yield Settings(redis_url=any_redis_url, namespace=ns, flush_interval_ms=2)
+
+
+@pytest.fixture
+def any_r(any_redis_url: str) -> Iterator[SyncClient]:
+    """A client of :func:`any_redis_url` (a ``RedisCluster`` on the cluster)."""
+    client = sync_client(any_redis_url)
+    yield client
+    client.close()

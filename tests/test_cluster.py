@@ -3,6 +3,8 @@ Functions library on every primary, and the partitions spread over the primaries
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -10,11 +12,11 @@ import redis
 import redis.asyncio.cluster
 import redis.cluster
 
-from tests.support.cluster import LocalCluster
-from tests.support.helpers import scratch_namespace
-from tracetags import functions, schemas
+from tests.support.cluster import ClusterNode, LocalCluster
+from tests.support.helpers import read_log, scratch_namespace, wait_until
+from tracetags import TagProducer, functions, schemas
 from tracetags.connections import async_client, cluster_seed_url, sync_client
-from tracetags.keys import Keys
+from tracetags.keys import Keys, partition_of
 from tracetags.settings import Settings
 
 
@@ -122,3 +124,60 @@ async def test_a_fold_that_meets_a_primary_without_the_library_loads_it_there_an
             direct.close()
     finally:
         await client.aclose()
+
+
+def _other_primary(cluster: LocalCluster, slot: int) -> ClusterNode:
+    owner = cluster.owner_of_slot(slot)
+    return next(node for node in cluster.primaries() if node is not owner)
+
+
+def test_a_producer_writes_through_a_slot_migration_following_ask_and_moved(
+    redis_cluster: LocalCluster, cluster_settings: Settings
+) -> None:
+    settings = cluster_settings.replace(partitions=4, producer_batch_size=50)
+    keys = Keys(settings.namespace)
+    client = sync_client(settings.effective_redis_url)
+    assert isinstance(client, redis.cluster.RedisCluster)
+    trace = next(f"tr-{i}" for i in range(100) if partition_of(f"tr-{i}", 4) == 2)
+    slot = client.keyslot(keys.stream(2))
+    stop = threading.Event()
+    sent = 0
+    steps: list[tuple[str, int]] = []
+
+    def produce() -> None:
+        nonlocal sent
+        with TagProducer(settings) as producer:
+            while not stop.is_set():
+                producer.set_tags(trace, {"seq": str(sent)})
+                producer.set_tags(f"other-{sent % 9}", {"seq": str(sent)})
+                sent += 1
+                if sent % 20 == 0:
+                    time.sleep(0.002)
+
+    writer = threading.Thread(target=produce)
+    writer.start()
+    try:
+        wait_until(lambda: sent > 200)
+        redis_cluster.migrate_slot(
+            slot,
+            _other_primary(redis_cluster, slot),
+            last=[keys.stream(2), keys.dead_letters(2)],
+            pause_s=0.3,
+            on_step=lambda name: steps.append((name, sent)),
+        )
+        written_at_end = sent
+        wait_until(lambda: sent > written_at_end + 200)
+    finally:
+        stop.set()
+        writer.join()
+    # Events were written in every phase of the migration: MIGRATING (the source still
+    # has the stream), after the stream moved (ASK), after SETSLOT NODE (MOVED).
+    counts = [n for _, n in steps]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts), steps
+    seqs = [
+        int(event.tags["seq"])
+        for _, _, event in read_log(client, settings.namespace)
+        if isinstance(event, schemas.TagsSet) and event.trace_id == trace
+    ]
+    assert seqs == list(range(sent))  # each exactly once, in call order
+    client.close()

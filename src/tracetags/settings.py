@@ -72,6 +72,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: First and largest pause between retries while Redis is unreachable.
     retry_initial_ms: int = 50
     retry_max_ms: int = 5_000
+    #: Replicas that must acknowledge each producer write (``WAIT``) before it counts as
+    #: written; 0 (the default): none, a write counts once its primary has it, and a primary
+    #: that dies before its replica got the write loses it (see docs/cluster.md).
+    producer_wait_replicas: int = 0
+    #: How long a producer write waits for those acknowledgements; without them in time,
+    #: the write is treated as possibly lost: checked and resent if it is not there.
+    producer_wait_timeout_ms: int = 1_000
     #: Socket connect/read timeout of the producer's connection.
     socket_timeout_ms: int = 5_000
     #: ``tracetags serve`` kills and restarts a worker whose fold call has been in flight
@@ -137,8 +144,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "claim_idle_ms",
             "overflow_timeout_ms",
             "watchdog_ms",
+            "producer_wait_timeout_ms",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _check(
+            self.producer_wait_replicas >= 0,
+            "producer_wait_replicas",
+            self.producer_wait_replicas,
+            "must be >= 0",
+        )
         _check(
             self.atexit_flush_timeout_ms >= 0,
             "atexit_flush_timeout_ms",

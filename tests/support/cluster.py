@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,73 @@ class LocalCluster:
         """Start a killed node again: its nodes.conf makes it a replica of whoever took over."""
         node.start()
         self.wait_healthy()
+
+    def node_id(self, node: ClusterNode) -> str:
+        client = node.client()
+        try:
+            reply = client.execute_command("CLUSTER MYID")
+        finally:
+            client.close()
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def migrate_slot(
+        self,
+        slot: int,
+        target: ClusterNode,
+        *,
+        last: Sequence[str] = (),
+        batch: int = 20,
+        pause_s: float = 0.0,
+        on_step: Callable[[str], None] | None = None,
+    ) -> None:
+        """Move ``slot`` to ``target`` as ``redis-cli --cluster reshard`` does (SETSLOT
+        IMPORTING / MIGRATING, MIGRATE in batches, SETSLOT NODE everywhere), the keys in
+        ``last`` moved together after every other key; ``pause_s`` between steps widens the
+        windows in which clients meet ASK and MOVED."""
+        source = self.owner_of_slot(slot)
+        assert source is not target, "the slot is already there"
+        src, dst = source.client(), target.client()
+        step = on_step or (lambda _: None)
+        try:
+            source_id, target_id = self.node_id(source), self.node_id(target)
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            step("migrating")
+            time.sleep(pause_s)
+            held = {name.encode() for name in last}
+            present: list[bytes] = []
+            while True:
+                in_slot = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+                present = [k for k in in_slot if k in held]
+                keys = [k for k in in_slot if k not in held]
+                if not keys:
+                    break
+                for start in range(0, len(keys), batch):
+                    part = keys[start : start + batch]
+                    src.execute_command(
+                        "MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *part
+                    )
+                    time.sleep(pause_s / 10)
+            step("moved the other keys")
+            time.sleep(pause_s)
+            if present:
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *present
+                )
+            step("moved the last keys")
+            time.sleep(pause_s)
+            others = [n for n in self.primaries() if n is not target and n is not source]
+            for node in [target, source, *others]:  # the target first, as redis-cli does
+                client = node.client()
+                try:
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+                finally:
+                    client.close()
+            step("done")
+        finally:
+            src.close()
+            dst.close()
+        wait_for(lambda: self.owner_of_slot(slot) is target, 30.0, f"slot {slot} to move")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

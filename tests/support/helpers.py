@@ -14,7 +14,7 @@ from tracetags import log, schemas
 from tracetags.connections import SyncClient, sync_client
 
 
-def read_log(client: redis.Redis, namespace: str) -> list[tuple[int, str, schemas.Event]]:
+def read_log(client: SyncClient, namespace: str) -> list[tuple[int, str, schemas.Event]]:
     """Every event of every partition as (partition, entry id, event), in stream order."""
     out = []
     for entry in log.read_log(client, namespace):
