@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis
+import redis.cluster
 
-from tracetags import functions, redis_errors, schemas
+from tracetags import functions, redis_errors, schemas, topology
 from tracetags.archive import state as archive_state
 from tracetags.archive.state import ArchiveStatus
 from tracetags.connections import socket_options, sync_client
@@ -91,6 +92,12 @@ class TracePage(list[Trace]):
 
 class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     partition: int
+    #: The Redis holding the partition (``host:port``; on a cluster, the primary serving
+    #: its slot).
+    node: str | None = None
+    #: The partition's cluster slot (the keyslot of its ``{pNN}`` hash tag); None on one
+    #: Redis.
+    slot: int | None = None
     stream_length: int
     #: Consumers registered in the group (Redis 7.0 registers one at its first read).
     consumers: int
@@ -106,6 +113,25 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     stream_bytes: int | None = None
     #: The partition's archive as the archiver last saw it (None: never archived).
     archive: ArchiveStatus | None = None
+
+
+class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One Redis of the namespace: the single one, or a primary of a cluster."""
+
+    address: str
+    partitions: list[int]
+    used_memory_bytes: int | None = None
+    used_memory_human: str | None = None
+    #: What keeps this node from taking writes (as :attr:`Status.condition`).
+    condition: str | None = None
+    condition_detail: str | None = None
+    #: Why the node could not be read (a cluster primary down, not yet failed over): its
+    #: partitions are missing from :attr:`Status.partitions`.
+    error: str | None = None
+
+
+#: :attr:`Status.condition` when a cluster node holding partitions does not answer.
+UNREACHABLE = "UNREACHABLE"
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +150,10 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     condition_detail: str | None = None
     #: The archive URL these settings give (TRACETAGS_ARCHIVE_URL or the embedded default).
     archive_url: str | None = None
+    #: Every node and the partitions it holds (one on a single Redis).
+    nodes: list[NodeStatus] = []
+    #: Whether ``nodes`` are the primaries of a Redis Cluster.
+    cluster: bool = False
 
     @property
     def log_unbounded(self) -> bool:
@@ -544,11 +574,36 @@ class Client:
 
     @_reaching_redis
     def status(self) -> Status:
-        """Per partition: stream length, consumers, pending, lag, dead letters, traces;
-        Redis memory; and the condition that keeps Redis from taking writes, if any (the
-        rest is read wherever reads work)."""
-        condition, detail = self._write_condition()
-        if condition in ("BUSY", "LOADING"):
+        """Per partition: stream length, consumers, pending, lag, dead letters, traces, and
+        the node holding it; Redis memory; and the condition that keeps Redis from taking
+        writes, if any (the rest is read wherever reads work).  On a cluster every primary
+        is read on its own: one that does not answer is reported (condition
+        ``UNREACHABLE``) and the others' partitions are still shown."""
+        cluster = isinstance(self.redis, redis.cluster.RedisCluster)
+        rows: list[GroupStatus] = []
+        node_rows: list[NodeStatus] = []
+        connected: set[str] = set()
+        for node in topology.nodes(self.redis, self.keys, self.partitions):
+            try:
+                node_status, node_partitions, node_consumers = self._node_status(node)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not cluster:
+                    raise
+                node_status = NodeStatus(
+                    address=node.address, partitions=node.partitions, error=str(exc)
+                )
+                node_partitions, node_consumers = [], set()
+            node_rows.append(node_status)
+            rows.extend(node_partitions)
+            connected |= node_consumers
+        condition, detail = None, None
+        troubled = next((n for n in node_rows if n.condition or n.error), None)
+        if troubled is not None:
+            condition = troubled.condition or UNREACHABLE
+            detail = troubled.condition_detail or troubled.error
+            if cluster:
+                detail = f"node {troubled.address}: {detail}"
+        if not cluster and condition in ("BUSY", "LOADING"):
             return Status(
                 namespace=self.settings.namespace,
                 group=self.settings.consumer_group,
@@ -558,12 +613,52 @@ class Client:
                 used_memory_human="?",
                 condition=condition,
                 condition_detail=detail,
+                nodes=node_rows,
+            )
+        alive_since = schemas.now_ms() - HEARTBEAT_TTL_MS
+        try:
+            live: Any = self.redis.zrangebyscore(self.keys.consumers, alive_since, "+inf")
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            if not cluster:
+                raise
+            live = []  # the heartbeats' node is down: the connections alone tell
+        used = sum(n.used_memory_bytes or 0 for n in node_rows)
+        return Status(
+            namespace=self.settings.namespace,
+            group=self.settings.consumer_group,
+            live_consumers=sorted({name.decode() for name in live} | connected),
+            partitions=sorted(rows, key=lambda row: row.partition),
+            used_memory_bytes=used,
+            used_memory_human=(
+                _human_bytes(used) if cluster else (node_rows[0].used_memory_human or "?")
+            ),
+            archive_url=self.settings.archive_location,
+            condition=condition,
+            condition_detail=detail,
+            nodes=node_rows,
+            cluster=cluster,
+        )
+
+    def _node_status(self, node: topology.Node) -> tuple[NodeStatus, list[GroupStatus], set[str]]:
+        """One node's status, its partitions' rows and the consumers connected to it."""
+        first = node.partitions[0] if node.partitions else None
+        condition, detail = self._write_condition(node.client, first)
+        if condition in ("BUSY", "LOADING"):
+            return (
+                NodeStatus(
+                    address=node.address,
+                    partitions=node.partitions,
+                    condition=condition,
+                    condition_detail=detail,
+                ),
+                [],
+                set(),
             )
         group = self.settings.consumer_group.encode()
         rows: list[GroupStatus] = []
-        for partition in range(self.partitions):
+        for partition in node.partitions:
             stream = self.keys.stream(partition)
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = node.client.pipeline(transaction=False)
             pipe.xlen(stream)
             pipe.xlen(self.keys.dead_letters(partition))
             pipe.hlen(self.keys.trace_ids(partition))
@@ -572,13 +667,15 @@ class Client:
             pipe.memory_usage(stream)
             length, dead, traces, lookups, archived, stream_bytes = pipe.execute()
             try:
-                groups: Any = self.redis.xinfo_groups(stream)
+                groups: Any = node.client.xinfo_groups(stream)
             except redis.ResponseError:
                 groups = []
             info = next((g for g in groups if g["name"] == group), None)
             rows.append(
                 GroupStatus(
                     partition=partition,
+                    node=node.address,
+                    slot=node.slots.get(partition),
                     stream_length=int(length),
                     consumers=int(info["consumers"]) if info else 0,
                     pending=int(info["pending"]) if info else 0,
@@ -597,28 +694,30 @@ class Client:
                     archive=archive_state.from_hash(archived) if archived else None,
                 )
             )
-        memory: Any = self.redis.info("memory")
-        alive_since = schemas.now_ms() - HEARTBEAT_TTL_MS
-        live: Any = self.redis.zrangebyscore(self.keys.consumers, alive_since, "+inf")
-        return Status(
-            namespace=self.settings.namespace,
-            group=self.settings.consumer_group,
-            live_consumers=sorted({name.decode() for name in live} | self._connected_consumers()),
-            partitions=rows,
+        memory: Any = node.client.info("memory")
+        node_status = NodeStatus(
+            address=node.address,
+            partitions=node.partitions,
             used_memory_bytes=int(memory["used_memory"]),
             used_memory_human=str(memory["used_memory_human"]),
-            archive_url=self.settings.archive_location,
             condition=condition,
             condition_detail=detail,
         )
+        return node_status, rows, self._connected_consumers(node.client)
 
-    def _write_condition(self) -> tuple[str | None, str | None]:
-        """Whether Redis would take a write now, asked without writing: an XADD queued in a
-        transaction that is then discarded.  (The condition's name, Redis's words.)"""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.execute_command("MULTI")
-        pipe.execute_command("XADD", self.keys.stream(0), "*", schemas.ENTRY_FIELD, b"")
-        pipe.execute_command("DISCARD")
+    def _write_condition(
+        self, client: redis.Redis, partition: int | None
+    ) -> tuple[str | None, str | None]:
+        """Whether a node would take a write now, asked without writing: an XADD to the
+        stream of one of its partitions queued in a transaction that is then discarded.
+        (The condition's name, Redis's words; no verdict for a node holding no partition.)"""
+        if partition is None:
+            return None, None
+        pipe = client.pipeline(transaction=False)
+        stream = self.keys.stream(partition)
+        pipe.execute_command("MULTI")  # type: ignore[no-untyped-call]
+        pipe.execute_command("XADD", stream, "*", schemas.ENTRY_FIELD, b"")  # type: ignore[no-untyped-call]
+        pipe.execute_command("DISCARD")  # type: ignore[no-untyped-call]
         try:
             replies = pipe.execute(raise_on_error=False)
         except redis.exceptions.BusyLoadingError as exc:
@@ -632,12 +731,12 @@ class Client:
             raise refused
         return redis_errors.condition(refused), str(refused)
 
-    def _connected_consumers(self) -> set[str]:
-        """Consumers whose fold connection is open now (its name, in CLIENT LIST): liveness
-        that needs no write, for when the heartbeat cannot be written."""
+    def _connected_consumers(self, client: redis.Redis) -> set[str]:
+        """Consumers whose fold connection to ``client`` is open now (its name, in CLIENT
+        LIST): liveness that needs no write, for when the heartbeat cannot be written."""
         prefix = consumer_client_name(self.settings, "")
         try:
-            clients: Any = self.redis.client_list()
+            clients: Any = client.client_list()
         except redis.ResponseError:  # CLIENT LIST denied (ACL): the heartbeat alone
             return set()
         return {
@@ -645,3 +744,13 @@ class Client:
             for c in clients
             if str(c.get("name", "")).startswith(prefix)
         }
+
+
+def _human_bytes(count: int) -> str:
+    """A byte count as Redis's ``used_memory_human`` writes it (``1.25M``)."""
+    size = float(count)
+    for unit in ("B", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size:.2f}{unit}" if unit != "B" else f"{count}B"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover

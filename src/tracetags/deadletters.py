@@ -55,13 +55,20 @@ def iter_dead_letters(
 def retry(client: SyncClient, keys: Keys, letters: list[DeadLetter]) -> int:
     """Put dead letters back on their partition's log (as new entries, so the fold applies
     them in their new place) and remove them from the dead-letter stream, atomically per
-    letter.  Returns how many were re-queued."""
-    pipe = client.pipeline(transaction=True)
+    letter.  Returns how many were re-queued.
+
+    One transaction per partition: a partition's keys share a slot, a Redis Cluster runs a
+    transaction only within one slot."""
+    by_partition: dict[int, list[DeadLetter]] = {}
     for letter in letters:
-        field = "__data__" if letter.payload.startswith(_FASTSTREAM_MAGIC) else "e"
-        pipe.xadd(keys.stream(letter.partition), {field: letter.payload})
-        pipe.xdel(keys.dead_letters(letter.partition), letter.id)
-    pipe.execute()
+        by_partition.setdefault(letter.partition, []).append(letter)
+    for partition, listed in by_partition.items():
+        pipe = client.pipeline(transaction=True)
+        for letter in listed:
+            field = "__data__" if letter.payload.startswith(_FASTSTREAM_MAGIC) else "e"
+            pipe.xadd(keys.stream(partition), {field: letter.payload})
+            pipe.xdel(keys.dead_letters(partition), letter.id)
+        pipe.execute()
     return len(letters)
 
 
