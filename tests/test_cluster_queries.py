@@ -26,6 +26,7 @@ from tracetags.cli import app
 from tracetags.client import Client
 from tracetags.embedded import free_port
 from tracetags.keys import Keys, partition_of
+from tracetags.query import executor
 from tracetags.settings import Settings
 from tracetags.topology import partition_slot
 
@@ -327,3 +328,35 @@ def fold_all_settings(settings: Settings) -> int:
         return fold_all(client.redis, settings, client.partitions)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("where", ["single", "cluster"])
+def test_a_page_taken_from_one_partition_asks_it_again(
+    redis_url: str, redis_cluster: LocalCluster, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition first shows a few more rows than its share of a page; when the page
+    needs more of them (here the newest traces all hash to partition 0), that partition is
+    asked again for a whole page, and the page equals the reference."""
+    traces, _ = qd.generate(3, 400)
+    for trace in traces:
+        if partition_of(trace["trace_id"], 16) == 0:
+            trace["timestamp_ms"] += 1_000_000
+    loaded = Loaded(redis_url if where == "single" else redis_cluster.url, 16, traces, [])
+    runs: list[int] = []
+    real_run = executor._run
+
+    def counted(client: Any, keys: Keys, plans: Any) -> list[Any]:
+        runs.append(len(plans))
+        return real_run(client, keys, plans)
+
+    monkeypatch.setattr(executor, "_run", counted)
+    try:
+        in_first = sum(1 for t in traces if partition_of(t["trace_id"], 16) == 0)
+        assert in_first > 20
+        for limit in (20, in_first + 5):
+            expected = ref.search(traces, None, None, ["timestamp_ms DESC"], None)
+            runs.clear()
+            assert _walk(loaded.client, None, ["timestamp_ms DESC"], limit) == expected
+            assert runs[:2] == [16, 1]  # the first page: all 16, then partition 0 again
+    finally:
+        loaded.drop()
