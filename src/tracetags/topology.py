@@ -66,3 +66,13 @@ def nodes(client: SyncClient, keys: Keys, partitions: int) -> list[Node]:
         if primary.name not in by_name
     ]
     return holding + sorted(idle, key=lambda n: n.address)
+
+
+def node_client(client: SyncClient, key: str) -> redis.Redis:
+    """A client of the node holding ``key``: ``client`` itself on one Redis, on a cluster
+    the primary serving its slot.  For a ``MULTI`` whose replies are read as one Redis
+    gives them (redis-py's cluster transactions leave some unparsed: XINFO's); a ``MOVED``
+    meanwhile is an error to retry, not followed."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return client
+    return client.get_redis_connection(client.get_node_from_key(key))  # type: ignore[no-untyped-call]

@@ -22,7 +22,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from tracetags import schemas
+from tracetags import schemas, topology
 from tracetags.archive import manifest, state
 from tracetags.archive.segments import (
     EntryId,
@@ -101,7 +101,7 @@ def folded_bound(
     MULTI: every entry up to the first is folded except those from the second on.  None:
     the group does not exist (nothing is folded)."""
     stream = keys.stream(partition)
-    pipe = client.pipeline(transaction=True)
+    pipe = topology.node_client(client, stream).pipeline(transaction=True)
     pipe.xinfo_groups(stream)
     pipe.xpending(stream, group)
     groups, pending = pipe.execute(raise_on_error=False)

@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from tracetags import functions, schemas
+from tracetags import functions, schemas, topology
 from tracetags.archive import manifest
 from tracetags.archive.reader import read_partition
 from tracetags.archive.store import LocalStore, S3Store, open_store
@@ -490,7 +490,7 @@ class _PartitionReader:
             while True:
                 start = "-" if self.position is None else "(" + entry_text(self.position)
                 # One transaction: the page and the stream's trim marks are of one instant.
-                pipe = self.client.pipeline(transaction=True)
+                pipe = topology.node_client(self.client, self.stream).pipeline(transaction=True)
                 pipe.exists(self.stream)
                 pipe.xinfo_stream(self.stream)
                 pipe.xrange(self.stream, start, end, count=self.size)
