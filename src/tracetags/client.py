@@ -247,7 +247,11 @@ def _reaching_redis(method: _Method) -> _Method:
     def call(self: Client, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            redis.exceptions.RedisClusterUnreachableError,  # no node of the cluster answers
+        ) as exc:
             url = self.settings.effective_redis_url
             raise RedisUnavailableError(f"Redis unreachable at {url}: {exc}") from exc
 

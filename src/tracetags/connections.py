@@ -14,6 +14,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
+from tracetags.errors import RedisUnavailableError
 from tracetags.settings import CLUSTER_SCHEMES, Settings
 
 #: Keepalive probes start after this much silence, then every interval, this many times.
@@ -69,11 +70,17 @@ def cluster_seed_url(url: str) -> str | None:
 
 def sync_client(url: str, **kwargs: Any) -> SyncClient:
     """A redis-py client for ``url``: a ``RedisCluster`` (seeded by the node the URL names)
-    for a cluster URL, else ``Redis.from_url``; ``kwargs`` go to either."""
+    for a cluster URL, else ``Redis.from_url``; ``kwargs`` go to either.  Raises
+    RedisUnavailableError when no node of the cluster answers (the cluster client connects
+    as it is made)."""
     seed = cluster_seed_url(url)
     if seed is None:
         return redis.Redis.from_url(url, **kwargs)
-    return redis.cluster.RedisCluster.from_url(seed, **kwargs)
+    try:
+        return redis.cluster.RedisCluster.from_url(seed, **kwargs)
+    except redis.exceptions.RedisClusterUnreachableError as exc:
+        # The cluster client reads the slot table at once; not a redis.ConnectionError.
+        raise RedisUnavailableError(f"Redis unreachable at {url}: {exc}") from exc
 
 
 def async_client(url: str, **kwargs: Any) -> AsyncClient:
