@@ -28,6 +28,7 @@ tag ``mlflow.traceName``, overriding that key in the same event's ``tags``.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
@@ -39,7 +40,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from tracetags.connections import AsyncClient, SyncClient, pool_of
-from tracetags.errors import FoldArgumentsError, FoldError, QueryError
+from tracetags.errors import FoldArgumentsError, FoldError, QueryError, TracetagsTimeoutError
 from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
 from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
 from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
@@ -492,7 +493,17 @@ def ensure_loaded(client: SyncClient) -> None:
 def queue_query(pipe: redis.client.Pipeline, keys: Keys, partition: int, plan: bytes) -> None:
     """Add a ``tt_query`` call (read only) of one partition to a pipeline run by
     :func:`execute_queries`."""
-    pipe.fcall_ro(QUERY_FUNCTION, 1, keys.trace_ids(partition), keys.prefix(partition), plan)
+    # Two keys of the slot, one never existing: mid-migration of the slot, one of them is
+    # always missing on the node asked, which then answers TRYAGAIN rather than running the
+    # query over a partition half moved away.
+    ids, absent = keys.trace_ids(partition), keys.absent(partition)
+    pipe.fcall_ro(QUERY_FUNCTION, 2, ids, absent, keys.prefix(partition), plan)
+
+
+#: How long a query waits for a cluster slot it reads to finish migrating.
+MIGRATION_WAIT_S: Final = 10.0
+#: Replies of a call that met a slot mid-migration (redis-py's own retries exhausted).
+_MIGRATING = (redis.exceptions.TryAgainError, redis.exceptions.ClusterError)
 
 
 def execute_queries(
@@ -501,20 +512,43 @@ def execute_queries(
     """Run the pipeline ``fill`` builds: ``tt_query`` calls (:func:`queue_query`) and any
     other reads, in one round trip.  Loads the library first, and once more if the server
     lost it meanwhile.  Raises :class:`~tracetags.errors.QueryError` for an error reply (a
-    plan the Function refuses)."""
+    plan the Function refuses), and TracetagsTimeoutError when a cluster slot it reads is
+    migrated for longer than MIGRATION_WAIT_S (the tt_query calls declare a key never
+    written: mid-migration they are refused, never run over half of a partition)."""
     ensure_loaded(client)
-    for attempt in range(2):
+    reloaded = False
+    deadline = time.monotonic() + MIGRATION_WAIT_S
+    delay = 0.01
+    while True:
         pipe = client.pipeline(transaction=False)
         fill(pipe)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        errors = [r for r in replies if isinstance(r, redis.ResponseError)]
-        if not errors:
+        try:
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except _MIGRATING as exc:  # a command redis-py resent on its own, refused again
+            replies = [exc]
+        moving = next((r for r in replies if isinstance(r, _MIGRATING)), None)
+        if moving is not None:
+            # A slot being migrated: redis-py followed ASK and retried TRYAGAIN a few
+            # times; a migration lasts longer (keys move in batches), so wait it out.
+            if time.monotonic() > deadline:
+                raise TracetagsTimeoutError(
+                    f"a cluster slot the query reads was still being migrated after "
+                    f"{MIGRATION_WAIT_S:g} s ({moving}); try again when the reshard is done"
+                ) from moving
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            continue
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is None:
             return replies
-        if attempt == 0 and any(_is_missing_function(e) for e in errors):
+        if not isinstance(failed, redis.ResponseError):
+            raise failed  # a node unreachable: the caller's to report
+        errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+        if not reloaded and any(_is_missing_function(e) for e in errors):
             load(client)
+            reloaded = True
             continue
         raise _query_error(errors[0]) from None
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def query_partitions(
