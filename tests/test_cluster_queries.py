@@ -360,3 +360,82 @@ def test_a_page_taken_from_one_partition_asks_it_again(
             assert runs[:2] == [16, 1]  # the first page: all 16, then partition 0 again
     finally:
         loaded.drop()
+
+
+def _migrate(
+    cluster: LocalCluster, slot: int, target: Any, batch: int, on_batch: Any = None
+) -> None:
+    """Move ``slot`` to ``target`` as ``redis-cli --cluster reshard`` does: SETSLOT IMPORTING
+    / MIGRATING, MIGRATE of the keys in batches, SETSLOT NODE on every primary."""
+    source = cluster.owner_of_slot(slot)
+    src, dst = source.client(), target.client()
+    try:
+        source_id = src.execute_command("CLUSTER MYID")
+        target_id = dst.execute_command("CLUSTER MYID")
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *keys)
+            if on_batch is not None:
+                on_batch()
+        for node in [
+            target,
+            source,
+            *(n for n in cluster.primaries() if n not in (source, target)),
+        ]:
+            client = node.client()
+            try:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+            finally:
+                client.close()
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_queries_during_a_slot_migration_are_never_half_read(
+    redis_cluster: LocalCluster, copies: Copies
+) -> None:
+    """While a partition's slot moves to another primary key batch by key batch, searches
+    and counts that read it wait for the move (refused mid-way: TRYAGAIN) and answer as
+    the reference does; none reads a partition half moved."""
+    import threading
+    import time
+
+    loaded = copies.loaded["cluster P=16"]
+    client = Client(loaded.settings)
+    keys = Keys(loaded.namespace)
+    slot = partition_slot(keys, 5)
+    source = redis_cluster.owner_of_slot(slot)
+    target = next(n for n in redis_cluster.primaries() if n is not source)
+    asked = [("tags.env = 'production'", None), (None, ["timestamp_ms DESC"]),
+             ("status = 'OK' OR tags.user LIKE 'user_1%'", ["tags.user"])]  # fmt: skip
+    expected = [ref.search(copies.final, None, f, o, None) for f, o in asked]
+    answers: list[bool] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set():
+            for (filter_string, order_by), wanted in zip(asked, expected, strict=True):
+                try:
+                    page = client.search_traces(None, filter_string, order_by, 50)
+                    answers.append([t.info.trace_id for t in page] == wanted[:50])
+                    answers.append(client.count(filter_string) == len(wanted))
+                except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                    failures.append(exc)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    try:
+        for node in (target, source):  # there and back: the session's layout is kept
+            _migrate(redis_cluster, slot, node, batch=15, on_batch=lambda: time.sleep(0.02))
+            assert redis_cluster.owner_of_slot(slot) is node
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(60)
+        client.close()
+    assert failures == []
+    assert answers and all(answers), answers.count(False)
+    assert len(answers) > 20
