@@ -296,6 +296,14 @@ def test_every_read_and_admin_command_works_on_a_cluster_url(
     assert [json.loads(line)["partition"] for line in dead] == [3]
     _cli(url, ns, "dead-letters", "retry")
     assert fold_all_settings(cluster_ns) == 1  # retried: back on the log, dead again
+    _cli(url, ns, "tag", "set", "--filter", "tags.env = 'production'", "reviewed", "yes",
+         "--no-wait")  # fmt: skip
+    _cli(url, ns, "tag", "set", expected[0], "pinned", "1", "--no-wait")
+    _cli(url, ns, "tag", "delete", expected[0], "env", "--no-wait")
+    assert fold_all_settings(cluster_ns) == len(expected) + 2
+    assert int(_cli(url, ns, "count", "tags.reviewed = 'yes'").stdout) == len(expected)
+    got = json.loads(_cli(url, ns, "get", expected[0], "--format", "json").stdout)
+    assert got["tags"]["pinned"] == "1" and "env" not in got["tags"]
     digest = json.loads(_cli(url, ns, "digest", "--format", "json").stdout)
     assert digest["traces"] == len(traces)
     _cli(url, ns, "verify", ns, ns)
