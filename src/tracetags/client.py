@@ -584,12 +584,33 @@ class Client:
         is read on its own: one that does not answer is reported (condition
         ``UNREACHABLE``) and the others' partitions are still shown."""
         cluster = isinstance(self.redis, redis.cluster.RedisCluster)
+        checked = None
+        if not isinstance(self.redis, redis.cluster.RedisCluster):
+            # Asked first: under BUSY or LOADING even the partition count cannot be read.
+            checked = self._write_condition(self.redis, 0)
+            if checked[0] in ("BUSY", "LOADING"):
+                return Status(
+                    namespace=self.settings.namespace,
+                    group=self.settings.consumer_group,
+                    live_consumers=[],
+                    partitions=[],
+                    used_memory_bytes=0,
+                    used_memory_human="?",
+                    condition=checked[0],
+                    condition_detail=checked[1],
+                )
+        try:
+            partitions = self.partitions
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            if not cluster:
+                raise
+            partitions = self.settings.partition_count  # the meta key's primary is down
         rows: list[GroupStatus] = []
         node_rows: list[NodeStatus] = []
         connected: set[str] = set()
-        for node in topology.nodes(self.redis, self.keys, self.partitions):
+        for node in topology.nodes(self.redis, self.keys, partitions):
             try:
-                node_status, node_partitions, node_consumers = self._node_status(node)
+                node_status, node_partitions, node_consumers = self._node_status(node, checked)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if not cluster:
                     raise
@@ -607,18 +628,6 @@ class Client:
             detail = troubled.condition_detail or troubled.error
             if cluster:
                 detail = f"node {troubled.address}: {detail}"
-        if not cluster and condition in ("BUSY", "LOADING"):
-            return Status(
-                namespace=self.settings.namespace,
-                group=self.settings.consumer_group,
-                live_consumers=[],
-                partitions=[],
-                used_memory_bytes=0,
-                used_memory_human="?",
-                condition=condition,
-                condition_detail=detail,
-                nodes=node_rows,
-            )
         alive_since = schemas.now_ms() - HEARTBEAT_TTL_MS
         try:
             live: Any = self.redis.zrangebyscore(self.keys.consumers, alive_since, "+inf")
@@ -643,10 +652,13 @@ class Client:
             cluster=cluster,
         )
 
-    def _node_status(self, node: topology.Node) -> tuple[NodeStatus, list[GroupStatus], set[str]]:
-        """One node's status, its partitions' rows and the consumers connected to it."""
+    def _node_status(
+        self, node: topology.Node, checked: tuple[str | None, str | None] | None = None
+    ) -> tuple[NodeStatus, list[GroupStatus], set[str]]:
+        """One node's status, its partitions' rows and the consumers connected to it
+        (``checked``: its write condition, when already asked)."""
         first = node.partitions[0] if node.partitions else None
-        condition, detail = self._write_condition(node.client, first)
+        condition, detail = checked or self._write_condition(node.client, first)
         if condition in ("BUSY", "LOADING"):
             return (
                 NodeStatus(
