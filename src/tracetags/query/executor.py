@@ -471,13 +471,13 @@ def search(
 ) -> Page:
     """One page: the trace hashes of up to ``max_results`` matches after the token, in order.
 
-    Each partition looks for ``max_results + 1`` matches (with the others', they tell
-    whether a next page exists) and returns the hashes of its first ones, read inside the
-    Function that evaluated the filter (so each row is the state the filter matched); the
-    client merges the partitions' rows in order.  Matches spread evenly over partitions, so
-    a partition first shows a few more than its share (:func:`_first_shown`) rather than a
-    whole page; should the merge use up a partition's rows while it has more, the page is
-    not decided past that row, and that partition is asked again for a whole page.
+    Each partition returns the hashes of its first matches, read inside the Function that
+    evaluated the filter (so each row is the state the filter matched), and looks for one
+    match more (whether it has more); the client merges the partitions' rows in order.
+    Matches spread evenly over partitions, so a partition first looks for a few more than
+    its share (:func:`_first_shown`) rather than a whole page; should the merge use up a
+    partition's rows while it has more, the page is not decided past that row, and that
+    partition is asked again for a whole page.
     """
     specs = order_specs(prepared.order)
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
@@ -493,21 +493,23 @@ def search(
     )
     shown = _first_shown(max_results, len(plans))
     for plan in plans:
-        plan.plan = msgspec.structs.replace(plan.plan, shown=shown)
+        # Each looks for one more match than it shows: whether it has more is all the
+        # merge needs to know (one partition alone: whether a next page exists).
+        plan.plan = msgspec.structs.replace(plan.plan, limit=shown + 1, shown=shown)
     replies = [_PAGE_DECODER.decode(reply) for reply in _run(client, keys, plans)]
-    # found is capped at the limit only where a partition alone has more than a page.
-    more = sum(found for found, _ in replies) > max_results
     if len(replies) == 1:
-        rows = replies[0][1]
+        found, rows = replies[0]
+        more = found > len(rows)
     else:
-        rows, short = _merge(specs, replies, max_results)
+        rows, taken, short = _merge(specs, replies, max_results)
         while short is not None:  # at most once per partition: it then shows a whole page
             plan = plans[short]
-            plan.plan = msgspec.structs.replace(plan.plan, shown=max_results)
+            plan.plan = msgspec.structs.replace(plan.plan, limit=max_results + 1, shown=max_results)
             (reply,) = _run(client, keys, [plan])
             replies[short] = _PAGE_DECODER.decode(reply)
-            more = sum(found for found, _ in replies) > max_results
-            rows, short = _merge(specs, replies, max_results)
+            rows, taken, short = _merge(specs, replies, max_results)
+        # A next page exists iff some partition has a match the page did not take.
+        more = any(found > n for (found, _), n in zip(replies, taken, strict=True))
     token = None
     if more:
         token = _encode_token(prepared.fingerprint, _row_values(rows[-1], specs))
@@ -528,12 +530,12 @@ def _first_shown(max_results: int, partitions: int) -> int:
 
 def _merge(
     specs: Sequence[OrderSpec], replies: Sequence[tuple[int, list[RawTrace]]], max_results: int
-) -> tuple[list[RawTrace], int | None]:
+) -> tuple[list[RawTrace], list[int], int | None]:
     """The first ``max_results`` rows of the partitions' rows in order (each partition's
     rows come in order: a k-way merge, which reads the order values of the rows it takes
-    and of one more per partition); and, when the page is not decided, the partition to
-    ask for more: one whose shown rows were all taken while it has more matches may hold
-    rows that come before the rest of the page."""
+    and of one more per partition), how many it took of each partition; and, when the page
+    is not decided, the partition to ask for more: one whose shown rows were all taken
+    while it has more matches may hold rows that come before the rest of the page."""
     by_order = functools.cmp_to_key(functools.partial(_cmp_rows, specs))
 
     def keyed(index: int, hashes: list[RawTrace]) -> Iterator[tuple[Any, int, RawTrace]]:
@@ -549,8 +551,8 @@ def _merge(
             break
         found, hashes = replies[index]
         if taken[index] == len(hashes) and found > len(hashes):
-            return rows, index
-    return rows, None
+            return rows, taken, index
+    return rows, taken, None
 
 
 def count(client: SyncClient, keys: Keys, partitions: int, prepared: Prepared) -> int:
