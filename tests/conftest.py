@@ -20,7 +20,9 @@ import pytest
 import redis
 
 from tests.support.archive import moto_server, s3_url  # noqa: F401 - fixtures
+from tests.support.cluster import LocalCluster, cluster_available
 from tests.support.helpers import scratch_namespace
+from tracetags.connections import SyncClient, sync_client
 from tracetags.embedded import RedisServer
 from tracetags.settings import Settings
 
@@ -145,3 +147,41 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", appendfsync="always").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster (3 primaries, 3 replicas) on loopback, for the whole session."""
+    missing = cluster_available()
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(missing, pytrace=False)
+        pytest.skip(missing)
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """The suites' parametrized Redis: one server, or the local cluster's seed URL."""
+    if request.param == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+def any_settings(any_redis_url: str) -> Iterator[Settings]:
+    """Settings of a fresh namespace on :func:`any_redis_url` (removed afterwards)."""
+    with scratch_namespace(any_redis_url) as ns:
+        yield Settings(redis_url=any_redis_url, namespace=ns, flush_interval_ms=2)
+
+
+@pytest.fixture
+def any_r(any_redis_url: str) -> Iterator[SyncClient]:
+    """A client of :func:`any_redis_url` (a ``RedisCluster`` on the cluster)."""
+    client = sync_client(any_redis_url)
+    yield client
+    client.close()

@@ -27,7 +27,7 @@ class Loaded:
         self.namespace = f"tt-b-{uuid.uuid4().hex[:10]}"
         self.settings = Settings(redis_url=redis_url, namespace=self.namespace, **settings)
         self.client = Client(self.settings)
-        qd.load(self.client.redis, self.client.keys, self.settings.partitions, traces)
+        qd.load(self.client.redis, self.client.keys, self.settings.partition_count, traces)
         self.final = ref.apply_mutations(traces, [])
 
     def drop(self) -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,10 +30,26 @@ from tracetags.cli import (
     exit_code_for,
     leaf_commands,
 )
+from tracetags.connections import SyncClient, sync_client
 from tracetags.embedded import free_port
 from tracetags.keys import Keys
 
 runner = CliRunner()
+
+
+# A representative part of this suite runs on one Redis and on the local cluster (the
+# any_* fixtures): the log, status, lookups and exit codes; tests/test_cluster_queries.py
+# runs every read and admin command on a cluster URL.
+@pytest.fixture
+def any_namespace(any_settings: Settings) -> str:
+    return any_settings.namespace
+
+
+@pytest.fixture
+def any_r(any_redis_url: str) -> Iterator[SyncClient]:
+    client = sync_client(any_redis_url)
+    yield client
+    client.close()
 
 
 def test_demo_end_to_end(redis_url: str, namespace: str) -> None:
@@ -106,14 +123,18 @@ def _start_traces(redis_url: str, namespace: str, count: int) -> None:
 
 
 def test_log_prints_json_lines_and_marks_undecodable_entries(
-    redis_url: str, namespace: str, r: redis.Redis
+    any_redis_url: str, any_namespace: str, any_r: SyncClient
 ) -> None:
+    redis_url, namespace = any_redis_url, any_namespace
     _start_traces(redis_url, namespace, 5)
-    r.xadd(Keys(namespace).stream(0), {"e": b"\xc1not msgpack"})
+    last = Settings(redis_url=redis_url).partition_count - 1
+    any_r.xadd(Keys(namespace).stream(last), {"e": b"\xc1not msgpack"})
     result = runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, "log"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert lines[0]["type"] == "trace_started" and lines[0]["partition"] == 0
+    assert len(lines) == 6
+    assert [line["partition"] for line in lines] == sorted(line["partition"] for line in lines)
+    assert lines[0]["type"] == "trace_started"
     assert len(lines[0]["event_id"]) == 36
     assert lines[-1]["error"].startswith("not a msgpack event")
     limited = runner.invoke(
@@ -173,7 +194,8 @@ def _cli(redis_url: str, namespace: str, *args: str) -> Any:
     return runner.invoke(app, ["--redis-url", redis_url, "--namespace", namespace, *args])
 
 
-def test_status_says_no_consumer_is_running(redis_url: str, namespace: str) -> None:
+def test_status_says_no_consumer_is_running(any_redis_url: str, any_namespace: str) -> None:
+    redis_url, namespace = any_redis_url, any_namespace
 
     with TagProducer(Settings(redis_url=redis_url, namespace=namespace)) as producer:
         for i in range(40):
@@ -184,7 +206,7 @@ def test_status_says_no_consumer_is_running(redis_url: str, namespace: str) -> N
     assert "entries waiting" in result.stdout and "tracetags serve" in result.stdout
     data = json.loads(_cli(redis_url, namespace, "status", "--format", "json").stdout)
     assert data["namespace"] == namespace and data["live_consumers"] == []
-    assert data["partitions"][0]["stream_length"] >= 40
+    assert sum(p["stream_length"] for p in data["partitions"]) >= 40
 
 
 async def test_get_tag_and_dead_letters_with_a_running_consumer(
@@ -379,11 +401,12 @@ async def test_search_count_stats_explain_and_bulk_tagging(redis_url: str, names
 
 
 def test_status_lists_lookup_keys_and_their_state(
-    redis_url: str, namespace: str, r: redis.Redis
+    any_redis_url: str, any_namespace: str, any_r: SyncClient
 ) -> None:
     from tracetags import functions
     from tracetags.keys import Keys
 
+    redis_url, namespace, r = any_redis_url, any_namespace, any_r
     keys = Keys(namespace)
     functions.load(r)
     lk, prefix = keys.lookups(0), keys.prefix(0)
@@ -401,11 +424,12 @@ def test_status_lists_lookup_keys_and_their_state(
 
 
 def test_lookups_drop_removes_a_key_in_every_partition(
-    redis_url: str, namespace: str, r: redis.Redis
+    any_redis_url: str, any_namespace: str, any_r: SyncClient
 ) -> None:
     from tracetags import functions
     from tracetags.keys import Keys
 
+    redis_url, namespace, r = any_redis_url, any_namespace, any_r
     keys = Keys(namespace)
     functions.load(r)
     r.hset(keys.meta, "partitions", 2)
@@ -455,9 +479,15 @@ def test_every_exit_code_has_a_case_below() -> None:
 
 
 @pytest.mark.parametrize("code", list(EXIT_CASES), ids=[code.name for code in EXIT_CASES])
-def test_exit_code(code: ExitCode, redis_url: str, namespace: str) -> None:
+def test_exit_code(code: ExitCode, any_redis_url: str, any_namespace: str) -> None:
     args, message = EXIT_CASES[code]
-    url = f"redis://127.0.0.1:{free_port()}/0" if code is ExitCode.UNREACHABLE else redis_url
+    namespace = any_namespace
+    unreachable = "redis+cluster" if "+cluster" in any_redis_url else "redis"
+    url = (
+        f"{unreachable}://127.0.0.1:{free_port()}/0"
+        if code is ExitCode.UNREACHABLE
+        else any_redis_url
+    )
     result = runner.invoke(app, ["--redis-url", url, "--namespace", namespace, *args])
     assert result.exit_code == code, result.output
     assert message in result.stderr

@@ -118,7 +118,7 @@ def test_rlike_against_redis_returns_in_bounded_time(settings: Settings) -> None
         tags={"long": LONG + "!"},
     )
     with Client(settings) as client:
-        apply_events(client.redis, client.keys, settings.partitions, [started])
+        apply_events(client.redis, client.keys, settings.partition_count, [started])
         found = _within_deadline(lambda: client.search_traces(None, "tags.long RLIKE '!$'"))
         assert [t.info.trace_id for t in found] == ["hostile"]
         for hostile in ("tags.long RLIKE '(a+)+$'", "tags.long LIKE '" + "%_" * 40 + "?'"):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import redis
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
@@ -49,7 +49,7 @@ def client(redis_url: str) -> Iterator[Client]:
     c.close()
 
 
-def _check_buckets(r: redis.Redis, prefix: str) -> None:
+def _check_buckets(r: Any, prefix: str) -> None:
     ids = {k.decode(): v.decode() for k, v in r.hgetall(f"{prefix}:ids").items()}
     heads = sorted(h.decode() for h in r.zrange(f"{prefix}:ri", 0, -1))
     assert heads[0] == ""

@@ -16,6 +16,7 @@ import redis
 import tracetags
 from tests.support.helpers import read_log, wait_until
 from tracetags import AsyncTagProducer, Settings, TagProducer, schemas
+from tracetags.connections import SyncClient
 from tracetags.embedded import RedisServer, free_port
 from tracetags.errors import (
     InvalidTagKeyError,
@@ -28,7 +29,8 @@ from tracetags.errors import (
 from tracetags.keys import Keys, partition_of
 
 
-def test_every_event_type_reaches_the_log(settings: Settings, r: redis.Redis) -> None:
+def test_every_event_type_reaches_the_log(any_settings: Settings, any_r: SyncClient) -> None:
+    settings, r = any_settings, any_r
     with TagProducer(settings) as producer:
         producer.trace_started(
             "tr-a",
@@ -65,13 +67,16 @@ def test_every_event_type_reaches_the_log(settings: Settings, r: redis.Redis) ->
     assert isinstance(finished, schemas.TraceFinished)
     assert (finished.execution_time_ms, finished.status) == (42, "ERROR")
     assert len({e.event_id for e in events}) == 5
-    last_id = r.xrevrange(Keys(settings.namespace).stream(0), count=1)[0][0].decode()
-    assert receipt.positions == {0: last_id}
+    partition = partition_of("tr-a", settings.partition_count)
+    last_id = r.xrevrange(Keys(settings.namespace).stream(partition), count=1)[0][0].decode()
+    assert receipt.positions == {partition: last_id}
     assert receipt.namespace == settings.namespace
 
 
-def test_per_trace_order_across_threads_and_partitions(settings: Settings, r: redis.Redis) -> None:
-    settings = settings.replace(partitions=4, producer_batch_size=64)
+def test_per_trace_order_across_threads_and_partitions(
+    any_settings: Settings, any_r: SyncClient
+) -> None:
+    settings, r = any_settings.replace(partitions=4, producer_batch_size=64), any_r
     producer = TagProducer(settings)
 
     def work(thread: int) -> None:
@@ -98,8 +103,9 @@ def test_per_trace_order_across_threads_and_partitions(settings: Settings, r: re
 
 
 def test_namespace_keeps_the_partition_count_it_was_created_with(
-    settings: Settings, r: redis.Redis, caplog: pytest.LogCaptureFixture
+    any_settings: Settings, any_r: SyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    settings, r = any_settings, any_r
     with TagProducer(settings.replace(partitions=3)) as first:
         first.set_tags("tr-x", {"a": "1"})
     with (
@@ -318,8 +324,8 @@ def test_connections_cut_mid_pipeline_write_no_duplicates(
     producer.close()
 
 
-def test_flush_returns_receipt_per_partition(settings: Settings, r: redis.Redis) -> None:
-    settings = settings.replace(partitions=4)
+def test_flush_returns_receipt_per_partition(any_settings: Settings, any_r: SyncClient) -> None:
+    settings, r = any_settings.replace(partitions=4), any_r
     with TagProducer(settings) as producer:
         for i in range(100):
             producer.set_tags(f"tr-{i}", {"a": "b"})
@@ -332,8 +338,9 @@ def test_flush_returns_receipt_per_partition(settings: Settings, r: redis.Redis)
 
 
 def test_forked_child_gets_a_working_producer_of_its_own(
-    settings: Settings, r: redis.Redis
+    any_settings: Settings, any_r: SyncClient
 ) -> None:
+    settings, r = any_settings, any_r
     producer = TagProducer(settings)
     producer.set_tags("tr-parent", {"who": "parent-before"})
     producer.flush()
@@ -358,18 +365,22 @@ def test_forked_child_gets_a_working_producer_of_its_own(
     assert whos == ["child", "parent-after", "parent-before"]
 
 
-def test_log_is_never_trimmed_by_the_producer(settings: Settings, r: redis.Redis) -> None:
+def test_log_is_never_trimmed_by_the_producer(any_settings: Settings, any_r: SyncClient) -> None:
+    settings, r = any_settings, any_r
     with TagProducer(settings.replace(producer_batch_size=50)) as producer:
         for i in range(5_000):
             producer.set_tags("tr-1", {"i": str(i)})
-    assert r.xlen(Keys(settings.namespace).stream(0)) == 5_000
+    partition = partition_of("tr-1", settings.partition_count)
+    assert r.xlen(Keys(settings.namespace).stream(partition)) == 5_000
 
 
 # --- asyncio flavour -------------------------------------------------------------------
 
 
-async def test_async_producer_round_trip_and_order(settings: Settings, r: redis.Redis) -> None:
-    settings = settings.replace(partitions=2, producer_batch_size=100)
+async def test_async_producer_round_trip_and_order(
+    any_settings: Settings, any_r: SyncClient
+) -> None:
+    settings, r = any_settings.replace(partitions=2, producer_batch_size=100), any_r
     async with AsyncTagProducer(settings) as producer:
         producer.trace_started("tr-a", experiment_id="1", timestamp_ms=5)
         for i in range(3_000):

@@ -45,19 +45,27 @@ class Loaded:
         self.client.close()
 
 
-@pytest.fixture(scope="module")
-def small(redis_url: str) -> Iterator[Loaded]:
+def _suite_url(request: pytest.FixtureRequest) -> str:
+    """The Redis of a ``params=["single", "cluster"]`` dataset: the session's server, or the
+    local cluster (whose partitions spread over its primaries, each queried on its own)."""
+    fixture = "redis_cluster" if request.param == "cluster" else "redis_url"
+    value = request.getfixturevalue(fixture)
+    return value if isinstance(value, str) else str(value.url)
+
+
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def small(request: pytest.FixtureRequest) -> Iterator[Loaded]:
     traces, mutations = qd.generate(7, 300, n_mutations=80)
-    loaded = Loaded(redis_url, 3, traces, mutations)
+    loaded = Loaded(_suite_url(request), 3 if request.param == "single" else 16, traces, mutations)
     yield loaded
     loaded.drop()
 
 
-@pytest.fixture(scope="module")
-def dense(redis_url: str) -> Iterator[Loaded]:
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def dense(request: pytest.FixtureRequest) -> Iterator[Loaded]:
     """> PLAIN_MAX traces per partition share env=production: chunked value sets."""
     traces, mutations = qd.generate(11, 1500, dense=True, n_mutations=200)
-    loaded = Loaded(redis_url, 2, traces, mutations)
+    loaded = Loaded(_suite_url(request), 2, traces, mutations)
     yield loaded
     loaded.drop()
 
@@ -588,7 +596,7 @@ def _build_lookups(loaded: Loaded, redis_url: str, fields: list[str]) -> None:
     async def build() -> None:
         client = redis.asyncio.Redis.from_url(redis_url)
         try:
-            for partition in range(loaded.settings.partitions):
+            for partition in range(loaded.settings.partition_count):
                 keys = loaded.client.keys
                 await functions.ensure_lookups_async(client, keys, partition, fields)
         finally:
@@ -751,7 +759,7 @@ def test_a_page_reads_only_the_rows_it_shows(small: Loaded) -> None:
     prepared = executor.prepare(None, "status = 'OK'", None)
     plans = executor._plans(c.redis, c.keys, 1, prepared, "page", limit=6)
     expected = ref.search(small.final, None, "status = 'OK'", None, None)
-    in_partition = [t for t in expected if partition_of(t, 3) == 0][:6]
+    in_partition = [t for t in expected if partition_of(t, c.partitions) == 0][:6]
     for shown, hashes in ((5, 5), (6, 6), (None, 6)):
         plan = plans[0].plan
         if shown is not None:

@@ -10,7 +10,8 @@ def test_defaults_are_valid_and_embedded() -> None:
     assert settings.redis_url is None
     assert settings.effective_redis_url == "redis://127.0.0.1:6379/0"
     assert settings.namespace == "tracetags"
-    assert settings.partitions == 1
+    assert settings.partitions is None
+    assert settings.partition_count == 1
 
 
 def test_from_env_reads_prefixed_variables() -> None:
@@ -89,4 +90,23 @@ def test_lookup_keys_are_comma_separated_tags_or_metadata() -> None:
         Settings.from_env({"TRACETAGS_LOOKUP_KEYS": "tags.user_id,user_id"})
     assert str(info.value) == (
         "TRACETAGS_LOOKUP_KEYS: lookup_keys='user_id': each must be tags.<key> or metadata.<key>"
+    )
+
+
+def test_a_cluster_url_names_a_cluster_and_defaults_to_16_partitions() -> None:
+    for url in ("redis+cluster://10.0.0.5:7000", "rediss+cluster://user:pw@node-1:7000"):
+        settings = Settings.from_env({"TRACETAGS_REDIS_URL": url})
+        assert settings.is_cluster
+        assert settings.partition_count == 16
+    assert Settings(redis_url="redis+cluster://n:7000", partitions=4).partition_count == 4
+    assert not Settings(redis_url="redis://n:6379/0").is_cluster
+    assert not Settings().is_cluster
+
+
+def test_an_unknown_url_scheme_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(redis_url="cluster://n:7000")
+    assert str(info.value) == (
+        "redis_url='cluster://n:7000': must start with redis://, rediss://, unix://, "
+        "redis+cluster:// or rediss+cluster://"
     )

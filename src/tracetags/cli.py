@@ -31,8 +31,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from tracetags import deadletters, history, redis_errors, schemas, traffic
-from tracetags.client import Client, TraceInfo
-from tracetags.connections import socket_options
+from tracetags.client import Client, NodeStatus, TraceInfo
+from tracetags.connections import socket_options, sync_client
 from tracetags.embedded import RedisServer, embedded_server
 from tracetags.errors import (
     ArchiveCorruptError,
@@ -253,9 +253,7 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
 
 
 def _ping(settings: Settings) -> None:
-    client = redis.Redis.from_url(
-        settings.effective_redis_url, **socket_options(settings, timeout_s=3.0)
-    )
+    client = sync_client(settings.effective_redis_url, **socket_options(settings, timeout_s=3.0))
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
@@ -459,11 +457,19 @@ def status(
     table = Table(title=f"namespace {report.namespace!r}, group {report.group!r}")
     for column in ("partition", "log entries", "lag", "pending", "dead letters", "traces"):
         table.add_column(column, justify="right")
+    if report.cluster:
+        table.add_column("node")
+        table.add_column("slot", justify="right")
     for row in report.partitions:
-        table.add_row(str(row.partition), str(row.stream_length),
-                      "?" if row.lag is None else str(row.lag), str(row.pending),
-                      str(row.dead_letters), str(row.traces))  # fmt: skip
+        cells = [str(row.partition), str(row.stream_length),
+                 "?" if row.lag is None else str(row.lag), str(row.pending),
+                 str(row.dead_letters), str(row.traces)]  # fmt: skip
+        if report.cluster:
+            cells += [row.node or "?", "?" if row.slot is None else str(row.slot)]
+        table.add_row(*cells)
     out.print(table)
+    if report.cluster:
+        _print_nodes(report.nodes)
     lookups: dict[str, set[str]] = {}
     for row in report.partitions:
         for key, state in row.lookups.items():
@@ -491,6 +497,21 @@ def status(
             f"({escape(report.condition_detail or '')}); writes wait until it ends"
         )
         raise typer.Exit(ExitCode.DEGRADED)
+
+
+def _print_nodes(nodes: list[NodeStatus]) -> None:
+    """The primaries of a cluster: the partitions each holds, its memory, its trouble."""
+    out.print(f"Redis Cluster: {len(nodes)} primaries")
+    for node in nodes:
+        held = ", ".join(str(p) for p in node.partitions) or "none"
+        line = f"  {node.address}: partitions {held}"
+        if node.error is not None:
+            out.print(f"{line} - [bold red]unreachable[/] ({escape(node.error)})")
+            continue
+        line += f", memory {node.used_memory_human}"
+        if node.condition is not None:
+            line += f" - [bold red]{node.condition}[/]"
+        out.print(line)
 
 
 @app.command()
@@ -964,7 +985,7 @@ def log_command(
 ) -> None:
     """Print the decoded event log as JSON lines (one entry per line)."""
     settings = _reachable()
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    client = sync_client(settings.effective_redis_url)
     encoder = msgspec.json.Encoder()
     try:
         for entry in read_log(
@@ -1324,8 +1345,8 @@ def verify(
     url_b = redis_url_b or settings.effective_redis_url
     if redis_url_b is not None:
         _ping(settings.replace(redis_url=redis_url_b))
-    client_a = redis.Redis.from_url(settings.effective_redis_url)
-    client_b = redis.Redis.from_url(url_b)
+    client_a = sync_client(settings.effective_redis_url)
+    client_b = sync_client(url_b)
     try:
         result = run_verify(client_a, namespace_a, client_b, namespace_b, limit=limit)
     finally:

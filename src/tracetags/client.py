@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis
+import redis.cluster
 
-from tracetags import functions, history, redis_errors, schemas
+from tracetags import functions, history, redis_errors, schemas, topology
 from tracetags.archive import state as archive_state
 from tracetags.archive.state import ArchiveStatus
-from tracetags.connections import socket_options
+from tracetags.connections import socket_options, sync_client
 from tracetags.errors import BulkWriteError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
@@ -93,6 +94,12 @@ class TracePage(list[Trace]):
 
 class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     partition: int
+    #: The Redis holding the partition (``host:port``; on a cluster, the primary serving
+    #: its slot).
+    node: str | None = None
+    #: The partition's cluster slot (the keyslot of its ``{pNN}`` hash tag); None on one
+    #: Redis.
+    slot: int | None = None
     stream_length: int
     #: Consumers registered in the group (Redis 7.0 registers one at its first read).
     consumers: int
@@ -108,6 +115,25 @@ class GroupStatus(msgspec.Struct, frozen=True, kw_only=True):
     stream_bytes: int | None = None
     #: The partition's archive as the archiver last saw it (None: never archived).
     archive: ArchiveStatus | None = None
+
+
+class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One Redis of the namespace: the single one, or a primary of a cluster."""
+
+    address: str
+    partitions: list[int]
+    used_memory_bytes: int | None = None
+    used_memory_human: str | None = None
+    #: What keeps this node from taking writes (as :attr:`Status.condition`).
+    condition: str | None = None
+    condition_detail: str | None = None
+    #: Why the node could not be read (a cluster primary down, not yet failed over): its
+    #: partitions are missing from :attr:`Status.partitions`.
+    error: str | None = None
+
+
+#: :attr:`Status.condition` when a cluster node holding partitions does not answer.
+UNREACHABLE = "UNREACHABLE"
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,6 +152,10 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     condition_detail: str | None = None
     #: The archive URL these settings give (TRACETAGS_ARCHIVE_URL or the embedded default).
     archive_url: str | None = None
+    #: Every node and the partitions it holds (one on a single Redis).
+    nodes: list[NodeStatus] = []
+    #: Whether ``nodes`` are the primaries of a Redis Cluster.
+    cluster: bool = False
 
     @property
     def log_unbounded(self) -> bool:
@@ -222,7 +252,7 @@ def _reaching_redis(method: _Method) -> _Method:
     def call(self: Client, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterUnreachableError) as exc:
             mapped = redis_errors.library_error(exc, self.settings.effective_redis_url)
             if mapped is None:
                 raise
@@ -240,9 +270,7 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.keys = Keys(self.settings.namespace)
-        self.redis = redis.Redis.from_url(
-            self.settings.effective_redis_url, **socket_options(self.settings)
-        )
+        self.redis = sync_client(self.settings.effective_redis_url, **socket_options(self.settings))
         self._partitions: int | None = None
         self._producer: TagProducer | None = None
         self._filter_limits = FilterLimits.of(self.settings)
@@ -264,7 +292,7 @@ class Client:
         if self._partitions is None:
             raw = self.redis.hget(self.keys.meta, "partitions")
             if raw is None:
-                return self.settings.partitions
+                return self.settings.partition_count
             self._partitions = int(raw)
         return self._partitions
 
@@ -705,41 +733,120 @@ class Client:
 
     @_reaching_redis
     def status(self) -> Status:
-        """Per partition: stream length, consumers, pending, lag, dead letters, traces;
-        Redis memory; and the condition that keeps Redis from taking writes, if any (the
-        rest is read wherever reads work)."""
-        condition, detail = self._write_condition()
+        """Per partition: stream length, consumers, pending, lag, dead letters, traces, and
+        the node holding it; Redis memory; and the condition that keeps Redis from taking
+        writes, if any (the rest is read wherever reads work).  On a cluster every primary
+        is read on its own: one that does not answer is reported (condition
+        ``UNREACHABLE``) and the others' partitions are still shown."""
+        cluster = isinstance(self.redis, redis.cluster.RedisCluster)
+        checked = None
+        if not isinstance(self.redis, redis.cluster.RedisCluster):
+            # Asked first: under BUSY or LOADING even the partition count cannot be read.
+            checked = self._write_condition(self.redis, 0)
+            if checked[0] in ("BUSY", "LOADING"):
+                return Status(
+                    namespace=self.settings.namespace,
+                    group=self.settings.consumer_group,
+                    live_consumers=[],
+                    partitions=[],
+                    used_memory_bytes=0,
+                    used_memory_human="?",
+                    condition=checked[0],
+                    condition_detail=checked[1],
+                )
+        try:
+            partitions = self.partitions
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            if not cluster:
+                raise
+            partitions = self.settings.partition_count  # the meta key's primary is down
+        rows: list[GroupStatus] = []
+        node_rows: list[NodeStatus] = []
+        connected: set[str] = set()
+        for node in topology.nodes(self.redis, self.keys, partitions):
+            try:
+                node_status, node_partitions, node_consumers = self._node_status(node, checked)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not cluster:
+                    raise
+                node_status = NodeStatus(
+                    address=node.address, partitions=node.partitions, error=str(exc)
+                )
+                node_partitions, node_consumers = [], set()
+            node_rows.append(node_status)
+            rows.extend(node_partitions)
+            connected |= node_consumers
+        condition, detail = None, None
+        troubled = next((n for n in node_rows if n.condition or n.error), None)
+        if troubled is not None:
+            condition = troubled.condition or UNREACHABLE
+            detail = troubled.condition_detail or troubled.error
+            if cluster:
+                detail = f"node {troubled.address}: {detail}"
+        alive_since = schemas.now_ms() - HEARTBEAT_TTL_MS
+        try:
+            live: Any = self.redis.zrangebyscore(self.keys.consumers, alive_since, "+inf")
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            if not cluster:
+                raise
+            live = []  # the heartbeats' node is down: the connections alone tell
+        used = sum(n.used_memory_bytes or 0 for n in node_rows)
+        return Status(
+            namespace=self.settings.namespace,
+            group=self.settings.consumer_group,
+            live_consumers=sorted({name.decode() for name in live} | connected),
+            partitions=sorted(rows, key=lambda row: row.partition),
+            used_memory_bytes=used,
+            used_memory_human=(
+                _human_bytes(used) if cluster else (node_rows[0].used_memory_human or "?")
+            ),
+            archive_url=self.settings.archive_location,
+            condition=condition,
+            condition_detail=detail,
+            nodes=node_rows,
+            cluster=cluster,
+        )
+
+    def _node_status(
+        self, node: topology.Node, checked: tuple[str | None, str | None] | None = None
+    ) -> tuple[NodeStatus, list[GroupStatus], set[str]]:
+        """One node's status, its partitions' rows and the consumers connected to it
+        (``checked``: its write condition, when already asked)."""
+        first = node.partitions[0] if node.partitions else None
+        condition, detail = checked or self._write_condition(node.client, first)
         if condition in ("BUSY", "LOADING"):
-            return Status(
-                namespace=self.settings.namespace,
-                group=self.settings.consumer_group,
-                live_consumers=[],
-                partitions=[],
-                used_memory_bytes=0,
-                used_memory_human="?",
-                condition=condition,
-                condition_detail=detail,
+            return (
+                NodeStatus(
+                    address=node.address,
+                    partitions=node.partitions,
+                    condition=condition,
+                    condition_detail=detail,
+                ),
+                [],
+                set(),
             )
         group = self.settings.consumer_group.encode()
         rows: list[GroupStatus] = []
-        for partition in range(self.partitions):
+        for partition in node.partitions:
             stream = self.keys.stream(partition)
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = node.client.pipeline(transaction=False)
             pipe.xlen(stream)
             pipe.xlen(self.keys.dead_letters(partition))
             pipe.hlen(self.keys.trace_ids(partition))
             pipe.hgetall(self.keys.lookups(partition))
             pipe.hgetall(self.keys.archive_state(partition))
             length, dead, traces, lookups, archived = pipe.execute()
-            stream_bytes = self._allowed(functools.partial(self.redis.memory_usage, stream))
+            stream_bytes = self._allowed(functools.partial(node.client.memory_usage, stream))
             try:
-                groups: Any = self.redis.xinfo_groups(stream)
+                groups: Any = node.client.xinfo_groups(stream)
             except redis.ResponseError:
                 groups = []
             info = next((g for g in groups if g["name"] == group), None)
             rows.append(
                 GroupStatus(
                     partition=partition,
+                    node=node.address,
+                    slot=node.slots.get(partition),
                     stream_length=int(length),
                     consumers=int(info["consumers"]) if info else 0,
                     pending=int(info["pending"]) if info else 0,
@@ -758,20 +865,16 @@ class Client:
                     archive=archive_state.from_hash(archived) if archived else None,
                 )
             )
-        memory: Any = self._allowed(lambda: self.redis.info("memory")) or {}
-        alive_since = schemas.now_ms() - HEARTBEAT_TTL_MS
-        live: Any = self.redis.zrangebyscore(self.keys.consumers, alive_since, "+inf")
-        return Status(
-            namespace=self.settings.namespace,
-            group=self.settings.consumer_group,
-            live_consumers=sorted({name.decode() for name in live} | self._connected_consumers()),
-            partitions=rows,
+        memory: Any = self._allowed(lambda: node.client.info("memory")) or {}
+        node_status = NodeStatus(
+            address=node.address,
+            partitions=node.partitions,
             used_memory_bytes=int(memory.get("used_memory", 0)),
             used_memory_human=str(memory.get("used_memory_human", NOT_PERMITTED)),
-            archive_url=self.settings.archive_location,
             condition=condition,
             condition_detail=detail,
         )
+        return node_status, rows, self._connected_consumers(node.client)
 
     @staticmethod
     def _allowed(read: Callable[[], Any]) -> Any:
@@ -781,12 +884,18 @@ class Client:
         except redis.exceptions.NoPermissionError:
             return None
 
-    def _write_condition(self) -> tuple[str | None, str | None]:
-        """Whether Redis would take a write now, asked without writing: an XADD queued in a
-        transaction that is then discarded.  (The condition's name, Redis's words.)"""
-        pipe = self.redis.pipeline(transaction=False)
+    def _write_condition(
+        self, client: redis.Redis, partition: int | None
+    ) -> tuple[str | None, str | None]:
+        """Whether a node would take a write now, asked without writing: an XADD to the
+        stream of one of its partitions queued in a transaction that is then discarded.
+        (The condition's name, Redis's words; no verdict for a node holding no partition.)"""
+        if partition is None:
+            return None, None
+        pipe = client.pipeline(transaction=False)
+        stream = self.keys.stream(partition)
         pipe.execute_command("MULTI")  # type: ignore[no-untyped-call]
-        pipe.execute_command("XADD", self.keys.stream(0), "*", schemas.ENTRY_FIELD, b"")  # type: ignore[no-untyped-call]
+        pipe.execute_command("XADD", stream, "*", schemas.ENTRY_FIELD, b"")  # type: ignore[no-untyped-call]
         pipe.execute_command("DISCARD")  # type: ignore[no-untyped-call]
         try:
             replies = pipe.execute(raise_on_error=False)
@@ -801,12 +910,12 @@ class Client:
             raise refused
         return redis_errors.condition(refused), str(refused)
 
-    def _connected_consumers(self) -> set[str]:
-        """Consumers whose fold connection is open now (its name, in CLIENT LIST): liveness
-        that needs no write, for when the heartbeat cannot be written."""
+    def _connected_consumers(self, client: redis.Redis) -> set[str]:
+        """Consumers whose fold connection to ``client`` is open now (its name, in CLIENT
+        LIST): liveness that needs no write, for when the heartbeat cannot be written."""
         prefix = consumer_client_name(self.settings, "")
         try:
-            clients: Any = self.redis.client_list()
+            clients: Any = client.client_list()
         except redis.ResponseError:  # CLIENT LIST denied (ACL): the heartbeat alone
             return set()
         return {
@@ -814,3 +923,13 @@ class Client:
             for c in clients
             if str(c.get("name", "")).startswith(prefix)
         }
+
+
+def _human_bytes(count: int) -> str:
+    """A byte count as Redis's ``used_memory_human`` writes it (``1.25M``)."""
+    size = float(count)
+    for unit in ("B", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size:.2f}{unit}" if unit != "B" else f"{count}B"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover

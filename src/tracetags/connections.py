@@ -1,13 +1,21 @@
-"""Socket options of every tracetags connection, set here rather than left to redis-py's
-defaults (which changed across versions): a timeout on connect and on every read, and TCP
-keepalive, so that a network black hole becomes an error within seconds, never a hang."""
+"""Every tracetags connection is made here: to one Redis or, for a ``redis+cluster://`` URL,
+to a Redis Cluster (redis-py's ``RedisCluster``), with socket options set rather than left to
+redis-py's defaults (which changed across versions): a timeout on connect and on every read,
+and TCP keepalive, so that a network black hole becomes an error within seconds, never a
+hang."""
 
 from __future__ import annotations
 
 import socket
 from typing import Any, Final
 
-from tracetags.settings import Settings
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from tracetags.errors import RedisUnavailableError
+from tracetags.settings import CLUSTER_SCHEMES, Settings, redact_url
 
 #: Keepalive probes start after this much silence, then every interval, this many times.
 KEEPALIVE_IDLE_S: Final = 5
@@ -39,3 +47,45 @@ def socket_options(settings: Settings, *, timeout_s: float | None = None) -> dic
         "socket_keepalive": True,
         "socket_keepalive_options": keepalive_options(),
     }
+
+
+#: A connection to one Redis or to a Redis Cluster (by ``Settings.redis_url``).
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+
+def pool_of(client: SyncClient) -> object:
+    """What caches keyed per connection are keyed by: the connection pool of a single-node
+    client, the client itself for a cluster (whose pools are per node)."""
+    return client if isinstance(client, redis.cluster.RedisCluster) else client.connection_pool
+
+
+def cluster_seed_url(url: str) -> str | None:
+    """The seed URL redis-py parses for a ``redis+cluster://`` / ``rediss+cluster://`` URL
+    (the same URL with the plain scheme), or None when ``url`` names a single Redis."""
+    scheme, separator, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return None if plain is None or not separator else f"{plain}://{rest}"
+
+
+def sync_client(url: str, **kwargs: Any) -> SyncClient:
+    """A redis-py client for ``url``: a ``RedisCluster`` (seeded by the node the URL names)
+    for a cluster URL, else ``Redis.from_url``; ``kwargs`` go to either.  Raises
+    RedisUnavailableError when no node of the cluster answers (the cluster client connects
+    as it is made)."""
+    seed = cluster_seed_url(url)
+    if seed is None:
+        return redis.Redis.from_url(url, **kwargs)
+    try:
+        return redis.cluster.RedisCluster.from_url(seed, **kwargs)
+    except redis.exceptions.RedisClusterUnreachableError as exc:
+        # The cluster client reads the slot table at once; not a redis.ConnectionError.
+        raise RedisUnavailableError(f"Redis unreachable at {redact_url(url)}: {exc}") from exc
+
+
+def async_client(url: str, **kwargs: Any) -> AsyncClient:
+    """:func:`sync_client` for redis.asyncio."""
+    seed = cluster_seed_url(url)
+    if seed is None:
+        return redis.asyncio.Redis.from_url(url, **kwargs)
+    return redis.asyncio.cluster.RedisCluster.from_url(seed, **kwargs)

@@ -302,7 +302,7 @@ class Folder:
         """
         meta = self.keys.meta
         pipe = self.client.pipeline(transaction=False)
-        pipe.hsetnx(meta, "partitions", self.settings.partitions)
+        pipe.hsetnx(meta, "partitions", self.settings.partition_count)
         pipe.hsetnx(meta, "created_ms", schemas.now_ms())
         pipe.hget(meta, "partitions")
         partitions = int((await pipe.execute())[2])

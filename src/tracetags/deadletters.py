@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 import msgspec
-import redis
 
+from tracetags.connections import SyncClient
 from tracetags.keys import Keys
 
 #: FastStream's binary envelope starts with this; such payloads go back as ``__data__``.
@@ -31,7 +31,7 @@ def _text(value: Any) -> str:
 
 
 def iter_dead_letters(
-    client: redis.Redis, keys: Keys, partitions: int, partition: int | None = None
+    client: SyncClient, keys: Keys, partitions: int, partition: int | None = None
 ) -> Iterator[DeadLetter]:
     """Every dead letter, oldest first, partition by partition."""
     for p in [partition] if partition is not None else range(partitions):
@@ -52,20 +52,27 @@ def iter_dead_letters(
             start = "(" + _text(page[-1][0])
 
 
-def retry(client: redis.Redis, keys: Keys, letters: list[DeadLetter]) -> int:
+def retry(client: SyncClient, keys: Keys, letters: list[DeadLetter]) -> int:
     """Put dead letters back on their partition's log (as new entries, so the fold applies
     them in their new place) and remove them from the dead-letter stream, atomically per
-    letter.  Returns how many were re-queued."""
-    pipe = client.pipeline(transaction=True)
+    letter.  Returns how many were re-queued.
+
+    One transaction per partition: a partition's keys share a slot, a Redis Cluster runs a
+    transaction only within one slot."""
+    by_partition: dict[int, list[DeadLetter]] = {}
     for letter in letters:
-        field = "__data__" if letter.payload.startswith(_FASTSTREAM_MAGIC) else "e"
-        pipe.xadd(keys.stream(letter.partition), {field: letter.payload})
-        pipe.xdel(keys.dead_letters(letter.partition), letter.id)
-    pipe.execute()
+        by_partition.setdefault(letter.partition, []).append(letter)
+    for partition, listed in by_partition.items():
+        pipe = client.pipeline(transaction=True)
+        for letter in listed:
+            field = "__data__" if letter.payload.startswith(_FASTSTREAM_MAGIC) else "e"
+            pipe.xadd(keys.stream(partition), {field: letter.payload})
+            pipe.xdel(keys.dead_letters(partition), letter.id)
+        pipe.execute()
     return len(letters)
 
 
-def purge(client: redis.Redis, keys: Keys, letters: list[DeadLetter]) -> int:
+def purge(client: SyncClient, keys: Keys, letters: list[DeadLetter]) -> int:
     """Delete these dead letters for good; returns how many were deleted."""
     pipe = client.pipeline(transaction=False)
     for letter in letters:

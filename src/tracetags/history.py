@@ -26,6 +26,7 @@ import msgspec
 import redis
 
 from tracetags import schemas
+from tracetags.connections import SyncClient
 from tracetags.errors import ValidationError
 from tracetags.keys import NAME_TAG, Keys, partition_of
 from tracetags.schemas import (
@@ -270,7 +271,7 @@ def _needle(trace_id: str) -> bytes:
 
 
 def tail_entries(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partition: int,
     trace_ids: set[str],
@@ -324,7 +325,7 @@ _MAX_PENDING: Final = 10_000
 
 def indexed_tail(
     settings: Settings,
-    client: redis.Redis,
+    client: SyncClient,
     partition: int,
     trace_ids: set[str],
     *,
@@ -408,7 +409,7 @@ def indexed_tail(
 
 def entries_of(
     settings: Settings,
-    client: redis.Redis,
+    client: SyncClient,
     partition: int,
     trace_ids: set[str],
     *,
@@ -458,7 +459,7 @@ def entries_of(
 
 def trace_entries(
     settings: Settings,
-    client: redis.Redis,
+    client: SyncClient,
     trace_id: str,
     partitions: int,
     *,
@@ -587,7 +588,7 @@ def _archived_by_source(
 
 def source_entries(
     settings: Settings,
-    client: redis.Redis,
+    client: SyncClient,
     partitions: int,
     source: str,
     *,

@@ -13,6 +13,8 @@ key                                        type     holds
                                                     ``p<NN>`` last replayed entry id
 ``ns:{pNN}:log``                           stream   the event log of partition NN (field ``e``)
 ``ns:{pNN}:dead``                          stream   dead letters: payload, entry id, reason, time
+``ns:{pNN}:absent``                        -        never written: declared by ``tt_query`` calls
+                                                    so that a slot being migrated refuses them
 ``ns:{pNN}:n``                             string   counter handing out trace numbers (INCRBY)
 ``ns:{pNN}:ids``                           hash     trace id → trace number (``<no>``)
 ``ns:{pNN}:t:<no>``                        hash     one trace's state (fields below)
@@ -300,6 +302,12 @@ class Keys:
 
     def trace_ids(self, partition: int) -> str:
         return f"{self.prefix(partition)}:ids"
+
+    def absent(self, partition: int) -> str:
+        """A key never written: declared by a call that reads many keys of the partition, so
+        that while a cluster migrates the partition's slot (some keys moved, some not) the
+        call is refused whole (TRYAGAIN, retried by redis-py) instead of reading half."""
+        return f"{self.prefix(partition)}:absent"
 
     def trace(self, partition: int, number: int | str) -> str:
         return f"{self.prefix(partition)}:t:{number}"

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-import redis
 
 from tracetags import schemas
+from tracetags.connections import SyncClient
 from tracetags.errors import DecodeError
 from tracetags.keys import Keys
 
@@ -23,14 +23,14 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-def partition_count(client: redis.Redis, keys: Keys) -> int:
+def partition_count(client: SyncClient, keys: Keys) -> int:
     """The namespace's partition count (0 when nothing was ever written to it)."""
     raw = client.hget(keys.meta, "partitions")
     return int(raw) if raw is not None else 0
 
 
 def read_log(
-    client: redis.Redis,
+    client: SyncClient,
     namespace: str,
     *,
     partition: int | None = None,

@@ -23,12 +23,15 @@ from typing import Any, Final, NamedTuple
 import msgspec
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from tracetags import redis_errors, schemas
-from tracetags.connections import socket_options
+from tracetags.cluster import AsyncRouter, SyncRouter
+from tracetags.connections import async_client, socket_options, sync_client
 from tracetags.errors import (
     BufferFullError,
     EventLimitError,
@@ -154,6 +157,10 @@ class _Core:
         self._block = settings.overflow == "block"
         self._block_timeout_s = settings.overflow_timeout_ms / 1000
         self._linger_s = settings.flush_interval_ms / 1000
+        #: On a cluster, one transaction per partition (a transaction is one slot's).
+        self._per_partition = settings.is_cluster
+        self._wait_replicas = settings.producer_wait_replicas
+        self._wait_timeout_ms = settings.producer_wait_timeout_ms
         self._backoff = ExponentialWithJitterBackoff(
             cap=settings.retry_max_ms / 1000, base=settings.retry_initial_ms / 1000
         )
@@ -354,24 +361,17 @@ class _Core:
                     continue
             attempt_ms = now_ms()
             partitions = self._partitions_of(batch)
-            reply = yield Execute(self._xadd_commands(batch, partitions))
+            groups = self._transactions(batch, partitions)
+            reply = yield Execute(self._xadd_commands(batch, partitions, groups))
             if isinstance(reply, BaseException):
                 if self._suspect_since_ms is None:
                     self._suspect_since_ms = attempt_ms
                 yield from self._failed(reply)
                 return
             assert reply is not None
-            written = reply[-1]
-            if not isinstance(written, list):
-                # Refused as a whole (EXECABORT, or EXEC itself refused): nothing landed.
-                # The first refused command says why (OOM, READONLY, ...).
-                refused = next((r for r in reply if isinstance(r, BaseException)), written)
-                yield from self._failed(
-                    refused
-                    if isinstance(refused, BaseException)
-                    else redis.ResponseError(f"EXEC answered {refused!r}")
-                )
-                return
+            written, ambiguous = self._outcomes(len(batch), groups, reply)
+            if ambiguous and self._suspect_since_ms is None:
+                self._suspect_since_ms = attempt_ms
             error = self._confirm(batch, partitions, written)
             if error is not None:
                 yield from self._failed(error)
@@ -405,11 +405,29 @@ class _Core:
             return None
         return [partition_of(p.trace_id, count) for p in batch]
 
-    def _xadd_commands(
+    def _transactions(
         self, batch: list[_Pending], partitions: list[int] | None
+    ) -> list[list[int]] | None:
+        """The batch's events (indices, in order) of each transaction on a cluster, one per
+        partition present; None on one Redis (one transaction)."""
+        if not self._per_partition:
+            return None
+        if partitions is None:
+            return [list(range(len(batch)))]
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(partitions):
+            groups.setdefault(n, []).append(i)
+        return list(groups.values())
+
+    def _xadd_commands(
+        self,
+        batch: list[_Pending],
+        partitions: list[int] | None,
+        groups: list[list[int]] | None,
     ) -> list[tuple[Any, ...]]:
-        # One transaction per batch, so that a condition starting or ending in the middle of
-        # it (READONLY at a failover, OOM, MISCONF) refuses all of it or none: a batch
+        # One transaction per batch (per partition on a cluster, where a transaction is one
+        # slot's), so that a condition starting or ending in the middle of it (READONLY at a
+        # failover, OOM, MISCONF) refuses all of a partition's events or none: a partition
         # written in part would land its later events before the refused ones are resent.
         # The flusher's Python time is taken from the callers (the GIL): keep it lean.
         if partitions is None:
@@ -421,7 +439,63 @@ class _Core:
                 ("XADD", streams[n], "*", ENTRY_FIELD, p.payload)
                 for p, n in zip(batch, partitions, strict=True)
             ]
-        return [("MULTI",), *commands, ("EXEC",)]
+        wait: list[tuple[Any, ...]] = []
+        if self._wait_replicas:
+            wait = [("WAIT", self._wait_replicas, self._wait_timeout_ms)]
+        if groups is None:
+            return [("MULTI",), *commands, ("EXEC",), *wait]
+        out: list[tuple[Any, ...]] = []
+        for group in groups:
+            out.append(("MULTI",))
+            out.extend(commands[i] for i in group)
+            out.append(("EXEC",))
+            out.extend(wait)
+        return out
+
+    def _outcomes(
+        self, size: int, groups: list[list[int]] | None, reply: list[Any]
+    ) -> tuple[list[Any], bool]:
+        """Each event's reply (its entry id, or the error that kept it from landing or from
+        being confirmed), and whether any transaction's fate is unknown (a lost connection:
+        it may have landed; or landed without the replica acknowledgement WAIT asked for)."""
+        ambiguous = False
+        written: list[Any] = [None] * size
+        pos = 0
+        for group in groups or [range(size)]:  # type: ignore[list-item]
+            n = len(group)
+            unit = reply[pos : pos + n + 2]
+            outcome = unit[-1]
+            pos += n + 2
+            if self._wait_replicas:
+                acked = reply[pos]
+                pos += 1
+                if isinstance(outcome, list) and not (
+                    isinstance(acked, int) and acked >= self._wait_replicas
+                ):
+                    ambiguous = True
+                    outcome = (
+                        acked
+                        if isinstance(acked, BaseException)
+                        else redis.ResponseError(
+                            f"NOREPLICAS {acked} of {self._wait_replicas} replicas acknowledged "
+                            f"the write within {self._wait_timeout_ms} ms"
+                        )
+                    )
+            if isinstance(outcome, list):
+                for i, entry in zip(group, outcome, strict=True):
+                    written[i] = entry
+                continue
+            if isinstance(outcome, BaseException) and not isinstance(outcome, redis.ResponseError):
+                ambiguous = True  # the connection was lost: it may have run
+            else:
+                # Refused as a whole (EXECABORT, or EXEC itself refused): nothing landed.
+                # The first refused command says why (OOM, READONLY, ...).
+                outcome = next((r for r in unit if isinstance(r, BaseException)), outcome)
+            if not isinstance(outcome, BaseException):
+                outcome = redis.ResponseError(f"EXEC answered {outcome!r}")
+            for i in group:
+                written[i] = outcome
+        return written, ambiguous
 
     def _confirm(
         self, batch: list[_Pending], partitions: list[int] | None, replies: list[Any]
@@ -507,13 +581,26 @@ class _Core:
                 return
             yield Sleep(min(PROBE_INTERVAL_S, left))
             probe = yield Execute(self._probe_commands())
-            if isinstance(probe, list) and len(probe) > 1 and probe[1] == b"QUEUED":
+            if (
+                isinstance(probe, list)
+                and len(probe) > 1
+                and all(q == b"QUEUED" for q in probe[1::3])
+            ):
                 return
 
     def _probe_commands(self) -> list[tuple[Any, ...]]:
         # A write queued in a transaction and discarded: Redis answers QUEUED only when it
         # would run a write now (not OOM, READONLY, MISCONF, BUSY, LOADING), writing nothing.
-        return [("MULTI",), ("XADD", self.keys.stream(0), "*", ENTRY_FIELD, b""), ("DISCARD",)]
+        # On a cluster, on the node of every partition the events in flight go to.
+        partitions = [0]
+        if self._per_partition and self._partitions is not None:
+            with self.lock:
+                partitions = sorted({self._partition(p.trace_id) for p in self._inflight}) or [0]
+        commands: list[tuple[Any, ...]] = []
+        for n in partitions:
+            commands += [("MULTI",), ("XADD", self.keys.stream(n), "*", ENTRY_FIELD, b""),
+                         ("DISCARD",)]  # fmt: skip
+        return commands
 
     def _note_error(self, error: BaseException) -> None:
         self.last_error = f"{type(error).__name__}: {error}"
@@ -522,7 +609,7 @@ class _Core:
     def _connect_commands(self) -> list[tuple[Any, ...]]:
         meta = self.keys.meta
         return [
-            ("HSETNX", meta, "partitions", self.settings.partitions),
+            ("HSETNX", meta, "partitions", self.settings.partition_count),
             ("HSETNX", meta, "created_ms", schemas.now_ms()),
             ("HGET", meta, "partitions"),
             ("TIME",),
@@ -530,7 +617,7 @@ class _Core:
 
     def _connected(self, replies: list[Any]) -> None:
         partitions = int(replies[2])
-        if partitions != self.settings.partitions:
+        if self.settings.partitions is not None and partitions != self.settings.partitions:
             log.warning(
                 "namespace %r was created with %d partitions; using that (settings say %d)",
                 self.settings.namespace,
@@ -766,8 +853,13 @@ class TagProducer(_ProducerBase):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
-        self._client = redis.Redis.from_url(
+        self._client = sync_client(
             self.settings.effective_redis_url, **_client_kwargs(self.settings)
+        )
+        self._router = (
+            SyncRouter(self._client)
+            if isinstance(self._client, redis.cluster.RedisCluster)
+            else None
         )
 
     def _after_fork_in_child(self) -> None:
@@ -816,6 +908,9 @@ class TagProducer(_ProducerBase):
         # A pipeline on a pooled connection, written out: redis-py's Pipeline spends
         # three times the Python time per command (packing, callbacks, bookkeeping), and the
         # flusher's Python time is taken from the application's threads (the GIL).
+        if self._router is not None:
+            return self._router.execute(commands)
+        assert isinstance(self._client, redis.Redis)
         pool = self._client.connection_pool
         try:
             conn = pool.get_connection()
@@ -893,8 +988,13 @@ class AsyncTagProducer(_ProducerBase):
         self.settings = settings or Settings.from_env()
         self._default_source = check_source(self.settings.effective_source)
         self._core = _Core(self.settings)
-        self._client = redis.asyncio.Redis.from_url(
+        self._client = async_client(
             self.settings.effective_redis_url, **_client_kwargs(self.settings, for_asyncio=True)
+        )
+        self._router = (
+            AsyncRouter(self._client)
+            if isinstance(self._client, redis.asyncio.cluster.RedisCluster)
+            else None
         )
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
@@ -944,6 +1044,9 @@ class AsyncTagProducer(_ProducerBase):
 
     async def _execute(self, commands: list[tuple[Any, ...]]) -> Reply:
         # As TagProducer._execute: a pipeline written out on a pooled connection.
+        if self._router is not None:
+            return await self._router.execute(commands)
+        assert isinstance(self._client, redis.asyncio.Redis)
         pool = self._client.connection_pool
         try:
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]

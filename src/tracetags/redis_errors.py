@@ -100,6 +100,8 @@ def condition(exc: BaseException) -> str:
         return TIMEOUT
     if isinstance(exc, redis.ConnectionError | OSError):
         return UNREACHABLE
+    if isinstance(exc, redis.exceptions.RedisClusterUnreachableError):
+        return UNREACHABLE  # no node of the cluster answers
     if isinstance(exc, redis.exceptions.ExecAbortError):
         # The transaction was refused at EXEC: the reason is in the message when a queued
         # command was refused by a condition (e.g. "... OOM command not allowed ...").

@@ -10,7 +10,7 @@ import re
 import socket
 import sys
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, get_args
 from urllib.parse import unquote
 
 import msgspec
@@ -20,9 +20,25 @@ from tracetags import schemas
 from tracetags.errors import ConfigError
 
 ENV_PREFIX = "TRACETAGS_"
+#: URL schemes that name a Redis Cluster (any node is a seed), and the plain scheme redis-py
+#: parses the rest of the URL with.
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+#: Partitions of a namespace first created on a cluster, unless ``partitions`` is set: each
+#: partition is one slot (its keys share the ``{pNN}`` tag), so the count bounds how many
+#: primaries the fold and the data spread over; 16 spreads over up to a dozen or so primaries
+#: while costing a single-primary cluster little (one fold call per partition and batch).
+CLUSTER_DEFAULT_PARTITIONS: Final = 16
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _SOURCE_RE = re.compile(schemas.SOURCE_PATTERN)
+
+
+def plain_redis_url(url: str) -> str:
+    """``url`` with a cluster scheme (``redis+cluster://``...) mapped to the plain one
+    redis-py parses (the rest of the URL means the same)."""
+    scheme, separator, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return url if plain is None or not separator else f"{plain}://{rest}"
 
 
 def default_source() -> str:
@@ -41,11 +57,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     unless a URL is given.
     """
 
+    #: ``redis://``, ``rediss://`` or ``unix://`` for one Redis; ``redis+cluster://host:port``
+    #: or ``rediss+cluster://`` for a Redis Cluster (any node as the seed).
     redis_url: str | None = None
     #: Prefix of every Redis key; letters, digits, ``_ . -``.
     namespace: str = "tracetags"
-    #: Number of partition streams, fixed when the namespace is first used.
-    partitions: int = 1
+    #: Number of partition streams, fixed when the namespace is first used (None: 1 on one
+    #: Redis, ``CLUSTER_DEFAULT_PARTITIONS`` on a cluster).
+    partitions: int | None = None
     #: Who writes: the ``source`` every event of this process's producers carries (a
     #: ``set_tags(..., source=...)`` overrides it per call).  None: ``<program>@<host>``;
     #: the CLI writes ``cli:<os user>``.  1-128 characters: letters, digits, ``_ . @ : / + -``.
@@ -79,6 +98,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: First and largest pause between retries while Redis is unreachable.
     retry_initial_ms: int = 50
     retry_max_ms: int = 5_000
+    #: Replicas that must acknowledge each producer write (``WAIT``) before it counts as
+    #: written; 0 (the default): none, a write counts once its primary has it, and a primary
+    #: that dies before its replica got the write loses it (see docs/cluster.md).
+    producer_wait_replicas: int = 0
+    #: How long a producer write waits for those acknowledgements; without them in time,
+    #: the write is treated as possibly lost: checked and resent if it is not there.
+    producer_wait_timeout_ms: int = 1_000
     #: Socket connect/read timeout of the producer's connection.
     socket_timeout_ms: int = 5_000
     #: ``tracetags serve`` kills and restarts a worker whose fold call has been in flight
@@ -157,7 +183,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.consumer_group,
             "letters, digits, '_', '.', '-' only (1-128 chars)",
         )
-        _check(1 <= self.partitions <= 1024, "partitions", self.partitions, "must be 1..1024")
+        _check(
+            self.partitions is None or 1 <= self.partitions <= 1024,
+            "partitions",
+            self.partitions,
+            "must be 1..1024",
+        )
         if self.source is not None:
             _check(
                 _SOURCE_RE.fullmatch(self.source) is not None
@@ -189,8 +220,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "filter_max_pattern_chars",
             "query_call_budget_ms",
             "stats_max_groups",
+            "producer_wait_timeout_ms",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _check(
+            self.producer_wait_replicas >= 0,
+            "producer_wait_replicas",
+            self.producer_wait_replicas,
+            "must be >= 0",
+        )
         _check(
             self.atexit_flush_timeout_ms >= 0,
             "atexit_flush_timeout_ms",
@@ -247,14 +285,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.redis_url is not None:
             _check(
-                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                self.redis_url.startswith(("redis://", "rediss://", "unix://")) or self.is_cluster,
                 "redis_url",
                 redact_url(self.redis_url),
-                "must start with redis://, rediss:// or unix://",
+                "must start with redis://, rediss://, unix://, redis+cluster:// or "
+                "rediss+cluster://",
             )
             try:
                 # What redis-py will read from it, checked now rather than at first use.
-                redis.connection.parse_url(self.redis_url)  # type: ignore[no-untyped-call]
+                redis.connection.parse_url(plain_redis_url(self.redis_url))  # type: ignore[no-untyped-call]
             except ValueError as exc:
                 raise ConfigError(f"redis_url={redact_url(self.redis_url)!r}: {exc}") from None
 
@@ -274,6 +313,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.source is not None:
             return self.source
         return default_source()
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when ``redis_url`` names a Redis Cluster (``redis+cluster://``...)."""
+        if self.redis_url is None:
+            return False
+        scheme = self.redis_url.split("://", 1)[0].lower()
+        return scheme in CLUSTER_SCHEMES
+
+    @property
+    def partition_count(self) -> int:
+        """The partition count a namespace created with these settings gets."""
+        if self.partitions is not None:
+            return self.partitions
+        return CLUSTER_DEFAULT_PARTITIONS if self.is_cluster else 1
 
     @property
     def archive_location(self) -> str | None:
@@ -326,7 +380,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
-            values[field.name] = _parse(var, raw, field.default)
+            # An optional whole number (None: a default that depends on other settings).
+            sample = 0 if field.default is None and int in get_args(field.type) else field.default
+            values[field.name] = _parse(var, raw, sample)
         values.update(overrides)
         try:
             return cls(**values)

@@ -8,11 +8,13 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import redis
+import redis.cluster
 
 from tracetags import log, schemas
+from tracetags.connections import SyncClient, sync_client
 
 
-def read_log(client: redis.Redis, namespace: str) -> list[tuple[int, str, schemas.Event]]:
+def read_log(client: SyncClient, namespace: str) -> list[tuple[int, str, schemas.Event]]:
     """Every event of every partition as (partition, entry id, event), in stream order."""
     out = []
     for entry in log.read_log(client, namespace):
@@ -31,8 +33,15 @@ def wait_until(
         time.sleep(interval)
 
 
-def drop_namespace(client: redis.Redis, namespace: str) -> None:
-    """Delete every key of a test's namespace (tests isolate by namespace, never FLUSHALL)."""
+def drop_namespace(client: SyncClient, namespace: str) -> None:
+    """Delete every key of a test's namespace (tests isolate by namespace, never FLUSHALL);
+    on a cluster, on every primary, one key at a time (keys of many slots)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        for node in client.get_primaries():
+            node_client = client.get_redis_connection(node)
+            for key in node_client.scan_iter(match=f"{namespace}:*", count=1000):
+                client.delete(key)
+        return
     keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
     for start in range(0, len(keys), 500):
         client.delete(*keys[start : start + 500])
@@ -43,7 +52,7 @@ def scratch_namespace(redis_url: str) -> Iterator[str]:
     """A namespace no other test uses; its keys are removed afterwards."""
     ns = f"tt-{uuid.uuid4().hex[:12]}"
     yield ns
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     try:
         drop_namespace(client, ns)
     finally:

@@ -9,9 +9,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import redis
-
 from tracetags import schemas
+from tracetags.connections import SyncClient
 from tracetags.functions import BatchItem, apply_batch
 from tracetags.keys import NAME_TAG, Keys, partition_of
 
@@ -56,7 +55,7 @@ def mutation_event(mutation: Mapping[str, Any]) -> schemas.Event:
 
 
 def apply_events(
-    client: redis.Redis, keys: Keys, partitions: int, events: Iterable[schemas.Event]
+    client: SyncClient, keys: Keys, partitions: int, events: Iterable[schemas.Event]
 ) -> None:
     """Fold ``events`` in order, through tt_apply, in batches per partition."""
     client.hsetnx(keys.meta, "partitions", partitions)
@@ -70,7 +69,7 @@ def apply_events(
 
 
 def load(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partitions: int,
     traces: Sequence[Mapping[str, Any]],

@@ -91,7 +91,7 @@ def assert_log_in_call_order(r: redis.Redis, namespace: str) -> int:
 
 def assert_state_equals_model(r: redis.Redis, settings: Settings) -> None:
     keys = Keys(settings.namespace)
-    models = {p: FoldModel() for p in range(settings.partitions)}
+    models = {p: FoldModel() for p in range(settings.partition_count)}
     for entry in log.read_log(r, settings.namespace):
         assert entry.event is not None, entry.error
         models[entry.partition].apply(entry.entry_id, entry.event)

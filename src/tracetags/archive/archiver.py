@@ -23,7 +23,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from tracetags import schemas
+from tracetags import schemas, topology
 from tracetags.archive import manifest, state
 from tracetags.archive.segments import (
     EntryId,
@@ -33,6 +33,7 @@ from tracetags.archive.segments import (
 )
 from tracetags.archive.store import LocalStore, S3Store, open_store
 from tracetags.archive.trim import trim
+from tracetags.connections import SyncClient, sync_client
 from tracetags.errors import ArchiveCorruptError, ArchiveStoreError
 from tracetags.functions import DeadLetter
 from tracetags.keys import Keys
@@ -86,7 +87,7 @@ class RunReport(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
-def partition_lock(client: redis.Redis, keys: Keys, partition: int) -> Lock:
+def partition_lock(client: SyncClient, keys: Keys, partition: int) -> Lock:
     """The lock one archiver or compaction of ``partition`` holds at a time."""
     return Lock(client, keys.archive_lock(partition), timeout=LOCK_TTL_S, thread_local=False)
 
@@ -136,13 +137,13 @@ def _decode(fields: dict[bytes, bytes]) -> schemas.Event | bytes:
 
 
 def folded_bound(
-    client: redis.Redis, keys: Keys, partition: int, group: str
+    client: SyncClient, keys: Keys, partition: int, group: str
 ) -> tuple[EntryId, EntryId | None] | None:
     """``(last delivered, oldest pending or None)`` of the fold's group, read in one
     MULTI: every entry up to the first is folded except those from the second on.  None:
     the group does not exist (nothing is folded)."""
     stream = keys.stream(partition)
-    pipe = client.pipeline(transaction=True)
+    pipe = topology.node_client(client, stream).pipeline(transaction=True)
     pipe.xinfo_groups(stream)
     pipe.xpending(stream, group)
     groups, pending = pipe.execute(raise_on_error=False)
@@ -157,7 +158,7 @@ def folded_bound(
 
 
 def _folded_pages(
-    client: redis.Redis, stream: str, after: EntryId | None, bound: tuple[EntryId, EntryId | None],
+    client: SyncClient, stream: str, after: EntryId | None, bound: tuple[EntryId, EntryId | None],
     limit: int,
 ) -> Iterator[list[tuple[str, dict[bytes, bytes]]]]:  # fmt: skip
     """Pages (XRANGE) of the folded entries after ``after``, ``limit`` entries at most."""
@@ -184,7 +185,7 @@ class PartitionRun:
     """One run on one partition, holding its lock."""
 
     def __init__(
-        self, client: redis.Redis, store: Store, settings: Settings, partition: int,
+        self, client: SyncClient, store: Store, settings: Settings, partition: int,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:  # fmt: skip
         self.client = client
@@ -359,7 +360,7 @@ class PartitionRun:
 
 
 def archive_partition(
-    client: redis.Redis, store: Store, settings: Settings, partition: int, *,
+    client: SyncClient, store: Store, settings: Settings, partition: int, *,
     max_segments: int | None = None, on_progress: Callable[[int], None] | None = None,
 ) -> RunReport:  # fmt: skip
     """Archive the folded entries of ``partition`` not archived yet, then trim safely.
@@ -381,7 +382,7 @@ def archive_once(
     from tracetags.archive.reader import _store
 
     store = _store(settings)
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    client = sync_client(settings.effective_redis_url)
     try:
         partitions = (
             [partition]
@@ -411,7 +412,7 @@ class Archiver:
             raise ArchiveStoreError("no archive is configured: the log is unbounded")
         self.settings = settings
         self.store = store
-        self.client = redis.Redis.from_url(settings.effective_redis_url)
+        self.client = sync_client(settings.effective_redis_url)
         self.keys = Keys(settings.namespace)
         self.stopping = threading.Event()
         self._due: dict[int, float] = {}

@@ -38,7 +38,6 @@ from typing import Final
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import redis
 
 from tracetags import schemas
 from tracetags.archive import manifest, state
@@ -47,6 +46,7 @@ from tracetags.archive.index import CACHE
 from tracetags.archive.manifest import ManifestEntry, SegmentRange
 from tracetags.archive.segments import EntryId, no_cyclic_gc, read_table, write_tables
 from tracetags.archive.store import LocalStore, S3Store
+from tracetags.connections import SyncClient, socket_options, sync_client
 from tracetags.errors import ArchiveCorruptError, ArchiveStoreError
 from tracetags.keys import Keys
 from tracetags.log import partition_count
@@ -215,7 +215,7 @@ def compact(
     from tracetags.archive.reader import _store
 
     store = _store(settings)
-    client = redis.Redis.from_url(settings.effective_redis_url)
+    client = sync_client(settings.effective_redis_url, **socket_options(settings))
     keys = Keys(settings.namespace)
     try:
         partitions = [partition] if partition is not None else range(partition_count(client, keys))
@@ -235,7 +235,7 @@ def compact(
 
 
 def compact_locked(
-    client: redis.Redis, store: Store, settings: Settings, partition: int, *,
+    client: SyncClient, store: Store, settings: Settings, partition: int, *,
     full: bool = False, max_merges: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> CompactionReport:  # fmt: skip

@@ -18,8 +18,10 @@ from typing import Any, Final
 
 import msgspec
 import redis
+import redis.cluster
 
 from tracetags.client import TraceInfo, trace_info_from_hash
+from tracetags.connections import SyncClient
 from tracetags.keys import SET_CHUNK, Keys, chunk_key, partition_of
 
 DIGEST_BITS: Final = 128
@@ -107,7 +109,7 @@ def _pairs(reply: Any) -> Iterable[tuple[bytes, bytes]]:
 
 
 def iter_hashes(
-    client: redis.Redis, keys: Keys, partition: int
+    client: SyncClient, keys: Keys, partition: int
 ) -> Iterator[tuple[int, bytes | None, int]]:
     """Every trace of a partition as (trace number, trace id, hash), walking the ``all``
     index chunk by chunk; trace id None for a listed number whose hash is missing or has no
@@ -135,11 +137,17 @@ def iter_hashes(
             yield number, trace_id, hashed
 
 
-def _hgetall_many(client: redis.Redis, names: Sequence[bytes]) -> list[Any]:
+def _hgetall_many(client: SyncClient, names: Sequence[bytes]) -> list[Any]:
     """HGETALL of every key in one round trip.  A redis-py pipeline packs each command in
     Python (~half of a digest's time); these all have one shape, so they are packed as one
     RESP buffer and sent on a connection of the client's pool, whose replies are read back
     one by one.  A failure mid-way drops the connection (replies may be left unread)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        if not names:
+            return []
+        # The names are one partition's: one slot, one node.
+        node = client.get_node_from_key(names[0])  # type: ignore[no-untyped-call]
+        client = client.get_redis_connection(node)
     packed = b"".join(b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(n), n) for n in names)
     pool = client.connection_pool
     connection: Any = pool.get_connection()
@@ -157,7 +165,7 @@ def _hgetall_many(client: redis.Redis, names: Sequence[bytes]) -> list[Any]:
     return replies
 
 
-def digest_partition(client: redis.Redis, keys: Keys, partition: int) -> PartitionDigest:
+def digest_partition(client: SyncClient, keys: Keys, partition: int) -> PartitionDigest:
     total = traces = broken = 0
     for _, trace_id, hashed in iter_hashes(client, keys, partition):
         if trace_id is None:
@@ -170,12 +178,12 @@ def digest_partition(client: redis.Redis, keys: Keys, partition: int) -> Partiti
     )
 
 
-def partition_count(client: redis.Redis, keys: Keys) -> int:
+def partition_count(client: SyncClient, keys: Keys) -> int:
     raw: Any = client.hget(keys.meta, "partitions")
     return 0 if raw is None else int(raw)
 
 
-def digest(client: redis.Redis, namespace: str, partitions: Sequence[int] | None = None) -> Digest:
+def digest(client: SyncClient, namespace: str, partitions: Sequence[int] | None = None) -> Digest:
     """The digest of every partition of ``namespace`` (or of ``partitions``)."""
     keys = Keys(namespace)
     chosen = range(partition_count(client, keys)) if partitions is None else partitions
@@ -189,7 +197,7 @@ def digest(client: redis.Redis, namespace: str, partitions: Sequence[int] | None
     )
 
 
-def trace_hashes(client: redis.Redis, keys: Keys, partitions: Sequence[int]) -> dict[str, int]:
+def trace_hashes(client: SyncClient, keys: Keys, partitions: Sequence[int]) -> dict[str, int]:
     """trace id -> hash of every trace of ``partitions``."""
     return {
         trace_id.decode(): hashed
@@ -199,7 +207,7 @@ def trace_hashes(client: redis.Redis, keys: Keys, partitions: Sequence[int]) -> 
     }
 
 
-def get_state(client: redis.Redis, keys: Keys, partitions: int, trace_id: str) -> TraceInfo | None:
+def get_state(client: SyncClient, keys: Keys, partitions: int, trace_id: str) -> TraceInfo | None:
     """One trace's state as Client.get_trace reads it (None: absent)."""
     partition = partition_of(trace_id, partitions)
     number: Any = client.hget(keys.trace_ids(partition), trace_id)
@@ -239,9 +247,9 @@ def difference(trace_id: str, a: TraceInfo | None, b: TraceInfo | None) -> Trace
 
 
 def verify(
-    client_a: redis.Redis,
+    client_a: SyncClient,
     namespace_a: str,
-    client_b: redis.Redis,
+    client_b: SyncClient,
     namespace_b: str,
     *,
     limit: int = 10,

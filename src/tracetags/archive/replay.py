@@ -24,12 +24,12 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import msgspec
-import redis
 
-from tracetags import functions, schemas
+from tracetags import functions, schemas, topology
 from tracetags.archive import manifest
 from tracetags.archive.reader import read_partition
 from tracetags.archive.store import LocalStore, S3Store, open_store
+from tracetags.connections import SyncClient, sync_client
 from tracetags.consumer import decode_entries
 from tracetags.errors import (
     DecodeError,
@@ -249,8 +249,8 @@ def replay(
     bound = parse_until(until)
     archive = archive_of(source) if archive is None else archive
     size = batch_size or source.consumer_batch_size
-    src = redis.Redis.from_url(source.effective_redis_url)
-    dst = redis.Redis.from_url(target.effective_redis_url)
+    src = sync_client(source.effective_redis_url)
+    dst = sync_client(target.effective_redis_url)
     try:
         src_keys, dst_keys = Keys(source.namespace), Keys(target.namespace)
         raw = src.hget(src_keys.meta, "partitions")
@@ -315,7 +315,7 @@ def replay(
 
 
 def _claim_target(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     source: str,
     count: int,
@@ -384,7 +384,7 @@ def _claim_target(
     return positions
 
 
-def _has_state(client: redis.Redis, keys: Keys, partition: int) -> bool:
+def _has_state(client: SyncClient, keys: Keys, partition: int) -> bool:
     found: Any = client.exists(
         keys.trace_counter(partition),
         keys.trace_ids(partition),
@@ -395,7 +395,7 @@ def _has_state(client: redis.Redis, keys: Keys, partition: int) -> bool:
     return int(found) > 0
 
 
-def _last_dead_letter(client: redis.Redis, keys: Keys, partition: int) -> EntryId | None:
+def _last_dead_letter(client: SyncClient, keys: Keys, partition: int) -> EntryId | None:
     """The entry id of the newest dead letter of a partition of the target: a replay
     dead-letters in entry-id order, so on --resume the ones up to it are already there."""
     newest: Any = client.xrevrange(keys.dead_letters(partition), count=1)
@@ -406,7 +406,7 @@ def _last_dead_letter(client: redis.Redis, keys: Keys, partition: int) -> EntryI
 
 
 def _apply(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partition: int,
     group: str,
@@ -440,7 +440,7 @@ class _PartitionReader:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: SyncClient,
         keys: Keys,
         partition: int,
         archive: ArchiveReader,
@@ -490,7 +490,7 @@ class _PartitionReader:
             while True:
                 start = "-" if self.position is None else "(" + entry_text(self.position)
                 # One transaction: the page and the stream's trim marks are of one instant.
-                pipe = self.client.pipeline(transaction=True)
+                pipe = topology.node_client(self.client, self.stream).pipeline(transaction=True)
                 pipe.exists(self.stream)
                 pipe.xinfo_stream(self.stream)
                 pipe.xrange(self.stream, start, end, count=self.size)

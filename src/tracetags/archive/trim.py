@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import redis
 
 from tracetags import functions
+from tracetags.connections import SyncClient
 from tracetags.keys import Keys
 
 TRIM_FUNCTION = functions.TRIM_FUNCTION
@@ -28,7 +29,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def trim(client: redis.Redis, keys: Keys, partition: int, retention_ms: int) -> TrimResult:
+def trim(client: SyncClient, keys: Keys, partition: int, retention_ms: int) -> TrimResult:
     """Trim as far as is safe (one ``tt_trim`` call): how many entries went, the first
     kept, and what stops the trim there.  The server's library is checked (and replaced if
     its code differs) once per connection pool, as for queries."""

@@ -30,15 +30,25 @@ tag ``mlflow.traceName``, overriding that key in the same event's ``tags``.
 
 from __future__ import annotations
 
+import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import msgspec
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
-from tracetags.errors import FoldArgumentsError, FoldError, LibraryVersionError, QueryError
+from tracetags.connections import AsyncClient, SyncClient, pool_of
+from tracetags.errors import (
+    FoldArgumentsError,
+    FoldError,
+    LibraryVersionError,
+    QueryError,
+    TracetagsTimeoutError,
+)
 from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
 from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
 from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
@@ -148,39 +158,78 @@ def _older_versions(names: list[str]) -> list[str]:
     return names
 
 
-def load(client: redis.Redis) -> bool:
+def _load_steps() -> Generator[tuple[Any, ...], Any, bool]:
+    """The loading protocol as the raw commands it sends (each reply sent back in): the
+    same for one Redis and for each primary of a cluster, sync or async."""
+    listed = yield ("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME, "WITHCODE")
+    if _loaded_code(listed) == LIBRARY_CODE.encode():
+        return False
+    others = _other_versions((yield ("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_PREFIX + "*")))
+    for name in _older_versions(others):
+        yield ("FUNCTION", "DELETE", name)
+    yield ("FUNCTION", "LOAD", "REPLACE", LIBRARY_CODE)
+    return True
+
+
+def _run_load(execute: Callable[..., Any]) -> bool:
+    steps = _load_steps()
+    try:
+        command = next(steps)
+        while True:
+            command = steps.send(execute(*command))
+    except StopIteration as done:
+        return bool(done.value)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
+
+
+async def _run_load_async(execute: Callable[..., Awaitable[Any]]) -> bool:
+    steps = _load_steps()
+    try:
+        command = next(steps)
+        while True:
+            command = steps.send(await execute(*command))
+    except StopIteration as done:
+        return bool(done.value)
+    except redis.ResponseError as exc:
+        raise translated(exc) from None
+
+
+def load(client: SyncClient) -> bool:
     """Load the library unless the same code is already loaded; True when it was (re)loaded.
 
     Idempotent and safe to race: ``FUNCTION LOAD REPLACE`` swaps the library atomically.
     Another version of the library (an older ``tracetags_vN``) is deleted first: function
     names are global, and its fold would not keep this version's indexes.  A newer version
-    is never replaced (:class:`~tracetags.errors.LibraryVersionError`).  Functions are
-    not propagated between cluster primaries: call this on each primary.
+    is never replaced (:class:`~tracetags.errors.LibraryVersionError`).  Functions are not
+    propagated between cluster primaries (replicas get them from their primary): on a
+    cluster, it is loaded on every primary the client knows of.
     """
-    if _loaded_code(client.function_list(LIBRARY_NAME, withcode=True)) == LIBRARY_CODE.encode():
-        return False
-    for name in _older_versions(_other_versions(client.function_list(LIBRARY_PREFIX + "*"))):
-        client.function_delete(name)
-    try:
-        client.function_load(LIBRARY_CODE, replace=True)
-    except redis.ResponseError as exc:
-        raise translated(exc) from None
-    return True
+    if isinstance(client, redis.cluster.RedisCluster):
+        loaded = False
+        for node in client.get_primaries():  # type: ignore[no-untyped-call]
+
+            def on_node(*args: Any, node: Any = node) -> Any:
+                return client.execute_command(*args, target_nodes=node)  # type: ignore[no-untyped-call]
+
+            loaded = _run_load(on_node) or loaded
+        return loaded
+    return _run_load(client.execute_command)
 
 
-async def load_async(client: redis.asyncio.Redis) -> bool:
+async def load_async(client: AsyncClient) -> bool:
     """:func:`load` for redis.asyncio."""
-    listed = await client.function_list(LIBRARY_NAME, withcode=True)
-    if _loaded_code(listed) == LIBRARY_CODE.encode():
-        return False
-    others = _other_versions(await client.function_list(LIBRARY_PREFIX + "*"))
-    for name in _older_versions(others):
-        await client.function_delete(name)
-    try:
-        await client.function_load(LIBRARY_CODE, replace=True)
-    except redis.ResponseError as exc:
-        raise translated(exc) from None
-    return True
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        await client.initialize()
+        loaded = False
+        for node in client.get_primaries():
+
+            async def on_node(*args: Any, node: Any = node) -> Any:
+                return await client.execute_command(*args, target_nodes=node)
+
+            loaded = await _run_load_async(on_node) or loaded
+        return loaded
+    return await _run_load_async(client.execute_command)
 
 
 # --- the chunks' time bounds of partitions folded before them ---------------------------
@@ -188,7 +237,7 @@ async def load_async(client: redis.asyncio.Redis) -> bool:
 TIME_BOUNDS_BATCH: Final = 10_000
 
 
-async def ensure_time_bounds_async(client: redis.asyncio.Redis, keys: Keys, partition: int) -> int:
+async def ensure_time_bounds_async(client: AsyncClient, keys: Keys, partition: int) -> int:
     """Give a partition folded before ``tracetags_v4`` its chunks' time bounds (``tsx``, see
     keys.py), which newest-first pages need to visit chunks instead of walking ``ts``;
     returns how many traces it read (0: the partition had them, or has no trace yet).
@@ -241,14 +290,14 @@ def fingerprint(value: str) -> int:
     return h + 1
 
 
-async def _lookup_async(client: redis.asyncio.Redis, lk: str, *argv: Any) -> Any:
+async def _lookup_async(client: AsyncClient, lk: str, *argv: Any) -> Any:
     try:
         return await client.fcall(LOOKUP_FUNCTION, 1, lk, *argv)
     except redis.ResponseError as exc:
         raise translated(exc) from None
 
 
-def drop_lookup(client: redis.Redis, keys: Keys, partition: int, field: str) -> None:
+def drop_lookup(client: SyncClient, keys: Keys, partition: int, field: str) -> None:
     """Stop keeping the lookup fingerprints of ``field`` in one partition and delete them
     (the library must be loaded: :func:`ensure_loaded`)."""
     try:
@@ -260,7 +309,7 @@ def drop_lookup(client: redis.Redis, keys: Keys, partition: int, field: str) -> 
 
 
 async def ensure_lookups_async(
-    client: redis.asyncio.Redis,
+    client: AsyncClient,
     keys: Keys,
     partition: int,
     fields: Sequence[str],
@@ -412,7 +461,7 @@ def _result(reply: Sequence[int]) -> BatchResult:
 
 
 def apply_batch(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partition: int,
     group: str,
@@ -440,7 +489,7 @@ def apply_batch(
 
 
 async def apply_batch_async(
-    client: redis.asyncio.Redis,
+    client: AsyncClient,
     keys: Keys,
     partition: int,
     group: str,
@@ -477,9 +526,10 @@ def _query_error(exc: redis.ResponseError) -> QueryError:
 _verified: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def ensure_loaded(client: redis.Redis) -> None:
-    """Load (or replace) the library once per connection pool, before the first query."""
-    pool = client.connection_pool
+def ensure_loaded(client: SyncClient) -> None:
+    """Load (or replace) the library once per connection pool (per cluster client), before
+    the first query."""
+    pool = pool_of(client)
     if pool not in _verified:
         load(client)
         _verified.add(pool)
@@ -488,33 +538,66 @@ def ensure_loaded(client: redis.Redis) -> None:
 def queue_query(pipe: redis.client.Pipeline, keys: Keys, partition: int, plan: bytes) -> None:
     """Add a ``tt_query`` call (read only) of one partition to a pipeline run by
     :func:`execute_queries`."""
-    pipe.fcall_ro(QUERY_FUNCTION, 1, keys.trace_ids(partition), keys.prefix(partition), plan)
+    # Two keys of the slot, one never existing: mid-migration of the slot, one of them is
+    # always missing on the node asked, which then answers TRYAGAIN rather than running the
+    # query over a partition half moved away.
+    ids, absent = keys.trace_ids(partition), keys.absent(partition)
+    pipe.fcall_ro(QUERY_FUNCTION, 2, ids, absent, keys.prefix(partition), plan)
+
+
+#: How long a query waits for a cluster slot it reads to finish migrating.
+MIGRATION_WAIT_S: Final = 10.0
+#: Replies of a call that met a slot mid-migration (redis-py's own retries exhausted).
+_MIGRATING = (redis.exceptions.TryAgainError, redis.exceptions.ClusterError)
 
 
 def execute_queries(
-    client: redis.Redis, fill: Callable[[redis.client.Pipeline], object]
+    client: SyncClient, fill: Callable[[redis.client.Pipeline], object]
 ) -> list[Any]:
     """Run the pipeline ``fill`` builds: ``tt_query`` calls (:func:`queue_query`) and any
     other reads, in one round trip.  Loads the library first, and once more if the server
     lost it meanwhile.  Raises :class:`~tracetags.errors.QueryError` for an error reply (a
-    plan the Function refuses)."""
+    plan the Function refuses), and TracetagsTimeoutError when a cluster slot it reads is
+    migrated for longer than MIGRATION_WAIT_S (the tt_query calls declare a key never
+    written: mid-migration they are refused, never run over half of a partition)."""
     ensure_loaded(client)
-    for attempt in range(2):
+    reloaded = False
+    deadline = time.monotonic() + MIGRATION_WAIT_S
+    delay = 0.01
+    while True:
         pipe = client.pipeline(transaction=False)
         fill(pipe)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        errors = [r for r in replies if isinstance(r, redis.ResponseError)]
-        if not errors:
+        try:
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except _MIGRATING as exc:  # a command redis-py resent on its own, refused again
+            replies = [exc]
+        moving = next((r for r in replies if isinstance(r, _MIGRATING)), None)
+        if moving is not None:
+            # A slot being migrated: redis-py followed ASK and retried TRYAGAIN a few
+            # times; a migration lasts longer (keys move in batches), so wait it out.
+            if time.monotonic() > deadline:
+                raise TracetagsTimeoutError(
+                    f"a cluster slot the query reads was still being migrated after "
+                    f"{MIGRATION_WAIT_S:g} s ({moving}); try again when the reshard is done"
+                ) from moving
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            continue
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is None:
             return replies
-        if attempt == 0 and any(_is_missing_function(e) for e in errors):
+        if not isinstance(failed, redis.ResponseError):
+            raise failed  # a node unreachable: the caller's to report
+        errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+        if not reloaded and any(_is_missing_function(e) for e in errors):
             load(client)
+            reloaded = True
             continue
         raise _query_error(errors[0]) from None
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def query_partitions(
-    client: redis.Redis, keys: Keys, plans: Sequence[tuple[int, bytes]]
+    client: SyncClient, keys: Keys, plans: Sequence[tuple[int, bytes]]
 ) -> list[Any]:
     """Run ``tt_query`` (read only) for each ``(partition, msgpack plan)`` in one pipeline.
 

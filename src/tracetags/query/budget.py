@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import msgspec
-import redis
 
 from tracetags import functions
+from tracetags.connections import SyncClient
 from tracetags.keys import Keys
 from tracetags.query.plan import Spec
 from tracetags.query.strategy import PartitionPlan
@@ -71,7 +71,7 @@ def scans(plan: PartitionPlan) -> bool:
 
 
 def scanned(
-    client: redis.Redis, keys: Keys, plans: Sequence[PartitionPlan], budget_ms: int
+    client: SyncClient, keys: Keys, plans: Sequence[PartitionPlan], budget_ms: int
 ) -> Iterator[Any]:
     """Run ``plans`` as budgeted scans; yield each call's payload (a count, or stats rows)
     as it arrives, round after round, until every partition is done."""
@@ -98,7 +98,7 @@ def scanned(
             yield payload
 
 
-def rest_of_zrange(client: redis.Redis, key: str) -> list[Any]:
+def rest_of_zrange(client: SyncClient, key: str) -> list[Any]:
     """The (value, score) pairs of the zset ``key`` after its first ZRANGE_WINDOW, a window
     per call.  Ranks move when values come and go between calls: a value may be missed or
     read twice (the planner keeps one of each)."""
@@ -113,7 +113,7 @@ def rest_of_zrange(client: redis.Redis, key: str) -> list[Any]:
 
 
 def rest_of_values(
-    client: redis.Redis,
+    client: SyncClient,
     keys: Keys,
     partition: int,
     dkey: str,
