@@ -393,6 +393,14 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
         elif head == "hx" or rest == "hx0":
             # the consumer's history index of the live tail: part of the log, not the state
             assert kind == ("hash" if rest == "hx0" else "string"), key
+        elif rest == "ri":
+            # the ids' byte order (tests/test_id_order.py checks its buckets): heads only
+            assert kind == "zset", key
+            assert all(s == 0 for _, s in value), f"{key}: a score is not 0"
+        elif head == "ri":
+            assert kind == "set", key
+            for member in value:
+                trace_of(int(member))
         elif rest == "tsx":
             assert kind == "zset", key
             time_bounds = {int(m): s for m, s in value}
