@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 import redis
+import redis.cluster
 
 from tracetags import schemas
 from tracetags.connections import SyncClient
@@ -347,12 +348,12 @@ def indexed_tail(
     pipe.hgetall(keys.history_index_start(partition))
     pipe.xinfo_groups(stream)
     pipe.xpending(stream, settings.consumer_group)
-    pipe.time()
     ordered = sorted(trace_ids)
     for trace_id in ordered:
         pipe.get(keys.history_index(partition, trace_id))
     replies: list[Any] = pipe.execute(raise_on_error=False)
-    start, groups, pending, now = replies[:4]
+    start, groups, pending = replies[:3]
+    now = _server_time(client, stream)
     if any(isinstance(r, Exception) for r in replies):
         if isinstance(groups, redis.ResponseError) and not client.exists(stream):
             return []
@@ -368,7 +369,7 @@ def indexed_tail(
         covered = max(covered, (oldest, 0))
     delivered = parse_entry_id(group["last-delivered-id"])
     candidates: set[EntryPosition] = set()
-    for text in replies[4:]:
+    for text in replies[3:]:
         if text:
             candidates.update(parse_entry_id(i) for i in text.decode().split(",") if i)
     if pending and pending["pending"]:
@@ -455,6 +456,15 @@ def entries_of(
             if until is None or position <= until:
                 found[item.trace_id].setdefault(position, (entry_id, item))
     return {t: [rows[p] for p in sorted(rows)] for t, rows in found.items()}
+
+
+def _server_time(client: SyncClient, key: str) -> Any:
+    """TIME of the node that holds ``key`` (a cluster pipeline cannot route a command
+    without a key)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return client.execute_command("TIME", target_nodes=node)  # type: ignore[no-untyped-call]
+    return client.time()
 
 
 def trace_entries(

@@ -58,8 +58,9 @@ _RULES: Final[dict[Role, tuple[str, ...]]] = {
         *_KEYSPACE_WIDE,
     ),
     # Searches, counts, stats, get and status: reads and the read-only query Function.  It
-    # never loads the library: a consumer of the same version must have loaded it.
-    "query": (*_CONNECT, "+@read", "+fcall_ro", "+function|list", *_KEYSPACE_WIDE),
+    # never loads the library: a consumer of the same version must have loaded it.  TIME:
+    # a budgeted scan reads the clock inside tt_query to stop within its budget.
+    "query": (*_CONNECT, "+@read", "+time", "+fcall_ro", "+function|list", *_KEYSPACE_WIDE),
     # Archives folded entries and trims the log (the tt_trim Function: XTRIM, and the
     # archive marks), keeps its cache, and holds a per-partition lock (redis-py's Lock: SET
     # NX PX, and small scripts that GET, PEXPIRE and DEL it).
