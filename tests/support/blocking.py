@@ -33,7 +33,7 @@ class Blocking:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._admin = redis.Redis.from_url(url)
-        self._saved: dict[str, Any] = {}
+        self._saved: dict[Any, Any] = {}
 
     def __enter__(self) -> Blocking:
         self._saved = self._admin.config_get("slowlog-*")
