@@ -54,7 +54,7 @@ def test_the_producer_refuses_an_event_over_a_limit(settings: Settings) -> None:
         small.close()
 
 
-def _entry(event: schemas.Event) -> dict[bytes, bytes]:
+def _entry(event: schemas.Event) -> dict[Any, Any]:
     return {schemas.ENTRY_FIELD: schemas.encode(event)}
 
 
@@ -82,7 +82,7 @@ async def test_the_fold_dead_letters_events_over_a_limit_from_other_publishers(
         await wait_applied(client, producer)
     trace = client.get_trace("tr")
     assert trace is not None and trace.info.tags == {"before": "1", "after": "1"}
-    dead = r.xrange(keys.dead_letters(0))
+    dead: Any = r.xrange(keys.dead_letters(0))
     assert [d[1][b"entry_id"] for d in dead] == [too_many, too_big]
     assert (
         dead[0][1][b"reason"] == b"event has 1001 keys, over the limit of 1000 (max_keys_per_event)"
@@ -165,7 +165,7 @@ def test_a_redelivered_batch_at_the_tag_limit_changes_nothing(
     redis_url: str, r: redis.Redis, namespace: str
 ) -> None:
     keys = Keys(namespace)
-    events = [_tags_set("tr", {f"k{i}": "1" for i in range(5)})]
+    events: list[schemas.Event] = [_tags_set("tr", {f"k{i}": "1" for i in range(5)})]
     assert _fold(r, keys, events, 1, 5) == []
     # The same entry folded again (a redelivery after a crash): its keys are all there.
     entries: Any = r.xrange(keys.stream(0))
