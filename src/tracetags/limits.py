@@ -38,10 +38,10 @@ DEFAULT_MAX_EVENT_BYTES: Final = 1_000_000
 #: MLflow has no count limit per trace; 1,000 live tags keep one trace's fold and hash small.
 DEFAULT_MAX_TAGS_PER_TRACE: Final = 1000
 #: One fold call folds at most this many keys (tags, metadata, deleted keys): a new distinct
-#: key costs the fold ~25 us (its index keys are created), so 2,000 keep a call within the
+#: key costs the fold ~25 us (its index keys are created), so 1,000 keep a call within the
 #: 50 ms budget.  Its bytes follow: at most this many keys of at most 8,250 characters, and
 #: events of at most max_event_bytes.
-DEFAULT_FOLD_MAX_KEYS: Final = 2000
+DEFAULT_FOLD_MAX_KEYS: Final = 1000
 
 
 class EventLimits(msgspec.Struct, frozen=True, kw_only=True):

@@ -158,7 +158,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: dead-lettered by the fold.
     max_tags_per_trace: int = 1000
     #: One fold call folds at most this many keys of events (a consumer batch is cut).
-    fold_max_keys: int = 2000
+    fold_max_keys: int = 1000
     #: Limits on a filter's size (docs/limits.md); a larger filter is a FilterSemanticError.
     filter_max_terms: int = 500
     filter_max_or_width: int = 500

@@ -18,8 +18,9 @@ import msgspec
 from tracetags import functions
 from tracetags.connections import SyncClient
 from tracetags.keys import Keys
-from tracetags.query.plan import Spec
+from tracetags.query.plan import QueryPlan, Spec
 from tracetags.query.strategy import PartitionPlan
+from tracetags.query.strategy import _value_fields as value_fields_of
 
 __all__ = [
     "DEFAULT_CALL_BUDGET_MS",
@@ -41,8 +42,8 @@ SCAN_WORK_MIN: Final = 30_000
 #: The distinct values a pattern is matched against are read this many per call: a LIKE
 #: that is not sought by its start (values tested in Lua, ~1 us each), and ILIKE, RLIKE
 #: and numeric comparisons on tags (a ZRANGE WITHSCORES window).
-VALUES_WINDOW: Final = 20_000
-ZRANGE_WINDOW: Final = 50_000
+VALUES_WINDOW: Final = 5_000
+ZRANGE_WINDOW: Final = 20_000
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _VALUES_DECODER: Final = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool], int])
 
@@ -63,11 +64,45 @@ def estimated_work(plan: PartitionPlan) -> float:
     return candidates * _leaves(query.residual if query.sources else query.expr)
 
 
+#: Work units of one combination of values a count by set algebra visits (a few calls).
+_ALGEBRA_COMBINATION = 20
+
+
+def _algebra_work(terms: list[list[Any]]) -> float:
+    """A count by set algebra visits, per conjunction, every combination of the values of
+    its value leaves (a LIKE of 6,000 values: 6,000 set intersections)."""
+    work = 0.0
+    for term in terms:
+        combinations = 1.0
+        for leaf in term[1:]:
+            if isinstance(leaf, list) and leaf and leaf[0] == "V":
+                combinations *= max(1, len(leaf) - 3)
+        work += combinations * _ALGEBRA_COMBINATION
+    return work
+
+
 def scans(plan: PartitionPlan) -> bool:
-    """Whether the plan runs as a budgeted scan: a count that tests candidates, or a stats,
-    expected to make more than SCAN_WORK_MIN leaf tests."""
-    counting = plan.strategy in ("count", "stats") and plan.plan.terms is None
-    return counting and estimated_work(plan) >= SCAN_WORK_MIN
+    """Whether the plan runs as a budgeted scan: a count that tests candidates or a stats
+    expected to make more than SCAN_WORK_MIN leaf tests, or a count by set algebra of as
+    much work (then the scan replaces it: its exact part is not added)."""
+    if plan.strategy == "algebra" and plan.plan.terms is not None:
+        return _algebra_work(plan.plan.terms) >= SCAN_WORK_MIN
+    return plan.strategy in ("count", "stats") and estimated_work(plan) >= SCAN_WORK_MIN
+
+
+def _one_value_source(sources: Sequence[Spec]) -> bool:
+    if len(sources) != 1:
+        return False
+    kind = sources[0][0]
+    return kind == "C" or (kind == "V" and len(sources[0]) == 4)
+
+
+def _scan_plan(
+    plan: QueryPlan, start: int, budget_us: int, fields: dict[str, str] | None, bare: bool
+) -> QueryPlan:
+    if bare:
+        plan = msgspec.structs.replace(plan, sources=[], residual=plan.expr)
+    return msgspec.structs.replace(plan, scan=[start, budget_us], terms=None, value_fields=fields)
 
 
 def scanned(
@@ -76,6 +111,12 @@ def scanned(
     """Run ``plans`` as budgeted scans; yield each call's payload (a count, or stats rows)
     as it arrives, round after round, until every partition is done."""
     cursors = {i: 0 for i in range(len(plans))}
+    # A value leaf of many values is tested by each candidate's register: its member table
+    # would be read again by every call of the scan.
+    fields = [value_fields_of(plan.tree, {}) or None for plan in plans]
+    # A scan enumerates the plan's one source only when it is one value set (maybe a
+    # chunked one); else every trace, and the sources and residual need not travel.
+    bare = [not _one_value_source(plan.plan.sources) for plan in plans]
     budget_us = max(1, budget_ms) * 1000
     while cursors:
         running = sorted(cursors)
@@ -83,7 +124,7 @@ def scanned(
             (
                 plans[i].partition,
                 _ENCODER.encode(
-                    msgspec.structs.replace(plans[i].plan, scan=[cursors[i], budget_us])
+                    _scan_plan(plans[i].plan, cursors[i], budget_us, fields[i], bare[i])
                 ),
             )
             for i in running

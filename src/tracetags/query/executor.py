@@ -617,7 +617,7 @@ def count(
     if _nothing(prepared):
         return 0
     plans = _plans(client, keys, partitions, prepared, "count")
-    total = sum(p.exact_count for p in plans)
+    total = sum(p.exact_count for p in plans if not budget.scans(p))
     to_run = [p for p in plans if p.strategy != "exact" and not budget.scans(p)]
     to_scan = [p for p in plans if p.strategy != "exact" and budget.scans(p)]
     total += sum(int(n) for n in budget.scanned(client, keys, to_scan, budget_ms))

@@ -44,13 +44,19 @@ local function scan_target(ctx)
 end
 
 -- Feed on_batch the matches of traces from plan.scan[1] on, in small batches sized to the
--- budget left; returns the trace number the next call starts from (-1: done).
+-- budget left (on_batch returns the microseconds its matches add to the reply's making,
+-- reserved out of the budget); returns the trace number the next call starts from (-1:
+-- done).
 local function scan(ctx, on_batch)
     local from, budget = ctx.plan.scan[1], ctx.plan.scan[2]
-    local start = ctx.started or now_us()
+    -- The call's setup (unpacking the plan, sizing its value leaves: ~3 us a value) counts
+    -- against the budget up to half of it, so that a call always gets through some traces.
+    local t = now_us()
+    local start = math.max(ctx.started or t, t - floor(budget / 2))
     local key, expr = scan_target(ctx)
     local last = last_chunk_of(ctx)
     local size = 1
+    local reserved = 0 -- microseconds the reply will take to build (stats rows)
     for c = floor(from / SET_CHUNK), last do
         local numbers = chunk_from(key, c, from)
         local i = 1
@@ -61,9 +67,9 @@ local function scan(ctx, on_batch)
                 batch[k - i + 1] = int(numbers[k])
             end
             local t0 = now_us()
-            on_batch(eval(ctx, expr, batch))
+            reserved = reserved + (on_batch(eval(ctx, expr, batch)) or 0)
             local t1 = now_us()
-            local left = budget - (t1 - start)
+            local left = budget - (t1 - start) - reserved
             if left <= 0 then
                 return j < #numbers and numbers[j + 1] or (c + 1) * SET_CHUNK
             end
@@ -89,11 +95,16 @@ local function count_scan(ctx)
     return { next_from, total }
 end
 
+-- Reply time of one stats row (its group values and durations, made into RESP by Redis).
+local ROW_US = 15
+
 -- stats with plan.scan: {next trace number or -1, rows of this call's matches}.
 local function stats_scan(ctx)
     local state = stats_state(ctx)
     local next_from = scan(ctx, function(got)
+        local before = #state.names
         stats_add(state, got)
+        return (#state.names - before) * ROW_US
     end)
     return { next_from, stats_rows(state) }
 end
