@@ -33,6 +33,7 @@ from tracetags.errors import (
     BufferFullError,
     ProducerClosedError,
     RedisRefusedError,
+    RedisTlsError,
     TracetagsError,
     TracetagsTimeoutError,
     ValidationError,
@@ -842,7 +843,7 @@ class TagProducer(_ProducerBase):
             return
         try:
             self.flush(timeout)
-        except (TracetagsTimeoutError, RedisRefusedError):
+        except (TracetagsTimeoutError, RedisRefusedError, RedisTlsError):
             lost = self._core.abandon()
             log.warning("tracetags producer closed with %d events not written", lost)
         with self._core.lock:
@@ -969,7 +970,7 @@ class AsyncTagProducer(_ProducerBase):
             return
         try:
             await self.flush(timeout)
-        except (TracetagsTimeoutError, RedisRefusedError):
+        except (TracetagsTimeoutError, RedisRefusedError, RedisTlsError):
             lost = self._core.abandon()
             log.warning("tracetags producer closed with %d events not written", lost)
         with self._core.lock:
