@@ -336,6 +336,11 @@ numbers = st.one_of(
     st.integers(min_value=-(10**20), max_value=10**20),
     st.floats(allow_nan=False, allow_infinity=False),
 )
+# Numeric attributes are signed 64-bit integers: a larger integer is a filter error.
+attribute_numbers = st.one_of(
+    st.integers(min_value=-(2**63 - 1), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
 string_ops = st.sampled_from(
     ["=", "!=", "LIKE", "ILIKE", "RLIKE", "NOT LIKE", "NOT ILIKE", "NOT RLIKE"]
 )
@@ -370,7 +375,7 @@ attribute_comparisons = st.one_of(
             lambda k: Field(entity="attribute", key=k)
         ),
         op=number_ops,
-        value=numbers,
+        value=attribute_numbers,
     ),
 )
 

@@ -387,3 +387,20 @@ def test_a_producer_with_a_wrong_password_raises_at_flush(plain: Deployment) -> 
         assert producer.stats().condition == "AUTH"
     finally:
         producer.close(timeout=0.1)
+
+
+def test_a_producer_with_a_wrong_ca_raises_at_flush_and_closes_quietly(
+    tls: tuple[Deployment, TlsFiles],
+) -> None:
+    deployment, files = tls
+    url = deployment.server.url(
+        f"{deployment.namespace}-producer", f"pw-producer-{deployment.namespace}", ca=files.other_ca
+    )
+    producer = TagProducer(Settings(redis_url=url, namespace=deployment.namespace))
+    producer.set_tags("tr-5", {"k": "v"})
+    started = time.monotonic()
+    with pytest.raises(RedisTlsError, match="certificate verify failed"):
+        producer.flush(timeout=30)
+    assert time.monotonic() - started < 5
+    assert producer.stats().condition == "TLS"
+    producer.close(timeout=0.1)  # drops what is left, raises nothing

@@ -37,6 +37,7 @@ from tracetags.errors import (
     EventLimitError,
     ProducerClosedError,
     RedisRefusedError,
+    RedisTlsError,
     TracetagsError,
     TracetagsTimeoutError,
     ValidationError,
@@ -962,7 +963,7 @@ class TagProducer(_ProducerBase):
             return
         try:
             self.flush(timeout)
-        except (TracetagsTimeoutError, RedisRefusedError):
+        except (TracetagsTimeoutError, RedisRefusedError, RedisTlsError):
             lost = self._core.abandon()
             log.warning("tracetags producer closed with %d events not written", lost)
         with self._core.lock:
@@ -1098,7 +1099,7 @@ class AsyncTagProducer(_ProducerBase):
             return
         try:
             await self.flush(timeout)
-        except (TracetagsTimeoutError, RedisRefusedError):
+        except (TracetagsTimeoutError, RedisRefusedError, RedisTlsError):
             lost = self._core.abandon()
             log.warning("tracetags producer closed with %d events not written", lost)
         with self._core.lock:
