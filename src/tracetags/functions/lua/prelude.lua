@@ -17,7 +17,7 @@ local Stamps, Sets, LexIndex, Lookups, Batches, FoldTrace, FoldSingle, Apply =
     {}, {}, {}, {}, {}, {}, {}, {}
 local Leaves, Eval, Enum, Ordering, Walks, Like, Counts, ValueWalk, Query =
     {}, {}, {}, {}, {}, {}, {}, {}, {}
-local Trim = {}
+local Trim, HistoryIndex = {}, {}
 
 -- Bound by bind_runtime() (standard-library shortcuts: a local is cheaper than a global).
 local call, floor, sub, find, format, match, unpack_, type_
