@@ -220,21 +220,9 @@ class Folder:
                 ids.setdefault(item.trace_id, []).append(_text(entry_id))  # type: ignore[union-attr]
         if not ids:
             return
-        ttl = self.settings.history_index_ttl_ms
-        keys = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for trace_id, entry_ids in ids.items():
-            key = keys.history_index(partition, trace_id)
-            pipe.append(key, "," + ",".join(entry_ids))
-            if ttl is not None:
-                pipe.pexpire(key, ttl)
-        start = keys.history_index_start(partition)
-        pipe.hsetnx(start, "start", _text(items[0][0]))
-        if ttl is None:
-            pipe.hdel(start, "ttl_ms")
-        else:
-            pipe.hset(start, "ttl_ms", ttl)
-        await pipe.execute()
+        await functions.index_batch_async(
+            self.client, self.keys, partition, ids, self.settings.history_index_ttl_ms
+        )
 
     async def apply(self, partition: int, items: list[BatchItem]) -> BatchResult:
         """Fold ``items`` in calls of at most ``fold_max_keys`` keys each (no call holds

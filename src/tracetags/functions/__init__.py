@@ -51,6 +51,7 @@ from tracetags.errors import (
 )
 from tracetags.functions.library import APPLY_FUNCTION as APPLY_FUNCTION
 from tracetags.functions.library import FINGERPRINT_MOD, FINGERPRINT_SEED, assemble
+from tracetags.functions.library import INDEX_FUNCTION as INDEX_FUNCTION
 from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
 from tracetags.functions.library import LIBRARY_PREFIX as LIBRARY_PREFIX
 from tracetags.functions.library import LOOKUP_FUNCTION as LOOKUP_FUNCTION
@@ -510,6 +511,31 @@ async def apply_batch_async(
         return _result(await client.fcall(APPLY_FUNCTION, 2, *argv))
     except redis.ResponseError as exc:
         raise _fold_error(exc) from None
+
+
+async def index_batch_async(
+    client: redis.asyncio.Redis,
+    keys: Keys,
+    partition: int,
+    ids: Mapping[str, Sequence[str]],
+    ttl_ms: int | None,
+) -> None:
+    """Append each trace's entry ids (``ids``: trace id -> entry ids, a batch's) to its
+    history index key (``tt_index``; tracetags.history reads it).  Loads the library first
+    if the server does not have it."""
+    index_keys = [keys.history_index(partition, trace_id) for trace_id in ids]
+    index_keys.append(keys.history_index_start(partition))
+    first = next(iter(ids.values()))[0]  # a batch is in entry-id order: its first entry
+    argv = ["" if ttl_ms is None else str(ttl_ms), first]
+    argv += ["," + ",".join(entry_ids) for entry_ids in ids.values()]
+    try:
+        await client.fcall(INDEX_FUNCTION, len(index_keys), *index_keys, *argv)
+        return
+    except redis.ResponseError as exc:
+        if not _is_missing_function(exc):
+            raise
+    await load_async(client)
+    await client.fcall(INDEX_FUNCTION, len(index_keys), *index_keys, *argv)
 
 
 # --- the query engine ------------------------------------------------------------------

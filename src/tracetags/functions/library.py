@@ -24,6 +24,7 @@ APPLY_FUNCTION: Final = "tt_apply"
 QUERY_FUNCTION: Final = "tt_query"
 LOOKUP_FUNCTION: Final = "tt_lookup"
 TRIM_FUNCTION: Final = "tt_trim"
+INDEX_FUNCTION: Final = "tt_index"
 #: A lookup fingerprint is djb2 over the value's UTF-8 bytes modulo FINGERPRINT_MOD, plus 1.
 FINGERPRINT_SEED: Final = 5381
 FINGERPRINT_MOD: Final = 65521
@@ -58,6 +59,7 @@ PARTS: Final = (
     "group_order.lua",  # pages ordered by several keys: groups walked by the next key
     "query.lua",  # tt_query
     "trim.lua",  # tt_trim: the archiver's safe trim of a stream
+    "history_index.lua",  # tt_index: the consumer's history index of the live tail
     "registration.lua",  # the Functions registered
 )
 
@@ -69,6 +71,7 @@ def shared_constants(function_names: Mapping[str, str] | None = None) -> dict[st
         "QUERY_FUNCTION": QUERY_FUNCTION,
         "LOOKUP_FUNCTION": LOOKUP_FUNCTION,
         "TRIM_FUNCTION": TRIM_FUNCTION,
+        "INDEX_FUNCTION": INDEX_FUNCTION,
         **(function_names or {}),
     }
     return {

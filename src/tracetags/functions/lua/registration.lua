@@ -5,3 +5,4 @@ redis.register_function {
 }
 redis.register_function(APPLY_FUNCTION, Apply.tt_apply)
 redis.register_function(TRIM_FUNCTION, Trim.tt_trim)
+redis.register_function(INDEX_FUNCTION, HistoryIndex.tt_index)
