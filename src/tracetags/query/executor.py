@@ -242,12 +242,11 @@ def _probe(
                 replies[at + offset] = MatchedValues(bool(sought), pairs)
             elif name == "IDSEEK":  # {id: number}, like HGETALL of the ids hash
                 found = _IDS_DECODER.decode(replies[at + offset])
-                if not found[0]:  # a dense prefix: every id, as without a prefix
-                    every = _ENCODER.encode(IdsPlan(prefixes=[]))
-                    reply = functions.query_partitions(client, keys, [(probe.partition, every)])
-                    found = _IDS_DECODER.decode(reply[0])
-                ids = found[1]
-                replies[at + offset] = dict(zip(ids[::2], ids[1::2], strict=True))
+                if found[0]:
+                    ids = found[1]
+                    replies[at + offset] = dict(zip(ids[::2], ids[1::2], strict=True))
+                else:  # a dense prefix: every id, as without a prefix
+                    replies[at + offset] = client.hgetall(keys.trace_ids(probe.partition))
             elif name == "VALUECOUNT":
                 values, traces = replies[at + offset]
                 replies[at + offset] = MatchedCount(int(values), int(traces))

@@ -122,10 +122,14 @@ def probe_commands(
         elif isinstance(leaf, LIds):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("HMGET", keys.trace_ids(partition), *leaf.ids))
-        elif isinstance(leaf, LIdMatch):
-            # the ids starting with the pattern's lead, or (no lead) every id
+        elif isinstance(leaf, LIdMatch) and leaf.prefixes:
             probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("IDSEEK", keys.trace_ids(partition), leaf.prefixes or ()))
+            cmds.append(("IDSEEK", keys.trace_ids(partition), leaf.prefixes))
+        elif isinstance(leaf, LIdMatch):
+            # every id: HGETALL builds the reply natively (reading 100k ids into Lua and
+            # packing them would hold Redis's one thread several times longer)
+            probe.slots[id(leaf)] = len(cmds)
+            cmds.append(("HGETALL", keys.trace_ids(partition)))
         elif isinstance(leaf, LPresent):
             key_set = leaf.index.key_set(keys, partition)
             if key_set is not None:

@@ -116,14 +116,10 @@ local SEEK_BUCKETS = 24
 -- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes (a
 -- request_id LIKE/ILIKE's literal lead and its case variants), sought in the id buckets
 -- (a partition without them reads every id), or {0} when the prefixes are dense (past
--- SEEK_BUCKETS buckets); no prefixes: every id.  The client applies the exact pattern.
+-- SEEK_BUCKETS buckets).  The client applies the exact pattern.
 local function ids_reply(prefix, prefixes)
     local flat = {}
     local dir = id_dir(prefix)
-    if #prefixes == 0 then
-        -- every id (a pattern with no literal lead): packed, the client decodes it in C
-        return cmsgpack.pack({ 1, call('HGETALL', prefix .. ':ids') })
-    end
     if call('EXISTS', dir) == 1 then
         local visited = 0
         for _, p in ipairs(prefixes) do
