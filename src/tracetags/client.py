@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis
+import redis.cluster
 
 from tracetags import functions, redis_errors, schemas
 from tracetags.archive import state as archive_state
 from tracetags.archive.state import ArchiveStatus
+from tracetags.cluster import SyncRouter
 from tracetags.connections import socket_options, sync_client
 from tracetags.errors import BulkWriteError, RedisUnavailableError, TracetagsTimeoutError
 from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
@@ -615,14 +617,26 @@ class Client:
     def _write_condition(self) -> tuple[str | None, str | None]:
         """Whether Redis would take a write now, asked without writing: an XADD queued in a
         transaction that is then discarded.  (The condition's name, Redis's words.)"""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.execute_command("MULTI")
-        pipe.execute_command("XADD", self.keys.stream(0), "*", schemas.ENTRY_FIELD, b"")
-        pipe.execute_command("DISCARD")
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except redis.exceptions.BusyLoadingError as exc:
-            return "LOADING", str(exc)
+        replies: Any
+        if isinstance(self.redis, redis.cluster.RedisCluster):
+            # Each partition's node asked (a transaction goes to one slot's primary).
+            commands: list[tuple[Any, ...]] = []
+            for partition in range(self.partitions):
+                stream = self.keys.stream(partition)
+                commands += [("MULTI",), ("XADD", stream, "*", schemas.ENTRY_FIELD, b""),
+                             ("DISCARD",)]  # fmt: skip
+            replies = SyncRouter(self.redis).execute(commands)
+            if isinstance(replies, BaseException):
+                raise replies
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.execute_command("MULTI")  # type: ignore[no-untyped-call]
+            pipe.execute_command("XADD", self.keys.stream(0), "*", schemas.ENTRY_FIELD, b"")  # type: ignore[no-untyped-call]
+            pipe.execute_command("DISCARD")  # type: ignore[no-untyped-call]
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except redis.exceptions.BusyLoadingError as exc:
+                return "LOADING", str(exc)
         refused = next((r for r in replies if isinstance(r, Exception)), None)
         if refused is None or isinstance(refused, redis.exceptions.NoPermissionError):
             return None, None  # (a read-only ACL user cannot ask this way: no verdict)
@@ -632,12 +646,19 @@ class Client:
             raise refused
         return redis_errors.condition(refused), str(refused)
 
+    def _node_clients(self) -> list[redis.Redis]:
+        """A client of each node: the one Redis, or every primary of a cluster."""
+        if isinstance(self.redis, redis.cluster.RedisCluster):
+            cluster = self.redis
+            return [cluster.get_redis_connection(n) for n in cluster.get_primaries()]  # type: ignore[no-untyped-call]
+        return [self.redis]
+
     def _connected_consumers(self) -> set[str]:
         """Consumers whose fold connection is open now (its name, in CLIENT LIST): liveness
         that needs no write, for when the heartbeat cannot be written."""
         prefix = consumer_client_name(self.settings, "")
         try:
-            clients: Any = self.redis.client_list()
+            clients: Any = [c for node in self._node_clients() for c in node.client_list()]
         except redis.ResponseError:  # CLIENT LIST denied (ACL): the heartbeat alone
             return set()
         return {

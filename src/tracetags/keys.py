@@ -13,6 +13,9 @@ key                                        type     holds
                                                     ``p<NN>`` last replayed entry id
 ``ns:{pNN}:log``                           stream   the event log of partition NN (field ``e``)
 ``ns:{pNN}:dead``                          stream   dead letters: payload, entry id, reason, time
+``ns:{pNN}:absent``                        -        never written: ``tt_apply`` reads it first, so
+                                                    that on a cluster slot being migrated the
+                                                    call is refused before it writes anything
 ``ns:{pNN}:n``                             string   counter handing out trace numbers (INCRBY)
 ``ns:{pNN}:ids``                           hash     trace id → trace number (``<no>``)
 ``ns:{pNN}:t:<no>``                        hash     one trace's state (fields below)
