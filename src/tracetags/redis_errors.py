@@ -41,6 +41,11 @@ _CODE_OF_CLASS: Final[tuple[tuple[type[BaseException], str], ...]] = (
     (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
 )
 
+#: What a call to Redis can raise besides a reply: redis-py's errors, socket errors, and
+#: the cluster client's own (no node of the cluster reachable, a slot table it cannot
+#: build), which are not RedisErrors.
+FAILURES: Final = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+
 UNREACHABLE: Final = "unreachable"
 TIMEOUT: Final = "timeout"
 POISON: Final = "poison"
@@ -70,6 +75,8 @@ def condition(exc: BaseException) -> str:
     code = error_code(exc)  # first: redis-py's LOADING error is a ConnectionError
     if code is not None and code in TRANSIENT_CODES:
         return code
+    if isinstance(exc, redis.exceptions.RedisClusterException):
+        return UNREACHABLE
     if isinstance(exc, redis.TimeoutError | TimeoutError):
         return TIMEOUT
     if isinstance(exc, redis.ConnectionError | OSError):
