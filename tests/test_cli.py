@@ -52,8 +52,10 @@ def any_r(any_redis_url: str) -> Iterator[SyncClient]:
     client.close()
 
 
-def test_demo_end_to_end(redis_url: str, namespace: str) -> None:
-    """The README's main job: traffic, a consumer, the classic questions, pasteable commands."""
+def test_demo_end_to_end(any_redis_url: str, any_namespace: str) -> None:
+    """The README's main job: traffic, a consumer, the classic questions, pasteable commands
+    (on one Redis and on a cluster)."""
+    redis_url, namespace = any_redis_url, any_namespace
     result = runner.invoke(
         app, ["--redis-url", redis_url, "--namespace", namespace, "demo", "--traces", "400"]
     )

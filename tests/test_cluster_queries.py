@@ -370,37 +370,6 @@ def test_a_page_taken_from_one_partition_asks_it_again(
         loaded.drop()
 
 
-def _migrate(
-    cluster: LocalCluster, slot: int, target: Any, batch: int, on_batch: Any = None
-) -> None:
-    """Move ``slot`` to ``target`` as ``redis-cli --cluster reshard`` does: SETSLOT IMPORTING
-    / MIGRATING, MIGRATE of the keys in batches, SETSLOT NODE on every primary."""
-    source = cluster.owner_of_slot(slot)
-    src, dst = source.client(), target.client()
-    try:
-        source_id = src.execute_command("CLUSTER MYID")
-        target_id = dst.execute_command("CLUSTER MYID")
-        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
-        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
-        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
-            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *keys)
-            if on_batch is not None:
-                on_batch()
-        for node in [
-            target,
-            source,
-            *(n for n in cluster.primaries() if n not in (source, target)),
-        ]:
-            client = node.client()
-            try:
-                client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
-            finally:
-                client.close()
-    finally:
-        src.close()
-        dst.close()
-
-
 def test_queries_during_a_slot_migration_are_never_half_read(
     redis_cluster: LocalCluster, copies: Copies
 ) -> None:
@@ -437,7 +406,7 @@ def test_queries_during_a_slot_migration_are_never_half_read(
     thread.start()
     try:
         for node in (target, source):  # there and back: the session's layout is kept
-            _migrate(redis_cluster, slot, node, batch=15, on_batch=lambda: time.sleep(0.02))
+            redis_cluster.migrate_slot(slot, node, batch=15, pause_s=0.2)
             assert redis_cluster.owner_of_slot(slot) is node
             time.sleep(0.3)
     finally:

@@ -16,13 +16,14 @@ from faststream.redis import RedisBroker
 from tests.support.consumer import consumer, wait_applied
 from tracetags import Settings, TagProducer, schemas
 from tracetags.client import Client
+from tracetags.connections import SyncClient
 from tracetags.consumer import Folder
 from tracetags.embedded import RedisServer
 from tracetags.keys import Keys
 
 
-async def test_events_written_before_the_first_start_are_folded(settings: Settings) -> None:
-    settings = settings.replace(partitions=2)
+async def test_events_written_before_the_first_start_are_folded(any_settings: Settings) -> None:
+    settings = any_settings.replace(partitions=2)
     producer = TagProducer(settings)
     producer.trace_started(
         "tr-early",
@@ -58,7 +59,8 @@ async def test_events_written_before_the_first_start_are_folded(settings: Settin
     client.close()
 
 
-async def test_tags_before_start_and_a_deleted_trace(settings: Settings) -> None:
+async def test_tags_before_start_and_a_deleted_trace(any_settings: Settings) -> None:
+    settings = any_settings
     producer = TagProducer(settings)
     client = Client(settings)
     async with consumer(settings):
@@ -80,8 +82,9 @@ async def test_tags_before_start_and_a_deleted_trace(settings: Settings) -> None
 
 
 async def test_poison_entries_are_dead_lettered_and_their_neighbours_applied(
-    settings: Settings, r: redis.Redis
+    any_settings: Settings, any_r: SyncClient
 ) -> None:
+    settings, r = any_settings.replace(partitions=1), any_r
     keys = Keys(settings.namespace)
     stream = keys.stream(0)
     producer = TagProducer(settings)

@@ -252,7 +252,7 @@ def _reaching_redis(method: _Method) -> _Method:
     def call(self: Client, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except (redis.RedisError, redis.exceptions.RedisClusterUnreachableError) as exc:
+        except redis_errors.FAILURES as exc:
             mapped = redis_errors.library_error(exc, self.settings.effective_redis_url)
             if mapped is None:
                 raise

@@ -17,6 +17,8 @@ import redis
 import redis.asyncio.cluster
 import redis.cluster
 
+from tracetags import redis_errors
+
 #: Redirections followed for one unit before its error reply is handed back.
 MAX_REDIRECTS: Final = 5
 
@@ -84,7 +86,7 @@ class SyncRouter:
                 client.nodes_manager.initialize()
                 self._stale = False
             targets = [(unit, self._node_of(unit.key), False) for unit in units_of(commands)]
-        except (redis.RedisError, OSError) as exc:
+        except redis_errors.FAILURES as exc:
             self._stale = True
             return exc
         replies: list[Any] = [None] * len(commands)
@@ -113,7 +115,7 @@ class SyncRouter:
                     )
                     for unit, where, asking in retry
                 ]
-            except (redis.RedisError, OSError):
+            except redis_errors.FAILURES:
                 self._stale = True
                 break
         return replies
@@ -150,7 +152,7 @@ class SyncRouter:
                     packed.extend(commands[unit.start : unit.end])
                 conn.send_packed_command(conn.pack_commands(packed))
                 sent.append((pool, conn, units, None))
-            except (redis.RedisError, OSError) as exc:
+            except redis_errors.FAILURES as exc:
                 sent.append((pool, conn, units, exc))
         out: list[tuple[Unit, list[Any]]] = []
         for pool, conn, units, error in sent:
@@ -163,7 +165,7 @@ class SyncRouter:
                         _read(conn)
                     try:
                         out.append((unit, [_read(conn) for _ in range(unit.end - unit.start)]))
-                    except (redis.RedisError, OSError) as exc:
+                    except redis_errors.FAILURES as exc:
                         error = exc
                         out.append((unit, [exc] * (unit.end - unit.start)))
             finally:
@@ -196,7 +198,7 @@ class AsyncRouter:
                 await client.nodes_manager.initialize()
                 self._stale = False
             targets = [(unit, self._node_of(unit.key), False) for unit in units_of(commands)]
-        except (redis.RedisError, OSError) as exc:
+        except redis_errors.FAILURES as exc:
             self._stale = True
             return exc
         replies: list[Any] = [None] * len(commands)
@@ -226,7 +228,7 @@ class AsyncRouter:
                             await client.nodes_manager.initialize()
                             node = client.get_node(host=where[0], port=where[1])
                     targets.append((unit, node, asking))
-            except (redis.RedisError, OSError):
+            except redis_errors.FAILURES:
                 self._stale = True
                 break
         return replies
@@ -254,7 +256,7 @@ class AsyncRouter:
                     packed.extend(commands[unit.start : unit.end])
                 await conn.send_packed_command(conn.pack_commands(packed))
                 sent.append((node, conn, units, None))
-            except (redis.RedisError, OSError) as exc:
+            except redis_errors.FAILURES as exc:
                 sent.append((node, conn, units, exc))
         out: list[tuple[Unit, list[Any]]] = []
         for node, conn, units, error in sent:
@@ -268,7 +270,7 @@ class AsyncRouter:
                     try:
                         got = [await _read_async(conn) for _ in range(unit.end - unit.start)]
                         out.append((unit, got))
-                    except (redis.RedisError, OSError) as exc:
+                    except redis_errors.FAILURES as exc:
                         error = exc
                         out.append((unit, [exc] * (unit.end - unit.start)))
             finally:

@@ -23,15 +23,16 @@ from typing import Any, Final
 import msgspec
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 from faststream import AckPolicy, FastStream, StreamMessage
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import RedisBroker, RedisClusterBroker, StreamSub
 from faststream.redis.parser.binary import BinaryMessageFormatV1
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from tracetags import functions, redis_errors, schemas
 from tracetags.client import HEARTBEAT_MS, HEARTBEAT_TTL_MS, consumer_client_name
-from tracetags.connections import socket_options
+from tracetags.connections import AsyncClient, async_client, cluster_seed_url, socket_options
 from tracetags.errors import DecodeError, FoldError, LibraryVersionError
 from tracetags.functions import BatchItem, BatchResult, DeadLetter
 from tracetags.keys import Keys
@@ -125,7 +126,7 @@ class FoldStats(msgspec.Struct, kw_only=True):
 class Folder:
     """Applies decoded batches of one namespace, with retries and poison isolation."""
 
-    def __init__(self, settings: Settings, client: redis.asyncio.Redis) -> None:
+    def __init__(self, settings: Settings, client: AsyncClient) -> None:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self.group = settings.consumer_group
@@ -188,7 +189,7 @@ class Folder:
                     if self.settings.history_index:
                         await self.index(partition, items)
                     result = await self.apply(partition, items)
-                except (redis.RedisError, OSError) as exc:
+                except redis_errors.FAILURES as exc:
                     if redis_errors.is_poison(exc):
                         raise
                     self.transient(exc, f"fold of partition {partition}")
@@ -205,7 +206,7 @@ class Folder:
                 delay = min(delay * 2, BACKOFF_CAP_S)
                 if time.monotonic() - refreshed >= refresh_s:
                     refreshed = time.monotonic()
-                    with contextlib.suppress(redis.RedisError, OSError):
+                    with contextlib.suppress(*redis_errors.FAILURES):
                         await self.client.xclaim(stream, self.group, consumer, 0, ids, justid=True)
         finally:
             self.in_hand.difference_update(ids)
@@ -391,7 +392,7 @@ class Folder:
         alive: set[str] = set()
         prefix = consumer_client_name(self.settings, "")
         with contextlib.suppress(redis.ResponseError):
-            clients: Any = await self.client.client_list()
+            clients: Any = await self._clients_of(stream)
             alive |= {str(c["name"])[len(prefix) :] for c in clients
                       if str(c.get("name", "")).startswith(prefix)}  # fmt: skip
         since = schemas.now_ms() - HEARTBEAT_TTL_MS
@@ -403,6 +404,15 @@ class Folder:
                 if int(removed) == 0:
                     self.stats.consumers_removed += 1
                     log.info("removed dead consumer %s from the group", _text(info["name"]))
+
+    async def _clients_of(self, stream: str) -> Any:
+        """CLIENT LIST of the node that holds ``stream`` (the fold calls of its partition
+        go there, so a live consumer's fold connection is listed there)."""
+        client = self.client
+        if isinstance(client, redis.asyncio.cluster.RedisCluster):
+            node = client.get_node_from_key(stream)
+            return await client.client_list(target_nodes=node)
+        return await client.client_list()
 
     async def _reclaim_own(self, partition: int, consumer: str, stopping: asyncio.Event) -> int:
         idle = min(OWN_STUCK_MS, self.settings.claim_idle_ms)
@@ -467,12 +477,13 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def fold_client(settings: Settings, consumer: str | None = None) -> redis.asyncio.Redis:
-    """The connection the fold calls go through.  redis-py reconnects once at once (a pooled
-    connection the server closed while idle); longer trouble is waited out, logged and
-    counted by :meth:`Folder.apply_patiently`.  Named after the consumer, so that ``status``
-    sees it alive even where the heartbeat (a write) cannot be written."""
-    return redis.asyncio.Redis.from_url(
+def fold_client(settings: Settings, consumer: str | None = None) -> AsyncClient:
+    """The connection the fold calls go through (a ``RedisCluster`` on a cluster: each call
+    goes to its partition's primary).  redis-py reconnects once at once (a pooled connection
+    the server closed while idle); longer trouble is waited out, logged and counted by
+    :meth:`Folder.apply_patiently`.  Named after the consumer, so that ``status`` sees it
+    alive even where the heartbeat (a write) cannot be written."""
+    return async_client(
         settings.effective_redis_url,
         retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), 1),
         health_check_interval=30,
@@ -502,6 +513,9 @@ class WaitOutRefusals(Retry):
         return await super().call_with_retry(patiently, fail, *args, **kwargs)
 
 
+#: Attempts of a broker read on a cluster, BACKOFF_CAP_S apart at most: ~10 s.
+CLUSTER_READ_RETRIES: Final = 20
+
 #: redis-py errors the broker's reads retry on their own (with backoff, for ever): a read
 #: failing on them would make FastStream's subscriber sleep 5 s before the next one.
 BROKER_RETRY_ON: Final[list[type[Exception]]] = [
@@ -529,11 +543,33 @@ def prepare_namespace(settings: Settings) -> int:
 
     try:
         return asyncio.run(run())
-    except (redis.RedisError, OSError) as exc:
+    except redis_errors.FAILURES as exc:
         mapped = redis_errors.library_error(exc, settings.effective_redis_url)
         if mapped is None:
             raise
         raise mapped from None
+
+
+def make_broker(settings: Settings) -> RedisBroker:
+    """The FastStream broker: ``RedisBroker``, or ``RedisClusterBroker`` for a cluster URL
+    (seeded by the node the URL names; its reads go to each stream's primary)."""
+    backoff = ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_FIRST_S)
+    common: dict[str, Any] = {
+        "graceful_timeout": 30.0,
+        "log_level": logging.DEBUG,
+        "logger": logging.getLogger("tracetags.faststream"),
+        "retry_on_error": BROKER_RETRY_ON,
+        **socket_options(settings, timeout_s=max(settings.socket_timeout_ms / 1000, 1.0)),
+    }
+    seed = cluster_seed_url(settings.effective_redis_url)
+    if seed is None:
+        return RedisBroker(
+            settings.effective_redis_url, retry=WaitOutRefusals(backoff, -1), **common
+        )
+    # The cluster client runs its own retry loop (refreshing the slot table between
+    # attempts) for as many attempts as the Retry allows, so a bounded count that outlasts
+    # a failover (node timeout + election, a few seconds) instead of "for ever".
+    return RedisClusterBroker(seed, retry=Retry(backoff, CLUSTER_READ_RETRIES), **common)
 
 
 def create_app(
@@ -547,17 +583,7 @@ def create_app(
     # FastStream's own access logger writes to stdout with a handler of its own; ours goes
     # through logging like every other tracetags log (stderr under ``tracetags serve``), so
     # stdout stays clean for a command's data.
-    broker = RedisBroker(
-        settings.effective_redis_url,
-        graceful_timeout=30.0,
-        log_level=logging.DEBUG,
-        logger=logging.getLogger("tracetags.faststream"),
-        retry=WaitOutRefusals(
-            ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_FIRST_S), -1
-        ),
-        retry_on_error=BROKER_RETRY_ON,
-        **socket_options(settings, timeout_s=max(settings.socket_timeout_ms / 1000, 1.0)),
-    )
+    broker = make_broker(settings)
     app = FastStream(broker)
     client = fold_client(settings, consumer)
     folder = Folder(settings, client)
@@ -601,11 +627,11 @@ def create_app(
                 folder.recovered()  # an idle consumer sees the end of a condition too
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    with contextlib.suppress(redis.RedisError, OSError):
+                    with contextlib.suppress(*redis_errors.FAILURES):
                         await folder.ensure_group(partition)
                 else:
                     folder.transient(exc, f"reclaim of partition {partition}")
-            except (redis.RedisError, OSError) as exc:
+            except redis_errors.FAILURES as exc:
                 folder.transient(exc, f"reclaim of partition {partition}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), interval)
@@ -625,12 +651,12 @@ def create_app(
                 pipe.zadd(folder.keys.consumers, {consumer: now})
                 pipe.zremrangebyscore(folder.keys.consumers, "-inf", now - 60 * HEARTBEAT_TTL_MS)
                 await pipe.execute()
-            except (redis.RedisError, OSError) as exc:
+            except redis_errors.FAILURES as exc:
                 # Liveness still shows through the fold connection's name (CLIENT LIST).
                 log.debug("heartbeat failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), HEARTBEAT_MS / 1000)
-        with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*redis_errors.FAILURES, TimeoutError):
             await asyncio.wait_for(client.zrem(folder.keys.consumers, consumer), 1.0)
 
     @app.on_startup
@@ -643,7 +669,7 @@ def create_app(
             except LibraryVersionError as exc:
                 log.error("tracetags consumer cannot start: %s", exc)
                 raise
-            except (redis.RedisError, OSError) as exc:
+            except redis_errors.FAILURES as exc:
                 if redis_errors.is_refused(exc):
                     # Credentials, ACL, TLS trust: waiting will not end it; say so and stop.
                     refusal = redis_errors.library_error(exc, settings.effective_redis_url)
@@ -701,7 +727,7 @@ def create_app(
             if folder.condition is not None:
                 raise TimeoutError(f"Redis refuses for now ({folder.condition})")
             await asyncio.wait_for(drain(), DRAIN_TIMEOUT_S)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+        except (*redis_errors.FAILURES, TimeoutError) as exc:
             log.warning("could not fold this consumer's pending entries before stopping "
                         "(%r); another consumer will claim them", exc)  # fmt: skip
         await client.aclose()

@@ -13,8 +13,10 @@ key                                        type     holds
                                                     ``p<NN>`` last replayed entry id
 ``ns:{pNN}:log``                           stream   the event log of partition NN (field ``e``)
 ``ns:{pNN}:dead``                          stream   dead letters: payload, entry id, reason, time
-``ns:{pNN}:absent``                        -        never written: declared by ``tt_query`` calls
-                                                    so that a slot being migrated refuses them
+``ns:{pNN}:absent``                        -        never written: ``tt_apply`` reads it first and
+                                                    ``tt_query`` calls declare it, so that a call on
+                                                    a cluster slot being migrated is refused whole
+                                                    (before it writes or reads anything)
 ``ns:{pNN}:n``                             string   counter handing out trace numbers (INCRBY)
 ``ns:{pNN}:ids``                           hash     trace id → trace number (``<no>``)
 ``ns:{pNN}:t:<no>``                        hash     one trace's state (fields below)

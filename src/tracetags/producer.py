@@ -653,6 +653,8 @@ class _Core:
                 reply = yield Execute(
                     [("XRANGE", self.keys.stream(partition), start, "+", "COUNT", _DEDUP_PAGE)]
                 )
+                if isinstance(reply, list) and isinstance(reply[0], BaseException):
+                    reply = reply[0]  # its node (on a cluster) could not be asked
                 if isinstance(reply, BaseException):
                     yield from self._failed(reply)
                     return False

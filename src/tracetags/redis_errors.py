@@ -59,6 +59,11 @@ _CODE_OF_CLASS: Final[tuple[tuple[type[BaseException], str], ...]] = (
 #: trust): retried only at the slowest pace.
 REFUSED_CODES: Final = frozenset({"AUTH", "NOPERM", "TLS"})
 
+#: What a call to Redis can raise besides a reply: redis-py's errors, socket errors, and
+#: the cluster client's own (no node of the cluster reachable, a slot table it cannot
+#: build), which are not RedisErrors.
+FAILURES: Final = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+
 UNREACHABLE: Final = "unreachable"
 TIMEOUT: Final = "timeout"
 POISON: Final = "poison"
@@ -96,12 +101,12 @@ def condition(exc: BaseException) -> str:
         return code
     if code in ("WRONGPASS", "NOAUTH"):
         return "AUTH"
+    if isinstance(exc, redis.exceptions.RedisClusterException):
+        return UNREACHABLE
     if isinstance(exc, redis.TimeoutError | TimeoutError):
         return TIMEOUT
     if isinstance(exc, redis.ConnectionError | OSError):
         return UNREACHABLE
-    if isinstance(exc, redis.exceptions.RedisClusterUnreachableError):
-        return UNREACHABLE  # no node of the cluster answers
     if isinstance(exc, redis.exceptions.ExecAbortError):
         # The transaction was refused at EXEC: the reason is in the message when a queued
         # command was refused by a condition (e.g. "... OOM command not allowed ...").

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import redis.cluster
 
+from tracetags.connections import SyncClient
 from tracetags.functions import fingerprint
 from tracetags.keys import (
     LEX_BUCKET,
@@ -279,7 +281,7 @@ def _check_fingerprints(
                 )
 
 
-def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
+def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
     """Read every key of the namespace into :meth:`FoldModel.expected`'s shape.
 
     Chunked sets are read back as one logical set.  Fails (AssertionError) on a key of
@@ -289,6 +291,9 @@ def dump(client: redis.Redis, keys: Keys, partition: int) -> Dump:
     its count in the distinct zset.
     """
     prefix = keys.prefix(partition)
+    if isinstance(client, redis.cluster.RedisCluster):  # the partition's keys: one node
+        node = client.get_node_from_key(keys.stream(partition))
+        client = client.get_redis_connection(node)
     found = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000))
     pipe = client.pipeline(transaction=False)
     for key in found:

@@ -10,11 +10,11 @@ import time
 from multiprocessing.process import BaseProcess
 
 import msgspec
-import redis
 
 from tests.support.model import FoldModel, dump
 from tracetags import Settings, TagProducer, log
 from tracetags.client import Client
+from tracetags.connections import SyncClient
 from tracetags.keys import Keys
 from tracetags.serve import run_worker
 
@@ -80,7 +80,7 @@ class Load(threading.Thread):
         self.join(10)
 
 
-def assert_log_in_call_order(r: redis.Redis, namespace: str) -> int:
+def assert_log_in_call_order(r: SyncClient, namespace: str) -> int:
     """One producer wrote the log: its events' emitted order (the event ids, made in call
     order) must be the stream order.  Returns the number of entries."""
     ids = [e.event.event_id for e in log.read_log(r, namespace) if e.event is not None]
@@ -89,7 +89,7 @@ def assert_log_in_call_order(r: redis.Redis, namespace: str) -> int:
     return len(ids)
 
 
-def assert_state_equals_model(r: redis.Redis, settings: Settings) -> None:
+def assert_state_equals_model(r: SyncClient, settings: Settings) -> None:
     keys = Keys(settings.namespace)
     models = {p: FoldModel() for p in range(settings.partition_count)}
     for entry in log.read_log(r, settings.namespace):

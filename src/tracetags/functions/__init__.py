@@ -514,7 +514,7 @@ async def apply_batch_async(
 
 
 async def index_batch_async(
-    client: redis.asyncio.Redis,
+    client: AsyncClient,
     keys: Keys,
     partition: int,
     ids: Mapping[str, Sequence[str]],

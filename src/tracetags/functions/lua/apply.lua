@@ -330,6 +330,10 @@ local function tt_apply(keys, argv)
     if stream ~= prefix .. ':log' or dead ~= prefix .. ':dead' then
         fail('BADKEYS', 'KEYS must be ' .. prefix .. ':log and ' .. prefix .. ':dead')
     end
+    -- A cluster slot being migrated refuses a key missing here (moved already, or not yet
+    -- made) only when the script touches it, after earlier writes: reading a key that never
+    -- exists first makes such a call refuse whole, before it writes anything.
+    redis.call('EXISTS', prefix .. ':absent')
     local ok, args = pcall(cmsgpack.unpack, argv[3] or '')
     if not ok or type(args) ~= 'table' then
         fail('BADARGS', 'ARGV[3] must be a msgpack array')
