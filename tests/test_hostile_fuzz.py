@@ -106,7 +106,7 @@ def filters(draw: st.DrawFn) -> str:
 
 
 @settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -139,7 +139,7 @@ def events(draw: st.DrawFn) -> tuple[str, dict[str, str]]:
 
 
 @settings(
-    max_examples=15,
+    max_examples=8,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
