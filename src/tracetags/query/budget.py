@@ -61,9 +61,16 @@ def estimated_work(plan: PartitionPlan) -> float:
     candidates = plan.tree.cost if query.sources else float(plan.total)
     if candidates == float("inf"):
         candidates = float(plan.total)
-    return candidates * _leaves(query.residual if query.sources else query.expr)
+    tests = _leaves(query.residual if query.sources else query.expr)
+    if query.mode == "stats":
+        # A match costs a stats far more than a leaf test: its duration, its group values
+        # (HMGET) and its group's entry, then its row in the reply.
+        tests += _STATS_MATCH * (1 + len(query.group or ()))
+    return candidates * tests
 
 
+#: Work units (leaf tests) of one match of a stats, and of each of its group fields.
+_STATS_MATCH = 8
 #: Work units of one combination of values a count by set algebra visits (a few calls).
 _ALGEBRA_COMBINATION = 20
 
