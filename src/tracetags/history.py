@@ -708,4 +708,3 @@ def plan_undo(
         if to_set or to_delete or skipped:
             steps.append(UndoStep(trace_id=trace_id, set=to_set, delete=to_delete, skipped=skipped))
     return steps
-
