@@ -7,7 +7,7 @@ realistic mix with TagProducer into one partition (no archive: the whole history
 tail), folds them with the shipped consumer (in this process; it keeps the history index),
 and times, alternating, for random traces (each has 3-4 events spread over the tail):
 
-- ``trace_history`` through the history index (``TRACETAGS_HISTORY_INDEX``, the default);
+- ``trace_history`` through the history index (``TRACETAGS_HISTORY_INDEX=1``);
 - ``trace_history`` by a scan of the tail (the index off: XRANGE pages of 10k, a substring
   test for the trace id's msgpack bytes on each payload, decode of the matches);
 - the reference: a bare ``XRANGE - +`` of the whole tail in the same pages (the transfer
@@ -72,7 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="tt-bench-tail-"))
     server = RedisServer(directory).start()
-    settings = Settings(redis_url=server.url, namespace=NAMESPACE, buffer_size=args.tail + 1)
+    settings = Settings(
+        redis_url=server.url, namespace=NAMESPACE, buffer_size=args.tail + 1, history_index=True
+    )
     try:
         calls = realistic_calls(args.tail, seed=11)
         with TagProducer(settings) as producer:

@@ -241,7 +241,10 @@ async def test_get_tag_and_dead_letters_with_a_running_consumer(
             "client_request_id",
             "tags",
             "metadata",
+            "last_set",
         }
+        # who set each field, from the trace's history: this CLI, as cli:<os user>
+        assert record["last_set"]["tags.env"]["source"].startswith("cli:")
         table = await asyncio.to_thread(run, "get", "tr-x")
         assert "tags.env" in table.stdout and "prod" in table.stdout
         deleted = await asyncio.to_thread(run, "tag", "delete", "tr-x", "env")

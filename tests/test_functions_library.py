@@ -122,6 +122,7 @@ def faulty(r: redis.Redis) -> Iterator[tuple[library.Library, int]]:
         "QUERY_FUNCTION": "tt_fault_query",
         "LOOKUP_FUNCTION": "tt_fault_lookup",
         "TRIM_FUNCTION": "tt_fault_trim",
+        "INDEX_FUNCTION": "tt_fault_index",
     }
     lib = library.assemble(parts, library_name="tracetags_test_fault", function_names=names)
     r.function_load(lib.code, replace=True)

@@ -581,7 +581,8 @@ async def test_the_live_tails_history_index_answers_like_the_scan(
     from tracetags.producer import TagProducer
 
     settings = Settings(redis_url=redis_url, namespace=namespace, archive_url=archive_dir,
-                        log_retention="0", archive_max_rows=100, archive_interval="1s")  # fmt: skip
+                        log_retention="0", archive_max_rows=100, archive_interval="1s",
+                        history_index=True)  # fmt: skip
     rng = random.Random(8)
     ids = [f"ix{i}" for i in range(15)]
     with Client(settings) as client, TagProducer(settings) as producer:

@@ -527,8 +527,11 @@ def get(
         ),
     ] = None,
 ) -> None:
-    """Show one trace: its attributes, tags and metadata, and when and by whom each was last
-    set (from its history; exit 1 when it does not exist)."""
+    """Show one trace: its fields, and when and by whom each was last set.
+
+    The fields come from the folded state (or, with --as-of, from its history folded up to
+    that time); who set them, from its history. Exit 1 when it does not exist (then).
+    """
     settings = _reachable()
     with Client(settings) as client:
         trace = client.get_trace(trace_id, as_of=as_of)
@@ -1043,9 +1046,13 @@ def history_command(
     yes: Annotated[bool, typer.Option("--yes", help="Write the --undo events.")] = False,
     wait: Annotated[bool, typer.Option(help="With --undo --yes: wait for the fold.")] = True,
 ) -> None:
-    """Who changed what, and when: every event of a trace in log order (archive and live
-    tail) with its time, source and changes (from -> to; a change a newer write replaced is
-    marked), or with --source every change one writer made across traces, and --undo."""
+    """Who changed what, and when: a trace's events, or one writer's across traces.
+
+    With TRACE: every event of the trace in log order (archive and live tail) with its time,
+    source and changes (from -> to; a change a newer write replaced is marked). With
+    --source: every change that writer made (since --since), its count and the traces, and
+    with --undo the events that reverse them.
+    """
     if (trace_id is None) == (source is None):
         _fail(ExitCode.USAGE, "give a TRACE or --source NAME (not both)")
     if undo and source is None:

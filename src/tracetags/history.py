@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
 import redis
@@ -719,6 +719,3 @@ def plan_undo(
         if to_set or to_delete or skipped:
             steps.append(UndoStep(trace_id=trace_id, set=to_set, delete=to_delete, skipped=skipped))
     return steps
-
-
-Format = Literal["table", "json", "jsonl"]

@@ -121,11 +121,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: 'user_12%'`` then tests 2 bytes per walked trace instead of reading its hash.
     lookup_keys: tuple[str, ...] = ()
     #: The consumer keeps a history index of the live tail (per trace, the entry ids of its
-    #: entries; ~14 B per entry plus ~70 B per trace with entries in the tail, expiring with
-    #: the live retention), so that a trace's history reads its own entries instead of
-    #: scanning the stream.  Off: ``trace_history`` scans the tail (readers and consumers
-    #: must agree).
-    history_index: bool = True
+    #: entries; ~66 B per entry while it is in the tail, expiring with the live retention),
+    #: so that a trace's history reads its own entries instead of scanning the stream
+    #: (100k entries: 1 ms instead of 185 ms).  It costs the fold ~17 % of its rate
+    #: (benchmarks/README.md), hence off by default.  Readers and consumers must agree.
+    history_index: bool = False
     #: Where archive segments go: ``file://PATH`` or ``s3://BUCKET/PREFIX`` (options in the
     #: query string: ``?endpoint=http://host:9000&region=us-east-1``).  None: under
     #: ``embedded_dir``/archive when the embedded Redis is used; with a Redis URL given and
