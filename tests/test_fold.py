@@ -280,7 +280,7 @@ def test_a_trace_with_1000_tags(r: redis.Redis, namespace: str) -> None:
     entries += _apply_all(r, keys, 0)
     assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
     # the partition's bookkeeping stays: the number counter, the chunks' time bounds and the
-    # ids' byte order (its first bucket's head, '', is never removed)
+    # directory of the ids' byte order (its head '')
     assert {k.decode().rsplit(":", 1)[-1] for k in r.scan_iter(f"{namespace}:*")} == {
         "log", "gone", "n", "tsx", "ri"
     }  # fmt: skip
@@ -358,7 +358,7 @@ def test_a_malformed_batch_is_refused_before_any_write(r: redis.Redis, namespace
     assert str(info.value) == "TT_BADARGS the batch has 10 values, its counts describe 9"
     assert info.value.code == "TT_BADARGS"
     with pytest.raises(FoldArgumentsError, match=r"^TT_BADARGS bad dead-letter entry id at"):
-        fcall(GROUP, prefix, msgspec.msgpack.encode(batch), 0, "x", b"payload", "reason")
+        fcall(GROUP, prefix, msgspec.msgpack.encode(batch), "x", b"payload", "reason")
     batch[1] = "not-an-id"
     with pytest.raises(FoldArgumentsError, match=r"^TT_BADARGS bad entry id at batch\[2\]"):
         fcall(GROUP, prefix, msgspec.msgpack.encode(batch))

@@ -39,6 +39,14 @@ SOMETHING = [
     "NOT (tags.env = 'a' AND tags.env = 'b')",
     "tags.env = 'production' OR (status = 'OK' AND status = 'ERROR')",
     "timestamp_ms >= 1700000005000 AND timestamp_ms <= 1700000005000",
+    # a pattern of only % is presence (every trace for request_id), NOT LIKE '%' nothing
+    "request_id LIKE '%'",
+    "request_id ILIKE '%%' AND status = 'ERROR'",
+    "client_request_id ILIKE '%'",
+    "tags.env LIKE '%'",
+    "tags.env NOT LIKE '%'",
+    "status LIKE '%'",
+    "metadata.source NOT ILIKE '%' OR tags.retries LIKE '%%%'",
 ]
 
 

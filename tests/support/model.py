@@ -172,6 +172,33 @@ _TRACE_ZSETS = ("ts", "du", "en")
 _DISTINCT_OF = {"st": "std", "ex": "exd", "cr": "crd"}
 
 
+def _check_id_order(
+    heads: list[bytes] | None, buckets: dict[bytes, set[int]], numbers: dict[int, str]
+) -> None:
+    """The ids' byte order, when the partition keeps it: every live trace number in exactly
+    the bucket whose head range [head, next head) holds its id, and no other number."""
+    if heads is None:
+        assert not buckets, "id buckets without their directory"
+        return
+    assert heads and heads[0] == b"", "the directory lacks the head ''"
+    assert set(buckets) <= set(heads), "a bucket not in the directory"
+    placed: dict[int, bytes] = {}
+    for i, head in enumerate(heads):
+        upper = heads[i + 1] if i + 1 < len(heads) else None
+        members = buckets.get(head, set())
+        assert members or head == b"", f"empty bucket {head!r} left in the directory"
+        for no in members:
+            assert no not in placed, f"trace number {no} in two buckets"
+            placed[no] = head
+            trace_id = numbers.get(no)
+            assert trace_id is not None, f"bucket {head!r}: {no} is not a live trace number"
+            raw = trace_id.encode()
+            assert raw >= head and (upper is None or raw < upper), (
+                f"{trace_id!r} in bucket {head!r} (next {upper!r})"
+            )
+    assert set(placed) == set(numbers), "live traces missing from the ids' byte order"
+
+
 def _take_enc(text: bytes) -> tuple[bytes, bytes]:
     """Split ``<len>:<bytes>rest`` into (the whole encoded string, rest)."""
     length, colon, rest = text.partition(b":")
@@ -331,6 +358,8 @@ def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
     seen_traces: set[str] = set()
     lex: dict[str, tuple[dict[bytes, None], dict[bytes, list[bytes]]]] = {}
     time_bounds: dict[int, float] | None = None
+    id_heads: list[bytes] | None = None  # the ids' byte order (id_order.lua)
+    id_buckets: dict[bytes, set[int]] = {}
     lookups: dict[str, str] = {}  # listed field -> building | ready
     fingerprints: dict[tuple[str, int], bytes] = {}  # (field, chunk) -> its string
     for key, value in values.items():
@@ -398,21 +427,26 @@ def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
         elif head == "hx" or rest == "hx0":
             # the consumer's history index of the live tail: part of the log, not the state
             assert kind == ("hash" if rest == "hx0" else "string"), key
-        elif rest == "ri":
-            # the ids' byte order (tests/test_id_order.py checks its buckets): heads only
-            assert kind == "zset", key
-            assert all(s == 0 for _, s in value), f"{key}: a score is not 0"
-        elif head == "ri":
-            assert kind == "set", key
-            for member in value:
-                trace_of(int(member))
         elif rest == "tsx":
             assert kind == "zset", key
             time_bounds = {int(m): s for m, s in value}
             assert time_bounds.pop(-1, None) == float("-inf"), f"{key}: no member -1 at -inf"
+        elif rest == "ri":
+            assert kind == "zset", key
+            assert all(s == 0 for _, s in value), f"{key}: a score is not 0"
+            id_heads = sorted(m for m, _ in value)
+        elif head == "ri":
+            assert kind == "set", key
+            encoding = client.object("encoding", key)
+            assert encoding == b"intset", f"{key}: bucket is {encoding!r}, not an intset"
+            assert len(value) <= SET_CHUNK, f"{key}: {len(value)} members"
+            encoded, tail = _take_enc(rest[3:].encode())
+            assert not tail, key
+            id_buckets[encoded.split(b":", 1)[1]] = {int(m) for m in value}
         else:
             raise AssertionError(f"stray key: {key} ({kind})")
     assert seen_traces == set(numbers.values()), "id map names traces without a hash"
+    _check_id_order(id_heads, id_buckets, numbers)
     _check_fingerprints(out, numbers, lookups, fingerprints)
     _check_lex(out, lex, prefix)
     by_time = values.get(f"{prefix}:ts")

@@ -245,7 +245,7 @@ def _probe(
                 if found[0]:
                     ids = found[1]
                     replies[at + offset] = dict(zip(ids[::2], ids[1::2], strict=True))
-                else:  # a dense prefix: every id, as without a prefix
+                else:  # a dense prefix, or no id buckets: every id, as without a prefix
                     replies[at + offset] = client.hgetall(keys.trace_ids(probe.partition))
             elif name == "VALUECOUNT":
                 values, traces = replies[at + offset]

@@ -348,6 +348,16 @@ def _comparison(node: Comparison) -> LogicalNode:
     if entity == "attribute" and key in SCORE_INDEXES:
         assert isinstance(value, (int, float))
         return _range(SCORE_INDEXES[key], op, value, text)
+    if _matches_any(op, value):
+        # LIKE '%' holds for every present value: the key's presence, no value read (a
+        # trace always has an id); NOT LIKE '%' holds for none
+        if op.startswith("NOT "):
+            return LConst(False, text)
+        if entity == "attribute" and key == "request_id":
+            return LConst(True, text)
+        if entity == "attribute":
+            return LPresent(ValueIndex("status" if key == "status" else "client_request_id"), text)
+        return LPresent(ValueIndex("tag" if entity == "tag" else "metadata", key), text)
     if entity == "attribute" and key == "request_id":
         if op in ("=", "!=", "IN", "NOT IN"):
             ids = value if isinstance(value, tuple) else (str(value),)
@@ -395,6 +405,16 @@ def _comparison(node: Comparison) -> LogicalNode:
     lead_is_pattern = value.endswith("%") and value.count("%") == 1
     return LMatch(
         index, predicate, False, text, _like_runs(value), _like_lead(value), lead_is_pattern
+    )
+
+
+def _matches_any(op: str, value: object) -> bool:
+    """A LIKE / ILIKE pattern of only ``%``: every value matches."""
+    return (
+        op.removeprefix("NOT ") in ("LIKE", "ILIKE")
+        and isinstance(value, str)
+        and value != ""
+        and value.strip("%") == ""
     )
 
 

@@ -114,9 +114,9 @@ end
 local SEEK_BUCKETS = 24
 
 -- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes (a
--- request_id LIKE/ILIKE's literal lead and its case variants), sought in the id buckets
--- (a partition without them reads every id), or {0} when the prefixes are dense (past
--- SEEK_BUCKETS buckets).  The client applies the exact pattern.
+-- request_id LIKE/ILIKE's literal lead and its case variants), sought in the id buckets,
+-- or {0} when the prefixes are dense (past SEEK_BUCKETS buckets) or the partition has no
+-- id buckets: the client reads every id then.  The client applies the exact pattern.
 local function ids_reply(prefix, prefixes)
     local flat = {}
     local dir = id_dir(prefix)
@@ -129,16 +129,9 @@ local function ids_reply(prefix, prefixes)
             end
         end
     else
-        local all = call('HGETALL', prefix .. ':ids')
-        for i = 1, #all, 2 do
-            for _, p in ipairs(prefixes) do
-                if starts(all[i], p) then
-                    flat[#flat + 1] = all[i]
-                    flat[#flat + 1] = all[i + 1]
-                    break
-                end
-            end
-        end
+        -- no byte order (folded before it existed): the client reads every id itself
+        -- (HGETALL's native reply holds Redis far shorter than reading them into Lua)
+        return cmsgpack.pack({ 0 })
     end
     return cmsgpack.pack({ 1, flat })
 end
