@@ -21,9 +21,10 @@ from tests.support.workload import Load, assert_state_equals_model, start_worker
 from tracetags import Settings, TagProducer, log
 from tracetags.client import Client
 from tracetags.connections import SyncClient, sync_client
+from tracetags.errors import RedisUnavailableError
 from tracetags.keys import Keys
 
-RATE = 1_000
+RATE = 500
 PARTITIONS = 6
 
 
@@ -55,7 +56,12 @@ def _log_checked(r: SyncClient, namespace: str) -> int:
 
 
 def _settled(client: Client) -> bool:
-    status = client.status()
+    """Nothing pending and no lag.  (After a failover XINFO may not know a group's lag,
+    which status counts as 0: callers wait for the producer's receipt first.)"""
+    try:
+        status = client.status()
+    except RedisUnavailableError:  # its slot table is refreshed by the failed call
+        return False
     return status.total_pending == 0 and status.total_lag == 0
 
 
@@ -79,16 +85,18 @@ def test_a_primary_killed_under_load_fails_over_and_the_fold_equals_the_model(
     killed = None
     try:
         load.start()
-        wait_until(lambda: producer.stats().sent > 2_000, timeout=60)
+        wait_until(lambda: producer.stats().sent > 1_000, timeout=60)
         wait_until(lambda: client.status().partitions[0].traces > 0, timeout=60)
         killed, replica = redis_cluster.kill_primary_of_slot(r.keyslot(keys.stream(0)))
         killed_at = time.monotonic()
         redis_cluster.wait_promoted(replica)
         promoted_s = time.monotonic() - killed_at
         sent_at_promotion = producer.stats().sent
-        wait_until(lambda: producer.stats().sent > sent_at_promotion + 2_000, timeout=60)
+        wait_until(lambda: producer.stats().sent > sent_at_promotion + 1_000, timeout=60)
         load.stop()
-        producer.flush(timeout=60)
+        # The receipt's positions were written after the promotion (the load went on), so
+        # they are on the new primary whatever replication lost.
+        client.wait_applied(producer.flush(timeout=60), timeout=60)
         wait_until(lambda: _settled(client), timeout=60)
         stats = producer.stats()
         landed = _log_checked(r, settings.namespace)
@@ -137,7 +145,7 @@ def test_a_busy_partitions_slot_migrated_while_the_fold_runs_loses_and_doubles_n
     target = next(n for n in redis_cluster.primaries() if n is not source)
     try:
         load.start()
-        wait_until(lambda: client.status().partitions[partition].traces > 50, timeout=60)
+        wait_until(lambda: client.status().partitions[partition].traces > 20, timeout=60)
         folded: list[int] = []
         redis_cluster.migrate_slot(
             slot, target, last=[keys.stream(partition), keys.dead_letters(partition)],
@@ -145,9 +153,9 @@ def test_a_busy_partitions_slot_migrated_while_the_fold_runs_loses_and_doubles_n
             on_step=lambda _: folded.append(client.status().partitions[partition].traces),
         )  # fmt: skip
         sent = producer.stats().sent
-        wait_until(lambda: producer.stats().sent > sent + 2_000, timeout=60)
+        wait_until(lambda: producer.stats().sent > sent + 1_000, timeout=60)
         load.stop()
-        producer.flush(timeout=60)
+        client.wait_applied(producer.flush(timeout=60), timeout=60)
         wait_until(lambda: _settled(client), timeout=60)
         assert _log_checked(r, settings.namespace) == producer.stats().sent
         _assert_no_dead_letters(client)
