@@ -160,12 +160,10 @@ def test_a_busy_partitions_slot_migrated_while_the_fold_runs_loses_and_doubles_n
     try:
         load.start()
         wait_until(lambda: client.status().partitions[partition].traces > 20, timeout=60)
-        folded: list[int] = []
         refused_before = _script_refusals(source)
         redis_cluster.migrate_slot(
             slot, target, last=[keys.stream(partition), keys.dead_letters(partition)],
             batch=10, pause_s=0.5,
-            on_step=lambda _: folded.append(client.status().partitions[partition].traces),
         )  # fmt: skip
         sent = producer.stats().sent
         wait_until(lambda: producer.stats().sent > sent + 1_000, timeout=60)
