@@ -75,7 +75,8 @@ class SyncRouter:
 
     def __init__(self, client: redis.cluster.RedisCluster) -> None:
         self.client = client
-        self._stale = False
+        # The client's slot table may be older than a failover: read it on first use.
+        self._stale = True
 
     def execute(self, commands: Sequence[Command]) -> list[Any] | BaseException:
         """The replies of ``commands`` in order (an error reply in its place), or the
@@ -169,9 +170,10 @@ class SyncRouter:
                         error = exc
                         out.append((unit, [exc] * (unit.end - unit.start)))
             finally:
+                if error is not None:
+                    self._stale = True  # a failover moves slots: read the table again
                 if conn is not None:
                     if error is not None:
-                        self._stale = True
                         conn.disconnect()
                     pool.release(conn)
         return out
@@ -274,9 +276,10 @@ class AsyncRouter:
                         error = exc
                         out.append((unit, [exc] * (unit.end - unit.start)))
             finally:
+                if error is not None:
+                    self._stale = True
                 if conn is not None:
                     if error is not None:
-                        self._stale = True
                         await conn.disconnect()
                     node.release(conn)
         return out
