@@ -1042,6 +1042,8 @@ class AsyncTagProducer(_ProducerBase):
             self._stop.set()
             self._wake.set()
             await self._task
+        if self._router is not None:
+            await self._router.aclose()
         await self._client.aclose()
 
     async def __aenter__(self) -> AsyncTagProducer:
