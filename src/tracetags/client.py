@@ -238,6 +238,18 @@ def trace_info_from_hash(fields: Mapping[bytes, bytes]) -> TraceInfo | None:
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
+#: Redis could not be reached; with the cluster client's "no node answers", in the
+#: redis-py versions that name it (RedisClusterUnreachableError).
+_UNREACHABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    *(
+        error
+        for error in (getattr(redis.exceptions, "RedisClusterUnreachableError", None),)
+        if error is not None
+    ),
+)
+
 
 def _reaching_redis(method: _Method) -> _Method:
     """Turn redis-py's connection failures into RedisUnavailableError (a ConnectionError
@@ -247,11 +259,7 @@ def _reaching_redis(method: _Method) -> _Method:
     def call(self: Client, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except (
-            redis.ConnectionError,
-            redis.TimeoutError,
-            redis.exceptions.RedisClusterUnreachableError,  # no node of the cluster answers
-        ) as exc:
+        except _UNREACHABLE as exc:
             url = self.settings.effective_redis_url
             raise RedisUnavailableError(f"Redis unreachable at {url}: {exc}") from exc
 
