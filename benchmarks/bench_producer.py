@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events per run")
     parser.add_argument("--traces", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--partitions", type=int, default=Settings().partitions)
+    parser.add_argument("--partitions", type=int, default=Settings().partition_count)
     parser.add_argument("--batch", type=int, default=Settings().producer_batch_size)
     parser.add_argument("--async-yield", type=int, default=100, dest="yield_every")
     parser.add_argument("--redis-url", help="use this Redis instead of a private one")

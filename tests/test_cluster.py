@@ -15,6 +15,7 @@ import redis.cluster
 from tests.support.cluster import ClusterNode, LocalCluster
 from tests.support.helpers import read_log, scratch_namespace, wait_until
 from tracetags import TagProducer, functions, schemas
+from tracetags.cluster import Unit, units_of
 from tracetags.connections import async_client, cluster_seed_url, sync_client
 from tracetags.keys import Keys, partition_of
 from tracetags.settings import Settings
@@ -181,3 +182,21 @@ def test_a_producer_writes_through_a_slot_migration_following_ask_and_moved(
     ]
     assert seqs == list(range(sent))  # each exactly once, in call order
     client.close()
+
+
+def test_a_command_list_is_cut_into_units_routed_by_their_first_key() -> None:
+    commands: list[tuple[object, ...]] = [
+        ("HSETNX", "ns:meta", "partitions", 4),
+        ("TIME",),
+        ("MULTI",), ("XADD", "ns:{p01}:log", "*", "e", b"1"),
+        ("XADD", "ns:{p01}:log", "*", "e", b"2"), ("EXEC",), ("WAIT", 1, 1000),
+        ("MULTI",), ("XADD", "ns:{p02}:log", "*", "e", b"3"), ("EXEC",),
+        ("XRANGE", "ns:{p03}:log", "-", "+"),
+    ]  # fmt: skip
+    assert units_of(commands) == [
+        Unit(0, 1, "ns:meta"),
+        Unit(1, 2, "ns:meta"),  # TIME goes where the command before it went
+        Unit(2, 7, "ns:{p01}:log"),  # the transaction and the WAIT after it
+        Unit(7, 10, "ns:{p02}:log"),
+        Unit(10, 11, "ns:{p03}:log"),
+    ]

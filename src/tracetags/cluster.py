@@ -75,7 +75,8 @@ class SyncRouter:
 
     def __init__(self, client: redis.cluster.RedisCluster) -> None:
         self.client = client
-        self._stale = False
+        # The client's slot table may be older than a failover: read it on first use.
+        self._stale = True
 
     def execute(self, commands: Sequence[Command]) -> list[Any] | BaseException:
         """The replies of ``commands`` in order (an error reply in its place), or the
@@ -136,11 +137,15 @@ class SyncRouter:
         self, commands: Sequence[Command], targets: list[tuple[Unit, Any, bool]]
     ) -> list[tuple[Unit, list[Any]]]:
         """Every node's units written out on one of its connections, then read back."""
-        by_node: dict[Any, list[tuple[Unit, bool]]] = {}
+        # By name: older redis-py's ClusterNode is not hashable.
+        nodes: dict[str, Any] = {}
+        by_name: dict[str, list[tuple[Unit, bool]]] = {}
         for unit, node, asking in targets:
-            by_node.setdefault(node, []).append((unit, asking))
+            nodes[node.name] = node
+            by_name.setdefault(node.name, []).append((unit, asking))
+        by_node = [(nodes[name], units) for name, units in by_name.items()]
         sent: list[tuple[Any, Any, list[tuple[Unit, bool]], BaseException | None]] = []
-        for node, units in by_node.items():
+        for node, units in by_node:
             pool = self.client.get_redis_connection(node).connection_pool
             conn: Any = None
             try:
@@ -169,9 +174,10 @@ class SyncRouter:
                         error = exc
                         out.append((unit, [exc] * (unit.end - unit.start)))
             finally:
+                if error is not None:
+                    self._stale = True  # a failover moves slots: read the table again
                 if conn is not None:
                     if error is not None:
-                        self._stale = True
                         conn.disconnect()
                     pool.release(conn)
         return out
@@ -190,6 +196,25 @@ class AsyncRouter:
     def __init__(self, client: redis.asyncio.cluster.RedisCluster) -> None:
         self.client = client
         self._stale = True  # the client discovers the cluster on first use
+        # A pool per node, made from the node's own connection settings: the async
+        # ClusterNode lends connections only to its own commands (and older redis-py has
+        # no public way to hand one back).
+        self._pools: dict[str, redis.asyncio.ConnectionPool] = {}
+
+    def _pool_of(self, node: Any) -> redis.asyncio.ConnectionPool:
+        pool = self._pools.get(node.name)
+        if pool is None:
+            pool = redis.asyncio.ConnectionPool(
+                connection_class=node.connection_class, **node.connection_kwargs
+            )
+            self._pools[node.name] = pool
+        return pool
+
+    async def aclose(self) -> None:
+        """Close the router's own connections (the client's are the client's)."""
+        for pool in self._pools.values():
+            await pool.disconnect()
+        self._pools.clear()
 
     async def execute(self, commands: Sequence[Command]) -> list[Any] | BaseException:
         client = self.client
@@ -241,25 +266,30 @@ class AsyncRouter:
     async def _send(
         self, commands: Sequence[Command], targets: list[tuple[Unit, Any, bool]]
     ) -> list[tuple[Unit, list[Any]]]:
-        by_node: dict[Any, list[tuple[Unit, bool]]] = {}
+        # By name: older redis-py's ClusterNode is not hashable.
+        nodes: dict[str, Any] = {}
+        by_name: dict[str, list[tuple[Unit, bool]]] = {}
         for unit, node, asking in targets:
-            by_node.setdefault(node, []).append((unit, asking))
+            nodes[node.name] = node
+            by_name.setdefault(node.name, []).append((unit, asking))
+        by_node = [(nodes[name], units) for name, units in by_name.items()]
         sent: list[tuple[Any, Any, list[tuple[Unit, bool]], BaseException | None]] = []
-        for node, units in by_node.items():
+        for node, units in by_node:
             conn: Any = None
+            pool = self._pool_of(node)
             try:
-                conn = node.acquire_connection()
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
                 packed: list[Command] = []
                 for unit, asking in units:
                     if asking:
                         packed.append(("ASKING",))
                     packed.extend(commands[unit.start : unit.end])
                 await conn.send_packed_command(conn.pack_commands(packed))
-                sent.append((node, conn, units, None))
+                sent.append((pool, conn, units, None))
             except redis_errors.FAILURES as exc:
-                sent.append((node, conn, units, exc))
+                sent.append((pool, conn, units, exc))
         out: list[tuple[Unit, list[Any]]] = []
-        for node, conn, units, error in sent:
+        for pool, conn, units, error in sent:
             try:
                 for unit, asking in units:
                     if error is not None:
@@ -274,11 +304,12 @@ class AsyncRouter:
                         error = exc
                         out.append((unit, [exc] * (unit.end - unit.start)))
             finally:
+                if error is not None:
+                    self._stale = True
                 if conn is not None:
                     if error is not None:
-                        self._stale = True
                         await conn.disconnect()
-                    node.release(conn)
+                    await pool.release(conn)
         return out
 
 

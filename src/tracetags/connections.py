@@ -78,8 +78,10 @@ def sync_client(url: str, **kwargs: Any) -> SyncClient:
         return redis.Redis.from_url(url, **kwargs)
     try:
         return redis.cluster.RedisCluster.from_url(seed, **kwargs)
-    except redis.exceptions.RedisClusterUnreachableError as exc:
-        # The cluster client reads the slot table at once; not a redis.ConnectionError.
+    except redis.exceptions.RedisClusterException as exc:
+        # The cluster client reads the slot table as it is made: no node answering is a
+        # RedisClusterException (RedisClusterUnreachableError in newer redis-py), not a
+        # redis.ConnectionError.
         raise RedisUnavailableError(f"Redis unreachable at {redact_url(url)}: {exc}") from exc
 
 

@@ -459,6 +459,8 @@ class _Core:
         """Each event's reply (its entry id, or the error that kept it from landing or from
         being confirmed), and whether any transaction's fate is unknown (a lost connection:
         it may have landed; or landed without the replica acknowledgement WAIT asked for)."""
+        if groups is None and not self._wait_replicas and isinstance(reply[-1], list):
+            return reply[-1], False  # one transaction that ran: its replies are the events'
         ambiguous = False
         written: list[Any] = [None] * size
         pos = 0
@@ -1111,6 +1113,8 @@ class AsyncTagProducer(_ProducerBase):
             self._stop.set()
             self._wake.set()
             await self._task
+        if self._router is not None:
+            await self._router.aclose()
         await self._client.aclose()
 
     async def __aenter__(self) -> AsyncTagProducer:
