@@ -264,7 +264,10 @@ def test_hostile_cli_arguments_exit_2_with_one_line(
             "Invalid value for 'socket_timeout' in connection URL.",
         ),
         ("redis://127.0.0.1:99999/0", "Port out of range 0-65535"),
-        ("http://127.0.0.1:6390/0", "must start with redis://, rediss:// or unix://"),
+        (
+            "http://127.0.0.1:6390/0",
+            "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://",
+        ),
     ],
 )
 def test_a_bad_redis_url_is_a_config_error(url: str, message: str) -> None:
