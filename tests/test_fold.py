@@ -340,6 +340,7 @@ def test_a_deletion_delivered_before_older_events_keeps_them_out(
 
 def test_a_malformed_batch_is_refused_before_any_write(r: redis.Redis, namespace: str) -> None:
     keys = Keys(namespace)
+    functions.load(r)  # FCALL directly below: the library must be there (run alone too)
     stream = _fresh_stream(r, keys, 0)
     _write(r, stream, schemas.TagsSet(**_common("t"), tags={"a": "1"}))  # type: ignore[arg-type]
     entries = _pending(r, stream)
@@ -358,7 +359,7 @@ def test_a_malformed_batch_is_refused_before_any_write(r: redis.Redis, namespace
     assert str(info.value) == "TT_BADARGS the batch has 10 values, its counts describe 9"
     assert info.value.code == "TT_BADARGS"
     with pytest.raises(FoldArgumentsError, match=r"^TT_BADARGS bad dead-letter entry id at"):
-        fcall(GROUP, prefix, msgspec.msgpack.encode(batch), "x", b"payload", "reason")
+        fcall(GROUP, prefix, msgspec.msgpack.encode(batch), 0, "x", b"payload", "reason")
     batch[1] = "not-an-id"
     with pytest.raises(FoldArgumentsError, match=r"^TT_BADARGS bad entry id at batch\[2\]"):
         fcall(GROUP, prefix, msgspec.msgpack.encode(batch))
