@@ -10,7 +10,7 @@ producer's core reads a cluster's replies exactly as a single node's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
 import redis
@@ -70,6 +70,26 @@ def _redirect(replies: Sequence[Any]) -> redis.exceptions.AskError | None:
     return next((r for r in replies if isinstance(r, redis.exceptions.AskError)), None)
 
 
+def _sort_replies(
+    sent: Iterable[tuple[Unit, list[Any]]], replies: list[Any]
+) -> tuple[list[tuple[Unit, Any, bool]], bool]:
+    """Place each unit's replies in ``replies`` and list the units to resend: after MOVED
+    to the slot's new primary (the slot table is read again: the flag), after ASK to the
+    importing node with ASKING (the node and True)."""
+    retry: list[tuple[Unit, Any, bool]] = []
+    moved = False
+    for unit, got in sent:
+        redirect = _redirect(got)
+        if redirect is not None:
+            if isinstance(redirect, redis.exceptions.MovedError):
+                moved = True
+                retry.append((unit, None, False))
+            else:
+                retry.append((unit, (redirect.host, redirect.port), True))
+        replies[unit.start : unit.end] = got
+    return retry, moved
+
+
 class SyncRouter:
     """Runs raw command lists on a ``redis.cluster.RedisCluster`` (see the module docstring)."""
 
@@ -92,17 +112,7 @@ class SyncRouter:
             return exc
         replies: list[Any] = [None] * len(commands)
         for _ in range(MAX_REDIRECTS + 1):
-            moved = False
-            retry: list[tuple[Unit, Any, bool]] = []
-            for unit, got in self._send(commands, targets):
-                redirect = _redirect(got)
-                if redirect is not None:
-                    if isinstance(redirect, redis.exceptions.MovedError):
-                        moved = True
-                        retry.append((unit, None, False))
-                    else:
-                        retry.append((unit, (redirect.host, redirect.port), True))
-                replies[unit.start : unit.end] = got
+            retry, moved = _sort_replies(self._send(commands, targets), replies)
             if not retry:
                 break
             try:
@@ -228,17 +238,7 @@ class AsyncRouter:
             return exc
         replies: list[Any] = [None] * len(commands)
         for _ in range(MAX_REDIRECTS + 1):
-            moved = False
-            retry: list[tuple[Unit, Any, bool]] = []
-            for unit, got in await self._send(commands, targets):
-                redirect = _redirect(got)
-                if redirect is not None:
-                    if isinstance(redirect, redis.exceptions.MovedError):
-                        moved = True
-                        retry.append((unit, None, False))
-                    else:
-                        retry.append((unit, (redirect.host, redirect.port), True))
-                replies[unit.start : unit.end] = got
+            retry, moved = _sort_replies(await self._send(commands, targets), replies)
             if not retry:
                 break
             try:

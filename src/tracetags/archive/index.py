@@ -29,8 +29,8 @@ from tracetags.errors import ArchiveCorruptError
 
 Store = LocalStore | S3Store
 
-#: Bytes of footers and bloom filters kept per process (1.0 B per archived row, measured
-#: at 10M: 64 MiB covers ~60M archived events; beyond, the least recently used segments'
+#: Bytes of footers and bloom filters kept per process (about 1 B per archived row:
+#: 64 MiB covers ~60M archived events; beyond, the least recently used segments'
 #: footers are read again, ~1 ms each).
 CACHE_BYTES: Final = 64 << 20
 #: Manifest entries kept per process (~300 B each).
