@@ -138,6 +138,28 @@ def test_a_stats_over_many_groups_is_capped_with_a_clear_error(three_thousand: L
         client.close()
 
 
+def test_the_cli_reports_a_stats_over_the_cap_in_one_line_with_exit_2(
+    three_thousand: Loaded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from tracetags.cli import ExitCode, app
+
+    monkeypatch.setenv("TRACETAGS_STATS_MAX_GROUPS", "1000")
+    settings = three_thousand.settings
+    result = CliRunner().invoke(
+        app,
+        ["--redis-url", settings.redis_url, "--namespace", settings.namespace,
+         "stats", "--group-by", "tags.u"],
+    )  # fmt: skip
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr == (
+        "error: stats: more than 1,000 groups (stats_max_groups); narrow the filter or group"
+        " by fewer distinct values\n"
+    )
+    assert "Traceback" not in result.output
+
+
 @pytest.fixture(scope="module")
 def many_values(redis_url: str) -> Iterator[Loaded]:
     """60,000 traces, each with its own value of tags.u (more than a window of values)."""

@@ -169,7 +169,8 @@ def test_help_shows_one_line_summaries_exit_codes_and_completion() -> None:
     text = " ".join(result.stdout.split())
     assert (
         "Exit codes: 0 success; 1 not found, timed out, or failed (a gap in the log, an "
-        "unreadable archive); 2 usage or filter error (the filter is shown with a caret); 3 "
+        "unreadable archive); 2 usage or filter error (the filter is shown with a caret), or a "
+        "query over a limit; 3 "
         "Redis unreachable (the URL tried and a hint); 4 a bulk write fell short (fewer traces "
         "written than matched); 5 Redis answers but is degraded (status: OOM, READONLY, "
         "MISCONF, ...; any command: busy or loading); 6 Redis refused the user name or "
@@ -525,6 +526,8 @@ def test_exit_code(code: ExitCode, any_redis_url: str, any_namespace: str) -> No
         (errors.FilterSemanticError("x"), ExitCode.USAGE),
         (errors.PageTokenError("x"), ExitCode.USAGE),
         (errors.QueryError("x"), ExitCode.USAGE),
+        (errors.QueryLimitError("x"), ExitCode.USAGE),
+        (errors.EventLimitError("x"), ExitCode.USAGE),
         (errors.FoldError("x"), ExitCode.USAGE),
         (errors.TracetagsError("x"), ExitCode.USAGE),
     ],

@@ -41,6 +41,7 @@ from tracetags.errors import (
     EmbeddedRedisError,
     LibraryVersionError,
     LogGapError,
+    QueryLimitError,
     RedisAuthError,
     RedisBusyError,
     RedisPermissionError,
@@ -75,7 +76,8 @@ class ExitCode(enum.IntEnum):
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.FAILED: "not found, timed out, or failed (a gap in the log, an unreadable archive)",
-    ExitCode.USAGE: "usage or filter error (the filter is shown with a caret)",
+    ExitCode.USAGE: "usage or filter error (the filter is shown with a caret), or a query "
+    "over a limit",
     ExitCode.UNREACHABLE: "Redis unreachable (the URL tried and a hint)",
     ExitCode.INCOMPLETE: "a bulk write fell short (fewer traces written than matched)",
     ExitCode.DEGRADED: "Redis answers but is degraded (status: OOM, READONLY, MISCONF, ...; "
@@ -103,6 +105,7 @@ ERROR_EXIT_CODES: tuple[tuple[type[TracetagsError], ExitCode, str | None], ...] 
     (LogGapError, ExitCode.FAILED, None),
     (ArchiveStoreError, ExitCode.FAILED, None),
     (ArchiveCorruptError, ExitCode.FAILED, None),
+    (QueryLimitError, ExitCode.USAGE, None),
     (TracetagsError, ExitCode.USAGE, None),
 )
 
