@@ -13,7 +13,7 @@ from tests.support import query_reference as ref
 from tests.support.helpers import drop_namespace
 from tracetags.client import Client
 from tracetags.query import executor
-from tracetags.query.logical import LConst, LValues
+from tracetags.query.logical import LAnd, LConst, LNot, LOr, LPresent, LRange, LValues
 from tracetags.settings import Settings
 
 NOTHING = [
@@ -48,6 +48,18 @@ SOMETHING = [
     "status LIKE '%'",
     "metadata.source NOT ILIKE '%' OR tags.retries LIKE '%%%'",
 ]
+#: ORs whose children share terms (taken out of the OR).
+FACTORED = [
+    "(timestamp_ms < 1700000004000 AND tags.env != 'x') OR (timestamp_ms > 1700000009000"
+    " AND tags.env != 'x')",
+    "(status = 'OK' AND tags.env = 'production') OR (tags.env = 'production' AND"
+    " execution_time_ms > 100) OR (tags.env = 'production' AND status = 'ERROR')",
+    "tags.env = 'production' OR (tags.env = 'production' AND status = 'OK')",
+    "(status = 'OK' AND tags.env = 'dev') OR (status = 'OK' AND (tags.env = 'production'"
+    " OR tags.env = 'staging'))",
+    "NOT ((tags.env = 'dev' AND status = 'OK') OR (tags.env = 'dev' AND tags.user IS NULL))",
+    "(tags.env = 'dev' AND status = 'OK') OR (tags.env = 'dev' AND status = 'OK')",
+]
 
 
 @pytest.mark.parametrize("filter_string", NOTHING)
@@ -63,6 +75,21 @@ def test_a_pinned_key_narrows_its_values() -> None:
     assert isinstance(root, LValues) and root.values == ("r1",)
 
 
+def test_terms_common_to_every_child_of_an_or_are_taken_out() -> None:
+    root = executor.prepare(None, FACTORED[0]).root
+    # (!= is "present and not the value": two terms, both taken out)
+    assert isinstance(root, LAnd) and [type(c) for c in root.children] == [LPresent, LNot, LOr]
+    assert all(isinstance(c, LRange) for c in root.children[2].children)
+    # x OR (x AND y) is x
+    assert isinstance(executor.prepare(None, FACTORED[2]).root, LValues)
+    # identical children: the one conjunction
+    root = executor.prepare(None, FACTORED[5]).root
+    assert isinstance(root, LAnd) and len(root.children) == 2
+    # nothing in common: unchanged
+    root = executor.prepare(None, "tags.env = 'a' OR status = 'OK'").root
+    assert isinstance(root, LOr) and len(root.children) == 2
+
+
 @pytest.fixture(scope="module")
 def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
     traces, mutations = qd.generate(29, 400, n_mutations=60)
@@ -75,7 +102,7 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
     c.close()
 
 
-@pytest.mark.parametrize("filter_string", NOTHING + SOMETHING)
+@pytest.mark.parametrize("filter_string", NOTHING + SOMETHING + FACTORED)
 def test_simplified_filters_equal_the_reference(
     loaded: tuple[Client, list[dict[str, object]]], filter_string: str
 ) -> None:

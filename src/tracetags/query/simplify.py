@@ -12,6 +12,11 @@ The rewrite works on the logical terms, so it holds in every partition:
   comparison never matches a missing value);
 - a false constant makes the conjunction false, a true one drops out.
 
+And one rewrite of disjunctions: terms common to every child of an ``OR`` are taken out of
+it (``(a AND x) OR (b AND x)`` is ``x AND (a OR b)``; ``x OR (x AND y)`` is ``x``), so that
+each is tested once per trace rather than once per child, and what is left (an ``OR`` of
+ranges of one index, say) may be tested as one union.
+
 Nothing else changes: a conjunction that can match is returned with the same terms (the
 intersected ones merged), so plans and ``explain`` stay as they were.
 """
@@ -40,10 +45,29 @@ def simplify(node: LogicalNode) -> LogicalNode:
     if isinstance(node, LAnd):
         return _conjunction([simplify(c) for c in node.children])
     if isinstance(node, LOr):
-        return LOr(tuple(simplify(c) for c in node.children))
+        return _disjunction([simplify(c) for c in node.children])
     if isinstance(node, LNot):
         return LNot(simplify(node.child))
     return node
+
+
+def _disjunction(children: list[LogicalNode]) -> LogicalNode:
+    flat: list[LogicalNode] = []
+    for child in children:
+        flat.extend(child.children if isinstance(child, LOr) else [child])
+    if len(flat) < 2:
+        return LOr(tuple(flat))
+    terms = [c.children if isinstance(c, LAnd) else (c,) for c in flat]
+    common = [t for t in dict.fromkeys(terms[0]) if all(t in other for other in terms[1:])]
+    if not common:
+        return LOr(tuple(flat))
+    shared = set(common)
+    rests = [tuple(t for t in child if t not in shared) for child in terms]
+    if any(not rest for rest in rests):
+        # x OR (x AND y): the child that is just the common terms holds every other one
+        return _conjunction(common)
+    rest = _disjunction([r[0] if len(r) == 1 else LAnd(r) for r in rests])
+    return _conjunction([*common, rest])
 
 
 def _bound(text: str) -> tuple[float, bool]:
