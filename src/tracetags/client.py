@@ -455,7 +455,15 @@ class Client:
         """
         prepared = executor.prepare(experiment_ids, filter_string, order_by, self._filter_limits)
         limit = executor.check_max_results(max_results)
-        page = executor.search(self.redis, self.keys, self.partitions, prepared, limit, page_token)
+        page = executor.search(
+            self.redis,
+            self.keys,
+            self.partitions,
+            prepared,
+            limit,
+            page_token,
+            self.settings.query_call_budget_ms,
+        )
         traces = []
         for fields in page.rows:
             info = trace_info_from_fields(fields)

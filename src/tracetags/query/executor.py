@@ -25,7 +25,7 @@ from tracetags import functions
 from tracetags.connections import SyncClient, pool_of
 from tracetags.errors import FilterSemanticError, PageTokenError, QueryLimitError
 from tracetags.keys import Keys, field_label, metadata_field, split_register, tag_field
-from tracetags.query import budget
+from tracetags.query import budget, pages
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
 from tracetags.query.logical import LConst, LogicalNode, logical
@@ -511,6 +511,7 @@ def search(
     prepared: Prepared,
     max_results: int,
     page_token: str | None = None,
+    budget_ms: int = budget.DEFAULT_CALL_BUDGET_MS,
 ) -> Page:
     """One page: the trace hashes of up to ``max_results`` matches after the token, in order.
 
@@ -541,7 +542,12 @@ def search(
         # Each looks for one more match than it shows: whether it has more is all the
         # merge needs to know (one partition alone: whether a next page exists).
         plan.plan = msgspec.structs.replace(plan.plan, limit=shown + 1, shown=shown)
-    replies = [_PAGE_DECODER.decode(reply) for reply in _run(client, keys, plans)]
+    by_order = functools.cmp_to_key(functools.partial(_cmp_rows, specs))
+
+    def order_key(fields: RawTrace) -> Any:
+        return by_order(_row_values(fields, specs))
+
+    replies = pages.run_pages(client, keys, plans, order_key, budget_ms)
     if len(replies) == 1:
         found, rows = replies[0]
         more = found > len(rows)
@@ -550,8 +556,7 @@ def search(
         while short is not None:  # at most once per partition: it then shows a whole page
             plan = plans[short]
             plan.plan = msgspec.structs.replace(plan.plan, limit=max_results + 1, shown=max_results)
-            (reply,) = _run(client, keys, [plan])
-            replies[short] = _PAGE_DECODER.decode(reply)
+            replies[short] = pages.run_pages(client, keys, [plan], order_key, budget_ms)[0]
             rows, taken, short = _merge(specs, replies, max_results)
         # A next page exists iff some partition has a match the page did not take.
         more = any(found > n for (found, _), n in zip(replies, taken, strict=True))
@@ -616,11 +621,29 @@ def count(
     if _nothing(prepared):
         return 0
     plans = _plans(client, keys, partitions, prepared, "count")
-    total = sum(p.exact_count for p in plans if not budget.scans(p))
     to_run = [p for p in plans if p.strategy != "exact" and not budget.scans(p)]
-    to_scan = [p for p in plans if p.strategy != "exact" and budget.scans(p)]
-    total += sum(int(n) for n in budget.scanned(client, keys, to_scan, budget_ms))
-    return total + sum(int(n) for n in _run(client, keys, to_run))
+    replies = _run_bounded(client, keys, to_run, budget_ms)
+    # A plan that gave up is scanned; the scan counts all of it (no exact part is added).
+    gave_up = [p for p, reply in zip(to_run, replies, strict=True) if reply is None]
+    skipped = {id(p) for p in gave_up}
+    total = sum(p.exact_count for p in plans if not budget.scans(p) and id(p) not in skipped)
+    total += sum(int(n) for n in replies if n is not None)
+    to_scan = [p for p in plans if p.strategy != "exact" and budget.scans(p)] + gave_up
+    return total + sum(int(n) for n in budget.scanned(client, keys, to_scan, budget_ms))
+
+
+def _run_bounded(
+    client: SyncClient, keys: Keys, plans: Sequence[PartitionPlan], budget_ms: int
+) -> list[Any]:
+    """The replies of count or stats plans run with the call budget as their deadline; None
+    for a plan whose call gave up (the caller scans it in budgeted calls)."""
+    deadline = pages.call_deadline_us(max(1, budget_ms) * 1000)
+    encoded = [
+        (p.partition, _ENCODER.encode(msgspec.structs.replace(p.plan, deadline=deadline)))
+        for p in plans
+    ]
+    replies = functions.query_partitions(client, keys, encoded)
+    return [None if isinstance(r, int) and r == -1 else r for r in replies]
 
 
 def explain(
@@ -757,9 +780,11 @@ def stats(
     )
     merged: dict[tuple[str | None, ...], tuple[int, Counter[int]]] = {}
     direct = [p for p in plans if not budget.scans(p)]
+    answered = _run_bounded(client, keys, direct, budget_ms)
     scanned = [p for p in plans if budget.scans(p)]
+    scanned += [p for p, reply in zip(direct, answered, strict=True) if reply is None]
     replies = itertools.chain(
-        _run(client, keys, direct), budget.scanned(client, keys, scanned, budget_ms)
+        (r for r in answered if r is not None), budget.scanned(client, keys, scanned, budget_ms)
     )
     for reply in replies:
         if len(merged) + len(reply) > max_groups and len(_new_groups(merged, reply)) > max_groups:

@@ -84,9 +84,9 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     - ``terms`` (count): signed conjunctions of leaves, ``[sign, leaf, ...]``; the count is
       the signed sum of theirs (set algebra), instead of testing candidates of ``expr``.
     - ``group`` (stats): the trace-hash fields whose values make a group.
-    - ``scan`` (count, stats): ``[from trace number, budget in microseconds]``: test the
-      traces in number order from there until the budget is spent, and reply where the next
-      call starts (query/budget.py runs the calls).
+    - ``scan`` (count, stats, page): ``[from trace number, budget in microseconds]``: test
+      the traces in number order from there until the budget is spent, and reply where the
+      next call starts (query/budget.py and query/pages.py run the calls).
     - ``order`` (page): the order keys.
     - ``limit`` (page): how many matches to find.
     - ``time_bounds`` (page): the partition keeps its chunks' time bounds (``tsx``), so a
@@ -105,6 +105,9 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
       value's set in turn, then the traces without the key.
     - ``shown`` (page): how many of the ``limit`` rows to return (default all: the extra
       row only tells that a next page exists).
+    - ``deadline`` (page, and count or stats without ``scan``): microseconds after which
+      the call gives up and replies ``[-1, []]`` (page) or ``-1``; the client then runs it in
+      budgeted calls (query/pages.py, query/budget.py).
     - ``id_walk`` (page, first order key ``request_id``): walk the buckets of the trace ids'
       byte order (``<prefix>:ri``) from the cursor, giving up past this many buckets (then
       collect; also when the partition has no such index).
@@ -137,6 +140,7 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     walk_next: list[Any] | None = None
     walk_budget: int | None = None
     shown: int | None = None
+    deadline: int | None = None
 
 
 class ValuesPlan(

@@ -110,5 +110,6 @@ local function stats_scan(ctx)
 end
 
 Budget.now_us = now_us
+Budget.scan = scan
 Budget.count_scan = count_scan
 Budget.stats_scan = stats_scan

@@ -65,3 +65,35 @@ local function bind_runtime()
     unpack_, type_ = unpack, type
     bytewise = detect_bytewise()
 end
+
+-- A page call past its deadline gives up at its next Redis call: fn(...) runs with `call`
+-- checking the clock every DEADLINE_EVERY calls (every loop of a page strategy makes Redis
+-- calls, so none runs far past the deadline).  Returns true and fn's result, or false when
+-- fn gave up; other errors go on.
+local DEADLINE_EVERY = 4
+local ABANDON = { abandon = true }
+
+local function with_deadline(deadline_us, fn, ...)
+    local raw = redis.call
+    local n = 0
+    call = function(...)
+        n = n + 1
+        if n >= DEADLINE_EVERY then
+            n = 0
+            local t = raw('TIME')
+            if tonumber(t[1]) * 1000000 + tonumber(t[2]) > deadline_us then
+                error(ABANDON)
+            end
+        end
+        return raw(...)
+    end
+    local ok, result = pcall(fn, ...)
+    call = raw
+    if ok then
+        return true, result
+    end
+    if result == ABANDON then
+        return false, nil
+    end
+    error(result, 0)
+end

@@ -2,7 +2,7 @@
 
 local eval = Eval.eval
 local buffered, enum_candidates = Enum.buffered, Enum.enum_candidates
-local order_fields = Ordering.order_fields
+local order_fields, select_rows = Ordering.order_fields, Ordering.select_rows
 local chunk_walk_page, collect_page = Walks.chunk_walk_page, Walks.collect_page
 local walk_page = Walks.walk_page
 local resolve_sought, value_count_reply = Like.resolve_sought, Like.value_count_reply
@@ -11,6 +11,7 @@ local cards_reply, count_terms_reply = Counts.cards_reply, Counts.count_terms_re
 local stats_reply = Counts.stats_reply
 local walk_values_page = ValueWalk.walk_values_page
 local count_scan, stats_scan, now_us = Budget.count_scan, Budget.stats_scan, Budget.now_us
+local scan = Budget.scan
 local id_walk_page = IdWalk.id_walk_page
 
 -- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
@@ -39,9 +40,9 @@ local function count_query(ctx)
     return total
 end
 
--- page mode: the rows after the cursor, by the strategy the plan names.
-local function page_query(ctx, plan)
-    local prefix = ctx.prefix
+-- What every page needs before it looks for rows: LIKE leaves sought by their lead turned
+-- into the values they match now, the order keys and the cursor.
+local function page_setup(ctx, plan)
     local seen = {}
     resolve_sought(ctx, ctx.expr, seen)
     if ctx.residual ~= ctx.expr then
@@ -61,6 +62,12 @@ local function page_query(ctx, plan)
         end
         ctx.cursor = cursor
     end
+end
+
+-- page mode: the rows after the cursor, by the strategy the plan names.
+local function page_query(ctx, plan)
+    local prefix = ctx.prefix
+    page_setup(ctx, plan)
     local need = plan.limit
     local rows = {}
     local walk = plan.walk
@@ -103,6 +110,32 @@ local function page_query(ctx, plan)
     return page_reply(ctx, rows, plan.shown or need)
 end
 
+-- Time to pick a match of a page scan (its first order value, its place among the others)
+-- and to read the hash of a row the reply shows, in microseconds.
+local SELECT_US, ROW_US = 1.5, 5
+
+-- page mode with plan.scan: {next trace number or -1, the page of this call's matches}: the
+-- traces from plan.scan[1] on are tested in number order until the budget is spent, and
+-- the first `limit` of their matches after the cursor (in order) make the page; the client
+-- merges the pages of the calls (query/pages.py).
+local function page_scan(ctx, plan)
+    page_setup(ctx, plan)
+    local need = plan.limit
+    local shown = plan.shown or need
+    local matches = {}
+    local next_from = scan(ctx, function(got)
+        local before = #matches
+        for i = 1, #got do
+            matches[before + i] = got[i]
+        end
+        local rows = math.max(0, math.min(#matches, shown) - math.min(before, shown))
+        return #got * SELECT_US + rows * ROW_US
+    end)
+    local rows = {}
+    select_rows(ctx, matches, need, rows)
+    return { next_from, page_reply(ctx, rows, shown) }
+end
+
 --[[
 tt_query: run one query plan over one partition (read only).
 KEYS[1] ids     <prefix>:ids (declares the partition's slot; every other key is built from prefix)
@@ -116,8 +149,12 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'value
                 expr), walk_values ({dkey, vprefix, presence leaf, match fraction, candidate
                 cost, traces}: walk the first order key's distinct values, or absent)
                 shown (page: how many of the `limit` rows to return, default all)
-                scan (count, stats: {from trace number, budget in microseconds}: test the
-                traces from that number on, in number order, until the budget is spent)
+                scan (count, stats, page: {from trace number, budget in microseconds}:
+                test the traces from that number on, in number order, until the budget is
+                spent)
+                deadline (page, count, stats without scan: microseconds; past them the
+                call gives up and replies {-1, {}} (page) or -1: the client then runs it
+                in budgeted calls)
                 density (walk: the expected fraction of walked entries that match)
                 value_fields (page: {distinct zset = hash field} of the V leaves of many
                 values, which may be tested by reading the candidates' registers)
@@ -128,7 +165,8 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'value
 Returns page: one msgpack array {rows found (<= limit), {hash, ...}}: the HGETALL field/value
 lists of the first `shown` rows after the cursor, in order; count: an integer; stats: groups
 {values, count, duration, n, ...}; with scan, count and stats reply {next trace number or
--1 when done, the count or groups of this call}; cards: integers; values: msgpack {sought 0|1, {value,
+-1 when done, the count or groups of this call}, page {next trace number or -1, the page
+of this call's matches}; cards: integers; values: msgpack {sought 0|1, {value,
 count, ...}, next window's first rank or -1}, or with count_only {values, traces}.
 --]]
 local function tt_query(keys, argv)
@@ -164,19 +202,29 @@ local function tt_query(keys, argv)
     end
     if plan.scan then
         ctx.started = started
+        if mode == 'page' then
+            return page_scan(ctx, plan)
+        end
         return mode == 'stats' and stats_scan(ctx) or count_scan(ctx)
     end
-    if mode == 'count' and plan.terms then
-        return count_terms_reply(ctx, plan.terms)
-    end
-    if mode == 'count' then
-        return count_query(ctx)
-    end
-    if mode == 'stats' then
-        return stats_reply(ctx)
+    if mode == 'count' or mode == 'stats' then
+        local run = mode == 'stats' and stats_reply
+            or (plan.terms and function(c)
+                return count_terms_reply(c, plan.terms)
+            end)
+            or count_query
+        if plan.deadline then
+            local done, reply = with_deadline(started + plan.deadline, run, ctx)
+            return done and reply or -1
+        end
+        return run(ctx)
     end
     if mode ~= 'page' then
         fail('BADPLAN', 'unknown mode ' .. tostring(mode))
+    end
+    if plan.deadline then
+        local done, reply = with_deadline(started + plan.deadline, page_query, ctx, plan)
+        return done and reply or cmsgpack.pack({ -1, {} })
     end
     return page_query(ctx, plan)
 end

@@ -1,0 +1,192 @@
+"""Pages within the call budget: a page call that would hold Redis past the budget gives up,
+and the page is then found in several calls, each within the budget.
+
+Every page call carries a deadline (``query_call_budget_ms``).  tt_query checks the clock as
+it goes (lua/prelude.lua, ``with_deadline``) and, past it, replies that it gave up; then the
+partition's page is found again by one of two budgeted ways, and the calls' pages merged:
+
+- **value windows**: a page whose candidates come from one value leaf of many values (an
+  ``IN`` list, the values a pattern matches) collects the candidates of a window of values
+  per call (windows grow while calls finish, shrink when one gives up); a trace holds one
+  value of a key, so the windows' matches are disjoint and their union is the page's;
+- **a scan**: the traces of the partition (or of its one chunked source) are tested in
+  number order from a cursor until the budget is spent; each call replies the first rows of
+  its matches after the page cursor, and where the next call starts.
+
+Consistency: not a snapshot (as budgeted counts, docs/limits.md): a trace created, changed
+or deleted between two calls is seen as it is when its window or chunk is reached.  A trace
+met twice (its value changed between two windows) is kept once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import msgspec
+
+from tracetags import functions
+from tracetags.connections import SyncClient
+from tracetags.keys import Keys
+from tracetags.query.plan import QueryPlan, Spec
+from tracetags.query.strategy import PartitionPlan
+from tracetags.query.strategy import _value_fields as value_fields_of
+
+__all__ = ["VALUE_WINDOW_MIN", "call_deadline_us", "run_pages"]
+
+RawTrace = list[str]
+#: A page whose one source is a value leaf of at least this many values is found in windows
+#: of values once its page call gives up; a smaller one by a scan.
+VALUE_WINDOW_MIN: Final = 64
+#: The first window of values, and the largest (windows double while calls finish).
+FIRST_WINDOW: Final = 512
+MAX_WINDOW: Final = 4_096
+#: A page plan larger than this (encoded; a value leaf of ~20,000 values) is not tried in
+#: one call: unpacking it alone would take much of the budget.
+DIRECT_PLAN_MAX_BYTES: Final = 256 * 1024
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_PAGE_DECODER: Final = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
+#: The walks a page plan may name: a budgeted way collects instead.
+_NO_WALK: Final[dict[str, Any]] = {
+    "walk": None,
+    "chunk_walk": None,
+    "id_walk": None,
+    "walk_values": None,
+    "walk_next": None,
+    "walk_budget": None,
+    "density": None,
+}
+
+
+def run_pages(
+    client: SyncClient,
+    keys: Keys,
+    plans: Sequence[PartitionPlan],
+    order_key: Callable[[RawTrace], Any],
+    budget_ms: int,
+) -> list[tuple[int, list[RawTrace]]]:
+    """Each partition's page reply ``(rows found, hashes shown)``: one pipelined call per
+    partition with the deadline, then the budgeted ways for the partitions that gave up
+    (``order_key``: a row's sort key in the page's order)."""
+    budget_us = max(1, budget_ms) * 1000
+    deadline = call_deadline_us(budget_us)
+    encoded = [
+        (p.partition, _ENCODER.encode(msgspec.structs.replace(p.plan, deadline=deadline)))
+        for p in plans
+    ]
+    direct = [i for i, (_, plan) in enumerate(encoded) if len(plan) <= DIRECT_PLAN_MAX_BYTES]
+    raws = functions.query_partitions(client, keys, [encoded[i] for i in direct])
+    replies: list[tuple[int, list[RawTrace]]] = [(-1, [])] * len(plans)
+    for i, raw in zip(direct, raws, strict=True):
+        replies[i] = _PAGE_DECODER.decode(raw)
+    for i, (found, _) in enumerate(replies):
+        if found < 0:
+            replies[i] = _budgeted_page(client, keys, plans[i], order_key, budget_us)
+    return replies
+
+
+def call_deadline_us(budget_us: int) -> int:
+    """The deadline of a call that is not budgeted by itself (a page, a count or stats that
+    is not a scan): its budget (the tests make it tiny, so that every such call gives up
+    and the budgeted ways answer)."""
+    return budget_us
+
+
+def _budgeted_page(
+    client: SyncClient,
+    keys: Keys,
+    plan: PartitionPlan,
+    order_key: Callable[[RawTrace], Any],
+    budget_us: int,
+) -> tuple[int, list[RawTrace]]:
+    query = plan.plan
+    limit = query.limit or 0
+    shown = query.shown if query.shown is not None else limit
+    # Every call shows all its rows: the merge decides which make the page.
+    query = msgspec.structs.replace(query, shown=limit, deadline=None, **_NO_WALK)
+    fields = value_fields_of(plan.tree, {}) or query.value_fields
+    query = msgspec.structs.replace(query, value_fields=fields)
+    source = query.sources[0] if len(query.sources) == 1 else None
+    if source is not None and source[0] == "V" and len(source) - 3 >= VALUE_WINDOW_MIN:
+        pages = _windows(client, keys, plan.partition, query, source, budget_us)
+    else:
+        pages = _scanned(client, keys, plan.partition, query, budget_us)
+    rows = _merged(order_key, pages, limit)
+    return len(rows), rows[:shown]
+
+
+def _windows(
+    client: SyncClient,
+    keys: Keys,
+    partition: int,
+    query: QueryPlan,
+    source: Spec,
+    budget_us: int,
+) -> list[list[RawTrace]]:
+    """The pages of the windows of the source's values (each a collect with a deadline; a
+    window of one value that still gives up, a dense one, is scanned)."""
+    head, values = source[:3], source[3:]
+    pages: list[list[RawTrace]] = []
+    at, size = 0, FIRST_WINDOW
+    while at < len(values):
+        leaf = head + values[at : at + size]
+        window = msgspec.structs.replace(
+            query,
+            expr=["&", leaf, query.residual],
+            sources=[leaf],
+            deadline=call_deadline_us(budget_us),
+        )
+        (raw,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(window))])
+        found, rows = _PAGE_DECODER.decode(raw)
+        if found < 0 and size > 1:
+            size = max(1, size // 4)
+            continue
+        if found < 0:
+            pages.extend(_scanned(client, keys, partition, window, budget_us))
+        else:
+            pages.append(rows)
+        at += len(leaf) - 3
+        size = min(2 * size, MAX_WINDOW)
+    return pages
+
+
+def _one_chunked_candidate_source(sources: Sequence[Spec]) -> bool:
+    if len(sources) != 1:
+        return False
+    kind = sources[0][0]
+    return kind == "C" or (kind == "V" and len(sources[0]) == 4)
+
+
+def _scanned(
+    client: SyncClient, keys: Keys, partition: int, query: QueryPlan, budget_us: int
+) -> list[list[RawTrace]]:
+    """The pages of a scan's calls, from trace number 0 until the partition is done."""
+    if not _one_chunked_candidate_source(query.sources):
+        # every trace is tested against the whole filter: sources need not travel
+        query = msgspec.structs.replace(query, sources=[], residual=query.expr)
+    pages: list[list[RawTrace]] = []
+    start = 0
+    while start >= 0:
+        scan = msgspec.structs.replace(query, scan=[start, budget_us], deadline=None)
+        (raw,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(scan))])
+        start = int(raw[0])
+        pages.append(_PAGE_DECODER.decode(raw[1])[1])
+    return pages
+
+
+def _trace_id(fields: RawTrace) -> str | None:
+    for k in range(0, len(fields) - 1, 2):
+        if fields[k] == "i":
+            return fields[k + 1]
+    return None
+
+
+def _merged(
+    order_key: Callable[[RawTrace], Any], pages: Sequence[list[RawTrace]], limit: int
+) -> list[RawTrace]:
+    """The first ``limit`` rows of all the pages, in order, each trace once."""
+    rows: dict[str | None, RawTrace] = {}
+    for page in pages:
+        for fields in page:
+            rows.setdefault(_trace_id(fields), fields)
+    return sorted(rows.values(), key=order_key)[:limit]

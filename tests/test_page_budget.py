@@ -1,0 +1,199 @@
+"""Pages within the call budget (query/pages.py): a page call that would pass its deadline
+gives up, and the page is found by value windows or a budgeted scan; the answers stay the
+reference evaluator's, page after page, and no call holds Redis past the budget."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.blocking import Blocking
+from tests.support.helpers import drop_namespace
+from tracetags.client import Client
+from tracetags.query import budget, executor, pages
+from tracetags.settings import Settings
+
+BASE = qd.BASE_MS
+
+
+def _traces(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        tags = {"u": f"u{i}", "g": f"g{rng.randrange(300)}", "env": rng.choice(("a", "b", "c"))}
+        if rng.random() < 0.2:
+            del tags["g"]
+        unfinished = rng.random() < 0.05
+        out.append(
+            {
+                "trace_id": f"t{rng.getrandbits(32):08x}{i:05d}",
+                "experiment_id": rng.choice(("1", "2")),
+                # ties: many traces share a millisecond
+                "timestamp_ms": BASE + rng.randrange(n // 4),
+                "execution_time_ms": None if unfinished else rng.randrange(5000),
+                "status": "IN_PROGRESS" if unfinished else rng.choice(("OK", "OK", "ERROR")),
+                "name": rng.choice(("chat", "embed", None)),
+                "client_request_id": None,
+                "tags": tags,
+                "metadata": {},
+            }
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, Any]]]]:
+    traces = _traces(4000, 11)
+    settings = Settings(
+        redis_url=redis_url, namespace=f"tt-pb-{uuid.uuid4().hex[:10]}", partitions=2
+    )
+    client = Client(settings)
+    qd.load(client.redis, client.keys, 2, traces)
+    yield client, ref.apply_mutations(traces, [])
+    drop_namespace(client.redis, settings.namespace)
+    client.close()
+
+
+IN_150 = "tags.u IN (" + ", ".join(f"'u{i * 7}'" for i in range(150)) + ")"
+FILTERS = [
+    None,
+    IN_150,
+    IN_150 + " AND status = 'OK'",
+    "tags.u LIKE '%7'",
+    "tags.u LIKE '%7' AND tags.env != 'a'",
+    "tags.g IN ('g1', 'g2', 'g3') OR tags.u LIKE 'u12%'",
+    "NOT (tags.env = 'a') AND execution_time_ms > 2500",
+    "tags.g IS NULL",
+    "tags.env = 'b'",
+]
+ORDERS: list[list[str] | None] = [
+    None,
+    ["execution_time_ms DESC"],
+    ["tags.g"],
+    ["request_id DESC"],
+    ["status", "name DESC"],
+]
+
+
+def _walk(
+    client: Client, filter_string: str | None, order: list[str] | None, size: int
+) -> list[str]:
+    ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_traces(
+            filter_string=filter_string, order_by=order, max_results=size, page_token=token
+        )
+        ids.extend(t.info.trace_id for t in page)
+        token = page.token
+        if token is None:
+            return ids
+
+
+@pytest.mark.parametrize("filter_string", FILTERS)
+def test_pages_found_by_the_budgeted_ways_equal_the_reference(
+    loaded: tuple[Client, list[dict[str, Any]]],
+    filter_string: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, final = loaded
+    # every page call gives up at once: value windows (shrinking to one value) and scans
+    # answer every page
+    monkeypatch.setattr(pages, "call_deadline_us", lambda budget_us: 1)
+    for order in ORDERS:
+        executor.clear_caches()
+        expected = ref.search(final, None, filter_string, order, None)
+        first = client.search_traces(filter_string=filter_string, order_by=order, max_results=50)
+        assert [t.info.trace_id for t in first] == expected[:50], (filter_string, order)
+        assert (first.token is None) == (len(expected) <= 50)
+        if order is None:
+            assert _walk(client, filter_string, order, 333) == expected, (filter_string, order)
+
+
+def test_a_page_that_gives_up_answers_as_one_that_does_not(
+    loaded: tuple[Client, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = loaded
+    rng = random.Random(5)
+    cases = [(rng.choice(FILTERS), rng.choice(ORDERS), rng.choice((1, 10, 200))) for _ in range(12)]
+    direct = [
+        [t.info.trace_id for t in client.search_traces(filter_string=f, order_by=o, max_results=n)]
+        for f, o, n in cases
+    ]
+    monkeypatch.setattr(pages, "call_deadline_us", lambda budget_us: 1)
+    executor.clear_caches()
+    budgeted = [
+        [t.info.trace_id for t in client.search_traces(filter_string=f, order_by=o, max_results=n)]
+        for f, o, n in cases
+    ]
+    assert budgeted == direct
+
+
+@pytest.fixture(scope="module")
+def big(redis_url: str) -> Iterator[Client]:
+    """60,000 traces, a tag unique per trace: pages whose one call held Redis 45-75 ms at
+    300k traces (a LIKE of 3,000 values, an IN of 10,000)."""
+    traces = _traces(60_000, 3)
+    settings = Settings(redis_url=redis_url, namespace=f"tt-pbb-{uuid.uuid4().hex[:10]}")
+    client = Client(settings)
+    qd.load(client.redis, client.keys, 1, traces)
+    yield client
+    drop_namespace(client.redis, settings.namespace)
+    client.close()
+
+
+def test_big_pages_stay_within_the_budget(big: Client) -> None:
+    in_wide = "tags.u IN (" + ", ".join(f"'u{i * 6}'" for i in range(10_000)) + ")"
+    budget = big.settings.replace(query_call_budget_ms=5)
+    client = Client(budget)
+    try:
+        with Blocking(budget.effective_redis_url) as blocking:
+            for f in (in_wide, "tags.u LIKE '%55'", "tags.u LIKE '%5' AND tags.env = 'a'"):
+                executor.clear_caches()
+                page = client.search_traces(filter_string=f, max_results=500)
+                assert len(page) == 500
+        took, command = blocking.longest_command()
+        # 5 ms calls, plus one batch
+        assert took <= 25, f"a call held Redis {took:.1f} ms: {command!r}"
+        blocking.assert_within_budget()
+    finally:
+        client.close()
+
+
+COUNTED = [f for f in FILTERS if f is not None] + [
+    "status = 'OK' AND execution_time_ms > 1000",
+    "tags.env = 'a' OR tags.env = 'b'",
+    "tags.g LIKE 'g1%' AND NOT (status = 'ERROR')",
+]
+
+
+@pytest.mark.parametrize("filter_string", COUNTED)
+def test_counts_and_stats_that_give_up_are_scanned_to_the_same_answer(
+    loaded: tuple[Client, list[dict[str, Any]]],
+    filter_string: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, final = loaded
+    expected = ref.search(final, None, filter_string, None, None)
+    stats = client.stats(filter_string, group_by=["tags.env"], metrics=["count", "max"])
+    monkeypatch.setattr(pages, "call_deadline_us", lambda budget_us: 1)
+    scanned: list[int] = []
+    real_scanned = budget.scanned
+
+    def spy(*args: Any) -> Any:
+        scanned.append(len(args[2]))
+        return real_scanned(*args)
+
+    monkeypatch.setattr(budget, "scanned", spy)
+    executor.clear_caches()
+    assert client.count(filter_string) == len(expected)
+    assert client.stats(filter_string, group_by=["tags.env"], metrics=["count", "max"]) == stats
+    # every stats call gave up and was scanned (a count by a few Redis calls may finish
+    # before the clock is first read)
+    assert scanned[-1] == 2
