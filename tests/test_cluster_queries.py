@@ -26,7 +26,7 @@ from tracetags.cli import app
 from tracetags.client import Client
 from tracetags.embedded import free_port
 from tracetags.keys import Keys, partition_of
-from tracetags.query import executor
+from tracetags.query import pages
 from tracetags.settings import Settings
 from tracetags.topology import partition_slot
 
@@ -351,13 +351,13 @@ def test_a_page_taken_from_one_partition_asks_it_again(
             trace["timestamp_ms"] += 1_000_000
     loaded = Loaded(redis_url if where == "single" else redis_cluster.url, 16, traces, [])
     runs: list[int] = []
-    real_run = executor._run
+    real_run = pages.run_pages
 
-    def counted(client: Any, keys: Keys, plans: Any) -> list[Any]:
+    def counted(client: Any, keys: Keys, plans: Any, *rest: Any) -> list[Any]:
         runs.append(len(plans))
-        return real_run(client, keys, plans)
+        return real_run(client, keys, plans, *rest)
 
-    monkeypatch.setattr(executor, "_run", counted)
+    monkeypatch.setattr(pages, "run_pages", counted)
     try:
         in_first = sum(1 for t in traces if partition_of(t["trace_id"], 16) == 0)
         assert in_first > 20

@@ -197,3 +197,25 @@ def test_counts_and_stats_that_give_up_are_scanned_to_the_same_answer(
     # every stats call gave up and was scanned (a count by a few Redis calls may finish
     # before the clock is first read)
     assert scanned[-1] == 2
+
+
+def test_a_page_of_many_rows_is_read_in_calls_within_the_budget(big: Client) -> None:
+    # 30,000 hashes in one call held Redis ~100 ms: the page call gives up, the rows are
+    # found by a budgeted scan and their hashes read a budget's worth a call.
+    client = Client(big.settings.replace(query_call_budget_ms=5))
+    try:
+        executor.clear_caches()
+        with Blocking(big.settings.effective_redis_url) as blocking:
+            page = client.search_traces(filter_string="status = 'OK'", max_results=30_000)
+        took, command = blocking.longest_command()
+        assert took <= 25, f"a call held Redis {took:.1f} ms: {command!r}"
+        executor.clear_caches()
+        ids = [t.info.trace_id for t in page]
+        assert len(ids) == 30_000 and len(set(ids)) == 30_000
+        # the same page found in one call (a budget of 10 s)
+        direct = big.search_traces(filter_string="status = 'OK'", max_results=30_000)
+        assert ids == [t.info.trace_id for t in direct]
+        assert [t.info for t in page][:50] == [t.info for t in direct][:50]
+        assert page.token == direct.token
+    finally:
+        client.close()

@@ -13,9 +13,14 @@ partition's page is found again by one of two budgeted ways, and the calls' page
   number order from a cursor until the budget is spent; each call replies the first rows of
   its matches after the page cursor, and where the next call starts.
 
+The calls reply their rows by order fields only; the client merges them (keeping the first
+``limit``), then reads the page's hashes, a budget's worth (HASH_US each) a call.
+
 Consistency: not a snapshot (as budgeted counts, docs/limits.md): a trace created, changed
 or deleted between two calls is seen as it is when its window or chunk is reached.  A trace
-met twice (its value changed between two windows) is kept once.
+met twice (its value changed between two windows) is kept once.  A row's hash is read after
+the call that matched it: a trace changed since shows its new state, one deleted since is
+left out of the page.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import msgspec
 from tracetags import functions
 from tracetags.connections import SyncClient
 from tracetags.keys import Keys
-from tracetags.query.plan import QueryPlan, Spec
+from tracetags.query.plan import QueryPlan, RowsPlan, Spec
 from tracetags.query.strategy import PartitionPlan
 from tracetags.query.strategy import _value_fields as value_fields_of
 
@@ -102,17 +107,61 @@ def _budgeted_page(
     query = plan.plan
     limit = query.limit or 0
     shown = query.shown if query.shown is not None else limit
-    # Every call shows all its rows: the merge decides which make the page.
-    query = msgspec.structs.replace(query, shown=limit, deadline=None, **_NO_WALK)
+    # Every call shows all its rows, by their order fields only: the merge decides which
+    # make the page, whose hashes are read last.
     fields = value_fields_of(plan.tree, {}) or query.value_fields
-    query = msgspec.structs.replace(query, value_fields=fields)
+    query = msgspec.structs.replace(
+        query, shown=limit, deadline=None, keys_only=True, value_fields=fields, **_NO_WALK
+    )
+    merged = _Merged(order_key, limit)
     source = query.sources[0] if len(query.sources) == 1 else None
     if source is not None and source[0] == "V" and len(source) - 3 >= VALUE_WINDOW_MIN:
-        pages = _windows(client, keys, plan.partition, query, source, budget_us)
+        _windows(client, keys, plan.partition, query, source, budget_us, merged)
     else:
-        pages = _scanned(client, keys, plan.partition, query, budget_us)
-    rows = _merged(order_key, pages, limit)
-    return len(rows), rows[:shown]
+        _scanned(client, keys, plan.partition, query, budget_us, merged)
+    rows = merged.rows()
+    per_call = max(50, budget_us // HASH_US)
+    return len(rows), _hashes(client, keys, plan.partition, rows[:shown], per_call)
+
+
+#: Time to read one trace hash (HGETALL of a few dozen registers), in microseconds: a call
+#: reads the budget's worth of the page's hashes.
+HASH_US: Final = 20
+
+
+def _hashes(
+    client: SyncClient, keys: Keys, partition: int, rows: Sequence[RawTrace], per_call: int
+) -> list[RawTrace]:
+    """The hashes of the rows (key rows: their '#' is the trace number), in one pipeline of
+    calls of ``per_call``; a trace deleted since it matched is left out."""
+    numbers = [int(_field(row, "#") or 0) for row in rows]
+    encoded = [
+        (partition, _ENCODER.encode(RowsPlan(numbers=numbers[i : i + per_call])))
+        for i in range(0, len(numbers), per_call)
+    ]
+    out: list[RawTrace] = []
+    for raw in functions.query_partitions(client, keys, encoded):
+        out.extend(hash_ for hash_ in _PAGE_DECODER.decode(raw)[1] if hash_)
+    return out
+
+
+class _Merged:
+    """The first ``limit`` key rows seen so far, in order, each trace once (rows are kept
+    to twice the limit between prunings)."""
+
+    def __init__(self, order_key: Callable[[RawTrace], Any], limit: int) -> None:
+        self.order_key = order_key
+        self.limit = limit
+        self.kept: dict[str | None, RawTrace] = {}
+
+    def add(self, rows: Sequence[RawTrace]) -> None:
+        for row in rows:
+            self.kept.setdefault(_field(row, "i"), row)
+        if len(self.kept) > 2 * self.limit:
+            self.kept = {_field(row, "i"): row for row in self.rows()}
+
+    def rows(self) -> list[RawTrace]:
+        return sorted(self.kept.values(), key=self.order_key)[: self.limit]
 
 
 def _windows(
@@ -122,11 +171,11 @@ def _windows(
     query: QueryPlan,
     source: Spec,
     budget_us: int,
-) -> list[list[RawTrace]]:
-    """The pages of the windows of the source's values (each a collect with a deadline; a
-    window of one value that still gives up, a dense one, is scanned)."""
+    merged: _Merged,
+) -> None:
+    """Merge the rows of the windows of the source's values (each a collect with a
+    deadline; a window of one value that still gives up, a dense one, is scanned)."""
     head, values = source[:3], source[3:]
-    pages: list[list[RawTrace]] = []
     at, size = 0, FIRST_WINDOW
     while at < len(values):
         leaf = head + values[at : at + size]
@@ -142,12 +191,11 @@ def _windows(
             size = max(1, size // 4)
             continue
         if found < 0:
-            pages.extend(_scanned(client, keys, partition, window, budget_us))
+            _scanned(client, keys, partition, window, budget_us, merged)
         else:
-            pages.append(rows)
+            merged.add(rows)
         at += len(leaf) - 3
         size = min(2 * size, MAX_WINDOW)
-    return pages
 
 
 def _one_chunked_candidate_source(sources: Sequence[Spec]) -> bool:
@@ -158,35 +206,27 @@ def _one_chunked_candidate_source(sources: Sequence[Spec]) -> bool:
 
 
 def _scanned(
-    client: SyncClient, keys: Keys, partition: int, query: QueryPlan, budget_us: int
-) -> list[list[RawTrace]]:
-    """The pages of a scan's calls, from trace number 0 until the partition is done."""
+    client: SyncClient,
+    keys: Keys,
+    partition: int,
+    query: QueryPlan,
+    budget_us: int,
+    merged: _Merged,
+) -> None:
+    """Merge the rows of a scan's calls, from trace number 0 until the partition is done."""
     if not _one_chunked_candidate_source(query.sources):
         # every trace is tested against the whole filter: sources need not travel
         query = msgspec.structs.replace(query, sources=[], residual=query.expr)
-    pages: list[list[RawTrace]] = []
     start = 0
     while start >= 0:
         scan = msgspec.structs.replace(query, scan=[start, budget_us], deadline=None)
         (raw,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(scan))])
         start = int(raw[0])
-        pages.append(_PAGE_DECODER.decode(raw[1])[1])
-    return pages
+        merged.add(_PAGE_DECODER.decode(raw[1])[1])
 
 
-def _trace_id(fields: RawTrace) -> str | None:
-    for k in range(0, len(fields) - 1, 2):
-        if fields[k] == "i":
-            return fields[k + 1]
+def _field(row: RawTrace, name: str) -> str | None:
+    for k in range(0, len(row) - 1, 2):
+        if row[k] == name:
+            return row[k + 1]
     return None
-
-
-def _merged(
-    order_key: Callable[[RawTrace], Any], pages: Sequence[list[RawTrace]], limit: int
-) -> list[RawTrace]:
-    """The first ``limit`` rows of all the pages, in order, each trace once."""
-    rows: dict[str | None, RawTrace] = {}
-    for page in pages:
-        for fields in page:
-            rows.setdefault(_trace_id(fields), fields)
-    return sorted(rows.values(), key=order_key)[:limit]

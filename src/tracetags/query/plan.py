@@ -41,6 +41,7 @@ __all__ = [
     "NodeKind",
     "OrderSpec",
     "QueryPlan",
+    "RowsPlan",
     "Spec",
     "Strategy",
     "ValuesPlan",
@@ -105,6 +106,9 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
       value's set in turn, then the traces without the key.
     - ``shown`` (page): how many of the ``limit`` rows to return (default all: the extra
       row only tells that a next page exists).
+    - ``keys_only`` (page): a row is its order fields and ``#``, its trace number, not its
+      whole hash (the client merges several calls' rows, then reads the page's hashes with
+      a :class:`RowsPlan`).
     - ``deadline`` (page, and count or stats without ``scan``): microseconds after which
       the call gives up and replies ``[-1, []]`` (page) or ``-1``; the client then runs it in
       budgeted calls (query/pages.py, query/budget.py).
@@ -141,6 +145,7 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     walk_budget: int | None = None
     shown: int | None = None
     deadline: int | None = None
+    keys_only: bool = False
 
 
 class ValuesPlan(
@@ -171,6 +176,13 @@ class ValuesPlan(
     count_only: int | None = None
     window: list[int] | None = None
     alts: tuple[str, ...] | None = None
+
+
+class RowsPlan(msgspec.Struct, tag_field="mode", tag="rows", kw_only=True, frozen=True):
+    """The hashes of the trace numbers ``numbers`` (the rows of a page found in several
+    calls).  Reply: msgpack ``[count, [hash, ...]]``, an empty hash for a deleted trace."""
+
+    numbers: list[int]
 
 
 class IdsPlan(msgspec.Struct, tag_field="mode", tag="ids", kw_only=True, frozen=True):

@@ -17,13 +17,41 @@ local id_walk_page = IdWalk.id_walk_page
 -- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
 -- Redis more to convert than cmsgpack does to pack it, and the client decodes it in C.
 -- Only the first `shown` rows are read (the extra row only tells that a next page exists).
+-- With plan.keys_only, a row is only its order fields and its trace number ('#'): the
+-- client merges the rows of several calls and then reads the hashes of the page's rows
+-- (rows mode).
 local function page_reply(ctx, rows, shown)
     local hashes = {}
     local hash_prefix = ctx.prefix .. ':t:'
+    if ctx.plan.keys_only then
+        local fields = ctx.fields
+        for i = 1, math.min(#rows, shown) do
+            local got = call('HMGET', hash_prefix .. rows[i][1], unpack_(fields))
+            local flat = { '#', rows[i][1] }
+            for k = 1, #fields do
+                if got[k] then
+                    flat[#flat + 1] = fields[k]
+                    flat[#flat + 1] = got[k]
+                end
+            end
+            hashes[i] = flat
+        end
+        return cmsgpack.pack({ #rows, hashes })
+    end
     for i = 1, math.min(#rows, shown) do
         hashes[i] = call('HGETALL', hash_prefix .. rows[i][1])
     end
     return cmsgpack.pack({ #rows, hashes })
+end
+
+-- rows mode: {found, {hash...}} of the trace numbers plan.numbers (an empty list for a
+-- trace deleted since it was matched).
+local function rows_reply(ctx, numbers)
+    local rows = {}
+    for i = 1, #numbers do
+        rows[i] = { numbers[i] }
+    end
+    return page_reply(ctx, rows, #rows)
 end
 
 
@@ -111,8 +139,8 @@ local function page_query(ctx, plan)
 end
 
 -- Time to pick a match of a page scan (its first order value, its place among the others)
--- and to read the hash of a row the reply shows, in microseconds.
-local SELECT_US, ROW_US = 1.5, 5
+-- and to read the order fields of a row the reply shows, in microseconds.
+local SELECT_US, ROW_US = 3, 6
 
 -- page mode with plan.scan: {next trace number or -1, the page of this call's matches}: the
 -- traces from plan.scan[1] on are tested in number order until the budget is spent, and
@@ -140,7 +168,8 @@ end
 tt_query: run one query plan over one partition (read only).
 KEYS[1] ids     <prefix>:ids (declares the partition's slot; every other key is built from prefix)
 ARGV[1] prefix  partition prefix ns:{pNN}
-ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'values'), expr (tree),
+ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'values' | 'ids' |
+                'rows'), expr (tree),
                 sources (leaves to enumerate; empty = every trace), residual (what a
                 candidate from the sources must still pass), walk ({zname, asc} or
                 absent), order ({kind 'n'|'s'|'x', field, asc 1|0} each), cursor ({present
@@ -152,6 +181,8 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'value
                 scan (count, stats, page: {from trace number, budget in microseconds}:
                 test the traces from that number on, in number order, until the budget is
                 spent)
+                keys_only (page: rows are their order fields and '#', the trace number)
+                numbers (rows: trace numbers whose hashes to return)
                 deadline (page, count, stats without scan: microseconds; past them the
                 call gives up and replies {-1, {}} (page) or -1: the client then runs it
                 in budgeted calls)
@@ -190,6 +221,9 @@ local function tt_query(keys, argv)
     local mode = plan.mode
     if mode == 'cards' then
         return cards_reply(ctx, plan.keys or {})
+    end
+    if mode == 'rows' then
+        return rows_reply(ctx, plan.numbers or {})
     end
     if mode == 'ids' then
         return IdWalk.ids_reply(prefix, plan.prefixes or {})
