@@ -149,7 +149,7 @@ def test_the_cli_reports_a_stats_over_the_cap_in_one_line_with_exit_2(
     settings = three_thousand.settings
     result = CliRunner().invoke(
         app,
-        ["--redis-url", settings.redis_url, "--namespace", settings.namespace,
+        ["--redis-url", settings.effective_redis_url, "--namespace", settings.namespace,
          "stats", "--group-by", "tags.u"],
     )  # fmt: skip
     assert result.exit_code == ExitCode.USAGE, result.output
