@@ -18,6 +18,7 @@ each stage called alone: parse (``executor.prepare``), probe round trip, plan, t
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import statistics
@@ -90,6 +91,11 @@ def stages(client: Client, filter_string: str, repeats: int) -> dict[str, float]
         out["plan"] = p50(plan, repeats)
         (reply,) = executor._run(r, keys, plans)
         out["call"] = p50(lambda: executor._run(r, keys, plans), repeats)
+        # the same walk showing one row: the call without reading and packing 99 traces
+        one = [copy.copy(p) for p in plans]
+        for p in one:
+            p.plan = executor.msgspec.structs.replace(p.plan, shown=1)
+        out["call_1row"] = p50(lambda: executor._run(r, keys, one), repeats)
 
         def decode() -> list[Any]:
             _, rows = executor._PAGE_DECODER.decode(reply)

@@ -19,13 +19,12 @@ from tracetags.archive import state as archive_state
 from tracetags.archive.state import ArchiveStatus
 from tracetags.connections import socket_options, sync_client
 from tracetags.errors import BulkWriteError, TracetagsTimeoutError
-from tracetags.keys import Keys, field_label, partition_of
+from tracetags.keys import NAME_TAG, Keys, field_label, partition_of
 from tracetags.producer import Receipt, TagProducer
 from tracetags.query import executor
 from tracetags.query.limits import FilterLimits
 from tracetags.schemas import parse_entry_id
 from tracetags.settings import Settings
-from tracetags.traces import Trace, TraceInfo
 
 if TYPE_CHECKING:
     from tracetags.archive.digest import Digest
@@ -40,6 +39,46 @@ def consumer_client_name(settings: Settings, consumer: str) -> str:
     """The connection name a consumer's fold connection carries (``CLIENT LIST`` shows it:
     liveness that needs no write, so it holds while Redis is read-only or out of memory)."""
     return f"tracetags:{settings.namespace}:{consumer}"
+
+
+# gc=False: a page makes a hundred of each, and they hold only strings, ints and dicts of
+# strings (never a cycle), so the cycle collector need not track them.
+class TraceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One trace's folded state, shaped like MLflow's ``TraceInfo``."""
+
+    trace_id: str
+    experiment_id: str | None
+    timestamp_ms: int | None
+    execution_time_ms: int | None
+    status: str | None
+    client_request_id: str | None
+    tags: dict[str, str]
+    request_metadata: dict[str, str]
+
+    @property
+    def request_id(self) -> str:
+        """MLflow 2.x name of the trace id."""
+        return self.trace_id
+
+    @property
+    def name(self) -> str | None:
+        """The trace name: the tag ``mlflow.traceName``."""
+        return self.tags.get(NAME_TAG)
+
+    @property
+    def trace_metadata(self) -> dict[str, str]:
+        """MLflow 3.x name of ``request_metadata``."""
+        return self.request_metadata
+
+    @property
+    def end_time_ms(self) -> int | None:
+        if self.timestamp_ms is None:
+            return None
+        return self.timestamp_ms + (self.execution_time_ms or 0)
+
+
+class Trace(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    info: TraceInfo
 
 
 class TracePage(list[Trace]):
@@ -417,7 +456,11 @@ class Client:
         prepared = executor.prepare(experiment_ids, filter_string, order_by, self._filter_limits)
         limit = executor.check_max_results(max_results)
         page = executor.search(self.redis, self.keys, self.partitions, prepared, limit, page_token)
-        traces = [Trace(info=info) for info in page.rows if info is not None]
+        traces = []
+        for fields in page.rows:
+            info = trace_info_from_fields(fields)
+            if info is not None:
+                traces.append(Trace(info=info))
         return TracePage(traces, page.token)
 
     @_reaching_redis

@@ -24,7 +24,7 @@ import redis
 from tracetags import functions
 from tracetags.connections import SyncClient, pool_of
 from tracetags.errors import FilterSemanticError, PageTokenError, QueryLimitError
-from tracetags.keys import Keys, field_label, metadata_field, tag_field
+from tracetags.keys import Keys, field_label, metadata_field, split_register, tag_field
 from tracetags.query import budget
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
@@ -42,7 +42,6 @@ from tracetags.query.plan import CardsPlan, IdsPlan, OrderSpec, ValuesPlan
 from tracetags.query.probe import MatchedCount, MatchedValues, Probe, probe_commands, sizes_only
 from tracetags.query.simplify import simplify
 from tracetags.query.strategy import PartitionPlan, order_specs, plan_partition
-from tracetags.traces import TraceInfo
 
 __all__ = [
     "DEFAULT_MAX_RESULTS",
@@ -65,10 +64,9 @@ DEFAULT_MAX_RESULTS = 100
 METRICS = ("count", "avg", "min", "max", "p50", "p95", "p99")
 _TOKEN_VERSION = 1
 _ENCODER = msgspec.msgpack.Encoder()
-#: A row of a page: its trace's state, None when the trace is gone (a hash with no id).
-Row = TraceInfo | None
-#: tt_query's page reply: (rows found, each row shown as a TraceInfo map, or nil).
-_PAGE_DECODER = msgspec.msgpack.Decoder(tuple[int, list[Row]])
+RawTrace = list[str]
+#: tt_query's page reply: (rows found, the flat hash of each row shown).
+_PAGE_DECODER = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
 #: A LIKE's candidate values: (sought by the pattern's start, [value, count, ...], the next
 #: window's first rank or -1).
 _VALUES_DECODER = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool], int])
@@ -402,31 +400,24 @@ def _run(client: SyncClient, keys: Keys, plans: Sequence[PartitionPlan]) -> list
 # --- ordering in the client (mirrors tt_query's comparisons) --------------------------------
 
 
-#: The TraceInfo attribute holding an order spec's hash field (tags and metadata: by key).
-_ATTRIBUTE_OF_FIELD = {
-    "i": "trace_id",
-    "e": "experiment_id",
-    "s": "timestamp_ms",
-    "d": "execution_time_ms",
-    "S": "status",
-    "c": "client_request_id",
-}
+def _row_values(fields: Sequence[str], specs: Sequence[OrderSpec]) -> list[Any]:
+    """The order values of a trace hash given as its flat field/value list."""
+    raw = dict(zip(fields[::2], fields[1::2], strict=True))
 
+    def register(code: str) -> str | None:
+        text = raw.get(code)
+        if text is None:
+            return None
+        return text if code == "i" else split_register(text)[1]
 
-def _row_values(info: Row, specs: Sequence[OrderSpec]) -> list[Any]:
-    """The order values of a row (all None for a gone trace, like a hash with no fields)."""
     out: list[Any] = []
-    for _, code, _ in specs:
-        if info is None:
-            out.append(None)
-        elif code == "E":
-            out.append(info.end_time_ms)
-        elif code in _ATTRIBUTE_OF_FIELD:
-            out.append(getattr(info, _ATTRIBUTE_OF_FIELD[code]))
-        elif code[0] == "t":
-            out.append(info.tags.get(code[1:]))
-        else:
-            out.append(info.request_metadata.get(code[1:]))
+    for kind, code, _ in specs:
+        if code == "E":
+            start, duration = register("s"), register("d")
+            out.append(None if start is None else int(start) + int(duration or 0))
+            continue
+        value = register(code)
+        out.append(int(value) if value is not None and kind == "n" else value)
     return out
 
 
@@ -508,8 +499,8 @@ def _decode_token(token: Any, prepared: Prepared, specs: Sequence[OrderSpec]) ->
 
 @dataclass(frozen=True)
 class Page:
-    #: The traces of the page, in order (None: a trace gone, which the client leaves out).
-    rows: list[Row]
+    #: The trace hashes of the page, each as its flat field/value list (HGETALL order).
+    rows: list[RawTrace]
     token: str | None
 
 
@@ -583,8 +574,8 @@ def _first_shown(max_results: int, partitions: int) -> int:
 
 
 def _merge(
-    specs: Sequence[OrderSpec], replies: Sequence[tuple[int, list[Row]]], max_results: int
-) -> tuple[list[Row], list[int], int | None]:
+    specs: Sequence[OrderSpec], replies: Sequence[tuple[int, list[RawTrace]]], max_results: int
+) -> tuple[list[RawTrace], list[int], int | None]:
     """The first ``max_results`` rows of the partitions' rows in order (each partition's
     rows come in order: a k-way merge, which reads the order values of the rows it takes
     and of one more per partition), how many it took of each partition; and, when the page
@@ -592,12 +583,12 @@ def _merge(
     while it has more matches may hold rows that come before the rest of the page."""
     by_order = functools.cmp_to_key(functools.partial(_cmp_rows, specs))
 
-    def keyed(index: int, hashes: list[Row]) -> Iterator[tuple[Any, int, Row]]:
+    def keyed(index: int, hashes: list[RawTrace]) -> Iterator[tuple[Any, int, RawTrace]]:
         return ((by_order(_row_values(fields, specs)), index, fields) for fields in hashes)
 
     streams = [keyed(i, hashes) for i, (_, hashes) in enumerate(replies)]
     taken = [0] * len(replies)
-    rows: list[Row] = []
+    rows: list[RawTrace] = []
     for _, index, fields in heapq.merge(*streams, key=operator.itemgetter(0)):
         rows.append(fields)
         taken[index] += 1

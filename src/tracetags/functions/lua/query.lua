@@ -13,101 +13,16 @@ local walk_values_page = ValueWalk.walk_values_page
 local count_scan, stats_scan, now_us = Budget.count_scan, Budget.stats_scan, Budget.now_us
 local id_walk_page = IdWalk.id_walk_page
 
--- The page reply is one msgpack string {rows found, {trace, ...}}, each trace a map shaped
--- like the client's TraceInfo (registers without their stamps, tombstones left out), so
--- the client decodes it into its structs in C, with no Python per field; a reply of dozens
--- of strings per trace costs Redis more to convert than cmsgpack does to pack.  Maps are
--- framed here: cmsgpack would pack an empty table, or one keyed "1", "2"..., as an array.
+-- One msgpack string {rows found, hash...}: a reply of dozens of strings per trace costs
+-- Redis more to convert than cmsgpack does to pack it, and the client decodes it in C.
 -- Only the first `shown` rows are read (the extra row only tells that a next page exists).
-local PAGE_SLOTS = { e = 2, s = 3, d = 4, S = 5, c = 6 }
-local page_keys -- the packed names of TraceInfo's fields (cmsgpack exists only in a call)
-
-local function map_header(n)
-    if n < 16 then
-        return string.char(0x80 + n)
-    elseif n < 65536 then
-        return string.char(0xde, floor(n / 256), n % 256)
-    end
-    return string.char(0xdf, floor(n / 16777216) % 256, floor(n / 65536) % 256,
-        floor(n / 256) % 256, n % 256)
-end
-
-local function array_header(n)
-    if n < 16 then
-        return string.char(0x90 + n)
-    elseif n < 65536 then
-        return string.char(0xdc, floor(n / 256), n % 256)
-    end
-    return string.char(0xdd, floor(n / 16777216) % 256, floor(n / 65536) % 256,
-        floor(n / 256) % 256, n % 256)
-end
-
--- One trace hash (HGETALL's flat list) as a packed TraceInfo map, or nil (msgpack) when the
--- hash has no trace id (the trace is gone).
-local function packed_trace(pack, h)
-    local values = { '\192', '\192', '\192', '\192', '\192', '\192' }
-    local tags, nt, meta, nm = {}, 0, {}, 0
-    local id = false
-    for j = 1, #h, 2 do
-        local f = h[j]
-        local kind = sub(f, 1, 1)
-        if kind == 't' then
-            local v = h[j + 1]
-            local at = find(v, ':', 1, true)
-            if at then
-                nt = nt + 1
-                tags[nt] = pack(sub(f, 2), sub(v, at + 1))
-            end
-        elseif kind == 'm' then
-            local v = h[j + 1]
-            local at = find(v, ':', 1, true)
-            if at then
-                nm = nm + 1
-                meta[nm] = pack(sub(f, 2), sub(v, at + 1))
-            end
-        elseif kind == 'i' then
-            id = true
-            values[1] = pack(h[j + 1])
-        else
-            local slot = #f == 1 and PAGE_SLOTS[kind]
-            if slot then
-                local v = h[j + 1]
-                local at = find(v, ':', 1, true)
-                if at then
-                    v = sub(v, at + 1)
-                    values[slot] = pack(NUMERIC[kind] and tonumber(v) or v)
-                end
-            end
-        end
-    end
-    if not id then
-        return '\192'
-    end
-    local k = page_keys
-    return table.concat({
-        '\136', k[1], values[1], k[2], values[2], k[3], values[3], k[4], values[4],
-        k[5], values[5], k[6], values[6],
-        k[7], map_header(nt), table.concat(tags),
-        k[8], map_header(nm), table.concat(meta),
-    })
-end
-
 local function page_reply(ctx, rows, shown)
-    local pack = cmsgpack.pack
-    if not page_keys then
-        page_keys = {
-            pack('trace_id'), pack('experiment_id'), pack('timestamp_ms'),
-            pack('execution_time_ms'), pack('status'), pack('client_request_id'),
-            pack('tags'), pack('request_metadata'),
-        }
-    end
+    local hashes = {}
     local hash_prefix = ctx.prefix .. ':t:'
-    local n = math.min(#rows, shown)
-    local out = { '\146', pack(#rows), array_header(n) }
-    for i = 1, n do
-        out[i + 3] = packed_trace(pack, call('HGETALL', hash_prefix .. rows[i][1]))
+    for i = 1, math.min(#rows, shown) do
+        hashes[i] = call('HGETALL', hash_prefix .. rows[i][1])
     end
-    return table.concat(out)
+    return cmsgpack.pack({ #rows, hashes })
 end
 
 
