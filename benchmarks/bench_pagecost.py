@@ -12,7 +12,10 @@ Per query (``tags.t0_706 = 'alpha-0'``, ``status = 'ERROR'``, ``metadata.region 
 by default; default order): the p50 of ``Client.search_traces`` with the parse, probe and
 plan caches cleared before every call (as bench_querygen.py times queries), then the p50 of
 each stage called alone: parse (``executor.prepare``), probe round trip, plan, the
-``tt_query`` call, and decoding the reply into Trace objects.
+``tt_query`` call, the same call showing one row (``call_1row``: the walk without reading
+and packing the other 99 hashes), and decoding the reply into Trace objects.  The decode
+stage accepts both reply shapes tried so far (flat HGETALL lists, TraceInfo maps), so
+``PYTHONPATH=<another checkout>/src`` times another version against the same data.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import redis
 
 import bench_querygen
@@ -54,8 +58,8 @@ def p50(call: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def stages(client: Client, filter_string: str, repeats: int) -> dict[str, float]:
-    """p50 in ms of the whole cold call and of each stage alone."""
+def stages(client: Client, filter_string: str, repeats: int) -> tuple[dict[str, float], list[str]]:
+    """p50 in ms of the whole cold call and of each stage alone; the page's ids."""
     scope = list(querygen.SCOPE)
     r, keys, parts = client.redis, client.keys, client.partitions
 
@@ -84,7 +88,7 @@ def stages(client: Client, filter_string: str, repeats: int) -> dict[str, float]
             plans = executor._make_plans(keys, prepared, probed, "page", 101, None, (), True)
             shown = executor._first_shown(100, len(plans))
             for p in plans:
-                p.plan = executor.msgspec.structs.replace(p.plan, limit=shown + 1, shown=shown)
+                p.plan = msgspec.structs.replace(p.plan, limit=shown + 1, shown=shown)
             return plans
 
         plans = plan()
@@ -94,11 +98,11 @@ def stages(client: Client, filter_string: str, repeats: int) -> dict[str, float]
         # the same walk showing one row: the call without reading and packing 99 traces
         one = [copy.copy(p) for p in plans]
         for p in one:
-            p.plan = executor.msgspec.structs.replace(p.plan, shown=1)
+            p.plan = msgspec.structs.replace(p.plan, shown=1)
         out["call_1row"] = p50(lambda: executor._run(r, keys, one), repeats)
 
         def decode() -> list[Any]:
-            _, rows = executor._PAGE_DECODER.decode(reply)
+            rows: list[Any] = executor._PAGE_DECODER.decode(reply)[1]
             if rows and isinstance(rows[0], list):  # flat hashes (before TraceInfo replies)
                 infos = [client_module.trace_info_from_fields(f) for f in rows]
                 return [client_module.Trace(info=i) for i in infos if i is not None]
@@ -106,8 +110,7 @@ def stages(client: Client, filter_string: str, repeats: int) -> dict[str, float]
 
         decode()
         out["decode"] = p50(decode, repeats)
-    out["ids"] = whole()  # type: ignore[assignment]
-    return out
+    return out, whole()
 
 
 def ensure_loaded(url: str, traces: int) -> Client:
@@ -144,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = ensure_loaded(url, args.traces)
         for filter_string in args.query or QUERIES:
-            figures = stages(client, filter_string, args.repeats)
-            ids = figures.pop("ids")
+            figures, ids = stages(client, filter_string, args.repeats)
             line = "  ".join(f"{k} {v:.3f}" for k, v in figures.items())
             print(f"{args.label:8} {filter_string:32} rows {len(ids)}  {line}", flush=True)
             if args.json:
