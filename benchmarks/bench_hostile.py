@@ -36,7 +36,7 @@ from tracetags.errors import QueryLimitError
 from tracetags.functions import BatchItem
 from tracetags.keys import Keys
 from tracetags.limits import EventLimits, split_batch
-from tracetags.query import budget, executor
+from tracetags.query import budget, executor, pages
 from tracetags.settings import Settings
 
 GROUP = "bench-hostile"
@@ -101,12 +101,17 @@ def watched(url: str) -> Iterator[dict[str, float]]:
 @contextmanager
 def budget_off() -> Iterator[None]:
     saved = (budget.SCAN_WORK_MIN, budget.VALUES_WINDOW, budget.ZRANGE_WINDOW)
-    budget.SCAN_WORK_MIN = float("inf")  # type: ignore[misc]
+    saved_deadline, saved_plan_max = pages.call_deadline_us, pages.DIRECT_PLAN_MAX_BYTES
+    budget.SCAN_WORK_MIN = float("inf")  # type: ignore[misc,assignment]
     budget.VALUES_WINDOW = budget.ZRANGE_WINDOW = 10**9  # type: ignore[misc]
+    pages.call_deadline_us = lambda budget_us: 10**12
+    pages.DIRECT_PLAN_MAX_BYTES = 10**12  # type: ignore[misc]
     try:
         yield
     finally:
         budget.SCAN_WORK_MIN, budget.VALUES_WINDOW, budget.ZRANGE_WINDOW = saved  # type: ignore[misc]
+        pages.call_deadline_us = saved_deadline
+        pages.DIRECT_PLAN_MAX_BYTES = saved_plan_max  # type: ignore[misc]
 
 
 def load(client: redis.Redis, keys: Keys, traces: int) -> float:
@@ -154,6 +159,11 @@ def query_classes(traces: int) -> list[tuple[str, Callable[[Client], Any]]]:
         ("count RLIKE '77$' AND OK", lambda c: c.count("tags.u RLIKE '77$' AND status = 'OK'")),
         ("count ILIKE '%U12%'", lambda c: c.count("tags.u ILIKE '%U12%'")),
         ("count OK AND > 1 s", lambda c: c.count("status = 'OK' AND execution_time_ms > 1000")),
+        ("page LIKE '%5' OR ERROR, by duration", lambda c: c.search_traces(
+            filter_string="tags.u LIKE '%5' OR status = 'ERROR'",
+            order_by=["execution_time_ms DESC"])),
+        ("page of 50,000 rows", lambda c: c.search_traces(
+            filter_string="status = 'OK'", max_results=50_000)),
         ("stats by environment (all)", lambda c: c.stats(None, group_by=["tags.environment"])),
         ("stats by u (1 group a trace)", stats_by_u),
     ]  # fmt: skip
