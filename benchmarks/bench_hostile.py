@@ -101,16 +101,16 @@ def watched(url: str) -> Iterator[dict[str, float]]:
 @contextmanager
 def budget_off() -> Iterator[None]:
     saved = (budget.SCAN_WORK_MIN, budget.VALUES_WINDOW, budget.ZRANGE_WINDOW)
-    saved_deadline, saved_plan_max = pages.call_deadline_us, pages.DIRECT_PLAN_MAX_BYTES
+    saved_deadline, saved_plan_max = budget.call_deadline_us, pages.DIRECT_PLAN_MAX_BYTES
     budget.SCAN_WORK_MIN = float("inf")  # type: ignore[misc,assignment]
     budget.VALUES_WINDOW = budget.ZRANGE_WINDOW = 10**9  # type: ignore[misc]
-    pages.call_deadline_us = lambda budget_us: 10**12
+    budget.call_deadline_us = lambda budget_us: 10**12
     pages.DIRECT_PLAN_MAX_BYTES = 10**12  # type: ignore[misc]
     try:
         yield
     finally:
         budget.SCAN_WORK_MIN, budget.VALUES_WINDOW, budget.ZRANGE_WINDOW = saved  # type: ignore[misc]
-        pages.call_deadline_us = saved_deadline
+        budget.call_deadline_us = saved_deadline
         pages.DIRECT_PLAN_MAX_BYTES = saved_plan_max  # type: ignore[misc]
 
 

@@ -16,7 +16,7 @@ from tests.support import query_reference as ref
 from tests.support.blocking import Blocking
 from tests.support.helpers import drop_namespace
 from tracetags.client import Client
-from tracetags.query import budget, executor, pages
+from tracetags.query import budget, executor
 from tracetags.settings import Settings
 
 BASE = qd.BASE_MS
@@ -105,7 +105,7 @@ def test_pages_found_by_the_budgeted_ways_equal_the_reference(
     client, final = loaded
     # every page call gives up at once: value windows (shrinking to one value) and scans
     # answer every page
-    monkeypatch.setattr(pages, "call_deadline_us", lambda budget_us: 1)
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
     for order in ORDERS:
         executor.clear_caches()
         expected = ref.search(final, None, filter_string, order, None)
@@ -126,7 +126,7 @@ def test_a_page_that_gives_up_answers_as_one_that_does_not(
         [t.info.trace_id for t in client.search_traces(filter_string=f, order_by=o, max_results=n)]
         for f, o, n in cases
     ]
-    monkeypatch.setattr(pages, "call_deadline_us", lambda budget_us: 1)
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
     executor.clear_caches()
     budgeted = [
         [t.info.trace_id for t in client.search_traces(filter_string=f, order_by=o, max_results=n)]
@@ -182,7 +182,7 @@ def test_counts_and_stats_that_give_up_are_scanned_to_the_same_answer(
     client, final = loaded
     expected = ref.search(final, None, filter_string, None, None)
     stats = client.stats(filter_string, group_by=["tags.env"], metrics=["count", "max"])
-    monkeypatch.setattr(pages, "call_deadline_us", lambda budget_us: 1)
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
     scanned: list[int] = []
     real_scanned = budget.scanned
 

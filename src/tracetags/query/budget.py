@@ -27,11 +27,14 @@ __all__ = [
     "SCAN_WORK_MIN",
     "VALUES_WINDOW",
     "ZRANGE_WINDOW",
+    "ValueWindows",
+    "call_deadline_us",
     "estimated_work",
     "rest_of_values",
     "rest_of_zrange",
     "scanned",
     "scans",
+    "windowed",
 ]
 
 DEFAULT_CALL_BUDGET_MS: Final = 20
@@ -108,30 +111,122 @@ def _scan_plan(
     plan: QueryPlan, start: int, budget_us: int, fields: dict[str, str] | None, bare: bool
 ) -> QueryPlan:
     if bare:
-        plan = msgspec.structs.replace(plan, sources=[], residual=plan.expr)
-    return msgspec.structs.replace(plan, scan=[start, budget_us], terms=None, value_fields=fields)
+        # (with no sources tt_query tests expr: a copy as the residual would only be unpacked)
+        plan = msgspec.structs.replace(plan, sources=[], residual=["A"])
+    return msgspec.structs.replace(
+        plan, scan=[start, budget_us], terms=None, value_fields=fields, deadline=None
+    )
+
+
+def call_deadline_us(budget_us: int) -> int:
+    """The deadline of a call that is not budgeted by itself (a page, a window of values, a
+    count or stats that is not a scan): its budget (the tests make it tiny, so that every
+    such call gives up and the budgeted ways answer)."""
+    return budget_us
+
+
+#: A plan whose one source is a value leaf of at least this many values (an IN list, the
+#: values a pattern matches) runs by windows of its values rather than by a scan of every
+#: trace; the first window and the largest (windows double while calls finish).
+WINDOW_MIN_VALUES: Final = 64
+FIRST_WINDOW: Final = 512
+MAX_WINDOW: Final = 4_096
+
+
+def windowed(plan: QueryPlan) -> bool:
+    """Whether ``plan`` runs by windows of its one source's values."""
+    sources = plan.sources
+    return len(sources) == 1 and sources[0][0] == "V" and len(sources[0]) - 3 >= WINDOW_MIN_VALUES
+
+
+class ValueWindows:
+    """The windows of a plan's one value source: each window is the plan with its source
+    (and filter) cut to a window of the values, run as one call with a deadline.  A trace
+    holds one value of a key, so the windows' candidates are disjoint and their matches
+    together are the plan's: counts add up, stats groups merge, pages merge.
+
+    Iterate for the window plans; after each call, ``finished()``, or ``gave_up()`` (the
+    window shrinks to a quarter and comes again; False for a window of one value, which
+    the caller then scans, and marks finished)."""
+
+    def __init__(self, plan: QueryPlan, deadline_us: int) -> None:
+        source = plan.sources[0]
+        self.head, self.values = source[:3], source[3:]
+        self.plan, self.deadline_us = plan, deadline_us
+        self.at, self.size, self.taken = 0, FIRST_WINDOW, 0
+
+    def __iter__(self) -> Iterator[QueryPlan]:
+        while self.at < len(self.values):
+            leaf = self.head + self.values[self.at : self.at + self.size]
+            self.taken = len(leaf) - 3
+            yield msgspec.structs.replace(
+                self.plan,
+                expr=["&", leaf, self.plan.residual],
+                sources=[leaf],
+                terms=None,
+                scan=None,
+                deadline=self.deadline_us,
+            )
+
+    def finished(self) -> None:
+        self.at += self.taken
+        self.size = min(2 * self.size, MAX_WINDOW)
+
+    def gave_up(self) -> bool:
+        if self.taken > 1:
+            self.size = max(1, self.taken // 4)
+            return True
+        return False
 
 
 def scanned(
     client: SyncClient, keys: Keys, plans: Sequence[PartitionPlan], budget_ms: int
 ) -> Iterator[Any]:
-    """Run ``plans`` as budgeted scans; yield each call's payload (a count, or stats rows)
-    as it arrives, round after round, until every partition is done."""
+    """Run ``plans`` in budgeted calls; yield each call's payload (a count, or stats rows)
+    as it arrives: by windows of values (a plan whose one source is a value leaf of many
+    values), else as budgeted scans, round after round, until every partition is done."""
+    budget_us = max(1, budget_ms) * 1000
+    scans: list[tuple[int, QueryPlan, dict[str, str] | None]] = []
+    for plan in plans:
+        # A value leaf of many values is tested by each candidate's register: its member
+        # table would be read again by every call of the scan.
+        fields = value_fields_of(plan.tree, {}) or None
+        if not windowed(plan.plan):
+            scans.append((plan.partition, plan.plan, fields))
+            continue
+        windows = ValueWindows(plan.plan, call_deadline_us(budget_us))
+        for window in windows:
+            (raw,) = functions.query_partitions(
+                client, keys, [(plan.partition, _ENCODER.encode(window))]
+            )
+            if isinstance(raw, int) and raw == -1:
+                if windows.gave_up():
+                    continue
+                # one value too dense for a call: scan its set
+                yield from _scan_rounds(client, keys, [(plan.partition, window, fields)], budget_us)
+            else:
+                yield raw
+            windows.finished()
+    yield from _scan_rounds(client, keys, scans, budget_us)
+
+
+def _scan_rounds(
+    client: SyncClient,
+    keys: Keys,
+    plans: Sequence[tuple[int, QueryPlan, dict[str, str] | None]],
+    budget_us: int,
+) -> Iterator[Any]:
     cursors = {i: 0 for i in range(len(plans))}
-    # A value leaf of many values is tested by each candidate's register: its member table
-    # would be read again by every call of the scan.
-    fields = [value_fields_of(plan.tree, {}) or None for plan in plans]
     # A scan enumerates the plan's one source only when it is one value set (maybe a
     # chunked one); else every trace, and the sources and residual need not travel.
-    bare = [not _one_value_source(plan.plan.sources) for plan in plans]
-    budget_us = max(1, budget_ms) * 1000
+    bare = [not _one_value_source(plan.sources) for _, plan, _ in plans]
     while cursors:
         running = sorted(cursors)
         encoded = [
             (
-                plans[i].partition,
+                plans[i][0],
                 _ENCODER.encode(
-                    _scan_plan(plans[i].plan, cursors[i], budget_us, fields[i], bare[i])
+                    _scan_plan(plans[i][1], cursors[i], budget_us, plans[i][2], bare[i])
                 ),
             )
             for i in running

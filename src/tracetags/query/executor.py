@@ -637,7 +637,7 @@ def _run_bounded(
 ) -> list[Any]:
     """The replies of count or stats plans run with the call budget as their deadline; None
     for a plan whose call gave up (the caller scans it in budgeted calls)."""
-    deadline = pages.call_deadline_us(max(1, budget_ms) * 1000)
+    deadline = budget.call_deadline_us(max(1, budget_ms) * 1000)
     encoded = [
         (p.partition, _ENCODER.encode(msgspec.structs.replace(p.plan, deadline=deadline)))
         for p in plans

@@ -33,19 +33,14 @@ import msgspec
 from tracetags import functions
 from tracetags.connections import SyncClient
 from tracetags.keys import Keys
+from tracetags.query import budget
 from tracetags.query.plan import QueryPlan, RowsPlan, Spec
 from tracetags.query.strategy import PartitionPlan
 from tracetags.query.strategy import _value_fields as value_fields_of
 
-__all__ = ["VALUE_WINDOW_MIN", "call_deadline_us", "run_pages"]
+__all__ = ["run_pages"]
 
 RawTrace = list[str]
-#: A page whose one source is a value leaf of at least this many values is found in windows
-#: of values once its page call gives up; a smaller one by a scan.
-VALUE_WINDOW_MIN: Final = 64
-#: The first window of values, and the largest (windows double while calls finish).
-FIRST_WINDOW: Final = 512
-MAX_WINDOW: Final = 4_096
 #: A page plan larger than this (encoded; a value leaf of ~20,000 values) is not tried in
 #: one call: unpacking it alone would take much of the budget.
 DIRECT_PLAN_MAX_BYTES: Final = 256 * 1024
@@ -74,7 +69,7 @@ def run_pages(
     partition with the deadline, then the budgeted ways for the partitions that gave up
     (``order_key``: a row's sort key in the page's order)."""
     budget_us = max(1, budget_ms) * 1000
-    deadline = call_deadline_us(budget_us)
+    deadline = budget.call_deadline_us(budget_us)
     encoded = [
         (p.partition, _ENCODER.encode(msgspec.structs.replace(p.plan, deadline=deadline)))
         for p in plans
@@ -88,13 +83,6 @@ def run_pages(
         if found < 0:
             replies[i] = _budgeted_page(client, keys, plans[i], order_key, budget_us)
     return replies
-
-
-def call_deadline_us(budget_us: int) -> int:
-    """The deadline of a call that is not budgeted by itself (a page, a count or stats that
-    is not a scan): its budget (the tests make it tiny, so that every such call gives up
-    and the budgeted ways answer)."""
-    return budget_us
 
 
 def _budgeted_page(
@@ -114,9 +102,8 @@ def _budgeted_page(
         query, shown=limit, deadline=None, keys_only=True, value_fields=fields, **_NO_WALK
     )
     merged = _Merged(order_key, limit)
-    source = query.sources[0] if len(query.sources) == 1 else None
-    if source is not None and source[0] == "V" and len(source) - 3 >= VALUE_WINDOW_MIN:
-        _windows(client, keys, plan.partition, query, source, budget_us, merged)
+    if budget.windowed(query):
+        _windows(client, keys, plan.partition, query, budget_us, merged)
     else:
         _scanned(client, keys, plan.partition, query, budget_us, merged)
     rows = merged.rows()
@@ -169,33 +156,22 @@ def _windows(
     keys: Keys,
     partition: int,
     query: QueryPlan,
-    source: Spec,
     budget_us: int,
     merged: _Merged,
 ) -> None:
-    """Merge the rows of the windows of the source's values (each a collect with a
-    deadline; a window of one value that still gives up, a dense one, is scanned)."""
-    head, values = source[:3], source[3:]
-    at, size = 0, FIRST_WINDOW
-    while at < len(values):
-        leaf = head + values[at : at + size]
-        window = msgspec.structs.replace(
-            query,
-            expr=["&", leaf, query.residual],
-            sources=[leaf],
-            deadline=call_deadline_us(budget_us),
-        )
+    """Merge the rows of the windows of the one source's values (budget.ValueWindows; a
+    window of one value that still gives up, a dense one, is scanned)."""
+    windows = budget.ValueWindows(query, budget.call_deadline_us(budget_us))
+    for window in windows:
         (raw,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(window))])
         found, rows = _PAGE_DECODER.decode(raw)
-        if found < 0 and size > 1:
-            size = max(1, size // 4)
-            continue
         if found < 0:
+            if windows.gave_up():
+                continue
             _scanned(client, keys, partition, window, budget_us, merged)
         else:
             merged.add(rows)
-        at += len(leaf) - 3
-        size = min(2 * size, MAX_WINDOW)
+        windows.finished()
 
 
 def _one_chunked_candidate_source(sources: Sequence[Spec]) -> bool:
@@ -216,10 +192,10 @@ def _scanned(
     """Merge the rows of a scan's calls, from trace number 0 until the partition is done."""
     if not _one_chunked_candidate_source(query.sources):
         # every trace is tested against the whole filter: sources need not travel
-        query = msgspec.structs.replace(query, sources=[], residual=query.expr)
+        query = msgspec.structs.replace(query, sources=[], residual=["A"])
     start = 0
     while start >= 0:
-        scan = msgspec.structs.replace(query, scan=[start, budget_us], deadline=None)
+        scan = msgspec.structs.replace(query, scan=[start, budget_us], deadline=None, terms=None)
         (raw,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(scan))])
         start = int(raw[0])
         merged.add(_PAGE_DECODER.decode(raw[1])[1])

@@ -55,7 +55,7 @@ local function scan(ctx, on_batch)
     local start = math.max(ctx.started or t, t - floor(budget / 2))
     local key, expr = scan_target(ctx)
     local last = last_chunk_of(ctx)
-    local size = 1
+    local size = 8
     local reserved = 0 -- microseconds the reply will take to build (stats rows)
     for c = floor(from / SET_CHUNK), last do
         local numbers = chunk_from(key, c, from)
