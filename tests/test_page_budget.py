@@ -5,6 +5,7 @@ reference evaluator's, page after page, and no call holds Redis past the budget.
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from tests.support import query_reference as ref
 from tests.support.blocking import Blocking
 from tests.support.helpers import drop_namespace
 from tracetags.client import Client
+from tracetags.errors import QueryLimitError
 from tracetags.query import budget, executor
 from tracetags.settings import Settings
 
@@ -65,8 +67,8 @@ FILTERS = [
     None,
     IN_150,
     IN_150 + " AND status = 'OK'",
-    "tags.u LIKE '%7'",
-    "tags.u LIKE '%7' AND tags.env != 'a'",
+    "tags.u LIKE '%77'",
+    "tags.u LIKE '%77' AND tags.env != 'a'",
     "tags.g IN ('g1', 'g2', 'g3') OR tags.u LIKE 'u12%'",
     "NOT (tags.env = 'a') AND execution_time_ms > 2500",
     "tags.g IS NULL",
@@ -219,3 +221,34 @@ def test_a_page_of_many_rows_is_read_in_calls_within_the_budget(big: Client) -> 
         assert page.token == direct.token
     finally:
         client.close()
+
+
+def test_a_pattern_of_many_values_outside_a_conjunction_is_refused_when_budgeted(
+    big: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Inside an OR the values cannot be the page's source: every call of a scan would read
+    # them all before testing a trace; past the size a call can read, the query is refused.
+    in_list = ", ".join(f"'u{i * 11}'" for i in range(5000))
+    conjunction = f"tags.u IN ({in_list}) AND status = 'ERROR'"
+    expected = big.count(conjunction)
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
+    monkeypatch.setattr(budget, "SCAN_PLAN_MAX_BYTES", 16 * 1024)
+    executor.clear_caches()
+    f = "tags.u RLIKE '[1-9]$' OR status = 'ERROR'"
+    with pytest.raises(QueryLimitError) as info:
+        big.search_traces(filter_string=f)
+    assert re.fullmatch(
+        r"the filter's patterns or IN lists hold [\d,]+ KB of values outside a conjunction,"
+        r" more than a budgeted call can read \(16 KB\); narrow the patterns or split the query",
+        str(info.value),
+    ), str(info.value)
+    with pytest.raises(QueryLimitError):
+        big.count(f)
+    # values that are a conjunct are the source of windows: answered (a complement, as
+    # the planner makes of a pattern matching most values, is not); the first call gives
+    # up, the windows have their budget
+    deadlines = iter([1])
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: next(deadlines, budget_us))
+    executor.clear_caches()
+    assert big.count(conjunction) == expected
+    assert next(deadlines, None) is None

@@ -17,6 +17,7 @@ import msgspec
 
 from tracetags import functions
 from tracetags.connections import SyncClient
+from tracetags.errors import QueryLimitError
 from tracetags.keys import Keys
 from tracetags.query.plan import QueryPlan, Spec
 from tracetags.query.strategy import PartitionPlan
@@ -24,12 +25,15 @@ from tracetags.query.strategy import _value_fields as value_fields_of
 
 __all__ = [
     "DEFAULT_CALL_BUDGET_MS",
+    "SCAN_PLAN_MAX_BYTES",
     "SCAN_WORK_MIN",
     "VALUES_WINDOW",
     "ZRANGE_WINDOW",
     "ValueWindows",
     "call_deadline_us",
+    "check_scan_size",
     "estimated_work",
+    "resourced",
     "rest_of_values",
     "rest_of_zrange",
     "scanned",
@@ -133,10 +137,45 @@ FIRST_WINDOW: Final = 512
 MAX_WINDOW: Final = 4_096
 
 
+def _many_values(spec: Spec) -> bool:
+    return spec[0] == "V" and len(spec) - 3 >= WINDOW_MIN_VALUES
+
+
 def windowed(plan: QueryPlan) -> bool:
     """Whether ``plan`` runs by windows of its one source's values."""
-    sources = plan.sources
-    return len(sources) == 1 and sources[0][0] == "V" and len(sources[0]) - 3 >= WINDOW_MIN_VALUES
+    return len(plan.sources) == 1 and _many_values(plan.sources[0])
+
+
+def resourced(plan: QueryPlan) -> QueryPlan:
+    """``plan`` with its filter's largest value leaf of many values as its one source when
+    that leaf is a conjunct (so that it runs by windows, and no call reads all its values);
+    else ``plan`` itself."""
+    if windowed(plan):
+        return plan
+    expr = plan.expr
+    children = expr[1:] if expr[0] == "&" else [expr]
+    leaves = [c for c in children if _many_values(c)]
+    if not leaves:
+        return plan
+    leaf = max(leaves, key=len)
+    rest = [c for c in children if c is not leaf]
+    residual = ["A"] if not rest else rest[0] if len(rest) == 1 else ["&", *rest]
+    return msgspec.structs.replace(plan, sources=[leaf], residual=residual)
+
+
+#: A scan's plan larger than this (its value leaves of ~30,000 values in all) would spend a
+#: call's budget reading them in every call: such a filter is refused (QueryLimitError).
+SCAN_PLAN_MAX_BYTES: Final = 512 * 1024
+
+
+def check_scan_size(encoded: bytes) -> None:
+    """Refuse a scan whose every call would spend its budget reading the plan's values."""
+    if len(encoded) > SCAN_PLAN_MAX_BYTES:
+        raise QueryLimitError(
+            f"the filter's patterns or IN lists hold {len(encoded) // 1024:,} KB of values"
+            " outside a conjunction, more than a budgeted call can read"
+            f" ({SCAN_PLAN_MAX_BYTES // 1024:,} KB); narrow the patterns or split the query"
+        )
 
 
 class ValueWindows:
@@ -191,10 +230,11 @@ def scanned(
         # A value leaf of many values is tested by each candidate's register: its member
         # table would be read again by every call of the scan.
         fields = value_fields_of(plan.tree, {}) or None
-        if not windowed(plan.plan):
-            scans.append((plan.partition, plan.plan, fields))
+        query = resourced(plan.plan)
+        if not windowed(query):
+            scans.append((plan.partition, query, fields))
             continue
-        windows = ValueWindows(plan.plan, call_deadline_us(budget_us))
+        windows = ValueWindows(query, call_deadline_us(budget_us))
         for window in windows:
             (raw,) = functions.query_partitions(
                 client, keys, [(plan.partition, _ENCODER.encode(window))]
@@ -231,6 +271,8 @@ def _scan_rounds(
             )
             for i in running
         ]
+        for _, plan_bytes in encoded:
+            check_scan_size(plan_bytes)
         replies = functions.query_partitions(client, keys, encoded)
         for i, raw in zip(running, replies, strict=True):
             next_from, payload = int(raw[0]), raw[1]

@@ -102,6 +102,7 @@ def _budgeted_page(
         query, shown=limit, deadline=None, keys_only=True, value_fields=fields, **_NO_WALK
     )
     merged = _Merged(order_key, limit)
+    query = budget.resourced(query)
     if budget.windowed(query):
         _windows(client, keys, plan.partition, query, budget_us, merged)
     else:
@@ -196,7 +197,9 @@ def _scanned(
     start = 0
     while start >= 0:
         scan = msgspec.structs.replace(query, scan=[start, budget_us], deadline=None, terms=None)
-        (raw,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(scan))])
+        encoded = _ENCODER.encode(scan)
+        budget.check_scan_size(encoded)
+        (raw,) = functions.query_partitions(client, keys, [(partition, encoded)])
         start = int(raw[0])
         merged.add(_PAGE_DECODER.decode(raw[1])[1])
 
