@@ -33,9 +33,11 @@ __all__ = [
     "call_deadline_us",
     "check_scan_size",
     "estimated_work",
+    "one_value_source",
     "resourced",
     "rest_of_values",
     "rest_of_zrange",
+    "scan_plan",
     "scanned",
     "scans",
     "windowed",
@@ -104,16 +106,19 @@ def scans(plan: PartitionPlan) -> bool:
     return plan.strategy in ("count", "stats") and estimated_work(plan) >= SCAN_WORK_MIN
 
 
-def _one_value_source(sources: Sequence[Spec]) -> bool:
+def one_value_source(sources: Sequence[Spec]) -> bool:
+    """Whether a scan can enumerate the one source: one chunked set (a key's, or a value's)."""
     if len(sources) != 1:
         return False
     kind = sources[0][0]
     return kind == "C" or (kind == "V" and len(sources[0]) == 4)
 
 
-def _scan_plan(
+def scan_plan(
     plan: QueryPlan, start: int, budget_us: int, fields: dict[str, str] | None, bare: bool
 ) -> QueryPlan:
+    """``plan`` as one call of a scan from trace number ``start`` (``bare``: of every trace,
+    testing the whole filter)."""
     if bare:
         # (with no sources tt_query tests expr: a copy as the residual would only be unpacked)
         plan = msgspec.structs.replace(plan, sources=[], residual=["A"])
@@ -259,14 +264,14 @@ def _scan_rounds(
     cursors = {i: 0 for i in range(len(plans))}
     # A scan enumerates the plan's one source only when it is one value set (maybe a
     # chunked one); else every trace, and the sources and residual need not travel.
-    bare = [not _one_value_source(plan.sources) for _, plan, _ in plans]
+    bare = [not one_value_source(plan.sources) for _, plan, _ in plans]
     while cursors:
         running = sorted(cursors)
         encoded = [
             (
                 plans[i][0],
                 _ENCODER.encode(
-                    _scan_plan(plans[i][1], cursors[i], budget_us, plans[i][2], bare[i])
+                    scan_plan(plans[i][1], cursors[i], budget_us, plans[i][2], bare[i])
                 ),
             )
             for i in running

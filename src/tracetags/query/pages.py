@@ -34,7 +34,7 @@ from tracetags import functions
 from tracetags.connections import SyncClient
 from tracetags.keys import Keys
 from tracetags.query import budget
-from tracetags.query.plan import QueryPlan, RowsPlan, Spec
+from tracetags.query.plan import QueryPlan, RowsPlan
 from tracetags.query.strategy import PartitionPlan
 from tracetags.query.strategy import _value_fields as value_fields_of
 
@@ -175,13 +175,6 @@ def _windows(
         windows.finished()
 
 
-def _one_chunked_candidate_source(sources: Sequence[Spec]) -> bool:
-    if len(sources) != 1:
-        return False
-    kind = sources[0][0]
-    return kind == "C" or (kind == "V" and len(sources[0]) == 4)
-
-
 def _scanned(
     client: SyncClient,
     keys: Keys,
@@ -191,12 +184,10 @@ def _scanned(
     merged: _Merged,
 ) -> None:
     """Merge the rows of a scan's calls, from trace number 0 until the partition is done."""
-    if not _one_chunked_candidate_source(query.sources):
-        # every trace is tested against the whole filter: sources need not travel
-        query = msgspec.structs.replace(query, sources=[], residual=["A"])
+    bare = not budget.one_value_source(query.sources)
     start = 0
     while start >= 0:
-        scan = msgspec.structs.replace(query, scan=[start, budget_us], deadline=None, terms=None)
+        scan = budget.scan_plan(query, start, budget_us, query.value_fields, bare)
         encoded = _ENCODER.encode(scan)
         budget.check_scan_size(encoded)
         (raw,) = functions.query_partitions(client, keys, [(partition, encoded)])

@@ -212,6 +212,7 @@ local function tt_query(keys, argv)
         fail('BADPLAN', 'ARGV[2] must be a msgpack map')
     end
     local ctx = { prefix = prefix, plan = plan, expr = plan.expr or { 'A' }, scanned = 0 }
+    Enum.eval_batch = plan.deadline and Enum.DEADLINE_EVAL_BATCH or Enum.EVAL_BATCH
     -- Candidates from the plan's sources need only the residual test; every trace (no
     -- sources) the whole filter.
     ctx.residual = ctx.expr

@@ -149,7 +149,10 @@ end
 -- Regroup the batches an enumerator feeds into lists of up to EVAL_BATCH candidates: a
 -- chunked leaf tests a list with one SMISMEMBER per chunk it touches, so large lists cost
 -- far fewer calls per candidate than QUERY_BATCH-number batches.
-local EVAL_BATCH = 32768
+-- A call with a deadline tests smaller lists: a list's grouping by chunk is Lua work with no
+-- Redis call in between, which the deadline's clock (read between Redis calls) cannot cut.
+local EVAL_BATCH, DEADLINE_EVAL_BATCH = 32768, 2048
+Enum.eval_batch = EVAL_BATCH
 
 local function buffered(enum, fn)
     local buf = {}
@@ -158,7 +161,7 @@ local function buffered(enum, fn)
         for i = 1, #batch do
             buf[n + i] = batch[i]
         end
-        if #buf >= EVAL_BATCH then
+        if #buf >= Enum.eval_batch then
             local full = buf
             buf = {}
             return fn(full)
@@ -211,6 +214,7 @@ local function chunk_join(ctx)
 end
 
 Enum.buffered = buffered
+Enum.EVAL_BATCH, Enum.DEADLINE_EVAL_BATCH = EVAL_BATCH, DEADLINE_EVAL_BATCH
 Enum.chunk_join = chunk_join
 Enum.chunk_members = chunk_members
 Enum.enum_all = enum_all
