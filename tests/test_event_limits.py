@@ -31,15 +31,15 @@ def test_the_producer_refuses_an_event_over_a_limit(settings: Settings) -> None:
         with pytest.raises(EventLimitError) as info:
             producer.set_tags("t", {f"k{i}": "v" for i in range(250_000)})
         assert str(info.value) == (
-            "trace 't': event has 250000 keys, over the limit of 1000 (max_keys_per_event)"
+            "trace 't': event has 250000 keys, over the limit of 500 (max_keys_per_event)"
         )
         with pytest.raises(EventLimitError, match=r"over the limit of 1000000 \(max_event_bytes\)"):
             producer.trace_started(
                 "t", experiment_id="1", metadata={f"m{i}": "x" * 8000 for i in range(200)}
             )
-        with pytest.raises(EventLimitError, match=r"over the limit of 1000 \(max_keys_per_event\)"):
-            producer.delete_tags("t", [f"k{i}" for i in range(1001)])
-        producer.set_tags("t", {f"k{i}": "v" for i in range(1000)})
+        with pytest.raises(EventLimitError, match=r"over the limit of 500 \(max_keys_per_event\)"):
+            producer.delete_tags("t", [f"k{i}" for i in range(501)])
+        producer.set_tags("t", {f"k{i}": "v" for i in range(500)})
         assert producer.stats().dropped == 0
     finally:
         producer.close()
@@ -75,7 +75,7 @@ async def test_the_fold_dead_letters_events_over_a_limit_from_other_publishers(
     stream = keys.stream(0)
     producer.set_tags("tr", {"before": "1"})
     producer.flush()
-    too_many = r.xadd(stream, _entry(_tags_set("tr", {f"k{i}": "v" for i in range(1001)})))
+    too_many = r.xadd(stream, _entry(_tags_set("tr", {f"k{i}": "v" for i in range(501)})))
     too_big = r.xadd(stream, _entry(_tags_set("tr", {f"k{i}": "x" * 7000 for i in range(200)})))
     producer.set_tags("tr", {"after": "1"})
     async with consumer(settings):
@@ -85,7 +85,7 @@ async def test_the_fold_dead_letters_events_over_a_limit_from_other_publishers(
     dead: Any = r.xrange(keys.dead_letters(0))
     assert [d[1][b"entry_id"] for d in dead] == [too_many, too_big]
     assert (
-        dead[0][1][b"reason"] == b"event has 1001 keys, over the limit of 1000 (max_keys_per_event)"
+        dead[0][1][b"reason"] == b"event has 501 keys, over the limit of 500 (max_keys_per_event)"
     )
     assert dead[1][1][b"reason"].startswith(b"event is 14")
     assert dead[1][1][b"reason"].endswith(b"over the limit of 1000000 (max_event_bytes)")
@@ -178,7 +178,7 @@ def test_a_redelivered_batch_at_the_tag_limit_changes_nothing(
 def test_a_consumer_batch_is_cut_into_fold_calls_of_bounded_keys() -> None:
     items: Any = [(f"1-{i}", _tags_set("t", {f"k{j}": "v" for j in range(n)})) for i, n in
                   enumerate([600, 600, 600, 600, 1000, 0, 3000, 1])]  # fmt: skip
-    runs = split_batch(items, EventLimits(fold_max_keys=2000))  # (default 1,000)
+    runs = split_batch(items, EventLimits(fold_max_keys=2000))  # (default 500)
     assert [len(run) for run in runs] == [3, 3, 1, 1]
     assert [entry for run in runs for entry, _ in run] == [entry for entry, _ in items]
 
@@ -186,16 +186,17 @@ def test_a_consumer_batch_is_cut_into_fold_calls_of_bounded_keys() -> None:
 async def test_folding_the_largest_accepted_events_stays_within_the_budget(
     settings: Settings, redis_url: str
 ) -> None:
-    # 20 events of 1,000 new keys each, every key a new index: one consumer batch.
+    # 20 events of 500 new keys each (the most one event may hold), every key a new index:
+    # one consumer batch.
     producer = TagProducer(settings)
     client = Client(settings)
     for n in range(20):
-        producer.set_tags(f"t{n}", {f"k{n}_{i}": "v" * 100 for i in range(1000)})
+        producer.set_tags(f"t{n}", {f"k{n}_{i}": "v" * 100 for i in range(500)})
     producer.flush()
     with Blocking(redis_url) as blocking:
         async with consumer(settings):
             await wait_applied(client, producer)
-    assert len(_tags(client, "t19")) == 1000
+    assert len(_tags(client, "t19")) == 500
     took, command = blocking.longest_command(b"FCALL tt_apply")
     assert took > 0, command
     blocking.assert_within_budget()

@@ -152,13 +152,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_retention: str = "5m"
     #: Limits on events (docs/limits.md): an event over one is refused at the producer call
     #: (``EventLimitError``) and dead-lettered by the fold when another publisher wrote it.
-    max_keys_per_event: int = 1000
+    max_keys_per_event: int = 500
     max_event_bytes: int = 1_000_000
     #: A tags_set (or start/finish) that would leave its trace with more live tags is
     #: dead-lettered by the fold.
     max_tags_per_trace: int = 1000
     #: One fold call folds at most this many keys of events (a consumer batch is cut).
-    fold_max_keys: int = 1000
+    fold_max_keys: int = 500
     #: Limits on a filter's size (docs/limits.md); a larger filter is a FilterSemanticError.
     filter_max_terms: int = 500
     filter_max_or_width: int = 500
