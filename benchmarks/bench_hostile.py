@@ -12,7 +12,8 @@ before the budget), while a child process PINGs Redis back to back; SLOWLOG give
 longest single command (of those of 0.2 ms or more; "calls" counts those Function calls).
 The reference is a plain PING loop with no query running; the table shows each side's
 longest PING and longest command, and the ratio off/on.  Event classes fold events of
-500 new keys (the most one event may hold) through a consumer-sized batch (cut at ``fold_max_keys``, or not).
+500 new keys (the most one event may hold) through a consumer-sized batch (cut at
+``fold_max_keys``, or not).
 """
 
 from __future__ import annotations
