@@ -41,7 +41,7 @@ from tracetags import functions
 from tracetags.client import Client
 from tracetags.embedded import RedisServer
 from tracetags.keys import Keys
-from tracetags.query import executor
+from tracetags.query import executor, pages
 from tracetags.settings import Settings
 
 NAMESPACE = "bench-pagecost"
@@ -102,7 +102,7 @@ def stages(client: Client, filter_string: str, repeats: int) -> tuple[dict[str, 
         out["call_1row"] = p50(lambda: executor._run(r, keys, one), repeats)
 
         def decode() -> list[Any]:
-            rows: list[Any] = executor._PAGE_DECODER.decode(reply)[1]
+            rows: list[Any] = pages.PAGE_DECODER.decode(reply)[1]
             if rows and isinstance(rows[0], list):  # flat hashes (before TraceInfo replies)
                 infos = [client_module.trace_info_from_fields(f) for f in rows]
                 return [client_module.Trace(info=i) for i in infos if i is not None]

@@ -29,6 +29,7 @@ from tracetags.query import budget, pages
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
 from tracetags.query.logical import LConst, LogicalNode, logical
+from tracetags.query.pages import RawTrace
 from tracetags.query.parser import (
     effective_order,
     parse_filter,
@@ -64,9 +65,6 @@ DEFAULT_MAX_RESULTS = 100
 METRICS = ("count", "avg", "min", "max", "p50", "p95", "p99")
 _TOKEN_VERSION = 1
 _ENCODER = msgspec.msgpack.Encoder()
-RawTrace = list[str]
-#: tt_query's page reply: (rows found, the flat hash of each row shown).
-_PAGE_DECODER = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
 #: A LIKE's candidate values: (sought by the pattern's start, [value, count, ...], the next
 #: window's first rank or -1).
 _VALUES_DECODER = msgspec.msgpack.Decoder(tuple[int, list[str | float | bool], int])

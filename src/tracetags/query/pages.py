@@ -38,14 +38,15 @@ from tracetags.query.plan import QueryPlan, RowsPlan
 from tracetags.query.strategy import PartitionPlan
 from tracetags.query.strategy import _value_fields as value_fields_of
 
-__all__ = ["run_pages"]
+__all__ = ["PAGE_DECODER", "RawTrace", "run_pages"]
 
 RawTrace = list[str]
 #: A page plan larger than this (encoded; a value leaf of ~20,000 values) is not tried in
 #: one call: unpacking it alone would take much of the budget.
 DIRECT_PLAN_MAX_BYTES: Final = 256 * 1024
 _ENCODER: Final = msgspec.msgpack.Encoder()
-_PAGE_DECODER: Final = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
+#: tt_query's page reply: (rows found, the flat hash, or key row, of each row shown).
+PAGE_DECODER: Final = msgspec.msgpack.Decoder(tuple[int, list[RawTrace]])
 #: The walks a page plan may name: a budgeted way collects instead.
 _NO_WALK: Final[dict[str, Any]] = {
     "walk": None,
@@ -78,7 +79,7 @@ def run_pages(
     raws = functions.query_partitions(client, keys, [encoded[i] for i in direct])
     replies: list[tuple[int, list[RawTrace]]] = [(-1, [])] * len(plans)
     for i, raw in zip(direct, raws, strict=True):
-        replies[i] = _PAGE_DECODER.decode(raw)
+        replies[i] = PAGE_DECODER.decode(raw)
     for i, (found, _) in enumerate(replies):
         if found < 0:
             replies[i] = _budgeted_page(client, keys, plans[i], order_key, budget_us)
@@ -129,7 +130,7 @@ def _hashes(
     ]
     out: list[RawTrace] = []
     for raw in functions.query_partitions(client, keys, encoded):
-        out.extend(hash_ for hash_ in _PAGE_DECODER.decode(raw)[1] if hash_)
+        out.extend(hash_ for hash_ in PAGE_DECODER.decode(raw)[1] if hash_)
     return out
 
 
@@ -165,7 +166,7 @@ def _windows(
     windows = budget.ValueWindows(query, budget.call_deadline_us(budget_us))
     for window in windows:
         (raw,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(window))])
-        found, rows = _PAGE_DECODER.decode(raw)
+        found, rows = PAGE_DECODER.decode(raw)
         if found < 0:
             if windows.gave_up():
                 continue
@@ -192,7 +193,7 @@ def _scanned(
         budget.check_scan_size(encoded)
         (raw,) = functions.query_partitions(client, keys, [(partition, encoded)])
         start = int(raw[0])
-        merged.add(_PAGE_DECODER.decode(raw[1])[1])
+        merged.add(PAGE_DECODER.decode(raw[1])[1])
 
 
 def _field(row: RawTrace, name: str) -> str | None:
