@@ -37,8 +37,10 @@ MAX_COMMANDS_DURING_FAULT = 300
 PRODUCER_COMMANDS = frozenset({b"MULTI", b"XADD", b"EXEC", b"DISCARD"})
 #: Stated bound: what the stream held when the fault ended is folded this soon after.
 RECOVERY_BOUND_S = 2.0
-#: Stated bound: everything buffered during the fault (~9k events) written and folded.
-DRAIN_BOUND_S = 5.0
+#: Stated bound: everything buffered during the fault (~12k events) written and folded.
+#: Typically 2-2.7 s on a 2-core VM; a loaded CI runner has taken 5.3 s. The bound is there
+#: to catch a stall (a backoff that does not end, a lost wake-up), not to measure speed.
+DRAIN_BOUND_S = 10.0
 #: The application's socket timeout here (a black hole is noticed this soon).
 SOCKET_TIMEOUT_MS = 1_000
 
