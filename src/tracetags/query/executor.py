@@ -40,7 +40,16 @@ from tracetags.query.parser import (
 )
 from tracetags.query.physical import describe, physical, reply_text
 from tracetags.query.plan import CardsPlan, IdsPlan, OrderSpec, ValuesPlan
-from tracetags.query.probe import MatchedCount, MatchedValues, Probe, probe_commands, sizes_only
+from tracetags.query.probe import (
+    ID_SAMPLE,
+    MatchedCount,
+    MatchedValues,
+    Probe,
+    SampledIds,
+    id_test_pays,
+    probe_commands,
+    sizes_only,
+)
 from tracetags.query.simplify import simplify
 from tracetags.query.strategy import PartitionPlan, order_specs, plan_partition
 
@@ -215,6 +224,8 @@ def _probe(
                     pipe.hmget(key, args)
                 elif name == "HGETALL":
                     pipe.hgetall(key)
+                elif name == "IDSAMPLE":
+                    pipe.hrandfield(key, ID_SAMPLE, withvalues=True)
                 elif name == "ZCARD":
                     pipe.zcard(key)
                 elif name == "HLEN":
@@ -243,8 +254,13 @@ def _probe(
                 if found[0]:
                     ids = found[1]
                     replies[at + offset] = dict(zip(ids[::2], ids[1::2], strict=True))
-                else:  # a dense prefix, or no id buckets: every id, as without a prefix
-                    replies[at + offset] = client.hgetall(keys.trace_ids(probe.partition))
+                else:  # a dense prefix, or no id buckets: every id (or a sample)
+                    total = int(replies[at])
+                    replies[at + offset] = _ids_or_sample(client, key, args[1], total, None)
+            elif name == "IDSAMPLE":
+                total = int(replies[at])
+                sampled = replies[at + offset]
+                replies[at + offset] = _ids_or_sample(client, key, args[0], total, sampled)
             elif name == "VALUECOUNT":
                 values, traces = replies[at + offset]
                 replies[at + offset] = MatchedCount(int(values), int(traces))
@@ -265,6 +281,22 @@ def _probe(
         for probe, _, slot in out:
             slot.extend(int(c) for c in by_partition.get(probe.partition, []))
     return out
+
+
+def _ids_or_sample(
+    client: SyncClient, key: str, predicate: Any, total: int, sampled: Any
+) -> SampledIds | dict[Any, Any]:
+    """For a request_id pattern: a sample of the ids when tt_query can test the pattern on
+    each candidate and that pays (``predicate`` set, :func:`probe.id_test_pays`), else
+    every id (``{id: number}``)."""
+    if predicate is not None:
+        if sampled is None:
+            sampled = client.hrandfield(key, ID_SAMPLE, withvalues=True)
+        sample = dict(zip(sampled[::2], sampled[1::2], strict=True))
+        if id_test_pays(sample, predicate, total):
+            return SampledIds(sample)
+    got: Any = client.hgetall(key)
+    return dict(got)
 
 
 # A page plan whose terms are all value sets, ranges and key presence (no LIKE, no ids)

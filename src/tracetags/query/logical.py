@@ -41,6 +41,7 @@ __all__ = [
     "ValueIndex",
     "leaves",
     "logical",
+    "lua_pattern",
     "order_index",
     "order_zset",
     "pattern_predicate",
@@ -137,6 +138,9 @@ class LMatch:
     #: ILIKE only: its literal lead in every case variant (:func:`id_prefixes`); a matching
     #: value starts with one of them, so the probe seeks them in the byte-order index.
     alts: tuple[str, ...] | None = None
+    #: LIKE and ILIKE that tt_query can test on a value itself (:func:`lua_pattern`), as an
+    #: M leaf reading each candidate's register: ``[op, negated, pattern]``.
+    lua: tuple[str, int, str] | None = None
 
     @property
     def sought_in_page(self) -> bool:
@@ -171,6 +175,8 @@ class LIdMatch:
     #: Byte prefixes every matching id starts with (a LIKE or ILIKE's literal lead, with
     #: its case variants): the probe seeks them in the ids' byte order.  None: read all ids.
     prefixes: tuple[str, ...] | None = None
+    #: As :attr:`LMatch.lua`: the pattern as tt_query tests it on each candidate's id.
+    lua: tuple[str, int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,19 @@ def pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
     return lambda v: regex.search(v.encode()) is not None
 
 
+def lua_pattern(op: str, pattern: str) -> tuple[str, int, str] | None:
+    """The M leaf form ``(op, negated, pattern)`` of a LIKE / ILIKE (NOT too) that tt_query's
+    matcher (lua/pattern.lua) decides exactly as :func:`pattern_predicate`; None for RLIKE and
+    for an ILIKE whose lowered pattern is not ASCII (Lua cannot lower other characters)."""
+    base = op.removeprefix("NOT ")
+    negated = int(op.startswith("NOT "))
+    if base == "LIKE":
+        return ("L", negated, pattern)
+    if base == "ILIKE" and pattern.lower().isascii():
+        return ("I", negated, pattern.lower())
+    return None
+
+
 def _like_runs(pattern: str) -> tuple[str, ...]:
     """The runs of literal characters of a LIKE pattern: its start (empty when it starts
     with ``%`` or ``_``), then the non-empty runs after it."""
@@ -365,9 +384,10 @@ def _comparison(node: Comparison) -> LogicalNode:
             return leaf if op in ("=", "IN") else LNot(leaf)
         assert isinstance(value, str)
         matched = pattern_predicate(op, value)
+        lua = lua_pattern(op, value)
         if op.startswith("NOT "):
-            return LIdMatch(lambda v: not matched(v), text)
-        return LIdMatch(matched, text, id_prefixes(op, value))
+            return LIdMatch(lambda v: not matched(v), text, lua=lua)
+        return LIdMatch(matched, text, id_prefixes(op, value), lua=lua)
     if entity == "attribute":
         index = ValueIndex("status" if key == "status" else "client_request_id")
     else:

@@ -30,7 +30,7 @@ from tracetags.query.logical import (
     ValueIndex,
 )
 from tracetags.query.plan import NodeKind, Spec
-from tracetags.query.probe import MatchedCount, MatchedValues, Probe
+from tracetags.query.probe import MatchedCount, MatchedValues, Probe, SampledIds
 
 __all__ = ["PNode", "describe", "physical", "reply_text"]
 
@@ -174,12 +174,28 @@ def physical(
         if isinstance(node, LIdMatch):
             mapping = replies[probe.slots[id(node)]]
             predicate = node.predicate
+            if isinstance(mapping, SampledIds):
+                sample = mapping.ids
+                if len(sample) < total and node.lua is not None:
+                    return _id_test(node, node.lua, sample)
+                mapping = sample  # every id of the partition
             matched = [no for trace_id, no in mapping.items() if predicate(reply_text(trace_id))]
             if matched and len(matched) >= total:  # every trace: nothing to enumerate
                 return _leaf("A", ["A"], total, f"{node.text} (every trace)", enumerable=True)
             numbers = sorted(map(reply_text, matched), key=int)
             return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
         raise TypeError(f"not a logical node: {node!r}")
+
+    def _id_test(node: LIdMatch, lua: tuple[str, int, str], sample: dict[Any, Any]) -> PNode:
+        # An M leaf: tt_query tests each candidate's id; its share of matches is the sample's
+        # (half a match when none of the sample does: rare, not impossible).
+        hits = sum(1 for trace_id in sample if node.predicate(reply_text(trace_id)))
+        est = total * max(hits, 0.5) / max(len(sample), 1)
+        op, negated, pattern = lua
+        spec = ["M", "i", 0, op, negated, pattern]
+        shown = f"{node.text} [each candidate's id tested; {hits} of {len(sample)} sampled match]"
+        leaf = PNode("M", spec, min(est, total), shown)
+        return leaf
 
     def _sought(node: LMatch, reply: MatchedCount) -> PNode:
         if not reply.values:

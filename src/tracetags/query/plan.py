@@ -22,6 +22,11 @@ node                                            matches
                                                 byte-order index of ``dkey`` and tests them as
                                                 a ``V`` node; ``traces`` and ``values`` are the
                                                 probe's counts
+``['M', field, stamped, op, negated, pattern]``  traces whose hash ``field`` (a register when
+                                                ``stamped`` is 1) matches a LIKE (``op`` ``L``)
+                                                or ILIKE (``I``, ``pattern`` lowered) pattern;
+                                                ``negated`` 1: holds a value that does not.
+                                                Read per candidate (lua/pattern.lua)
 ``['&', node, ...]`` ``['|', node, ...]``       all of / any of the nodes
 ``['!', node]``                                 the traces of the partition that ``node`` misses
 ==============================================  ===============================================
@@ -47,7 +52,7 @@ __all__ = [
     "ValuesPlan",
 ]
 
-LeafKind: TypeAlias = Literal["V", "C", "R", "E", "P", "A", "Z", "L"]
+LeafKind: TypeAlias = Literal["V", "C", "R", "E", "P", "A", "Z", "L", "M"]
 NodeKind: TypeAlias = LeafKind | Literal["&", "|", "!"]
 #: A node of the table above, as tt_query reads it (its first element is a :data:`NodeKind`).
 Spec: TypeAlias = list[Any]

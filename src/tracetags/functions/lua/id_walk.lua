@@ -115,12 +115,21 @@ local SEEK_BUCKETS = 24
 
 -- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes (a
 -- request_id LIKE/ILIKE's literal lead and its case variants), sought in the id buckets,
--- or {0} when the prefixes are dense (past SEEK_BUCKETS buckets) or the partition has no
--- id buckets: the client reads every id then.  The client applies the exact pattern.
+-- or {0} when the prefixes are dense (past SEEK_BUCKETS buckets, counted in the directory
+-- before any is read) or the partition has no id buckets: the client then samples or
+-- reads every id.  The client applies the exact pattern.
 local function ids_reply(prefix, prefixes)
     local flat = {}
     local dir = id_dir(prefix)
     if call('EXISTS', dir) == 1 then
+        local heads = 0 -- the buckets a prefix spans: those whose head starts with it, and one
+        for _, p in ipairs(prefixes) do
+            local past = Like.past_prefix(p)
+            heads = heads + 1 + call('ZLEXCOUNT', dir, '[' .. p, past and ('(' .. past) or '+')
+            if heads > SEEK_BUCKETS then
+                return cmsgpack.pack({ 0 })
+            end
+        end
         local visited = 0
         for _, p in ipairs(prefixes) do
             visited = visited + seek_prefix(prefix, dir, p, flat)

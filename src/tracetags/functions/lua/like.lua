@@ -270,3 +270,4 @@ end
 Like.resolve_sought = resolve_sought
 Like.value_count_reply = value_count_reply
 Like.values_reply = values_reply
+Like.past_prefix = past_prefix

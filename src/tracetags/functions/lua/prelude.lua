@@ -18,7 +18,7 @@ local Stamps, Sets, LexIndex, Lookups, Batches, FoldTrace, FoldSingle, Apply =
 local Leaves, Eval, Enum, Ordering, Walks, Like, Counts, ValueWalk, Query =
     {}, {}, {}, {}, {}, {}, {}, {}, {}
 local Trim, IdOrder, IdWalk, GroupOrder, HistoryIndex = {}, {}, {}, {}, {}
-local TagLimit, OrGroups, Budget = {}, {}, {}
+local TagLimit, OrGroups, Budget, Patterns = {}, {}, {}, {}
 
 -- Bound by bind_runtime() (standard-library shortcuts: a local is cheaper than a global).
 local call, floor, sub, find, format, match, unpack_, type_

@@ -21,6 +21,10 @@ Leaves (arrays, first element is the kind):
                                   (Redis score syntax: '(5', '-inf')
   {'E', number...}                these trace numbers
   {'P', field}                    traces whose hash has the field (an attribute is present)
+  {'M', field, stamped, op, negated, pattern}  traces whose hash field (a register when
+                                  stamped is 1) matches a LIKE ('L') or ILIKE ('I') pattern
+                                  (negated 1: holds a value that does not): read per
+                                  candidate, for a pattern over too many values to list
   {'A'} every trace;  {'Z'} none
   {'L', dkey, vprefix, lead, traces, values}  (page plans) a LIKE that is its lead and one
                                   final %: becomes the V leaf of the values it matches when the
@@ -321,6 +325,24 @@ local function test_leaf(ctx, leaf, list, mask)
         for i = 1, #list do
             if call('HEXISTS', hash_prefix .. list[i], leaf[2]) == 1 then
                 mask[i] = true
+            end
+        end
+    elseif kind == 'M' then
+        local test = leaf.test
+        if not test then
+            test = Patterns.matcher(leaf)
+            leaf.test = test
+        end
+        local hash_prefix, field, stamped = ctx.prefix .. ':t:', leaf[2], leaf[3] == 1
+        for i = 1, #list do
+            if not mask[i] then
+                local raw = call('HGET', hash_prefix .. list[i], field)
+                if raw and stamped then
+                    raw = register_value(raw)
+                end
+                if raw and test(raw) then
+                    mask[i] = true
+                end
             end
         end
     elseif kind == 'A' then

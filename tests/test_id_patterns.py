@@ -1,0 +1,136 @@
+"""request_id patterns tested on each candidate's id by tt_query (an M leaf) when the
+probe's sample says enough traces match, else decided by reading every id: random LIKE /
+ILIKE / NOT patterns over ids with multi-byte and case-folding characters, every answer
+equal to the reference evaluator's, pages, orders and counts, and the plan that was taken
+shown by explain."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.helpers import drop_namespace
+from tracetags.client import Client
+from tracetags.query import probe
+from tracetags.settings import Settings
+
+PIECES = ("tr-", "TR-", "\u212a", "k", "\u0130", "i", "é", "日", "_", "%", "a", "B", "-")
+TESTED = "each candidate's id tested"
+
+
+@pytest.fixture(scope="module")
+def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    rng = random.Random(11)
+    traces = []
+    for i in range(2500):
+        head = "".join(rng.choice(PIECES) for _ in range(rng.randrange(1, 4)))
+        traces.append(
+            {
+                "trace_id": f"{head}{i:05d}",
+                "experiment_id": rng.choice(("1", "2")),
+                "timestamp_ms": qd.BASE_MS + rng.randrange(50_000),
+                "execution_time_ms": rng.randrange(100),
+                "status": rng.choice(("OK", "ERROR")),
+                "name": "n",
+                "client_request_id": None,
+                "tags": {"w": rng.choice(("x", "y", "z"))},
+                "metadata": {},
+            }
+        )
+    c = Client(Settings(redis_url=redis_url, namespace=f"tt-idpat-{os.urandom(4).hex()}"))
+    qd.load(c.redis, c.keys, 1, traces)
+    yield c, ref.apply_mutations(traces, [])
+    drop_namespace(c.redis, c.keys.namespace)
+    c.close()
+
+
+def _patterns(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        pattern = "".join(rng.choice((*PIECES, "%", "%", "_", "0", "1")) for _ in range(4))
+        op = rng.choice(("LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE"))
+        out.append(f"request_id {op} '{pattern}'")
+    return out
+
+
+def _all_pages(client: Client, filter_string: str, order: list[str] | None) -> list[str]:
+    got: list[str] = []
+    token = None
+    while True:
+        page = client.search_traces(
+            filter_string=filter_string, order_by=order, max_results=97, page_token=token
+        )
+        got += [t.info.trace_id for t in page]
+        token = page.token
+        if token is None:
+            return got
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_id_patterns_equal_the_reference(
+    loaded: tuple[Client, list[dict[str, object]]], seed: int
+) -> None:
+    client, final = loaded
+    tested = 0
+    for filter_string in _patterns(seed, 12):
+        tested += TESTED in client.explain(filter_string=filter_string)
+        for order in (None, ["status", "request_id DESC"]):
+            expected = ref.search(final, None, filter_string, order, None)
+            assert _all_pages(client, filter_string, order) == expected, (filter_string, order)
+        everything = ref.search(final, None, filter_string, None, None)
+        assert client.count(filter_string) == len(everything)
+    assert tested > 0  # (the seeds' patterns include dense ones)
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "tested"),
+    [
+        ("request_id ILIKE 'T%'", False),  # sought in the ids' byte order (~400 ids)
+        ("request_id NOT ILIKE '%b%'", True),  # dense, no lead: tested
+        ("request_id NOT ILIKE '%日%'", False),  # a non-ASCII ILIKE: the client decides
+        ("request_id NOT LIKE '%0'", True),
+        ("request_id LIKE '%99'", False),  # ~25 ids: every id is read instead
+    ],
+)
+def test_the_sample_decides_between_testing_and_reading(
+    loaded: tuple[Client, list[dict[str, object]]], filter_string: str, tested: bool
+) -> None:
+    client, final = loaded
+    assert (TESTED in client.explain(filter_string=filter_string)) is tested
+    expected = ref.search(final, None, filter_string, None, 1000)
+    page = client.search_traces(filter_string=filter_string, max_results=1000)
+    assert [t.info.trace_id for t in page] == expected
+
+
+def test_a_partition_smaller_than_the_sample_is_decided_exactly(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HRANDFIELD of more ids than the partition holds returns every id: no test needed."""
+    monkeypatch.setattr(probe, "ID_SAMPLE", 5000)
+    monkeypatch.setattr("tracetags.query.executor.ID_SAMPLE", 5000)
+    traces = [
+        {
+            "trace_id": f"tr-{i:04d}", "experiment_id": "1", "timestamp_ms": qd.BASE_MS + i,
+            "execution_time_ms": 1, "status": "OK", "name": "n", "client_request_id": None,
+            "tags": {}, "metadata": {},
+        }
+        for i in range(300)
+    ]  # fmt: skip
+    c = Client(Settings(redis_url=redis_url, namespace=f"tt-idpat-{os.urandom(4).hex()}"))
+    try:
+        qd.load(c.redis, c.keys, 1, traces)
+        text = c.explain(filter_string="request_id LIKE '%1%'")
+        assert TESTED not in text and "request_id LIKE '%1%'" in text
+        page = c.search_traces(filter_string="request_id LIKE '%1%'", max_results=1000)
+        expected = ref.search(ref.apply_mutations(traces, []), None, "request_id LIKE '%1%'",
+                              None, 1000)  # fmt: skip
+        assert [t.info.trace_id for t in page] == expected
+    finally:
+        drop_namespace(c.redis, c.keys.namespace)
+        c.close()
