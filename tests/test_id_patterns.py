@@ -114,7 +114,7 @@ def test_a_partition_smaller_than_the_sample_is_decided_exactly(
     """HRANDFIELD of more ids than the partition holds returns every id: no test needed."""
     monkeypatch.setattr(probe, "ID_SAMPLE", 5000)
     monkeypatch.setattr("tracetags.query.executor.ID_SAMPLE", 5000)
-    traces = [
+    traces: list[dict[str, object]] = [
         {
             "trace_id": f"tr-{i:04d}", "experiment_id": "1", "timestamp_ms": qd.BASE_MS + i,
             "execution_time_ms": 1, "status": "OK", "name": "n", "client_request_id": None,
