@@ -134,3 +134,99 @@ def test_a_partition_smaller_than_the_sample_is_decided_exactly(
     finally:
         drop_namespace(c.redis, c.keys.namespace)
         c.close()
+
+
+VALUE_TESTED = "each candidate's value tested"
+
+
+@pytest.fixture(scope="module")
+def many_values(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    """Tags, metadata and client request ids of ~1,000 distinct values each (tests shrink
+    the probe's window of values to 50, so these count as keys of many values)."""
+    rng = random.Random(12)
+    traces = []
+
+    def word() -> str:
+        return "".join(rng.choice(PIECES) for _ in range(rng.randrange(1, 4)))
+
+    for i in range(2000):
+        traces.append(
+            {
+                "trace_id": f"tr-{i:05d}",
+                "experiment_id": rng.choice(("1", "2")),
+                "timestamp_ms": qd.BASE_MS + rng.randrange(50_000),
+                "execution_time_ms": rng.randrange(100),
+                "status": rng.choice(("OK", "ERROR")),
+                "name": "n",
+                "client_request_id": None if rng.random() < 0.2 else f"{word()}{i % 997}",
+                "tags": {"u": f"{word()}{i % 1009}"} if rng.random() < 0.9 else {},
+                "metadata": {"m": f"{word()}{i % 991}"},
+            }
+        )
+    c = Client(Settings(redis_url=redis_url, namespace=f"tt-valpat-{os.urandom(4).hex()}"))
+    qd.load(c.redis, c.keys, 1, traces)
+    yield c, ref.apply_mutations(traces, [])
+    drop_namespace(c.redis, c.keys.namespace)
+    c.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_value_patterns_equal_the_reference(
+    many_values: tuple[Client, list[dict[str, object]]],
+    seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tracetags.query.budget.VALUES_WINDOW", 50)
+    client, final = many_values
+    rng = random.Random(seed)
+    tested = 0
+    for _ in range(12):
+        key = rng.choice(("tags.u", "metadata.m", "client_request_id"))
+        pattern = "".join(rng.choice((*PIECES, "%", "%", "_", "1")) for _ in range(4))
+        op = rng.choice(("LIKE", "ILIKE", "NOT LIKE", "NOT ILIKE"))
+        filter_string = f"{key} {op} '{pattern}'"
+        tested += VALUE_TESTED in client.explain(filter_string=filter_string)
+        for order in (None, ["tags.u DESC"]):
+            expected = ref.search(final, None, filter_string, order, None)
+            assert _all_pages(client, filter_string, order) == expected, (filter_string, order)
+        everything = ref.search(final, None, filter_string, None, None)
+        assert client.count(filter_string) == len(everything), filter_string
+    assert tested > 0
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "tested"),
+    [
+        ("tags.u NOT LIKE '%7'", True),  # ~90 % of the traces with the key
+        ("metadata.m LIKE '%1%'", True),
+        ("client_request_id ILIKE '%-%'", True),
+        ("tags.u LIKE '%_999'", False),  # a few traces: every value is read
+        ("tags.u RLIKE '1$'", False),  # RLIKE: never tested in Lua
+    ],
+)
+def test_the_value_sample_decides(
+    many_values: tuple[Client, list[dict[str, object]]],
+    monkeypatch: pytest.MonkeyPatch,
+    filter_string: str,
+    tested: bool,
+) -> None:
+    monkeypatch.setattr("tracetags.query.budget.VALUES_WINDOW", 50)
+    client, final = many_values
+    assert (VALUE_TESTED in client.explain(filter_string=filter_string)) is tested
+    expected = ref.search(final, None, filter_string, None, None)
+    assert _all_pages(client, filter_string, None) == expected
+
+
+def test_a_dense_lead_is_tested_rather_than_sought(
+    many_values: tuple[Client, list[dict[str, object]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's LIKE of a lead and one final % matching more values than SOUGHT_VALUES_MAX
+    (5 here) is tested on each candidate; fewer are sought value by value."""
+    monkeypatch.setattr("tracetags.query.physical.SOUGHT_VALUES_MAX", 5)
+    client, final = many_values
+    for filter_string, tested in (("tags.u LIKE 'k%'", True), ("tags.u LIKE 'tr-%'", True),
+                                  ("tags.u LIKE 'k%1000'", False)):  # fmt: skip
+        assert (VALUE_TESTED in client.explain(filter_string=filter_string)) is tested
+        for order in (None, ["tags.u"]):
+            expected = ref.search(final, None, filter_string, order, None)
+            assert _all_pages(client, filter_string, order) == expected, filter_string

@@ -49,6 +49,7 @@ from tracetags.query.probe import (
     id_test_pays,
     probe_commands,
     sizes_only,
+    values_sample,
 )
 from tracetags.query.simplify import simplify
 from tracetags.query.strategy import PartitionPlan, order_specs, plan_partition
@@ -205,10 +206,11 @@ def _probe(
                     pipe.zrange(key, 0, budget.ZRANGE_WINDOW - 1, withscores=True)
                 elif name == "VALUES":
                     window = [0, budget.VALUES_WINDOW]
-                    alts = args[2] if len(args) > 2 else None
+                    alts, sample = args[2], (ID_SAMPLE if args[3].lua is not None else None)
                     plan = ValuesPlan(
-                        dkey=key, runs=args[0], lead=args[1], window=window, alts=alts
-                    )
+                        dkey=key, runs=args[0], lead=args[1], window=window, alts=alts,
+                        sample=sample,
+                    )  # fmt: skip
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "VALUECOUNT":
                     plan = ValuesPlan(dkey=key, lead=args[0], count_only=1)
@@ -242,6 +244,13 @@ def _probe(
                 replies[at + offset] = list(dict([*replies[at + offset], *more]).items())
             elif name == "VALUES":
                 sought, flat, next_rank = _VALUES_DECODER.decode(replies[at + offset])
+                if sought == 2:  # a sample of a key of more values than a window
+                    leaf = args[3]
+                    sampled = values_sample(flat, next_rank, leaf.predicate, leaf.negated)
+                    if sampled is not None:  # tested on each candidate by tt_query
+                        replies[at + offset] = sampled
+                        continue
+                    sought, flat, next_rank = 0, [], 0  # every value is read after all
                 if next_rank >= 0:
                     more = budget.rest_of_values(
                         client, keys, probe.partition, key, args, next_rank

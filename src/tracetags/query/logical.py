@@ -414,17 +414,25 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
+    lua = lua_pattern(op, value)
     if op == "ILIKE":
         alts = id_prefixes(op, value)
         if alts is not None and len(alts) > _MAX_SEEKS:
             alts = None
-        return LMatch(index, pattern_predicate(op, value), False, text, alts=alts)
+        return LMatch(index, pattern_predicate(op, value), False, text, alts=alts, lua=lua)
     if op != "LIKE":
-        return LMatch(index, pattern_predicate(op, value), op.startswith("NOT "), text)
+        return LMatch(index, pattern_predicate(op, value), op.startswith("NOT "), text, lua=lua)
     predicate = pattern_predicate(op, value)
     lead_is_pattern = value.endswith("%") and value.count("%") == 1
     return LMatch(
-        index, predicate, False, text, _like_runs(value), _like_lead(value), lead_is_pattern
+        index,
+        predicate,
+        False,
+        text,
+        _like_runs(value),
+        _like_lead(value),
+        lead_is_pattern,
+        lua=lua,
     )
 
 

@@ -30,9 +30,13 @@ from tracetags.query.logical import (
     ValueIndex,
 )
 from tracetags.query.plan import NodeKind, Spec
-from tracetags.query.probe import MatchedCount, MatchedValues, Probe, SampledIds
+from tracetags.query.probe import MatchedCount, MatchedValues, Probe, SampledIds, SampledValues
 
-__all__ = ["PNode", "describe", "physical", "reply_text"]
+__all__ = ["SOUGHT_VALUES_MAX", "PNode", "describe", "physical", "reply_text"]
+
+#: A page's LIKE that is its lead and one final ``%`` matching more values than this is
+#: tested on each candidate's value (an M leaf) instead of sought value by value.
+SOUGHT_VALUES_MAX = 512
 
 
 @dataclass
@@ -112,6 +116,8 @@ def physical(
             reply = replies[probe.slots[id(node)]]
             if isinstance(reply, MatchedCount):  # sought again by the page's tt_query
                 return _sought(node, reply)
+            if isinstance(reply, SampledValues) and node.lua is not None:
+                return _value_test(node, node.lua, reply)
             # every value of the key was read (no runs, not sought): a complement is exact
             full = node.runs is None and not (isinstance(reply, MatchedValues) and reply.sought)
             if isinstance(reply, MatchedValues):  # a LIKE's values, read inside tt_query
@@ -197,9 +203,28 @@ def physical(
         leaf = PNode("M", spec, min(est, total), shown)
         return leaf
 
+    def _value_test(node: LMatch, lua: tuple[str, int, str], reply: SampledValues) -> PNode:
+        op, negated, pattern = lua
+        spec = ["M", node.index.hash_field, 1, op, negated, pattern]
+        shown = (
+            f"{node.text} [each candidate's value tested; {reply.hits} of {reply.sampled}"
+            f" sampled values of {reply.values:,} match]"
+        )
+        leaf = PNode("M", spec, min(reply.expected, total), shown)
+        leaf.field = node.index.hash_field
+        return leaf
+
     def _sought(node: LMatch, reply: MatchedCount) -> PNode:
         if not reply.values:
             return _leaf("Z", ["Z"], 0, f"{node.text} (no such value here)", enumerable=True)
+        if reply.values > SOUGHT_VALUES_MAX and node.lua is not None:
+            # a dense lead ('c%' over thousands of values): test each candidate's value
+            # rather than seek every value and test their sets
+            spec = ["M", node.index.hash_field, 1, *node.lua]
+            shown = f"{node.text} [each candidate's value tested; {reply.values:,} values match]"
+            leaf = PNode("M", spec, reply.traces, shown, exact=True)
+            leaf.field = node.index.hash_field
+            return leaf
         index = node.index
         spec = [
             "L",

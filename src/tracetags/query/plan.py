@@ -170,6 +170,10 @@ class ValuesPlan(
     - ``alts``: an ILIKE's literal lead in each of its case variants: only the values
       starting with one of them are returned (sought 1), when the key has its byte-order
       index; else every value (sought 0).  The client applies the exact pattern.
+    - ``sample``: when the values would be read by windows and the key has more than one
+      window of them, reply instead ``[2, [value, count, ...], values of the key]``: this
+      many random values (ZRANDMEMBER), from which the client tells whether tt_query should
+      test the pattern on each candidate (an M leaf) rather than it read every value.
 
     Reply: msgpack ``[sought 0|1, [value, count, ...], next window's first rank or -1]``, or
     ``[values, traces]`` with ``count_only``.
@@ -181,6 +185,7 @@ class ValuesPlan(
     count_only: int | None = None
     window: list[int] | None = None
     alts: tuple[str, ...] | None = None
+    sample: int | None = None
 
 
 class RowsPlan(msgspec.Struct, tag_field="mode", tag="rows", kw_only=True, frozen=True):

@@ -32,9 +32,11 @@ __all__ = [
     "MatchedValues",
     "Probe",
     "SampledIds",
+    "SampledValues",
     "id_test_pays",
     "probe_commands",
     "sizes_only",
+    "values_sample",
 ]
 
 #: Trace ids a probe samples (HRANDFIELD) to estimate how many match a pattern that
@@ -86,6 +88,33 @@ class SampledIds(NamedTuple):
     when the partition holds at most :data:`ID_SAMPLE`)."""
 
     ids: dict[Any, Any]
+
+
+class SampledValues(NamedTuple):
+    """A probe's reply for a tag, metadata or client_request_id pattern over more values
+    than one window, which tt_query tests itself on each candidate's register: the traces
+    expected to match, from a sample of the key's values weighted by their counts."""
+
+    expected: float
+    hits: int
+    sampled: int
+    values: int
+
+
+def values_sample(
+    sampled: list[Any], values: int, predicate: Any, negated: bool
+) -> SampledValues | None:
+    """The sample (ZRANDMEMBER WITHSCORES, flat) as :class:`SampledValues` when testing each
+    candidate pays (at least :data:`ID_TEST_MIN_MATCHES` expected), else None."""
+    pairs = list(zip(sampled[::2], sampled[1::2], strict=True))
+    if not pairs:
+        return None
+    weight = sum(float(score) for v, score in pairs if predicate(_text(v)) != negated)
+    hits = sum(1 for v, _ in pairs if predicate(_text(v)) != negated)
+    expected = weight / len(pairs) * values
+    if expected < ID_TEST_MIN_MATCHES:
+        return None
+    return SampledValues(expected, hits, len(pairs), values)
 
 
 def id_test_pays(sample: dict[Any, Any], predicate: Any, total: int) -> bool:
@@ -145,16 +174,15 @@ def probe_commands(
         elif isinstance(leaf, LMatch) and page and leaf.sought_in_page:
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("VALUECOUNT", leaf.index.distinct(keys, partition), leaf.lead))
-        elif isinstance(leaf, LMatch) and leaf.runs is not None:
-            probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("VALUES", leaf.index.distinct(keys, partition), leaf.runs, leaf.lead))
-        elif isinstance(leaf, LMatch) and leaf.alts:
-            probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("VALUES", leaf.index.distinct(keys, partition), (), (), leaf.alts))
         elif isinstance(leaf, LMatch):
-            # every value with its count, packed by tt_query (no runs: no value filtered out)
+            # The values that may match (by a LIKE's runs, an ILIKE's case variants, else
+            # every value with its count, packed by tt_query); past a window of them, a
+            # pattern tt_query can test itself may be sampled instead (executor._probe).
             probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("VALUES", leaf.index.distinct(keys, partition), (), ()))
+            runs = leaf.runs if leaf.runs is not None else ()
+            lead = leaf.lead if leaf.runs is not None else ()
+            alts = leaf.alts if leaf.runs is None else None
+            cmds.append(("VALUES", leaf.index.distinct(keys, partition), runs, lead, alts, leaf))
         elif isinstance(leaf, LRange):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZCOUNT", keys.by_score(partition, leaf.zset), leaf.lo, leaf.hi))

@@ -193,7 +193,7 @@ end
 -- candidates' scores are read.  With window {first rank, count}, values not sought are read
 -- that window of ranks at a time, and the reply's third item is the next window's first
 -- rank (-1: none), so no call reads a million values.
-local function values_reply(dkey, runs, lead, window, alts)
+local function values_reply(dkey, runs, lead, window, alts, sample)
     if alts and #alts > 0 and call('EXISTS', lex_dir(dkey)) == 1 then
         -- an ILIKE's lead in each of its case variants: only values starting so
         local found = {}
@@ -210,6 +210,14 @@ local function values_reply(dkey, runs, lead, window, alts)
             flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
         end
         return cmsgpack.pack({ 1, flat, -1 })
+    end
+    local sought = #runs > 0 and #runs[1] > 0 and call('EXISTS', lex_dir(dkey)) == 1
+    if sample and window and not sought then
+        -- more than a window of values to read: a sample instead, for the client to choose
+        local values = call('ZCARD', dkey)
+        if values > window[2] then
+            return cmsgpack.pack({ 2, call('ZRANDMEMBER', dkey, sample, 'WITHSCORES'), values })
+        end
     end
     if #runs == 0 then
         -- every value (ILIKE, RLIKE, numbers): one packed reply the client decodes in C,
@@ -243,7 +251,6 @@ local function values_reply(dkey, runs, lead, window, alts)
             end
         end
     end
-    local sought = np > 0 and call('EXISTS', lex_dir(dkey)) == 1
     local next_rank = -1
     if sought then
         -- only the values starting like the pattern, sought in byte order

@@ -233,7 +233,7 @@ local function tt_query(keys, argv)
         if plan.count_only then
             return value_count_reply(plan.dkey, plan.lead or {})
         end
-        return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window, plan.alts)
+        return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window, plan.alts, plan.sample)
     end
     if plan.scan then
         ctx.started = started
