@@ -2,12 +2,16 @@
 -- conjunction tested together.
 
 local slot, test_leaf, value_sets = Leaves.slot, Leaves.test_leaf, Leaves.value_sets
+local REGISTERS_ONLY_VALUES = Leaves.REGISTERS_ONLY_VALUES
 local or_children, test_union = OrGroups.or_children, OrGroups.test_union
 
 -- Whether the V leaf holds every trace of the partition (experiment_ids naming every
 -- experiment): a trace has at most one value per key and the sets hold live traces only, so
 -- the leaf's counts summing to the number of traces means that no test is needed.
 local function covers_all(ctx, leaf)
+    if leaf.all == nil and #leaf - 3 > REGISTERS_ONLY_VALUES then
+        leaf.all = false -- (not sized: tested by registers, see query_leaves.lua)
+    end
     if leaf.all == nil then
         if not ctx.traces then
             ctx.traces = call('HLEN', ctx.prefix .. ':ids')
@@ -39,7 +43,7 @@ local function chunked_key(ctx, node)
         local kind = node[1]
         if kind == 'C' then
             key = node[2]
-        elseif kind == 'V' and not covers_all(ctx, node) then
+        elseif kind == 'V' and #node - 3 <= REGISTERS_ONLY_VALUES and not covers_all(ctx, node) then
             local sets = value_sets(node)
             if #sets == 1 and sets[1][2] then
                 key = sets[1][1]

@@ -203,6 +203,12 @@ local function lookup_of(ctx, field)
     return known
 end
 
+-- A V leaf of more values than this is always tested by the candidates' registers when its
+-- field is known (a pattern matching most of a key of 100k values, under NOT): sizing its
+-- sets alone takes ~3 us a value, so a budgeted call would spend its budget on that and
+-- test a handful of traces (a scan of 100k traces then took 12,500 calls of ~120 ms).
+local REGISTERS_ONLY_VALUES = 2048
+
 local function test_by_registers(ctx, leaf, list, mask)
     local fields = ctx.plan and ctx.plan.value_fields -- (a walked value group has no plan)
     local field = fields and fields[leaf[2]]
@@ -212,18 +218,24 @@ local function test_by_registers(ctx, leaf, list, mask)
     local lookup = lookup_of(ctx, field)
     local per_test = lookup and LOOKUP_TEST_US or HASH_TEST_US
     if not leaf.table_us then -- (a LIKE sought by this call has it from the probe's counts)
-        local plain, members = plain_sets_size(value_sets(leaf))
-        leaf.plain = plain
-        leaf.table_us = plain * TABLE_SET_US + members * TABLE_MEMBER_US
-        leaf.table_ok = plain >= MEMBER_TABLE_MIN_SETS and members <= MEMBER_TABLE_MAX
+        if #leaf - 3 > REGISTERS_ONLY_VALUES then
+            -- sizing the sets (a ZMSCORE score each) would cost more than a budgeted call:
+            -- registers it is, whatever the sets hold
+            leaf.registers_only, leaf.table_us = true, 0
+        else
+            local plain, members = plain_sets_size(value_sets(leaf))
+            leaf.plain = plain
+            leaf.table_us = plain * TABLE_SET_US + members * TABLE_MEMBER_US
+            leaf.table_ok = plain >= MEMBER_TABLE_MIN_SETS and members <= MEMBER_TABLE_MAX
+        end
         leaf.hashed = 0
     end
-    local cost = #list * per_test
-    if leaf.table_ok then
+    if leaf.registers_only then -- luacheck: ignore 542 (no other way is priced)
+    elseif leaf.table_ok then
         if (leaf.hashed + #list) * per_test >= leaf.table_us then
             return false
         end
-    elseif cost >= leaf.plain * (TABLE_SET_US + 0.1 * #list) then
+    elseif #list * per_test >= leaf.plain * (TABLE_SET_US + 0.1 * #list) then
         return false
     end
     leaf.hashed = leaf.hashed + #list
@@ -269,6 +281,27 @@ local function test_by_registers(ctx, leaf, list, mask)
         end
     end
     return true
+end
+
+-- An M leaf: each candidate's register (or field) read and matched by lua/pattern.lua.
+local function test_pattern(ctx, leaf, list, mask)
+    local test = leaf.test
+    if not test then
+        test = Patterns.matcher(leaf)
+        leaf.test = test
+    end
+    local hash_prefix, field, stamped = ctx.prefix .. ':t:', leaf[2], leaf[3] == 1
+    for i = 1, #list do
+        if not mask[i] then
+            local raw = call('HGET', hash_prefix .. list[i], field)
+            if raw and stamped then
+                raw = register_value(raw)
+            end
+            if raw and test(raw) then
+                mask[i] = true
+            end
+        end
+    end
 end
 
 -- Mark in mask the members of list that the leaf holds.
@@ -328,23 +361,7 @@ local function test_leaf(ctx, leaf, list, mask)
             end
         end
     elseif kind == 'M' then
-        local test = leaf.test
-        if not test then
-            test = Patterns.matcher(leaf)
-            leaf.test = test
-        end
-        local hash_prefix, field, stamped = ctx.prefix .. ':t:', leaf[2], leaf[3] == 1
-        for i = 1, #list do
-            if not mask[i] then
-                local raw = call('HGET', hash_prefix .. list[i], field)
-                if raw and stamped then
-                    raw = register_value(raw)
-                end
-                if raw and test(raw) then
-                    mask[i] = true
-                end
-            end
-        end
+        test_pattern(ctx, leaf, list, mask)
     elseif kind == 'A' then
         for i = 1, #list do
             mask[i] = true
@@ -365,3 +382,4 @@ Leaves.MEMBER_TABLE_MAX = MEMBER_TABLE_MAX
 Leaves.MEMBER_TABLE_MIN_SETS = MEMBER_TABLE_MIN_SETS
 Leaves.TABLE_MEMBER_US = TABLE_MEMBER_US
 Leaves.TABLE_SET_US = TABLE_SET_US
+Leaves.REGISTERS_ONLY_VALUES = REGISTERS_ONLY_VALUES
