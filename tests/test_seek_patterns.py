@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import drop_namespace
+from tests.support.helpers import all_pages, drop_namespace
 from tracetags.client import Client
 from tracetags.query.logical import id_prefixes
 from tracetags.settings import Settings
@@ -74,17 +74,7 @@ def test_sought_patterns_equal_the_reference(
     client, final = loaded
     for order in (None, ["request_id DESC"], ["tags.w"]):
         expected = ref.search(final, None, filter_string, order, None)
-        got: list[str] = []
-        token = None
-        while True:
-            page = client.search_traces(
-                filter_string=filter_string, order_by=order, max_results=211, page_token=token
-            )
-            got += [t.info.trace_id for t in page]
-            token = page.token
-            if token is None:
-                break
-        assert got == expected, (filter_string, order)
+        assert all_pages(client, filter_string, order, 211) == expected, (filter_string, order)
         assert client.count(filter_string) == len(expected)
 
 

@@ -6,6 +6,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import redis
 import redis.cluster
@@ -57,3 +58,19 @@ def scratch_namespace(redis_url: str) -> Iterator[str]:
         drop_namespace(client, ns)
     finally:
         client.close()
+
+
+def all_pages(
+    client: Any, filter_string: str | None, order: list[str] | None, max_results: int
+) -> list[str]:
+    """The trace ids of every page of a search (``client``: a tracetags Client)."""
+    got: list[str] = []
+    token = None
+    while True:
+        page = client.search_traces(
+            filter_string=filter_string, order_by=order, max_results=max_results, page_token=token
+        )
+        got += [t.info.trace_id for t in page]
+        token = page.token
+        if token is None:
+            return got

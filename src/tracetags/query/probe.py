@@ -165,6 +165,12 @@ def probe_commands(
     ):  # may walk the ids' byte order (id_walk.py) if the partition keeps it
         probe.id_order_slot = len(cmds)
         cmds.append(("ZCARD", keys.id_order(partition)))
+    # Every id is read anyway for an id pattern the client must decide (RLIKE, a non-ASCII
+    # ILIKE): then the others are decided from the same read, not sampled (an E leaf
+    # intersects with E leaves in the plan; an M leaf would test thousands of candidates).
+    every_id = any(
+        isinstance(leaf, LIdMatch) and not leaf.lua and not leaf.prefixes for leaf in leaves(root)
+    )
     for leaf in leaves(root):
         if id(leaf) in probe.slots:
             continue
@@ -192,16 +198,19 @@ def probe_commands(
         elif isinstance(leaf, LIdMatch) and leaf.prefixes:
             # (a dense prefix is then sampled when tt_query can test the pattern itself)
             probe.slots[id(leaf)] = len(cmds)
-            sampled = leaf.predicate if leaf.lua else None
+            sampled = leaf.predicate if leaf.lua and not every_id else None
             cmds.append(("IDSEEK", keys.trace_ids(partition), leaf.prefixes, sampled))
-        elif isinstance(leaf, LIdMatch) and leaf.lua:
+        elif isinstance(leaf, LIdMatch) and leaf.lua and not every_id:
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("IDSAMPLE", keys.trace_ids(partition), leaf.predicate))
         elif isinstance(leaf, LIdMatch):
             # every id: HGETALL builds the reply natively (reading 100k ids into Lua and
-            # packing them would hold Redis's one thread several times longer)
-            probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("HGETALL", keys.trace_ids(partition)))
+            # packing them would hold Redis's one thread several times longer); read once
+            # for all such leaves
+            read = next((i for i, c in enumerate(cmds) if c[0] == "HGETALL"), None)
+            probe.slots[id(leaf)] = len(cmds) if read is None else read
+            if read is None:
+                cmds.append(("HGETALL", keys.trace_ids(partition)))
         elif isinstance(leaf, LPresent):
             key_set = leaf.index.key_set(keys, partition)
             if key_set is not None:

@@ -19,17 +19,7 @@ local function past_prefix(p)
     return sub(p, 1, n - 1) .. string.char(string.byte(p, n) + 1)
 end
 
--- Bytes of the UTF-8 character whose first byte is b.
-local function utf8_width(b)
-    if b < 0xC0 then
-        return 1
-    elseif b < 0xE0 then
-        return 2
-    elseif b < 0xF0 then
-        return 3
-    end
-    return 4
-end
+local utf8_width = Patterns.width -- bytes of the UTF-8 character whose first byte is b
 
 -- Feed take(values) the values of dkey's index that start with a string matching lead
 -- (literal runs, and counts of any characters: a LIKE pattern up to its first %), in byte

@@ -169,5 +169,6 @@ local function matcher(leaf)
 end
 
 Patterns.matcher = matcher
+Patterns.width = width
 Patterns.compile = compile
 Patterns.like = like
