@@ -219,3 +219,25 @@ def test_a_dense_lead_is_tested_rather_than_sought(
         for order in (None, ["tags.u"]):
             expected = ref.search(final, None, filter_string, order, None)
             assert all_pages(client, filter_string, order, 97) == expected, filter_string
+
+
+@pytest.mark.parametrize(
+    "filter_string",
+    [
+        "request_id RLIKE '[1-9]'",  # most ids
+        "request_id RLIKE '1' AND status = 'OK'",
+        "request_id NOT RLIKE '^_' AND NOT (request_id RLIKE '9$')",
+    ],
+)
+def test_many_matched_ids_go_as_a_bitmap(
+    loaded: tuple[Client, list[dict[str, object]]], filter_string: str
+) -> None:
+    """Past 1,024 trace numbers an id pattern's matches go to tt_query as a bitmap (7 bits
+    a character): every page, order and count as the reference's."""
+    client, final = loaded
+    text = client.explain(filter_string=filter_string)
+    assert "a bitmap of" in text, text
+    for order in (None, ["status", "request_id DESC"], ["execution_time_ms"]):
+        expected = ref.search(final, None, filter_string, order, None)
+        assert all_pages(client, filter_string, order, 97) == expected, (filter_string, order)
+    assert client.count(filter_string) == len(ref.search(final, None, filter_string, None, None))

@@ -45,7 +45,7 @@ PARTS: Final = (
     "fold_single.lua",  # the common case: a trace with one event in the batch
     "tag_limit.lua",  # events over the live-tags-per-trace limit taken out of a batch
     "apply.lua",  # tt_apply: a batch checked, folded, dead-lettered and acked
-    "pattern.lua",  # LIKE and ILIKE tested on a value, as the client's predicate
+    "pattern.lua",  # M and B leaves: LIKE/ILIKE tested per candidate, bitmaps of numbers
     "query_leaves.lua",  # leaf tests of a query plan
     "query_or.lua",  # a wide OR's children on one index tested together
     "query_eval.lua",  # the boolean tree over candidate lists

@@ -14,6 +14,8 @@ node                                            matches
 ``['R', zset, lo, hi]``                         traces whose score in ``<prefix>:<zset>`` is in
                                                 ``lo..hi`` (Redis score syntax: ``(5``, ``-inf``)
 ``['E', number, ...]``                          these trace numbers
+``['B', bitmap]``                                these trace numbers, as a bitmap: bit ``n % 7``
+                                                of character ``n // 7`` set (many numbers)
 ``['P', field]``                                traces whose hash has ``field`` (an attribute
                                                 is present)
 ``['A']`` / ``['Z']``                           every trace / none
@@ -52,7 +54,7 @@ __all__ = [
     "ValuesPlan",
 ]
 
-LeafKind: TypeAlias = Literal["V", "C", "R", "E", "P", "A", "Z", "L", "M"]
+LeafKind: TypeAlias = Literal["V", "C", "R", "E", "B", "P", "A", "Z", "L", "M"]
 NodeKind: TypeAlias = LeafKind | Literal["&", "|", "!"]
 #: A node of the table above, as tt_query reads it (its first element is a :data:`NodeKind`).
 Spec: TypeAlias = list[Any]

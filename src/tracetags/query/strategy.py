@@ -117,7 +117,7 @@ def plan_partition(
 
     if mode == "count":
         plan = QueryPlan(mode=mode, expr=tree.spec, sources=sources, residual=residual)
-        if tree.exact and tree.kind in ("V", "R", "E", "A", "Z", "C"):
+        if tree.exact and tree.kind in ("V", "R", "E", "B", "A", "Z", "C"):
             reason = f"exact from index sizes (O(1)): {tree.est:,.0f}"
             return done("exact", reason, plan, int(tree.est))
         algebra = count_terms(tree, total)

@@ -1,6 +1,7 @@
--- LIKE and ILIKE tested on one value in Lua, deciding exactly as the client's predicate
--- (_like_predicate in src/tracetags/query/logical.py): the M leaf tests a candidate's
--- register this way, so a pattern over a key of many values (or over the trace ids) needs
+-- The M leaf (a pattern tested on each candidate) and the B leaf (a bitmap of trace
+-- numbers) of a query plan.  LIKE and ILIKE are tested on one value in Lua deciding exactly
+-- as the client's predicate (_like_predicate in src/tracetags/query/logical.py): the M leaf
+-- tests a candidate's register this way, so a pattern over a key of many values (or over the trace ids) needs
 -- no reading of every value in the client.
 --
 -- A pattern is split on '%' into segments of a fixed length in characters (literal runs
@@ -168,7 +169,44 @@ local function matcher(leaf)
     end
 end
 
+local POW2 = { [0] = 1, 2, 4, 8, 16, 32, 64 }
+
+-- A B leaf: the candidates whose bit is set in the bitmap (bit n % 7 of byte n // 7: 7
+-- bits a byte keep it ASCII, a msgpack str).
+local function test_bitmap(bitmap, list, mask)
+    for i = 1, #list do
+        local n = tonumber(list[i])
+        local b = string.byte(bitmap, floor(n / 7) + 1)
+        if b and floor(b / POW2[n % 7]) % 2 == 1 then
+            mask[i] = true
+        end
+    end
+end
+
+-- An M leaf: each candidate's register (or field) read and matched by lua/pattern.lua.
+local function test_pattern(ctx, leaf, list, mask)
+    local test = leaf.test
+    if not test then
+        test = matcher(leaf)
+        leaf.test = test
+    end
+    local hash_prefix, field, stamped = ctx.prefix .. ':t:', leaf[2], leaf[3] == 1
+    for i = 1, #list do
+        if not mask[i] then
+            local raw = call('HGET', hash_prefix .. list[i], field)
+            if raw and stamped then
+                raw = Stamps.register_value(raw)
+            end
+            if raw and test(raw) then
+                mask[i] = true
+            end
+        end
+    end
+end
+
 Patterns.matcher = matcher
+Patterns.test_pattern = test_pattern
+Patterns.test_bitmap = test_bitmap
 Patterns.width = width
 Patterns.compile = compile
 Patterns.like = like

@@ -2,6 +2,7 @@
 -- chunk rather than per trace.
 
 local register_value = Stamps.register_value
+local test_pattern, test_bitmap = Patterns.test_pattern, Patterns.test_bitmap
 local zmscore = Sets.zmscore
 local fingerprint = Lookups.fingerprint
 
@@ -20,6 +21,7 @@ Leaves (arrays, first element is the kind):
   {'R', zname, lo, hi}            traces whose score in <prefix>:<zname> is within lo..hi
                                   (Redis score syntax: '(5', '-inf')
   {'E', number...}                these trace numbers
+  {'B', bitmap}                   these trace numbers: bit n % 7 of byte n // 7 set
   {'P', field}                    traces whose hash has the field (an attribute is present)
   {'M', field, stamped, op, negated, pattern}  traces whose hash field (a register when
                                   stamped is 1) matches a LIKE ('L') or ILIKE ('I') pattern
@@ -283,27 +285,6 @@ local function test_by_registers(ctx, leaf, list, mask)
     return true
 end
 
--- An M leaf: each candidate's register (or field) read and matched by lua/pattern.lua.
-local function test_pattern(ctx, leaf, list, mask)
-    local test = leaf.test
-    if not test then
-        test = Patterns.matcher(leaf)
-        leaf.test = test
-    end
-    local hash_prefix, field, stamped = ctx.prefix .. ':t:', leaf[2], leaf[3] == 1
-    for i = 1, #list do
-        if not mask[i] then
-            local raw = call('HGET', hash_prefix .. list[i], field)
-            if raw and stamped then
-                raw = register_value(raw)
-            end
-            if raw and test(raw) then
-                mask[i] = true
-            end
-        end
-    end
-end
-
 -- Mark in mask the members of list that the leaf holds.
 local function test_leaf(ctx, leaf, list, mask)
     local kind = leaf[1]
@@ -362,6 +343,8 @@ local function test_leaf(ctx, leaf, list, mask)
         end
     elseif kind == 'M' then
         test_pattern(ctx, leaf, list, mask)
+    elseif kind == 'B' then
+        test_bitmap(leaf[2], list, mask)
     elseif kind == 'A' then
         for i = 1, #list do
             mask[i] = true
