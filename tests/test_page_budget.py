@@ -84,10 +84,13 @@ ORDERS: list[list[str] | None] = [
 
 
 def _walk(
-    client: Client, filter_string: str | None, order: list[str] | None, size: int
+    client: Client,
+    filter_string: str | None,
+    order: list[str] | None,
+    size: int,
+    token: str | None = None,
 ) -> list[str]:
     ids: list[str] = []
-    token = None
     while True:
         page = client.search_traces(
             filter_string=filter_string, order_by=order, max_results=size, page_token=token
@@ -280,3 +283,46 @@ def test_a_scan_under_a_not_of_thousands_of_values_makes_progress_each_call(
     page = big.search_traces(filter_string=filter_string)
     assert [t.info.trace_id for t in page] == direct
     assert len(calls) < 100, len(calls)  # 60,000 traces: ~600+ a call at the least
+
+
+@pytest.mark.parametrize("gives_up", [1, 2, 3])
+def test_a_page_that_gives_up_once_is_found_in_steps(
+    loaded: tuple[Client, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, gives_up: int
+) -> None:
+    """The first ``gives_up`` calls of each page give up; the page is then found a few rows
+    a call from the last row's position (pages.py: steps), not by a scan of every trace,
+    unless two steps in a row give up; every page equals the reference's, tokens too."""
+    from tracetags.query import pages
+
+    client, final = loaded
+    scanned: list[int] = []
+    real = pages._budgeted_page
+
+    def spy(*args: Any) -> Any:
+        scanned.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(pages, "_budgeted_page", spy)
+    for filter_string in FILTERS:
+        for order in ORDERS:
+            left = [gives_up]
+
+            def deadline(budget_us: int, left: list[int] = left) -> int:
+                left[0] -= 1
+                return 1 if left[0] >= 0 else budget_us
+
+            monkeypatch.setattr(budget, "call_deadline_us", deadline)
+            executor.clear_caches()
+            expected = ref.search(final, None, filter_string, order, None)
+            page = client.search_traces(filter_string=filter_string, order_by=order, max_results=70)
+            assert [t.info.trace_id for t in page] == expected[:70], (filter_string, order)
+            assert (page.token is None) == (len(expected) <= 70)
+            monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: budget_us)
+            if page.token is not None:
+                rest = _walk(client, filter_string, order, 333, page.token)
+                assert rest == expected[70:], (filter_string, order)
+    # two partitions: a page's first call is one pipeline of both; steps then per partition
+    if gives_up < 3:
+        assert not scanned
+    else:  # the first call and two steps give up: the budgeted ways answer
+        assert scanned

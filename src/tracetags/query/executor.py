@@ -586,7 +586,10 @@ def search(
     def order_key(fields: RawTrace) -> Any:
         return by_order(_row_values(fields, specs))
 
-    replies = pages.run_pages(client, keys, plans, order_key, budget_ms)
+    def cursor_of(fields: RawTrace) -> list[list[Any]]:
+        return [[0] if v is None else [1, v] for v in _row_values(fields, specs)]
+
+    replies = pages.run_pages(client, keys, plans, order_key, budget_ms, cursor_of)
     if len(replies) == 1:
         found, rows = replies[0]
         more = found > len(rows)
@@ -595,7 +598,9 @@ def search(
         while short is not None:  # at most once per partition: it then shows a whole page
             plan = plans[short]
             plan.plan = msgspec.structs.replace(plan.plan, limit=max_results + 1, shown=max_results)
-            replies[short] = pages.run_pages(client, keys, [plan], order_key, budget_ms)[0]
+            replies[short] = pages.run_pages(client, keys, [plan], order_key, budget_ms, cursor_of)[
+                0
+            ]
             rows, taken, short = _merge(specs, replies, max_results)
         # A next page exists iff some partition has a match the page did not take.
         more = any(found > n for (found, _), n in zip(replies, taken, strict=True))

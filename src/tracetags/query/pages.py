@@ -65,9 +65,11 @@ def run_pages(
     plans: Sequence[PartitionPlan],
     order_key: Callable[[RawTrace], Any],
     budget_ms: int,
+    cursor_of: Callable[[RawTrace], list[list[Any]]] | None = None,
 ) -> list[tuple[int, list[RawTrace]]]:
     """Each partition's page reply ``(rows found, hashes shown)``: one pipelined call per
-    partition with the deadline, then the budgeted ways for the partitions that gave up
+    partition with the deadline, then, for the partitions that gave up, steps (with
+    ``cursor_of``: a row's position as a plan cursor) and else the budgeted ways
     (``order_key``: a row's sort key in the page's order)."""
     budget_us = max(1, budget_ms) * 1000
     deadline = budget.call_deadline_us(budget_us)
@@ -81,9 +83,61 @@ def run_pages(
     for i, raw in zip(direct, raws, strict=True):
         replies[i] = PAGE_DECODER.decode(raw)
     for i, (found, _) in enumerate(replies):
-        if found < 0:
+        if found < 0 and cursor_of is not None and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES:
+            replies[i] = _stepped_page(client, keys, plans[i], cursor_of, budget_us)
+        if replies[i][0] < 0:
             replies[i] = _budgeted_page(client, keys, plans[i], order_key, budget_us)
     return replies
+
+
+#: The rows of a step's first call (a page that gave up in one call is then found a few
+#: rows a call, from the last row's position, as the next pages of a page token are).
+FIRST_STEP_ROWS: Final = 16
+#: Steps end (the budgeted ways take over) after this many calls in a row give up: the
+#: matches are then sparse, and each step would walk as far as the whole page.
+MAX_STEP_GIVE_UPS: Final = 2
+
+
+def _stepped_page(
+    client: SyncClient,
+    keys: Keys,
+    plan: PartitionPlan,
+    cursor_of: Callable[[RawTrace], list[list[Any]]],
+    budget_us: int,
+) -> tuple[int, list[RawTrace]]:
+    """A page that gave up in one call, found in steps: each call the same plan for a few
+    rows after the previous call's last row (its cursor), within the deadline.  A call
+    that finds fewer rows than asked ends the page; one that gives up asks a quarter as
+    many; two in a row that give up (sparse matches: a gap of non-matching traces longer
+    than a call) end the steps (``(-1, [])``: the budgeted ways find the page).  The work is the
+    page's own walk, cut into calls, where a budgeted scan tests every trace."""
+    query = plan.plan
+    limit = query.limit or 0
+    shown = query.shown if query.shown is not None else limit
+    rows: list[RawTrace] = []
+    cursor = query.cursor
+    step, gave_up = FIRST_STEP_ROWS, 0
+    while len(rows) < limit:
+        want = min(step, limit - len(rows))
+        deadline = budget.call_deadline_us(budget_us)
+        call = msgspec.structs.replace(
+            query, limit=want, shown=want, cursor=cursor, deadline=deadline
+        )
+        (raw,) = functions.query_partitions(client, keys, [(plan.partition, _ENCODER.encode(call))])
+        found, got = PAGE_DECODER.decode(raw)
+        if found < 0:
+            gave_up += 1
+            if gave_up == MAX_STEP_GIVE_UPS or want == 1:
+                return -1, []
+            step = max(1, want // 4)
+            continue
+        gave_up = 0
+        rows.extend(got)
+        if found < want:
+            break
+        cursor = cursor_of(got[-1])
+        step = min(2 * step, limit)
+    return len(rows), rows[:shown]
 
 
 def _budgeted_page(
