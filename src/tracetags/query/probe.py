@@ -109,8 +109,8 @@ def values_sample(
     pairs = list(zip(sampled[::2], sampled[1::2], strict=True))
     if not pairs:
         return None
-    weight = sum(float(score) for v, score in pairs if predicate(_text(v)) != negated)
-    hits = sum(1 for v, _ in pairs if predicate(_text(v)) != negated)
+    matching = [float(score) for v, score in pairs if predicate(_text(v)) != negated]
+    hits, weight = len(matching), sum(matching)
     expected = weight / len(pairs) * values
     if expected < ID_TEST_MIN_MATCHES:
         return None
