@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,14 @@ def publish_segments(store: Any, log: list[Row], sizes: list[int], partition: in
         i += 1
 
 
-def of_trace(log: list[Row], trace_id: str) -> list[Row]:
-    return [(i, e) for i, e in log if not isinstance(e, bytes) and e.trace_id == trace_id]
+def trace_histories(log: list[Row]) -> Callable[[str], list[Row]]:
+    """``history(trace_id)``: the log's entries of the trace, in log order (the log is read
+    once, not once per trace)."""
+    grouped: dict[str, list[Row]] = defaultdict(list)
+    for entry_id, event in log:
+        if not isinstance(event, bytes):
+            grouped[event.trace_id].append((entry_id, event))
+    return lambda trace_id: grouped.get(trace_id, [])
 
 
 def trace_ids(log: list[Row]) -> list[str]:
@@ -154,9 +161,10 @@ def test_read_trace_equals_the_full_scan_filtered(
     log = make_log(seed, events, traces=max(1, events // 4))
     publish_segments(store, log, sizes)
     until_ms = parse_entry_id(log[int(cut * (len(log) - 1))][0])[0]
+    history = trace_histories(log)
     for trace_id in [*trace_ids(log)[:40], "tr-absent", "", "zzz"]:
-        assert list(read_trace(store, NS, 0, trace_id)) == of_trace(log, trace_id)
-        expected = [(i, e) for i, e in of_trace(log, trace_id) if parse_entry_id(i)[0] <= until_ms]
+        assert list(read_trace(store, NS, 0, trace_id)) == history(trace_id)
+        expected = [(i, e) for i, e in history(trace_id) if parse_entry_id(i)[0] <= until_ms]
         assert list(read_trace(store, NS, 0, trace_id, until_ms=until_ms)) == expected
 
 
@@ -174,9 +182,10 @@ def test_read_trace_reads_only_the_row_groups_that_may_hold_the_trace(
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
     ids = trace_ids(log)
+    history = trace_histories(log)
     for trace_id in ids[:30]:
         found = list(read_trace(store, NS, 0, trace_id))
-        assert found == of_trace(log, trace_id)
+        assert found == history(trace_id)
     # Each trace: at most one group per segment it is in (plus rare false positives), of
     # 3 groups per segment.
     assert sum(len(g) for g in read) <= 30 * 4 * 1.2
@@ -210,8 +219,9 @@ def test_read_trace_of_segments_from_before_the_trace_bounds_and_row_groups(
     data = sink.getvalue().to_pybytes()
     manifest.publish(store, NS, 0, second.first, second.last, entry.rows, data, 1)
     CACHE.clear()
+    history = trace_histories(log)
     for trace_id in trace_ids(log):
-        assert list(read_trace(store, NS, 0, trace_id)) == of_trace(log, trace_id)
+        assert list(read_trace(store, NS, 0, trace_id)) == history(trace_id)
 
 
 def test_the_cache_is_bounded_and_keyed_by_content(tmp_path: Path) -> None:
@@ -243,13 +253,14 @@ def test_ids_held_twice_are_returned_once(tmp_path: Path) -> None:
         first, last = parse_entry_id(chunk[0][0]), parse_entry_id(chunk[-1][0])
         manifest.publish(store, NS, 0, first, last, len(chunk), write_segment(chunk), 1)
     assert list(read_partition(store, NS, 0)) == log
+    history = trace_histories(log)
     for trace_id in trace_ids(log):
-        assert list(read_trace(store, NS, 0, trace_id)) == of_trace(log, trace_id)
+        assert list(read_trace(store, NS, 0, trace_id)) == history(trace_id)
     report = compact_partition(store, NS, 0, target_rows=10_000, grace_ms=0, full=True)
     assert report.written == 1 and report.rows == len(log)
     assert list(read_partition(store, NS, 0)) == log
     for trace_id in trace_ids(log):
-        assert list(read_trace(store, NS, 0, trace_id)) == of_trace(log, trace_id)
+        assert list(read_trace(store, NS, 0, trace_id)) == history(trace_id)
 
 
 # --- the manifest's supersession --------------------------------------------------------
@@ -317,8 +328,9 @@ def test_compaction_keeps_every_entry_and_every_trace_history(
     assert report.written >= 1 and report.merged > report.written
     assert list(read_partition(store, NS, 0)) == log
     # Every trace on a local store; on moto (slow) a sample.
+    history = trace_histories(log)
     for trace_id in ids if isinstance(store, LocalStore) else ids[::10]:
-        assert list(read_trace(store, NS, 0, trace_id)) == of_trace(log, trace_id)
+        assert list(read_trace(store, NS, 0, trace_id)) == history(trace_id)
     # Within the grace period the replaced segments stay, superseded (not visible).
     entries = manifest.list_entries(store, NS, 0)
     visible, hidden = manifest.split_superseded(entries)
@@ -330,7 +342,7 @@ def test_compaction_keeps_every_entry_and_every_trace_history(
     assert len(segs) == report.segments
     assert list(read_partition(store, NS, 0)) == log
     for trace_id in ids[::7]:
-        assert list(read_trace(store, NS, 0, trace_id)) == of_trace(log, trace_id)
+        assert list(read_trace(store, NS, 0, trace_id)) == history(trace_id)
 
 
 def test_a_reader_mid_read_survives_the_removal_of_what_it_listed(tmp_path: Path) -> None:
@@ -372,8 +384,9 @@ def test_a_failure_while_removing_superseded_segments_loses_nothing(
     with pytest.raises(OSError, match="injected"):
         compact_partition(store, NS, 0, target_rows=100_000, grace_ms=0, full=True)
     assert list(read_partition(store, NS, 0)) == log
+    history = trace_histories(log)
     for trace_id in trace_ids(log)[::5]:
-        assert list(read_trace(store, NS, 0, trace_id)) == of_trace(log, trace_id)
+        assert list(read_trace(store, NS, 0, trace_id)) == history(trace_id)
     report = compact_partition(store, NS, 0, target_rows=100_000, grace_ms=0, full=True)
     assert report.written == 0
     assert len(manifest.list_entries(store, NS, 0)) == 1
@@ -450,8 +463,9 @@ def test_a_compaction_killed_at_any_step_loses_and_duplicates_nothing(
     # Whatever step it died at, readers see every entry once.
     assert list(read_partition(store, ns, 0)) == log
     ids = trace_ids(log)
+    history = trace_histories(log)
     for trace_id in ids[::3]:
-        assert list(read_trace(store, ns, 0, trace_id)) == of_trace(log, trace_id)
+        assert list(read_trace(store, ns, 0, trace_id)) == history(trace_id)
     visible = manifest.list_visible(store, ns, 0)
     entries = manifest.list_entries(store, ns, 0)
     orphans = manifest.orphans(store, ns, 0, entries)
@@ -468,7 +482,7 @@ def test_a_compaction_killed_at_any_step_loses_and_duplicates_nothing(
     assert proc.returncode == 0, err
     assert list(read_partition(store, ns, 0)) == log
     for trace_id in ids if isinstance(store, LocalStore) else ids[::4]:
-        assert list(read_trace(store, ns, 0, trace_id)) == of_trace(log, trace_id)
+        assert list(read_trace(store, ns, 0, trace_id)) == history(trace_id)
     entries = manifest.list_entries(store, ns, 0)
     assert manifest.split_superseded(entries)[1] == []
     assert manifest.orphans(store, ns, 0, entries) == []

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -58,6 +59,14 @@ def test_serve_archives_and_trims_the_folded_log(
             written = [raw.decode() for raw, _ in r.xrange(keys.stream(0))]
             client.wait_applied(receipt, timeout=60)
             wait_until(lambda: r.xlen(keys.stream(0)) == 0, timeout=60, interval=0.1)
+            # The archiver writes a run's status just after its trim: read one written since.
+            trimmed_ms = int(time.time() * 1000)
+
+            def run_since_the_trim() -> bool:
+                archive = client.status().partitions[0].archive
+                return archive is not None and (archive.last_run_ms or 0) >= trimmed_ms
+
+            wait_until(run_since_the_trim, timeout=60, interval=0.1)
             archive = client.status().partitions[0].archive
             assert archive is not None and archive.archived_up_to == written[-1]
             assert archive.held_back == "" and archive.error is None

@@ -21,6 +21,9 @@ from tracetags.errors import QueryLimitError
 from tracetags.query import budget, executor
 from tracetags.settings import Settings
 
+#: No call may hold Redis past 25 ms: run alone (scripts/test), not beside other tests' load.
+pytestmark = pytest.mark.serial
+
 BASE = qd.BASE_MS
 
 

@@ -14,6 +14,12 @@ from tests.faults.proxy import FaultProxy
 from tracetags.embedded import RedisServer, free_port
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Every fault test bounds a time (recovery, resume, stop) that another test's load
+    could stretch: scripts/test runs them alone."""
+    item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
     if not shutil.which("redis-server"):
