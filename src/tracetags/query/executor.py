@@ -46,8 +46,8 @@ from tracetags.query.probe import (
     MatchedValues,
     Probe,
     SampledIds,
-    id_test_pays,
     probe_commands,
+    sampled_ids,
     sizes_only,
     values_sample,
 )
@@ -296,14 +296,15 @@ def _ids_or_sample(
     client: SyncClient, key: str, predicate: Any, total: int, sampled: Any
 ) -> SampledIds | dict[Any, Any]:
     """For a request_id pattern: a sample of the ids when tt_query can test the pattern on
-    each candidate and that pays (``predicate`` set, :func:`probe.id_test_pays`), else
+    each candidate and that pays (``predicate`` set, :func:`probe.sampled_ids`), else
     every id (``{id: number}``)."""
-    if predicate is not None:
+    if predicate is not None and total > 0:
         if sampled is None:
             sampled = client.hrandfield(key, ID_SAMPLE, withvalues=True)
         sample = dict(zip(sampled[::2], sampled[1::2], strict=True))
-        if id_test_pays(sample, predicate, total):
-            return SampledIds(sample)
+        chosen = sampled_ids(sample, predicate, total) if sample else None
+        if chosen is not None:
+            return chosen
     got: Any = client.hgetall(key)
     return dict(got)
 
@@ -598,9 +599,9 @@ def search(
         while short is not None:  # at most once per partition: it then shows a whole page
             plan = plans[short]
             plan.plan = msgspec.structs.replace(plan.plan, limit=max_results + 1, shown=max_results)
-            replies[short] = pages.run_pages(client, keys, [plan], order_key, budget_ms, cursor_of)[
-                0
-            ]
+            (replies[short],) = pages.run_pages(
+                client, keys, [plan], order_key, budget_ms, cursor_of
+            )
             rows, taken, short = _merge(specs, replies, max_results)
         # A next page exists iff some partition has a match the page did not take.
         more = any(found > n for (found, _), n in zip(replies, taken, strict=True))

@@ -30,7 +30,14 @@ from tracetags.query.logical import (
     ValueIndex,
 )
 from tracetags.query.plan import NodeKind, Spec
-from tracetags.query.probe import MatchedCount, MatchedValues, Probe, SampledIds, SampledValues
+from tracetags.query.probe import (
+    MatchedCount,
+    MatchedValues,
+    Probe,
+    SampledIds,
+    SampledValues,
+    reply_text,
+)
 
 __all__ = ["BITMAP_MIN_NUMBERS", "SOUGHT_VALUES_MAX", "PNode", "describe", "physical", "reply_text"]
 
@@ -59,11 +66,6 @@ class PNode:
     field: str | None = None
     #: V leaves of a tag or metadata key: the key's set (traces that have the key).
     key_set: str | None = None
-
-
-def reply_text(value: bytes | str) -> str:
-    """A reply string as str."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _leaf(kind: NodeKind, spec: Spec, est: float, text: str, *, enumerable: bool) -> PNode:
@@ -183,10 +185,9 @@ def physical(
             mapping = replies[probe.slots[id(node)]]
             predicate = node.predicate
             if isinstance(mapping, SampledIds):
-                sample = mapping.ids
-                if len(sample) < total and node.lua is not None:
-                    return _id_test(node, node.lua, sample)
-                mapping = sample  # every id of the partition
+                if len(mapping.ids) < total and node.lua is not None:
+                    return _id_test(node, node.lua, mapping)
+                mapping = mapping.ids  # every id of the partition
             matched = [no for trace_id, no in mapping.items() if predicate(reply_text(trace_id))]
             if matched and len(matched) >= total:  # every trace: nothing to enumerate
                 return _leaf("A", ["A"], total, f"{node.text} (every trace)", enumerable=True)
@@ -194,27 +195,24 @@ def physical(
             return _numbers(numbers, node.text)
         raise TypeError(f"not a logical node: {node!r}")
 
-    def _id_test(node: LIdMatch, lua: tuple[str, int, str], sample: dict[Any, Any]) -> PNode:
-        # An M leaf: tt_query tests each candidate's id; its share of matches is the sample's
-        # (half a match when none of the sample does: rare, not impossible).
-        hits = sum(1 for trace_id in sample if node.predicate(reply_text(trace_id)))
-        est = total * max(hits, 0.5) / max(len(sample), 1)
-        op, negated, pattern = lua
-        spec = ["M", "i", 0, op, negated, pattern]
-        shown = f"{node.text} [each candidate's id tested; {hits} of {len(sample)} sampled match]"
-        leaf = PNode("M", spec, min(est, total), shown)
-        return leaf
+    def _id_test(node: LIdMatch, lua: tuple[str, int, str], sample: SampledIds) -> PNode:
+        # its share of matches is the sample's (half a match when none of the sample does)
+        n = max(len(sample.ids), 1)
+        shown = f"each candidate's id tested; {sample.hits} of {n} sampled match"
+        return _pattern_leaf(node.text, "i", 0, lua, total * max(sample.hits, 0.5) / n, shown)
 
     def _value_test(node: LMatch, lua: tuple[str, int, str], reply: SampledValues) -> PNode:
-        op, negated, pattern = lua
-        spec = ["M", node.index.hash_field, 1, op, negated, pattern]
         shown = (
-            f"{node.text} [each candidate's value tested; {reply.hits} of {reply.sampled}"
-            f" sampled values of {reply.values:,} match]"
+            f"each candidate's value tested; {reply.hits} of {reply.sampled}"
+            f" sampled values of {reply.values:,} match"
         )
-        leaf = PNode("M", spec, min(reply.expected, total), shown)
-        leaf.field = node.index.hash_field
-        return leaf
+        return _pattern_leaf(node.text, node.index.hash_field, 1, lua, reply.expected, shown)
+
+    def _pattern_leaf(
+        text: str, field: str, stamped: int, lua: tuple[str, int, str], est: float, shown: str
+    ) -> PNode:
+        # An M leaf: tt_query reads each candidate's field and matches it (lua/pattern.lua).
+        return PNode("M", ["M", field, stamped, *lua], min(est, total), f"{text} [{shown}]")
 
     def _sought(node: LMatch, reply: MatchedCount) -> PNode:
         if not reply.values:
@@ -222,10 +220,9 @@ def physical(
         if reply.values > SOUGHT_VALUES_MAX and node.lua is not None:
             # a dense lead ('c%' over thousands of values): test each candidate's value
             # rather than seek every value and test their sets
-            spec = ["M", node.index.hash_field, 1, *node.lua]
-            shown = f"{node.text} [each candidate's value tested; {reply.values:,} values match]"
-            leaf = PNode("M", spec, reply.traces, shown, exact=True)
-            leaf.field = node.index.hash_field
+            shown = f"each candidate's value tested; {reply.values:,} values match"
+            leaf = _pattern_leaf(node.text, node.index.hash_field, 1, node.lua, reply.traces, shown)
+            leaf.exact = True
             return leaf
         index = node.index
         spec = [
@@ -263,8 +260,7 @@ def _numbers(numbers: list[str], text: str) -> PNode:
     bitmap of the partition's numbers, 7 bits a character (bit n % 7 of character n // 7
     set for number n: ASCII, so a msgpack str, which Redis's cmsgpack reads; it has no bin
     type), ~1/7 byte a trace instead of ~7 bytes a number in the plan and a table entry per
-    call in Lua (an RLIKE on request_id matching 60k ids made a 1 MB plan, refused when
-    budgeted)."""
+    call in Lua."""
     if len(numbers) <= BITMAP_MIN_NUMBERS:
         return _leaf("E", ["E", *numbers], len(numbers), text, enumerable=True)
     ints = [int(n) for n in numbers]

@@ -33,8 +33,9 @@ __all__ = [
     "Probe",
     "SampledIds",
     "SampledValues",
-    "id_test_pays",
     "probe_commands",
+    "reply_text",
+    "sampled_ids",
     "sizes_only",
     "values_sample",
 ]
@@ -46,7 +47,7 @@ ID_SAMPLE = 256
 #: a test costs ~3 us a candidate in Lua, reading an id in the client ~1 us, and a walk
 #: fills a page of 100 after ~100 / share candidates, so testing pays off from ~300 matches
 #: (then it tests a few thousand candidates at most, where reading every id reads them all).
-ID_TEST_MIN_MATCHES = 300
+TEST_MIN_MATCHES = 300
 
 
 @dataclass
@@ -84,10 +85,11 @@ class MatchedCount(NamedTuple):
 
 class SampledIds(NamedTuple):
     """A probe's reply for a request_id pattern tt_query tests itself on each candidate: a
-    random sample of the partition's ``{id: number}`` with enough matches (or every id,
-    when the partition holds at most :data:`ID_SAMPLE`)."""
+    random sample of the partition's ``{id: number}`` with enough matches, ``hits`` of them
+    matching (or every id, when the partition holds at most :data:`ID_SAMPLE`)."""
 
     ids: dict[Any, Any]
+    hits: int
 
 
 class SampledValues(NamedTuple):
@@ -105,28 +107,30 @@ def values_sample(
     sampled: list[Any], values: int, predicate: Any, negated: bool
 ) -> SampledValues | None:
     """The sample (ZRANDMEMBER WITHSCORES, flat) as :class:`SampledValues` when testing each
-    candidate pays (at least :data:`ID_TEST_MIN_MATCHES` expected), else None."""
+    candidate pays (at least :data:`TEST_MIN_MATCHES` expected), else None."""
     pairs = list(zip(sampled[::2], sampled[1::2], strict=True))
     if not pairs:
         return None
-    matching = [float(score) for v, score in pairs if predicate(_text(v)) != negated]
+    matching = [float(score) for v, score in pairs if predicate(reply_text(v)) != negated]
     hits, weight = len(matching), sum(matching)
     expected = weight / len(pairs) * values
-    if expected < ID_TEST_MIN_MATCHES:
+    if expected < TEST_MIN_MATCHES:
         return None
     return SampledValues(expected, hits, len(pairs), values)
 
 
-def id_test_pays(sample: dict[Any, Any], predicate: Any, total: int) -> bool:
-    """Whether testing each candidate's id (an M leaf) beats reading every id, by the
-    sample's share of matches (:data:`ID_TEST_MIN_MATCHES`)."""
-    if not sample or len(sample) >= total:
-        return True  # (the sample is every id: physical() decides exactly from it)
-    hits = sum(1 for trace_id in sample if predicate(_text(trace_id)))
-    return total * hits / len(sample) >= ID_TEST_MIN_MATCHES
+def sampled_ids(sample: dict[Any, Any], predicate: Any, total: int) -> SampledIds | None:
+    """The sample as :class:`SampledIds` when testing each candidate's id (an M leaf) beats
+    reading every id, by the sample's share of matches (:data:`TEST_MIN_MATCHES`), or when it
+    is every id of the partition (physical() then decides exactly from it); else None."""
+    hits = sum(1 for trace_id in sample if predicate(reply_text(trace_id)))
+    if len(sample) >= total or total * hits / len(sample) >= TEST_MIN_MATCHES:
+        return SampledIds(sample, hits)
+    return None
 
 
-def _text(value: bytes | str) -> str:
+def reply_text(value: bytes | str) -> str:
+    """A reply string as str."""
     return value.decode() if isinstance(value, bytes) else value
 
 
