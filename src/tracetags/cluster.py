@@ -10,6 +10,7 @@ producer's core reads a cluster's replies exactly as a single node's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
@@ -18,6 +19,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from tracetags import redis_errors
+from tracetags.connections import read_reply, read_reply_async
 
 #: Redirections followed for one unit before its error reply is handed back.
 MAX_REDIRECTS: Final = 5
@@ -93,8 +95,10 @@ def _sort_replies(
 class SyncRouter:
     """Runs raw command lists on a ``redis.cluster.RedisCluster`` (see the module docstring)."""
 
-    def __init__(self, client: redis.cluster.RedisCluster) -> None:
+    def __init__(self, client: redis.cluster.RedisCluster, *, reply_wait_s: float = 0.0) -> None:
         self.client = client
+        #: How long replies are waited for past socket timeouts (see ``read_reply``).
+        self.reply_wait_s = reply_wait_s
         # The client's slot table may be older than a failover: read it on first use.
         self._stale = True
 
@@ -170,16 +174,18 @@ class SyncRouter:
             except redis_errors.FAILURES as exc:
                 sent.append((pool, conn, units, exc))
         out: list[tuple[Unit, list[Any]]] = []
+        deadline = time.monotonic() + self.reply_wait_s
         for pool, conn, units, error in sent:
             try:
                 for unit, asking in units:
                     if error is not None:
                         out.append((unit, [error] * (unit.end - unit.start)))
                         continue
-                    if asking:
-                        _read(conn)
                     try:
-                        out.append((unit, [_read(conn) for _ in range(unit.end - unit.start)]))
+                        if asking:
+                            read_reply(conn, deadline)
+                        got = [read_reply(conn, deadline) for _ in range(unit.end - unit.start)]
+                        out.append((unit, got))
                     except redis_errors.FAILURES as exc:
                         error = exc
                         out.append((unit, [exc] * (unit.end - unit.start)))
@@ -193,18 +199,14 @@ class SyncRouter:
         return out
 
 
-def _read(conn: Any) -> Any:
-    try:
-        return conn.read_response()
-    except redis.ResponseError as exc:
-        return exc
-
-
 class AsyncRouter:
     """:class:`SyncRouter` for ``redis.asyncio.cluster.RedisCluster``."""
 
-    def __init__(self, client: redis.asyncio.cluster.RedisCluster) -> None:
+    def __init__(
+        self, client: redis.asyncio.cluster.RedisCluster, *, reply_wait_s: float = 0.0
+    ) -> None:
         self.client = client
+        self.reply_wait_s = reply_wait_s
         self._stale = True  # the client discovers the cluster on first use
         # A pool per node, made from the node's own connection settings: the async
         # ClusterNode lends connections only to its own commands (and older redis-py has
@@ -289,16 +291,20 @@ class AsyncRouter:
             except redis_errors.FAILURES as exc:
                 sent.append((pool, conn, units, exc))
         out: list[tuple[Unit, list[Any]]] = []
+        deadline = time.monotonic() + self.reply_wait_s
         for pool, conn, units, error in sent:
             try:
                 for unit, asking in units:
                     if error is not None:
                         out.append((unit, [error] * (unit.end - unit.start)))
                         continue
-                    if asking:
-                        await _read_async(conn)
                     try:
-                        got = [await _read_async(conn) for _ in range(unit.end - unit.start)]
+                        if asking:
+                            await read_reply_async(conn, deadline)
+                        got = [
+                            await read_reply_async(conn, deadline)
+                            for _ in range(unit.end - unit.start)
+                        ]
                         out.append((unit, got))
                     except redis_errors.FAILURES as exc:
                         error = exc
@@ -311,10 +317,3 @@ class AsyncRouter:
                         await conn.disconnect()
                     await pool.release(conn)
         return out
-
-
-async def _read_async(conn: Any) -> Any:
-    try:
-        return await conn.read_response()
-    except redis.ResponseError as exc:
-        return exc

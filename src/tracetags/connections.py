@@ -7,6 +7,7 @@ hang."""
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any, Final
 
 import redis
@@ -91,3 +92,34 @@ def async_client(url: str, **kwargs: Any) -> AsyncClient:
     if seed is None:
         return redis.asyncio.Redis.from_url(url, **kwargs)
     return redis.asyncio.cluster.RedisCluster.from_url(seed, **kwargs)
+
+
+def read_reply(conn: Any, deadline: float) -> Any:
+    """The next reply on ``conn`` (an error reply returned, not raised), waiting past socket
+    timeouts until ``deadline`` (``time.monotonic()``).
+
+    A write pipeline whose replies are late must not be given up early: once its connection
+    is closed, its fate is unknown, yet a stalled server may still run it after the writer
+    has looked for it and resent it.  Reading on (the parser keeps what it has read) lets the
+    replies say what happened.
+    """
+    while True:
+        try:
+            return conn.read_response(disconnect_on_error=False)
+        except redis.ResponseError as exc:
+            return exc
+        except redis.TimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+
+
+async def read_reply_async(conn: Any, deadline: float) -> Any:
+    """:func:`read_reply` on a ``redis.asyncio`` connection."""
+    while True:
+        try:
+            return await conn.read_response(disconnect_on_error=False)
+        except redis.ResponseError as exc:
+            return exc
+        except redis.TimeoutError:
+            if time.monotonic() >= deadline:
+                raise

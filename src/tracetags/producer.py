@@ -31,7 +31,13 @@ from redis.retry import Retry
 
 from tracetags import redis_errors, schemas
 from tracetags.cluster import AsyncRouter, SyncRouter
-from tracetags.connections import async_client, socket_options, sync_client
+from tracetags.connections import (
+    async_client,
+    read_reply,
+    read_reply_async,
+    socket_options,
+    sync_client,
+)
 from tracetags.errors import (
     BufferFullError,
     EventLimitError,
@@ -862,7 +868,7 @@ class TagProducer(_ProducerBase):
             self.settings.effective_redis_url, **_client_kwargs(self.settings)
         )
         self._router = (
-            SyncRouter(self._client)
+            SyncRouter(self._client, reply_wait_s=self.settings.producer_reply_wait_ms / 1000)
             if isinstance(self._client, redis.cluster.RedisCluster)
             else None
         )
@@ -923,13 +929,8 @@ class TagProducer(_ProducerBase):
             return exc
         try:
             conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-            return replies
+            deadline = time.monotonic() + self.settings.producer_reply_wait_ms / 1000
+            return [read_reply(conn, deadline) for _ in commands]
         except (redis.RedisError, OSError) as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]
             return exc
@@ -997,7 +998,7 @@ class AsyncTagProducer(_ProducerBase):
             self.settings.effective_redis_url, **_client_kwargs(self.settings, for_asyncio=True)
         )
         self._router = (
-            AsyncRouter(self._client)
+            AsyncRouter(self._client, reply_wait_s=self.settings.producer_reply_wait_ms / 1000)
             if isinstance(self._client, redis.asyncio.cluster.RedisCluster)
             else None
         )
@@ -1059,13 +1060,8 @@ class AsyncTagProducer(_ProducerBase):
             return exc
         try:
             await conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-            return replies
+            deadline = time.monotonic() + self.settings.producer_reply_wait_ms / 1000
+            return [await read_reply_async(conn, deadline) for _ in commands]
         except (redis.RedisError, OSError) as exc:
             await conn.disconnect()
             return exc

@@ -107,6 +107,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     producer_wait_timeout_ms: int = 1_000
     #: Socket connect/read timeout of the producer's connection.
     socket_timeout_ms: int = 5_000
+    #: How long the producer keeps waiting for the replies of a write it has sent before it
+    #: gives the connection up.  A stalled server (a slow fsync, a long script) answers late:
+    #: closing the connection then would leave the write's fate unknown while the server may
+    #: still run it after the producer looked for it (written twice).  Past this wait the
+    #: producer reconnects, finds what landed and resends the rest.
+    producer_reply_wait_ms: int = 15_000
     #: ``tracetags serve`` kills and restarts a worker whose fold call has been in flight
     #: (or whose event loop has been silent) this long: a fold stuck for good, not waiting.
     watchdog_ms: int = 60_000
@@ -221,6 +227,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "query_call_budget_ms",
             "stats_max_groups",
             "producer_wait_timeout_ms",
+            "producer_reply_wait_ms",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(

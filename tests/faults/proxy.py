@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Final, Literal
 
-Action = Literal["forward", "cut_before", "cut_after"]
+Action = Literal["forward", "cut_before", "cut_after", "hold"]
 #: Called in the proxy's thread before each command with (command number, command); may act
 #: on the server (synchronously) and says what to do with the command.
 Hook = Callable[[int, list[bytes]], Action]
@@ -67,6 +67,9 @@ class FaultProxy:
     def __init__(self, upstream_port: int, hook: Hook | None = None) -> None:
         self.upstream_port = upstream_port
         self.hook = hook
+        #: How long a command the hook answers "hold" waits before it is forwarded (its
+        #: connection alone waits; the client may give up and close meanwhile).
+        self.hold_s = 1.0
         self.port = 0
         self.commands = 0
         self._loop = asyncio.new_event_loop()
@@ -139,6 +142,8 @@ class FaultProxy:
                     action = self.hook(self.commands, command)
                 if action == "cut_before":
                     raise _Cut
+                if action == "hold":
+                    await asyncio.sleep(self.hold_s)
                 server_w.write(raw)
                 reply: list[bytes] = []
                 await _read_reply(server_r, reply)

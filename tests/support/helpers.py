@@ -74,3 +74,20 @@ def all_pages(
         token = page.token
         if token is None:
             return got
+
+
+def exactly_once_problems(seqs: list[int], total: int) -> str:
+    """'' when ``seqs`` holds 0..total-1 once each; else which were lost and which doubled
+    (a diff of two 30,000-item lists says neither)."""
+    seen: dict[int, int] = {}
+    for s in seqs:
+        seen[s] = seen.get(s, 0) + 1
+    lost = [s for s in range(total) if s not in seen]
+    doubled = sorted(s for s, n in seen.items() if n > 1)
+    strays = sorted(s for s in seen if not 0 <= s < total)
+    if not (lost or doubled or strays):
+        return ""
+    return (
+        f"{len(seqs)} events for {total}: lost {len(lost)} {lost[:20]}, "
+        f"doubled {len(doubled)} {doubled[:20]}, out of range {strays[:20]}"
+    )
