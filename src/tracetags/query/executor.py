@@ -16,7 +16,7 @@ import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 import redis
@@ -305,8 +305,20 @@ def _ids_or_sample(
         chosen = sampled_ids(sample, predicate, total) if sample else None
         if chosen is not None:
             return chosen
+        # Few matches (by the sample): the ids alone are read (a third of HGETALL's time
+        # for the client), then the matches' numbers.
+        ids: Any = client.hkeys(key)
+        hits = [i for i in ids if predicate(reply_text(i))]
+        if len(hits) <= len(ids) * MATCHED_IDS_MAX_SHARE:
+            numbers: Any = client.hmget(key, hits) if hits else []
+            return {i: n for i, n in zip(hits, numbers, strict=True) if n is not None}
     got: Any = client.hgetall(key)
     return dict(got)
+
+
+#: An id pattern the sample said is sparse, matching more than this share of the ids after
+#: all, has its numbers read with every id's (HGETALL) rather than by name.
+MATCHED_IDS_MAX_SHARE: Final = 0.25
 
 
 # A page plan whose terms are all value sets, ranges and key presence (no LIKE, no ids)

@@ -135,8 +135,9 @@ class LMatch:
     lead: tuple[str | int, ...] = ()
     #: The pattern is its lead and one final ``%``: values sought by the lead all match.
     lead_is_pattern: bool = False
-    #: ILIKE only: its literal lead in every case variant (:func:`id_prefixes`); a matching
-    #: value starts with one of them, so the probe seeks them in the byte-order index.
+    #: ILIKE: its literal lead in every case variant (:func:`id_prefixes`); RLIKE: an
+    #: anchored pattern's literal lead (:func:`regex_prefix`).  A matching value starts with
+    #: one of them, so the probe seeks them in the byte-order index.
     alts: tuple[str, ...] | None = None
     #: LIKE and ILIKE that tt_query can test on a value itself (:func:`lua_pattern`), as an
     #: M leaf reading each candidate's register: ``[op, negated, pattern]``.
@@ -387,6 +388,9 @@ def _comparison(node: Comparison) -> LogicalNode:
         lua = lua_pattern(op, value)
         if op.startswith("NOT "):
             return LIdMatch(lambda v: not matched(v), text, lua=lua)
+        if op == "RLIKE":
+            lead = regex_prefix(value)
+            return LIdMatch(matched, text, None if lead is None else (lead,), lua=lua)
         return LIdMatch(matched, text, id_prefixes(op, value), lua=lua)
     if entity == "attribute":
         index = ValueIndex("status" if key == "status" else "client_request_id")
@@ -419,6 +423,11 @@ def _comparison(node: Comparison) -> LogicalNode:
         alts = id_prefixes(op, value)
         if alts is not None and len(alts) > _MAX_SEEKS:
             alts = None
+        return LMatch(index, pattern_predicate(op, value), False, text, alts=alts, lua=lua)
+    if op == "RLIKE":
+        # an anchored literal lead: only the values starting with it are read
+        lead = regex_prefix(value)
+        alts = None if lead is None else (lead,)
         return LMatch(index, pattern_predicate(op, value), False, text, alts=alts, lua=lua)
     if op != "LIKE":
         return LMatch(index, pattern_predicate(op, value), op.startswith("NOT "), text, lua=lua)
@@ -506,6 +515,40 @@ _FOLDS_TO = {"k": "\u212a", "i": "\u0130"}
 _MAX_PREFIXES = 64
 #: An ILIKE on a tag or metadata key seeks at most this many case variants of its lead.
 _MAX_SEEKS = 16
+
+
+_REGEX_META: Final = frozenset("\\.[]{}()*+?^$|")
+
+
+def regex_prefix(pattern: str) -> str | None:
+    """The literal text every match of the RLIKE ``pattern`` starts with, when the pattern is
+    anchored (``^abc...``); None when there is none or it is not certain.
+
+    Conservative by construction: any ``|`` or ``(?`` (an alternative, a flag such as
+    ``(?i)`` or ``(?m)``) gives None; the prefix ends at the first character that is not a
+    literal (an escaped punctuation character is one), at the first non-ASCII character, and
+    loses its last character when a quantifier that allows zero of it (``*``, ``?``, ``{``)
+    follows.  An RE2 ``^`` without ``(?m)`` matches only at the start of the value."""
+    if not pattern.startswith("^") or "|" in pattern or "(?" in pattern:
+        return None
+    out: list[str] = []
+    at = 1
+    while at < len(pattern):
+        ch = pattern[at]
+        if ch == "\\":
+            escaped = pattern[at + 1 : at + 2]
+            if not escaped or escaped.isalnum() or not escaped.isascii() or escaped == "\n":
+                break
+            out.append(escaped)
+            at += 2
+            continue
+        if ch in _REGEX_META or not ch.isascii() or ch == "\n":
+            break
+        out.append(ch)
+        at += 1
+    if out and pattern[at : at + 1] in ("*", "?", "{"):
+        out.pop()
+    return "".join(out) or None
 
 
 def id_prefixes(op: str, pattern: str) -> tuple[str, ...] | None:

@@ -1,0 +1,131 @@
+"""An anchored RLIKE's literal lead (``'^tr\\-b6.*'``): every value it matches starts with
+the lead, so the probe seeks the lead in the byte-order index instead of reading every id
+or value.  The lead is proven sound against RE2 itself on random patterns, and anchored
+patterns over ids and values answer as the reference evaluator does."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+
+import hypothesis.strategies as st
+import pytest
+import re2
+from hypothesis import given, settings
+
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.helpers import all_pages, drop_namespace
+from tracetags.client import Client
+from tracetags.keys import Keys
+from tracetags.query import logical
+from tracetags.query.parser import parse_filter
+from tracetags.query.probe import probe_commands
+from tracetags.settings import Settings
+
+ATOMS = (
+    *("a", "b", "-", "\\-", "\\.", ".", "[0-9]", "[ab]", "*", "?", "+", "{2}", "{0,1}", "|"),
+    *("(", ")", "(?i)", "$", "^", "\\d", "\\w", "é", "\\Q", "\\E", "A", "1", "\\b"),
+)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "lead"),
+    [
+        ("^zz[0-9]q", "zz"),
+        ("^tr\\-b627$", "tr-b627"),
+        ("^[A-Za-z]", None),
+        ("^ab*", "a"),
+        ("^ab+c", "ab"),
+        ("^ab?", "a"),
+        ("^a{2}", None),
+        ("^a|^b", None),
+        ("(?i)^ab", None),
+        ("^(?i)ab", None),
+        ("^tr-\\d", "tr-"),
+        ("^\\Qa.b\\E", None),
+        ("^é", None),
+        ("ab", None),
+        ("^a\\.b", "a.b"),
+    ],
+)
+def test_the_lead_of_examples(pattern: str, lead: str | None) -> None:
+    assert logical.regex_prefix(pattern) == lead
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from(ATOMS), min_size=1, max_size=6),
+    st.lists(st.text(alphabet="ab-.01Aé\n", max_size=6), min_size=1, max_size=8),
+)
+def test_every_match_starts_with_the_lead(atoms: list[str], values: list[str]) -> None:
+    pattern = "^" + "".join(atoms)
+    lead = logical.regex_prefix(pattern)
+    if lead is None:
+        return
+    try:
+        regex = re2.compile(pattern)
+    except re2.error:
+        return
+    for value in [*values, lead, lead + "a", lead + "-1", lead[:-1]]:
+        if regex.search(value) is not None:
+            assert value.startswith(lead), (pattern, value, lead)
+
+
+@pytest.fixture(scope="module")
+def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    rng = random.Random(5)
+    heads = ("tr-", "tr-a", "tr-b", "TR-", "ab", "a.b", "zz")
+    traces = []
+    for i in range(1500):
+        traces.append(
+            {
+                "trace_id": f"{rng.choice(heads)}{i:05d}",
+                "experiment_id": "1",
+                "timestamp_ms": qd.BASE_MS + rng.randrange(50_000),
+                "execution_time_ms": rng.randrange(100),
+                "status": rng.choice(("OK", "ERROR")),
+                "name": "n",
+                "client_request_id": f"{rng.choice(heads)}{i % 300}",
+                "tags": {"u": f"{rng.choice(heads)}{i % 400}"},
+                "metadata": {},
+            }
+        )
+    c = Client(Settings(redis_url=redis_url, namespace=f"tt-rxlead-{os.urandom(4).hex()}"))
+    qd.load(c.redis, c.keys, 1, traces)
+    yield c, ref.apply_mutations(traces, [])
+    drop_namespace(c.redis, c.keys.namespace)
+    c.close()
+
+
+def _anchored(rng: random.Random) -> str:
+    lead = rng.choice(("tr", "tr-", "tr\\-a", "TR", "a\\.b", "ab", "zz", "q"))
+    tail = "".join(rng.choice(("", "[0-9]", "0*", "b?", "0+", ".", "1$", "$")) for _ in range(2))
+    return f"^{lead}{tail}"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_anchored_patterns_equal_the_reference(
+    loaded: tuple[Client, list[dict[str, object]]], seed: int
+) -> None:
+    client, final = loaded
+    rng = random.Random(seed)
+    for _ in range(10):
+        key = rng.choice(("request_id", "client_request_id", "tags.u"))
+        filter_string = f"{key} RLIKE '{_anchored(rng)}'"
+        for order in (None, ["request_id DESC"]):
+            expected = ref.search(final, None, filter_string, order, None)
+            assert all_pages(client, filter_string, order, 53) == expected, (filter_string, order)
+        everything = ref.search(final, None, filter_string, None, None)
+        assert client.count(filter_string) == len(everything), filter_string
+
+
+def test_an_anchored_id_pattern_seeks_its_lead_instead_of_reading_every_id() -> None:
+    def reads(filter_string: str) -> list[str]:
+        root = logical.logical(parse_filter(filter_string), None)
+        return [c[0] for c in probe_commands(root, Keys("x"), 0, page=True).commands]
+
+    assert "IDSEEK" in reads("request_id RLIKE '^tr\\-b6[0-9]'")
+    assert "HGETALL" not in reads("request_id RLIKE '^tr\\-b6[0-9]'")
+    assert "HGETALL" in reads("request_id RLIKE 'b6'")  # unanchored: every id is read
