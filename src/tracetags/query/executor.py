@@ -51,6 +51,7 @@ from tracetags.query.probe import (
     sizes_only,
     values_sample,
 )
+from tracetags.query.residual import residual_page
 from tracetags.query.simplify import simplify
 from tracetags.query.strategy import PartitionPlan, order_specs, plan_partition
 
@@ -579,21 +580,6 @@ def search(
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
     if _nothing(prepared):
         return Page([], None)
-    plans = _plans(
-        client,
-        keys,
-        partitions,
-        prepared,
-        "page",
-        limit=max_results + 1,
-        cursor=cursor,
-        reuse_probe=True,
-    )
-    shown = _first_shown(max_results, len(plans))
-    for plan in plans:
-        # Each looks for one more match than it shows: whether it has more is all the
-        # merge needs to know (one partition alone: whether a next page exists).
-        plan.plan = msgspec.structs.replace(plan.plan, limit=shown + 1, shown=shown)
     by_order = functools.cmp_to_key(functools.partial(_cmp_rows, specs))
 
     def order_key(fields: RawTrace) -> Any:
@@ -602,13 +588,39 @@ def search(
     def cursor_of(fields: RawTrace) -> list[list[Any]]:
         return [[0] if v is None else [1, v] for v in _row_values(fields, specs)]
 
-    replies = pages.run_pages(client, keys, plans, order_key, budget_ms, cursor_of)
+    def rest_plans(rest: Prepared, limit: int, at: list[list[Any]] | None) -> list[PartitionPlan]:
+        return _plans(client, keys, partitions, rest, "page", limit=limit, cursor=at)
+
+    replies = residual_page(
+        client, keys, partitions, prepared, max_results, cursor, budget_ms, cursor_of, rest_plans
+    )
+    plans: list[PartitionPlan] = []
+    if replies is None:
+        plans = _plans(
+            client,
+            keys,
+            partitions,
+            prepared,
+            "page",
+            limit=max_results + 1,
+            cursor=cursor,
+            reuse_probe=True,
+        )
+        shown = _first_shown(max_results, len(plans))
+        for plan in plans:
+            # Each looks for one more match than it shows: whether it has more is all the
+            # merge needs to know (one partition alone: whether a next page exists).
+            plan.plan = msgspec.structs.replace(plan.plan, limit=shown + 1, shown=shown)
+        replies = pages.run_pages(client, keys, plans, order_key, budget_ms, cursor_of)
     if len(replies) == 1:
         found, rows = replies[0]
         more = found > len(rows)
     else:
         rows, taken, short = _merge(specs, replies, max_results)
-        while short is not None:  # at most once per partition: it then shows a whole page
+        # At most once per partition: it then shows a whole page.  (A residual page shows a
+        # whole page of every partition already; one short of a trace deleted meanwhile
+        # ends the page there, its token going on from its last row.)
+        while short is not None and plans:
             plan = plans[short]
             plan.plan = msgspec.structs.replace(plan.plan, limit=max_results + 1, shown=max_results)
             (replies[short],) = pages.run_pages(

@@ -41,7 +41,7 @@ from tracetags.query.plan import QueryPlan, RowsPlan
 from tracetags.query.strategy import PartitionPlan
 from tracetags.query.strategy import _value_fields as value_fields_of
 
-__all__ = ["PAGE_DECODER", "RawTrace", "run_pages"]
+__all__ = ["HASH_US", "PAGE_DECODER", "RawTrace", "read_hashes", "row_field", "run_pages"]
 
 RawTrace = list[str]
 #: A page plan larger than this (encoded; a value leaf of ~20,000 values) is not tried in
@@ -167,7 +167,7 @@ def _budgeted_page(
         _scanned(client, keys, plan.partition, query, budget_us, merged)
     rows = merged.rows()
     per_call = max(50, budget_us // HASH_US)
-    return len(rows), _hashes(client, keys, plan.partition, rows[:shown], per_call)
+    return len(rows), read_hashes(client, keys, plan.partition, rows[:shown], per_call)
 
 
 #: Time to read one trace hash (HGETALL of a few dozen registers), in microseconds: a call
@@ -175,12 +175,12 @@ def _budgeted_page(
 HASH_US: Final = 20
 
 
-def _hashes(
+def read_hashes(
     client: SyncClient, keys: Keys, partition: int, rows: Sequence[RawTrace], per_call: int
 ) -> list[RawTrace]:
     """The hashes of the rows (key rows: their '#' is the trace number), in one pipeline of
     calls of ``per_call``; a trace deleted since it matched is left out."""
-    numbers = [int(_field(row, "#") or 0) for row in rows]
+    numbers = [int(row_field(row, "#") or 0) for row in rows]
     encoded = [
         (partition, _ENCODER.encode(RowsPlan(numbers=numbers[i : i + per_call])))
         for i in range(0, len(numbers), per_call)
@@ -202,9 +202,9 @@ class _Merged:
 
     def add(self, rows: Sequence[RawTrace]) -> None:
         for row in rows:
-            self.kept.setdefault(_field(row, "i"), row)
+            self.kept.setdefault(row_field(row, "i"), row)
         if len(self.kept) > 2 * self.limit:
-            self.kept = {_field(row, "i"): row for row in self.rows()}
+            self.kept = {row_field(row, "i"): row for row in self.rows()}
 
     def rows(self) -> list[RawTrace]:
         return sorted(self.kept.values(), key=self.order_key)[: self.limit]
@@ -253,7 +253,7 @@ def _scanned(
         merged.add(PAGE_DECODER.decode(raw[1])[1])
 
 
-def _field(row: RawTrace, name: str) -> str | None:
+def row_field(row: RawTrace, name: str) -> str | None:
     for k in range(0, len(row) - 1, 2):
         if row[k] == name:
             return row[k + 1]

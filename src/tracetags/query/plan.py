@@ -116,6 +116,9 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     - ``keys_only`` (page): a row is its order fields and ``#``, its trace number, not its
       whole hash (the client merges several calls' rows, then reads the page's hashes with
       a :class:`RowsPlan`).
+    - ``row_fields`` (page, ``keys_only``): hash fields a key row holds besides its order
+      fields (the registers a pattern only the client decides is tested on,
+      query/residual.py).
     - ``deadline`` (page, and count or stats without ``scan``): microseconds after which
       the call gives up and replies ``[-1, []]`` (page) or ``-1``; the client then runs it in
       budgeted calls (query/pages.py, query/budget.py).
@@ -153,6 +156,7 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     shown: int | None = None
     deadline: int | None = None
     keys_only: bool = False
+    row_fields: list[str] | None = None
 
 
 class ValuesPlan(

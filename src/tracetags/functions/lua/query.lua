@@ -82,6 +82,14 @@ local function page_setup(ctx, plan)
     local order = plan.order
     ctx.order = order
     ctx.fields, ctx.pos = order_fields(order)
+    -- (keys_only) registers a key row carries besides its order fields: the client tests
+    -- a pattern only it can decide on them (query/residual.py)
+    for _, f in ipairs(plan.row_fields or EMPTY) do
+        if not ctx.pos[f] then
+            ctx.fields[#ctx.fields + 1] = f
+            ctx.pos[f] = #ctx.fields
+        end
+    end
     if plan.cursor then
         local cursor = {}
         for k = 1, #order do

@@ -1,0 +1,233 @@
+"""Pages whose filter holds one term only the client can decide (an RLIKE: RE2 runs in the
+client; a non-ASCII ILIKE; a numeric comparison on a tag) over a key or the trace ids, when
+that term matches many traces: rather than read every id or value of the partition to find
+its matches, the rest of the filter is walked in the page's order a batch of candidates a
+call, each candidate's register tested in the client, until the page is full.
+
+A term that matches few traces is left to the usual way (every id or value read once, the
+matches planned as a set): walking would test most of the partition.  The probe's sample
+(256 ids, or 256 values with their trace counts) tells which.  A walk that meets far fewer
+matches than the sample promised stops after :data:`MAX_CANDIDATES` and the page is found
+the usual way.
+
+Consistency: as steps (query/pages.py): each call sees the state at its time, and a row's
+hash is read after the call that matched it (a trace changed since shows its new state, one
+deleted since is left out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import redis
+
+from tracetags import functions
+from tracetags.connections import SyncClient
+from tracetags.keys import Keys, split_register
+from tracetags.query import budget, pages
+from tracetags.query.logical import (
+    LAnd,
+    LConst,
+    LIdMatch,
+    LMatch,
+    LogicalNode,
+    leaves,
+)
+
+__all__ = ["MAX_CANDIDATES", "MIN_SHARE", "residual_page"]
+
+#: The share of a partition's traces the term must match (by the sample) for a walk.
+MIN_SHARE: Final = 0.05
+#: Ids or values in the sample.
+SAMPLE: Final = 256
+#: A partition's walk gives up past this many candidates tested (the term matched far
+#: fewer of the rest's traces than the sample said).
+MAX_CANDIDATES: Final = 20_000
+#: Rows a call walks: the first call enough for the page at the sampled share (times
+#: BATCH_SLACK), within these bounds; each further call twice the last.
+BATCH_MIN: Final = 64
+BATCH_MAX: Final = 4096
+BATCH_SLACK: Final = 1.5
+_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True)
+class _Term:
+    rest: LogicalNode
+    field: str
+    matches: Callable[[str | None], bool]
+    leaf: LIdMatch | LMatch
+
+
+def _client_only(leaf: object) -> bool:
+    """A term whose matches the probe finds by reading every id or value of the key."""
+    if isinstance(leaf, LIdMatch):
+        return leaf.lua is None and leaf.prefixes is None
+    if isinstance(leaf, LMatch):
+        return (
+            leaf.lua is None
+            and leaf.runs is None
+            and leaf.alts is None
+            and leaf.index.kind in ("tag", "metadata", "client_request_id")
+        )
+    return False
+
+
+def _term(root: LogicalNode) -> _Term | None:
+    """The filter as (one client-only term) AND (the rest), when it has that shape."""
+    children = list(root.children) if isinstance(root, LAnd) else [root]
+    found = [c for c in children if _client_only(c)]
+    if len(found) != 1:
+        return None
+    leaf = found[0]
+    others = [c for c in children if c is not leaf]
+    if any(_client_only(x) for c in others for x in leaves(c)):
+        return None  # another such term inside: every id or value is read anyway
+    if not others:
+        rest: LogicalNode = LConst(True, "every trace")
+    else:
+        rest = others[0] if len(others) == 1 else LAnd(tuple(others))
+    assert isinstance(leaf, LIdMatch | LMatch)
+    if isinstance(leaf, LIdMatch):
+        test = leaf.predicate
+        return _Term(rest, "i", lambda raw: raw is not None and test(raw), leaf)
+    predicate, negated = leaf.predicate, leaf.negated
+
+    def matches(raw: str | None) -> bool:
+        if raw is None:
+            return False
+        value = split_register(raw)[1]
+        return value is not None and predicate(value) != negated
+
+    return _Term(rest, leaf.index.hash_field, matches, leaf)
+
+
+def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> float:
+    """The share of the traces the term matches, by a sample of each partition."""
+    pipe = client.pipeline(transaction=False)
+    leaf = term.leaf
+    for p in range(partitions):
+        pipe.hlen(keys.trace_ids(p))
+        if isinstance(leaf, LIdMatch):
+            pipe.hrandfield(keys.trace_ids(p), SAMPLE)
+        else:
+            dkey = leaf.index.distinct(keys, p)
+            pipe.zcard(dkey)
+            pipe.zrandmember(dkey, SAMPLE, withscores=True)
+    replies = pipe.execute()
+    traces = matched = 0.0
+    step = 2 if isinstance(leaf, LIdMatch) else 3
+    for at in range(0, len(replies), step):
+        total = int(replies[at])
+        traces += total
+        if isinstance(leaf, LIdMatch):
+            ids = [pages_text(i) for i in replies[at + 1] or []]
+            if ids:
+                matched += total * sum(1 for i in ids if leaf.predicate(i)) / len(ids)
+            continue
+        values, sample = int(replies[at + 1]), _pairs(replies[at + 2])
+        if sample:
+            hits = sum(float(s) for v, s in sample if leaf.predicate(v) != leaf.negated)
+            matched += hits / len(sample) * values
+    return matched / traces if traces else 0.0
+
+
+def pages_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(reply: Any) -> list[tuple[str, float]]:
+    if not reply:
+        return []
+    if isinstance(reply[0], list | tuple):  # RESP3: [[value, score], ...]
+        return [(pages_text(v), float(s)) for v, s in reply]
+    return [(pages_text(v), float(s)) for v, s in zip(reply[::2], reply[1::2], strict=True)]
+
+
+def residual_page(
+    client: SyncClient,
+    keys: Keys,
+    partitions: int,
+    prepared: Any,
+    max_results: int,
+    cursor: list[list[Any]] | None,
+    budget_ms: int,
+    cursor_of: Callable[[pages.RawTrace], list[list[Any]]],
+    make_plans: Callable[..., list[Any]],
+) -> list[tuple[int, list[pages.RawTrace]]] | None:
+    """Each partition's ``(matches found, hashes shown)`` for the page, walking the rest of
+    the filter and testing the term in the client; None when the filter has no such term,
+    the term matches few traces, or a walk gave up (then the page is found the usual way)."""
+    term = _term(prepared.root)
+    if term is None:
+        return None
+    try:
+        share = _share(client, keys, partitions, term)
+    except redis.ResponseError:
+        return None
+    if share < MIN_SHARE:
+        return None
+    rest = dataclasses.replace(prepared, root=term.rest)
+    plans = make_plans(rest, max_results + 1, cursor)
+    need = max_results + 1
+    first = int(need / share * BATCH_SLACK)
+    budget_us = max(1, budget_ms) * 1000
+    out: list[tuple[int, list[pages.RawTrace]]] = []
+    for plan in plans:
+        got = _walk(client, keys, plan, term, need, first, budget_us, cursor_of)
+        if got is None:
+            return None
+        out.append(got)
+    return out
+
+
+def _walk(
+    client: SyncClient,
+    keys: Keys,
+    plan: Any,
+    term: _Term,
+    need: int,
+    first: int,
+    budget_us: int,
+    cursor_of: Callable[[pages.RawTrace], list[list[Any]]],
+) -> tuple[int, list[pages.RawTrace]] | None:
+    query = plan.plan
+    cursor = query.cursor
+    batch = min(max(first, BATCH_MIN), BATCH_MAX)
+    matched: list[pages.RawTrace] = []
+    tested = 0
+    field = term.field
+    while len(matched) < need:
+        call = msgspec.structs.replace(
+            query,
+            limit=batch,
+            shown=batch,
+            cursor=cursor,
+            keys_only=True,
+            row_fields=[field],
+            deadline=budget.call_deadline_us(budget_us),
+        )
+        encoded = _ENCODER.encode(call)
+        (raw,) = functions.query_partitions(client, keys, [(plan.partition, encoded)])
+        found, rows = pages.PAGE_DECODER.decode(raw)
+        if found < 0:  # past the deadline: smaller calls, or the usual way
+            if batch <= BATCH_MIN:
+                return None
+            batch = max(BATCH_MIN, batch // 4)
+            continue
+        matched.extend(row for row in rows if term.matches(pages.row_field(row, field)))
+        tested += len(rows)
+        if found < batch or not rows:
+            break
+        if tested >= MAX_CANDIDATES and len(matched) < need:
+            return None
+        cursor = cursor_of(rows[-1])
+        batch = min(batch * 2, BATCH_MAX)
+    per_call = max(50, budget_us // pages.HASH_US)
+    hashes = pages.read_hashes(client, keys, plan.partition, matched[: need - 1], per_call)
+    # (found: one more than shown when the partition has more matches)
+    return len(hashes) + (len(matched) >= need), hashes

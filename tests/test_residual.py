@@ -1,0 +1,168 @@
+"""A page whose filter holds one term only the client decides (RLIKE, a numeric tag
+comparison) that matches many traces walks the rest of the filter and tests the term on
+each candidate in the client (query/residual.py): random such filters over three
+partitions, every page in several orders equal to the reference evaluator's; the walk is
+taken when the sample says the term is dense, not when it is sparse; and a walk that meets
+far fewer matches than the sample said gives the page to the usual way, still exact."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.helpers import all_pages, drop_namespace
+from tracetags.client import Client
+from tracetags.query import residual
+from tracetags.settings import Settings
+
+WORDS = ("alpha", "Beta", "GAMMA", "delta", "zeta", "é", "日本", "x-1", "q_7")
+
+
+@pytest.fixture(scope="module")
+def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    rng = random.Random(21)
+    traces = []
+    for i in range(3000):
+        word, head = rng.choice(WORDS), rng.choice(("tr-", "TR-", "x"))
+        traces.append(
+            {
+                "trace_id": f"{head}{rng.randrange(16**6):06x}{i}",
+                "experiment_id": rng.choice(("1", "2")),
+                "timestamp_ms": qd.BASE_MS + rng.randrange(2_000),  # ties
+                "execution_time_ms": rng.randrange(100),
+                "status": rng.choice(("OK", "ERROR")),
+                "name": rng.choice(("a", "b")),
+                "client_request_id": None if rng.random() < 0.3 else f"{word}-{i % 500}",
+                "tags": {
+                    **({"u": f"{word}{i % 700}"} if rng.random() < 0.85 else {}),
+                    "w": rng.choice(("x", "y", "z")),
+                    "h": head,
+                    **({"n": str(rng.randrange(-50, 50))} if rng.random() < 0.7 else {}),
+                },
+                "metadata": {"m": f"{rng.choice(WORDS)}.{i % 300}"},
+            }
+        )
+    c = Client(Settings(redis_url=redis_url, namespace=f"tt-resid-{os.urandom(4).hex()}"))
+    qd.load(c.redis, c.keys, 3, traces)
+    yield c, ref.apply_mutations(traces, [])
+    drop_namespace(c.redis, c.keys.namespace)
+    c.close()
+
+
+DENSE = (
+    "request_id RLIKE '[0-9]'",
+    "request_id RLIKE '^[a-z]'",
+    "request_id NOT RLIKE 'ff'",
+    "client_request_id RLIKE '[a-z]-'",
+    "tags.u RLIKE '[0-9]$'",
+    "tags.u NOT RLIKE '^GAMMA'",
+    "metadata.m RLIKE '\\.[1-9]'",
+    "tags.n > -20",
+    "tags.n <= 10",
+)
+OTHERS = (
+    "",
+    "status = 'OK'",
+    "tags.w IN ('x', 'y')",
+    "timestamp_ms > 1700000000500",
+    "name = 'b' AND tags.w != 'z'",
+)
+ORDERS: tuple[list[str] | None, ...] = (
+    None,
+    ["tags.u DESC"],
+    ["request_id DESC"],
+    ["status", "timestamp_ms"],
+    ["metadata.m", "execution_time_ms DESC"],
+)
+
+
+@pytest.fixture
+def walks(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each page call was answered by a residual walk."""
+    taken: list[bool] = []
+    real = residual.residual_page
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        got = real(*args, **kwargs)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr("tracetags.query.executor.residual_page", spy)
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_dense_terms_equal_the_reference(
+    loaded: tuple[Client, list[dict[str, object]]], walks: list[bool], seed: int
+) -> None:
+    client, final = loaded
+    rng = random.Random(seed)
+    for _ in range(8):
+        term, other = rng.choice(DENSE), rng.choice(OTHERS)
+        filter_string = f"{term} AND {other}" if other else term
+        order = rng.choice(ORDERS)
+        size = rng.choice((37, 100, 600))
+        scope = rng.choice((None, ["1"]))
+        expected = ref.search(final, scope, filter_string, order, None)
+        got: list[str] = []
+        token = None
+        while True:
+            page = client.search_traces(
+                experiment_ids=scope,
+                filter_string=filter_string,
+                order_by=order,
+                max_results=size,
+                page_token=token,
+            )
+            got += [t.info.trace_id for t in page]
+            token = page.token
+            if token is None:
+                break
+        assert got == expected, (filter_string, order, size, scope)
+    assert any(walks)
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "walked"),
+    [
+        ("request_id RLIKE '[0-9]' AND status = 'OK'", True),
+        ("tags.u RLIKE '^alpha'", False),  # anchored: its lead is sought
+        ("tags.u RLIKE 'a1[0-9]5$'", False),  # sparse by the sample: values read once
+        ("request_id RLIKE 'abc' AND status = 'OK'", False),
+        ("request_id RLIKE '1' AND tags.u RLIKE '2'", False),  # two such terms
+    ],
+)
+def test_the_sample_decides_the_walk(
+    loaded: tuple[Client, list[dict[str, object]]],
+    walks: list[bool],
+    filter_string: str,
+    walked: bool,
+) -> None:
+    client, final = loaded
+    page = client.search_traces(filter_string=filter_string, max_results=50)
+    expected = ref.search(final, None, filter_string, None, None)[:50]
+    assert [t.info.trace_id for t in page] == expected
+    assert walks == [walked]
+
+
+def test_a_walk_meeting_fewer_matches_than_sampled_gives_the_page_to_the_usual_way(
+    loaded: tuple[Client, list[dict[str, object]]],
+    walks: list[bool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The term matches a third of the traces (the ids with an 'x'), all of which the rest
+    excludes (tag h is the id's head): the walk tests candidates, finds none, and gives up
+    past MAX_CANDIDATES; the usual way answers."""
+    monkeypatch.setattr(residual, "MAX_CANDIDATES", 100)
+    client, final = loaded
+    filter_string = "request_id RLIKE 'x' AND tags.h = 'tr-'"
+    assert all_pages(client, filter_string, None, 40) == []
+    assert walks == [False]
+    other = "request_id RLIKE 'x' AND tags.h != 'TR-'"
+    assert all_pages(client, other, None, 40) == ref.search(final, None, other, None, None)
