@@ -27,6 +27,7 @@ from tracetags.settings import Settings
 ATOMS = (
     *("a", "b", "-", "\\-", "\\.", ".", "[0-9]", "[ab]", "*", "?", "+", "{2}", "{0,1}", "|"),
     *("(", ")", "(?i)", "$", "^", "\\d", "\\w", "é", "\\Q", "\\E", "A", "1", "\\b"),
+    *("\\x41", "\\p{L}", "[]a]", "[^]b]", "[a-c]", "\\101", "{", "}", "[[:alpha:]]"),
 )
 
 
@@ -71,6 +72,29 @@ def test_every_match_starts_with_the_lead(atoms: list[str], values: list[str]) -
     for value in [*values, lead, lead + "a", lead + "-1", lead[:-1]]:
         if regex.search(value) is not None:
             assert value.startswith(lead), (pattern, value, lead)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from(ATOMS), min_size=1, max_size=7),
+    st.lists(st.text(alphabet="ab-.01Aé]{}\n", max_size=8), min_size=1, max_size=8),
+)
+def test_every_match_holds_the_literal(atoms: list[str], values: list[str]) -> None:
+    """regex_literal: the text the client tests before RE2 is in every match."""
+    pattern = "".join(atoms)
+    literal = logical.regex_literal(pattern)
+    if literal is None:
+        return
+    try:
+        regex = re2.compile(pattern)
+    except re2.error:
+        return
+    for value in [*values, literal, "A" + literal, "a-1b" * 2]:
+        if regex.search(value) is not None:
+            assert literal in value, (pattern, value, literal)
+    assert logical.pattern_predicate("RLIKE", pattern)("zz" + literal) == (
+        regex.search("zz" + literal) is not None
+    )
 
 
 @pytest.fixture(scope="module")
