@@ -6,14 +6,25 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
 from tests.support.helpers import drop_namespace
 from tracetags.client import Client
 from tracetags.query import executor
-from tracetags.query.logical import LAnd, LConst, LNot, LOr, LPresent, LRange, LValues
+from tracetags.query.logical import (
+    LAnd,
+    LConst,
+    LNot,
+    LOr,
+    LPresent,
+    LRange,
+    LValues,
+    pattern_predicate,
+)
 from tracetags.settings import Settings
 
 NOTHING = [
@@ -28,6 +39,12 @@ NOTHING = [
     "client_request_id = 'req-1' AND client_request_id LIKE 'req-2%'",
     "tags.env = 'dev' AND tags.env NOT LIKE 'd%'",
     "status = 'OK' AND (tags.user = 'user_1' AND tags.user = 'user_2')",
+    # patterns on one key whose literal starts (or LIKE's literal ends) disagree
+    "metadata.mlflow.sourceRun LIKE 'ze_a-29' AND metadata.mlflow.sourceRun LIKE 'de_ta-43'",
+    "tags.env LIKE '%ion' AND tags.env LIKE '%ing'",
+    "tags.env ILIKE 'pr%' AND tags.env LIKE 'st%'",
+    "tags.env RLIKE '^pro' AND tags.env LIKE 'sta%'",
+    "request_id LIKE 'tr-a%' AND request_id RLIKE '^tr-b'",
 ]
 SOMETHING = [
     "tags.env IN ('production', 'staging') AND tags.env = 'staging'",
@@ -47,6 +64,10 @@ SOMETHING = [
     "tags.env NOT LIKE '%'",
     "status LIKE '%'",
     "metadata.source NOT ILIKE '%' OR tags.retries LIKE '%%%'",
+    "tags.env LIKE 'pro%' AND tags.env LIKE 'p%tion'",
+    "tags.env ILIKE 'PRO%' AND tags.env LIKE 'pro%'",
+    "tags.env LIKE 'prod%' AND tags.env NOT LIKE 'sta%'",
+    "tags.env LIKE 'prod%' AND tags.user LIKE 'sta%'",
 ]
 #: ORs whose children share terms (taken out of the OR).
 FACTORED = [
@@ -60,6 +81,26 @@ FACTORED = [
     "NOT ((tags.env = 'dev' AND status = 'OK') OR (tags.env = 'dev' AND tags.user IS NULL))",
     "(tags.env = 'dev' AND status = 'OK') OR (tags.env = 'dev' AND status = 'OK')",
 ]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.sampled_from(("LIKE", "ILIKE", "RLIKE")),
+    st.text(alphabet="ab%_A^", min_size=1, max_size=4),
+    st.sampled_from(("LIKE", "ILIKE", "RLIKE")),
+    st.text(alphabet="ab%_A^", min_size=1, max_size=4),
+    st.lists(st.text(alphabet="abAB", max_size=5), min_size=1, max_size=30),
+)
+def test_patterns_said_disjoint_match_no_value_together(
+    op1: str, p1: str, op2: str, p2: str, values: list[str]
+) -> None:
+    filter_string = f"tags.k {op1} '{p1}' AND tags.k {op2} '{p2}'"
+    root = executor.prepare(None, filter_string).root
+    if not (isinstance(root, LConst) and not root.value):
+        return
+    first, second = pattern_predicate(op1, p1), pattern_predicate(op2, p2)
+    for value in [*values, p1, p2, p1.replace("%", ""), p2.replace("%", "")]:
+        assert not (first(value) and second(value)), (filter_string, value)
 
 
 @pytest.mark.parametrize("filter_string", NOTHING)

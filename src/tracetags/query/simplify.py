@@ -10,6 +10,8 @@ The rewrite works on the logical terms, so it holds in every partition:
 - explicit trace ids are intersected;
 - a key's absence contradicts any value, pattern or presence term on that key (a value
   comparison never matches a missing value);
+- two patterns on one key (or on the trace id) whose literal starts, or LIKE's literal ends,
+  disagree (``LIKE 'ze_a%' AND LIKE 'de%'``) match no value together;
 - a false constant makes the conjunction false, a true one drops out.
 
 And one rewrite of disjunctions: terms common to every child of an ``OR`` are taken out of
@@ -23,9 +25,12 @@ intersected ones merged), so plans and ``explain`` stay as they were.
 
 from __future__ import annotations
 
+import re
+
 from tracetags.query.logical import (
     LAnd,
     LConst,
+    LIdMatch,
     LIds,
     LMatch,
     LNot,
@@ -157,6 +162,9 @@ def _conjunction(children: list[LogicalNode]) -> LogicalNode:
                 pass
             out.append(child)
     needs.update(values)
+    disjoint = _disjoint_patterns(flat)
+    if disjoint is not None:
+        return LConst(False, disjoint)
     clash = absent & needs
     if clash:
         index = next(iter(clash))
@@ -166,6 +174,58 @@ def _conjunction(children: list[LogicalNode]) -> LogicalNode:
         if known is not None and set(known.values) <= ruled_out:
             return LConst(False, f"{known.text}: every value is excluded by another term")
     return _pinned(out, values)
+
+
+def _affixes(node: LogicalNode) -> tuple[object, tuple[str, ...], str | None] | None:
+    """What every value a positive pattern term matches starts with (one of these literal
+    prefixes; empty: unknown) and ends with (a literal suffix, LIKE only), and its key."""
+    if isinstance(node, LIdMatch):
+        return ("request_id", node.prefixes or (), None) if node.prefixes else None
+    if not isinstance(node, LMatch) or node.negated:
+        return None
+    suffix = None
+    if node.lua is not None and node.lua[0] == "L" and not node.lua[1]:
+        pattern = node.lua[2]
+        pieces = re.split("[%_]", pattern)
+        suffix = pieces[-1] or None
+    prefixes: tuple[str, ...] = ()
+    if node.runs is not None and node.runs[0]:
+        prefixes = (node.runs[0],)
+    elif node.alts:
+        prefixes = node.alts
+    if not prefixes and suffix is None:
+        return None
+    return node.index, prefixes, suffix
+
+
+def _disjoint_patterns(flat: list[LogicalNode]) -> str | None:
+    """Two pattern terms on one key that no value can both match (``LIKE 'ze_a%' AND LIKE
+    'de%'``: different literal starts; ``LIKE '%-1' AND LIKE '%-2'``: different literal
+    ends): the reason, else None.  A trace has one value per key."""
+    seen: dict[object, list[tuple[tuple[str, ...], str | None, str]]] = {}
+    for child in flat:
+        got = _affixes(child)
+        if got is None:
+            continue
+        key, prefixes, suffix = got
+        text = _text(child)
+        for other_prefixes, other_suffix, other_text in seen.get(key, []):
+            if (
+                prefixes
+                and other_prefixes
+                and not any(
+                    a.startswith(b) or b.startswith(a) for a in prefixes for b in other_prefixes
+                )
+            ):
+                return f"{other_text} AND {text}: no value starts as both"
+            if (
+                suffix is not None
+                and other_suffix is not None
+                and not (suffix.endswith(other_suffix) or other_suffix.endswith(suffix))
+            ):
+                return f"{other_text} AND {text}: no value ends as both"
+        seen.setdefault(key, []).append((prefixes, suffix, text))
+    return None
 
 
 def _pinned(out: list[LogicalNode], values: dict[ValueIndex, LValues]) -> LogicalNode:
