@@ -147,6 +147,7 @@ CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
                 10000.0,
                 100000,
             ],
+            "walk_budget": 10000,  # past 10,000 traces visited without a match: collect
         },
     ),
     "count by set algebra": (

@@ -87,7 +87,11 @@ def run_pages(
         replies[i] = PAGE_DECODER.decode(raw)
     for i, (found, _) in enumerate(replies):
         if found < 0 and cursor_of is not None and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES:
-            replies[i] = _stepped_page(client, keys, plans[i], cursor_of, budget_us)
+            # Steps cut a walk into calls; a collect reads every candidate whatever the rows
+            # asked (fewer rows only spare hashes and sorting): one step that gives up too
+            # says the rest would.
+            give_ups = 1 if plans[i].strategy == "collect" else MAX_STEP_GIVE_UPS
+            replies[i] = _stepped_page(client, keys, plans[i], cursor_of, budget_us, give_ups)
         if replies[i][0] < 0:
             replies[i] = _budgeted_page(client, keys, plans[i], order_key, budget_us)
     return replies
@@ -107,6 +111,7 @@ def _stepped_page(
     plan: PartitionPlan,
     cursor_of: Callable[[RawTrace], list[list[Any]]],
     budget_us: int,
+    max_give_ups: int = MAX_STEP_GIVE_UPS,
 ) -> tuple[int, list[RawTrace]]:
     """A page that gave up in one call, found in steps: each call the same plan for a few
     rows after the previous call's last row (its cursor), within the deadline.  A call
@@ -130,7 +135,7 @@ def _stepped_page(
         found, got = PAGE_DECODER.decode(raw)
         if found < 0:
             gave_up += 1
-            if gave_up == MAX_STEP_GIVE_UPS or want == 1:
+            if gave_up == max_give_ups or want == 1:
                 return -1, []
             step = max(1, want // 4)
             continue

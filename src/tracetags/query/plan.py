@@ -125,7 +125,8 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     - ``id_walk`` (page, first order key ``request_id``): walk the buckets of the trace ids'
       byte order (``<prefix>:ri``) from the cursor, giving up past this many buckets (then
       collect; also when the partition has no such index).
-    - ``walk_budget`` (walk): once the walk has tested this many entries without a single
+    - ``walk_budget`` (walk, walk_values): once the walk has tested this many entries (a
+      walk of values: the traces of the groups visited) without a single
       match, the matches are far rarer than estimated (an empty intersection of terms
       the estimate took as independent): it stops and collects from ``sources`` instead.
     - ``walk_next`` (with ``walk_values``): per order key after the first, how a large group

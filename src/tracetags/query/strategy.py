@@ -278,6 +278,12 @@ def plan_partition(
         )
         nested = group_order.walk_next(order, keys, partition)
         plan = msgspec.structs.replace(page(walk_values=walk_values), walk_next=nested)
+        if sources and cost < total:
+            # As a walk's: correlated terms (an empty intersection) would visit every group;
+            # past this many traces visited without a match, the collect is cheaper.
+            fill = limit * total / max(tree.est, 1.0)
+            give_up = math.ceil(max(4 * fill, cost, 1024.0))
+            plan = msgspec.structs.replace(plan, walk_budget=give_up)
         return done("walk-values", reason, plan)
     why = "the first order key has no order zset" if zset is None else "the cursor is past it"
     reason = f"collect and sort the matches from {source_text} ({why})"

@@ -109,8 +109,11 @@ local function page_query(ctx, plan)
     local walk = plan.walk
     local done = false
     if plan.walk_values then
-        walk_values_page(ctx, need, rows)
-        done = true
+        -- plan.walk_budget: past this many traces of visited groups without a match, collect
+        done = walk_values_page(ctx, need, rows, plan.walk_budget) ~= 'abandon'
+        if not done then
+            rows = {}
+        end
     elseif plan.id_walk then
         -- plan.id_walk: how many id buckets to visit before falling back to collect
         done = id_walk_page(ctx, need, rows, plan.id_walk) ~= 'abandon'

@@ -149,7 +149,9 @@ local function windowed_values(dkey, asc, from, visit)
     return false
 end
 
-local function walk_values_page(ctx, need, out)
+-- budget (the page's own walk only): once the groups visited hold this many traces and
+-- none matched, returns 'abandon' (matches far rarer than planned: the caller collects).
+local function walk_values_page(ctx, need, out, budget)
     local wv = ctx.plan.walk_values
     local dkey, vprefix, presence = wv[1], wv[2], wv[3]
     local order, cursor = ctx.order, ctx.cursor
@@ -165,13 +167,19 @@ local function walk_values_page(ctx, need, out)
             subcursor[k - 1] = cursor[k]
         end
     end
-    -- One value's group; true when the page is full.
+    local visited, abandoned = 0, false
+    -- One value's group; true when the page is full (or the walk abandoned).
     local function visit(v, count)
         local c = cursor and cmp_value(spec, v, cursor[1]) or 1
         if c >= 0 and count and not GroupOrder.excluded(ctx, dkey, v) then
             local leaf = { 'V', dkey, vprefix, v }
             leaf.sets = { { vprefix .. enc(v), count > PLAIN_MAX, count } }
             group_page(ctx, leaf, count, need - #out, c == 0 and subcursor or nil, out)
+            visited = visited + count
+            if budget and #out == 0 and visited >= budget then
+                abandoned = true
+                return true
+            end
         end
         return #out >= need
     end
@@ -179,7 +187,7 @@ local function walk_values_page(ctx, need, out)
     if not (cursor and cursor[1] == false) then
         if spec[1] == 's' and (bytewise or call('EXISTS', lex_dir(dkey)) == 1) then
             if windowed_values(dkey, spec[3] == 1, cursor and cursor[1], visit) then
-                return
+                return abandoned and 'abandon' or nil
             end
         else
             local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
@@ -196,7 +204,7 @@ local function walk_values_page(ctx, need, out)
             end)
             for i = 1, #values do
                 if visit(values[i], counts[values[i]]) then
-                    return
+                    return abandoned and 'abandon' or nil
                 end
             end
         end
