@@ -298,10 +298,10 @@ def test_a_page_that_gives_up_once_is_found_in_steps(
     from tracetags.query import pages
 
     client, final = loaded
-    scanned: list[tuple[str, tuple[str, ...] | None]] = []
-    collects: set[tuple[str, tuple[str, ...] | None]] = set()
+    scanned: list[tuple[str | None, tuple[str, ...] | None]] = []
+    collects: set[tuple[str | None, tuple[str, ...] | None]] = set()
     real = pages._budgeted_page
-    at: list[tuple[str, tuple[str, ...] | None]] = []
+    at: list[tuple[str | None, tuple[str, ...] | None]] = []
 
     def spy(*args: Any) -> Any:
         scanned.append(at[-1])
