@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -28,7 +29,7 @@ from tracetags.keys import Keys, field_label, metadata_field, split_register, ta
 from tracetags.query import budget, pages
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
-from tracetags.query.logical import LConst, LogicalNode, logical
+from tracetags.query.logical import LAnd, LConst, LogicalNode, LValues, logical, order_index
 from tracetags.query.pages import RawTrace
 from tracetags.query.parser import (
     effective_order,
@@ -91,6 +92,17 @@ class Prepared:
     experiment_ids: list[str] | None
     root: LogicalNode
     fingerprint: bytes
+    #: The order keys the plans sort by: ``order`` without the keys the filter pins to one
+    #: value (``tags.env = 'prod'`` ordered by ``tags.env``: the same value in every row,
+    #: so the key orders nothing and the next one decides), and their places in ``order``.
+    plan_order: list[OrderKey] = dataclasses.field(default_factory=list)
+    plan_keys: tuple[int, ...] = ()
+
+    def plan_cursor(self, cursor: list[list[Any]] | None) -> list[list[Any]] | None:
+        """A cursor of ``order`` (a page token's) as one of ``plan_order``."""
+        if cursor is None or len(self.plan_keys) == len(self.order):
+            return cursor
+        return [cursor[i] for i in self.plan_keys]
 
 
 def _check_experiment_ids(experiment_ids: Any) -> list[str] | None:
@@ -183,7 +195,14 @@ def _prepare(
         sorted(set(scope or ())),
     ]
     fingerprint = hashlib.blake2b(_ENCODER.encode(identity), digest_size=8).digest()
-    return Prepared(expr, order, scope, simplify(logical(expr, scope)), fingerprint)
+    root = simplify(logical(expr, scope))
+    pinned = {c.index for c in _conjuncts(root) if isinstance(c, LValues) and len(c.values) == 1}
+    kept = tuple(i for i, k in enumerate(order) if order_index(k) not in pinned)
+    return Prepared(expr, order, scope, root, fingerprint, [order[i] for i in kept], kept)
+
+
+def _conjuncts(root: LogicalNode) -> tuple[LogicalNode, ...]:
+    return root.children if isinstance(root, LAnd) else (root,)
 
 
 # --- probing and planning ------------------------------------------------------------------
@@ -387,7 +406,7 @@ def _plans(
     group_fields: Sequence[str] = (),
     reuse_probe: bool = False,
 ) -> list[PartitionPlan]:
-    order = prepared.order if mode == "page" else ()
+    order = prepared.plan_order if mode == "page" else ()
     reused = None
     reuse = mode == "page" and reuse_probe and sizes_only(prepared.root)
     if reuse:
@@ -431,7 +450,7 @@ def _make_plans(
                 tree,
                 total,
                 mode=mode,
-                order=prepared.order,
+                order=prepared.plan_order,
                 limit=limit,
                 cursor=cursor,
                 group_fields=group_fields,
@@ -577,16 +596,19 @@ def search(
     partition is asked again for a whole page.
     """
     specs = order_specs(prepared.order)
-    cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
+    token_cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
     if _nothing(prepared):
         return Page([], None)
-    by_order = functools.cmp_to_key(functools.partial(_cmp_rows, specs))
+    # The plans' order (and the rows the calls return, key rows too) is plan_order's.
+    cursor = prepared.plan_cursor(token_cursor)
+    plan_specs = order_specs(prepared.plan_order)
+    by_order = functools.cmp_to_key(functools.partial(_cmp_rows, plan_specs))
 
     def order_key(fields: RawTrace) -> Any:
-        return by_order(_row_values(fields, specs))
+        return by_order(_row_values(fields, plan_specs))
 
     def cursor_of(fields: RawTrace) -> list[list[Any]]:
-        return [[0] if v is None else [1, v] for v in _row_values(fields, specs)]
+        return [[0] if v is None else [1, v] for v in _row_values(fields, plan_specs)]
 
     def rest_plans(rest: Prepared, limit: int, at: list[list[Any]] | None) -> list[PartitionPlan]:
         return _plans(client, keys, partitions, rest, "page", limit=limit, cursor=at)
