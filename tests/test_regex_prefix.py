@@ -153,3 +153,20 @@ def test_an_anchored_id_pattern_seeks_its_lead_instead_of_reading_every_id() -> 
     assert "IDSEEK" in reads("request_id RLIKE '^tr\\-b6[0-9]'")
     assert "HGETALL" not in reads("request_id RLIKE '^tr\\-b6[0-9]'")
     assert "HGETALL" in reads("request_id RLIKE 'b6'")  # unanchored: every id is read
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_anchored_patterns_over_windows_of_values_equal_the_reference(
+    loaded: tuple[Client, list[dict[str, object]]],
+    seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Client request ids have no byte-order index: the values starting with the lead are
+    kept by tt_query a window of values at a time (windows of 50 here, 300 values)."""
+    monkeypatch.setattr("tracetags.query.budget.VALUES_WINDOW", 50)
+    client, final = loaded
+    rng = random.Random(100 + seed)
+    for _ in range(8):
+        filter_string = f"client_request_id RLIKE '{_anchored(rng)}'"
+        expected = ref.search(final, None, filter_string, None, None)
+        assert all_pages(client, filter_string, None, 61) == expected, filter_string

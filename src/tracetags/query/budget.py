@@ -317,7 +317,9 @@ def rest_of_values(
     out: list[str | float | bool] = []
     rank = first_rank
     while rank >= 0:
-        plan = ValuesPlan(dkey=dkey, runs=args[0], lead=args[1], window=[rank, VALUES_WINDOW])
+        plan = ValuesPlan(
+            dkey=dkey, runs=args[0], lead=args[1], window=[rank, VALUES_WINDOW], alts=args[2]
+        )
         (reply,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(plan))])
         _, flat, rank = _VALUES_DECODER.decode(reply)
         out.extend(flat)

@@ -201,6 +201,36 @@ local function values_reply(dkey, runs, lead, window, alts, sample)
         end
         return cmsgpack.pack({ 1, flat, -1 })
     end
+    if alts and #alts > 0 and not sample then
+        -- no byte-order index (and no sample wanted: a pattern only the client tests): the
+        -- values, a window of ranks a call, starting with an alt
+        local got
+        local next_rank = -1
+        if window then
+            got = call('ZRANGE', dkey, window[1], window[1] + window[2] - 1)
+            if #got == window[2] then
+                next_rank = window[1] + window[2]
+            end
+        else
+            got = call('ZRANGE', dkey, 0, -1)
+        end
+        local found = {}
+        for i = 1, #got do
+            local v = got[i]
+            for _, alt in ipairs(alts) do
+                if sub(v, 1, #alt) == alt then
+                    found[#found + 1] = v
+                    break
+                end
+            end
+        end
+        local counts = zmscore(dkey, found)
+        local flat = {}
+        for i = 1, #found do
+            flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
+        end
+        return cmsgpack.pack({ 1, flat, next_rank })
+    end
     local sought = #runs > 0 and #runs[1] > 0 and call('EXISTS', lex_dir(dkey)) == 1
     if sample and window and not sought then
         -- more than a window of values to read: a sample instead, for the client to choose
