@@ -170,3 +170,52 @@ def test_anchored_patterns_over_windows_of_values_equal_the_reference(
         filter_string = f"client_request_id RLIKE '{_anchored(rng)}'"
         expected = ref.search(final, None, filter_string, None, None)
         assert all_pages(client, filter_string, None, 61) == expected, filter_string
+
+
+@pytest.fixture(scope="module")
+def mostly_cr(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    traces = [
+        {
+            "trace_id": f"t{i:04d}",
+            "experiment_id": "1",
+            "timestamp_ms": qd.BASE_MS + i,
+            "execution_time_ms": 1,
+            "status": "OK",
+            "name": "n",
+            "client_request_id": f"{'zz' if i % 3 == 0 else 'cr'}-{i}",
+            "tags": {},
+            "metadata": {},
+        }
+        for i in range(400)
+    ]
+    c = Client(Settings(redis_url=redis_url, namespace=f"tt-crlead-{os.urandom(4).hex()}"))
+    qd.load(c.redis, c.keys, 1, traces)
+    yield c, ref.apply_mutations(traces, [])
+    drop_namespace(c.redis, c.keys.namespace)
+    c.close()
+
+
+@pytest.mark.parametrize(
+    "filter_string",
+    [
+        "client_request_id ILIKE 'CR%'",
+        "client_request_id RLIKE '^cr'",
+        "client_request_id ILIKE 'c_-1%'",
+    ],
+)
+def test_values_kept_by_their_lead_are_not_taken_for_every_value(
+    mostly_cr: tuple[Client, list[dict[str, object]]],
+    monkeypatch: pytest.MonkeyPatch,
+    filter_string: str,
+) -> None:
+    """Windows of values kept by the lead (no byte-order index) are not every value of the
+    key: a pattern matching most of them must not be planned as 'present AND NOT the few
+    others' (that would take in the 'zz-' values the windows left out).  The sample is made
+    to decline, so an ILIKE reads the values too."""
+    monkeypatch.setattr("tracetags.query.budget.VALUES_WINDOW", 50)
+    monkeypatch.setattr("tracetags.query.probe.TEST_MIN_MATCHES", 10**9)
+    client, final = mostly_cr
+    expected = ref.search(final, None, filter_string, None, None)
+    assert len(expected) > 64
+    assert all_pages(client, filter_string, None, 100) == expected
+    assert client.count(filter_string) == len(expected)

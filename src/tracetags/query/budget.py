@@ -309,18 +309,21 @@ def rest_of_values(
     dkey: str,
     args: Sequence[Any],
     first_rank: int,
-) -> list[str | float | bool]:
+) -> tuple[list[str | float | bool], bool]:
     """The flat [value, count, ...] of a LIKE's values from rank ``first_rank`` on, a
-    VALUES_WINDOW per ``tt_query`` call (``args``: the probe's runs and lead)."""
+    VALUES_WINDOW per ``tt_query`` call (``args``: the probe's runs, lead and alts), and
+    whether they are only the values starting with an alt (not every value of the key)."""
     from tracetags.query.plan import ValuesPlan
 
     out: list[str | float | bool] = []
     rank = first_rank
+    sought = False
     while rank >= 0:
         plan = ValuesPlan(
             dkey=dkey, runs=args[0], lead=args[1], window=[rank, VALUES_WINDOW], alts=args[2]
         )
         (reply,) = functions.query_partitions(client, keys, [(partition, _ENCODER.encode(plan))])
-        _, flat, rank = _VALUES_DECODER.decode(reply)
+        flag, flat, rank = _VALUES_DECODER.decode(reply)
+        sought = sought or flag == 1
         out.extend(flat)
-    return out
+    return out, sought

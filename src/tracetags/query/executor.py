@@ -52,7 +52,7 @@ from tracetags.query.probe import (
     sizes_only,
     values_sample,
 )
-from tracetags.query.residual import residual_page
+from tracetags.query.residual import MIN_SHARE, client_term, residual_page
 from tracetags.query.simplify import simplify
 from tracetags.query.strategy import PartitionPlan, order_specs, plan_partition
 
@@ -272,10 +272,11 @@ def _probe(
                         continue
                     sought, flat, next_rank = 0, [], 0  # every value is read after all
                 if next_rank >= 0:
-                    more = budget.rest_of_values(
+                    more, only_sought = budget.rest_of_values(
                         client, keys, probe.partition, key, args, next_rank
                     )
                     flat = [*flat, *more]
+                    sought = sought or only_sought  # (not every value: no complement)
                 pairs = list(dict(zip(flat[::2], flat[1::2], strict=True)).items())
                 replies[at + offset] = MatchedValues(bool(sought), pairs)
             elif name == "IDSEEK":  # {id: number}, like HGETALL of the ids hash
@@ -749,7 +750,15 @@ def explain(
     """The chosen plan of every partition, with estimated cardinalities and the reason."""
     specs = order_specs(prepared.order)
     cursor = None if page_token is None else _decode_token(page_token, prepared, specs)
-    plans = _plans(client, keys, partitions, prepared, mode, limit=max_results + 1, cursor=cursor)
+    plans = _plans(
+        client,
+        keys,
+        partitions,
+        prepared,
+        mode,
+        limit=max_results + 1,
+        cursor=prepared.plan_cursor(cursor),
+    )
     lines = [
         f"{'search_traces' if mode == 'page' else 'count'}: filter {_render_filter(prepared.expr)}",
         f"  experiment_ids: {prepared.experiment_ids or 'all'}",
@@ -757,6 +766,13 @@ def explain(
     if mode == "page":
         lines.append("  order: " + ", ".join(_order_text(k) for k in prepared.order))
         lines.append(f"  max_results: {max_results}{' (after a page token)' if cursor else ''}")
+        term = client_term(prepared.root)
+        if term is not None:
+            lines.append(
+                f"  {term} is decided in the client: a page samples it first and, at >= "
+                f"{MIN_SHARE:.0%} of the traces, walks the rest of the filter testing it on "
+                "each candidate (else, as planned below)"
+            )
     pipe = client.pipeline(transaction=False)
     for plan in plans:
         pipe.hgetall(keys.lookups(plan.partition))

@@ -38,7 +38,7 @@ from tracetags.query.logical import (
     leaves,
 )
 
-__all__ = ["MAX_CANDIDATES", "MIN_SHARE", "residual_page"]
+__all__ = ["MAX_CANDIDATES", "MIN_SHARE", "client_term", "residual_page"]
 
 #: The share of a partition's traces the term must match (by the sample) for a walk.
 MIN_SHARE: Final = 0.05
@@ -104,6 +104,12 @@ def _term(root: LogicalNode) -> _Term | None:
         return value is not None and predicate(value) != negated
 
     return _Term(rest, leaf.index.hash_field, matches, leaf)
+
+
+def client_term(root: LogicalNode) -> str | None:
+    """The text of the term a page of ``root`` may test in the client during a walk."""
+    term = _term(root)
+    return None if term is None else term.leaf.text
 
 
 def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> float:
