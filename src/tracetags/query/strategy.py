@@ -259,6 +259,9 @@ def plan_partition(
             order_distinct * COSTS.walk_values_distinct_factor < cost
             or walk_values_us < COSTS.walk_values_margin * cost
         )
+        # Fewer matches expected than the page holds: the walk cannot stop early and visits
+        # every group (the key's traces), where a collect reads the candidates once.
+        and (tree.est >= limit or cost > total / 4)
     ):
         key_set = index.key_set(keys, partition)
         presence = ["C", key_set] if key_set is not None else ["P", PRESENCE_FIELD[index.kind]]
