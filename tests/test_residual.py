@@ -136,6 +136,9 @@ def test_random_dense_terms_equal_the_reference(
         ("tags.u RLIKE 'a1[0-9]5$'", False),  # sparse by the sample: values read once
         ("request_id RLIKE 'abc' AND status = 'OK'", False),
         ("request_id RLIKE '1' AND tags.u RLIKE '2'", False),  # two such terms
+        # sparse, but the rest holds fewer than SPARSE_ROWS traces a partition: one call
+        ("request_id RLIKE 'f0' AND tags.w = 'x' AND name = 'a'", True),
+        ("client_request_id RLIKE 'zeta-1' AND tags.w = 'y' AND tags.h = 'x'", True),
     ],
 )
 def test_the_sample_decides_the_walk(

@@ -5,7 +5,8 @@ its matches, the rest of the filter is walked in the page's order a batch of can
 call, each candidate's register tested in the client, until the page is full.
 
 A term that matches few traces is left to the usual way (every id or value read once, the
-matches planned as a set): walking would test most of the partition.  The probe's sample
+matches planned as a set): walking would test most of the partition; unless the rest of the
+filter itself holds at most :data:`SPARSE_ROWS` traces, found by one call.  The probe's sample
 (256 ids, or 256 values with their trace counts) tells which.  A walk that meets far fewer
 matches than the sample promised stops after :data:`MAX_CANDIDATES` and the page is found
 the usual way.
@@ -47,6 +48,9 @@ SAMPLE: Final = 256
 #: A partition's walk gives up past this many candidates tested (the term matched far
 #: fewer of the rest's traces than the sample said).
 MAX_CANDIDATES: Final = 20_000
+#: A term the sample says is sparse: the rest's first candidates, one call; a rest this
+#: small is the whole answer (the term tested on each), else the usual way.
+SPARSE_ROWS: Final = 512
 #: Rows a call walks: the first call enough for the page at the sampled share (times
 #: BATCH_SLACK), within these bounds; each further call twice the last.
 BATCH_MIN: Final = 64
@@ -175,16 +179,18 @@ def residual_page(
         share = _share(client, keys, partitions, term)
     except redis.ResponseError:
         return None
-    if share < MIN_SHARE:
-        return None
-    rest = dataclasses.replace(prepared, root=term.rest)
-    plans = make_plans(rest, max_results + 1, cursor)
     need = max_results + 1
-    first = int(need / share * BATCH_SLACK)
+    sparse = share < MIN_SHARE
+    # A sparse term: one call of SPARSE_ROWS candidates of the rest, in case the rest is
+    # that small (then the whole answer); else the usual way.
+    first = SPARSE_ROWS if sparse else int(need / share * BATCH_SLACK)
+    cap = SPARSE_ROWS if sparse else MAX_CANDIDATES
+    rest = dataclasses.replace(prepared, root=term.rest)
+    plans = make_plans(rest, need, cursor)
     budget_us = max(1, budget_ms) * 1000
     out: list[tuple[int, list[pages.RawTrace]]] = []
     for plan in plans:
-        got = _walk(client, keys, plan, term, need, first, budget_us, cursor_of)
+        got = _walk(client, keys, plan, term, need, first, budget_us, cursor_of, cap)
         if got is None:
             return None
         out.append(got)
@@ -200,6 +206,7 @@ def _walk(
     first: int,
     budget_us: int,
     cursor_of: Callable[[pages.RawTrace], list[list[Any]]],
+    cap: int,
 ) -> tuple[int, list[pages.RawTrace]] | None:
     query = plan.plan
     cursor = query.cursor
@@ -229,7 +236,7 @@ def _walk(
         tested += len(rows)
         if found < batch or not rows:
             break
-        if tested >= MAX_CANDIDATES and len(matched) < need:
+        if tested >= cap and len(matched) < need:
             return None
         cursor = cursor_of(rows[-1])
         batch = min(batch * 2, BATCH_MAX)
