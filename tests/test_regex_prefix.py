@@ -219,3 +219,26 @@ def test_values_kept_by_their_lead_are_not_taken_for_every_value(
     assert len(expected) > 64
     assert all_pages(client, filter_string, None, 100) == expected
     assert client.count(filter_string) == len(expected)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.text(alphabet="ab%_-\n\u0130", max_size=6),
+    st.lists(st.text(alphabet="abAB-\n%_\u0130", max_size=7), min_size=1, max_size=10),
+)
+def test_like_shortcuts_equal_the_sql_definition(pattern: str, values: list[str]) -> None:
+    """LIKE patterns of literal runs (``'a%'``, ``'%a'``, ``'a%b'``, ``'%a%'``) are decided
+    by str methods: the same answers as the SQL definition written as a regex."""
+    import re
+
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    like, ilike = (
+        logical.pattern_predicate("LIKE", pattern),
+        logical.pattern_predicate("ILIKE", pattern),
+    )
+    for value in values:
+        assert like(value) == (re.fullmatch(regex, value, re.DOTALL) is not None), value
+        folded = "".join(
+            ".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern.lower()
+        )
+        assert ilike(value) == (re.fullmatch(folded, value.lower(), re.DOTALL) is not None)

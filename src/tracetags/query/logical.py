@@ -234,6 +234,20 @@ def _like_predicate(pattern: str) -> Callable[[str], bool]:
     binding, and LIKE runs over every distinct value of a key.  With one ``%`` at most, the
     whole pattern is one such regex (one ``.*`` backtracks over one position at a time)."""
     texts = pattern.split("%")
+    if "_" not in pattern:  # literal runs only: str methods, several times faster than re
+        if len(texts) == 1:
+            return lambda v: v == pattern
+        head, tail = texts[0], texts[-1]
+        if len(texts) == 2:
+            if not tail:
+                return lambda v: v.startswith(head)
+            if not head:
+                return lambda v: v.endswith(tail)
+            least = len(head) + len(tail)
+            return lambda v: len(v) >= least and v.startswith(head) and v.endswith(tail)
+        if len(texts) == 3 and not head and not tail and texts[1]:
+            middle = texts[1]
+            return lambda v: middle in v
     if len(texts) <= 2:
         whole = re.compile(".*".join(_like_segment(t).pattern for t in texts), re.DOTALL)
         return lambda v: whole.fullmatch(v) is not None
