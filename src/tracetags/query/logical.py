@@ -246,8 +246,8 @@ def _like_predicate(pattern: str) -> Callable[[str], bool]:
             least = len(head) + len(tail)
             return lambda v: len(v) >= least and v.startswith(head) and v.endswith(tail)
         if len(texts) == 3 and not head and not tail and texts[1]:
-            middle = texts[1]
-            return lambda v: middle in v
+            inner = texts[1]
+            return lambda v: inner in v
     if len(texts) <= 2:
         whole = re.compile(".*".join(_like_segment(t).pattern for t in texts), re.DOTALL)
         return lambda v: whole.fullmatch(v) is not None
