@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import drop_namespace
+from tests.support.helpers import all_pages, drop_namespace
 from tracetags.client import Client
 from tracetags.settings import Settings
 
@@ -50,20 +50,7 @@ def test_nested_group_orders_equal_the_reference(
     for scope in (None, ["1", "10"]):
         expected = ref.search(final, scope, filter_string, order, None)
         for size in (3, 40):
-            got: list[str] = []
-            token = None
-            while True:
-                page = client.search_traces(
-                    experiment_ids=scope,
-                    filter_string=filter_string,
-                    order_by=order,
-                    max_results=size,
-                    page_token=token,
-                )
-                got += [t.info.trace_id for t in page]
-                token = page.token
-                if token is None:
-                    break
+            got = all_pages(client, filter_string, order, size, experiment_ids=scope)
             assert got == expected, (scope, size)
 
 

@@ -5,7 +5,6 @@ every page equal to the reference evaluator's."""
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 
@@ -13,10 +12,9 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages, drop_namespace
+from tests.support.helpers import all_pages
 from tracetags.client import Client
 from tracetags.query import executor
-from tracetags.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +40,8 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
                 "metadata": {"m": rng.choice(("x", "y"))},
             }
         )
-    c = Client(Settings(redis_url=redis_url, namespace=f"tt-pinned-{os.urandom(4).hex()}"))
-    qd.load(c.redis, c.keys, 3, traces)
-    yield c, ref.apply_mutations(traces, [])
-    drop_namespace(c.redis, c.keys.namespace)
-    c.close()
+    with qd.loaded(redis_url, "pinned", 3, traces) as got:
+        yield got
 
 
 PINS = ("tags.env = 'prod'", "status = 'OK'", "name = 'b'", "metadata.m = 'y'", "run_id = 'r'")

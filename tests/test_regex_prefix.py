@@ -5,7 +5,6 @@ patterns over ids and values answer as the reference evaluator does."""
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 
@@ -16,13 +15,12 @@ from hypothesis import given, settings
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages, drop_namespace
+from tests.support.helpers import all_pages
 from tracetags.client import Client
 from tracetags.keys import Keys
 from tracetags.query import logical
 from tracetags.query.parser import parse_filter
 from tracetags.query.probe import probe_commands
-from tracetags.settings import Settings
 
 ATOMS = (
     *("a", "b", "-", "\\-", "\\.", ".", "[0-9]", "[ab]", "*", "?", "+", "{2}", "{0,1}", "|"),
@@ -116,11 +114,8 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
                 "metadata": {},
             }
         )
-    c = Client(Settings(redis_url=redis_url, namespace=f"tt-rxlead-{os.urandom(4).hex()}"))
-    qd.load(c.redis, c.keys, 1, traces)
-    yield c, ref.apply_mutations(traces, [])
-    drop_namespace(c.redis, c.keys.namespace)
-    c.close()
+    with qd.loaded(redis_url, "rxlead", 1, traces) as got:
+        yield got
 
 
 def _anchored(rng: random.Random) -> str:
@@ -188,11 +183,8 @@ def mostly_cr(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]
         }
         for i in range(400)
     ]
-    c = Client(Settings(redis_url=redis_url, namespace=f"tt-crlead-{os.urandom(4).hex()}"))
-    qd.load(c.redis, c.keys, 1, traces)
-    yield c, ref.apply_mutations(traces, [])
-    drop_namespace(c.redis, c.keys.namespace)
-    c.close()
+    with qd.loaded(redis_url, "crlead", 1, traces) as got:
+        yield got
 
 
 @pytest.mark.parametrize(

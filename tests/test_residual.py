@@ -7,7 +7,6 @@ far fewer matches than the sample said gives the page to the usual way, still ex
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -16,10 +15,9 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages, drop_namespace
+from tests.support.helpers import all_pages
 from tracetags.client import Client
-from tracetags.query import residual
-from tracetags.settings import Settings
+from tracetags.query import budget, residual
 
 WORDS = ("alpha", "Beta", "GAMMA", "delta", "zeta", "é", "日本", "x-1", "q_7")
 
@@ -48,11 +46,8 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
                 "metadata": {"m": f"{rng.choice(WORDS)}.{i % 300}"},
             }
         )
-    c = Client(Settings(redis_url=redis_url, namespace=f"tt-resid-{os.urandom(4).hex()}"))
-    qd.load(c.redis, c.keys, 3, traces)
-    yield c, ref.apply_mutations(traces, [])
-    drop_namespace(c.redis, c.keys.namespace)
-    c.close()
+    with qd.loaded(redis_url, "resid", 3, traces) as got:
+        yield got
 
 
 DENSE = (
@@ -84,7 +79,9 @@ ORDERS: tuple[list[str] | None, ...] = (
 
 @pytest.fixture
 def walks(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each page call was answered by a residual walk."""
+    """Whether each page call was answered by a residual walk (calls without a deadline: a
+    loaded machine must not decide the path)."""
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 10_000_000)
     taken: list[bool] = []
     real = residual.residual_page
 
@@ -110,20 +107,7 @@ def test_random_dense_terms_equal_the_reference(
         size = rng.choice((37, 100, 600))
         scope = rng.choice((None, ["1"]))
         expected = ref.search(final, scope, filter_string, order, None)
-        got: list[str] = []
-        token = None
-        while True:
-            page = client.search_traces(
-                experiment_ids=scope,
-                filter_string=filter_string,
-                order_by=order,
-                max_results=size,
-                page_token=token,
-            )
-            got += [t.info.trace_id for t in page]
-            token = page.token
-            if token is None:
-                break
+        got = all_pages(client, filter_string, order, size, experiment_ids=scope)
         assert got == expected, (filter_string, order, size, scope)
     assert any(walks)
 
@@ -169,3 +153,16 @@ def test_a_walk_meeting_fewer_matches_than_sampled_gives_the_page_to_the_usual_w
     assert walks == [False]
     other = "request_id RLIKE 'x' AND tags.h != 'TR-'"
     assert all_pages(client, other, None, 40) == ref.search(final, None, other, None, None)
+
+
+def test_a_walk_whose_calls_give_up_gives_the_page_to_the_usual_way(
+    loaded: tuple[Client, list[dict[str, object]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call passes its deadline: the walk's batches shrink to the least, then the
+    usual way (and its budgeted calls) answers, exactly."""
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
+    client, final = loaded
+    filter_string = "request_id RLIKE '[0-9]' AND status = 'OK'"
+    expected = ref.search(final, None, filter_string, None, None)
+    page = client.search_traces(filter_string=filter_string, max_results=50)
+    assert [t.info.trace_id for t in page] == expected[:50]

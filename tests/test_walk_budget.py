@@ -5,7 +5,6 @@ collects the candidates instead, in the same call, and the answer stays exact.""
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -14,10 +13,9 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages, drop_namespace
+from tests.support.helpers import all_pages
 from tracetags.client import Client
-from tracetags.query import pages
-from tracetags.settings import Settings
+from tracetags.query import budget, pages
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +37,8 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
                 "metadata": {},
             }
         )
-    c = Client(Settings(redis_url=redis_url, namespace=f"tt-wbudget-{os.urandom(4).hex()}"))
-    qd.load(c.redis, c.keys, 1, traces)
-    yield c, ref.apply_mutations(traces, [])
-    drop_namespace(c.redis, c.keys.namespace)
-    c.close()
+    with qd.loaded(redis_url, "wbudget", 1, traces) as got:
+        yield got
 
 
 @pytest.mark.parametrize(
@@ -64,6 +59,9 @@ def test_an_empty_intersection_walked_by_values_collects_in_the_same_call(
 ) -> None:
     client, final = loaded
     text = client.explain(filter_string=filter_string, order_by=order)
+    # No deadline (a loaded machine must not decide the path): the page is the one call's,
+    # walked until the walk budget, then collected; never the budgeted ways'.
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 10_000_000)
     fallbacks: list[str] = []
     for name in ("_stepped_page", "_budgeted_page"):
         real = getattr(pages, name)
@@ -78,5 +76,5 @@ def test_an_empty_intersection_walked_by_values_collects_in_the_same_call(
     assert [t.info.trace_id for t in page] == expected[:50]
     if " OR " not in filter_string:
         assert "strategy: walk-values" in text, text  # (the path under test)
-    assert not fallbacks  # the page call did not pass its deadline
+    assert not fallbacks
     assert all_pages(client, filter_string, order, 400) == expected

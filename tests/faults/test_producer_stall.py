@@ -8,6 +8,7 @@ closed its connection meanwhile: a server that has a pipeline in its socket runs
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis
 
@@ -57,19 +58,24 @@ def stalled_settings(proxy: FaultProxy, namespace: str, reply_wait_ms: int) -> S
     )
 
 
-def test_a_write_answered_after_the_socket_timeout_lands_once(
-    admin: redis.Redis, proxy: FaultProxy
-) -> None:
+def run_stalled(proxy: FaultProxy, namespace: str, reply_wait_ms: int) -> tuple[Any, Any]:
+    """One event written, then EVENTS with the first EXEC held; (the hook, the stats)."""
     hook = HoldFirstExec()
     proxy.hook, proxy.hold_s = hook, HOLD_S
-    with TagProducer(stalled_settings(proxy, "stall", reply_wait_ms=10_000)) as producer:
+    with TagProducer(stalled_settings(proxy, namespace, reply_wait_ms)) as producer:
         producer.set_tags("t0", {"n": "-1"})
         producer.flush(10)
         hook.armed = True
         for i in range(EVENTS):
             producer.set_tags(f"t{i % 7}", {"n": str(i)})
         producer.flush(15)
-        stats = producer.stats()
+        return hook, producer.stats()
+
+
+def test_a_write_answered_after_the_socket_timeout_lands_once(
+    admin: redis.Redis, proxy: FaultProxy
+) -> None:
+    hook, stats = run_stalled(proxy, "stall", reply_wait_ms=10_000)
     numbers = logged_numbers(admin, "stall")[1:]
     assert hook.held == 1 and hook.execs == 1, vars(hook)  # held, answered late, not resent
     assert exactly_once_problems(numbers, EVENTS) == ""
@@ -105,15 +111,7 @@ def test_past_the_reply_wait_a_late_write_can_land_twice(
     """The limit, documented in docs/faults.md: a producer that gives the connection up
     (here at once) looks for the write before the stalled server has run it, resends it, and
     the server then runs both.  This proves the scenario above reproduces the race."""
-    hook = HoldFirstExec()
-    proxy.hook, proxy.hold_s = hook, HOLD_S
-    with TagProducer(stalled_settings(proxy, "gaveup", reply_wait_ms=1)) as producer:
-        producer.set_tags("t0", {"n": "-1"})
-        producer.flush(10)
-        hook.armed = True
-        for i in range(EVENTS):
-            producer.set_tags(f"t{i % 7}", {"n": str(i)})
-        producer.flush(15)
+    hook, _ = run_stalled(proxy, "gaveup", reply_wait_ms=1)
     wait_until(lambda: len(logged_numbers(admin, "gaveup")) >= 2 * EVENTS + 1, timeout=5)
     numbers = logged_numbers(admin, "gaveup")[1:]
     assert hook.execs == 2, vars(hook)  # the held EXEC, then the resend's

@@ -61,14 +61,22 @@ def scratch_namespace(redis_url: str) -> Iterator[str]:
 
 
 def all_pages(
-    client: Any, filter_string: str | None, order: list[str] | None, max_results: int
+    client: Any,
+    filter_string: str | None,
+    order: list[str] | None,
+    max_results: int,
+    experiment_ids: list[str] | None = None,
 ) -> list[str]:
     """The trace ids of every page of a search (``client``: a tracetags Client)."""
     got: list[str] = []
     token = None
     while True:
         page = client.search_traces(
-            filter_string=filter_string, order_by=order, max_results=max_results, page_token=token
+            experiment_ids=experiment_ids,
+            filter_string=filter_string,
+            order_by=order,
+            max_results=max_results,
+            page_token=token,
         )
         got += [t.info.trace_id for t in page]
         token = page.token

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from tracetags import schemas
+from tracetags.client import Client
 from tracetags.connections import SyncClient
 from tracetags.functions import BatchItem, apply_batch
 from tracetags.keys import NAME_TAG, Keys, partition_of
+from tracetags.settings import Settings
 
 GROUP = "query-test"
 BASE_MS = 1_700_000_000_000
@@ -138,3 +141,21 @@ def generate(
             key = rng.choice(("env", "retries", "note"))
             mutations.append({"op": "delete", "trace_id": trace["trace_id"], "key": key})
     return traces, mutations
+
+
+@contextlib.contextmanager
+def loaded(
+    redis_url: str, label: str, partitions: int, traces: list[dict[str, Any]]
+) -> Iterator[tuple[Client, list[dict[str, Any]]]]:
+    """A client on a fresh namespace holding ``traces`` (folded straight into the
+    partitions), with the reference's final state of them; the namespace is dropped after."""
+    from tests.support import query_reference as ref
+    from tests.support.helpers import drop_namespace
+
+    client = Client(Settings(redis_url=redis_url, namespace=f"tt-{label}-{os.urandom(4).hex()}"))
+    try:
+        load(client.redis, client.keys, partitions, traces)
+        yield client, ref.apply_mutations(traces, [])
+    finally:
+        drop_namespace(client.redis, client.keys.namespace)
+        client.close()

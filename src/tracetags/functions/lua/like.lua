@@ -183,6 +183,17 @@ end
 -- candidates' scores are read.  With window {first rank, count}, values not sought are read
 -- that window of ranks at a time, and the reply's third item is the next window's first
 -- rank (-1: none), so no call reads a million values.
+-- The values found with their trace counts, packed as values_reply answers them.
+local function counted_reply(dkey, sought, found, next_rank)
+    local counts = zmscore(dkey, found)
+    local flat = {}
+    for i = 1, #found do
+        flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
+    end
+    -- msgpack: the client decodes a thousand values in C (not one RESP string each)
+    return cmsgpack.pack({ sought and 1 or 0, flat, next_rank })
+end
+
 local function values_reply(dkey, runs, lead, window, alts, sample)
     if alts and #alts > 0 and call('EXISTS', lex_dir(dkey)) == 1 then
         -- an ILIKE's lead in each of its case variants: only values starting so
@@ -194,12 +205,7 @@ local function values_reply(dkey, runs, lead, window, alts, sample)
                 end
             end)
         end
-        local counts = zmscore(dkey, found)
-        local flat = {}
-        for i = 1, #found do
-            flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
-        end
-        return cmsgpack.pack({ 1, flat, -1 })
+        return counted_reply(dkey, true, found, -1)
     end
     if alts and #alts > 0 and not sample then
         -- no byte-order index (and no sample wanted: a pattern only the client tests): the
@@ -224,12 +230,7 @@ local function values_reply(dkey, runs, lead, window, alts, sample)
                 end
             end
         end
-        local counts = zmscore(dkey, found)
-        local flat = {}
-        for i = 1, #found do
-            flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
-        end
-        return cmsgpack.pack({ 1, flat, next_rank })
+        return counted_reply(dkey, true, found, next_rank)
     end
     local sought = #runs > 0 and #runs[1] > 0 and call('EXISTS', lex_dir(dkey)) == 1
     if sample and window and not sought then
@@ -285,13 +286,7 @@ local function values_reply(dkey, runs, lead, window, alts, sample)
     else
         take(call('ZRANGE', dkey, 0, -1))
     end
-    local counts = zmscore(dkey, found)
-    local flat = {}
-    for i = 1, n do
-        flat[2 * i - 1], flat[2 * i] = found[i], counts[i]
-    end
-    -- msgpack: the client decodes a thousand values in C (not one RESP string each)
-    return cmsgpack.pack({ sought and 1 or 0, flat, next_rank })
+    return counted_reply(dkey, sought, found, next_rank)
 end
 
 Like.resolve_sought = resolve_sought
