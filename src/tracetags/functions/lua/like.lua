@@ -175,14 +175,6 @@ local function resolve_sought(ctx, node, seen)
     end
 end
 
--- The values of the distinct zset dkey that start with runs[1] and contain the other runs in
--- that order (the literal runs of a LIKE pattern, so a superset of its matches; the planner
--- applies the pattern), as msgpack {sought, {value, count, ...}}: sought = 1 when they came
--- from the byte-order index by `lead`, so exactly those that start like the pattern.
--- ZSCAN MATCH would format the score of every value, matching or not; here only the
--- candidates' scores are read.  With window {first rank, count}, values not sought are read
--- that window of ranks at a time, and the reply's third item is the next window's first
--- rank (-1: none), so no call reads a million values.
 -- The values found with their trace counts, packed as values_reply answers them.
 local function counted_reply(dkey, sought, found, next_rank)
     local counts = zmscore(dkey, found)
@@ -194,43 +186,64 @@ local function counted_reply(dkey, sought, found, next_rank)
     return cmsgpack.pack({ sought and 1 or 0, flat, next_rank })
 end
 
-local function values_reply(dkey, runs, lead, window, alts, sample)
-    if alts and #alts > 0 and call('EXISTS', lex_dir(dkey)) == 1 then
-        -- an ILIKE's lead in each of its case variants: only values starting so
-        local found = {}
-        for _, alt in ipairs(alts) do
-            lex_lead(dkey, { alt }, function(values)
-                for i = 1, #values do
-                    found[#found + 1] = values[i]
-                end
-            end)
-        end
-        return counted_reply(dkey, true, found, -1)
+-- An ILIKE's lead in each of its case variants (or an anchored RLIKE's lead), sought in
+-- the byte-order index: only the values starting so.
+local function alts_sought(dkey, alts)
+    local found = {}
+    for _, alt in ipairs(alts) do
+        lex_lead(dkey, { alt }, function(values)
+            for i = 1, #values do
+                found[#found + 1] = values[i]
+            end
+        end)
     end
-    if alts and #alts > 0 and not sample then
-        -- no byte-order index (and no sample wanted: a pattern only the client tests): the
-        -- values, a window of ranks a call, starting with an alt
-        local got
-        local next_rank = -1
-        if window then
-            got = call('ZRANGE', dkey, window[1], window[1] + window[2] - 1)
-            if #got == window[2] then
-                next_rank = window[1] + window[2]
-            end
-        else
-            got = call('ZRANGE', dkey, 0, -1)
+    return counted_reply(dkey, true, found, -1)
+end
+
+-- The same without a byte-order index: the values of a window of ranks (all without one)
+-- that start with an alt.
+local function alts_by_window(dkey, alts, window)
+    local got
+    local next_rank = -1
+    if window then
+        got = call('ZRANGE', dkey, window[1], window[1] + window[2] - 1)
+        if #got == window[2] then
+            next_rank = window[1] + window[2]
         end
-        local found = {}
-        for i = 1, #got do
-            local v = got[i]
-            for _, alt in ipairs(alts) do
-                if sub(v, 1, #alt) == alt then
-                    found[#found + 1] = v
-                    break
-                end
+    else
+        got = call('ZRANGE', dkey, 0, -1)
+    end
+    local found = {}
+    for i = 1, #got do
+        local v = got[i]
+        for _, alt in ipairs(alts) do
+            if sub(v, 1, #alt) == alt then
+                found[#found + 1] = v
+                break
             end
         end
-        return counted_reply(dkey, true, found, next_rank)
+    end
+    return counted_reply(dkey, true, found, next_rank)
+end
+
+-- The values of the distinct zset dkey that start with runs[1] and contain the other runs in
+-- that order (the literal runs of a LIKE pattern, so a superset of its matches; the planner
+-- applies the pattern), as msgpack {sought, {value, count, ...}}: sought = 1 when they came
+-- from the byte-order index by `lead`, so exactly those that start like the pattern, or
+-- were kept by `alts` (the literal leads one of which every match starts with).
+-- ZSCAN MATCH would format the score of every value, matching or not; here only the
+-- candidates' scores are read.  With window {first rank, count}, values not sought are read
+-- that window of ranks at a time, and the reply's third item is the next window's first
+-- rank (-1: none), so no call reads a million values.
+local function values_reply(dkey, runs, lead, window, alts, sample)
+    if alts and #alts > 0 then
+        if call('EXISTS', lex_dir(dkey)) == 1 then
+            return alts_sought(dkey, alts)
+        end
+        if not sample then
+            -- (a sampled pattern's M leaf test beats reading a dense lead's values)
+            return alts_by_window(dkey, alts, window)
+        end
     end
     local sought = #runs > 0 and #runs[1] > 0 and call('EXISTS', lex_dir(dkey)) == 1
     if sample and window and not sought then
