@@ -51,6 +51,8 @@ MAX_CANDIDATES: Final = 20_000
 #: A term the sample says is sparse: the rest's first candidates, one call; a rest this
 #: small is the whole answer (the term tested on each), else the usual way.
 SPARSE_ROWS: Final = 512
+#: That one call's deadline, in microseconds.
+SPARSE_BUDGET_US: Final = 2_000
 #: Rows a call walks: the first call enough for the page at the sampled share (times
 #: BATCH_SLACK), within these bounds; each further call twice the last.
 BATCH_MIN: Final = 64
@@ -188,6 +190,8 @@ def residual_page(
     rest = dataclasses.replace(prepared, root=term.rest)
     plans = make_plans(rest, need, cursor)
     budget_us = max(1, budget_ms) * 1000
+    if sparse:  # a rest that small is found at once; a larger one must not cost much
+        budget_us = min(budget_us, SPARSE_BUDGET_US)
     out: list[tuple[int, list[pages.RawTrace]]] = []
     for plan in plans:
         got = _walk(client, keys, plan, term, need, first, budget_us, cursor_of, cap)
@@ -228,8 +232,8 @@ def _walk(
         (raw,) = functions.query_partitions(client, keys, [(plan.partition, encoded)])
         found, rows = pages.PAGE_DECODER.decode(raw)
         if found < 0:  # past the deadline: smaller calls, or the usual way
-            if batch <= BATCH_MIN:
-                return None
+            if batch <= BATCH_MIN or cap <= SPARSE_ROWS:
+                return None  # (a sparse term's one look at the rest is over)
             batch = max(BATCH_MIN, batch // 4)
             continue
         matched.extend(row for row in rows if term.matches(pages.row_field(row, field)))
