@@ -326,8 +326,8 @@ def _ids_or_sample(
         chosen = sampled_ids(sample, predicate, total) if sample else None
         if chosen is not None:
             return chosen
-        # Few matches (by the sample): the ids alone are read (a third of HGETALL's time
-        # for the client), then the matches' numbers.
+        # Few matches (by the sample): the ids alone are read (no number decoded for every
+        # id), then the matches' numbers.
         ids: Any = client.hkeys(key)
         hits = [i for i in ids if predicate(reply_text(i))]
         if len(hits) <= len(ids) * MATCHED_IDS_MAX_SHARE:

@@ -289,7 +289,7 @@ def pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
     except (re2.error, ValueError, OverflowError):
         return _never
     literal = regex_literal(pattern)
-    if literal:  # most values fail the C-speed test: RE2's binding costs ~1 µs a call
+    if literal:  # most values fail `in`, far cheaper a call than RE2's binding
         return lambda v: literal in v and regex.search(v.encode()) is not None
     return lambda v: regex.search(v.encode()) is not None
 
