@@ -38,6 +38,7 @@ from tracetags.query.logical import (
     LogicalNode,
     leaves,
 )
+from tracetags.query.probe import reply_text
 
 __all__ = ["MAX_CANDIDATES", "MIN_SHARE", "client_term", "residual_page"]
 
@@ -137,7 +138,7 @@ def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> floa
         total = int(replies[at])
         traces += total
         if isinstance(leaf, LIdMatch):
-            ids = [pages_text(i) for i in replies[at + 1] or []]
+            ids = [reply_text(i) for i in replies[at + 1] or []]
             if ids:
                 matched += total * sum(1 for i in ids if leaf.predicate(i)) / len(ids)
             continue
@@ -148,16 +149,12 @@ def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> floa
     return matched / traces if traces else 0.0
 
 
-def pages_text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _pairs(reply: Any) -> list[tuple[str, float]]:
     if not reply:
         return []
     if isinstance(reply[0], list | tuple):  # RESP3: [[value, score], ...]
-        return [(pages_text(v), float(s)) for v, s in reply]
-    return [(pages_text(v), float(s)) for v, s in zip(reply[::2], reply[1::2], strict=True)]
+        return [(reply_text(v), float(s)) for v, s in reply]
+    return [(reply_text(v), float(s)) for v, s in zip(reply[::2], reply[1::2], strict=True)]
 
 
 def residual_page(
