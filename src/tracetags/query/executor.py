@@ -30,6 +30,7 @@ from tracetags.query import budget, pages
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
 from tracetags.query.logical import LAnd, LConst, LogicalNode, LValues, logical, order_index
+from tracetags.query.needle import Needle, needle_hits, values_by_needle
 from tracetags.query.pages import RawTrace
 from tracetags.query.parser import (
     effective_order,
@@ -264,13 +265,19 @@ def _probe(
                 replies[at + offset] = list(dict([*replies[at + offset], *more]).items())
             elif name == "VALUES":
                 sought, flat, next_rank = _VALUES_DECODER.decode(replies[at + offset])
+                leaf = args[3]
                 if sought == 2:  # a sample of a key of more values than a window
-                    leaf = args[3]
                     sampled = values_sample(flat, next_rank, leaf.predicate, leaf.negated)
                     if sampled is not None:  # tested on each candidate by tt_query
                         replies[at + offset] = sampled
                         continue
                     sought, flat, next_rank = 0, [], 0  # every value is read after all
+                if sought == 0 and next_rank >= 0 and leaf.needle is not None and not leaf.negated:
+                    # every value to read: only those holding the pattern's literal are
+                    # tested (unless most hold it: then by windows after all)
+                    matched = values_by_needle(client, key, leaf.needle, leaf.predicate)
+                    if matched is not None:
+                        sought, flat, next_rank = 1, matched, -1
                 if next_rank >= 0:
                     more, only_sought = budget.rest_of_values(
                         client, keys, probe.partition, key, args, next_rank
@@ -286,11 +293,13 @@ def _probe(
                     replies[at + offset] = dict(zip(ids[::2], ids[1::2], strict=True))
                 else:  # a dense prefix, or no id buckets: every id (or a sample)
                     total = int(replies[at])
-                    replies[at + offset] = _ids_or_sample(client, key, args[1], total, None)
+                    replies[at + offset] = _ids_or_sample(
+                        client, key, args[1], total, None, args[2]
+                    )
             elif name == "IDSAMPLE":
                 total = int(replies[at])
                 sampled = replies[at + offset]
-                replies[at + offset] = _ids_or_sample(client, key, args[0], total, sampled)
+                replies[at + offset] = _ids_or_sample(client, key, args[0], total, sampled, args[1])
             elif name == "VALUECOUNT":
                 values, traces = replies[at + offset]
                 replies[at + offset] = MatchedCount(int(values), int(traces))
@@ -314,11 +323,16 @@ def _probe(
 
 
 def _ids_or_sample(
-    client: SyncClient, key: str, predicate: Any, total: int, sampled: Any
+    client: SyncClient,
+    key: str,
+    predicate: Any,
+    total: int,
+    sampled: Any,
+    needle: Needle | None = None,
 ) -> SampledIds | dict[Any, Any]:
     """For a request_id pattern: a sample of the ids when tt_query can test the pattern on
     each candidate and that pays (``predicate`` set, :func:`probe.sampled_ids`), else
-    every id (``{id: number}``)."""
+    every id (``{id: number}``), or only the matching ones when the pattern is sparse."""
     if predicate is not None and total > 0:
         if sampled is None:
             sampled = client.hrandfield(key, ID_SAMPLE, withvalues=True)
@@ -329,7 +343,11 @@ def _ids_or_sample(
         # Few matches (by the sample): the ids alone are read (no number decoded for every
         # id), then the matches' numbers.
         ids: Any = client.hkeys(key)
-        hits = [i for i in ids if predicate(reply_text(i))]
+        found = None if needle is None else needle_hits(ids, needle, predicate)
+        if found is None:
+            hits = [i for i in ids if predicate(reply_text(i))]
+        else:
+            hits = [ids[i] for i in found]
         if len(hits) <= len(ids) * MATCHED_IDS_MAX_SHARE:
             numbers: Any = client.hmget(key, hits) if hits else []
             return {i: n for i, n in zip(hits, numbers, strict=True) if n is not None}

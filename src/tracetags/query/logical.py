@@ -23,6 +23,7 @@ from tracetags.keys import (
     tag_field,
 )
 from tracetags.query.ast import And, Comparison, Expr, Not, Or, OrderKey
+from tracetags.query.needle import Needle, needle_of
 
 __all__ = [
     "PRESENCE_FIELD",
@@ -142,6 +143,9 @@ class LMatch:
     #: LIKE and ILIKE that tt_query can test on a value itself (:func:`lua_pattern`), as an
     #: M leaf reading each candidate's register: ``[op, negated, pattern]``.
     lua: tuple[str, int, str] | None = None
+    #: The literal every match holds (:func:`needle.needle_of`): a sparse pattern's values
+    #: are read and narrowed by it in the client.
+    needle: Needle | None = None
 
     @property
     def sought_in_page(self) -> bool:
@@ -178,6 +182,8 @@ class LIdMatch:
     prefixes: tuple[str, ...] | None = None
     #: As :attr:`LMatch.lua`: the pattern as tt_query tests it on each candidate's id.
     lua: tuple[str, int, str] | None = None
+    #: As :attr:`LMatch.needle`: a sparse pattern's ids are narrowed by it.
+    needle: Needle | None = None
 
 
 @dataclass(frozen=True)
@@ -405,10 +411,12 @@ def _comparison(node: Comparison) -> LogicalNode:
         lua = lua_pattern(op, value)
         if op.startswith("NOT "):
             return LIdMatch(lambda v: not matched(v), text, lua=lua)
+        needle = needle_of(op, value, regex_literal(value) if op == "RLIKE" else None)
         if op == "RLIKE":
             lead = regex_prefix(value)
-            return LIdMatch(matched, text, None if lead is None else (lead,), lua=lua)
-        return LIdMatch(matched, text, id_prefixes(op, value), lua=lua)
+            prefixes = None if lead is None else (lead,)
+            return LIdMatch(matched, text, prefixes, lua=lua, needle=needle)
+        return LIdMatch(matched, text, id_prefixes(op, value), lua=lua, needle=needle)
     if entity == "attribute":
         index = ValueIndex("status" if key == "status" else "client_request_id")
     else:
@@ -436,16 +444,19 @@ def _comparison(node: Comparison) -> LogicalNode:
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
     lua = lua_pattern(op, value)
+    needle = needle_of(op, value, regex_literal(value) if op == "RLIKE" else None)
     if op == "ILIKE":
         alts = id_prefixes(op, value)
         if alts is not None and len(alts) > _MAX_SEEKS:
             alts = None
-        return LMatch(index, pattern_predicate(op, value), False, text, alts=alts, lua=lua)
+        predicate = pattern_predicate(op, value)
+        return LMatch(index, predicate, False, text, alts=alts, lua=lua, needle=needle)
     if op == "RLIKE":
         # an anchored literal lead: only the values starting with it are read
         lead = regex_prefix(value)
         alts = None if lead is None else (lead,)
-        return LMatch(index, pattern_predicate(op, value), False, text, alts=alts, lua=lua)
+        predicate = pattern_predicate(op, value)
+        return LMatch(index, predicate, False, text, alts=alts, lua=lua, needle=needle)
     if op != "LIKE":
         return LMatch(index, pattern_predicate(op, value), op.startswith("NOT "), text, lua=lua)
     predicate = pattern_predicate(op, value)
@@ -459,6 +470,7 @@ def _comparison(node: Comparison) -> LogicalNode:
         _like_lead(value),
         lead_is_pattern,
         lua=lua,
+        needle=needle,
     )
 
 

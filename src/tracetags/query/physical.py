@@ -29,6 +29,7 @@ from tracetags.query.logical import (
     LValues,
     ValueIndex,
 )
+from tracetags.query.needle import NEEDLE_MIN_STRINGS, needle_hits
 from tracetags.query.plan import NodeKind, Spec
 from tracetags.query.probe import (
     MatchedCount,
@@ -188,7 +189,16 @@ def physical(
                 if len(mapping.ids) < total and node.lua is not None:
                     return _id_test(node, node.lua, mapping)
                 mapping = mapping.ids  # every id of the partition
-            matched = [no for trace_id, no in mapping.items() if predicate(reply_text(trace_id))]
+            by_needle: list[int] | None = None
+            if node.needle is not None and len(mapping) > NEEDLE_MIN_STRINGS:
+                ids = list(mapping)
+                by_needle = needle_hits(ids, node.needle, predicate)
+            if by_needle is not None:
+                matched = [mapping[ids[i]] for i in by_needle]
+            else:
+                matched = [
+                    no for trace_id, no in mapping.items() if predicate(reply_text(trace_id))
+                ]
             if matched and len(matched) >= total:  # every trace: nothing to enumerate
                 return _leaf("A", ["A"], total, f"{node.text} (every trace)", enumerable=True)
             numbers = sorted(map(reply_text, matched), key=int)

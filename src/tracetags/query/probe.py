@@ -203,10 +203,10 @@ def probe_commands(
             # (a dense prefix is then sampled when tt_query can test the pattern itself)
             probe.slots[id(leaf)] = len(cmds)
             sampled = leaf.predicate if leaf.lua and not every_id else None
-            cmds.append(("IDSEEK", keys.trace_ids(partition), leaf.prefixes, sampled))
+            cmds.append(("IDSEEK", keys.trace_ids(partition), leaf.prefixes, sampled, leaf.needle))
         elif isinstance(leaf, LIdMatch) and leaf.lua and not every_id:
             probe.slots[id(leaf)] = len(cmds)
-            cmds.append(("IDSAMPLE", keys.trace_ids(partition), leaf.predicate))
+            cmds.append(("IDSAMPLE", keys.trace_ids(partition), leaf.predicate, leaf.needle))
         elif isinstance(leaf, LIdMatch):
             # every id: HGETALL builds the reply natively (reading 100k ids into Lua and
             # packing them would hold Redis's one thread several times longer); read once
