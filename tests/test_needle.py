@@ -192,3 +192,20 @@ def test_sparse_patterns_equal_the_reference(
         got = all_pages(client, filter_string, order, rng.choice((7, 100)), experiment_ids=scope)
         assert got == expected, (filter_string, order, scope)
     assert any(decided) and any(by_values)
+
+
+def test_a_dense_lead_over_a_key_without_the_byte_order_index_is_sized_by_part(
+    loaded: tuple[Client, list[dict[str, object]]],
+) -> None:
+    """client_request_id has no byte-order index: a page's count of a LIKE lead reads its
+    values a window at a time and, past SOUGHT_VALUES_MAX matches, extrapolates (the
+    explain shows ~); a sparse lead is counted exactly; pages equal the reference."""
+    client, final = loaded
+    dense, sparse = "client_request_id LIKE 'CR-%'", "client_request_id LIKE 'cr-0011%'"
+    assert "each candidate's value tested; ~" in client.explain(filter_string=dense)
+    shown = client.explain(filter_string=sparse)
+    assert "sought by tt_query" in shown and "value tested" not in shown
+    for filter_string in (dense, sparse, f"{dense} AND status = 'OK'"):
+        for order in (None, ["request_id DESC"], ["timestamp_ms"]):
+            expected = ref.search(final, None, filter_string, order, None)
+            assert all_pages(client, filter_string, order, 100) == expected, filter_string

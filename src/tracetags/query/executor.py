@@ -40,7 +40,7 @@ from tracetags.query.parser import (
     render_order_key,
     strip_positions,
 )
-from tracetags.query.physical import describe, physical, reply_text
+from tracetags.query.physical import SOUGHT_VALUES_MAX, describe, physical, reply_text
 from tracetags.query.plan import CardsPlan, IdsPlan, OrderSpec, ValuesPlan
 from tracetags.query.probe import (
     ID_SAMPLE,
@@ -234,7 +234,9 @@ def _probe(
                     )  # fmt: skip
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "VALUECOUNT":
-                    plan = ValuesPlan(dkey=key, lead=args[0], count_only=1)
+                    plan = ValuesPlan(
+                        dkey=key, lead=args[0], count_only=1, dense_after=SOUGHT_VALUES_MAX
+                    )
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "IDSEEK":
                     ids_plan = IdsPlan(prefixes=list(args[0]))
@@ -301,8 +303,8 @@ def _probe(
                 sampled = replies[at + offset]
                 replies[at + offset] = _ids_or_sample(client, key, args[0], total, sampled, args[1])
             elif name == "VALUECOUNT":
-                values, traces = replies[at + offset]
-                replies[at + offset] = MatchedCount(int(values), int(traces))
+                values, traces, estimated = replies[at + offset]
+                replies[at + offset] = MatchedCount(int(values), int(traces), bool(estimated))
         at += len(probe.commands)
     out: list[tuple[Probe, list[Any], list[int]]] = []
     at = 0

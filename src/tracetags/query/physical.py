@@ -231,8 +231,10 @@ def physical(
             # a dense lead ('c%' over thousands of values): test each candidate's value
             # rather than seek every value and test their sets
             shown = f"each candidate's value tested; {reply.values:,} values match"
+            if reply.estimated:
+                shown = f"each candidate's value tested; ~{reply.values:,} values match"
             leaf = _pattern_leaf(node.text, node.index.hash_field, 1, node.lua, reply.traces, shown)
-            leaf.exact = True
+            leaf.exact = not reply.estimated
             return leaf
         index = node.index
         spec = [

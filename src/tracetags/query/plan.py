@@ -172,6 +172,9 @@ class ValuesPlan(
       values are sought by it in the byte-order index.
     - ``count_only``: 1 when the pattern is its lead and one final ``%``: only count the
       values and their traces.
+    - ``dense_after``: with ``count_only``, over a key without the byte-order index (every
+      value is read): once more than this many values match, the counts are extrapolated
+      from the values read so far (the reply's third item is then 1).
     - ``window``: ``[first rank, count]``: values that are not sought are read this window
       of ranks at a time (one call never reads every value of a key of a million).
     - ``alts``: an ILIKE's literal lead in each of its case variants: only the values
@@ -183,13 +186,14 @@ class ValuesPlan(
       test the pattern on each candidate (an M leaf) rather than it read every value.
 
     Reply: msgpack ``[sought 0|1, [value, count, ...], next window's first rank or -1]``, or
-    ``[values, traces]`` with ``count_only``.
+    ``[values, traces, estimated 0|1]`` with ``count_only``.
     """
 
     dkey: str
     runs: tuple[str, ...] | None = None
     lead: tuple[str | int, ...]
     count_only: int | None = None
+    dense_after: int | None = None
     window: list[int] | None = None
     alts: tuple[str, ...] | None = None
     sample: int | None = None

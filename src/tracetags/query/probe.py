@@ -81,6 +81,9 @@ class MatchedCount(NamedTuple):
 
     values: int
     traces: int
+    #: Extrapolated from part of the key's values (a dense lead over a key without the
+    #: byte-order index): sizes for the planner, not exact counts.
+    estimated: bool = False
 
 
 class SampledIds(NamedTuple):

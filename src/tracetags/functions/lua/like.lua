@@ -120,10 +120,11 @@ local function lead_values(dkey, lead)
     return found
 end
 
--- values mode with count_only: {number of values, their traces} of lead_values (the probe
--- of a page, whose plan then carries the pattern, not the values: see resolve_sought).
-local function value_count_reply(dkey, lead)
-    local counts = zmscore(dkey, lead_values(dkey, lead))
+local COUNT_WINDOW = 2000
+
+-- {number of values, their traces} of the values found.
+local function counted(dkey, found)
+    local counts = zmscore(dkey, found)
     local values, traces = 0, 0
     for i = 1, #counts do
         if counts[i] then
@@ -131,7 +132,38 @@ local function value_count_reply(dkey, lead)
             traces = traces + counts[i]
         end
     end
-    return { values, traces }
+    return values, traces
+end
+
+-- values mode with count_only: {number of values, their traces, estimated 0|1} of
+-- lead_values (the probe of a page, whose plan then carries the pattern, not the values:
+-- see resolve_sought).  A key without the byte-order index is read COUNT_WINDOW values at
+-- a time; once more than dense_after match, the counts are extrapolated from the values
+-- read (estimated 1): the planner then tests each candidate's value and only needs sizes.
+local function value_count_reply(dkey, lead, dense_after)
+    if not dense_after or (#lead > 0 and call('EXISTS', lex_dir(dkey)) == 1) then
+        local values, traces = counted(dkey, lead_values(dkey, lead))
+        return { values, traces, 0 }
+    end
+    local card = call('ZCARD', dkey)
+    local found, read = {}, 0
+    while true do
+        local got = call('ZRANGE', dkey, read, read + COUNT_WINDOW - 1)
+        for i = 1, #got do
+            if lead_match(got[i], lead) then
+                found[#found + 1] = got[i]
+            end
+        end
+        read = read + #got
+        if #got < COUNT_WINDOW or read >= card then
+            local values, traces = counted(dkey, found)
+            return { values, traces, 0 }
+        end
+        if #found > dense_after then
+            local values, traces = counted(dkey, found)
+            return { floor(values * card / read), floor(traces * card / read), 1 }
+        end
+    end
 end
 
 -- A page plan's leaf {'L', dkey, vprefix, lead, traces, values} (a LIKE that is its lead and

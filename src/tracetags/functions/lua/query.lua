@@ -203,13 +203,16 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'value
                 dkey, runs, lead (values: a distinct zset and the literal runs of a LIKE
                 pattern, the first one its start, and its lead); window (values: {first rank,
                 count} of the values read when they are not sought); count_only (values: the
-                pattern is its lead and one final %: count its values and their traces)
+                pattern is its lead and one final %: count its values and their traces);
+                dense_after (count_only over a key without the byte-order index: past this
+                many matching values, the counts are extrapolated)
 Returns page: one msgpack array {rows found (<= limit), {hash, ...}}: the HGETALL field/value
 lists of the first `shown` rows after the cursor, in order; count: an integer; stats: groups
 {values, count, duration, n, ...}; with scan, count and stats reply {next trace number or
 -1 when done, the count or groups of this call}, page {next trace number or -1, the page
 of this call's matches}; cards: integers; values: msgpack {sought 0|1, {value,
-count, ...}, next window's first rank or -1}, or with count_only {values, traces}.
+count, ...}, next window's first rank or -1}, or with count_only {values, traces,
+estimated 0|1}.
 --]]
 local function tt_query(keys, argv)
     bind_runtime()
@@ -242,7 +245,7 @@ local function tt_query(keys, argv)
     end
     if mode == 'values' then
         if plan.count_only then
-            return value_count_reply(plan.dkey, plan.lead or {})
+            return value_count_reply(plan.dkey, plan.lead or {}, plan.dense_after)
         end
         return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window, plan.alts, plan.sample)
     end
