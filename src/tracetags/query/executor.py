@@ -40,7 +40,13 @@ from tracetags.query.parser import (
     render_order_key,
     strip_positions,
 )
-from tracetags.query.physical import SOUGHT_VALUES_MAX, describe, physical, reply_text
+from tracetags.query.physical import (
+    SOUGHT_VALUES_MAX,
+    PNode,
+    describe,
+    physical,
+    reply_text,
+)
 from tracetags.query.plan import CardsPlan, IdsPlan, OrderSpec, ValuesPlan
 from tracetags.query.probe import (
     ID_SAMPLE,
@@ -217,8 +223,13 @@ def _probe(
     order: Sequence[OrderKey] = (),
     *,
     page: bool = False,
+    only: int | None = None,
+    listed: bool = False,
 ) -> list[tuple[Probe, list[Any], list[int]]]:
-    probes = [probe_commands(root, keys, p, order, page=page) for p in range(partitions)]
+    """The probe replies of each partition (``only``: of that one; ``listed``: patterns'
+    values listed, see :func:`probe.probe_commands`)."""
+    parts = range(partitions) if only is None else (only,)
+    probes = [probe_commands(root, keys, p, order, page=page, listed=listed) for p in parts]
 
     def fill(pipe: redis.client.Pipeline) -> None:
         for probe in probes:
@@ -227,7 +238,8 @@ def _probe(
                     pipe.zrange(key, 0, budget.ZRANGE_WINDOW - 1, withscores=True)
                 elif name == "VALUES":
                     window = [0, budget.VALUES_WINDOW]
-                    alts, sample = args[2], (ID_SAMPLE if args[3].lua is not None else None)
+                    sampled = args[3].lua is not None and not probe.listed
+                    alts, sample = args[2], (ID_SAMPLE if sampled else None)
                     plan = ValuesPlan(
                         dkey=key, runs=args[0], lead=args[1], window=window, alts=alts,
                         sample=sample,
@@ -654,7 +666,11 @@ def search(
             # Each looks for one more match than it shows: whether it has more is all the
             # merge needs to know (one partition alone: whether a next page exists).
             plan.plan = msgspec.structs.replace(plan.plan, limit=shown + 1, shown=shown)
-        replies = pages.run_pages(client, keys, plans, order_key, budget_ms, cursor_of)
+
+        def listed(index: int) -> PartitionPlan | None:
+            return _listed_plan(client, keys, partitions, prepared, plans[index], cursor)
+
+        replies = pages.run_pages(client, keys, plans, order_key, budget_ms, cursor_of, listed)
     if len(replies) == 1:
         found, rows = replies[0]
         more = found > len(rows)
@@ -676,6 +692,45 @@ def search(
     if more:
         token = _encode_token(prepared.fingerprint, _row_values(rows[-1], specs))
     return Page(rows, token)
+
+
+def _tests_each_candidate(node: PNode) -> bool:
+    """Whether the tree holds a leaf that tests each candidate's value or id (an M leaf)."""
+    return node.kind == "M" or any(_tests_each_candidate(c) for c in node.children)
+
+
+def _listed_plan(
+    client: SyncClient,
+    keys: Keys,
+    partitions: int,
+    prepared: Prepared,
+    plan: PartitionPlan,
+    cursor: list[list[Any]] | None,
+) -> PartitionPlan | None:
+    """For a partition whose page gave up in a walk testing each candidate's value (an M
+    leaf): the same page planned with the patterns' matching values listed (value sets,
+    which a collect enumerates), or None when the plan has no such leaf.  The walk's
+    estimate assumed the matches spread over time; when they gather at the far end (a lead
+    like 'cr-01%' over ids numbered in time), the listed values find them directly, where
+    a budgeted scan would test every trace."""
+    if not _tests_each_candidate(plan.tree):
+        return None
+    probed = _probe(
+        client,
+        keys,
+        partitions,
+        prepared.root,
+        prepared.plan_order,
+        page=True,
+        only=plan.partition,
+        listed=True,
+    )
+    limit = plan.plan.limit or 0
+    (again,) = _make_plans(keys, prepared, probed, "page", limit, cursor, (), True)
+    if _tests_each_candidate(again.tree):
+        return None
+    again.plan = msgspec.structs.replace(again.plan, limit=limit, shown=plan.plan.shown)
+    return again
 
 
 #: A partition's first answer shows its share of a page times this, plus FIRST_SHOWN_EXTRA:

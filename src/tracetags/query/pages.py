@@ -69,11 +69,13 @@ def run_pages(
     order_key: Callable[[RawTrace], Any],
     budget_ms: int,
     cursor_of: Callable[[RawTrace], list[list[Any]]] | None = None,
+    listed: Callable[[int], PartitionPlan | None] | None = None,
 ) -> list[tuple[int, list[RawTrace]]]:
     """Each partition's page reply ``(rows found, hashes shown)``: one pipelined call per
     partition with the deadline, then, for the partitions that gave up, steps (with
-    ``cursor_of``: a row's position as a plan cursor) and else the budgeted ways
-    (``order_key``: a row's sort key in the page's order)."""
+    ``cursor_of``: a row's position as a plan cursor), then the page planned again with
+    its patterns' values listed (``listed(i)``, when it gives a plan) and else the
+    budgeted ways (``order_key``: a row's sort key in the page's order)."""
     budget_us = max(1, budget_ms) * 1000
     deadline = budget.call_deadline_us(budget_us)
     encoded = [
@@ -86,6 +88,13 @@ def run_pages(
     for i, raw in zip(direct, raws, strict=True):
         replies[i] = PAGE_DECODER.decode(raw)
     for i, (found, _) in enumerate(replies):
+        # A walk testing each candidate's value gave up: with few matching traces listed
+        # (value sets), their windows are collected at once (the matches may gather
+        # where the walk reaches last); with many, steps first.
+        other = listed(i) if found < 0 and listed is not None else None
+        if other is not None and other.tree.est <= LISTED_FIRST_MAX:
+            replies[i] = _budgeted_page(client, keys, other, order_key, budget_us)
+            continue
         if found < 0 and cursor_of is not None and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES:
             # Steps cut a walk into calls; a collect reads every candidate whatever the rows
             # asked (fewer rows only spare hashes and sorting): one step that gives up too
@@ -93,10 +102,13 @@ def run_pages(
             give_ups = 1 if plans[i].strategy == "collect" else MAX_STEP_GIVE_UPS
             replies[i] = _stepped_page(client, keys, plans[i], cursor_of, budget_us, give_ups)
         if replies[i][0] < 0:
-            replies[i] = _budgeted_page(client, keys, plans[i], order_key, budget_us)
+            replies[i] = _budgeted_page(client, keys, other or plans[i], order_key, budget_us)
     return replies
 
 
+#: A listed plan (see run_pages) expecting at most this many matches is collected at once,
+#: before any step: a budgeted collect of value windows reads ~1,000 traces a millisecond.
+LISTED_FIRST_MAX: Final = 20_000
 #: The rows of a step's first call (a page that gave up in one call is then found a few
 #: rows a call, from the last row's position, as the next pages of a page token are).
 FIRST_STEP_ROWS: Final = 16

@@ -63,6 +63,7 @@ class Probe:
     order_distinct_slot: int | None = None  # reply index of ZCARD of the order key's values
     time_bounds_slot: int | None = None  # reply index of ZCARD of tsx (newest-first pages)
     id_order_slot: int | None = None  # reply index of ZCARD of the ids' byte order (ri)
+    listed: bool = False  # patterns' values listed, never sampled (probe_commands)
 
 
 class MatchedValues(NamedTuple):
@@ -144,13 +145,16 @@ def probe_commands(
     order: Sequence[OrderKey] = (),
     *,
     page: bool = False,
+    listed: bool = False,
 ) -> Probe:
     """The reads that size the leaves of ``root`` in one partition (one pipeline).
 
     For a ``page``, a LIKE whose values its tt_query call can seek itself
-    (:attr:`LMatch.sought_in_page`) is only counted (``VALUECOUNT``), not listed.
+    (:attr:`LMatch.sought_in_page`) is only counted (``VALUECOUNT``), not listed.  With
+    ``listed``, every pattern's matching values (or ids) are read, never sampled or only
+    counted: the plan then holds no leaf that tests each candidate.
     """
-    probe = Probe(partition)
+    probe = Probe(partition, listed=listed)
     cmds = probe.commands
     cmds.append(("HLEN", keys.trace_ids(partition)))
     index = order_index(order[0]) if order else None
@@ -175,7 +179,7 @@ def probe_commands(
     # Every id is read anyway for an id pattern the client must decide (RLIKE, a non-ASCII
     # ILIKE): then the others are decided from the same read, not sampled (an E leaf
     # intersects with E leaves in the plan; an M leaf would test thousands of candidates).
-    every_id = any(
+    every_id = listed or any(
         isinstance(leaf, LIdMatch) and not leaf.lua and not leaf.prefixes for leaf in leaves(root)
     )
     for leaf in leaves(root):
@@ -184,7 +188,7 @@ def probe_commands(
         if isinstance(leaf, LValues):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("ZMSCORE", leaf.index.distinct(keys, partition), *leaf.values))
-        elif isinstance(leaf, LMatch) and page and leaf.sought_in_page:
+        elif isinstance(leaf, LMatch) and page and leaf.sought_in_page and not listed:
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("VALUECOUNT", leaf.index.distinct(keys, partition), leaf.lead))
         elif isinstance(leaf, LMatch):
