@@ -133,3 +133,13 @@ def test_a_plan_without_a_value_test_is_not_listed(
     page = client.search_traces(filter_string=filter_string, max_results=30)
     assert [t.info.trace_id for t in page] == expected
     assert traced["listed"] == [None] * len(traced["listed"])
+
+
+def test_explain_names_the_attribute_a_walk_tests(
+    loaded: tuple[Client, list[dict[str, object]]],
+) -> None:
+    """A walk testing client_request_id's register says so (it once said 'metadata.')."""
+    client, _ = loaded
+    shown = client.explain(filter_string="client_request_id LIKE 'cr-0011%'")
+    assert "a walk tests client_request_id by each trace's register" in shown
+    assert "metadata." not in shown and "TRACETAGS_LOOKUP_KEYS" not in shown

@@ -229,8 +229,21 @@ def split_register(text: str) -> tuple[str, str | None]:
     return stamp, (value if colon else None)
 
 
+#: The attributes a one-letter trace-hash field holds.
+ATTRIBUTE_LABELS: Final = {
+    "e": "experiment_id",
+    "s": "timestamp_ms",
+    "d": "execution_time_ms",
+    "S": "status",
+    "c": "client_request_id",
+}
+
+
 def field_label(field: str) -> str:
-    """``tags.<key>`` / ``metadata.<key>`` of a trace-hash field ``t<key>`` / ``m<key>``."""
+    """``tags.<key>`` / ``metadata.<key>`` of a trace-hash field ``t<key>`` / ``m<key>``;
+    the attribute's name of a one-letter field."""
+    if field in ATTRIBUTE_LABELS:
+        return ATTRIBUTE_LABELS[field]
     return ("tags." if field[:1] == "t" else "metadata.") + field[1:]
 
 

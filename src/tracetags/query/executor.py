@@ -864,8 +864,9 @@ def explain(
                 "2-byte lookup fingerprints, then the register of a wanted one"
                 if field in ready
                 else "each trace's register (HGET), or a table of the values' members"
-                f" (with {field_label(field)} in TRACETAGS_LOOKUP_KEYS: 2 bytes a trace)"
             )
+            if field not in ready and field[:1] in "tm" and len(field) > 1:
+                how += f" (with {field_label(field)} in TRACETAGS_LOOKUP_KEYS: 2 bytes a trace)"
             lines.append(f"  a walk tests {field_label(field)} by {how}")
     return "\n".join(lines)
 
