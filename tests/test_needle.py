@@ -194,18 +194,78 @@ def test_sparse_patterns_equal_the_reference(
     assert any(decided) and any(by_values)
 
 
-def test_a_dense_lead_over_a_key_without_the_byte_order_index_is_sized_by_part(
+def unique_ids(count: int) -> list[dict[str, object]]:
+    """Traces of unique client request ids ('cr-…' or 'CR-…')."""
+    rng = random.Random(13)
+    return [
+        {
+            "trace_id": f"tr-{rng.randrange(16**8):08x}{i:05d}",
+            "experiment_id": "1",
+            "timestamp_ms": qd.BASE_MS + rng.randrange(5_000),
+            "execution_time_ms": 1,
+            "status": rng.choice(("OK", "ERROR")),
+            "name": "a",
+            "client_request_id": f"{rng.choice(('cr', 'CR'))}-{i:06d}",
+            "tags": {},
+            "metadata": {},
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_partition(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    """6,000 unique client request ids in one partition: more than a window of values."""
+    with qd.loaded(redis_url, "onepart", 1, unique_ids(6_000)) as got:
+        yield got
+
+
+@pytest.fixture(scope="module")
+def unindexed(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    """The same, whose byte-order index is then dropped: data folded before library v11,
+    which readers meet until the key is folded again."""
+    with qd.loaded(redis_url, "unindexed", 1, unique_ids(6_000)) as (client, final):
+        index = f"{client.keys.prefix(0)}:crd:L"
+        assert client.redis.exists(index)
+        client.redis.delete(index, *client.redis.keys(f"{index}:*"))
+        yield client, final
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_a_dense_lead_is_sized_by_part_of_its_values(
     loaded: tuple[Client, list[dict[str, object]]],
+    unindexed: tuple[Client, list[dict[str, object]]],
+    indexed: bool,
 ) -> None:
-    """client_request_id has no byte-order index: a page's count of a LIKE lead reads its
-    values a window at a time and, past SOUGHT_VALUES_MAX matches, extrapolates (the
-    explain shows ~); a sparse lead is counted exactly; pages equal the reference."""
-    client, final = loaded
-    dense, sparse = "client_request_id LIKE 'CR-%'", "client_request_id LIKE 'cr-0011%'"
-    assert "each candidate's value tested; ~" in client.explain(filter_string=dense)
+    """A page's count of a LIKE lead stops past SOUGHT_VALUES_MAX matching values and
+    extrapolates (the explain shows ~): by the share of the lead's buckets read in the
+    byte-order index, or, for a key without it, by the share of its values read; a sparse
+    lead is counted exactly; pages equal the reference."""
+    client, final = loaded if indexed else unindexed
+    dense = "client_request_id LIKE 'CR-%'"
+    sparse = "client_request_id LIKE 'cr-0011%'"
+    shown = client.explain(filter_string=dense)
+    assert "each candidate's value tested; ~" in shown
     shown = client.explain(filter_string=sparse)
     assert "sought by tt_query" in shown and "value tested" not in shown
-    for filter_string in (dense, sparse, f"{dense} AND status = 'OK'"):
+    filters = [dense, sparse, f"{dense} AND status = 'OK'"]
+    if indexed:
+        filters += ["tags.u LIKE 'User%'", "tags.u LIKE 'user_1%' AND tags.w = 'y'"]
+        assert "each candidate's value tested; ~" in client.explain(filter_string=filters[3])
+    for filter_string in filters:
         for order in (None, ["request_id DESC"], ["timestamp_ms"]):
             expected = ref.search(final, None, filter_string, order, None)
             assert all_pages(client, filter_string, order, 100) == expected, filter_string
+
+
+def test_an_ilike_lead_of_many_values_is_sampled_not_sought(
+    one_partition: tuple[Client, list[dict[str, object]]],
+) -> None:
+    """'CR_00%': the case variants of 'cr' hold every client request id (more than a
+    window of values in their buckets): the probe samples instead of seeking them all."""
+    client, final = one_partition
+    filter_string = "client_request_id ILIKE 'CR_00%'"
+    assert "sampled values" in client.explain(filter_string=filter_string)
+    for order in (None, ["request_id DESC"]):
+        expected = ref.search(final, None, filter_string, order, None)
+        assert all_pages(client, filter_string, order, 100) == expected

@@ -41,6 +41,7 @@ key                                        type     holds
 ``ns:{pNN}:exd``                           zset     distinct experiment ids (counts)
 ``ns:{pNN}:cr:<enc client_request_id>``    V-set    traces with that client_request_id
 ``ns:{pNN}:crd``                           zset     distinct client_request_ids (counts)
+``ns:{pNN}:crd:L[:<enc head>]``            zset     their byte-order index, as for tags
 ``ns:{pNN}:ts``                            zset     traces by ``timestamp_ms``
 ``ns:{pNN}:du``                            zset     traces by ``execution_time_ms`` (finished only)
 ``ns:{pNN}:en``                            zset     traces by ``end_time_ms`` = timestamp_ms +

@@ -248,11 +248,15 @@ def _lex_part(rest: str) -> tuple[str, bytes | None] | None:
 def _check_lex(
     out: Dump, lex: dict[str, tuple[dict[bytes, None], dict[bytes, list[bytes]]]], prefix: str
 ) -> None:
-    """Every tag/metadata distinct zset has a byte-order index holding exactly its values:
-    heads in the directory ('' first), each bucket's values in [head, next head), at most
-    LEX_BUCKET of them, no bucket without a head, no head without a bucket but ''."""
+    """Every tag/metadata distinct zset, and client_request_id's, has a byte-order index
+    holding exactly its values: heads in the directory ('' first), each bucket's values in
+    [head, next head), at most LEX_BUCKET of them, no bucket without a head, no head without
+    a bucket but ''."""
     distinct_keys = {
-        k for k in out if isinstance(k, str) and k[len(prefix) + 1 :][:3] in ("td:", "md:")
+        k
+        for k in out
+        if isinstance(k, str)
+        and (k[len(prefix) + 1 :][:3] in ("td:", "md:") or k[len(prefix) + 1 :] == "crd")
     }
     stale = set(lex) - distinct_keys
     assert not stale, f"an index outlived its distinct zset: {stale}"
@@ -409,6 +413,17 @@ def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
                 entry[0].update((m, None) for m, _ in value)
             else:
                 entry[1][bucket] = [m for m, _ in value]
+        elif rest == "crd:L" or rest.startswith("crd:L:"):
+            # client_request_id's byte-order index (library v11)
+            assert kind == "zset", key
+            assert all(s == 0 for _, s in value), f"{key}: a score is not 0"
+            entry = lex.setdefault(f"{prefix}:crd", ({}, {}))
+            if rest == "crd:L":
+                entry[0].update((m, None) for m, _ in value)
+            else:
+                enc_head, left = _take_enc(rest[len("crd:L:") :].encode())
+                assert not left, f"bad bucket key: {key}"
+                entry[1][enc_head.split(b":", 1)[1]] = [m for m, _ in value]
         elif head in _VALUE_ZSETS or rest in ("exd", "crd", "std"):
             assert kind == "zset", key
             out[key] = {m.decode(): s for m, s in value}

@@ -286,9 +286,11 @@ def _probe(
                         replies[at + offset] = sampled
                         continue
                     sought, flat, next_rank = 0, [], 0  # every value is read after all
-                if sought == 0 and next_rank >= 0 and leaf.needle is not None and not leaf.negated:
-                    # every value to read: only those holding the pattern's literal are
-                    # tested (unless most hold it: then by windows after all)
+                if next_rank >= 0 and leaf.needle is not None and not leaf.negated:
+                    # more windows of values to read (every value, or those starting with
+                    # an alt where the key has no byte-order index): only the values
+                    # holding the pattern's literal are tested (unless most hold it: then
+                    # by windows after all)
                     matched = values_by_needle(client, key, leaf.needle, leaf.predicate)
                     if matched is not None:
                         sought, flat, next_rank = 1, matched, -1

@@ -11,7 +11,8 @@ local fingerprint, write_fingerprints = Lookups.fingerprint, Lookups.write_finge
 fields[field] = { vprefix, dkey, kkey or false, add = {[value] = {numbers}}, rem = {…},
 kadd = {numbers}, krem = {numbers} } for every indexed register field (false for s and d):
 value sets (tv mv ex st cr, key <vprefix><enc value>) counted in their distinct zset dkey
-(score = member count), and for tags and metadata the always-chunked key set kkey (tk mk).
+(score = member count), and for tags and metadata the always-chunked key set kkey (tk mk);
+lex: the values are also kept in byte order (tags, metadata, client_request_id).
 Every (key, number) appears at most once: a trace's change is computed once per batch, and a
 number belongs to one trace.  Numbers are decimal strings.
 --]]
@@ -59,6 +60,8 @@ function Batch:field(field)
         end
         if known then
             known.add, known.rem, known.kadd, known.krem = {}, {}, {}, {}
+            -- the values in byte order (lex_index.lua): tags, metadata, client_request_id
+            known.lex = #field > 1 or field == 'c'
         end
         self.fields[field] = known
     end
@@ -218,11 +221,11 @@ function Batch:flush_field(known)
     if #zrem > 0 then
         chunked('ZREM', dkey, zrem)
     end
+    if known.lex and (#added > 0 or #zrem > 0) then
+        lex_update(dkey, added, zrem)
+    end
     local kkey = known[3]
     if kkey then
-        if #added > 0 or #zrem > 0 then
-            lex_update(dkey, added, zrem)
-        end
         if #known.krem > 0 then
             chunked_write('SREM', kkey, known.krem, self.pos)
         end

@@ -135,13 +135,45 @@ local function counted(dkey, found)
     return values, traces
 end
 
+-- count_only over a key with the byte-order index, a literal lead p: the values starting
+-- with p, bucket by bucket; past dense_after of them, the counts are extrapolated by the
+-- share of p's buckets read (the directory's heads in [p, last value read] against those
+-- in p's range), so 'c%' over 30k values reads a few buckets, not every value.
+local function lex_count_reply(dkey, p, dense_after)
+    local np, found, last, dense = #p, {}, nil, false
+    lex_scan(dkey, true, p, function(values)
+        for i = 1, #values do
+            if sub(values[i], 1, np) ~= p then
+                return true
+            end
+            found[#found + 1] = values[i]
+        end
+        last = values[#values]
+        dense = #found > dense_after
+        return dense
+    end)
+    local values, traces = counted(dkey, found)
+    if not dense then
+        return { values, traces, 0 }
+    end
+    local dir, past = lex_dir(dkey), past_prefix(p)
+    local heads = call('ZLEXCOUNT', dir, '[' .. p, past and ('(' .. past) or '+')
+    local read = call('ZLEXCOUNT', dir, '[' .. p, '[' .. last)
+    local share = (read + 1) / (heads + 1)
+    return { floor(values / share), floor(traces / share), 1 }
+end
+
 -- values mode with count_only: {number of values, their traces, estimated 0|1} of
 -- lead_values (the probe of a page, whose plan then carries the pattern, not the values:
 -- see resolve_sought).  A key without the byte-order index is read COUNT_WINDOW values at
 -- a time; once more than dense_after match, the counts are extrapolated from the values
 -- read (estimated 1): the planner then tests each candidate's value and only needs sizes.
 local function value_count_reply(dkey, lead, dense_after)
-    if not dense_after or (#lead > 0 and call('EXISTS', lex_dir(dkey)) == 1) then
+    local indexed = #lead > 0 and call('EXISTS', lex_dir(dkey)) == 1
+    if indexed and dense_after and #lead == 1 and type(lead[1]) == 'string' then
+        return lex_count_reply(dkey, lead[1], dense_after)
+    end
+    if not dense_after or indexed then
         local values, traces = counted(dkey, lead_values(dkey, lead))
         return { values, traces, 0 }
     end
@@ -232,6 +264,18 @@ local function alts_sought(dkey, alts)
     return counted_reply(dkey, true, found, -1)
 end
 
+-- About how many values start with one of the alts: the byte-order index's buckets in
+-- their ranges (a directory read per alt), each of ~LEX_VALUES values, plus the one before.
+local LEX_VALUES = 96
+local function alts_span(dkey, alts)
+    local dir, buckets = lex_dir(dkey), 0
+    for _, alt in ipairs(alts) do
+        local past = past_prefix(alt)
+        buckets = buckets + 1 + call('ZLEXCOUNT', dir, '[' .. alt, past and ('(' .. past) or '+')
+    end
+    return buckets * LEX_VALUES
+end
+
 -- The same without a byte-order index: the values of a window of ranks (all without one)
 -- that start with an alt.
 local function alts_by_window(dkey, alts, window)
@@ -270,7 +314,11 @@ end
 local function values_reply(dkey, runs, lead, window, alts, sample)
     if alts and #alts > 0 then
         if call('EXISTS', lex_dir(dkey)) == 1 then
-            return alts_sought(dkey, alts)
+            -- (leads of more values than a window, 'cr' of 'CR_096867' over 30k ids: a
+            -- sample instead, for the client to choose, as for a key without the index)
+            if not (sample and window and alts_span(dkey, alts) > window[2]) then
+                return alts_sought(dkey, alts)
+            end
         end
         if not sample then
             -- (a sampled pattern's M leaf test beats reading a dense lead's values)
