@@ -82,9 +82,17 @@ def run_pages(
         (p.partition, _ENCODER.encode(msgspec.structs.replace(p.plan, deadline=deadline)))
         for p in plans
     ]
-    direct = [i for i, (_, plan) in enumerate(encoded) if len(plan) <= DIRECT_PLAN_MAX_BYTES]
-    raws = functions.query_partitions(client, keys, [encoded[i] for i in direct])
-    replies: list[tuple[int, list[RawTrace]]] = [(-1, [])] * len(plans)
+    # (a partition whose probe proved it holds no match is not called: one round trip less
+    # for a page of nothing, say an id that does not exist)
+    direct = [
+        i
+        for i, (_, plan) in enumerate(encoded)
+        if len(plan) <= DIRECT_PLAN_MAX_BYTES and plans[i].tree.kind != "Z"
+    ]
+    raws = functions.query_partitions(client, keys, [encoded[i] for i in direct]) if direct else []
+    replies: list[tuple[int, list[RawTrace]]] = [
+        (0, []) if p.tree.kind == "Z" else (-1, []) for p in plans
+    ]
     for i, raw in zip(direct, raws, strict=True):
         replies[i] = PAGE_DECODER.decode(raw)
     for i, (found, _) in enumerate(replies):

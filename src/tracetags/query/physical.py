@@ -174,6 +174,8 @@ def physical(
             return _leaf("C", ["C", key_set], count, f"{node.index.label} present", enumerable=True)
         if isinstance(node, LRange):
             count = int(replies[probe.slots[id(node)]])
+            if count == 0 and fresh:
+                return _leaf("Z", ["Z"], 0, f"{node.text} (no trace in range)", enumerable=True)
             spec = ["R", node.zset, node.lo, node.hi]
             return _leaf(
                 "R", spec, count, f"{node.text} [{node.zset} {node.lo}..{node.hi}]", enumerable=True
@@ -181,6 +183,8 @@ def physical(
         if isinstance(node, LIds):
             got = replies[probe.slots[id(node)]]
             numbers = sorted({reply_text(n) for n in got if n is not None}, key=int)
+            if not numbers:
+                return _leaf("Z", ["Z"], 0, f"{node.text} (no such trace here)", enumerable=True)
             return _leaf("E", ["E", *numbers], len(numbers), node.text, enumerable=True)
         if isinstance(node, LIdMatch):
             mapping = replies[probe.slots[id(node)]]
@@ -273,6 +277,8 @@ def _numbers(numbers: list[str], text: str) -> PNode:
     set for number n: ASCII, so a msgpack str, which Redis's cmsgpack reads; it has no bin
     type), ~1/7 byte a trace instead of ~7 bytes a number in the plan and a table entry per
     call in Lua."""
+    if not numbers:
+        return _leaf("Z", ["Z"], 0, f"{text} (no such trace here)", enumerable=True)
     if len(numbers) <= BITMAP_MIN_NUMBERS:
         return _leaf("E", ["E", *numbers], len(numbers), text, enumerable=True)
     ints = [int(n) for n in numbers]
