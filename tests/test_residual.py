@@ -130,7 +130,10 @@ def test_the_sample_decides_the_walk(
     walks: list[bool],
     filter_string: str,
     walked: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # (these keys hold under FEW_VALUES values a partition: walked only without that rule)
+    monkeypatch.setattr(residual, "FEW_VALUES", 0)
     client, final = loaded
     page = client.search_traces(filter_string=filter_string, max_results=50)
     expected = ref.search(final, None, filter_string, None, None)[:50]
@@ -166,3 +169,31 @@ def test_a_walk_whose_calls_give_up_gives_the_page_to_the_usual_way(
     expected = ref.search(final, None, filter_string, None, None)
     page = client.search_traces(filter_string=filter_string, max_results=50)
     assert [t.info.trace_id for t in page] == expected[:50]
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "distinct"),
+    [
+        (
+            "client_request_id RLIKE 'zeta-1' AND tags.w = 'y' AND tags.h = 'x'",
+            lambda keys, p: keys.client_request_ids(p),
+        ),
+        ("metadata.m RLIKE '\\.[1-9]' AND status = 'OK'", lambda k, p: k.metadata_values(p, "m")),
+        ("tags.n > -20", lambda keys, p: keys.tag_values(p, "n")),
+    ],
+)
+def test_a_key_of_few_values_is_read_whole_not_walked(
+    loaded: tuple[Client, list[dict[str, object]]],
+    walks: list[bool],
+    filter_string: str,
+    distinct: Any,
+) -> None:
+    """Every partition's key holds at most FEW_VALUES values: the probe reads them all in
+    one call and the term becomes value sets, whatever the sample says."""
+    client, final = loaded
+    sizes = [client.redis.zcard(distinct(client.keys, p)) for p in range(client.partitions)]
+    assert 0 < max(sizes) <= residual.FEW_VALUES, sizes
+    page = client.search_traces(filter_string=filter_string, max_results=50)
+    expected = ref.search(final, None, filter_string, None, None)[:50]
+    assert [t.info.trace_id for t in page] == expected
+    assert walks == [False]
