@@ -96,20 +96,26 @@ def run_pages(
     for i, raw in zip(direct, raws, strict=True):
         replies[i] = PAGE_DECODER.decode(raw)
     for i, (found, _) in enumerate(replies):
-        # A walk testing each candidate's value gave up: with few matching traces listed
-        # (value sets), their windows are collected at once (the matches may gather
-        # where the walk reaches last); with many, steps first.
-        other = listed(i) if found < 0 and listed is not None else None
+        if found >= 0:
+            continue
+        # A walk testing each candidate's value gave up: with few matches expected, the
+        # page is planned with the values listed (value sets), whose windows are collected
+        # at once (the matches may gather where the walk reaches last); with many, steps
+        # first, and the listed plan's windows only if they give up too.
+        few = plans[i].tree.est <= LISTED_FIRST_MAX
+        other = listed(i) if listed is not None and few else None
         if other is not None and other.tree.est <= LISTED_FIRST_MAX:
             replies[i] = _budgeted_page(client, keys, other, order_key, budget_us)
             continue
-        if found < 0 and cursor_of is not None and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES:
+        if cursor_of is not None and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES:
             # Steps cut a walk into calls; a collect reads every candidate whatever the rows
             # asked (fewer rows only spare hashes and sorting): one step that gives up too
             # says the rest would.
             give_ups = 1 if plans[i].strategy == "collect" else MAX_STEP_GIVE_UPS
             replies[i] = _stepped_page(client, keys, plans[i], cursor_of, budget_us, give_ups)
         if replies[i][0] < 0:
+            if other is None and listed is not None and not few:
+                other = listed(i)
             replies[i] = _budgeted_page(client, keys, other or plans[i], order_key, budget_us)
     return replies
 
