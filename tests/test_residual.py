@@ -175,11 +175,11 @@ def test_a_walk_whose_calls_give_up_gives_the_page_to_the_usual_way(
     ("filter_string", "distinct"),
     [
         (
-            "client_request_id RLIKE 'zeta-1' AND tags.w = 'y' AND tags.h = 'x'",
+            "client_request_id RLIKE 'zeta-12$' AND tags.w = 'y' AND tags.h = 'x'",
             lambda keys, p: keys.client_request_ids(p),
         ),
-        ("metadata.m RLIKE '\\.[1-9]' AND status = 'OK'", lambda k, p: k.metadata_values(p, "m")),
-        ("tags.n > -20", lambda keys, p: keys.tag_values(p, "n")),
+        ("metadata.m RLIKE 'a\\.7$' AND status = 'OK'", lambda k, p: k.metadata_values(p, "m")),
+        ("tags.n > 45", lambda keys, p: keys.tag_values(p, "n")),
     ],
 )
 def test_a_key_of_few_values_is_read_whole_not_walked(
@@ -188,8 +188,9 @@ def test_a_key_of_few_values_is_read_whole_not_walked(
     filter_string: str,
     distinct: Any,
 ) -> None:
-    """Every partition's key holds at most FEW_VALUES values: the probe reads them all in
-    one call and the term becomes value sets, whatever the sample says."""
+    """Every partition's key holds at most FEW_VALUES values, at most FEW_MATCHED of them
+    match: the probe reads them all in one call and the term becomes value sets, whatever
+    share of the traces the sample says they hold."""
     client, final = loaded
     sizes = [client.redis.zcard(distinct(client.keys, p)) for p in range(client.partitions)]
     assert 0 < max(sizes) <= residual.FEW_VALUES, sizes
@@ -197,3 +198,17 @@ def test_a_key_of_few_values_is_read_whole_not_walked(
     expected = ref.search(final, None, filter_string, None, None)[:50]
     assert [t.info.trace_id for t in page] == expected
     assert walks == [False]
+
+
+def test_a_key_of_few_values_many_matching_is_walked(
+    loaded: tuple[Client, list[dict[str, object]]], walks: list[bool]
+) -> None:
+    """More than FEW_MATCHED of a small key's values match: as value sets they would be
+    tested one by one, so the page walks the rest and tests the term in the client."""
+    client, final = loaded
+    filter_string = "tags.n > -20 AND status = 'OK'"
+    page = client.search_traces(filter_string=filter_string, max_results=50)
+    assert [t.info.trace_id for t in page] == ref.search(final, None, filter_string, None, None)[
+        :50
+    ]
+    assert walks == [True]

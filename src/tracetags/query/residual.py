@@ -46,10 +46,13 @@ __all__ = ["MAX_CANDIDATES", "MIN_SHARE", "client_term", "residual_page"]
 MIN_SHARE: Final = 0.05
 #: Ids or values in the sample.
 SAMPLE: Final = 256
-#: A key of at most this many distinct values in every partition is read whole by the
-#: probe (one call), which resolves the term to value sets: no walk ('metadata.m0_6 RLIKE
-#: ...' over 6 values: 50 ms walking, 2-3 ms planned).
+#: A key of at most FEW_VALUES distinct values in every partition, of which the sample finds
+#: at most FEW_MATCHED matching, is read whole by the probe (one call), which resolves the
+#: term to a few value sets: no walk ('metadata.m0_6 RLIKE ...' matching 1 of 6 values:
+#: 24-50 ms walking, 2-4 ms planned).  Many matching values stay a walk: as value sets
+#: they are tested one by one, which the walk does in the page's order anyway.
 FEW_VALUES: Final = 1_000
+FEW_MATCHED: Final = 16
 #: A partition's walk gives up past this many candidates tested (the term matched far
 #: fewer of the rest's traces than the sample said).
 MAX_CANDIDATES: Final = 20_000
@@ -123,9 +126,10 @@ def client_term(root: LogicalNode) -> str | None:
     return None if term is None else term.leaf.text
 
 
-def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> tuple[float, int]:
-    """The share of the traces the term matches, by a sample of each partition, and the
-    most distinct values the key has in a partition (0 for the ids)."""
+def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> tuple[float, int, int]:
+    """The share of the traces the term matches, by a sample of each partition; the most
+    distinct values the key has in a partition, and the most sampled values that match in
+    a partition (0 and 0 for the ids)."""
     pipe = client.pipeline(transaction=False)
     leaf = term.leaf
     for p in range(partitions):
@@ -138,7 +142,7 @@ def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> tupl
             pipe.zrandmember(dkey, SAMPLE, withscores=True)
     replies = pipe.execute()
     traces = matched = 0.0
-    most = 0
+    most = most_hits = 0
     step = 2 if isinstance(leaf, LIdMatch) else 3
     for at in range(0, len(replies), step):
         total = int(replies[at])
@@ -151,9 +155,10 @@ def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> tupl
         values, sample = int(replies[at + 1]), _pairs(replies[at + 2])
         most = max(most, values)
         if sample:
-            hits = sum(float(s) for v, s in sample if leaf.predicate(v) != leaf.negated)
-            matched += hits / len(sample) * values
-    return (matched / traces if traces else 0.0), most
+            weights = [float(s) for v, s in sample if leaf.predicate(v) != leaf.negated]
+            most_hits = max(most_hits, len(weights))
+            matched += sum(weights) / len(sample) * values
+    return (matched / traces if traces else 0.0), most, most_hits
 
 
 def _pairs(reply: Any) -> list[tuple[str, float]]:
@@ -182,11 +187,11 @@ def residual_page(
     if term is None:
         return None
     try:
-        share, values = _share(client, keys, partitions, term)
+        share, values, hits = _share(client, keys, partitions, term)
     except redis.ResponseError:
         return None
-    if isinstance(term.leaf, LMatch) and values <= FEW_VALUES:
-        return None  # the probe reads every value at once: the term becomes value sets
+    if isinstance(term.leaf, LMatch) and values <= FEW_VALUES and hits <= FEW_MATCHED:
+        return None  # the probe reads every value at once: the term becomes a few value sets
     need = max_results + 1
     sparse = share < MIN_SHARE
     # A sparse term: one call of SPARSE_ROWS candidates of the rest, in case the rest is
