@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages
-from tracetags import functions
+from tests.support.helpers import all_pages, spy
 from tracetags.client import Client
 
 
@@ -42,13 +40,7 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
 def page_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many partitions each tt_query call batch asked for (pages and probes alike)."""
     calls: list[int] = []
-    real = functions.query_partitions
-
-    def spy(client: Any, keys: Any, plans: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(len(plans))
-        return real(client, keys, plans, *args, **kwargs)
-
-    monkeypatch.setattr(functions, "query_partitions", spy)
+    spy(monkeypatch, ["tracetags.functions.query_partitions"], lambda a, _: calls.append(len(a[2])))
     return calls
 
 

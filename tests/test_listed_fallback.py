@@ -15,9 +15,9 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages
+from tests.support.helpers import all_pages, spy
 from tracetags.client import Client
-from tracetags.query import budget, executor, pages
+from tracetags.query import budget, executor
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +50,9 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     made and the scans run."""
     monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1_000)
     seen: dict[str, list[Any]] = {"listed": [], "scans": []}
-    real_listed, real_scanned = executor._listed_plan, pages._scanned
-
-    def listed(*args: Any, **kwargs: Any) -> Any:
-        got = real_listed(*args, **kwargs)
-        seen["listed"].append(got)
-        return got
-
-    def scanned(*args: Any, **kwargs: Any) -> Any:
-        seen["scans"].append(args[3].limit)
-        return real_scanned(*args, **kwargs)
-
-    monkeypatch.setattr(executor, "_listed_plan", listed)
-    monkeypatch.setattr(pages, "_scanned", scanned)
+    listed, scans = seen["listed"], seen["scans"]
+    spy(monkeypatch, ["tracetags.query.executor._listed_plan"], lambda _, got: listed.append(got))
+    spy(monkeypatch, ["tracetags.query.pages._scanned"], lambda a, _: scans.append(a[3].limit))
     return seen
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages
+from tests.support.helpers import all_pages, spy
 from tracetags.client import Client
 from tracetags.query import needle
 from tracetags.query.logical import pattern_predicate, regex_literal
@@ -129,19 +129,9 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
 def decided(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether each needle_hits call decided (not None)."""
     taken: list[bool] = []
-    real = needle.needle_hits
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        got = real(*args, **kwargs)
-        taken.append(got is not None)
-        return got
-
-    for module in (
-        "tracetags.query.needle",
-        "tracetags.query.executor",
-        "tracetags.query.physical",
-    ):
-        monkeypatch.setattr(f"{module}.needle_hits", spy)
+    modules = ("needle", "executor", "physical")
+    paths = [f"tracetags.query.{m}.needle_hits" for m in modules]
+    spy(monkeypatch, paths, lambda args, got: taken.append(got is not None))
     return taken
 
 
@@ -175,14 +165,8 @@ def test_sparse_patterns_equal_the_reference(
 ) -> None:
     monkeypatch.setattr(needle, "NEEDLE_WINDOW", window)
     by_values: list[bool] = []
-    real = needle.values_by_needle
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        got = real(*args, **kwargs)
-        by_values.append(got is not None)
-        return got
-
-    monkeypatch.setattr("tracetags.query.executor.values_by_needle", spy)
+    paths = ["tracetags.query.needle.values_by_needle", "tracetags.query.executor.values_by_needle"]
+    spy(monkeypatch, paths, lambda args, got: by_values.append(got is not None))
     client, final = loaded
     rng = random.Random(seed)
     for filter_string in sparse_filters(rng):

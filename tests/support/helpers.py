@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -99,3 +100,21 @@ def exactly_once_problems(seqs: list[int], total: int) -> str:
         f"{len(seqs)} events for {total}: lost {len(lost)} {lost[:20]}, "
         f"doubled {len(doubled)} {doubled[:20]}, out of range {strays[:20]}"
     )
+
+
+def spy(
+    monkeypatch: Any, where: Sequence[str], record: Callable[[tuple[Any, ...], Any], None]
+) -> None:
+    """Wrap a function for a test: ``where`` names it by dotted path (the module that
+    defines it first, then modules that imported it by name); every call still runs it,
+    and ``record(args, result)`` sees the call's positional arguments and its result."""
+    module, _, name = where[0].rpartition(".")
+    real = getattr(importlib.import_module(module), name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        got = real(*args, **kwargs)
+        record(args, got)
+        return got
+
+    for path in where:
+        monkeypatch.setattr(path, wrapper)
