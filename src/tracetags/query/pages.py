@@ -3,11 +3,11 @@ and the page is then found in several calls, each within the budget.
 
 Every page call carries a deadline (``query_call_budget_ms``).  tt_query checks the clock as
 it goes (lua/prelude.lua, ``with_deadline``) and, past it, replies that it gave up; the call
-is then tried once more with twice the deadline (a collect or walk of 21-40 ms would else
-fall to a scan), and after that the partition's page is found in **steps** (the same plan
-for a few rows at a time, each call from the previous call's last row, as a page token's
-next page is: the page's own walk cut into calls), and when steps give up too (sparse
-matches) by one of two budgeted ways, and the calls' pages merged:
+is then tried once more with twice the deadline (a collect or walk a little past the
+deadline would else fall to a scan), and after that the partition's page is found in
+**steps** (the same plan for a few rows at a time, each call from the previous call's last
+row, as a page token's next page is: the page's own walk cut into calls), and when steps
+give up too (sparse matches) by one of two budgeted ways, and the calls' pages merged:
 
 - **value windows**: a page whose candidates come from one value leaf of many values (an
   ``IN`` list, the values a pattern matches) collects the candidates of a window of values
@@ -97,8 +97,8 @@ def run_pages(
     for i, raw in zip(direct, raws, strict=True):
         replies[i] = PAGE_DECODER.decode(raw)
     # A call that gave up is tried once more with twice the deadline (still within the
-    # longest a command may hold Redis): a collect or a walk needing 21-40 ms would else
-    # fall to steps and a budgeted scan of the whole partition (seconds at 1M traces).
+    # longest a command may hold Redis): a collect or a walk a little past the deadline
+    # would else fall to steps and a budgeted scan of the whole partition.
     again = [i for i in direct if replies[i][0] < 0 and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES]
     if again:
         longer = budget.call_deadline_us(RETRY_FACTOR * budget_us)

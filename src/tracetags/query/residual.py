@@ -48,8 +48,8 @@ MIN_SHARE: Final = 0.05
 SAMPLE: Final = 256
 #: A key of at most FEW_VALUES distinct values in every partition, of which the sample finds
 #: at most FEW_MATCHED matching, is read whole by the probe (one call), which resolves the
-#: term to a few value sets: no walk ('metadata.m0_6 RLIKE ...' matching 1 of 6 values:
-#: 24-50 ms walking, 2-4 ms planned).  Many matching values stay a walk: as value sets
+#: term to a few value sets: no walk ('metadata.m0_6 RLIKE ...' matching 1 of 6 values is
+#: one chunked set).  Many matching values stay a walk: as value sets
 #: they are tested one by one, which the walk does in the page's order anyway.
 FEW_VALUES: Final = 1_000
 FEW_MATCHED: Final = 16

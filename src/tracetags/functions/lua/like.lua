@@ -138,7 +138,7 @@ end
 -- count_only over a key with the byte-order index, a literal lead p: the values starting
 -- with p, bucket by bucket; past dense_after of them, the counts are extrapolated by the
 -- share of p's buckets read (the directory's heads in [p, last value read] against those
--- in p's range), so 'c%' over 30k values reads a few buckets, not every value.
+-- in p's range), so a dense lead reads a few buckets, not every value.
 local function lex_count_reply(dkey, p, dense_after)
     local np, found, last, dense = #p, {}, nil, false
     lex_scan(dkey, true, p, function(values)
@@ -314,8 +314,9 @@ end
 local function values_reply(dkey, runs, lead, window, alts, sample)
     if alts and #alts > 0 then
         if call('EXISTS', lex_dir(dkey)) == 1 then
-            -- (leads of more values than a window, 'cr' of 'CR_096867' over 30k ids: a
-            -- sample instead, for the client to choose, as for a key without the index)
+            -- (leads of more values than a window, 'cr' of 'CR_096867' over client
+            -- request ids: a sample instead, for the client to choose, as for a key
+            -- without the index)
             if not (sample and window and alts_span(dkey, alts) > window[2]) then
                 return alts_sought(dkey, alts)
             end
