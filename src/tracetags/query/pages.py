@@ -99,7 +99,7 @@ def run_pages(
     # A call that gave up is tried once more with twice the deadline (still within the
     # longest a command may hold Redis): a collect or a walk a little past the deadline
     # would else fall to steps and a budgeted scan of the whole partition.
-    again = [i for i in direct if replies[i][0] < 0 and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES]
+    again = [i for i in direct if replies[i][0] < 0]
     if again:
         longer = budget.call_deadline_us(RETRY_FACTOR * budget_us)
         retried = [
