@@ -95,9 +95,10 @@ class CostTable:
 
     # --- tests of many-valued leaves --------------------------------------------------
     #: A V leaf of at least this many values may be tested by reading each candidate's
-    #: register instead of building tt_query's member table of the values' sets (the
-    #: table's cost per set against an HGET per candidate, same method).
-    register_test_min_values: int = 8
+    #: register instead of building tt_query's member table of the values' sets, or of
+    #: testing each dense value's chunked set (tt_query prices each way per list of
+    #: candidates: query_leaves.lua's test_by_registers).
+    register_test_min_values: int = 3
 
 
 COSTS: Final = CostTable()

@@ -9,7 +9,7 @@ key's distinct values (never the traces).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,8 @@ class PNode:
     field: str | None = None
     #: V leaves of a tag or metadata key: the key's set (traces that have the key).
     key_set: str | None = None
+    #: V leaves: each value's trace count (the probe's), in the spec's order.
+    counts: dict[str, float] | None = None
 
 
 def _leaf(kind: NodeKind, spec: Spec, est: float, text: str, *, enumerable: bool) -> PNode:
@@ -266,6 +268,7 @@ def physical(
         node = _leaf("V", spec, count, shown, enumerable=True)
         node.field = index.hash_field
         node.key_set = index.key_set(keys, p)
+        node.counts = dict(found)
         return node
 
     return resolve(root), total
@@ -293,12 +296,73 @@ def _not(child: PNode, total: int) -> PNode:
     return PNode("!", ["!", child.spec], max(0.0, total - child.est), "NOT", [child])
 
 
+def _value_key(node: PNode) -> tuple[str, str] | None:
+    """(distinct zset, value prefix) of a V leaf whose values' counts are known."""
+    if node.kind == "V" and node.counts is not None:
+        return node.spec[1], node.spec[2]
+    return None
+
+
+def _bare(text: str) -> str:
+    """A leaf's text without the bracketed note explain adds (``[2 value sets]``)."""
+    return text.rsplit(" [", 1)[0] if text.endswith("]") else text
+
+
+def _kept_values(node: PNode, keep: Callable[..., bool], text: str) -> PNode:
+    """``node`` (a V leaf) with only the values ``keep`` accepts; Z when none is left."""
+    counts = {v: n for v, n in (node.counts or {}).items() if keep(v)}
+    if not counts:
+        return _leaf("Z", ["Z"], 0, f"{text}: no value satisfies both", enumerable=True)
+    many = "s" if len(counts) > 1 else ""
+    leaf = _leaf(
+        "V",
+        [*node.spec[:3], *counts],
+        sum(counts.values()),
+        f"{text} [{len(counts)} value set{many}]",
+        enumerable=True,
+    )
+    leaf.field, leaf.key_set, leaf.counts = node.field, node.key_set, counts
+    return leaf
+
+
+def _merge_values(flat: list[PNode]) -> list[PNode]:
+    """A conjunction's value-set leaves of one key as one leaf: a trace holds at most one
+    value of a key, so ``k IN (a, b) AND k IN (b, c)`` is ``k IN (b)``, and ``k IN (a, b)
+    AND NOT k IN (b)`` is ``k IN (a)`` (an empty result is found here, not by a walk)."""
+    merged: dict[tuple[str, str], int] = {}  # key -> index in out of its one V leaf
+    out: list[PNode] = []
+    for node in flat:
+        key = _value_key(node)
+        at = merged.get(key) if key is not None else None
+        if key is not None and at is None:
+            merged[key] = len(out)
+        if at is None:
+            out.append(node)
+            continue
+        known = node.counts or {}
+        text = f"{_bare(out[at].text)} AND {_bare(node.text)}"
+        out[at] = _kept_values(out[at], known.__contains__, text)
+    negated = [
+        (i, merged[key])
+        for i, node in enumerate(out)
+        if node.kind == "!" and (key := _value_key(node.children[0])) in merged
+    ]
+    for i, at in negated:
+        excluded = set(out[i].children[0].counts or ())
+        text = f"{_bare(out[at].text)} AND NOT {_bare(out[i].children[0].text)}"
+        out[at] = _kept_values(out[at], lambda v, gone=excluded: v not in gone, text)
+    dropped = {i for i, _ in negated}
+    return [node for i, node in enumerate(out) if i not in dropped]
+
+
 def _and(children: list[PNode], total: int) -> PNode:
     flat: list[PNode] = []
     for child in children:
         flat.extend(child.children if child.kind == "&" else [child])
-    if any(c.kind == "Z" for c in flat):
-        return _leaf("Z", ["Z"], 0, "AND with an empty term", enumerable=True)
+    flat = _merge_values(flat)
+    empty = next((c for c in flat if c.kind == "Z"), None)
+    if empty is not None:
+        return _leaf("Z", ["Z"], 0, f"AND with an empty term ({empty.text})", enumerable=True)
     flat = [c for c in flat if c.kind != "A"] or [flat[0]]
     if len(flat) == 1:
         return flat[0]

@@ -67,6 +67,13 @@ local function nested_group(ctx, gleaf, gcount, need, cursor, out)
         sub.plan = { sources = sources }
         -- the whole partition's ids are walked: the group's matches are this dense there
         local entries = matches > 0 and need * total / matches or total
+        -- Walk only when far cheaper than collecting the candidates and sorting the
+        -- matches by id (the costs of query/id_walk.py's choose, in walked-entry units).
+        local candidates = gleaf[1] == 'V' and math.min(gcount, cost) or cost
+        local walk = entries / 300 * 20 + entries + math.min(matches, entries) * 2
+        if walk * 3 >= 0.75 * candidates + 4.25 * matches then
+            return false
+        end
         local done = id_walk_page(sub, need, out, math.max(8, math.ceil(3 * entries / 300)))
         ctx.scanned = ctx.scanned + sub.scanned
         return done ~= 'abandon'

@@ -232,7 +232,7 @@ local function resolve_sought(ctx, node, seen)
         if #values > 1 then
             node.ckey = false -- (one dense value would be a chunked set: read its count)
         end
-        node.plain = count
+        node.plain, node.chunked = count, 0 -- (set sizes unread: priced as plain sets)
         node.table_us = count * TABLE_SET_US + traces * TABLE_MEMBER_US
         node.table_ok = count >= MEMBER_TABLE_MIN_SETS and traces <= MEMBER_TABLE_MAX
         node.hashed = 0

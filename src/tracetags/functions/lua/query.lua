@@ -119,12 +119,17 @@ local function page_query(ctx, plan)
         done = id_walk_page(ctx, need, rows, plan.id_walk) ~= 'abandon'
     elseif plan.chunk_walk then
         -- plan.chunk_walk: how many chunks to visit before falling back to walk/collect
-        local visited = chunk_walk_page(ctx, need, rows, plan.chunk_walk)
+        local visited, held = chunk_walk_page(ctx, need, rows, plan.chunk_walk)
         if visited ~= 'abandon' then
             done = true
             if visited and #rows < need then
                 collect_page(ctx, need - #rows, rows, prefix .. ':ts')
             end
+        elseif held == 0 then
+            -- no match in the chunks the plan expected to fill the page: correlated terms
+            -- (an empty intersection, say); the newest traces a walk of ts would test were
+            -- just tested
+            walk = nil
         end
     end
     if done then

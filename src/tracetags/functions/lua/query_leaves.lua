@@ -180,13 +180,16 @@ local function plain_member_table(leaf, sets)
     return leaf.members
 end
 
--- The other way to test a V leaf of many plain sets: read each candidate's own register
--- (HGET of the key's field) and look its value up.  Chosen while it costs less than the
--- member table (a cost per set and per member, paid once; a walk may meet only a fraction of
--- the members), or than SMISMEMBER per set and list when the table would be too large.  The
--- costs are estimates of Redis time in microseconds.  The field comes with the plan
--- (value_fields: distinct zset -> hash field); true when it marked mask.
+-- The other way to test a V leaf of many sets: read each candidate's own register (HGET of
+-- the key's field) and look its value up.  Chosen while it costs less than the member table
+-- of the plain sets (a cost per set and per member, paid once; a walk may meet only a
+-- fraction of the members), or than SMISMEMBER per plain set and list when the table would
+-- be too large, plus the chunked sets' tests (per candidate and set: its chunk found, then
+-- SMISMEMBER per chunk).  The costs are estimates of Redis time in microseconds.  The field
+-- comes with the plan (value_fields: distinct zset -> hash field; a walked value group's
+-- context carries its page's); true when it marked mask.
 local HASH_TEST_US, TABLE_SET_US, TABLE_MEMBER_US = 2, 3, 0.7
+local CHUNKED_TEST_US = 0.7
 
 -- The lookup fingerprints of field when they are ready (see fingerprint): {strings = chunk ->
 -- its string (read once per call), key = their key prefix}; false when not ready.
@@ -211,7 +214,7 @@ end
 local REGISTERS_ONLY_VALUES = 2048
 
 local function test_by_registers(ctx, leaf, list, mask)
-    local fields = ctx.plan and ctx.plan.value_fields -- (a walked value group has no plan)
+    local fields = ctx.value_fields or (ctx.plan and ctx.plan.value_fields)
     local field = fields and fields[leaf[2]]
     if not field or leaf.members then
         return false
@@ -224,8 +227,9 @@ local function test_by_registers(ctx, leaf, list, mask)
             -- registers it is, whatever the sets hold
             leaf.registers_only, leaf.table_us = true, 0
         else
-            local plain, members = plain_sets_size(value_sets(leaf))
-            leaf.plain = plain
+            local sets = value_sets(leaf)
+            local plain, members = plain_sets_size(sets)
+            leaf.plain, leaf.chunked = plain, #sets - plain
             leaf.table_us = plain * TABLE_SET_US + members * TABLE_MEMBER_US
             leaf.table_ok = plain >= MEMBER_TABLE_MIN_SETS and members <= MEMBER_TABLE_MAX
         end
@@ -233,10 +237,12 @@ local function test_by_registers(ctx, leaf, list, mask)
     end
     if leaf.registers_only then -- luacheck: ignore 542 (no other way is priced)
     elseif leaf.table_ok then
-        if (leaf.hashed + #list) * per_test >= leaf.table_us then
+        local tested = leaf.hashed + #list
+        if tested * per_test >= leaf.table_us + tested * leaf.chunked * CHUNKED_TEST_US then
             return false
         end
-    elseif #list * per_test >= leaf.plain * (TABLE_SET_US + 0.1 * #list) then
+    elseif #list * per_test
+        >= leaf.plain * (TABLE_SET_US + 0.1 * #list) + #list * leaf.chunked * CHUNKED_TEST_US then
         return false
     end
     leaf.hashed = leaf.hashed + #list

@@ -57,8 +57,11 @@ end
 -- so a chunk holds traces of neighbouring times and a page visits a few chunks where the ts
 -- walk would test thousands of entries one by one.  Rows come out by select_rows (ties,
 -- cursor).  True when every chunk was visited: traces without a timestamp may be owed.
--- 'abandon' (nothing written to out) past `budget` chunks: the planner expected far fewer,
--- so times and numbers do not go together here, and the caller walks ts instead.
+-- 'abandon' (nothing written to out) past `budget` chunks, and how many matches the visited
+-- chunks held: the planner expected far fewer chunks, so either times and numbers do not go
+-- together here (the caller walks ts instead) or the matches are far rarer than planned
+-- (none found: a walk of ts would test the same newest traces again, so the caller
+-- collects).
 local function chunk_walk_page(ctx, need, out, budget)
     local keys, residual = split_conjunction(ctx, ctx.expr)
     if #keys == 0 then
@@ -91,7 +94,7 @@ local function chunk_walk_page(ctx, need, out, budget)
             end
             budget = budget - 1
             if budget < 0 then
-                return 'abandon'
+                return 'abandon', #matches
             end
             local candidates = chunk_members(keys, tonumber(got[g]), names)
             ctx.scanned = ctx.scanned + #candidates

@@ -19,7 +19,7 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
     local rest = ctx.rest
     local sub = {
         prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = rest,
-        cursor = cursor,
+        cursor = cursor, value_fields = ctx.plan.value_fields,
     }
     sub.fields, sub.pos = order_fields(rest)
     local spec = rest[1]
@@ -31,25 +31,30 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
     if zname then
         local matches = gcount * frac
         local scan = matches > 0 and need * total / matches or total
-        if scan < source_cost then
-            -- one conjunction (not nested), so that its chunked sets are tested together
-            sub.expr = { '&', gleaf, ctx.expr }
-            if ctx.expr[1] == '&' then
-                sub.expr = { '&', gleaf, unpack_(ctx.expr, 2) }
-            end
+        -- one conjunction (not nested), so that its chunked sets are tested together
+        sub.expr = { '&', gleaf, ctx.expr }
+        if ctx.expr[1] == '&' then
+            sub.expr = { '&', gleaf, unpack_(ctx.expr, 2) }
+        end
+        -- Newest first in a partition that bounds its chunks' times: the group's chunked
+        -- sets are intersected chunk by chunk (see chunk_walk_page), so only the group's
+        -- members in the chunks visited are tested, not every walked trace.
+        local newest = zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds
+            and has_chunked_conjunct(sub, sub.expr)
+        local by_chunks = newest and matches > 0 and 1.5 * need * gcount / matches or math.huge
+        if scan < source_cost or by_chunks < source_cost then
             sub.density = matches / total
             local before = #out
-            -- Newest first in a partition that bounds its chunks' times: the group's
-            -- chunked sets are intersected chunk by chunk (see chunk_walk_page).
             local visited = nil
-            if zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds
-                and has_chunked_conjunct(sub, sub.expr) then
+            if newest then
                 local visits = matches > 0 and need * total / (matches * SET_CHUNK) * 1.5 + 1
                     or math.huge
                 visited = chunk_walk_page(sub, need, out, math.max(8, math.ceil(3 * visits)))
             end
             local exhausted = visited
-            if visited == nil or visited == 'abandon' then
+            if visited == 'abandon' and scan >= source_cost then
+                exhausted = nil -- (chosen for its chunks alone: the group is collected below)
+            elseif visited == nil or visited == 'abandon' then
                 exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
             end
             if exhausted and #out - before < need then
@@ -57,8 +62,10 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
                 sub.residual = { '&', gleaf, ctx.residual }
                 collect_page(sub, need - (#out - before), out, ctx.prefix .. ':' .. zname)
             end
-            ctx.scanned = ctx.scanned + sub.scanned
-            return
+            if exhausted ~= nil then
+                ctx.scanned = ctx.scanned + sub.scanned
+                return
+            end
         end
     end
     if enumerable and gcount <= cost then

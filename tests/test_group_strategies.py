@@ -1,0 +1,188 @@
+"""Choices tt_query makes inside a page call, checked against the reference on a dataset
+numbered in time order (so that chunk walks are planned) with dense value sets:
+
+- a chunk walk whose chunks hold no match (terms the planner takes as independent that
+  exclude each other) collects at once instead of walking ts over the same newest traces;
+- a value group ordered by time newest first is walked chunk by chunk when that visits
+  fewer of the group's members than collecting the group (its filter a value set of many
+  dense values, tested by each candidate's register);
+- a value group ordered by request_id is collected and sorted when walking the ids would
+  visit far more traces than the candidates.
+
+Every answer, page after page, equals the reference's; where a path is what a test is
+about, Redis's own command counters show that the other path did not run."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import query_data as qd
+from tests.support import query_reference as ref
+from tests.support.helpers import all_pages
+from tracetags.client import Client
+from tracetags.query import budget
+
+SCOPE = ["1", "2"]
+RUNS = tuple(f"run-{i:02d}" for i in range(20))
+
+
+@pytest.fixture(scope="module")
+def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, Any]]]]:
+    rng = random.Random(11)
+    traces = []
+    for i in range(24_000):
+        running = rng.random() < 0.08
+        traces.append(
+            {
+                "trace_id": f"tr-{rng.getrandbits(64):016x}",
+                "experiment_id": rng.choices(("1", "2", "3"), (60, 35, 5))[0],
+                # folded in time order, with ties: trace numbers go with times
+                "timestamp_ms": qd.BASE_MS + i * 10 + rng.randrange(12),
+                "execution_time_ms": None if running else rng.randrange(1, 1000),
+                "status": "IN_PROGRESS" if running else rng.choice(("OK", "OK", "ERROR")),
+                "name": rng.choice(("chat", "embed")),
+                "client_request_id": None,
+                "tags": {"g": f"g{rng.randrange(6)}", "run": rng.choice(RUNS)},
+                "metadata": {},
+            }
+        )
+    with qd.loaded(redis_url, "gstrat", 1, traces) as got:
+        yield got
+
+
+@pytest.fixture
+def no_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a loaded machine must not decide the path: each page is one call
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 10_000_000)
+
+
+def _calls(client: Client, command: str) -> int:
+    stats: dict[str, Any] = client.redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def _first_page_counting(
+    client: Client, filter_string: str, order: list[str] | None, command: str
+) -> tuple[list[str], int]:
+    client.redis.config_resetstat()
+    page = client.search_traces(
+        experiment_ids=SCOPE, filter_string=filter_string, order_by=order, max_results=100
+    )
+    return [t.info.trace_id for t in page], _calls(client, command)
+
+
+@pytest.mark.usefixtures("no_deadline")
+@pytest.mark.parametrize(
+    "filter_string",
+    [
+        "execution_time_ms >= 0 AND status = 'IN_PROGRESS'",
+        "execution_time_ms > 100 AND status != 'OK' AND status != 'ERROR'",
+    ],
+)
+def test_a_chunk_walk_finding_no_match_collects_without_walking_ts(
+    loaded: tuple[Client, list[dict[str, Any]]], filter_string: str
+) -> None:
+    client, final = loaded
+    text = str(client.explain(filter_string, experiment_ids=SCOPE))
+    assert "strategy: chunk-walk" in text and "walks ts instead" in text, text
+    got, zranges = _first_page_counting(client, filter_string, None, "zrange")
+    assert got == [] == ref.search(final, SCOPE, filter_string, None, None)
+    # the chunk walk reads the chunks' time bounds 16 at a time (tsx); a walk of ts would
+    # read batches of the ~20k newest traces
+    assert zranges <= 4, zranges
+
+
+@pytest.mark.usefixtures("no_deadline")
+@pytest.mark.parametrize(
+    ("filter_string", "order"),
+    [
+        (f"tags.run IN ({', '.join(repr(r) for r in RUNS[:7])})", ["tags.g DESC"]),
+        ("tags.run LIKE 'run-0%' AND tags.run LIKE '%5' OR tags.run = 'run-12'", ["tags.g"]),
+        ("tags.run != 'run-03' AND status = 'ERROR'", ["tags.g DESC", "timestamp_ms DESC"]),
+        ("tags.run = 'run-07'", ["tags.g DESC"]),
+    ],
+)
+def test_value_groups_newest_first_equal_the_reference(
+    loaded: tuple[Client, list[dict[str, Any]]], filter_string: str, order: list[str]
+) -> None:
+    client, final = loaded
+    text = str(client.explain(filter_string, experiment_ids=SCOPE, order_by=order))
+    assert "strategy: walk-values" in text, text
+    expected = ref.search(final, SCOPE, filter_string, order, None)
+    assert expected, "the filter must match"
+    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
+    assert all_pages(client, filter_string, order, 37, SCOPE) == expected
+
+
+@pytest.mark.usefixtures("no_deadline")
+def test_a_many_valued_filter_in_a_value_group_is_tested_by_registers(
+    loaded: tuple[Client, list[dict[str, Any]]],
+) -> None:
+    client, final = loaded
+    filter_string = f"tags.run IN ({', '.join(repr(r) for r in RUNS[:7])})"
+    order = ["tags.g DESC"]
+    got, hgets = _first_page_counting(client, filter_string, order, "hget")
+    assert got == ref.search(final, SCOPE, filter_string, order, None)[:100]
+    # each of the seven dense value sets would be tested chunk by chunk (SMISMEMBER);
+    # a candidate's own register is one HGET
+    assert hgets > 100, hgets
+
+
+@pytest.mark.usefixtures("no_deadline")
+@pytest.mark.parametrize(
+    ("filter_string", "order"),
+    [
+        ("tags.run = 'run-05'", ["experiment_id", "request_id DESC"]),
+        ("tags.run = 'run-05' AND status = 'OK'", ["experiment_id DESC", "request_id"]),
+        ("status = 'ERROR'", ["experiment_id", "request_id DESC"]),  # dense: walked by id
+    ],
+)
+def test_value_groups_by_request_id_equal_the_reference(
+    loaded: tuple[Client, list[dict[str, Any]]], filter_string: str, order: list[str]
+) -> None:
+    client, final = loaded
+    expected = ref.search(final, SCOPE, filter_string, order, None)
+    assert expected
+    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
+    assert all_pages(client, filter_string, order, 41, SCOPE) == expected
+
+
+@pytest.mark.usefixtures("no_deadline")
+def test_a_sparse_value_group_by_request_id_is_collected_not_walked_by_id(
+    loaded: tuple[Client, list[dict[str, Any]]],
+) -> None:
+    client, final = loaded
+    filter_string, order = "tags.run = 'run-05'", ["experiment_id", "request_id DESC"]
+    got, smembers = _first_page_counting(client, filter_string, order, "smembers")
+    assert got == ref.search(final, SCOPE, filter_string, order, None)[:100]
+    # a walk of the ids reads their buckets (SMEMBERS of each); collecting the ~1,200
+    # candidates reads the one value set's chunks (a few SMEMBERS at most)
+    assert smembers <= 60, smembers
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "merged"),
+    [
+        ("tags.run ILIKE 'RUN-0%' AND tags.run LIKE '%1'", "[1 value set]"),
+        ("tags.run IN ('run-01', 'run-02') AND NOT tags.run = 'run-02'", "[1 value set]"),
+        ("tags.run ILIKE 'RUN-1%' AND tags.run != 'run-13' AND status = 'OK'", "[9 value sets]"),
+        ("status != 'OK' AND status != 'ERROR' AND execution_time_ms > 100", "[1 value set]"),
+        ("tags.run LIKE '%1' AND tags.run RLIKE '2$'", "no value satisfies both"),
+    ],
+)
+@pytest.mark.parametrize("order", [None, ["tags.g DESC"], ["request_id"]])
+def test_value_sets_of_one_key_in_a_conjunction_are_one_leaf(
+    loaded: tuple[Client, list[dict[str, Any]]],
+    filter_string: str,
+    merged: str,
+    order: list[str] | None,
+) -> None:
+    client, final = loaded
+    text = str(client.explain(filter_string, experiment_ids=SCOPE, order_by=order))
+    assert merged in text, text
+    expected = ref.search(final, SCOPE, filter_string, order, None)
+    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
