@@ -104,6 +104,9 @@ def test_a_chunk_walk_finding_no_match_collects_without_walking_ts(
         ("tags.run LIKE 'run-0%' AND tags.run LIKE '%5' OR tags.run = 'run-12'", ["tags.g"]),
         ("tags.run != 'run-03' AND status = 'ERROR'", ["tags.g DESC", "timestamp_ms DESC"]),
         ("tags.run = 'run-07'", ["tags.g DESC"]),
+        # the scope's value sets hold for every trace of an experiment's group
+        ("status != 'ERROR'", ["experiment_id DESC"]),
+        ("tags.g != 'g2'", ["experiment_id"]),
     ],
 )
 def test_value_groups_newest_first_equal_the_reference(

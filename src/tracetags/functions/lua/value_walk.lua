@@ -12,6 +12,34 @@ local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_p
 -- order keys decide, by walking their zset or collecting the group's matches.  Stops as soon
 -- as the page is full; traces without the key (nulls) come last whatever the direction.
 
+-- The conjuncts of expr but the value sets of the group's own key that allow the group's
+-- value: they hold for every trace of the group (experiment_ids=[...] ordered by
+-- experiment_id), so testing them on each candidate is waste.
+local function other_keys(expr, gleaf)
+    local parts = expr[1] == '&' and { unpack_(expr, 2) } or { expr }
+    if gleaf[1] ~= 'V' then
+        return parts
+    end
+    local out = {}
+    for i = 1, #parts do
+        local node = parts[i]
+        local implied = false
+        if node[1] == 'V' and node[2] == gleaf[2] then
+            if not node.allows then
+                node.allows = {}
+                for k = 4, #node do
+                    node.allows[node[k]] = true
+                end
+            end
+            implied = node.allows[gleaf[4]] == true
+        end
+        if not implied then
+            out[#out + 1] = node
+        end
+    end
+    return out
+end
+
 local function group_page(ctx, gleaf, gcount, need, cursor, out)
     if GroupOrder.nested_group(ctx, gleaf, gcount, need, cursor, out) then
         return
@@ -32,10 +60,7 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
         local matches = gcount * frac
         local scan = matches > 0 and need * total / matches or total
         -- one conjunction (not nested), so that its chunked sets are tested together
-        sub.expr = { '&', gleaf, ctx.expr }
-        if ctx.expr[1] == '&' then
-            sub.expr = { '&', gleaf, unpack_(ctx.expr, 2) }
-        end
+        sub.expr = { '&', gleaf, unpack_(other_keys(ctx.expr, gleaf)) }
         -- Newest first in a partition that bounds its chunks' times: the group's chunked
         -- sets are intersected chunk by chunk (see chunk_walk_page), so only the group's
         -- members in the chunks visited are tested, not every walked trace.
