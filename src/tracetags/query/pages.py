@@ -1,13 +1,13 @@
 """Pages within the call budget: a page call that would hold Redis past the budget gives up,
 and the page is then found in several calls, each within the budget.
 
-Every page call carries a deadline (``query_call_budget_ms``).  tt_query checks the clock as
-it goes (lua/prelude.lua, ``with_deadline``) and, past it, replies that it gave up; the call
-is then tried once more with twice the deadline (a collect or walk a little past the
-deadline would else fall to a scan), and after that the partition's page is found in
-**steps** (the same plan for a few rows at a time, each call from the previous call's last
-row, as a page token's next page is: the page's own walk cut into calls), and when steps
-give up too (sparse matches) by one of two budgeted ways, and the calls' pages merged:
+Every page call carries a deadline: a page's one call twice ``query_call_budget_ms`` (a
+collect or walk a little past the budget would else fall to a scan), the calls that follow
+the budget.  tt_query checks the clock as it goes (lua/prelude.lua, ``with_deadline``) and,
+past it, replies that it gave up; the partition's page is then found in **steps** (the
+same plan for a few rows at a time, each call from the previous call's last row, as a page
+token's next page is: the page's own walk cut into calls), and when steps give up too
+(sparse matches) by one of two budgeted ways, and the calls' pages merged:
 
 - **value windows**: a page whose candidates come from one value leaf of many values (an
   ``IN`` list, the values a pattern matches) collects the candidates of a window of values
@@ -78,7 +78,10 @@ def run_pages(
     its patterns' values listed (``listed(i)``, when it gives a plan) and else the
     budgeted ways (``order_key``: a row's sort key in the page's order)."""
     budget_us = max(1, budget_ms) * 1000
-    deadline = budget.call_deadline_us(budget_us)
+    # The one call of a page may take twice the budget (still within the longest a command
+    # may hold Redis): a collect or a walk a little past the budget would else fall to
+    # steps and a budgeted scan of the whole partition.
+    deadline = budget.call_deadline_us(FIRST_CALL_FACTOR * budget_us)
     encoded = [
         (p.partition, _ENCODER.encode(msgspec.structs.replace(p.plan, deadline=deadline)))
         for p in plans
@@ -96,21 +99,6 @@ def run_pages(
     ]
     for i, raw in zip(direct, raws, strict=True):
         replies[i] = PAGE_DECODER.decode(raw)
-    # A call that gave up is tried once more with twice the deadline (still within the
-    # longest a command may hold Redis): a collect or a walk a little past the deadline
-    # would else fall to steps and a budgeted scan of the whole partition.
-    again = [i for i in direct if replies[i][0] < 0]
-    if again:
-        longer = budget.call_deadline_us(RETRY_FACTOR * budget_us)
-        retried = [
-            (
-                plans[i].partition,
-                _ENCODER.encode(msgspec.structs.replace(plans[i].plan, deadline=longer)),
-            )
-            for i in again
-        ]
-        for i, raw in zip(again, functions.query_partitions(client, keys, retried), strict=True):
-            replies[i] = PAGE_DECODER.decode(raw)
     for i, (found, _) in enumerate(replies):
         if found >= 0:
             continue
@@ -136,8 +124,9 @@ def run_pages(
     return replies
 
 
-#: A page call that gives up is tried once more with this many times the deadline.
-RETRY_FACTOR: Final = 2
+#: A page's one call has this many times the call budget as its deadline (the calls that
+#: follow when it gives up, the budget).
+FIRST_CALL_FACTOR: Final = 2
 #: A listed plan (see run_pages) expecting at most this many matches is collected at once,
 #: before any step: a budgeted collect of value windows reads ~1,000 traces a millisecond.
 LISTED_FIRST_MAX: Final = 20_000
