@@ -451,3 +451,55 @@ def test_adversarial_input_is_fast_and_clean(text: str) -> None:
     started = time.perf_counter()
     parse_and_round_trip(text)
     assert time.perf_counter() - started < 2.0
+
+
+_LIST_CHARS = st.sampled_from(list("ab '\"\\,()\t\n\r\f\x0b\x00\u00a0\u2028é"))
+
+
+@given(
+    items=st.lists(st.lists(_LIST_CHARS, max_size=6).map("".join), min_size=1, max_size=4),
+    quotes=st.lists(st.sampled_from(["'", '"']), min_size=4, max_size=4),
+    gaps=st.lists(
+        st.sampled_from(["", " ", "\t", "\n", "\x0b", "\u00a0", " , ", ",,"]), min_size=6
+    ),
+    trailing=st.booleans(),
+)
+@settings(max_examples=500, deadline=None)
+def test_a_plain_list_reads_as_its_python_literal(
+    items: list[str], quotes: list[str], gaps: list[str], trailing: bool
+) -> None:
+    """plain_list's fast path gives what ast.literal_eval gives, or stands aside (None)."""
+    import ast
+    import warnings
+
+    from tracetags.query.parser import plain_list
+
+    body = ",".join(
+        f"{gaps[i]}{quotes[i]}{item}{quotes[i]}{gaps[i + 1]}" for i, item in enumerate(items)
+    )
+    text = f"({body}{',' if trailing else ''}{gaps[-1]})"
+    fast = plain_list(text)
+    if fast is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = ast.literal_eval(text)
+    assert fast == (parsed if isinstance(parsed, tuple) else (parsed,))
+
+
+@pytest.mark.parametrize(
+    ("text", "items"),
+    [
+        ("('a')", ("a",)),
+        ("( 'a' ,\"b'c\",\n'',)", ("a", "b'c", "")),
+        ("('é\t\u2028x', \"y\")", ("é\t\u2028x", "y")),
+        ("('a\\'b')", None),  # an escape: evaluated as a literal
+        ("('a' 'b')", None),  # adjacent literals concatenate
+        ("('a',\u00a0'b')", None),  # not a Python blank
+        ("('a\nb')", None),  # a line break inside quotes
+    ],
+)
+def test_plain_lists_are_read_without_compiling(text: str, items: tuple[str, ...] | None) -> None:
+    from tracetags.query.parser import plain_list
+
+    assert plain_list(text) == items
