@@ -46,7 +46,8 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, Any]]]]:
                 "status": "IN_PROGRESS" if running else rng.choice(("OK", "OK", "ERROR")),
                 "name": rng.choice(("chat", "embed")),
                 "client_request_id": None,
-                "tags": {"g": f"g{rng.randrange(6)}", "run": rng.choice(RUNS)},
+                "tags": {"g": f"g{rng.randrange(6)}", "run": rng.choice(RUNS)}
+                | ({} if i % 37 == 0 else {"opt": "x"}),
                 "metadata": {},
             }
         )
@@ -189,3 +190,28 @@ def test_value_sets_of_one_key_in_a_conjunction_are_one_leaf(
     assert merged in text, text
     expected = ref.search(final, SCOPE, filter_string, order, None)
     assert all_pages(client, filter_string, order, 100, SCOPE) == expected
+
+
+@pytest.mark.usefixtures("no_deadline")
+@pytest.mark.parametrize(
+    ("filter_string", "order"),
+    [
+        ("tags.opt IS NULL", ["tags.g DESC"]),
+        ("tags.opt IS NULL AND status = 'OK'", ["tags.g", "timestamp_ms"]),
+        ("tags.opt IS NULL AND tags.run != 'run-01'", ["tags.run DESC"]),
+        ("tags.opt IS NULL", None),
+    ],
+)
+def test_a_key_that_is_null_is_taken_out_of_a_groups_chunks(
+    loaded: tuple[Client, list[dict[str, Any]]], filter_string: str, order: list[str] | None
+) -> None:
+    """A group of a walk of values collected under `k IS NULL`: the key's chunked set is
+    taken out of the group's chunks (SDIFF) instead of testing every member of the group."""
+    client, final = loaded
+    expected = ref.search(final, SCOPE, filter_string, order, None)
+    assert expected
+    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
+    assert all_pages(client, filter_string, order, 29, SCOPE) == expected
+    if order == ["tags.g DESC"]:
+        _, sdiffs = _first_page_counting(client, filter_string, order, "sdiff")
+        assert sdiffs > 0

@@ -5,23 +5,32 @@ local QUERY_BATCH, last_chunk_of = Leaves.QUERY_BATCH, Leaves.last_chunk_of
 local score_bound, slot, value_sets = Leaves.score_bound, Leaves.slot, Leaves.value_sets
 local chunked_key = Eval.chunked_key
 
--- The trace numbers in chunk c of every chunked set of keys (SMEMBERS for one, SINTER);
--- names: a scratch table for the chunk keys.
-local function chunk_members(keys, c, names)
+-- The trace numbers in chunk c of every chunked set of keys (SMEMBERS for one, SINTER), or
+-- with minus (one key only) those of its members in none of minus's sets (SDIFF); names: a
+-- scratch table for the chunk keys.
+local function chunk_members(keys, c, names, minus)
     local suffix = ':' .. slot(c)
     for k = 1, #keys do
         names[k] = keys[k] .. suffix
     end
-    local got = #keys == 1 and call('SMEMBERS', names[1]) or call('SINTER', unpack_(names))
+    local got
+    if minus and #minus > 0 then
+        for m = 1, #minus do
+            names[m + 1] = minus[m] .. suffix
+        end
+        got = call('SDIFF', unpack_(names, 1, #minus + 1))
+    else
+        got = #keys == 1 and call('SMEMBERS', names[1]) or call('SINTER', unpack_(names, 1, #keys))
+    end
     return chunk_numbers(got, c)
 end
 
--- Feed fn batches of the members common to the chunked sets keys (one: its members), chunk
--- by chunk (SMEMBERS / SINTER); true when fn asked to stop.
-local function enum_chunks_of(ctx, keys, fn)
+-- Feed fn batches of the members common to the chunked sets keys (one: its members; with
+-- minus, see chunk_members), chunk by chunk; true when fn asked to stop.
+local function enum_chunks_of(ctx, keys, fn, minus)
     local names = {}
     for c = 0, last_chunk_of(ctx) do
-        local got = chunk_members(keys, c, names)
+        local got = chunk_members(keys, c, names, minus)
         if #got > 0 and fn(got) then
             return true
         end
@@ -193,6 +202,23 @@ local function split_conjunction(ctx, expr)
     return keys, #rest == 0 and { 'A' } or (#rest == 1 and rest[1] or { '&', unpack_(rest) })
 end
 
+-- The conjuncts of node that are NOT of one chunked set (their keys), and the others as one
+-- node ({'A'} when there are none).
+local function split_negated(ctx, node)
+    local children = node[1] == '&' and { unpack_(node, 2) } or { node }
+    local minus, rest = {}, {}
+    for i = 1, #children do
+        local child = children[i]
+        local key = child[1] == '!' and chunked_key(ctx, child[2])
+        if key then
+            minus[#minus + 1] = key
+        elseif child[1] ~= 'A' then
+            rest[#rest + 1] = child
+        end
+    end
+    return minus, #rest == 0 and { 'A' } or (#rest == 1 and rest[1] or { '&', unpack_(rest) })
+end
+
 local function chunk_join(ctx)
     local sources = ctx.plan.sources
     if not sources or #sources ~= 1 then
@@ -203,12 +229,18 @@ local function chunk_join(ctx)
         return nil
     end
     local keys, left = split_conjunction(ctx, ctx.residual)
+    local minus = nil
     if #keys == 0 then
-        return nil
+        -- no other chunked set to intersect: the chunked sets the filter excludes (a key
+        -- IS NULL) are taken out of the source's chunks instead (SDIFF)
+        minus, left = split_negated(ctx, left)
+        if #minus == 0 then
+            return nil
+        end
     end
     table.insert(keys, 1, first)
     local function enumerate(fn)
-        return enum_chunks_of(ctx, keys, fn)
+        return enum_chunks_of(ctx, keys, fn, minus)
     end
     return enumerate, left
 end
