@@ -398,6 +398,7 @@ def _and(children: list[PNode], total: int) -> PNode:
     est = min(min(c.est for c in flat), total * fraction)
     node = PNode("&", ["&", *(c.spec for c in flat)], est, "AND", flat)
     drivers = [c for c in flat if c.sources is not None]
+
     # Test first the terms that drop the most candidates for their cost: fewer candidates
     # reach the later ones (a term all but every trace passes goes last however cheap).
     def rank(c: PNode) -> tuple[bool, float]:

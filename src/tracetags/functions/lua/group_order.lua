@@ -2,6 +2,10 @@
 -- without sorting them (value_walk.lua calls in here).
 
 local order_fields = Ordering.order_fields
+-- (value_walk.lua is assembled first; its exports are read when a Function runs)
+local function other_keys(expr, gleaf)
+    return ValueWalk.other_keys(expr, gleaf)
+end
 local id_walk_page = IdWalk.id_walk_page
 
 -- The conjuncts of a plan node (itself when it is not an AND).
@@ -54,12 +58,15 @@ local function nested_group(ctx, gleaf, gcount, need, cursor, out)
     local sub = {
         prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = rest,
         cursor = cursor, depth = depth + 1,
-        expr = { '&', gleaf, unpack_(conjuncts(ctx.expr)) },
+        expr = { '&', gleaf, unpack_(other_keys(ctx.expr, gleaf)) },
     }
     sub.fields, sub.pos = order_fields(rest)
-    local sources, residual = ctx.plan.sources, { '&', gleaf, unpack_(conjuncts(ctx.residual)) }
+    local sources = ctx.plan.sources
+    local residual = { '&', gleaf, unpack_(other_keys(ctx.residual, gleaf)) }
     if gleaf[1] == 'V' and gcount <= cost then
-        sources, residual = { gleaf }, ctx.expr
+        local others = other_keys(ctx.expr, gleaf)
+        sources = { gleaf }
+        residual = #others == 1 and others[1] or { '&', unpack_(others) }
     end
     sub.residual = residual
     local matches = gcount * frac

@@ -84,7 +84,7 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
             end
             if exhausted and #out - before < need then
                 sub.plan = ctx.plan
-                sub.residual = { '&', gleaf, ctx.residual }
+                sub.residual = { '&', gleaf, unpack_(other_keys(ctx.residual, gleaf)) }
                 collect_page(sub, need - (#out - before), out, ctx.prefix .. ':' .. zname)
             end
             if exhausted ~= nil then
@@ -95,10 +95,11 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
     end
     if enumerable and gcount <= cost then
         sub.plan = { sources = { gleaf } }
-        sub.residual = ctx.expr
+        local rest = other_keys(ctx.expr, gleaf)
+        sub.residual = #rest == 1 and rest[1] or { '&', unpack_(rest) }
     else
         sub.plan = ctx.plan
-        sub.residual = { '&', gleaf, ctx.residual }
+        sub.residual = { '&', gleaf, unpack_(other_keys(ctx.residual, gleaf)) }
     end
     collect_page(sub, need, out, nil)
     ctx.scanned = ctx.scanned + sub.scanned
@@ -256,3 +257,4 @@ local function walk_values_page(ctx, need, out, budget)
 end
 
 ValueWalk.walk_values_page = walk_values_page
+ValueWalk.other_keys = other_keys
