@@ -9,7 +9,7 @@ key's distinct values (never the traces).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -308,9 +308,9 @@ def _bare(text: str) -> str:
     return text.rsplit(" [", 1)[0] if text.endswith("]") else text
 
 
-def _kept_values(node: PNode, keep: Callable[..., bool], text: str) -> PNode:
-    """``node`` (a V leaf) with only the values ``keep`` accepts; Z when none is left."""
-    counts = {v: n for v, n in (node.counts or {}).items() if keep(v)}
+def _kept_values(node: PNode, keep: Collection[str], text: str) -> PNode:
+    """``node`` (a V leaf) with only its values in ``keep``; Z when none is left."""
+    counts = {v: n for v, n in (node.counts or {}).items() if v in keep}
     if not counts:
         return _leaf("Z", ["Z"], 0, f"{text}: no value satisfies both", enumerable=True)
     many = "s" if len(counts) > 1 else ""
@@ -339,18 +339,18 @@ def _merge_values(flat: list[PNode]) -> list[PNode]:
         if at is None:
             out.append(node)
             continue
-        known = node.counts or {}
         text = f"{_bare(out[at].text)} AND {_bare(node.text)}"
-        out[at] = _kept_values(out[at], known.__contains__, text)
+        out[at] = _kept_values(out[at], node.counts or {}, text)
     negated = [
         (i, merged[key])
         for i, node in enumerate(out)
         if node.kind == "!" and (key := _value_key(node.children[0])) in merged
     ]
     for i, at in negated:
-        excluded = set(out[i].children[0].counts or ())
-        text = f"{_bare(out[at].text)} AND NOT {_bare(out[i].children[0].text)}"
-        out[at] = _kept_values(out[at], lambda v, gone=excluded: v not in gone, text)
+        excluded = out[i].children[0]
+        kept = (out[at].counts or {}).keys() - (excluded.counts or {}).keys()
+        text = f"{_bare(out[at].text)} AND NOT {_bare(excluded.text)}"
+        out[at] = _kept_values(out[at], kept, text)
     dropped = {i for i, _ in negated}
     return [node for i, node in enumerate(out) if i not in dropped]
 

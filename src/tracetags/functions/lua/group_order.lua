@@ -2,19 +2,8 @@
 -- without sorting them (value_walk.lua calls in here).
 
 local order_fields = Ordering.order_fields
--- (value_walk.lua is assembled first; its exports are read when a Function runs)
-local function other_keys(expr, gleaf)
-    return ValueWalk.other_keys(expr, gleaf)
-end
 local id_walk_page = IdWalk.id_walk_page
-
--- The conjuncts of a plan node (itself when it is not an AND).
-local function conjuncts(node)
-    if node[1] == '&' then
-        return { unpack_(node, 2) }
-    end
-    return { node }
-end
+local conjuncts, conjunction = Enum.conjuncts, Enum.conjunction
 
 -- True when the filter's conjunction holds a value set of dkey that lacks v: the group of
 -- value v holds no match (ordering by experiment_id within experiment_ids=[...], or by a
@@ -36,6 +25,33 @@ local function excluded(ctx, dkey, v)
     end
     local allowed = pinned[dkey]
     return allowed ~= nil and not allowed[v]
+end
+
+-- The conjuncts of expr but the value sets of the group's own key that allow the group's
+-- value: they hold for every trace of the group (experiment_ids=[...] ordered by
+-- experiment_id), so testing them on each candidate is waste.
+local function other_keys(expr, gleaf)
+    local parts = conjuncts(expr)
+    if gleaf[1] ~= 'V' then
+        return parts
+    end
+    local out = {}
+    for _, node in ipairs(parts) do
+        local implied = false
+        if node[1] == 'V' and node[2] == gleaf[2] then
+            if not node.allows then
+                node.allows = {}
+                for k = 4, #node do
+                    node.allows[node[k]] = true
+                end
+            end
+            implied = node.allows[gleaf[4]] == true
+        end
+        if not implied then
+            out[#out + 1] = node
+        end
+    end
+    return out
 end
 
 --[[ A large group (value v of the walked key) ordered by the next order key, when that
@@ -64,9 +80,7 @@ local function nested_group(ctx, gleaf, gcount, need, cursor, out)
     local sources = ctx.plan.sources
     local residual = { '&', gleaf, unpack_(other_keys(ctx.residual, gleaf)) }
     if gleaf[1] == 'V' and gcount <= cost then
-        local others = other_keys(ctx.expr, gleaf)
-        sources = { gleaf }
-        residual = #others == 1 and others[1] or { '&', unpack_(others) }
+        sources, residual = { gleaf }, conjunction(other_keys(ctx.expr, gleaf))
     end
     sub.residual = residual
     local matches = gcount * frac
@@ -108,4 +122,5 @@ local function nested_group(ctx, gleaf, gcount, need, cursor, out)
 end
 
 GroupOrder.excluded = excluded
+GroupOrder.other_keys = other_keys
 GroupOrder.nested_group = nested_group

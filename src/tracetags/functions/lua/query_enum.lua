@@ -183,42 +183,45 @@ local function buffered(enum, fn)
     return #buf > 0 and fn(buf) or false
 end
 
--- When the candidates come from one chunked set and the residual filter ANDs other chunked
--- sets: an enumerator of their intersection, one SINTER per chunk (Redis intersects <= 512
--- offsets natively; Lua only sees the matches), and what the matches must still pass.
+-- The conjuncts of a plan node (itself when it is not an AND), and the node of a list of
+-- conjuncts ({'A'} for none).
+local function conjuncts(node)
+    if node[1] == '&' then
+        return { unpack_(node, 2) }
+    end
+    return { node }
+end
+
+local function conjunction(parts)
+    if #parts == 0 then
+        return { 'A' }
+    end
+    return #parts == 1 and parts[1] or { '&', unpack_(parts) }
+end
+
 -- The conjuncts of expr that are one chunked set each (their keys), and the others as one
--- node ({'A'} when there are none).
-local function split_conjunction(ctx, expr)
-    local children = expr[1] == '&' and { unpack_(expr, 2) } or { expr }
+-- node; with negated, the conjuncts that are NOT of one chunked set instead.
+local function split_conjunction(ctx, expr, negated)
     local keys, rest = {}, {}
-    for i = 1, #children do
-        local key = chunked_key(ctx, children[i])
+    for _, child in ipairs(conjuncts(expr)) do
+        local key
+        if negated then
+            key = child[1] == '!' and chunked_key(ctx, child[2])
+        else
+            key = chunked_key(ctx, child)
+        end
         if key then
             keys[#keys + 1] = key
         else
-            rest[#rest + 1] = children[i]
-        end
-    end
-    return keys, #rest == 0 and { 'A' } or (#rest == 1 and rest[1] or { '&', unpack_(rest) })
-end
-
--- The conjuncts of node that are NOT of one chunked set (their keys), and the others as one
--- node ({'A'} when there are none).
-local function split_negated(ctx, node)
-    local children = node[1] == '&' and { unpack_(node, 2) } or { node }
-    local minus, rest = {}, {}
-    for i = 1, #children do
-        local child = children[i]
-        local key = child[1] == '!' and chunked_key(ctx, child[2])
-        if key then
-            minus[#minus + 1] = key
-        elseif child[1] ~= 'A' then
             rest[#rest + 1] = child
         end
     end
-    return minus, #rest == 0 and { 'A' } or (#rest == 1 and rest[1] or { '&', unpack_(rest) })
+    return keys, conjunction(rest)
 end
 
+-- When the candidates come from one chunked set and the residual filter ANDs other chunked
+-- sets: an enumerator of their intersection, one SINTER per chunk (Redis intersects <= 512
+-- offsets natively; Lua only sees the matches), and what the matches must still pass.
 local function chunk_join(ctx)
     local sources = ctx.plan.sources
     if not sources or #sources ~= 1 then
@@ -233,7 +236,7 @@ local function chunk_join(ctx)
     if #keys == 0 then
         -- no other chunked set to intersect: the chunked sets the filter excludes (a key
         -- IS NULL) are taken out of the source's chunks instead (SDIFF)
-        minus, left = split_negated(ctx, left)
+        minus, left = split_conjunction(ctx, left, true)
         if #minus == 0 then
             return nil
         end
@@ -252,4 +255,5 @@ Enum.chunk_members = chunk_members
 Enum.enum_all = enum_all
 Enum.enum_candidates = enum_candidates
 Enum.split_conjunction = split_conjunction
+Enum.conjuncts, Enum.conjunction = conjuncts, conjunction
 Enum.enum_source = enum_source

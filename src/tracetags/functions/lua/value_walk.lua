@@ -6,38 +6,56 @@ local ORDER_ZSETS, cmp_value = Ordering.ORDER_ZSETS, Ordering.cmp_value
 local order_fields = Ordering.order_fields
 local chunk_walk_page, collect_page = Walks.chunk_walk_page, Walks.collect_page
 local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_page
+local conjunction = Enum.conjunction
 
 -- Distinct zsets are scored by count, so the values are sorted here (byte order = code
 -- point order) and each value's set is a group, in order; within a group the rest of the
 -- order keys decide, by walking their zset or collecting the group's matches.  Stops as soon
 -- as the page is full; traces without the key (nulls) come last whatever the direction.
 
--- The conjuncts of expr but the value sets of the group's own key that allow the group's
--- value: they hold for every trace of the group (experiment_ids=[...] ordered by
--- experiment_id), so testing them on each candidate is waste.
-local function other_keys(expr, gleaf)
-    local parts = expr[1] == '&' and { unpack_(expr, 2) } or { expr }
-    if gleaf[1] ~= 'V' then
-        return parts
+-- A group ordered by a time key (its zset): walked, or newest first by its chunked set's
+-- chunks (see chunk_walk_page: only the group's members in the chunks visited are tested,
+-- not every walked trace), when that costs less than collecting the group (source_cost);
+-- true when the group's rows are in out, false when the caller is to collect it.
+local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
+    local spec = ctx.rest[1]
+    local zname = ORDER_ZSETS[spec[2]]
+    local wv = ctx.plan.walk_values
+    local frac, total = wv[4], wv[6]
+    local matches = gcount * frac
+    local scan = matches > 0 and need * total / matches or total
+    local by_chunks = math.huge
+    if zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds and matches > 0 then
+        by_chunks = 1.5 * need * gcount / matches
     end
-    local out = {}
-    for i = 1, #parts do
-        local node = parts[i]
-        local implied = false
-        if node[1] == 'V' and node[2] == gleaf[2] then
-            if not node.allows then
-                node.allows = {}
-                for k = 4, #node do
-                    node.allows[node[k]] = true
-                end
-            end
-            implied = node.allows[gleaf[4]] == true
-        end
-        if not implied then
-            out[#out + 1] = node
+    if scan >= source_cost and by_chunks >= source_cost then
+        return false
+    end
+    -- one conjunction (not nested), so that its chunked sets are tested together
+    sub.expr = { '&', gleaf, unpack_(GroupOrder.other_keys(ctx.expr, gleaf)) }
+    local newest = by_chunks < math.huge and has_chunked_conjunct(sub, sub.expr)
+    if scan >= source_cost and not newest then
+        return false
+    end
+    sub.density = matches / total
+    local before = #out
+    local exhausted = nil
+    if newest then
+        local visits = need * total / (matches * SET_CHUNK) * 1.5 + 1
+        exhausted = chunk_walk_page(sub, need, out, math.max(8, math.ceil(3 * visits)))
+        if exhausted == 'abandon' and scan >= source_cost then
+            return false -- (chosen for its chunks alone: the group is collected)
         end
     end
-    return out
+    if exhausted == nil or exhausted == 'abandon' then
+        exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
+    end
+    if exhausted and #out - before < need then
+        sub.plan = ctx.plan
+        sub.residual = { '&', gleaf, unpack_(GroupOrder.other_keys(ctx.residual, gleaf)) }
+        collect_page(sub, need - (#out - before), out, ctx.prefix .. ':' .. zname)
+    end
+    return true
 end
 
 local function group_page(ctx, gleaf, gcount, need, cursor, out)
@@ -51,57 +69,20 @@ local function group_page(ctx, gleaf, gcount, need, cursor, out)
     }
     sub.fields, sub.pos = order_fields(rest)
     local spec = rest[1]
-    local zname = spec[1] == 'n' and ORDER_ZSETS[spec[2]]
-    local wv = ctx.plan.walk_values
-    local frac, cost, total = wv[4], wv[5], wv[6]
+    local cost = ctx.plan.walk_values[5]
     local enumerable = gleaf[1] == 'V'
     local source_cost = enumerable and math.min(gcount, cost) or cost
-    if zname then
-        local matches = gcount * frac
-        local scan = matches > 0 and need * total / matches or total
-        -- one conjunction (not nested), so that its chunked sets are tested together
-        sub.expr = { '&', gleaf, unpack_(other_keys(ctx.expr, gleaf)) }
-        -- Newest first in a partition that bounds its chunks' times: the group's chunked
-        -- sets are intersected chunk by chunk (see chunk_walk_page), so only the group's
-        -- members in the chunks visited are tested, not every walked trace.
-        local newest = zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds
-            and has_chunked_conjunct(sub, sub.expr)
-        local by_chunks = newest and matches > 0 and 1.5 * need * gcount / matches or math.huge
-        if scan < source_cost or by_chunks < source_cost then
-            sub.density = matches / total
-            local before = #out
-            local visited = nil
-            if newest then
-                local visits = matches > 0 and need * total / (matches * SET_CHUNK) * 1.5 + 1
-                    or math.huge
-                visited = chunk_walk_page(sub, need, out, math.max(8, math.ceil(3 * visits)))
-            end
-            local exhausted = visited
-            if visited == 'abandon' and scan >= source_cost then
-                exhausted = nil -- (chosen for its chunks alone: the group is collected below)
-            elseif visited == nil or visited == 'abandon' then
-                exhausted = walk_page(sub, zname, spec[3] == 1, need, out)
-            end
-            if exhausted and #out - before < need then
-                sub.plan = ctx.plan
-                sub.residual = { '&', gleaf, unpack_(other_keys(ctx.residual, gleaf)) }
-                collect_page(sub, need - (#out - before), out, ctx.prefix .. ':' .. zname)
-            end
-            if exhausted ~= nil then
-                ctx.scanned = ctx.scanned + sub.scanned
-                return
-            end
+    local timed = spec[1] == 'n' and ORDER_ZSETS[spec[2]]
+    if not (timed and walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)) then
+        if enumerable and gcount <= cost then
+            sub.plan = { sources = { gleaf } }
+            sub.residual = conjunction(GroupOrder.other_keys(ctx.expr, gleaf))
+        else
+            sub.plan = ctx.plan
+            sub.residual = { '&', gleaf, unpack_(GroupOrder.other_keys(ctx.residual, gleaf)) }
         end
+        collect_page(sub, need, out, nil)
     end
-    if enumerable and gcount <= cost then
-        sub.plan = { sources = { gleaf } }
-        local rest = other_keys(ctx.expr, gleaf)
-        sub.residual = #rest == 1 and rest[1] or { '&', unpack_(rest) }
-    else
-        sub.plan = ctx.plan
-        sub.residual = { '&', gleaf, unpack_(other_keys(ctx.residual, gleaf)) }
-    end
-    collect_page(sub, need, out, nil)
     ctx.scanned = ctx.scanned + sub.scanned
 end
 
@@ -257,4 +238,3 @@ local function walk_values_page(ctx, need, out, budget)
 end
 
 ValueWalk.walk_values_page = walk_values_page
-ValueWalk.other_keys = other_keys
