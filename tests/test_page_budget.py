@@ -76,6 +76,11 @@ FILTERS = [
     "NOT (tags.env = 'a') AND execution_time_ms > 2500",
     "tags.g IS NULL",
     "tags.env = 'b'",
+    # scanned by their one source (a LIKE sought by its lead, a few dense values), or by
+    # every trace when a value's set is plain (IN_PROGRESS)
+    "tags.env LIKE 'b%' AND execution_time_ms > 2500",
+    "tags.env IN ('a', 'c') AND name = 'chat'",
+    "status IN ('ERROR', 'IN_PROGRESS')",
 ]
 ORDERS: list[list[str] | None] = [
     None,
@@ -350,3 +355,49 @@ def test_a_page_that_gives_up_once_is_found_in_steps(
         assert scanned and set(scanned) <= collects, (scanned, collects)
     else:  # the first call and two steps give up: the budgeted ways answer
         assert scanned
+
+
+def _scan_reads(client: Client, filter_string: str) -> tuple[list[str], dict[str, int]]:
+    client.redis.config_resetstat()
+    page = client.search_traces(filter_string=filter_string, max_results=50)
+    stats: dict[str, Any] = client.redis.info("commandstats")
+    calls = {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("smembers", "sunion")}
+    return [t.info.trace_id for t in page], calls
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "union"),
+    [
+        ("tags.env LIKE 'b%' AND execution_time_ms > 2500", False),
+        ("tags.env IN ('a', 'c') AND tags.g IS NOT NULL", True),
+    ],
+)
+def test_a_scan_reads_its_one_source_not_every_trace(
+    loaded: tuple[Client, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    filter_string: str,
+    union: bool,
+) -> None:
+    """A scan whose one source is a LIKE sought by its lead, or a few values each a chunked
+    set, reads the source's chunks (SMEMBERS of one, SUNION of several) and tests the rest
+    of the filter: Redis's own counters show no chunk of every trace read."""
+    client, final = loaded
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
+    executor.clear_caches()
+    ids, calls = _scan_reads(client, filter_string)
+    assert ids == ref.search(final, None, filter_string, None, None)[:50]
+    chunks = sum(
+        client.redis.scard(k) > 0
+        for k in client.redis.scan_iter(f"{client.keys.namespace}:*:all:*")
+    )
+    assert chunks > 0
+    if union:
+        assert calls["sunion"] >= chunks and calls["smembers"] < chunks
+    else:
+        assert calls["sunion"] == 0 and calls["smembers"] >= chunks
+    # the same page with every value set plain except one is scanned over every trace
+    monkeypatch.setattr(budget, "one_value_source", lambda sources: False)
+    executor.clear_caches()
+    bare_ids, bare = _scan_reads(client, filter_string)
+    assert bare_ids == ids
+    assert bare["sunion"] == 0

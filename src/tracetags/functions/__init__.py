@@ -56,6 +56,7 @@ from tracetags.functions.library import LIBRARY_NAME as LIBRARY_NAME
 from tracetags.functions.library import LIBRARY_PREFIX as LIBRARY_PREFIX
 from tracetags.functions.library import LOOKUP_FUNCTION as LOOKUP_FUNCTION
 from tracetags.functions.library import QUERY_FUNCTION as QUERY_FUNCTION
+from tracetags.functions.library import SCAN_UNION_MAX as SCAN_UNION_MAX
 from tracetags.functions.library import TRIM_FUNCTION as TRIM_FUNCTION
 from tracetags.keys import NAME_TAG, SET_CHUNK, Keys
 from tracetags.limits import DEFAULT_MAX_TAGS_PER_TRACE

@@ -17,7 +17,11 @@ from tracetags.keys import (
     STAMP_SEQ_SPAN,
 )
 
-LIBRARY_NAME: Final = "tracetags_v12"
+LIBRARY_NAME: Final = "tracetags_v13"
+
+#: A budgeted scan enumerates the one source of a value leaf of at most this many values
+#: (the union of their chunked sets, chunk by chunk) instead of every trace.
+SCAN_UNION_MAX: Final = 16
 #: Every version of the library is named LIBRARY_PREFIX + its number.
 LIBRARY_PREFIX: Final = "tracetags_v"
 APPLY_FUNCTION: Final = "tt_apply"
@@ -84,6 +88,7 @@ def shared_constants(function_names: Mapping[str, str] | None = None) -> dict[st
         "MAX_DELTA": STAMP_MAX_DELTA_MS,
         "FINGERPRINT_SEED": FINGERPRINT_SEED,
         "FINGERPRINT_MOD": FINGERPRINT_MOD,
+        "SCAN_UNION_MAX": SCAN_UNION_MAX,
     }
 
 

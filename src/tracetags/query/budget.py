@@ -107,11 +107,13 @@ def scans(plan: PartitionPlan) -> bool:
 
 
 def one_value_source(sources: Sequence[Spec]) -> bool:
-    """Whether a scan can enumerate the one source: one chunked set (a key's, or a value's)."""
+    """Whether a scan may enumerate the one source instead of every trace: a key's chunked
+    set, a value leaf of a few values, or a LIKE sought by its lead (tt_query falls back to
+    every trace when the values it finds are not all chunked sets)."""
     if len(sources) != 1:
         return False
     kind = sources[0][0]
-    return kind == "C" or (kind == "V" and len(sources[0]) == 4)
+    return kind in ("C", "L") or (kind == "V" and len(sources[0]) - 3 <= functions.SCAN_UNION_MAX)
 
 
 def scan_plan(

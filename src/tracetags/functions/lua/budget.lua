@@ -6,7 +6,8 @@
 -- through the whole scan is counted exactly once; one created or changed meanwhile is seen
 -- as it is when its chunk is reached (the scan is not a snapshot).
 
-local eval, chunked_key = Eval.eval, Eval.chunked_key
+local eval, chunked_key, covers_all = Eval.eval, Eval.chunked_key, Eval.covers_all
+local value_sets = Leaves.value_sets
 local last_chunk_of, slot = Leaves.last_chunk_of, Leaves.slot
 local stats_state, stats_add, stats_rows = Counts.stats_state, Counts.stats_add, Counts.stats_rows
 
@@ -15,9 +16,19 @@ local function now_us()
     return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- The numbers of chunk c of the chunked set key that are >= from, ascending.
-local function chunk_from(key, c, from)
-    local got = call('SMEMBERS', key .. ':' .. slot(c))
+-- The numbers of chunk c of the chunked sets keys (their union) that are >= from, ascending.
+local function chunk_from(keys, c, from)
+    local got
+    local suffix = ':' .. slot(c)
+    if #keys == 1 then
+        got = call('SMEMBERS', keys[1] .. suffix)
+    else
+        local names = {}
+        for k = 1, #keys do
+            names[k] = keys[k] .. suffix
+        end
+        got = call('SUNION', unpack_(names))
+    end
     local base = c * SET_CHUNK
     local numbers = {}
     for i = 1, #got do
@@ -30,17 +41,37 @@ local function chunk_from(key, c, from)
     return numbers
 end
 
--- What the scan enumerates and tests: the one chunked source of the plan and the residual,
--- or every trace (the chunked set <prefix>:all) and the whole filter.
+-- The chunked sets a scan of the one source leaf enumerates (false when it cannot: a value
+-- leaf of more than SCAN_UNION_MAX values, holding a plain set, or every trace).
+local function source_keys(ctx, leaf)
+    local key = chunked_key(ctx, leaf)
+    if key then
+        return { key }
+    end
+    if leaf[1] ~= 'V' or #leaf - 3 > SCAN_UNION_MAX or covers_all(ctx, leaf) then
+        return false
+    end
+    local keys = {}
+    for _, set in ipairs(value_sets(leaf)) do
+        if not set[2] then
+            return false
+        end
+        keys[#keys + 1] = set[1]
+    end
+    return #keys > 0 and keys
+end
+
+-- What the scan enumerates and tests: the chunked sets of the plan's one source and the
+-- residual, or every trace (the chunked set <prefix>:all) and the whole filter.
 local function scan_target(ctx)
     local sources = ctx.plan.sources
     if sources and #sources == 1 then
-        local key = chunked_key(ctx, sources[1])
-        if key then
-            return key, ctx.residual
+        local keys = source_keys(ctx, sources[1])
+        if keys then
+            return keys, ctx.residual
         end
     end
-    return ctx.prefix .. ':all', ctx.expr
+    return { ctx.prefix .. ':all' }, ctx.expr
 end
 
 -- Feed on_batch the matches of traces from plan.scan[1] on, in small batches sized to the
@@ -53,12 +84,12 @@ local function scan(ctx, on_batch)
     -- against the budget up to half of it, so that a call always gets through some traces.
     local t = now_us()
     local start = math.max(ctx.started or t, t - floor(budget / 2))
-    local key, expr = scan_target(ctx)
+    local keys, expr = scan_target(ctx)
     local last = last_chunk_of(ctx)
     local size = 8
     local reserved = 0 -- microseconds the reply will take to build (stats rows)
     for c = floor(from / SET_CHUNK), last do
-        local numbers = chunk_from(key, c, from)
+        local numbers = chunk_from(keys, c, from)
         local i = 1
         while i <= #numbers do
             local j = math.min(i + size - 1, #numbers)

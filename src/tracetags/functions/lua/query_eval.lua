@@ -335,4 +335,5 @@ eval = function(ctx, node, list)
 end
 
 Eval.chunked_key = chunked_key
+Eval.covers_all = covers_all
 Eval.eval = eval
