@@ -111,10 +111,15 @@ def run_pages(
         if other is not None and other.tree.est <= LISTED_FIRST_MAX:
             replies[i] = _budgeted_page(client, keys, other, order_key, budget_us)
             continue
-        if cursor_of is not None and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES:
+        if (
+            cursor_of is not None
+            and len(encoded[i][1]) <= DIRECT_PLAN_MAX_BYTES
+            and found != GAVE_UP_COLLECTING
+        ):
             # Steps cut a walk into calls; a collect reads every candidate whatever the rows
             # asked (fewer rows only spare hashes and sorting): one step that gives up too
-            # says the rest would.
+            # says the rest would, and a call that gave up collecting (a walk that
+            # abandoned for its collect, say) is not stepped at all.
             give_ups = 1 if plans[i].strategy == "collect" else MAX_STEP_GIVE_UPS
             replies[i] = _stepped_page(client, keys, plans[i], cursor_of, budget_us, give_ups)
         if replies[i][0] < 0:
@@ -124,6 +129,9 @@ def run_pages(
     return replies
 
 
+#: tt_query's page reply past the deadline while collecting every candidate (-1: past it
+#: elsewhere): a call for fewer rows would collect them all again.
+GAVE_UP_COLLECTING: Final = -2
 #: A page's one call has this many times the call budget as its deadline (the calls that
 #: follow when it gives up, the budget).
 FIRST_CALL_FACTOR: Final = 2
@@ -168,7 +176,7 @@ def _stepped_page(
         found, got = PAGE_DECODER.decode(raw)
         if found < 0:
             gave_up += 1
-            if gave_up == max_give_ups or want == 1:
+            if gave_up == max_give_ups or want == 1 or found == GAVE_UP_COLLECTING:
                 return -1, []
             step = max(1, want // 4)
             continue

@@ -120,7 +120,8 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
       fields (the registers a pattern only the client decides is tested on,
       query/residual.py).
     - ``deadline`` (page, and count or stats without ``scan``): microseconds after which
-      the call gives up and replies ``[-1, []]`` (page) or ``-1``; the client then runs it in
+      the call gives up and replies ``[-1, []]`` (page; ``[-2, []]`` when it was collecting
+      every candidate) or ``-1``; the client then runs it in
       budgeted calls (query/pages.py, query/budget.py).
     - ``id_walk`` (page, first order key ``request_id``): walk the buckets of the trace ids'
       byte order (``<prefix>:ri``) from the cursor, giving up past this many buckets (then

@@ -144,11 +144,13 @@ local function page_query(ctx, plan)
         local exhausted = walk_page(ctx, zname, asc, need, rows)
         ctx.walk_budget = nil
         if exhausted == 'abandon' then
+            ctx.collecting = true
             collect_page(ctx, need, rows, nil)
         elseif exhausted and #rows < need then
             collect_page(ctx, need - #rows, rows, prefix .. ':' .. zname)
         end
     else
+        ctx.collecting = true
         collect_page(ctx, need, rows, nil)
     end
     return page_reply(ctx, rows, plan.shown or need)
@@ -200,8 +202,8 @@ ARGV[2] plan    msgpack map: mode ('page' | 'count' | 'stats' | 'cards' | 'value
                 keys_only (page: rows are their order fields and '#', the trace number)
                 numbers (rows: trace numbers whose hashes to return)
                 deadline (page, count, stats without scan: microseconds; past them the
-                call gives up and replies {-1, {}} (page) or -1: the client then runs it
-                in budgeted calls)
+                call gives up and replies {-1, {}} (page; {-2, {}} when it was collecting
+                every candidate) or -1: the client then runs it in budgeted calls)
                 density (walk: the expected fraction of walked entries that match)
                 value_fields (page: {distinct zset = hash field} of the V leaves of many
                 values, which may be tested by reading the candidates' registers)
@@ -277,8 +279,10 @@ local function tt_query(keys, argv)
         fail('BADPLAN', 'unknown mode ' .. tostring(mode))
     end
     if plan.deadline then
+        -- past the deadline: -2 when it was collecting every candidate (a call for fewer
+        -- rows would collect them all again), else -1
         local done, reply = with_deadline(started + plan.deadline, page_query, ctx, plan)
-        return done and reply or cmsgpack.pack({ -1, {} })
+        return done and reply or cmsgpack.pack({ ctx.collecting and -2 or -1, {} })
     end
     return page_query(ctx, plan)
 end
