@@ -18,10 +18,6 @@ from tracetags.keys import (
 )
 
 LIBRARY_NAME: Final = "tracetags_v13"
-
-#: A budgeted scan enumerates the one source of a value leaf of at most this many values
-#: (the union of their chunked sets, chunk by chunk) instead of every trace.
-SCAN_UNION_MAX: Final = 16
 #: Every version of the library is named LIBRARY_PREFIX + its number.
 LIBRARY_PREFIX: Final = "tracetags_v"
 APPLY_FUNCTION: Final = "tt_apply"
@@ -29,6 +25,11 @@ QUERY_FUNCTION: Final = "tt_query"
 LOOKUP_FUNCTION: Final = "tt_lookup"
 TRIM_FUNCTION: Final = "tt_trim"
 INDEX_FUNCTION: Final = "tt_index"
+
+#: A budgeted scan enumerates the one source of a value leaf of at most this many values
+#: (the union of their chunked sets, chunk by chunk) instead of every trace.
+SCAN_UNION_MAX: Final = 16
+
 #: A lookup fingerprint is djb2 over the value's UTF-8 bytes modulo FINGERPRINT_MOD, plus 1.
 FINGERPRINT_SEED: Final = 5381
 FINGERPRINT_MOD: Final = 65521
