@@ -40,12 +40,24 @@ end
 
 -- The first entry that must stay for the archive (nil: none), and why; nil, reason when
 -- no mark is old enough (nothing may be trimmed).
+-- The furthest entry id among the marks recorded at `upto` ms or before (nil: none): marks
+-- recorded in the same ms tie on their score, and a zset orders ties by text ('-11' <
+-- '-6'), not as entry ids.
+local function furthest_mark(marks, upto)
+    local best = nil
+    for _, id in ipairs(call('ZRANGE', marks, '-inf', upto, 'BYSCORE')) do
+        if best == nil or less(best, id) then
+            best = id
+        end
+    end
+    return best
+end
+
 local function archive_bound(stream, marks, retention_ms)
     local now = call('TIME')
     local now_ms = tonumber(now[1]) * 1000 + floor(tonumber(now[2]) / 1000)
-    local newest = call('ZRANGE', marks, '+inf', '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
-    local mark = call('ZRANGE', marks, now_ms - retention_ms, '-inf', 'BYSCORE', 'REV',
-        'LIMIT', 0, 1)[1]
+    local newest = furthest_mark(marks, '+inf')
+    local mark = furthest_mark(marks, now_ms - retention_ms)
     if mark == nil then
         return nil, nil, newest and 'retention' or 'archive'
     end
