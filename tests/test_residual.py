@@ -112,17 +112,19 @@ def test_random_dense_terms_equal_the_reference(
     assert any(walks)
 
 
+# (a class such as '[0]' keeps an RLIKE a regex the client decides: a literal one is
+# planned as the LIKE that holds for the same values, logical.regex_as_like)
 @pytest.mark.parametrize(
     ("filter_string", "walked"),
     [
         ("request_id RLIKE '[0-9]' AND status = 'OK'", True),
         ("tags.u RLIKE '^alpha'", False),  # anchored: its lead is sought
         ("tags.u RLIKE 'a1[0-9]5$'", False),  # sparse by the sample: values read once
-        ("request_id RLIKE 'abc' AND status = 'OK'", False),
-        ("request_id RLIKE '1' AND tags.u RLIKE '2'", False),  # two such terms
+        ("request_id RLIKE 'ab[c]' AND status = 'OK'", False),
+        ("request_id RLIKE '[1]' AND tags.u RLIKE '[2]'", False),  # two such terms
         # sparse, but the rest holds fewer than SPARSE_ROWS traces a partition: one call
-        ("request_id RLIKE 'f0' AND tags.w = 'x' AND name = 'a'", True),
-        ("client_request_id RLIKE 'zeta-1' AND tags.w = 'y' AND tags.h = 'x'", True),
+        ("request_id RLIKE 'f[0]' AND tags.w = 'x' AND name = 'a'", True),
+        ("client_request_id RLIKE 'zeta-[1]' AND tags.w = 'y' AND tags.h = 'x'", True),
     ],
 )
 def test_the_sample_decides_the_walk(
@@ -151,10 +153,10 @@ def test_a_walk_meeting_fewer_matches_than_sampled_gives_the_page_to_the_usual_w
     past MAX_CANDIDATES; the usual way answers."""
     monkeypatch.setattr(residual, "MAX_CANDIDATES", 100)
     client, final = loaded
-    filter_string = "request_id RLIKE 'x' AND tags.h = 'tr-'"
+    filter_string = "request_id RLIKE '[x]' AND tags.h = 'tr-'"
     assert all_pages(client, filter_string, None, 40) == []
     assert walks == [False]
-    other = "request_id RLIKE 'x' AND tags.h != 'TR-'"
+    other = "request_id RLIKE '[x]' AND tags.h != 'TR-'"
     assert all_pages(client, other, None, 40) == ref.search(final, None, other, None, None)
 
 
@@ -175,10 +177,10 @@ def test_a_walk_whose_calls_give_up_gives_the_page_to_the_usual_way(
     ("filter_string", "distinct"),
     [
         (
-            "client_request_id RLIKE 'zeta-12$' AND tags.w = 'y' AND tags.h = 'x'",
+            "client_request_id RLIKE 'zeta-1[2]$' AND tags.w = 'y' AND tags.h = 'x'",
             lambda keys, p: keys.client_request_ids(p),
         ),
-        ("metadata.m RLIKE 'a\\.7$' AND status = 'OK'", lambda k, p: k.metadata_values(p, "m")),
+        ("metadata.m RLIKE 'a\\.[7]$' AND status = 'OK'", lambda k, p: k.metadata_values(p, "m")),
         ("tags.n > 45", lambda keys, p: keys.tag_values(p, "n")),
     ],
 )

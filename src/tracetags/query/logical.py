@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol, TypeAlias
@@ -388,6 +389,10 @@ def _clause_text(node: Comparison) -> str:
 def _comparison(node: Comparison) -> LogicalNode:
     text = _clause_text(node)
     entity, key, op, value = node.field.entity, node.field.key, node.op, node.value
+    if op in ("RLIKE", "NOT RLIKE") and isinstance(value, str):
+        like = regex_as_like(value)
+        if like is not None:  # a literal regex: the LIKE's indexes and matchers serve it
+            op, value = ("LIKE" if op == "RLIKE" else "NOT LIKE"), like
     if entity == "attribute" and key in SCORE_INDEXES:
         assert isinstance(value, (int, float))
         return _range(SCORE_INDEXES[key], op, value, text)
@@ -548,6 +553,49 @@ _MAX_SEEKS = 16
 
 _REGEX_META: Final = frozenset("\\.[]{}()*+?^$|")
 _REPEAT: Final = re.compile(r"\{[0-9]+(,[0-9]*)?\}")
+
+
+def regex_as_like(pattern: str) -> str | None:
+    """The LIKE pattern that holds for exactly the values the RLIKE ``pattern`` finds, when
+    the regex is literal text with optional anchors (``abc``: ``%abc%``; ``^abc``:
+    ``abc%``; ``abc$``: ``%abc``; ``^abc$``: ``abc``); None for any other regex, and when
+    the text holds ``%`` or ``_`` (LIKE has no escape).
+
+    RE2's search of a literal is a substring test at any position, newlines included, as
+    LIKE's ``%`` matches any run; without ``(?m)``, ``^`` and ``$`` match only at the
+    value's start and end.  An escape counts as its character only for ASCII punctuation
+    (``\\.``, ``\\-``); a pattern RE2 rejects keeps matching nothing."""
+    body = pattern
+    start = body.startswith("^")
+    if start:
+        body = body[1:]
+    head = body[:-1]
+    end = body.endswith("$") and (len(head) - len(head.rstrip("\\"))) % 2 == 0
+    if end:
+        body = body[:-1]
+    text: list[str] = []
+    at = 0
+    while at < len(body):
+        ch = body[at]
+        if ch == "\\":
+            escaped = body[at + 1 : at + 2]
+            if not escaped or escaped not in string.punctuation:
+                return None
+            text.append(escaped)
+            at += 2
+            continue
+        if ch in _REGEX_META or ch == "\n":
+            return None
+        text.append(ch)
+        at += 1
+    literal = "".join(text)
+    if not literal or "%" in literal or "_" in literal:
+        return None
+    try:
+        re2.compile(pattern.encode(), _RE2_OPTIONS)
+    except (re2.error, ValueError, OverflowError):
+        return None
+    return ("" if start else "%") + literal + ("" if end else "%")
 
 
 def regex_prefix(pattern: str) -> str | None:
