@@ -146,6 +146,7 @@ CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
                 0.1,
                 10000.0,
                 100000,
+                0,  # a walk testing each group: 3 values, no table of the matches
             ],
             "walk_budget": 10000,  # past 10,000 traces visited without a match: collect
         },

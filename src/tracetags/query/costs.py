@@ -8,14 +8,16 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from tracetags.keys import PLAIN_MAX, SET_CHUNK
+from tracetags.keys import LEX_BUCKET, PLAIN_MAX, SET_CHUNK
 from tracetags.query.physical import PNode
 
 __all__ = [
     "COSTS",
     "CostTable",
     "chunk_walk_cost",
+    "collect_by_key_us",
     "collect_cost",
+    "table_walk_cost_us",
     "walk_values_cost_us",
 ]
 
@@ -79,6 +81,12 @@ class CostTable:
     #: :attr:`walk_values_margin`).
     walk_values_distinct_factor: int = 4
     walk_values_margin: int = 3
+    #: A walk of values over a table of the matches: collecting a candidate into it ...
+    table_candidate_us: float = 1.0
+    #: ... visiting a group (its set read) ...
+    table_group_us: float = 5.0
+    #: ... and each trace of a visited group (looked up in the table).
+    table_trace_us: float = 0.5
 
     # --- walk the trace ids' byte order (request_id first), same units as a walk --------
     #: One bucket of ids visited (SMEMBERS, a call).
@@ -116,13 +124,38 @@ def collect_cost(candidates: float, matches: float, total: int, *, from_range: b
 
 
 def walk_values_cost_us(distinct: int | None, limit: int, matches: float) -> float:
-    """Walking a string order key's ``distinct`` values until ``limit`` rows: every value
-    read, and a group per value visited (``limit * distinct / matches`` of them)."""
+    """Walking a string order key's ``distinct`` values until ``limit`` rows: a group per
+    value visited (``limit * distinct / matches`` of them), each value read from the key's
+    byte-order index as the walk reaches it (a bucket at a time)."""
     if distinct is None:
         return 0.0
+    groups = min(float(distinct), limit * distinct / max(matches, 1.0))
+    values = min(float(distinct), groups + LEX_BUCKET)
+    return values * COSTS.walk_value_us + groups * COSTS.walk_group_us
+
+
+def table_walk_cost_us(
+    candidates: float, distinct: int | None, limit: int, matches: float, total: int
+) -> float:
+    """Walking a string order key's values over a table of the matches: every candidate
+    collected into it, then the groups visited until ``limit`` rows, every trace of them
+    looked up."""
+    if distinct is None:
+        return math.inf
+    spread = limit / max(matches, 1.0)
+    groups = min(float(distinct), distinct * spread)
+    traces = min(float(total), total * spread)
     return (
-        distinct * COSTS.walk_value_us + limit * distinct / max(matches, 1.0) * COSTS.walk_group_us
+        candidates * COSTS.table_candidate_us
+        + groups * COSTS.table_group_us
+        + traces * COSTS.table_trace_us
     )
+
+
+def collect_by_key_us(candidates: float) -> float:
+    """Collecting the candidates and reading every match's order key from its hash (an
+    order key with no zset), at worst every candidate a match."""
+    return candidates * (COSTS.table_candidate_us + COSTS.collect_key_read_us)
 
 
 def chunked_conjuncts(tree: PNode) -> tuple[list[PNode], list[PNode]]:

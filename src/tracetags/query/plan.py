@@ -109,8 +109,10 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
       zset from one end (within ``lo..hi``, a range every match is in), testing entries.
     - ``density`` (walk): the expected fraction of walked entries that match.
     - ``walk_values`` (page): ``[dkey, vprefix, presence leaf, match fraction, candidates,
-      traces]``: walk the distinct values of the first (string) order key in order, each
-      value's set in turn, then the traces without the key.
+      traces, table 1|0]``: walk the distinct values of the first (string) order key in
+      order, each value's set in turn, then the traces without the key; with ``table``,
+      the filter's matches are collected first and each group's members looked up among
+      them (lua/value_walk.lua ``table_walk``).
     - ``shown`` (page): how many of the ``limit`` rows to return (default all: the extra
       row only tells that a next page exists).
     - ``keys_only`` (page): a row is its order fields and ``#``, its trace number, not its
@@ -151,7 +153,7 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     chunk_walk: int | None = None
     walk: list[str | int] | None = None
     density: float | None = None
-    walk_values: tuple[str, str, Spec, float, float, int] | None = None
+    walk_values: tuple[str, str, Spec, float, float, int, int] | None = None
     id_walk: int | None = None
     walk_next: list[Any] | None = None
     walk_budget: int | None = None

@@ -152,7 +152,7 @@ def plan_partition(
         chunk_walk: int | None = None,
         walk: list[str | int] | None = None,
         density: float | None = None,
-        walk_values: tuple[str, str, Spec, float, float, int] | None = None,
+        walk_values: tuple[str, str, Spec, float, float, int, int] | None = None,
     ) -> QueryPlan:
         return QueryPlan(
             mode=mode,
@@ -249,20 +249,32 @@ def plan_partition(
             return done("walk-ids", by_id[1], plan)
     index = order_index(order[0]) if order else None
     walk_values_us = costs.walk_values_cost_us(order_distinct, limit, tree.est)
+    table_us = costs.table_walk_cost_us(cost, order_distinct, limit, tree.est, total)
     if (
         zset is None
         and index is not None
         and keys is not None
         and order_distinct is not None
         and cost > COSTS.walk_values_page_factor * limit
-        and (
+    ):
+        walk_ok = (
             order_distinct * COSTS.walk_values_distinct_factor < cost
             or walk_values_us < COSTS.walk_values_margin * cost
+        ) and (
+            # Fewer matches expected than the page holds: the walk cannot stop early and
+            # visits every group (the key's traces), where a collect reads the candidates
+            # once.
+            tree.est >= limit or cost > total / 4
         )
-        # Fewer matches expected than the page holds: the walk cannot stop early and visits
-        # every group (the key's traces), where a collect reads the candidates once.
-        and (tree.est >= limit or cost > total / 4)
-    ):
+        # A walk over a table of the matches reads the candidates as a collect does, then
+        # groups instead of every match's order key (and orders the matches as a collect
+        # would when they turn out few): chosen when cheaper than collecting.
+        table_ok = table_us < costs.collect_by_key_us(cost)
+        table = int(table_ok and (not walk_ok or table_us < walk_values_us))
+    else:
+        walk_ok = table_ok = False
+    if walk_ok or table_ok:
+        assert index is not None and keys is not None and order_distinct is not None
         key_set = index.key_set(keys, partition)
         presence = ["C", key_set] if key_set is not None else ["P", PRESENCE_FIELD[index.kind]]
         fraction = tree.est / total if total else 0.0
@@ -273,15 +285,26 @@ def plan_partition(
             fraction,
             cost,
             total,
+            table,
         )
-        reason = (
-            f"walk the {order_distinct:,} distinct values of {index.label} in order, each "
-            f"value's set in turn (nulls last), until {limit} rows: cheaper than sorting the "
-            f"{cost:,.0f} candidates from {source_text}"
-        )
+        if table:
+            reason = (
+                f"walk the {order_distinct:,} distinct values of {index.label} in order, "
+                f"each value's set looked up in a table of the matches collected from "
+                f"{source_text} (nulls last), until {limit} rows: ~{table_us:,.0f} us, "
+                f"cheaper than reading the order key of the {cost:,.0f} candidates "
+                f"(~{costs.collect_by_key_us(cost):,.0f} us) or testing each group "
+                f"(~{walk_values_us:,.0f} us)"
+            )
+        else:
+            reason = (
+                f"walk the {order_distinct:,} distinct values of {index.label} in order, "
+                f"each value's set in turn (nulls last), until {limit} rows: cheaper than "
+                f"sorting the {cost:,.0f} candidates from {source_text}"
+            )
         nested = group_order.walk_next(order, keys, partition)
         plan = msgspec.structs.replace(page(walk_values=walk_values), walk_next=nested)
-        if sources and cost < total:
+        if sources and cost < total and not table:
             # As a walk's: correlated terms (an empty intersection) would visit every group;
             # past this many traces visited without a match, the collect is cheaper.
             fill = limit * total / max(tree.est, 1.0)

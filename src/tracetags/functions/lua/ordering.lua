@@ -249,8 +249,6 @@ local function select_rows(ctx, members, need, out)
     end
 end
 
--- Collect every match from the candidates (optionally only those without a score in
-
 Ordering.cmp_keys = cmp_keys
 Ordering.full_key = full_key
 Ordering.select_rows = select_rows

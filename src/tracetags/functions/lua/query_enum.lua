@@ -3,7 +3,7 @@
 local chunk_numbers, unscored = Sets.chunk_numbers, Sets.unscored
 local QUERY_BATCH, last_chunk_of = Leaves.QUERY_BATCH, Leaves.last_chunk_of
 local score_bound, slot, value_sets = Leaves.score_bound, Leaves.slot, Leaves.value_sets
-local chunked_key = Eval.chunked_key
+local chunked_key, covers_all = Eval.chunked_key, Eval.covers_all
 
 -- The trace numbers in chunk c of every chunked set of keys (SMEMBERS for one, SINTER), or
 -- with minus (one key only) those of its members in none of minus's sets (SDIFF); names: a
@@ -219,9 +219,54 @@ local function split_conjunction(ctx, expr, negated)
     return keys, conjunction(rest)
 end
 
+-- The chunked sets of a conjunct that is a V leaf of a few dense values (experiment_ids
+-- naming several experiments), for chunk_join to intersect with each in turn: a trace holds
+-- one value of a key, so those intersections are disjoint and their union needs no dedup.
+local UNION_MAX = 8
+
+local function union_sets(ctx, node)
+    if node[1] ~= 'V' or #node - 3 > UNION_MAX or covers_all(ctx, node) then
+        return nil
+    end
+    local sets = value_sets(node)
+    local keys, seen = {}, {}
+    for s = 1, #sets do
+        if not sets[s][2] then
+            return nil
+        end
+        if not seen[sets[s][1]] then
+            seen[sets[s][1]] = true
+            keys[#keys + 1] = sets[s][1]
+        end
+    end
+    return #keys >= 2 and keys or nil
+end
+
+-- Per chunk, the members of every chunked set of keys and of one of the sets of union: one
+-- SINTER per set of union.
+local function enum_union_chunks(ctx, keys, union, fn)
+    local names = {}
+    local n = #keys + 1
+    for c = 0, last_chunk_of(ctx) do
+        local suffix = ':' .. slot(c)
+        for k = 1, #keys do
+            names[k] = keys[k] .. suffix
+        end
+        for u = 1, #union do
+            names[n] = union[u] .. suffix
+            local got = chunk_numbers(call('SINTER', unpack_(names, 1, n)), c)
+            if #got > 0 and fn(got) then
+                return true
+            end
+        end
+    end
+    return false
+end
+
 -- When the candidates come from one chunked set and the residual filter ANDs other chunked
 -- sets: an enumerator of their intersection, one SINTER per chunk (Redis intersects <= 512
--- offsets natively; Lua only sees the matches), and what the matches must still pass.
+-- offsets natively; Lua only sees the matches), and what the matches must still pass.  A
+-- conjunct of a few dense values joins too, one SINTER per value and chunk.
 local function chunk_join(ctx)
     local sources = ctx.plan.sources
     if not sources or #sources ~= 1 then
@@ -232,17 +277,38 @@ local function chunk_join(ctx)
         return nil
     end
     local keys, left = split_conjunction(ctx, ctx.residual)
-    local minus = nil
+    local minus, union = nil, nil
     if #keys == 0 then
         -- no other chunked set to intersect: the chunked sets the filter excludes (a key
         -- IS NULL) are taken out of the source's chunks instead (SDIFF)
         minus, left = split_conjunction(ctx, left, true)
         if #minus == 0 then
-            return nil
+            minus = nil
         end
+    end
+    local narrowed = false -- (by another chunked set: the few members left are tested)
+    for k = 1, #keys do
+        narrowed = narrowed or keys[k] ~= first
+    end
+    if not minus and not narrowed then
+        local parts = conjuncts(left)
+        for i = 1, #parts do
+            union = union_sets(ctx, parts[i])
+            if union then
+                table.remove(parts, i)
+                left = conjunction(parts)
+                break
+            end
+        end
+    end
+    if #keys == 0 and not minus and not union then
+        return nil
     end
     table.insert(keys, 1, first)
     local function enumerate(fn)
+        if union then
+            return enum_union_chunks(ctx, keys, union, fn)
+        end
         return enum_chunks_of(ctx, keys, fn, minus)
     end
     return enumerate, left

@@ -71,7 +71,10 @@ local function smismember_into(key, members, idx, mask)
     end
 end
 
-local function test_chunked(key, list, mask)
+-- Mark in mask the members of list (those not marked yet) in any of the chunked sets keys:
+-- the candidates are grouped by chunk once, then per chunk each set is asked (SMISMEMBER)
+-- about the offsets no earlier set held.
+local function test_chunked_any(keys, list, mask)
     local groups, order = {}, {}
     for i = 1, #list do
         if not mask[i] then
@@ -90,8 +93,24 @@ local function test_chunked(key, list, mask)
     end
     for k = 1, #order do
         local c = order[k]
-        local g = groups[c]
-        smismember_into(key .. ':' .. slot(c), g[1], g[2], mask)
+        local offsets, idx = groups[c][1], groups[c][2]
+        local suffix = ':' .. slot(c)
+        for t = 1, #keys do
+            smismember_into(keys[t] .. suffix, offsets, idx, mask)
+            if t < #keys then
+                local left, at = {}, {}
+                for j = 1, #offsets do
+                    if not mask[idx[j]] then
+                        left[#left + 1] = offsets[j]
+                        at[#at + 1] = idx[j]
+                    end
+                end
+                if #left == 0 then
+                    break
+                end
+                offsets, idx = left, at
+            end
+        end
     end
 end
 
@@ -306,11 +325,18 @@ local function test_leaf(ctx, leaf, list, mask)
                 end
             end
         end
+        local chunked = {}
+        for s = 1, #sets do
+            if sets[s][2] then
+                chunked[#chunked + 1] = sets[s][1]
+            end
+        end
+        if #chunked > 0 then
+            test_chunked_any(chunked, list, mask)
+        end
         for s = 1, #sets do
             local set = sets[s]
-            if set[2] then
-                test_chunked(set[1], list, mask)
-            elseif not members then
+            if not set[2] and not members then
                 local pending, idx = pending_of(list, mask)
                 if #pending == 0 then
                     break
@@ -319,7 +345,7 @@ local function test_leaf(ctx, leaf, list, mask)
             end
         end
     elseif kind == 'C' then
-        test_chunked(leaf[2], list, mask)
+        test_chunked_any({ leaf[2] }, list, mask)
     elseif kind == 'R' then
         local scores = zmscore(ctx.prefix .. ':' .. leaf[2], list)
         for i = 1, #list do

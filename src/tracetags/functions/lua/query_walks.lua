@@ -10,8 +10,9 @@ local split_conjunction = Enum.split_conjunction
 local cmp_keys, full_key, select_rows = Ordering.cmp_keys, Ordering.full_key, Ordering.select_rows
 local sort_rows = Ordering.sort_rows
 
--- zkey), then select the page.
-local function collect_page(ctx, need, out, unscored_in)
+-- Every match of the candidates (only those without a score in unscored_in, when given:
+-- the traces a walk of that zset could not reach).
+local function collect_matches(ctx, unscored_in)
     local matches = {}
     local residual = ctx.residual
     local function take(batch)
@@ -41,7 +42,12 @@ local function collect_page(ctx, need, out, unscored_in)
         end
     end
     ctx.scanned = ctx.scanned + #matches
-    select_rows(ctx, matches, need, out)
+    return matches
+end
+
+-- Collect every match, then select the page.
+local function collect_page(ctx, need, out, unscored_in)
+    select_rows(ctx, collect_matches(ctx, unscored_in), need, out)
 end
 
 local function has_chunked_conjunct(ctx, expr)
@@ -292,6 +298,7 @@ local function walk_page(ctx, zname, asc, need, out)
 end
 
 Walks.chunk_walk_page = chunk_walk_page
+Walks.collect_matches = collect_matches
 Walks.collect_page = collect_page
 Walks.has_chunked_conjunct = has_chunked_conjunct
 Walks.walk_page = walk_page

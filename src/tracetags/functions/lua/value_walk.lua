@@ -5,8 +5,9 @@ local lex_dir, lex_scan = LexIndex.lex_dir, LexIndex.lex_scan
 local ORDER_ZSETS, cmp_value = Ordering.ORDER_ZSETS, Ordering.cmp_value
 local order_fields = Ordering.order_fields
 local chunk_walk_page, collect_page = Walks.chunk_walk_page, Walks.collect_page
+local collect_matches, select_rows = Walks.collect_matches, Ordering.select_rows
 local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_page
-local conjunction = Enum.conjunction
+local conjunction, enum_source = Enum.conjunction, Enum.enum_source
 
 -- Distinct zsets are scored by count, so the values are sorted here (byte order = code
 -- point order) and each value's set is a group, in order; within a group the rest of the
@@ -163,11 +164,161 @@ local function windowed_values(dkey, asc, from, visit)
     return false
 end
 
+-- Feed visit(value, count) the distinct values of dkey in the order of spec, from the
+-- cursor's value `from` (nil: from the first); true when visit stopped the walk, else false
+-- and the number of traces with the key when it was counted on the way (nil otherwise).
+local function each_value(dkey, spec, from, visit)
+    if spec[1] == 's' and (bytewise or call('EXISTS', lex_dir(dkey)) == 1) then
+        return windowed_values(dkey, spec[3] == 1, from, visit), nil
+    end
+    local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
+    local values, counts = {}, {}
+    local present = 0
+    for i = 1, #flat, 2 do
+        local n = tonumber(flat[i + 1])
+        values[#values + 1] = flat[i]
+        counts[flat[i]] = n
+        present = present + n
+    end
+    table.sort(values, function(a, b)
+        return cmp_value(spec, a, b) < 0
+    end)
+    for i = 1, #values do
+        if visit(values[i], counts[values[i]]) then
+            return true, nil
+        end
+    end
+    return false, present
+end
+
+-- The traces without the walked key (nulls come last), as one more group.
+local function nulls_page(ctx, need, out, present, nulls_cursor)
+    local wv = ctx.plan.walk_values
+    if present == nil then
+        present = 0
+        local flat = call('ZRANGE', wv[1], 0, -1, 'WITHSCORES')
+        for i = 2, #flat, 2 do
+            present = present + tonumber(flat[i])
+        end
+    end
+    local nulls = call('HLEN', ctx.prefix .. ':ids') - present
+    if nulls > 0 then
+        group_page(ctx, { '!', wv[3] }, nulls, need - #out, nulls_cursor, out)
+    end
+end
+
+-- Costs of a walk over a table of the matches (microseconds, as query/costs.py's): a group
+-- visited (its set read), a trace of it looked up, and a match's order key read to sort it
+-- (HGET) instead.
+local GROUP_VISIT, TRACE_VISIT, KEY_READ = 5, 0.5, 3.5
+
+-- The members of a group (its set key; leaf: its V leaf, when chunked) that are in left,
+-- taken out of it.
+local function group_hits(ctx, left, key, leaf)
+    local hits = {}
+    local function look(batch)
+        for i = 1, #batch do
+            local no = batch[i]
+            if left[no] then
+                hits[#hits + 1] = no
+                left[no] = nil
+            end
+        end
+        return false
+    end
+    if leaf then
+        enum_source(ctx, leaf, look)
+    else
+        look(call('SMEMBERS', key))
+    end
+    return hits
+end
+
+-- plan.walk_values[7] = 1: the filter's matches are collected first (as a collect does, but
+-- without reading each one's order key), then the groups are walked with their members
+-- looked up in that table, where a group otherwise costs calls on the filter's sets for
+-- each member.  Few matches for the groups a page would visit are ordered at once instead
+-- (their order keys read), and so are all of them once the walk has cost as much (the
+-- matches gather in groups far down the order: a filter on the walked key, say).
+local function table_walk(ctx, need, out, subcursor)
+    local wv = ctx.plan.walk_values
+    local dkey, vprefix = wv[1], wv[2]
+    local spec, cursor, rest = ctx.order[1], ctx.cursor, ctx.rest
+    ctx.collecting = true
+    local matches = collect_matches(ctx, nil)
+    ctx.collecting = nil
+    local m = #matches
+    local spread = need / math.max(m, 1)
+    local walk = spread * (call('ZCARD', dkey) * GROUP_VISIT + wv[6] * TRACE_VISIT)
+    if m * KEY_READ <= walk then
+        select_rows(ctx, matches, need, out)
+        return
+    end
+    local left = {}
+    for i = 1, m do
+        left[matches[i]] = true
+    end
+    -- tracked: every match not yet met is in `left` (no group skipped by the cursor or
+    -- ordered by a nested walk), so the walk ends when none is left, and the nulls' matches
+    -- are what is left at the end
+    local remaining, tracked, groups, visited = m, cursor == nil, 0, 0
+    local sub = { prefix = ctx.prefix, order = rest }
+    sub.fields, sub.pos = order_fields(rest)
+    local nested = ctx.plan.walk_next
+    local function visit(v, count)
+        local c = cursor and cmp_value(spec, v, cursor[1]) or 1
+        if c < 0 or not count or GroupOrder.excluded(ctx, dkey, v) then
+            return false
+        end
+        local key = vprefix .. enc(v)
+        local gcursor = c == 0 and subcursor or nil
+        local leaf = nil
+        if count > PLAIN_MAX or (nested and count > 4 * (need - #out)) then
+            leaf = { 'V', dkey, vprefix, v }
+            leaf.sets = { { key, count > PLAIN_MAX, count } }
+        end
+        if nested and leaf and GroupOrder.nested_group(ctx, leaf, count, need - #out, gcursor, out)
+        then
+            tracked = false -- (a large group ordered by a nested walk of the next key)
+        else
+            local hits = group_hits(ctx, left, key, leaf)
+            if #hits > 0 then
+                remaining = remaining - #hits
+                sub.cursor = gcursor
+                select_rows(sub, hits, need - #out, out)
+            end
+        end
+        groups, visited = groups + 1, visited + count
+        if #out < need and groups * GROUP_VISIT + visited * TRACE_VISIT > m * KEY_READ then
+            for i = #out, 1, -1 do
+                out[i] = nil
+            end
+            select_rows(ctx, matches, need, out)
+            return true
+        end
+        return #out >= need or (tracked and remaining == 0)
+    end
+    if each_value(dkey, spec, cursor and cursor[1], visit) or #out >= need then
+        return
+    end
+    if not tracked then
+        return nulls_page(ctx, need, out, nil, nil)
+    end
+    local nulls = {}
+    for no in pairs(left) do
+        nulls[#nulls + 1] = no
+    end
+    if #nulls > 0 then
+        sub.cursor = nil
+        select_rows(sub, nulls, need - #out, out)
+    end
+end
+
 -- budget (the page's own walk only): once the groups visited hold this many traces and
 -- none matched, returns 'abandon' (matches far rarer than planned: the caller collects).
 local function walk_values_page(ctx, need, out, budget)
     local wv = ctx.plan.walk_values
-    local dkey, vprefix, presence = wv[1], wv[2], wv[3]
+    local dkey, vprefix = wv[1], wv[2]
     local order, cursor = ctx.order, ctx.cursor
     local spec = order[1]
     local rest, subcursor = {}, nil
@@ -180,6 +331,12 @@ local function walk_values_page(ctx, need, out, budget)
         for k = 2, #cursor do
             subcursor[k - 1] = cursor[k]
         end
+    end
+    if cursor and cursor[1] == false then
+        return nulls_page(ctx, need, out, nil, subcursor)
+    end
+    if wv[7] == 1 then
+        return table_walk(ctx, need, out, subcursor)
     end
     local visited, abandoned = 0, false
     -- One value's group; true when the page is full (or the walk abandoned).
@@ -197,44 +354,11 @@ local function walk_values_page(ctx, need, out, budget)
         end
         return #out >= need
     end
-    local present = nil
-    if not (cursor and cursor[1] == false) then
-        if spec[1] == 's' and (bytewise or call('EXISTS', lex_dir(dkey)) == 1) then
-            if windowed_values(dkey, spec[3] == 1, cursor and cursor[1], visit) then
-                return abandoned and 'abandon' or nil
-            end
-        else
-            local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
-            local values, counts = {}, {}
-            present = 0
-            for i = 1, #flat, 2 do
-                local n = tonumber(flat[i + 1])
-                values[#values + 1] = flat[i]
-                counts[flat[i]] = n
-                present = present + n
-            end
-            table.sort(values, function(a, b)
-                return cmp_value(spec, a, b) < 0
-            end)
-            for i = 1, #values do
-                if visit(values[i], counts[values[i]]) then
-                    return abandoned and 'abandon' or nil
-                end
-            end
-        end
+    local stopped, present = each_value(dkey, spec, cursor and cursor[1], visit)
+    if stopped then
+        return abandoned and 'abandon' or nil
     end
-    if present == nil then
-        present = 0
-        local flat = call('ZRANGE', dkey, 0, -1, 'WITHSCORES')
-        for i = 2, #flat, 2 do
-            present = present + tonumber(flat[i])
-        end
-    end
-    local nulls = call('HLEN', ctx.prefix .. ':ids') - present
-    if nulls > 0 then
-        local nulls_cursor = cursor and cursor[1] == false and subcursor or nil
-        group_page(ctx, { '!', presence }, nulls, need - #out, nulls_cursor, out)
-    end
+    nulls_page(ctx, need, out, present, nil)
 end
 
 ValueWalk.walk_values_page = walk_values_page
