@@ -122,6 +122,8 @@ def test_random_dense_terms_equal_the_reference(
         ("tags.u RLIKE 'a1[0-9]5$'", False),  # sparse by the sample: values read once
         ("request_id RLIKE 'ab[c]' AND status = 'OK'", False),
         ("request_id RLIKE '[1]' AND tags.u RLIKE '[2]'", False),  # two such terms
+        # another term on the same key: the probe merges both into the values of both
+        ("tags.u RLIKE '[0-9]' AND tags.u LIKE '%1%'", False),
         # sparse, but the rest holds fewer than SPARSE_ROWS traces a partition: one call
         ("request_id RLIKE 'f[0]' AND tags.w = 'x' AND name = 'a'", True),
         ("client_request_id RLIKE 'zeta-[1]' AND tags.w = 'y' AND tags.h = 'x'", True),

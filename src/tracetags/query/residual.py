@@ -36,6 +36,7 @@ from tracetags.query.logical import (
     LIdMatch,
     LMatch,
     LogicalNode,
+    LValues,
     leaves,
 )
 from tracetags.query.probe import reply_text
@@ -101,6 +102,10 @@ def _term(root: LogicalNode) -> _Term | None:
     others = [c for c in children if c is not leaf]
     if any(_client_only(x) for c in others for x in leaves(c)):
         return None  # another such term inside: every id or value is read anyway
+    if isinstance(leaf, LMatch) and any(
+        isinstance(c, LMatch | LValues) and c.index == leaf.index for c in others
+    ):
+        return None  # the probe merges the terms on one key into the few values of both
     if not others:
         rest: LogicalNode = LConst(True, "every trace")
     else:

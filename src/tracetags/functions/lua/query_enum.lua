@@ -290,15 +290,12 @@ local function chunk_join(ctx)
     for k = 1, #keys do
         narrowed = narrowed or keys[k] ~= first
     end
-    if not minus and not narrowed then
-        local parts = conjuncts(left)
-        for i = 1, #parts do
-            union = union_sets(ctx, parts[i])
-            if union then
-                table.remove(parts, i)
-                left = conjunction(parts)
-                break
-            end
+    if not minus and not narrowed and left[1] ~= '&' then
+        -- (only as the last test: before others, such as a range that few candidates
+        -- pass, its SINTER per value would cost more calls than it spares)
+        union = union_sets(ctx, left)
+        if union then
+            left = { 'A' }
         end
     end
     if #keys == 0 and not minus and not union then
