@@ -242,3 +242,34 @@ def test_many_matched_ids_go_as_a_bitmap(
         expected = ref.search(final, None, filter_string, order, None)
         assert all_pages(client, filter_string, order, 97) == expected, (filter_string, order)
     assert client.count(filter_string) == len(ref.search(final, None, filter_string, None, None))
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "tested"),
+    [
+        # the other terms hold a handful of traces: each is tested, no value read
+        ("tags.u LIKE '%_999' AND request_id IN ('tr-00999', 'tr-01998')", True),
+        ("client_request_id LIKE '%b%' AND tags.u IS NULL AND metadata.m LIKE 'a%'", True),
+        ("tags.u LIKE '%_999' AND request_id = 'tr-00999'", True),
+        # they hold many: every value of the key is read after all
+        ("tags.u LIKE '%_999' AND status = 'OK'", False),
+        ("tags.u LIKE '%_999'", False),  # alone: nothing to test it beside
+    ],
+)
+def test_a_sparse_pattern_beside_few_candidates_is_tested_on_each(
+    many_values: tuple[Client, list[dict[str, object]]],
+    monkeypatch: pytest.MonkeyPatch,
+    filter_string: str,
+    tested: bool,
+) -> None:
+    """A pattern the sample finds sparse, ANDed with terms that hold few traces, is left to
+    tt_query's test of each of their candidates instead of reading every value of its key
+    (and the probe reads them after all when the other terms hold many)."""
+    monkeypatch.setattr("tracetags.query.budget.VALUES_WINDOW", 50)
+    monkeypatch.setattr("tracetags.query.executor.DEFERRED_VALUES_PER_CANDIDATE", 2)
+    client, final = many_values
+    assert (VALUE_TESTED in client.explain(filter_string=filter_string)) is tested
+    for order in (None, ["tags.u DESC"]):
+        expected = ref.search(final, None, filter_string, order, None)
+        assert all_pages(client, filter_string, order, 7) == expected, (filter_string, order)
+    assert client.count(filter_string) == len(ref.search(final, None, filter_string, None, None))

@@ -225,10 +225,14 @@ def _probe(
     page: bool = False,
     only: int | None = None,
     listed: bool = False,
+    deferred: dict[int, list[Deferred]] | None = None,
 ) -> list[tuple[Probe, list[Any], list[int]]]:
     """The probe replies of each partition (``only``: of that one; ``listed``: patterns'
-    values listed, see :func:`probe.probe_commands`)."""
+    values listed, see :func:`probe.probe_commands`).  With ``deferred``, a sparse pattern
+    beside other terms is left to tt_query's test of each candidate instead of reading
+    every value of its key, and noted in ``deferred[partition]``; see :func:`_plans`."""
     parts = range(partitions) if only is None else (only,)
+    beside = set(map(id, root.children)) if isinstance(root, LAnd) else set()
     probes = [probe_commands(root, keys, p, order, page=page, listed=listed) for p in parts]
 
     def fill(pipe: redis.client.Pipeline) -> None:
@@ -282,26 +286,18 @@ def _probe(
                 leaf = args[3]
                 if sought == 2:  # a sample of a key of more values than a window
                     sampled = values_sample(flat, next_rank, leaf.predicate, leaf.negated)
+                    if sampled is None and deferred is not None and id(leaf) in beside:
+                        sampled = values_sample(flat, next_rank, leaf.predicate, leaf.negated, 0)
+                        if sampled is not None:
+                            later = (probe.partition, offset, key, args, sampled.values)
+                            deferred.setdefault(probe.partition, []).append(later)
                     if sampled is not None:  # tested on each candidate by tt_query
                         replies[at + offset] = sampled
                         continue
                     sought, flat, next_rank = 0, [], 0  # every value is read after all
-                if next_rank >= 0 and leaf.needle is not None and not leaf.negated:
-                    # more windows of values to read (every value, or those starting with
-                    # an alt where the key has no byte-order index): only the values
-                    # holding the pattern's literal are tested (unless most hold it: then
-                    # by windows after all)
-                    matched = values_by_needle(client, key, leaf.needle, leaf.predicate)
-                    if matched is not None:
-                        sought, flat, next_rank = 1, matched, -1
-                if next_rank >= 0:
-                    more, only_sought = budget.rest_of_values(
-                        client, keys, probe.partition, key, args, next_rank
-                    )
-                    flat = [*flat, *more]
-                    sought = sought or only_sought  # (not every value: no complement)
-                pairs = list(dict(zip(flat[::2], flat[1::2], strict=True)).items())
-                replies[at + offset] = MatchedValues(bool(sought), pairs)
+                replies[at + offset] = _matched_values(
+                    client, keys, probe.partition, key, args, sought, flat, next_rank
+                )
             elif name == "IDSEEK":  # {id: number}, like HGETALL of the ids hash
                 found = _IDS_DECODER.decode(replies[at + offset])
                 if found[0]:
@@ -454,10 +450,75 @@ def _plans(
             known = _make_plans(keys, prepared, reused.probed, mode, limit, cursor, (), False)
             reused.plans[key] = known
         return known
-    probed = _probe(client, keys, partitions, prepared.root, order, page=mode == "page")
+    deferred: dict[int, list[Deferred]] = {}
+    page = mode == "page"
+    probed = _probe(client, keys, partitions, prepared.root, order, page=page, deferred=deferred)
     if reuse:
         _remember_probe(client, keys, partitions, prepared, probed)
-    return _make_plans(keys, prepared, probed, mode, limit, cursor, group_fields, True)
+    plans = _make_plans(keys, prepared, probed, mode, limit, cursor, group_fields, True)
+    if any(_rest_too_large(p, deferred[p.partition]) for p in plans if p.partition in deferred):
+        # A sparse pattern left to tt_query's test of each candidate, beside terms that
+        # hold many: its key's values are read after all (as without the deferral).
+        for probe, replies, _ in probed:
+            for _, offset, dkey, args, _ in deferred.get(probe.partition, []):
+                replies[offset] = _matched_values(
+                    client, keys, probe.partition, dkey, args, 0, [], 0
+                )
+        plans = _make_plans(keys, prepared, probed, mode, limit, cursor, group_fields, True)
+    return plans
+
+
+def _matched_values(
+    client: SyncClient,
+    keys: Keys,
+    partition: int,
+    key: str,
+    args: list[Any],
+    sought: int,
+    flat: list[Any],
+    next_rank: int,
+) -> MatchedValues:
+    """The values of a pattern's key that match it (a VALUES probe reply: its first window
+    ``flat``, then the rest from ``next_rank`` when it is not -1)."""
+    leaf = args[3]
+    if next_rank >= 0 and leaf.needle is not None and not leaf.negated:
+        # more windows of values to read (every value, or those starting with an alt
+        # where the key has no byte-order index): only the values holding the pattern's
+        # literal are tested (unless most hold it: then by windows after all)
+        matched = values_by_needle(client, key, leaf.needle, leaf.predicate)
+        if matched is not None:
+            sought, flat, next_rank = 1, matched, -1
+    if next_rank >= 0:
+        more, only_sought = budget.rest_of_values(client, keys, partition, key, args, next_rank)
+        flat = [*flat, *more]
+        sought = sought or only_sought  # (not every value: no complement)
+    pairs = list(dict(zip(flat[::2], flat[1::2], strict=True)).items())
+    return MatchedValues(bool(sought), pairs)
+
+
+#: A probe's sparse pattern left to tt_query's test of each candidate: (partition, the
+#: VALUES command's place among the probe's, its key and args, the key's values), to read
+#: its values after all (:func:`_plans`).
+Deferred = tuple[int, int, str, list[Any], int]
+
+
+#: A sparse pattern (by the probe's sample) ANDed with other terms is tested on each
+#: candidate of those terms by tt_query (an HGET and a match, ~2.5 us) rather than found
+#: by reading every value of its key (~40 ns a value) while the other terms hold at most
+#: one trace per this many values of the key.
+DEFERRED_VALUES_PER_CANDIDATE: Final = 60
+
+
+def _rest_too_large(plan: PartitionPlan, deferred: list[Deferred]) -> bool:
+    """Whether the other terms of a deferred pattern's AND hold more candidates than
+    testing each of them is worth (its smallest other term sizes them)."""
+    tree = plan.tree
+    if tree.kind == "Z":
+        return False
+    values = min(later[4] for later in deferred)
+    others = [c.est for c in tree.children if c.kind != "M"] if tree.kind == "&" else []
+    rest = min(others) if others else float(plan.total)
+    return bool(rest * DEFERRED_VALUES_PER_CANDIDATE > values)
 
 
 def _make_plans(

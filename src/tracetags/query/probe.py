@@ -108,17 +108,21 @@ class SampledValues(NamedTuple):
 
 
 def values_sample(
-    sampled: list[Any], values: int, predicate: Any, negated: bool
+    sampled: list[Any],
+    values: int,
+    predicate: Any,
+    negated: bool,
+    min_matches: float = TEST_MIN_MATCHES,
 ) -> SampledValues | None:
     """The sample (ZRANDMEMBER WITHSCORES, flat) as :class:`SampledValues` when testing each
-    candidate pays (at least :data:`TEST_MIN_MATCHES` expected), else None."""
+    candidate pays (at least ``min_matches`` expected), else None."""
     pairs = list(zip(sampled[::2], sampled[1::2], strict=True))
     if not pairs:
         return None
     matching = [float(score) for v, score in pairs if predicate(reply_text(v)) != negated]
     hits, weight = len(matching), sum(matching)
     expected = weight / len(pairs) * values
-    if expected < TEST_MIN_MATCHES:
+    if expected < min_matches:
         return None
     return SampledValues(expected, hits, len(pairs), values)
 
