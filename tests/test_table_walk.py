@@ -8,6 +8,7 @@ experiments (whose sets the collect joins): every page walk equals the reference
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -55,7 +56,11 @@ def tables_free(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planner prices a walk over a table of the matches at nothing: every page that
     may walk a string key's values does so."""
     free = dataclasses.replace(
-        costs.COSTS, table_candidate_us=0.0, table_group_us=0.0, table_trace_us=0.0
+        costs.COSTS,
+        table_candidate_us=0.0,
+        table_group_us=0.0,
+        table_trace_us=0.0,
+        table_nested_group_pages=math.inf,
     )
     monkeypatch.setattr(costs, "COSTS", free)
     monkeypatch.setattr(strategy, "COSTS", free)

@@ -71,22 +71,25 @@ class CostTable:
     # --- walk a string order key's values against collect-and-sort, in microseconds -----
     #: Reading one distinct value of the order key.
     walk_value_us: float = 0.5
-    #: Visiting one value's group (its set, tested and ordered).
+    #: Visiting one value's group (its set, tested and ordered) ...
     walk_group_us: float = 30.0
+    #: ... and each of its traces when it is small (each member tested on the filter), or
+    #: each of its chunks it reads when it is large.
+    walk_trace_us: float = 1.5
+    walk_chunk_us: float = 10.0
     #: Collecting: reading one candidate's order key from its hash.
     collect_key_read_us: float = 3.0
-    #: Walk the values only when the candidates exceed this many times the page ...
+    #: Walk the values only when the candidates exceed this many times the page.
     walk_values_page_factor: int = 4
-    #: ... and the values are fewer than the candidates by this factor (or cheaper by
-    #: :attr:`walk_values_margin`).
-    walk_values_distinct_factor: int = 4
-    walk_values_margin: int = 3
     #: A walk of values over a table of the matches: collecting a candidate into it ...
     table_candidate_us: float = 1.0
     #: ... visiting a group (its set read) ...
     table_group_us: float = 5.0
     #: ... and each trace of a visited group (looked up in the table).
     table_trace_us: float = 0.5
+    #: No table when the groups average more than this many pages and the next order key
+    #: nests a walk in each (lua/group_order.lua: groups of more than 4 pages).
+    table_nested_group_pages: float = 4.0
 
     # --- walk the trace ids' byte order (request_id first), same units as a walk --------
     #: One bucket of ids visited (SMEMBERS, a call).
@@ -123,15 +126,24 @@ def collect_cost(candidates: float, matches: float, total: int, *, from_range: b
     )
 
 
-def walk_values_cost_us(distinct: int | None, limit: int, matches: float) -> float:
-    """Walking a string order key's ``distinct`` values until ``limit`` rows: a group per
-    value visited (``limit * distinct / matches`` of them), each value read from the key's
-    byte-order index as the walk reaches it (a bucket at a time)."""
+def walk_values_cost_us(distinct: int | None, limit: int, matches: float, total: int) -> float:
+    """Walking a string order key's ``distinct`` values until ``limit`` rows: each value read
+    from the key's byte-order index as the walk reaches it (a bucket at a time), and a group
+    per value visited (``limit * distinct / matches`` of them, at least one).  A small group
+    is tested trace by trace; a large (chunked) one chunk by chunk with the filter's sets,
+    until its share of the page is found or its chunks are done."""
     if distinct is None:
         return 0.0
-    groups = min(float(distinct), limit * distinct / max(matches, 1.0))
+    groups = min(float(distinct), max(1.0, limit * distinct / max(matches, 1.0)))
     values = min(float(distinct), groups + LEX_BUCKET)
-    return values * COSTS.walk_value_us + groups * COSTS.walk_group_us
+    size = total / max(distinct, 1)
+    if size > PLAIN_MAX:
+        chunks = total / SET_CHUNK + 1
+        scanned = min(chunks, chunks * limit / max(matches / max(distinct, 1), 1.0))
+        per_group = COSTS.walk_group_us + scanned * COSTS.walk_chunk_us
+    else:
+        per_group = COSTS.walk_group_us + size * COSTS.walk_trace_us
+    return values * COSTS.walk_value_us + groups * per_group
 
 
 def table_walk_cost_us(
@@ -142,9 +154,9 @@ def table_walk_cost_us(
     looked up."""
     if distinct is None:
         return math.inf
-    spread = limit / max(matches, 1.0)
-    groups = min(float(distinct), distinct * spread)
-    traces = min(float(total), total * spread)
+    # (a group's set is read whole: at least one group's traces are looked up)
+    groups = min(float(distinct), max(1.0, distinct * limit / max(matches, 1.0)))
+    traces = total * groups / max(distinct, 1)
     return (
         candidates * COSTS.table_candidate_us
         + groups * COSTS.table_group_us

@@ -248,7 +248,7 @@ def plan_partition(
             plan = msgspec.structs.replace(page(), id_walk=by_id[0])
             return done("walk-ids", by_id[1], plan)
     index = order_index(order[0]) if order else None
-    walk_values_us = costs.walk_values_cost_us(order_distinct, limit, tree.est)
+    walk_values_us = costs.walk_values_cost_us(order_distinct, limit, tree.est, total)
     table_us = costs.table_walk_cost_us(cost, order_distinct, limit, tree.est, total)
     if (
         zset is None
@@ -257,10 +257,7 @@ def plan_partition(
         and order_distinct is not None
         and cost > COSTS.walk_values_page_factor * limit
     ):
-        walk_ok = (
-            order_distinct * COSTS.walk_values_distinct_factor < cost
-            or walk_values_us < COSTS.walk_values_margin * cost
-        ) and (
+        walk_ok = walk_values_us < costs.collect_by_key_us(cost) and (
             # Fewer matches expected than the page holds: the walk cannot stop early and
             # visits every group (the key's traces), where a collect reads the candidates
             # once.
@@ -269,7 +266,11 @@ def plan_partition(
         # A walk over a table of the matches reads the candidates as a collect does, then
         # groups instead of every match's order key (and orders the matches as a collect
         # would when they turn out few): chosen when cheaper than collecting.
-        table_ok = table_us < costs.collect_by_key_us(cost)
+        # Not when the groups are large and the next order key nests a walk in each (its
+        # own index orders them): the table's candidates would be collected for nothing.
+        nests = group_order.walk_next(order, keys, partition) is not None
+        large = total > COSTS.table_nested_group_pages * limit * max(order_distinct, 1)
+        table_ok = table_us < costs.collect_by_key_us(cost) and not (nests and large)
         table = int(table_ok and (not walk_ok or table_us < walk_values_us))
     else:
         walk_ok = table_ok = False

@@ -248,8 +248,10 @@ local function table_walk(ctx, need, out, subcursor)
     local matches = collect_matches(ctx, nil)
     ctx.collecting = nil
     local m = #matches
-    local spread = need / math.max(m, 1)
-    local walk = spread * (call('ZCARD', dkey) * GROUP_VISIT + wv[6] * TRACE_VISIT)
+    -- (a group's set is read whole: at least one group is visited)
+    local distinct = math.max(call('ZCARD', dkey), 1)
+    local groups = math.min(distinct, math.max(1, distinct * need / math.max(m, 1)))
+    local walk = groups * (GROUP_VISIT + wv[6] / distinct * TRACE_VISIT)
     if m * KEY_READ <= walk then
         select_rows(ctx, matches, need, out)
         return
