@@ -268,12 +268,13 @@ def plan_partition(
         # would when they turn out few): chosen when cheaper than collecting.
         # Not when the groups are large and the next order key nests a walk in each (its
         # own index orders them): the table's candidates would be collected for nothing.
-        nests = group_order.walk_next(order, keys, partition) is not None
+        nested = group_order.walk_next(order, keys, partition)
         large = total > COSTS.table_nested_group_pages * limit * max(order_distinct, 1)
-        table_ok = table_us < costs.collect_by_key_us(cost) and not (nests and large)
+        table_ok = table_us < costs.collect_by_key_us(cost) and not (nested and large)
         table = int(table_ok and (not walk_ok or table_us < walk_values_us))
     else:
         walk_ok = table_ok = False
+        nested = None
     if walk_ok or table_ok:
         assert index is not None and keys is not None and order_distinct is not None
         key_set = index.key_set(keys, partition)
@@ -303,7 +304,6 @@ def plan_partition(
                 f"each value's set in turn (nulls last), until {limit} rows: cheaper than "
                 f"sorting the {cost:,.0f} candidates from {source_text}"
             )
-        nested = group_order.walk_next(order, keys, partition)
         plan = msgspec.structs.replace(page(walk_values=walk_values), walk_next=nested)
         if sources and cost < total and not table:
             # As a walk's: correlated terms (an empty intersection) would visit every group;
