@@ -280,9 +280,9 @@ def test_a_trace_with_1000_tags(r: redis.Redis, namespace: str) -> None:
     entries += _apply_all(r, keys, 0)
     assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
     # the partition's bookkeeping stays: the number counter, the chunks' time bounds and the
-    # directory of the ids' byte order (its head '')
+    # directories of the ids' and the reversed ids' byte orders (their head '')
     assert {k.decode().rsplit(":", 1)[-1] for k in r.scan_iter(f"{namespace}:*")} == {
-        "log", "gone", "n", "tsx", "ri"
+        "log", "gone", "n", "tsx", "ri", "rr"
     }  # fmt: skip
 
 

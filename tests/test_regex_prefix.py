@@ -1,6 +1,7 @@
 """An anchored RLIKE's literal lead (``'^tr\\-b6.*'``): every value it matches starts with
 the lead, so the probe seeks the lead in the byte-order index instead of reading every id
-or value.  The lead is proven sound against RE2 itself on random patterns, and anchored
+or value; likewise a request_id RLIKE's literal end (``'[0-9]a1$'``) in the reversed ids'
+order.  The lead is proven sound against RE2 itself on random patterns, and anchored
 patterns over ids and values answer as the reference evaluator does.  A literal RLIKE
 (``'a'``, ``'^tr\\-1$'``) is planned as the LIKE that holds for the same values, proven
 against RE2 the same way."""
@@ -72,6 +73,55 @@ def test_every_match_starts_with_the_lead(atoms: list[str], values: list[str]) -
     for value in [*values, lead, lead + "a", lead + "-1", lead[:-1]]:
         if regex.search(value) is not None:
             assert value.startswith(lead), (pattern, value, lead)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "end"),
+    [
+        ("3_x$", "3_x"),
+        ("[0-9]ab$", "ab"),
+        ("ab*$", None),
+        ("ab+$", None),
+        ("a{2}$", None),
+        ("a{2}b$", "b"),
+        ("a\\$", None),
+        ("a\\\\$", "a\\"),
+        ("a\\.b$", "a.b"),
+        ("a|b$", None),
+        ("(?i)ab$", None),
+        ("ab", None),
+        ("ab$$", None),
+        ("[]a]b$", "b"),
+        ("[^]a]b$", "b"),
+        ("x\\db$", None),  # (conservative: an escape's letters and digits are its argument)
+        ("x\\d-b$", "-b"),
+        ("é$", None),
+        ("\\Qa$", None),
+        ("[[:alpha:]]a$", None),
+    ],
+)
+def test_the_end_of_examples(pattern: str, end: str | None) -> None:
+    assert logical.regex_suffix(pattern) == end
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from(ATOMS), min_size=1, max_size=6),
+    st.lists(st.text(alphabet="ab-.01Aé]{}\n", max_size=6), min_size=1, max_size=8),
+)
+def test_every_match_ends_with_the_end(atoms: list[str], values: list[str]) -> None:
+    """regex_suffix: the text sought in the reversed ids' order ends every match."""
+    pattern = "".join(atoms) + "$"
+    end = logical.regex_suffix(pattern)
+    if end is None:
+        return
+    try:
+        regex = re2.compile(pattern)
+    except re2.error:
+        return
+    for value in [*values, end, "a" + end, "-1" + end, end[1:], end + "\n"]:
+        if regex.search(value) is not None:
+            assert value.endswith(end), (pattern, value, end)
 
 
 @settings(max_examples=3000, deadline=None)

@@ -55,6 +55,9 @@ key                                        type     holds
                                                     included (absent: made by an older version)
 ``ns:{pNN}:ri:<enc(head)>``                 set      trace numbers whose id is in [head, next
                                                     head), at most 512 (an intset)
+``ns:{pNN}:rr``, ``ns:{pNN}:rr:<enc(head)>``  zset     the same over the ids' bytes reversed
+                                           / set    (heads are reversed ids): ids ending with
+                                                    a literal (absent: an older partition)
 ``ns:{pNN}:lk``                            hash     register field (``t<key>``, ``m<key>``) ->
                                                     ``building`` | ``ready``: keys listed in
                                                     ``TRACETAGS_LOOKUP_KEYS``
@@ -402,6 +405,10 @@ class Keys:
     def id_order(self, partition: int) -> str:
         """The directory of the trace ids' byte order (functions/lua/id_order.lua)."""
         return f"{self.prefix(partition)}:ri"
+
+    def reversed_id_order(self, partition: int) -> str:
+        """The directory of the reversed trace ids' byte order (id_order.lua)."""
+        return f"{self.prefix(partition)}:rr"
 
     def lookups(self, partition: int) -> str:
         """The hash of register fields with lookup fingerprints (→ building | ready)."""

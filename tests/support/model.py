@@ -173,10 +173,14 @@ _DISTINCT_OF = {"st": "std", "ex": "exd", "cr": "crd"}
 
 
 def _check_id_order(
-    heads: list[bytes] | None, buckets: dict[bytes, set[int]], numbers: dict[int, str]
+    heads: list[bytes] | None,
+    buckets: dict[bytes, set[int]],
+    numbers: dict[int, str],
+    reverse: bool = False,
 ) -> None:
-    """The ids' byte order, when the partition keeps it: every live trace number in exactly
-    the bucket whose head range [head, next head) holds its id, and no other number."""
+    """The ids' byte order (``reverse``: of their bytes reversed), when the partition keeps
+    it: every live trace number in exactly the bucket whose head range [head, next head)
+    holds its id, and no other number."""
     if heads is None:
         assert not buckets, "id buckets without their directory"
         return
@@ -192,7 +196,7 @@ def _check_id_order(
             placed[no] = head
             trace_id = numbers.get(no)
             assert trace_id is not None, f"bucket {head!r}: {no} is not a live trace number"
-            raw = trace_id.encode()
+            raw = trace_id.encode()[::-1] if reverse else trace_id.encode()
             assert raw >= head and (upper is None or raw < upper), (
                 f"{trace_id!r} in bucket {head!r} (next {upper!r})"
             )
@@ -364,6 +368,8 @@ def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
     time_bounds: dict[int, float] | None = None
     id_heads: list[bytes] | None = None  # the ids' byte order (id_order.lua)
     id_buckets: dict[bytes, set[int]] = {}
+    reversed_heads: list[bytes] | None = None  # and the reversed ids'
+    reversed_buckets: dict[bytes, set[int]] = {}
     lookups: dict[str, str] = {}  # listed field -> building | ready
     fingerprints: dict[tuple[str, int], bytes] = {}  # (field, chunk) -> its string
     for key, value in values.items():
@@ -446,22 +452,27 @@ def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
             assert kind == "zset", key
             time_bounds = {int(m): s for m, s in value}
             assert time_bounds.pop(-1, None) == float("-inf"), f"{key}: no member -1 at -inf"
-        elif rest == "ri":
+        elif rest in ("ri", "rr"):
             assert kind == "zset", key
             assert all(s == 0 for _, s in value), f"{key}: a score is not 0"
-            id_heads = sorted(m for m, _ in value)
-        elif head == "ri":
+            if rest == "ri":
+                id_heads = sorted(m for m, _ in value)
+            else:
+                reversed_heads = sorted(m for m, _ in value)
+        elif head in ("ri", "rr"):
             assert kind == "set", key
             encoding = client.object("encoding", key)
             assert encoding == b"intset", f"{key}: bucket is {encoding!r}, not an intset"
             assert len(value) <= SET_CHUNK, f"{key}: {len(value)} members"
             encoded, tail = _take_enc(rest[3:].encode())
             assert not tail, key
-            id_buckets[encoded.split(b":", 1)[1]] = {int(m) for m in value}
+            buckets = id_buckets if head == "ri" else reversed_buckets
+            buckets[encoded.split(b":", 1)[1]] = {int(m) for m in value}
         else:
             raise AssertionError(f"stray key: {key} ({kind})")
     assert seen_traces == set(numbers.values()), "id map names traces without a hash"
     _check_id_order(id_heads, id_buckets, numbers)
+    _check_id_order(reversed_heads, reversed_buckets, numbers, reverse=True)
     _check_fingerprints(out, numbers, lookups, fingerprints)
     _check_lex(out, lex, prefix)
     by_time = values.get(f"{prefix}:ts")

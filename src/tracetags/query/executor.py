@@ -255,7 +255,7 @@ def _probe(
                     )
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "IDSEEK":
-                    ids_plan = IdsPlan(prefixes=list(args[0]))
+                    ids_plan = IdsPlan(prefixes=list(args[0][0]), suffixes=list(args[0][1]))
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(ids_plan))
                 elif name == "ZMSCORE":
                     pipe.zmscore(key, args)

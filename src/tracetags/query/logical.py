@@ -181,6 +181,10 @@ class LIdMatch:
     #: Byte prefixes every matching id starts with (a LIKE or ILIKE's literal lead, with
     #: its case variants): the probe seeks them in the ids' byte order.  None: read all ids.
     prefixes: tuple[str, ...] | None = None
+    #: Byte suffixes every matching id ends with (a LIKE or ILIKE's literal end, with its
+    #: case variants): the probe seeks them in the reversed ids' byte order when the
+    #: prefixes are none or dense.
+    suffixes: tuple[str, ...] | None = None
     #: As :attr:`LMatch.lua`: the pattern as tt_query tests it on each candidate's id.
     lua: tuple[str, int, str] | None = None
     #: As :attr:`LMatch.needle`: a sparse pattern's ids are narrowed by it.
@@ -418,10 +422,13 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LIdMatch(lambda v: not matched(v), text, lua=lua)
         needle = needle_of(op, value, regex_literal(value) if op == "RLIKE" else None)
         if op == "RLIKE":
-            lead = regex_prefix(value)
+            lead, end = regex_prefix(value), regex_suffix(value)
             prefixes = None if lead is None else (lead,)
-            return LIdMatch(matched, text, prefixes, lua=lua, needle=needle)
-        return LIdMatch(matched, text, id_prefixes(op, value), lua=lua, needle=needle)
+            suffixes = None if end is None else (end,)
+            return LIdMatch(matched, text, prefixes, suffixes, lua=lua, needle=needle)
+        return LIdMatch(
+            matched, text, id_prefixes(op, value), id_suffixes(op, value), lua=lua, needle=needle
+        )
     if entity == "attribute":
         index = ValueIndex("status" if key == "status" else "client_request_id")
     else:
@@ -629,6 +636,55 @@ def regex_prefix(pattern: str) -> str | None:
     return "".join(out) or None
 
 
+def regex_suffix(pattern: str) -> str | None:
+    """The literal text every match of the RLIKE ``pattern`` ends with, when the pattern is
+    anchored at its end (``[0-9]ab$``: ``ab``); None when there is none or it is not
+    certain.
+
+    Conservative as :func:`regex_prefix`: any ``|``, ``(?``, ``\\Q`` or ``[:`` gives None.
+    The pattern is read forward into atoms (a character class, a ``{...}`` repeat, an
+    escape with a letter or digit and the letters and digits after it (its argument, as
+    in ``\\x41``), any operator, a non-ASCII character: not literal; an
+    escaped ASCII punctuation character: literal), and the suffix is the run of literal
+    atoms right before a final unescaped ``$`` (RE2 without ``(?m)``: the value's end)."""
+    if any(bad in pattern for bad in ("|", "(?", "\\Q", "[:")):
+        return None
+    atoms: list[str | None] = []  # a literal character, or None
+    at, end_anchor = 0, False
+    while at < len(pattern):
+        ch = pattern[at]
+        end_anchor = False
+        if ch == "\\":
+            escaped = pattern[at + 1 : at + 2]
+            atoms.append(escaped if escaped and escaped in string.punctuation else None)
+            at += 2
+            if escaped.isalnum():  # its argument too (\x41, \101): letters and digits
+                while at < len(pattern) and pattern[at].isascii() and pattern[at].isalnum():
+                    at += 1
+        elif ch in "[{":
+            close = at + 1
+            if ch == "[":  # a ']' first in the class (after any '^') is one of its members
+                close += pattern[close : close + 1] == "^"
+                close += pattern[close : close + 1] == "]"
+            while close < len(pattern) and pattern[close] != ("]" if ch == "[" else "}"):
+                close += 2 if pattern[close] == "\\" else 1
+            atoms.append(None)
+            at = close + 1
+        else:
+            literal = ch not in _REGEX_META and ch.isascii() and ch != "\n"
+            atoms.append(ch if literal else None)
+            end_anchor = ch == "$"
+            at += 1
+    if not end_anchor:
+        return None
+    tail: list[str] = []
+    for atom in reversed(atoms[:-1]):
+        if atom is None:
+            break
+        tail.append(atom)
+    return "".join(reversed(tail)) or None
+
+
 def regex_literal(pattern: str) -> str | None:
     """The longest run of literal text every match of the RLIKE ``pattern`` contains, or
     None when none is certain: the client tests it (``in``, at C speed) before RE2.
@@ -698,17 +754,30 @@ def id_prefixes(op: str, pattern: str) -> tuple[str, ...] | None:
     when there is no lead, it holds non-ASCII characters, or it has too many variants."""
     if op not in ("LIKE", "ILIKE"):
         return None
-    lead = re.split("[%_]", pattern, maxsplit=1)[0]
-    if not lead or not lead.isascii():
+    return _case_variants(op, re.split("[%_]", pattern, maxsplit=1)[0])
+
+
+def id_suffixes(op: str, pattern: str) -> tuple[str, ...] | None:
+    """The byte suffixes a trace id matching ``LIKE``/``ILIKE`` ``pattern`` must end with
+    (its literal end after a wildcard, in every case variant for ILIKE), or None as for
+    :func:`id_prefixes` (a pattern without a wildcard is its own prefix)."""
+    if op not in ("LIKE", "ILIKE"):
+        return None
+    cut = max(pattern.rfind("%"), pattern.rfind("_"))
+    return None if cut < 0 else _case_variants(op, pattern[cut + 1 :])
+
+
+def _case_variants(op: str, literal: str) -> tuple[str, ...] | None:
+    if not literal or not literal.isascii():
         return None
     if op == "LIKE":
-        return (lead,)
-    prefixes = [""]
-    for ch in lead.lower():
+        return (literal,)
+    variants = [""]
+    for ch in literal.lower():
         options = [ch, ch.upper()] if ch.isalpha() else [ch]
         if ch in _FOLDS_TO:
             options.append(_FOLDS_TO[ch])
-        prefixes = [p + o for p in prefixes for o in options]
-        if len(prefixes) > _MAX_PREFIXES:
+        variants = [p + o for p in variants for o in options]
+        if len(variants) > _MAX_PREFIXES:
             return None
-    return tuple(prefixes)
+    return tuple(variants)

@@ -184,7 +184,8 @@ def probe_commands(
     # ILIKE): then the others are decided from the same read, not sampled (an E leaf
     # intersects with E leaves in the plan; an M leaf would test thousands of candidates).
     every_id = listed or any(
-        isinstance(leaf, LIdMatch) and not leaf.lua and not leaf.prefixes for leaf in leaves(root)
+        isinstance(leaf, LIdMatch) and not (leaf.lua or leaf.prefixes or leaf.suffixes)
+        for leaf in leaves(root)
     )
     for leaf in leaves(root):
         if id(leaf) in probe.slots:
@@ -210,11 +211,12 @@ def probe_commands(
         elif isinstance(leaf, LIds):
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("HMGET", keys.trace_ids(partition), *leaf.ids))
-        elif isinstance(leaf, LIdMatch) and leaf.prefixes:
-            # (a dense prefix is then sampled when tt_query can test the pattern itself)
+        elif isinstance(leaf, LIdMatch) and (leaf.prefixes or leaf.suffixes):
+            # (a dense prefix and end are then sampled when tt_query can test the pattern)
             probe.slots[id(leaf)] = len(cmds)
             sampled = leaf.predicate if leaf.lua and not every_id else None
-            cmds.append(("IDSEEK", keys.trace_ids(partition), leaf.prefixes, sampled, leaf.needle))
+            affixes = (leaf.prefixes or (), leaf.suffixes or ())
+            cmds.append(("IDSEEK", keys.trace_ids(partition), affixes, sampled, leaf.needle))
         elif isinstance(leaf, LIdMatch) and leaf.lua and not every_id:
             probe.slots[id(leaf)] = len(cmds)
             cmds.append(("IDSAMPLE", keys.trace_ids(partition), leaf.predicate, leaf.needle))

@@ -81,7 +81,7 @@ class _Term:
 def _client_only(leaf: object) -> bool:
     """A term whose matches the probe finds by reading every id or value of the key."""
     if isinstance(leaf, LIdMatch):
-        return leaf.lua is None and leaf.prefixes is None
+        return leaf.lua is None and leaf.prefixes is None and leaf.suffixes is None
     if isinstance(leaf, LMatch):
         return (
             leaf.lua is None

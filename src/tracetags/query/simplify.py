@@ -178,9 +178,13 @@ def _conjunction(children: list[LogicalNode]) -> LogicalNode:
 
 def _affixes(node: LogicalNode) -> tuple[object, tuple[str, ...], str | None] | None:
     """What every value a positive pattern term matches starts with (one of these literal
-    prefixes; empty: unknown) and ends with (a literal suffix, LIKE only), and its key."""
+    prefixes; empty: unknown) and ends with (a literal suffix without case variants), and
+    its key."""
     if isinstance(node, LIdMatch):
-        return ("request_id", node.prefixes or (), None) if node.prefixes else None
+        id_suffix = node.suffixes[0] if node.suffixes and len(node.suffixes) == 1 else None
+        if not node.prefixes and id_suffix is None:
+            return None
+        return "request_id", node.prefixes or (), id_suffix
     if not isinstance(node, LMatch) or node.negated:
         return None
     suffix = None

@@ -1,5 +1,5 @@
 -- The byte order of a partition's trace ids (kept by the fold), for pages ordered by
--- request_id.
+-- request_id, and of the reversed ids, for id patterns with a literal end.
 
 --[[ A page ordered by request_id would otherwise read the id of every candidate and sort
 them all.  The ids are instead cut into buckets of neighbouring ids, each the set of their
@@ -12,18 +12,22 @@ hashes, or from the batch for traces it creates).  An emptied bucket leaves the 
 (except '').  Like tsx, the index is kept only for partitions born with it: the batch that
 creates the partition's first trace creates the directory; in an older partition it does
 not exist and pages ordered by request_id collect and sort instead.
+The same buckets over the ids' bytes reversed (<prefix>:rr, <prefix>:rr:<enc(head)>, heads
+reversed ids) find the ids ending with a literal (request_id LIKE '%-a1b2') in a bucket or
+two instead of every id of the partition.
 --]]
 local chunked = Sets.chunked
 
 local ID_BUCKET = 512 -- Redis's set-max-intset-entries: past it a set becomes a hash table
 local ID_FILL = 320 -- a rewritten bucket holds at most this many (room to grow)
 
-local function id_dir(prefix)
-    return prefix .. ':ri'
+-- rev: the reversed ids' order
+local function id_dir(prefix, rev)
+    return prefix .. (rev and ':rr' or ':ri')
 end
 
-local function id_bucket(prefix, head)
-    return prefix .. ':ri:' .. enc(head)
+local function id_bucket(prefix, head, rev)
+    return prefix .. (rev and ':rr:' or ':ri:') .. enc(head)
 end
 
 -- The head of the bucket that holds (or would hold) id.
@@ -45,13 +49,15 @@ local function id_lt(a, b)
     return #a < #b
 end
 
--- {{id, number}, ...} sorted by id; known maps numbers to ids the hashes may not hold yet.
-local function id_rows(prefix, numbers, known)
+-- {{id, number}, ...} sorted by id (rev: by reversed id, given reversed); known maps
+-- numbers to ids the hashes may not hold yet.
+local function id_rows(prefix, numbers, known, rev)
     local rows = {}
     local hash_prefix = prefix .. ':t:'
     for i = 1, #numbers do
         local no = numbers[i]
-        rows[i] = { known[no] or call('HGET', hash_prefix .. no, 'i') or '', no }
+        local id = known[no] or call('HGET', hash_prefix .. no, 'i') or ''
+        rows[i] = { rev and string.reverse(id) or id, no }
     end
     table.sort(rows, function(a, b)
         return id_lt(a[1], b[1])
@@ -60,9 +66,9 @@ local function id_rows(prefix, numbers, known)
 end
 
 -- Rewrite the bucket of head (past ID_BUCKET numbers) as buckets of at most ID_FILL.
-local function id_split(prefix, dir, head, known)
-    local key = id_bucket(prefix, head)
-    local rows = id_rows(prefix, call('SMEMBERS', key), known)
+local function id_split(prefix, dir, head, known, rev)
+    local key = id_bucket(prefix, head, rev)
+    local rows = id_rows(prefix, call('SMEMBERS', key), known, rev)
     call('DEL', key)
     local n = #rows
     local size = math.ceil(n / math.ceil(n / ID_FILL))
@@ -72,7 +78,7 @@ local function id_split(prefix, dir, head, known)
             numbers[#numbers + 1] = rows[k][2]
         end
         local h = i == 1 and head or rows[i][1]
-        chunked('SADD', id_bucket(prefix, h), numbers)
+        chunked('SADD', id_bucket(prefix, h, rev), numbers)
         if i > 1 then
             call('ZADD', dir, 0, h)
         end
@@ -113,33 +119,52 @@ local function by_head(dir, pairs_)
     return by
 end
 
--- After a batch: removed = {id, number} of traces wiped (or renumbered), added = those
--- numbered by it; born: the batch created the partition's first traces.
-local function id_order_update(prefix, removed, added, born)
-    local dir = id_dir(prefix)
+-- {id, number} pairs as {reversed id, number}.
+local function reversed_pairs(pairs_)
+    local out = {}
+    for i = 1, #pairs_ do
+        out[i] = { string.reverse(pairs_[i][1]), pairs_[i][2] }
+    end
+    return out
+end
+
+-- One byte order after a batch (see id_order_update).
+local function order_update(prefix, removed, added, born, rev)
+    local dir = id_dir(prefix, rev)
     if born then
         call('ZADD', dir, 0, '')
     elseif call('EXISTS', dir) == 0 then
         return
     end
+    if rev then
+        removed, added = reversed_pairs(removed), reversed_pairs(added)
+    end
     for head, numbers in pairs(by_head(dir, removed)) do
-        local key = id_bucket(prefix, head)
+        local key = id_bucket(prefix, head, rev)
         chunked('SREM', key, numbers)
         if head ~= '' and call('EXISTS', key) == 0 then
             call('ZREM', dir, head)
         end
     end
     local known = {}
-    for i = 1, #added do
-        known[added[i][2]] = added[i][1]
+    for i = 1, #added do -- the ids as the hashes hold them
+        known[added[i][2]] = rev and string.reverse(added[i][1]) or added[i][1]
     end
     for head, numbers in pairs(by_head(dir, added)) do
-        local key = id_bucket(prefix, head)
+        local key = id_bucket(prefix, head, rev)
         chunked('SADD', key, numbers)
         if call('SCARD', key) > ID_BUCKET then
-            id_split(prefix, dir, head, known)
+            id_split(prefix, dir, head, known, rev)
         end
     end
+end
+
+-- After a batch: removed = {id, number} of traces wiped (or renumbered), added = those
+-- numbered by it; born: the batch created the partition's first traces.  Each order is
+-- kept only where it exists (a partition born before the reversed one has only ri).
+local function id_order_update(prefix, removed, added, born)
+    order_update(prefix, removed, added, born, false)
+    order_update(prefix, removed, added, born, true)
 end
 
 IdOrder.id_order_update = id_order_update

@@ -85,61 +85,77 @@ local function starts(s, p)
     return sub(s, 1, #p) == p
 end
 
--- Append id, number of every id starting with p: the buckets from the head of p while the
--- next head still starts with p (buckets are contiguous ranges of ids).  Returns the
--- buckets visited.
-local function seek_prefix(ctx_prefix, dir, p, flat)
-    local head = id_head(dir, p)
+local function ends(s, p)
+    return #p <= #s and sub(s, #s - #p + 1) == p
+end
+
+-- Append id, number of every id starting with p (rev: ending with p) to flat: the buckets
+-- from the head of p (reversed) while the next head still starts with it (buckets are
+-- contiguous ranges).  Returns the buckets visited.
+local function seek_affix(ctx_prefix, p, flat, rev)
+    local dir = id_dir(ctx_prefix, rev)
+    local key = rev and string.reverse(p) or p
+    local head = id_head(dir, key)
     local hash_prefix = ctx_prefix .. ':t:'
     local visited = 0
     while head do
         visited = visited + 1
-        local members = call('SMEMBERS', id_bucket(ctx_prefix, head))
+        local members = call('SMEMBERS', id_bucket(ctx_prefix, head, rev))
         for i = 1, #members do
             local id = call('HGET', hash_prefix .. members[i], 'i')
-            if id and starts(id, p) then
+            if id and (rev and ends(id, p) or not rev and starts(id, p)) then
                 flat[#flat + 1] = id
                 flat[#flat + 1] = members[i]
             end
         end
         head = call('ZRANGE', dir, '(' .. head, '+', 'BYLEX', 'LIMIT', 0, 1)[1]
-        if head and not starts(head, p) then
+        if head and not starts(head, key) then
             return visited
         end
     end
     return visited
 end
 
--- Past this many buckets a prefix is dense: the client reads every id instead.
+-- Past this many buckets an affix is dense: the client reads every id instead.
 local SEEK_BUCKETS = 24
 
--- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes (a
--- request_id LIKE/ILIKE's literal lead and its case variants), sought in the id buckets,
--- or {0} when the prefixes are dense (past SEEK_BUCKETS buckets, counted in the directory
--- before any is read) or the partition has no id buckets: the client then samples or
--- reads every id.  The client applies the exact pattern.
-local function ids_reply(prefix, prefixes)
-    local flat = {}
-    local dir = id_dir(prefix)
-    if call('EXISTS', dir) == 1 then
-        local heads = 0 -- the buckets a prefix spans: those whose head starts with it, and one
-        for _, p in ipairs(prefixes) do
-            local past = Like.past_prefix(p)
-            heads = heads + 1 + call('ZLEXCOUNT', dir, '[' .. p, past and ('(' .. past) or '+')
-            if heads > SEEK_BUCKETS then
-                return cmsgpack.pack({ 0 })
-            end
+-- {id, number, ...} of the ids starting (rev: ending) with one of affixes, or nil when the
+-- partition has no such order or they span more than SEEK_BUCKETS buckets (counted in the
+-- directory before any is read).
+local function seek_all(prefix, affixes, rev)
+    local dir = id_dir(prefix, rev)
+    if #affixes == 0 or call('EXISTS', dir) == 0 then
+        return nil
+    end
+    local heads = 0 -- the buckets an affix spans: those whose head starts with it, and one
+    for _, p in ipairs(affixes) do
+        local key = rev and string.reverse(p) or p
+        local past = Like.past_prefix(key)
+        heads = heads + 1 + call('ZLEXCOUNT', dir, '[' .. key, past and ('(' .. past) or '+')
+        if heads > SEEK_BUCKETS then
+            return nil
         end
-        local visited = 0
-        for _, p in ipairs(prefixes) do
-            visited = visited + seek_prefix(prefix, dir, p, flat)
-            if visited > SEEK_BUCKETS then
-                return cmsgpack.pack({ 0 })
-            end
+    end
+    local flat, visited = {}, 0
+    for _, p in ipairs(affixes) do
+        visited = visited + seek_affix(prefix, p, flat, rev)
+        if visited > SEEK_BUCKETS then
+            return nil
         end
-    else
-        -- no byte order (folded before it existed): the client reads every id itself
-        -- (HGETALL's native reply holds Redis far shorter than reading them into Lua)
+    end
+    return flat
+end
+
+-- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes or,
+-- when those are dense or none, end with one of the suffixes (a request_id LIKE/ILIKE's
+-- literal lead or end, with their case variants), sought in the byte orders of the ids and
+-- of the reversed ids; {0} when both are dense or the partition has no such order (folded
+-- before it existed): the client then samples or reads every id itself (HGETALL's native
+-- reply holds Redis far shorter than reading them into Lua).  The client applies the exact
+-- pattern.
+local function ids_reply(prefix, prefixes, suffixes)
+    local flat = seek_all(prefix, prefixes, false) or seek_all(prefix, suffixes, true)
+    if not flat then
         return cmsgpack.pack({ 0 })
     end
     return cmsgpack.pack({ 1, flat })

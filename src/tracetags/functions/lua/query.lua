@@ -248,7 +248,7 @@ local function tt_query(keys, argv)
         return rows_reply(ctx, plan.numbers or {})
     end
     if mode == 'ids' then
-        return IdWalk.ids_reply(prefix, plan.prefixes or {})
+        return IdWalk.ids_reply(prefix, plan.prefixes or {}, plan.suffixes or {})
     end
     if mode == 'values' then
         if plan.count_only then
