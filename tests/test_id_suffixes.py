@@ -5,7 +5,8 @@
 The fold keeps the reversed order through creates, deletes and re-creates (checked bucket
 by bucket); the seek itself, called directly, returns exactly the ids ending so, or says
 the end is dense; pages and counts equal the reference evaluator's with the order, without
-it (a partition folded before it existed) and over dense ends.
+it (a partition folded before it existed), over dense ends, and for generated patterns over
+ids of a small alphabet (hypothesis).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import hypothesis.strategies as st
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
@@ -235,3 +238,46 @@ def test_two_literal_ends_that_differ_match_nothing(
     text = str(client.explain(filter_string))
     assert "no value ends as both" in text, text
     assert client.search_traces(filter_string=filter_string) == []
+
+
+ALPHABET = "ab-_%Ké1"
+
+
+@pytest.fixture(scope="module")
+def random_ids(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
+    """2,500 ids over a small alphabet (literal '_' and '%', a non-ASCII letter, the Kelvin
+    sign) so that generated ends match many, few or no ids."""
+    rng = random.Random(4)
+    traces = []
+    for i in range(2500):
+        trace = _trace(rng, i)
+        tail = "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(0, 5)))
+        trace["trace_id"] = f"t{i:05d}{tail}"
+        traces.append(trace)
+    c = Client(Settings(redis_url=redis_url, namespace=f"tt-sfx-{os.urandom(4).hex()}"))
+    qd.load(c.redis, c.keys, 1, traces)
+    yield c, ref.apply_mutations(traces, [])
+    drop_namespace(c.redis, c.keys.namespace)
+    c.close()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    op=st.sampled_from(["LIKE", "ILIKE", "NOT LIKE", "RLIKE"]),
+    head=st.sampled_from(["", "%", "_", "t0%", "%a", "t_"]),
+    end=st.text(alphabet=ALPHABET + "AkE", min_size=1, max_size=4),
+)
+def test_generated_ends_equal_the_reference(
+    random_ids: tuple[Client, list[dict[str, object]]], op: str, head: str, end: str
+) -> None:
+    client, final = random_ids
+    if op == "RLIKE":
+        pattern = "".join("\\" + ch if ch in "-" else ch for ch in end) + "$"
+        pattern = pattern.replace("%", "[%]").replace("_", "[_]")
+    else:
+        pattern = head + end
+    filter_string = f"request_id {op} '{pattern}'"
+    expected = ref.search(final, None, filter_string, None, None)
+    assert all_pages(client, filter_string, None, 500) == expected, filter_string
