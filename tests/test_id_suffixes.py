@@ -136,7 +136,8 @@ def test_the_seek_returns_exactly_the_ids_ending_so(
 
 def test_a_dense_end_or_lead_gives_up(redis_url: str) -> None:
     """Past SEEK_BUCKETS (24) buckets an affix is dense: a dense lead falls to the end, and
-    when both are dense the client reads every id (``[0]``)."""
+    when both are dense the client reads every id (``[0]``); of two sparse ones, the one
+    spanning fewer buckets is read."""
     rng = random.Random(13)
     traces = [_trace(rng, i) for i in range(13_000)]
     c = Client(Settings(redis_url=redis_url, namespace=f"tt-sfx-{os.urandom(4).hex()}"))
@@ -150,8 +151,11 @@ def test_a_dense_end_or_lead_gives_up(redis_url: str) -> None:
         found, flat = _seek(c, ["-zz"], prefixes=("tr-", "TR-"))
         assert found == 1 and sorted(flat[::2]) == sorted(i for i in ids if i.endswith("-zz"))
         assert _seek(c, digits, prefixes=("tr-", "TR-", "k-")) == [0]
-        found, flat = _seek(c, ["-zz"], prefixes=("TR-a",))  # a sparse lead is sought first
+        # both sparse: whichever spans fewer buckets is sought
+        found, flat = _seek(c, ["-zz"], prefixes=("TR-a",))
         assert found == 1 and sorted(flat[::2]) == sorted(i for i in ids if i.startswith("TR-a"))
+        found, flat = _seek(c, ["3-zz"], prefixes=("tr-",))
+        assert found == 1 and sorted(flat[::2]) == sorted(i for i in ids if i.endswith("3-zz"))
     finally:
         drop_namespace(c.redis, c.keys.namespace)
         c.close()

@@ -182,8 +182,8 @@ class LIdMatch:
     #: its case variants): the probe seeks them in the ids' byte order.  None: read all ids.
     prefixes: tuple[str, ...] | None = None
     #: Byte suffixes every matching id ends with (a LIKE or ILIKE's literal end, with its
-    #: case variants): the probe seeks them in the reversed ids' byte order when the
-    #: prefixes are none or dense.
+    #: case variants): the probe seeks them in the reversed ids' byte order when they span
+    #: fewer buckets than the prefixes (or those are none or dense).
     suffixes: tuple[str, ...] | None = None
     #: As :attr:`LMatch.lua`: the pattern as tt_query tests it on each candidate's id.
     lua: tuple[str, int, str] | None = None

@@ -211,9 +211,9 @@ class RowsPlan(msgspec.Struct, tag_field="mode", tag="rows", kw_only=True, froze
 
 class IdsPlan(msgspec.Struct, tag_field="mode", tag="ids", kw_only=True, frozen=True):
     """A probe's read of the trace ids that start with one of ``prefixes`` (a request_id
-    pattern's literal lead and its case variants), from the ids' byte order, or when those
-    span too many buckets, that end with one of ``suffixes`` (its literal end), from the
-    reversed ids' order.  Reply: msgpack ``[1, [id, number, ...]]``, or ``[0]`` when both
+    pattern's literal lead and its case variants), from the ids' byte order, or that end
+    with one of ``suffixes`` (its literal end), from the reversed ids' order: whichever
+    spans fewer buckets.  Reply: msgpack ``[1, [id, number, ...]]``, or ``[0]`` when both
     are dense (or the partition keeps no such order)."""
 
     prefixes: list[str]

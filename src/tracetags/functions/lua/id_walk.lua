@@ -119,15 +119,15 @@ end
 -- Past this many buckets an affix is dense: the client reads every id instead.
 local SEEK_BUCKETS = 24
 
--- {id, number, ...} of the ids starting (rev: ending) with one of affixes, or nil when the
--- partition has no such order or they span more than SEEK_BUCKETS buckets (counted in the
--- directory before any is read).
-local function seek_all(prefix, affixes, rev)
+-- The buckets the affixes span (those whose head starts with one, and one more each) in the
+-- ids' order (rev: the reversed ids'), counted in the directory; nil when there are none,
+-- the partition has no such order, or they span more than SEEK_BUCKETS.
+local function span(prefix, affixes, rev)
     local dir = id_dir(prefix, rev)
     if #affixes == 0 or call('EXISTS', dir) == 0 then
         return nil
     end
-    local heads = 0 -- the buckets an affix spans: those whose head starts with it, and one
+    local heads = 0
     for _, p in ipairs(affixes) do
         local key = rev and string.reverse(p) or p
         local past = Like.past_prefix(key)
@@ -136,6 +136,12 @@ local function seek_all(prefix, affixes, rev)
             return nil
         end
     end
+    return heads
+end
+
+-- {id, number, ...} of the ids starting (rev: ending) with one of affixes; nil past
+-- SEEK_BUCKETS buckets visited.
+local function seek_all(prefix, affixes, rev)
     local flat, visited = {}, 0
     for _, p in ipairs(affixes) do
         visited = visited + seek_affix(prefix, p, flat, rev)
@@ -146,15 +152,21 @@ local function seek_all(prefix, affixes, rev)
     return flat
 end
 
--- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes or,
--- when those are dense or none, end with one of the suffixes (a request_id LIKE/ILIKE's
--- literal lead or end, with their case variants), sought in the byte orders of the ids and
+-- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes or
+-- end with one of the suffixes (a request_id LIKE/ILIKE's literal lead and end, with their
+-- case variants), whichever spans fewer buckets, sought in the byte orders of the ids and
 -- of the reversed ids; {0} when both are dense or the partition has no such order (folded
 -- before it existed): the client then samples or reads every id itself (HGETALL's native
 -- reply holds Redis far shorter than reading them into Lua).  The client applies the exact
 -- pattern.
 local function ids_reply(prefix, prefixes, suffixes)
-    local flat = seek_all(prefix, prefixes, false) or seek_all(prefix, suffixes, true)
+    local by_lead, by_end = span(prefix, prefixes, false), span(prefix, suffixes, true)
+    local flat = nil
+    if by_end and (not by_lead or by_end < by_lead) then
+        flat = seek_all(prefix, suffixes, true)
+    elseif by_lead then
+        flat = seek_all(prefix, prefixes, false)
+    end
     if not flat then
         return cmsgpack.pack({ 0 })
     end
