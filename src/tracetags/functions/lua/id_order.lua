@@ -128,8 +128,8 @@ local function reversed_pairs(pairs_)
     return out
 end
 
--- One byte order after a batch (see id_order_update).
-local function order_update(prefix, removed, added, born, rev)
+-- One byte order after a batch (see id_order_update); known: number -> id of the added.
+local function order_update(prefix, removed, added, known, born, rev)
     local dir = id_dir(prefix, rev)
     if born then
         call('ZADD', dir, 0, '')
@@ -146,10 +146,6 @@ local function order_update(prefix, removed, added, born, rev)
             call('ZREM', dir, head)
         end
     end
-    local known = {}
-    for i = 1, #added do -- the ids as the hashes hold them
-        known[added[i][2]] = rev and string.reverse(added[i][1]) or added[i][1]
-    end
     for head, numbers in pairs(by_head(dir, added)) do
         local key = id_bucket(prefix, head, rev)
         chunked('SADD', key, numbers)
@@ -163,8 +159,12 @@ end
 -- numbered by it; born: the batch created the partition's first traces.  Each order is
 -- kept only where it exists (a partition born before the reversed one has only ri).
 local function id_order_update(prefix, removed, added, born)
-    order_update(prefix, removed, added, born, false)
-    order_update(prefix, removed, added, born, true)
+    local known = {} -- the ids as the hashes will hold them
+    for i = 1, #added do
+        known[added[i][2]] = added[i][1]
+    end
+    order_update(prefix, removed, added, known, born, false)
+    order_update(prefix, removed, added, known, born, true)
 end
 
 IdOrder.id_order_update = id_order_update
