@@ -5,7 +5,8 @@ numbered in time order (so that chunk walks are planned) with dense value sets:
   exclude each other) collects at once instead of walking ts over the same newest traces;
 - a value group ordered by time newest first is walked chunk by chunk when that visits
   fewer of the group's members than collecting the group (its filter a value set of many
-  dense values, tested by each candidate's register);
+  dense values, tested by each candidate's register), or when the filter's source is a
+  smaller chunked set (each chunk's candidates are the few members of both);
 - a value group ordered by request_id is collected and sorted when walking the ids would
   visit far more traces than the candidates.
 
@@ -120,6 +121,31 @@ def test_value_groups_newest_first_equal_the_reference(
     assert expected, "the filter must match"
     assert all_pages(client, filter_string, order, 100, SCOPE) == expected
     assert all_pages(client, filter_string, order, 37, SCOPE) == expected
+
+
+@pytest.mark.usefixtures("no_deadline")
+@pytest.mark.parametrize(
+    ("filter_string", "order"),
+    [
+        ("status = 'IN_PROGRESS'", ["experiment_id"]),
+        ("status = 'IN_PROGRESS' AND tags.opt = 'x'", ["experiment_id DESC"]),
+        ("status = 'IN_PROGRESS'", ["tags.g", "timestamp_ms DESC"]),
+    ],
+)
+def test_a_large_group_and_a_smaller_chunked_source_are_walked_by_chunks(
+    loaded: tuple[Client, list[dict[str, Any]]], filter_string: str, order: list[str]
+) -> None:
+    """The group's members are many but the filter's source is a smaller chunked set: the
+    chunk walk intersects the two per chunk (its candidates are the source's few members
+    there), a few chunks for a page, where collecting reads every chunk of the source."""
+    client, final = loaded
+    expected = ref.search(final, SCOPE, filter_string, order, None)
+    got, sinters = _first_page_counting(client, filter_string, order, "sinter")
+    assert got == expected[:100]
+    chunks = 24_000 // 512 + 1
+    assert sinters < chunks / 2, sinters
+    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
+    assert all_pages(client, filter_string, order, 29, SCOPE) == expected
 
 
 @pytest.mark.usefixtures("no_deadline")

@@ -14,6 +14,21 @@ local conjunction, enum_source = Enum.conjunction, Enum.enum_source
 -- order keys decide, by walking their zset or collecting the group's matches.  Stops as soon
 -- as the page is full; traces without the key (nulls) come last whatever the direction.
 
+-- Chunks the chunk walk of a group reads to find `need` of its `matches`, each priced as
+-- CHUNK_VISIT walked entries (its SINTER and the time bounds read) plus its candidates: the
+-- members of the smallest chunked set the walk intersects, the group's or the plan's
+-- source's when that is a chunked set too (its count is the plan's candidates, `cost`).
+local CHUNK_VISIT = 3
+
+local function chunk_walk_cost(ctx, gcount, matches, need, total, cost)
+    local smallest = gcount
+    local sources = ctx.plan.sources
+    if sources and #sources == 1 and Eval.chunked_key(ctx, sources[1]) then
+        smallest = math.min(gcount, cost)
+    end
+    return 1.5 * need * (CHUNK_VISIT * (total / SET_CHUNK + 1) + smallest) / matches
+end
+
 -- A group ordered by a time key (its zset): walked, or newest first by its chunked set's
 -- chunks (see chunk_walk_page: only the group's members in the chunks visited are tested,
 -- not every walked trace), when that costs less than collecting the group (source_cost);
@@ -27,7 +42,7 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
     local scan = matches > 0 and need * total / matches or total
     local by_chunks = math.huge
     if zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds and matches > 0 then
-        by_chunks = 1.5 * need * gcount / matches
+        by_chunks = chunk_walk_cost(ctx, gcount, matches, need, total, wv[5])
     end
     if scan >= source_cost and by_chunks >= source_cost then
         return false
