@@ -243,3 +243,28 @@ def test_a_key_that_is_null_is_taken_out_of_a_groups_chunks(
     if order == ["tags.g DESC"]:
         _, sdiffs = _first_page_counting(client, filter_string, order, "sdiff")
         assert sdiffs > 0, client.explain(filter_string, experiment_ids=SCOPE, order_by=order)
+
+
+@pytest.mark.usefixtures("no_deadline")
+@pytest.mark.parametrize("order", [["request_id"], ["request_id DESC"]])
+def test_an_id_walk_reads_each_chunk_of_a_conjunction_once(
+    loaded: tuple[Client, list[dict[str, Any]]], order: list[str]
+) -> None:
+    """Each bucket of the ids' byte order holds numbers spread over every chunk: the
+    conjunction's chunked sets are read as one intersection per chunk, kept for the next
+    buckets, instead of one SMISMEMBER per set, chunk and bucket."""
+    client, final = loaded
+    filter_string = "status = 'OK' AND tags.g = 'g1'"
+    text = str(client.explain(filter_string, order_by=order))
+    assert "strategy: walk-ids" in text and "~4 bucket(s)" in text, text
+    expected = ref.search(final, None, filter_string, order, None)
+    client.redis.config_resetstat()
+    page = client.search_traces(
+        filter_string=filter_string, order_by=order, max_results=100
+    )
+    assert [t.info.trace_id for t in page] == expected[:100]
+    chunks = 24_000 // 512 + 1
+    tests = _calls(client, "sinter") + _calls(client, "smismember")
+    assert tests <= chunks + 8, (_calls(client, "sinter"), _calls(client, "smismember"))
+    assert all_pages(client, filter_string, order, 100, None) == expected
+    assert all_pages(client, filter_string, order, 29, None) == expected

@@ -67,9 +67,11 @@ local function id_walk_page(ctx, need, out, budget)
         end
         local members = call('SMEMBERS', id_bucket(prefix, head))
         ctx.scanned = ctx.scanned + #members
-        ctx.walking = true
+        -- (each bucket's numbers spread over every chunk: a conjunction's chunk
+        -- intersections are read at once and serve the next buckets)
+        ctx.walking, ctx.spread = true, true
         local got = eval(ctx, ctx.expr, members)
-        ctx.walking = false
+        ctx.walking, ctx.spread = false, nil
         if #got > 0 and take_sorted(id_rows(prefix, got, EMPTY), asc, from, need, rows) then
             break
         end

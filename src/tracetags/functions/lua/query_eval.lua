@@ -117,9 +117,11 @@ end
 -- into (chunk, offset) once for all the sets; per chunk touched, one SMISMEMBER per set tests
 -- the offsets still alive (the per-candidate Lua work, not Redis, is the cost here).  With
 -- several sets and `hits` (a per-call cache of chunk intersections), a chunk with many
--- candidates (a walk: recent traces share chunks) is tested by lookup in its intersection,
--- which a conjunction keeps small.
-local function in_chunked_sets(keys, list, hits)
+-- candidates (a walk: recent traces share chunks), or one this call has tested before (a
+-- walk of the ids: every bucket's candidates spread over every chunk), is tested by lookup
+-- in its intersection, which a conjunction keeps small; `touched` marks the chunks tested
+-- (true: every chunk is read as its intersection).
+local function in_chunked_sets(keys, list, hits, touched)
     local n = #list
     local chunk_of, pos_of = {}, {}
     local groups, counts, order, norder = {}, {}, {}, 0
@@ -154,7 +156,7 @@ local function in_chunked_sets(keys, list, hits)
         local offsets, count = groups[c], counts[c]
         local suffix = ':' .. slot(c)
         local ok = {}
-        if hits and count >= SINTER_GROUP_MIN then
+        if hits and (hits[c] or touched == true or touched[c] or count >= SINTER_GROUP_MIN) then
             local inter = chunk_intersection(keys, c, hits)
             for k = 1, count do
                 if inter[offsets[k]] then
@@ -163,6 +165,9 @@ local function in_chunked_sets(keys, list, hits)
             end
         else
             mark_in_chunk(keys, suffix, offsets, count, ok)
+            if touched then
+                touched[c] = true -- (a table: true takes the branch above)
+            end
         end
         passed[c] = ok
     end
@@ -208,7 +213,7 @@ end
 
 local function test_chunked_sets(ctx, node, keys, list)
     if not node.hits then
-        node.hits = {}
+        node.hits, node.touched = {}, {}
     end
     if ctx.walking then
         local out = in_chunked_sets_walked(keys, list, node.hits)
@@ -216,7 +221,11 @@ local function test_chunked_sets(ctx, node, keys, list)
             return out
         end
     end
-    return in_chunked_sets(keys, list, #keys > 1 and node.hits or nil)
+    if #keys > 1 then
+        -- (true: every chunk, for a walk whose every step spreads over every chunk)
+        return in_chunked_sets(keys, list, node.hits, ctx.spread or node.touched)
+    end
+    return in_chunked_sets(keys, list, nil, nil)
 end
 
 local eval -- (recursive: the node kinds below call it on their children)
