@@ -67,11 +67,9 @@ local function id_walk_page(ctx, need, out, budget)
         end
         local members = call('SMEMBERS', id_bucket(prefix, head))
         ctx.scanned = ctx.scanned + #members
-        -- (each bucket's numbers spread over every chunk: a conjunction's chunk
-        -- intersections are read at once and serve the next buckets)
-        ctx.walking, ctx.spread = true, true
+        ctx.walking = true
         local got = eval(ctx, ctx.expr, members)
-        ctx.walking, ctx.spread = false, nil
+        ctx.walking = false
         if #got > 0 and take_sorted(id_rows(prefix, got, EMPTY), asc, from, need, rows) then
             break
         end

@@ -111,6 +111,15 @@ local function mark_in_chunk(keys, suffix, offsets, count, ok)
     for a = 1, #alive do
         ok[alive[a]] = true
     end
+    return #alive
+end
+
+-- A chunk met again is read as its intersection when the candidates tested so far passed
+-- rarely: the intersection is then small (it costs a member each) and the walk long.
+local REREAD_MAX_PASS = 0.1
+
+local function sparse(touched)
+    return touched.passed <= REREAD_MAX_PASS * touched.tested
 end
 
 -- The members of list in every chunked set of keys, in list order.  Each number is split
@@ -120,7 +129,7 @@ end
 -- candidates (a walk: recent traces share chunks), or one this call has tested before (a
 -- walk of the ids: every bucket's candidates spread over every chunk), is tested by lookup
 -- in its intersection, which a conjunction keeps small; `touched` marks the chunks tested
--- (true: every chunk is read as its intersection).
+-- and counts the candidates tested and passed.
 local function in_chunked_sets(keys, list, hits, touched)
     local n = #list
     local chunk_of, pos_of = {}, {}
@@ -156,7 +165,7 @@ local function in_chunked_sets(keys, list, hits, touched)
         local offsets, count = groups[c], counts[c]
         local suffix = ':' .. slot(c)
         local ok = {}
-        if hits and (hits[c] or touched == true or touched[c] or count >= SINTER_GROUP_MIN) then
+        if hits and (hits[c] or count >= SINTER_GROUP_MIN or touched[c] and sparse(touched)) then
             local inter = chunk_intersection(keys, c, hits)
             for k = 1, count do
                 if inter[offsets[k]] then
@@ -164,9 +173,11 @@ local function in_chunked_sets(keys, list, hits, touched)
                 end
             end
         else
-            mark_in_chunk(keys, suffix, offsets, count, ok)
+            local passed = mark_in_chunk(keys, suffix, offsets, count, ok)
             if touched then
-                touched[c] = true -- (a table: true takes the branch above)
+                touched[c] = true
+                touched.tested = touched.tested + count
+                touched.passed = touched.passed + passed
             end
         end
         passed[c] = ok
@@ -213,7 +224,7 @@ end
 
 local function test_chunked_sets(ctx, node, keys, list)
     if not node.hits then
-        node.hits, node.touched = {}, {}
+        node.hits, node.touched = {}, { tested = 0, passed = 0 }
     end
     if ctx.walking then
         local out = in_chunked_sets_walked(keys, list, node.hits)
@@ -222,8 +233,7 @@ local function test_chunked_sets(ctx, node, keys, list)
         end
     end
     if #keys > 1 then
-        -- (true: every chunk, for a walk whose every step spreads over every chunk)
-        return in_chunked_sets(keys, list, node.hits, ctx.spread or node.touched)
+        return in_chunked_sets(keys, list, node.hits, node.touched)
     end
     return in_chunked_sets(keys, list, nil, nil)
 end
