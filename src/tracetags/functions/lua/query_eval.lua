@@ -173,11 +173,11 @@ local function in_chunked_sets(keys, list, hits, touched)
                 end
             end
         else
-            local passed = mark_in_chunk(keys, suffix, offsets, count, ok)
+            local in_all = mark_in_chunk(keys, suffix, offsets, count, ok)
             if touched then
                 touched[c] = true
                 touched.tested = touched.tested + count
-                touched.passed = touched.passed + passed
+                touched.passed = touched.passed + in_all
             end
         end
         passed[c] = ok
