@@ -14,11 +14,13 @@ local conjunction, enum_source = Enum.conjunction, Enum.enum_source
 -- order keys decide, by walking their zset or collecting the group's matches.  Stops as soon
 -- as the page is full; traces without the key (nulls) come last whatever the direction.
 
--- Chunks the chunk walk of a group reads to find `need` of its `matches`, each priced as
--- CHUNK_VISIT walked entries (its SINTER and the time bounds read) plus its candidates: the
--- members of the smallest chunked set the walk intersects, the group's or the plan's
--- source's when that is a chunked set too (its count is the plan's candidates, `cost`).
-local CHUNK_VISIT = 3
+-- The chunk walk of a group: the chunks it reads to find `need` of its `matches` (those
+-- newest chunks, and one more: the next chunk's times overlap the last), each priced as
+-- CHUNK_VISIT walked entries (its SINTER and the time bounds read) plus its candidates, the
+-- members there of the smallest chunked set the walk intersects (the group's, or the plan's
+-- source's when that is a chunked set too: its count is the plan's candidates, `cost`),
+-- each read, timed and ranked (CHUNK_MEMBER walked entries).
+local CHUNK_VISIT, CHUNK_MEMBER = 3, 1.5
 
 local function chunk_walk_cost(ctx, gcount, matches, need, total, cost)
     local smallest = gcount
@@ -26,7 +28,8 @@ local function chunk_walk_cost(ctx, gcount, matches, need, total, cost)
     if sources and #sources == 1 and Eval.chunked_key(ctx, sources[1]) then
         smallest = math.min(gcount, cost)
     end
-    return 1.5 * need * (CHUNK_VISIT * (total / SET_CHUNK + 1) + smallest) / matches
+    local chunks = need * total / (matches * SET_CHUNK) + 1
+    return chunks * (CHUNK_VISIT + CHUNK_MEMBER * smallest * SET_CHUNK / total)
 end
 
 -- A group ordered by a time key (its zset): walked, or newest first by its chunked set's
@@ -49,7 +52,7 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
     end
     -- one conjunction (not nested), so that its chunked sets are tested together
     sub.expr = { '&', gleaf, unpack_(GroupOrder.other_keys(ctx.expr, gleaf)) }
-    local newest = by_chunks < math.huge and has_chunked_conjunct(sub, sub.expr)
+    local newest = by_chunks < scan and has_chunked_conjunct(sub, sub.expr)
     if scan >= source_cost and not newest then
         return false
     end
