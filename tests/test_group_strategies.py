@@ -269,3 +269,26 @@ def test_an_id_walk_reads_each_chunk_of_a_conjunction_once(
     assert sinters <= chunks and smismembers <= 2 * chunks, (sinters, smismembers)
     assert all_pages(client, filter_string, order, 100, None) == expected
     assert all_pages(client, filter_string, order, 29, None) == expected
+
+
+@pytest.mark.usefixtures("no_deadline")
+@pytest.mark.parametrize(
+    "order", [["experiment_id", "request_id DESC"], ["status DESC", "request_id"]]
+)
+def test_a_nested_id_walk_tests_a_leaf_of_many_values_by_registers(
+    loaded: tuple[Client, list[dict[str, Any]]], order: list[str]
+) -> None:
+    """A group's walk of the ids tests a leaf of many dense values by each candidate's
+    register (HGET), as the page's own walk does, not by one SMISMEMBER per value set and
+    chunk (each bucket's candidates spread over every chunk)."""
+    client, final = loaded
+    filter_string = "tags.run LIKE 'run-1%'"
+    expected = ref.search(final, SCOPE, filter_string, order, None)
+    got, smismembers = _first_page_counting(client, filter_string, order, "smismember")
+    assert got == expected[:100]
+    chunks = 24_000 // 512 + 1
+    # (the other terms, the scope's two value sets and the group's set, are asked once a
+    # chunk at the most; the leaf's ten value sets made it 501 and 596)
+    assert smismembers <= 3 * chunks, smismembers
+    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
+    assert all_pages(client, filter_string, order, 29, SCOPE) == expected

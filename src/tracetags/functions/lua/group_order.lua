@@ -75,6 +75,8 @@ local function nested_group(ctx, gleaf, gcount, need, cursor, out)
         prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = rest,
         cursor = cursor, depth = depth + 1,
         expr = { '&', gleaf, unpack_(other_keys(ctx.expr, gleaf)) },
+        -- (leaves of many values are tested by registers in the nested walk too)
+        value_fields = ctx.value_fields or ctx.plan.value_fields,
     }
     sub.fields, sub.pos = order_fields(rest)
     local sources = ctx.plan.sources
