@@ -48,7 +48,9 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, Any]]]]:
                 "name": rng.choice(("chat", "embed")),
                 "client_request_id": None,
                 "tags": {"g": f"g{rng.randrange(6)}", "run": rng.choice(RUNS)}
-                | ({} if i % 37 == 0 else {"opt": "x"}),
+                | ({} if i % 37 == 0 else {"opt": "x"})
+                # (five plain value sets of ~400 traces; no rng draw, so the rest is unchanged)
+                | ({"few": f"f{i // 12 % 5}"} if i % 12 == 0 else {}),
                 "metadata": {},
             }
         )
@@ -292,3 +294,26 @@ def test_a_nested_id_walk_tests_a_leaf_of_many_values_by_registers(
     assert smismembers <= 3 * chunks, smismembers
     assert all_pages(client, filter_string, order, 100, SCOPE) == expected
     assert all_pages(client, filter_string, order, 29, SCOPE) == expected
+
+
+@pytest.mark.usefixtures("no_deadline")
+def test_a_walk_tests_a_few_plain_value_sets_by_a_table_of_their_members(
+    loaded: tuple[Client, list[dict[str, Any]]],
+) -> None:
+    """A walk of ts tests a leaf of five plain value sets (tags.few LIKE 'f%'): once the
+    candidates asked of them cost what reading them does, their members are read into a
+    table (one SMEMBERS each) and every later batch is tested by lookup, not by one
+    SMISMEMBER per set and batch."""
+    client, final = loaded
+    filter_string = "tags.few LIKE 'f%'"
+    text = str(client.explain(filter_string, experiment_ids=SCOPE))
+    assert "strategy: walk" in text, text
+    expected = ref.search(final, SCOPE, filter_string, None, None)
+    client.redis.config_resetstat()
+    page = client.search_traces(experiment_ids=SCOPE, filter_string=filter_string, max_results=300)
+    assert [t.info.trace_id for t in page] == expected[:300]
+    smembers, smismembers = _calls(client, "smembers"), _calls(client, "smismember")
+    # (the scope's two sets are still asked per chunk and batch; the five plain sets were
+    # asked too, 40 SMISMEMBERs for this page, and never read)
+    assert smembers == 5 and smismembers <= 20, (smembers, smismembers)
+    assert all_pages(client, filter_string, None, 100, SCOPE) == expected

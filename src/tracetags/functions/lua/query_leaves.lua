@@ -162,9 +162,12 @@ end
 
 -- A V leaf of many plain sets (LIKE 'user_12%': a thousand small user-id sets) would cost one
 -- SMISMEMBER per set and batch: read their members once (the counts bound the work) into a
--- Lua table and test by lookup.  Chunked sets of the leaf are still tested per chunk.
+-- Lua table and test by lookup; a leaf of a few plain sets too, once the candidates asked of
+-- them (ASK_US each and set) have cost what the table does (a walk's batches add up).
+-- Chunked sets of the leaf are still tested per chunk.  Costs in microseconds.
 local MEMBER_TABLE_MIN_SETS = 8
 local MEMBER_TABLE_MAX = 200000
+local TABLE_SET_US, TABLE_MEMBER_US, ASK_US = 3, 0.7, 0.3
 
 -- How many of a leaf's sets are plain, and their members in all.
 local function plain_sets_size(sets)
@@ -178,13 +181,22 @@ local function plain_sets_size(sets)
     return plain, members
 end
 
-local function plain_member_table(leaf, sets)
-    if leaf.members ~= nil then
+local function plain_member_table(leaf, sets, asking)
+    if leaf.members == nil then
+        leaf.members = false
+        local plain, total = plain_sets_size(sets)
+        local fits = plain >= 2 and total <= MEMBER_TABLE_MAX
+        leaf.nplain, leaf.asked = plain, 0
+        leaf.table_cost = fits and plain * TABLE_SET_US + total * TABLE_MEMBER_US or math.huge
+        if plain >= MEMBER_TABLE_MIN_SETS and fits then
+            leaf.asked = leaf.table_cost -- (built at once)
+        end
+    end
+    if leaf.members then
         return leaf.members
     end
-    leaf.members = false
-    local plain, total = plain_sets_size(sets)
-    if plain >= MEMBER_TABLE_MIN_SETS and total <= MEMBER_TABLE_MAX then
+    leaf.asked = leaf.asked + asking * leaf.nplain * ASK_US
+    if leaf.asked >= leaf.table_cost then
         local members = {}
         for s = 1, #sets do
             if not sets[s][2] then
@@ -207,7 +219,7 @@ end
 -- SMISMEMBER per chunk).  The costs are estimates of Redis time in microseconds.  The field
 -- comes with the plan (value_fields: distinct zset -> hash field; a walked value group's
 -- context carries its page's); true when it marked mask.
-local HASH_TEST_US, TABLE_SET_US, TABLE_MEMBER_US = 2, 3, 0.7
+local HASH_TEST_US = 2
 local CHUNKED_TEST_US = 0.7
 
 -- The lookup fingerprints of field when they are ready (see fingerprint): {strings = chunk ->
@@ -317,7 +329,7 @@ local function test_leaf(ctx, leaf, list, mask)
             return
         end
         local sets = value_sets(leaf)
-        local members = plain_member_table(leaf, sets)
+        local members = plain_member_table(leaf, sets, #list)
         if members then
             for i = 1, #list do
                 if members[list[i]] then
