@@ -28,6 +28,8 @@ from tracetags.client import Client
 from tracetags.query import budget
 
 SCOPE = ["1", "2"]
+#: Chunks of 512 trace numbers the fixture's 24,000 traces fill.
+CHUNKS = 24_000 // 512 + 1
 RUNS = tuple(f"run-{i:02d}" for i in range(20))
 
 
@@ -67,6 +69,18 @@ def no_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
 def _calls(client: Client, command: str) -> int:
     stats: dict[str, Any] = client.redis.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def _every_page_equals(
+    client: Client,
+    filter_string: str,
+    order: list[str] | None,
+    scope: list[str] | None,
+    expected: list[str],
+) -> None:
+    """Pages of 100 and of 29 (groups split over pages) walk to the reference's answer."""
+    assert all_pages(client, filter_string, order, 100, scope) == expected
+    assert all_pages(client, filter_string, order, 29, scope) == expected
 
 
 def _first_page_counting(
@@ -144,10 +158,8 @@ def test_a_large_group_and_a_smaller_chunked_source_are_walked_by_chunks(
     expected = ref.search(final, SCOPE, filter_string, order, None)
     got, sinters = _first_page_counting(client, filter_string, order, "sinter")
     assert got == expected[:100]
-    chunks = 24_000 // 512 + 1
-    assert sinters < chunks / 2, sinters
-    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
-    assert all_pages(client, filter_string, order, 29, SCOPE) == expected
+    assert sinters < CHUNKS / 2, sinters
+    _every_page_equals(client, filter_string, order, SCOPE, expected)
 
 
 @pytest.mark.usefixtures("no_deadline")
@@ -240,8 +252,7 @@ def test_a_key_that_is_null_is_taken_out_of_a_groups_chunks(
     client, final = loaded
     expected = ref.search(final, SCOPE, filter_string, order, None)
     assert expected
-    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
-    assert all_pages(client, filter_string, order, 29, SCOPE) == expected
+    _every_page_equals(client, filter_string, order, SCOPE, expected)
     if order == ["tags.g DESC"]:
         _, sdiffs = _first_page_counting(client, filter_string, order, "sdiff")
         assert sdiffs > 0, client.explain(filter_string, experiment_ids=SCOPE, order_by=order)
@@ -264,13 +275,11 @@ def test_an_id_walk_reads_each_chunk_of_a_conjunction_once(
     client.redis.config_resetstat()
     page = client.search_traces(filter_string=filter_string, order_by=order, max_results=100)
     assert [t.info.trace_id for t in page] == expected[:100]
-    chunks = 24_000 // 512 + 1
     sinters, smismembers = _calls(client, "sinter"), _calls(client, "smismember")
     # each chunk's intersection read at most once; SMISMEMBER (two sets) for the first
     # bucket only, not for every bucket of the walk (~4 here)
-    assert sinters <= chunks and smismembers <= 2 * chunks, (sinters, smismembers)
-    assert all_pages(client, filter_string, order, 100, None) == expected
-    assert all_pages(client, filter_string, order, 29, None) == expected
+    assert sinters <= CHUNKS and smismembers <= 2 * CHUNKS, (sinters, smismembers)
+    _every_page_equals(client, filter_string, order, None, expected)
 
 
 @pytest.mark.usefixtures("no_deadline")
@@ -288,12 +297,10 @@ def test_a_nested_id_walk_tests_a_leaf_of_many_values_by_registers(
     expected = ref.search(final, SCOPE, filter_string, order, None)
     got, smismembers = _first_page_counting(client, filter_string, order, "smismember")
     assert got == expected[:100]
-    chunks = 24_000 // 512 + 1
     # (the other terms, the scope's two value sets and the group's set, are asked once a
     # chunk at the most; the leaf's ten value sets made it 501 and 596)
-    assert smismembers <= 3 * chunks, smismembers
-    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
-    assert all_pages(client, filter_string, order, 29, SCOPE) == expected
+    assert smismembers <= 3 * CHUNKS, smismembers
+    _every_page_equals(client, filter_string, order, SCOPE, expected)
 
 
 @pytest.mark.usefixtures("no_deadline")

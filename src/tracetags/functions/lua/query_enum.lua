@@ -2,7 +2,7 @@
 
 local chunk_numbers, unscored = Sets.chunk_numbers, Sets.unscored
 local QUERY_BATCH, last_chunk_of = Leaves.QUERY_BATCH, Leaves.last_chunk_of
-local score_bound, slot, value_sets = Leaves.score_bound, Leaves.slot, Leaves.value_sets
+local score_bound, slot, value_sets = Sets.score_bound, Leaves.slot, Leaves.value_sets
 local chunked_key, covers_all = Eval.chunked_key, Eval.covers_all
 
 -- The trace numbers in chunk c of every chunked set of keys (SMEMBERS for one, SINTER), or

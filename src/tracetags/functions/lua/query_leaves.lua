@@ -3,7 +3,7 @@
 
 local register_value = Stamps.register_value
 local test_pattern, test_bitmap = Patterns.test_pattern, Patterns.test_bitmap
-local zmscore = Sets.zmscore
+local zmscore, in_range = Sets.zmscore, Sets.in_range
 local fingerprint = Lookups.fingerprint
 
 --[[ The query engine: tt_query evaluates one compiled plan over one partition.
@@ -132,31 +132,6 @@ local function value_sets(leaf)
     end
     leaf.sets = sets
     return sets
-end
-
-local function score_bound(text)
-    local open = sub(text, 1, 1) == '('
-    local body = open and sub(text, 2) or text
-    if body == '-inf' then
-        return -math.huge, open
-    elseif body == '+inf' or body == 'inf' then
-        return math.huge, open
-    end
-    return tonumber(body), open
-end
-
-local function in_range(leaf, score)
-    if leaf.lo == nil then
-        leaf.lo, leaf.lo_open = score_bound(leaf[3])
-        leaf.hi, leaf.hi_open = score_bound(leaf[4])
-    end
-    if score < leaf.lo or (leaf.lo_open and score == leaf.lo) then
-        return false
-    end
-    if score > leaf.hi or (leaf.hi_open and score == leaf.hi) then
-        return false
-    end
-    return true
 end
 
 
@@ -402,7 +377,6 @@ Leaves.test_leaf = test_leaf
 Leaves.value_sets = value_sets
 Leaves.QUERY_BATCH = QUERY_BATCH
 Leaves.last_chunk_of = last_chunk_of
-Leaves.score_bound = score_bound
 Leaves.WALK_BATCH_MAX = WALK_BATCH_MAX
 Leaves.MEMBER_TABLE_MAX = MEMBER_TABLE_MAX
 Leaves.MEMBER_TABLE_MIN_SETS = MEMBER_TABLE_MIN_SETS

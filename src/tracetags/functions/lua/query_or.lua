@@ -6,7 +6,7 @@
 -- ({'V', dkey, vprefix, value...}) become one V leaf of all their values (a trace holds one
 -- value per key, so the OR of `k = a` and `k = b` is `k IN (a, b)`).  Other children stay.
 
-local score_bound, zmscore = Leaves.score_bound, Sets.zmscore
+local score_bound, zmscore = Sets.score_bound, Sets.zmscore
 
 -- Whether a starts before b (at the same score a closed bound starts first).
 local function starts_before(a, b)

@@ -143,6 +143,32 @@ local function unscored(zkey, list)
     return out
 end
 
+-- A score bound of a range leaf ('(' for exclusive, '-inf', '+inf') as (number, open).
+local function score_bound(text)
+    local open = sub(text, 1, 1) == '('
+    local body = open and sub(text, 2) or text
+    if body == '-inf' then
+        return -math.huge, open
+    elseif body == '+inf' or body == 'inf' then
+        return math.huge, open
+    end
+    return tonumber(body), open
+end
+
+local function in_range(leaf, score)
+    if leaf.lo == nil then
+        leaf.lo, leaf.lo_open = score_bound(leaf[3])
+        leaf.hi, leaf.hi_open = score_bound(leaf[4])
+    end
+    if score < leaf.lo or (leaf.lo_open and score == leaf.lo) then
+        return false
+    end
+    if score > leaf.hi or (leaf.hi_open and score == leaf.hi) then
+        return false
+    end
+    return true
+end
+
 Sets.chunked = chunked
 Sets.by_chunk = by_chunk
 Sets.chunked_write = chunked_write
@@ -153,3 +179,5 @@ Sets.hmget = hmget
 Sets.zmscore = zmscore
 Sets.chunk_numbers = chunk_numbers
 Sets.unscored = unscored
+Sets.score_bound = score_bound
+Sets.in_range = in_range
