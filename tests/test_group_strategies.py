@@ -298,7 +298,8 @@ def test_a_nested_id_walk_tests_a_leaf_of_many_values_by_registers(
     got, smismembers = _first_page_counting(client, filter_string, order, "smismember")
     assert got == expected[:100]
     # (the other terms, the scope's two value sets and the group's set, are asked once a
-    # chunk at the most; the leaf's ten value sets made it 501 and 596)
+    # chunk at the most; the leaf's ten value sets asked per set, chunk and bucket would be
+    # several times the bound)
     assert smismembers <= 3 * CHUNKS, smismembers
     _every_page_equals(client, filter_string, order, SCOPE, expected)
 
@@ -320,7 +321,7 @@ def test_a_walk_tests_a_few_plain_value_sets_by_a_table_of_their_members(
     page = client.search_traces(experiment_ids=SCOPE, filter_string=filter_string, max_results=300)
     assert [t.info.trace_id for t in page] == expected[:300]
     smembers, smismembers = _calls(client, "smembers"), _calls(client, "smismember")
-    # (the scope's two sets are still asked per chunk and batch; the five plain sets were
-    # asked too, 40 SMISMEMBERs for this page, and never read)
+    # (the scope's two sets are still asked per chunk and batch; the five plain sets are
+    # read once and looked up, no longer asked per set and batch)
     assert smembers == 5 and smismembers <= 20, (smembers, smismembers)
     assert all_pages(client, filter_string, None, 100, SCOPE) == expected
