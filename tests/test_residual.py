@@ -216,3 +216,39 @@ def test_a_key_of_few_values_many_matching_is_walked(
         :50
     ]
     assert walks == [True]
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "few_values", "walked"),
+    [
+        # an id term beside terms over keys of few values (the probe reads those whole):
+        # the page walks the rest, which holds them as value sets
+        ("request_id RLIKE '[0-9]' AND tags.w RLIKE '[xy]'", residual.FEW_VALUES, True),
+        (
+            "request_id NOT RLIKE 'ff' AND metadata.m RLIKE '\\.[1-9]' AND status = 'OK'",
+            residual.FEW_VALUES,
+            True,
+        ),
+        # ... not when such a key holds more values than FEW_VALUES: every value is read
+        ("request_id RLIKE '[0-9]' AND tags.w RLIKE '[xy]'", 2, False),
+        # two id terms: every id is read anyway
+        ("request_id RLIKE '[0-9]' AND request_id RLIKE '[a-f]$'", residual.FEW_VALUES, False),
+    ],
+)
+def test_an_id_term_beside_terms_over_few_values_is_walked(
+    loaded: tuple[Client, list[dict[str, object]]],
+    walks: list[bool],
+    filter_string: str,
+    few_values: int,
+    walked: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(residual, "FEW_VALUES", few_values)
+    client, final = loaded
+    page = client.search_traces(filter_string=filter_string, max_results=50)
+    expected = ref.search(final, None, filter_string, None, None)
+    assert [t.info.trace_id for t in page] == expected[:50]
+    assert walks == [walked]
+    for order in (None, ["tags.u DESC"], ["request_id DESC"]):
+        got = all_pages(client, filter_string, order, 37)
+        assert got == ref.search(final, None, filter_string, order, None), order

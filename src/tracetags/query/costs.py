@@ -50,6 +50,8 @@ class CostTable:
     # --- the chunk walk (newest first, chunks by their time bounds), same units ---------
     #: One chunk visited: the SINTER of the chunked sets of that chunk.
     chunk_visit: float = 20.0
+    #: More for a chunk of every trace minus the excluded sets' (SDIFF over 512 members).
+    chunk_complement: float = 28.0
     #: A candidate of a chunk's intersection read.
     chunk_candidate: float = 0.3
     #: Testing such a candidate against the rest of the filter when the rest holds a range
@@ -170,15 +172,24 @@ def collect_by_key_us(candidates: float) -> float:
     return candidates * (COSTS.table_candidate_us + COSTS.collect_key_read_us)
 
 
+def _one_chunked_set(node: PNode) -> bool:
+    """Whether tt_query tests ``node`` as one chunked set (a single dense value, or a key's
+    presence)."""
+    single_dense = node.kind == "V" and len(node.spec) == 4 and node.est > PLAIN_MAX
+    return single_dense or node.kind == "C"
+
+
 def chunked_conjuncts(tree: PNode) -> tuple[list[PNode], list[PNode]]:
-    """The conjuncts of ``tree`` that tt_query tests as one chunked set (a single dense
-    value, or a key's presence), and the others."""
+    """The conjuncts of ``tree`` that the chunk walk reads per chunk, and the others: the
+    chunked sets (SINTER), or at most one and the chunked sets the filter excludes (a
+    ``NOT``: SDIFF, from every trace's chunk when no chunked set is left)."""
     conjuncts = tree.children if tree.kind == "&" else [tree]
-    chunked: list[PNode] = []
-    rest: list[PNode] = []
-    for node in conjuncts:
-        single_dense = node.kind == "V" and len(node.spec) == 4 and node.est > PLAIN_MAX
-        (chunked if single_dense or node.kind == "C" else rest).append(node)
+    chunked = [node for node in conjuncts if _one_chunked_set(node)]
+    rest = [node for node in conjuncts if not _one_chunked_set(node)]
+    if len(chunked) <= 1:
+        excluded = [n for n in rest if n.kind == "!" and _one_chunked_set(n.children[0])]
+        chunked += excluded
+        rest = [node for node in rest if all(node is not e for e in excluded)]
     return chunked, rest
 
 
@@ -202,8 +213,12 @@ def chunk_walk_cost(tree: PNode, total: int, limit: int) -> tuple[float, float]:
         per_test = COSTS.chunk_test_range
     else:
         per_test = COSTS.chunk_test_sets if rest else 0.0
+    # (excluded sets alone: every trace's chunk is read in full)
+    visit = COSTS.chunk_visit
+    if all(node.kind == "!" for node in chunked):
+        visit += COSTS.chunk_complement
     per_chunk = (
-        COSTS.chunk_visit
+        visit
         + SET_CHUNK * fraction * (COSTS.chunk_candidate + per_test)
         + SET_CHUNK * density * COSTS.chunk_match
     )

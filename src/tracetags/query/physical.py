@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from tracetags.keys import PLAIN_MAX, Keys
+from tracetags.keys import PLAIN_MAX, SET_CHUNK, Keys
 from tracetags.query.logical import (
     PRESENCE_FIELD,
     LAnd,
@@ -44,6 +44,9 @@ __all__ = ["BITMAP_MIN_NUMBERS", "SOUGHT_VALUES_MAX", "PNode", "describe", "phys
 
 #: An explicit set of trace numbers larger than this is sent as a bitmap (:func:`_numbers`).
 BITMAP_MIN_NUMBERS = 1024
+#: Enumerating the traces without a key costs, for each chunk of the partition, an SDIFF
+#: of up to 512 members: priced as this many candidates.
+_COMPLEMENT_CHUNK: Final = 36.0
 #: A page's LIKE that is its lead and one final ``%`` matching more values than this is
 #: tested on each candidate's value (an M leaf) instead of sought value by value.
 SOUGHT_VALUES_MAX = 512
@@ -106,6 +109,11 @@ def physical(
                 return _leaf("Z", ["Z"], 0, f"NOT ({child.text}): every trace", enumerable=True)
             out = PNode("!", ["!", child.spec], max(0.0, total - child.est), "NOT", [child])
             out.exact = child.exact
+            cost = out.est + (total / SET_CHUNK + 1) * _COMPLEMENT_CHUNK
+            if child.kind == "C" and cost < total:
+                # the traces without a key: each chunk of every trace minus the key's chunk
+                # (one SDIFF a chunk, in Redis), so a key most traces hold leaves few
+                out.sources, out.residual, out.cost = [out.spec], ["A"], cost
             return out
         if isinstance(node, LConst):
             if node.value:

@@ -76,6 +76,9 @@ class _Term:
     field: str
     matches: Callable[[str | None], bool]
     leaf: LIdMatch | LMatch
+    #: Other client-only terms beside an id term, left to the rest: the probe reads their
+    #: keys' values whole, which is cheap while the keys have few (checked by _share).
+    few: tuple[LMatch, ...] = ()
 
 
 def _client_only(leaf: object) -> bool:
@@ -96,11 +99,17 @@ def _term(root: LogicalNode) -> _Term | None:
     """The filter as (one client-only term) AND (the rest), when it has that shape."""
     children = list(root.children) if isinstance(root, LAnd) else [root]
     found = [c for c in children if _client_only(c)]
-    if len(found) != 1:
+    ids = [c for c in found if isinstance(c, LIdMatch)]
+    if len(found) == 1:
+        leaf = found[0]
+    elif len(ids) == 1:
+        leaf = ids[0]  # reading every id costs far more than the values of a small key
+    else:
         return None
-    leaf = found[0]
+    few = tuple(c for c in found if c is not leaf and isinstance(c, LMatch))
     others = [c for c in children if c is not leaf]
-    if any(_client_only(x) for c in others for x in leaves(c)):
+    inside = [c for c in others if all(c is not f for f in few)]
+    if any(_client_only(x) for c in inside for x in leaves(c)):
         return None  # another such term inside: every id or value is read anyway
     if isinstance(leaf, LMatch) and any(
         isinstance(c, LMatch | LValues) and c.index == leaf.index for c in others
@@ -113,7 +122,7 @@ def _term(root: LogicalNode) -> _Term | None:
     assert isinstance(leaf, LIdMatch | LMatch)
     if isinstance(leaf, LIdMatch):
         test = leaf.predicate
-        return _Term(rest, "i", lambda raw: raw is not None and test(raw), leaf)
+        return _Term(rest, "i", lambda raw: raw is not None and test(raw), leaf, few)
     predicate, negated = leaf.predicate, leaf.negated
 
     def matches(raw: str | None) -> bool:
@@ -134,10 +143,13 @@ def client_term(root: LogicalNode) -> str | None:
 def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> tuple[float, int, int]:
     """The share of the traces the term matches, by a sample of each partition; the most
     distinct values the key has in a partition, and the most sampled values that match in
-    a partition (0 and 0 for the ids)."""
+    a partition (0 and 0 for the ids; past :data:`FEW_VALUES` values when a key of the
+    term's ``few`` has more)."""
     pipe = client.pipeline(transaction=False)
     leaf = term.leaf
     for p in range(partitions):
+        for other in term.few:
+            pipe.zcard(other.index.distinct(keys, p))
         pipe.hlen(keys.trace_ids(p))
         if isinstance(leaf, LIdMatch):
             pipe.hrandfield(keys.trace_ids(p), SAMPLE)
@@ -148,8 +160,10 @@ def _share(client: SyncClient, keys: Keys, partitions: int, term: _Term) -> tupl
     replies = pipe.execute()
     traces = matched = 0.0
     most = most_hits = 0
-    step = 2 if isinstance(leaf, LIdMatch) else 3
-    for at in range(0, len(replies), step):
+    step = (2 if isinstance(leaf, LIdMatch) else 3) + len(term.few)
+    for start in range(0, len(replies), step):
+        at = start + len(term.few)
+        most = max([most, *(int(n) for n in replies[start:at])])
         total = int(replies[at])
         traces += total
         if isinstance(leaf, LIdMatch):
@@ -197,6 +211,8 @@ def residual_page(
         return None
     if isinstance(term.leaf, LMatch) and values <= FEW_VALUES and hits <= FEW_MATCHED:
         return None  # the probe reads every value at once: the term becomes a few value sets
+    if term.few and values > FEW_VALUES:
+        return None  # another term's key has many values: every value is read anyway
     need = max_results + 1
     sparse = share < MIN_SHARE
     # A sparse term: one call of SPARSE_ROWS candidates of the rest, in case the rest is

@@ -119,6 +119,9 @@ local function enum_source(ctx, src, fn)
             end
         end
         return #batch > 0 and fn(batch)
+    elseif kind == '!' and src[2][1] == 'C' then
+        -- the traces without a key: every trace's chunk minus the key's (SDIFF)
+        return enum_chunks_of(ctx, { ctx.prefix .. ':all' }, fn, { src[2][2] })
     elseif kind == 'A' then
         return enum_all(ctx, fn, false)
     elseif kind == 'Z' then

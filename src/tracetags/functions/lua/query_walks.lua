@@ -70,6 +70,17 @@ end
 -- collects).
 local function chunk_walk_page(ctx, need, out, budget)
     local keys, residual = split_conjunction(ctx, ctx.expr)
+    local minus
+    if #keys <= 1 then
+        -- the chunked sets the filter excludes (a key IS NULL) are taken out of the one
+        -- chunked set's chunk, or out of every trace's (SDIFF)
+        minus, residual = split_conjunction(ctx, residual, true)
+        if #minus == 0 then
+            minus = nil
+        elseif #keys == 0 then
+            keys[1] = ctx.prefix .. ':all'
+        end
+    end
     if #keys == 0 then
         -- the planner's dense set is not chunked here (its count fell since the probe, or
         -- it holds every trace): nothing to intersect, so walk or collect instead
@@ -102,7 +113,7 @@ local function chunk_walk_page(ctx, need, out, budget)
             if budget < 0 then
                 return 'abandon', #matches
             end
-            local candidates = chunk_members(keys, tonumber(got[g]), names)
+            local candidates = chunk_members(keys, tonumber(got[g]), names, minus)
             ctx.scanned = ctx.scanned + #candidates
             if #candidates > 0 then
                 local survivors = eval(ctx, residual, candidates)
