@@ -85,7 +85,11 @@ def test_random_id_patterns_equal_the_reference(
         ("request_id LIKE '%99'", False),  # ~25 ids: every id is read instead
         # an RLIKE reads every id: the LIKE is decided from the same read, not tested ('[0]':
         # a literal RLIKE would be planned as its LIKE)
-        ("request_id RLIKE '[0]' AND request_id NOT ILIKE '%b%'", False),
+        ("request_id RLIKE '[0]{1}' AND request_id NOT ILIKE '%b%'", False),
+        # an RLIKE of query/rlike.py's simple form is a pattern Lua decides: tested
+        ("request_id RLIKE '[0-9]'", True),
+        ("request_id NOT RLIKE '-[a-c]'", True),
+        ("request_id RLIKE '[0-9]$' AND request_id NOT ILIKE '%b%'", True),
     ],
 )
 def test_the_sample_decides_between_testing_and_reading(
@@ -191,7 +195,9 @@ def test_random_value_patterns_equal_the_reference(
         ("metadata.m LIKE '%1%'", True),
         ("client_request_id ILIKE '%-%'", True),
         ("tags.u LIKE '%_999'", False),  # a few traces: every value is read
-        ("tags.u RLIKE '[1]$'", False),  # RLIKE: never tested in Lua
+        ("tags.u RLIKE '[1]{1}$'", False),  # an RLIKE Lua cannot decide
+        ("tags.u RLIKE '[0-8]$'", True),  # one it can
+        ("metadata.m NOT RLIKE '^[a-c]'", True),
     ],
 )
 def test_the_value_sample_decides(
@@ -225,9 +231,9 @@ def test_a_dense_lead_is_tested_rather_than_sought(
 @pytest.mark.parametrize(
     "filter_string",
     [
-        "request_id RLIKE '[1-9]'",  # most ids
-        "request_id RLIKE '[1]' AND status = 'OK'",
-        "request_id NOT RLIKE '^_' AND NOT (request_id RLIKE '[9]$')",
+        "request_id RLIKE '[1-9]{1}'",  # most ids
+        "request_id RLIKE '[1]{1}' AND status = 'OK'",
+        "request_id NOT RLIKE '^[_]{1}' AND NOT (request_id RLIKE '[9]{1}$')",
     ],
 )
 def test_many_matched_ids_go_as_a_bitmap(

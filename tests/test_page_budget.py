@@ -247,7 +247,7 @@ def test_a_pattern_of_many_values_outside_a_conjunction_is_refused_when_budgeted
     monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
     monkeypatch.setattr(budget, "SCAN_PLAN_MAX_BYTES", 16 * 1024)
     executor.clear_caches()
-    f = "tags.u RLIKE '[1-9]$' OR status = 'ERROR'"
+    f = "tags.u RLIKE '[1-9]{1}$' OR status = 'ERROR'"
     with pytest.raises(QueryLimitError) as info:
         big.search_traces(filter_string=f)
     assert re.fullmatch(
@@ -276,7 +276,7 @@ def test_a_scan_under_a_not_of_thousands_of_values_makes_progress_each_call(
     Such a leaf is tested by the candidates' registers, unsized: calls test thousands."""
     from tracetags import functions
 
-    filter_string = "tags.u RLIKE '[0-8]$'"
+    filter_string = "tags.u RLIKE '[0-8]{1}$'"
     direct = [t.info.trace_id for t in big.search_traces(filter_string=filter_string)]
     monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
     calls: list[int] = []

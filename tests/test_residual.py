@@ -51,13 +51,13 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
 
 
 DENSE = (
-    "request_id RLIKE '[0-9]'",
-    "request_id RLIKE '^[a-z]'",
-    "request_id NOT RLIKE 'ff'",
-    "client_request_id RLIKE '[a-z]-'",
-    "tags.u RLIKE '[0-9]$'",
+    "request_id RLIKE '[0-9]{1}'",
+    "request_id RLIKE '^[a-z]{1}'",
+    "request_id NOT RLIKE 'f[f]{1}'",
+    "client_request_id RLIKE '[a-z]{1}-'",
+    "tags.u RLIKE '[0-9]{1}$'",
     "tags.u NOT RLIKE '^GAMMA'",
-    "metadata.m RLIKE '\\.[1-9]'",
+    "metadata.m RLIKE '\\.[1-9]{1}'",
     "tags.n > -20",
     "tags.n <= 10",
 )
@@ -112,21 +112,22 @@ def test_random_dense_terms_equal_the_reference(
     assert any(walks)
 
 
-# (a class such as '[0]' keeps an RLIKE a regex the client decides: a literal one is
-# planned as the LIKE that holds for the same values, logical.regex_as_like)
+# (a class with a count such as '[0]{1}' keeps an RLIKE a regex the client decides: a
+# literal one is planned as the LIKE that holds for the same values,
+# logical.regex_as_like, and one of query/rlike.py's simple form is tested in Lua)
 @pytest.mark.parametrize(
     ("filter_string", "walked"),
     [
-        ("request_id RLIKE '[0-9]' AND status = 'OK'", True),
+        ("request_id RLIKE '[0-9]{1}' AND status = 'OK'", True),
         ("tags.u RLIKE '^alpha'", False),  # anchored: its lead is sought
-        ("tags.u RLIKE 'a1[0-9]5$'", False),  # sparse by the sample: values read once
-        ("request_id RLIKE 'ab[c]' AND status = 'OK'", False),
-        ("request_id RLIKE '[1]' AND tags.u RLIKE '[2]'", False),  # two such terms
+        ("tags.u RLIKE 'a1[0-9]{1}5$'", False),  # sparse by the sample: values read once
+        ("request_id RLIKE 'ab[c]{1}' AND status = 'OK'", False),
+        ("request_id RLIKE '[1]{1}' AND tags.u RLIKE '[2]{1}'", False),  # two such terms
         # another term on the same key: the probe merges both into the values of both
-        ("tags.u RLIKE '[0-9]' AND tags.u LIKE '%1%'", False),
+        ("tags.u RLIKE '[0-9]{1}' AND tags.u LIKE '%1%'", False),
         # sparse, but the rest holds fewer than SPARSE_ROWS traces a partition: one call
-        ("request_id RLIKE 'f[0]' AND tags.w = 'x' AND name = 'a'", True),
-        ("client_request_id RLIKE 'zeta-[1]' AND tags.w = 'y' AND tags.h = 'x'", True),
+        ("request_id RLIKE 'f[0]{1}' AND tags.w = 'x' AND name = 'a'", True),
+        ("client_request_id RLIKE 'zeta-[1]{1}' AND tags.w = 'y' AND tags.h = 'x'", True),
     ],
 )
 def test_the_sample_decides_the_walk(
@@ -155,10 +156,10 @@ def test_a_walk_meeting_fewer_matches_than_sampled_gives_the_page_to_the_usual_w
     past MAX_CANDIDATES; the usual way answers."""
     monkeypatch.setattr(residual, "MAX_CANDIDATES", 100)
     client, final = loaded
-    filter_string = "request_id RLIKE '[x]' AND tags.h = 'tr-'"
+    filter_string = "request_id RLIKE '[x]{1}' AND tags.h = 'tr-'"
     assert all_pages(client, filter_string, None, 40) == []
     assert walks == [False]
-    other = "request_id RLIKE '[x]' AND tags.h != 'TR-'"
+    other = "request_id RLIKE '[x]{1}' AND tags.h != 'TR-'"
     assert all_pages(client, other, None, 40) == ref.search(final, None, other, None, None)
 
 
@@ -169,7 +170,7 @@ def test_a_walk_whose_calls_give_up_gives_the_page_to_the_usual_way(
     usual way (and its budgeted calls) answers, exactly."""
     monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 1)
     client, final = loaded
-    filter_string = "request_id RLIKE '[0-9]' AND status = 'OK'"
+    filter_string = "request_id RLIKE '[0-9]{1}' AND status = 'OK'"
     expected = ref.search(final, None, filter_string, None, None)
     page = client.search_traces(filter_string=filter_string, max_results=50)
     assert [t.info.trace_id for t in page] == expected[:50]
@@ -179,10 +180,13 @@ def test_a_walk_whose_calls_give_up_gives_the_page_to_the_usual_way(
     ("filter_string", "distinct"),
     [
         (
-            "client_request_id RLIKE 'zeta-1[2]$' AND tags.w = 'y' AND tags.h = 'x'",
+            "client_request_id RLIKE 'zeta-1[2]{1}$' AND tags.w = 'y' AND tags.h = 'x'",
             lambda keys, p: keys.client_request_ids(p),
         ),
-        ("metadata.m RLIKE 'a\\.[7]$' AND status = 'OK'", lambda k, p: k.metadata_values(p, "m")),
+        (
+            "metadata.m RLIKE 'a\\.[7]{1}$' AND status = 'OK'",
+            lambda k, p: k.metadata_values(p, "m"),
+        ),
         ("tags.n > 45", lambda keys, p: keys.tag_values(p, "n")),
     ],
 )
@@ -223,16 +227,20 @@ def test_a_key_of_few_values_many_matching_is_walked(
     [
         # an id term beside terms over keys of few values (the probe reads those whole):
         # the page walks the rest, which holds them as value sets
-        ("request_id RLIKE '[0-9]' AND tags.w RLIKE '[xy]'", residual.FEW_VALUES, True),
+        ("request_id RLIKE '[0-9]{1}' AND tags.w RLIKE '[xy]{1}'", residual.FEW_VALUES, True),
         (
-            "request_id NOT RLIKE 'ff' AND metadata.m RLIKE '\\.[1-9]' AND status = 'OK'",
+            "request_id NOT RLIKE 'f[f]{1}' AND metadata.m RLIKE '\\.[1-9]{1}' AND status = 'OK'",
             residual.FEW_VALUES,
             True,
         ),
         # ... not when such a key holds more values than FEW_VALUES: every value is read
-        ("request_id RLIKE '[0-9]' AND tags.w RLIKE '[xy]'", 2, False),
+        ("request_id RLIKE '[0-9]{1}' AND tags.w RLIKE '[xy]{1}'", 2, False),
         # two id terms: every id is read anyway
-        ("request_id RLIKE '[0-9]' AND request_id RLIKE '[a-f]$'", residual.FEW_VALUES, False),
+        (
+            "request_id RLIKE '[0-9]{1}' AND request_id RLIKE '[a-f]{1}$'",
+            residual.FEW_VALUES,
+            False,
+        ),
     ],
 )
 def test_an_id_term_beside_terms_over_few_values_is_walked(

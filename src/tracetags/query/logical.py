@@ -23,6 +23,7 @@ from tracetags.keys import (
     metadata_field,
     tag_field,
 )
+from tracetags.query import rlike
 from tracetags.query.ast import And, Comparison, Expr, Not, Or, OrderKey
 from tracetags.query.needle import Needle, needle_of
 
@@ -295,6 +296,9 @@ def pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
     if base == "ILIKE":
         ilike = _like_predicate(pattern.lower())
         return lambda v: ilike(v.lower())
+    simple = rlike.simple_search(pattern)
+    if simple is not None:  # (decided as RE2 does, without the binding's cost per call)
+        return simple
     try:
         regex: _Compiled = re2.compile(pattern.encode(), _RE2_OPTIONS)
     except (re2.error, ValueError, OverflowError):
@@ -306,15 +310,19 @@ def pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
 
 
 def lua_pattern(op: str, pattern: str) -> tuple[str, int, str] | None:
-    """The M leaf form ``(op, negated, pattern)`` of a LIKE / ILIKE (NOT too) that tt_query's
-    matcher (lua/pattern.lua) decides exactly as :func:`pattern_predicate`; None for RLIKE and
-    for an ILIKE whose lowered pattern is not ASCII (Lua cannot lower other characters)."""
+    """The M leaf form ``(op, negated, pattern)`` of a LIKE / ILIKE / RLIKE (NOT too) that
+    tt_query's matcher (lua/pattern.lua) decides exactly as :func:`pattern_predicate`; None
+    for an ILIKE whose lowered pattern is not ASCII (Lua cannot lower other characters) and
+    for an RLIKE Lua's patterns cannot decide alike (:func:`rlike.lua_form`)."""
     base = op.removeprefix("NOT ")
     negated = int(op.startswith("NOT "))
     if base == "LIKE":
         return ("L", negated, pattern)
     if base == "ILIKE" and pattern.lower().isascii():
         return ("I", negated, pattern.lower())
+    if base == "RLIKE":  # (a simple form is always valid RE2)
+        lua = rlike.lua_form(pattern)
+        return None if lua is None else ("R", negated, lua)
     return None
 
 

@@ -156,11 +156,19 @@ local function lower(v)
     return string.lower(v)
 end
 
--- The test of an M leaf {'M', field, stamped, op ('L' LIKE, 'I' ILIKE), negated, pattern}:
--- a function of a value (a string) to whether it matches (negated: does not match).
+-- The test of an M leaf {'M', field, stamped, op ('L' LIKE, 'I' ILIKE, 'R' RLIKE as a Lua
+-- pattern: query/rlike.py), negated, pattern}: a function of a value (a string) to
+-- whether it matches (negated: does not match).
 local function matcher(leaf)
+    local negated = leaf[5] == 1
+    if leaf[4] == 'R' then
+        local pattern = leaf[6]
+        return function(v)
+            return (find(v, pattern) ~= nil) ~= negated
+        end
+    end
     local segs = compile(leaf[6])
-    local fold, negated = leaf[4] == 'I', leaf[5] == 1
+    local fold = leaf[4] == 'I'
     return function(v)
         if fold then
             v = lower(v)
