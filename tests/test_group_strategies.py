@@ -325,3 +325,32 @@ def test_a_walk_tests_a_few_plain_value_sets_by_a_table_of_their_members(
     # read once and looked up, no longer asked per set and batch)
     assert smembers == 5 and smismembers <= 20, (smembers, smismembers)
     assert all_pages(client, filter_string, None, 100, SCOPE) == expected
+
+
+@pytest.mark.usefixtures("no_deadline")
+@pytest.mark.parametrize(
+    ("filter_string", "order"),
+    [
+        ("tags.g = 'g3' AND status = 'IN_PROGRESS'", ["tags.g", "timestamp_ms DESC"]),
+        ("tags.g IN ('g1', 'g3') AND status = 'IN_PROGRESS'", ["tags.g DESC", "timestamp_ms DESC"]),
+        # a LIKE sought by tt_query pins the walked key too
+        ("tags.g LIKE 'g3%' AND status = 'IN_PROGRESS'", ["tags.g", "timestamp_ms DESC"]),
+    ],
+)
+def test_a_walk_of_values_the_filter_pins_expects_each_group_dense(
+    loaded: tuple[Client, list[dict[str, Any]]], filter_string: str, order: list[str]
+) -> None:
+    """The filter keeps one or two values of the walked key: a trace of such a group
+    matches with the filter's share of those values' traces, not of every trace's, so the
+    group is walked newest first by its chunks (a few), not collected whole."""
+    client, final = loaded
+    expected = ref.search(final, SCOPE, filter_string, order, None)
+    assert len(expected) > 100, "the filter must fill more than a page"
+    client.redis.config_resetstat()
+    page = client.search_traces(
+        experiment_ids=SCOPE, filter_string=filter_string, order_by=order, max_results=100
+    )
+    assert [t.info.trace_id for t in page] == expected[:100]
+    chunk_reads = _calls(client, "smembers") + _calls(client, "sinter")
+    assert chunk_reads < CHUNKS // 2, chunk_reads
+    _every_page_equals(client, filter_string, order, SCOPE, expected)

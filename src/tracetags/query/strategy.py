@@ -63,10 +63,13 @@ def _value_fields(node: PNode, out: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _conjuncts(tree: PNode) -> list[PNode]:
+    return tree.children if tree.kind == "&" else [tree]
+
+
 def _walk_range(tree: PNode, zset: ZsetName) -> PNode | None:
     """The range leaf on ``zset`` that every match must satisfy (a conjunct), if any."""
-    candidates = tree.children if tree.kind == "&" else [tree]
-    ranges = [c for c in candidates if c.kind == "R" and c.spec[1] == zset]
+    ranges = [c for c in _conjuncts(tree) if c.kind == "R" and c.spec[1] == zset]
     return min(ranges, key=lambda c: c.est) if ranges else None
 
 
@@ -279,9 +282,17 @@ def plan_partition(
         assert index is not None and keys is not None and order_distinct is not None
         key_set = index.key_set(keys, partition)
         presence = ["C", key_set] if key_set is not None else ["P", PRESENCE_FIELD[index.kind]]
-        fraction = tree.est / total if total else 0.0
+        dkey = index.distinct(keys, partition)
+        # A trace of a visited group matches with this chance: of every trace, or of the
+        # traces of the values a conjunct keeps of the walked key (a value set, or a LIKE
+        # sought by tt_query: the walk skips the groups of the other values)
+        pinned = next(
+            (c.est for c in _conjuncts(tree) if c.kind in ("V", "L") and c.spec[1] == dkey),
+            float(total),
+        )
+        fraction = min(1.0, tree.est / pinned) if pinned else 0.0
         walk_values = (
-            index.distinct(keys, partition),
+            dkey,
             index.value_prefix(keys, partition),
             presence,
             fraction,
