@@ -18,6 +18,7 @@ from tracetags.query import executor
 from tracetags.query.logical import (
     LAnd,
     LConst,
+    LIds,
     LNot,
     LOr,
     LPresent,
@@ -45,6 +46,11 @@ NOTHING = [
     "tags.env ILIKE 'pr%' AND tags.env LIKE 'st%'",
     "tags.env RLIKE '^pro' AND tags.env LIKE 'sta%'",
     "request_id LIKE 'tr-a%' AND request_id RLIKE '^tr-b'",
+    # terms on the trace id beside a list of ids are decided on those ids
+    "request_id IN ('tr-a1', 'tr-b2') AND request_id RLIKE '[0-9]{2}'",
+    "request_id = 'tr-a1' AND request_id != 'tr-a1'",
+    "request_id IN ('tr-a1', 'tr-b2') AND request_id NOT IN ('tr-b2', 'tr-a1')",
+    "request_id = 'tr-a1' AND request_id NOT LIKE 'tr-%'",
 ]
 SOMETHING = [
     "tags.env IN ('production', 'staging') AND tags.env = 'staging'",
@@ -114,6 +120,19 @@ def test_a_pinned_key_narrows_its_values() -> None:
     assert isinstance(root, LValues) and root.values == ("a", "c")
     root = executor.prepare(None, "client_request_id = 'r1' AND client_request_id LIKE 'r%'").root
     assert isinstance(root, LValues) and root.values == ("r1",)
+
+
+def test_listed_ids_decide_the_other_terms_on_the_id() -> None:
+    root = executor.prepare(
+        None, "request_id IN ('tr-a1', 'tr-b2', 'tr-c') AND request_id RLIKE '[0-9]$'"
+    ).root
+    assert isinstance(root, LIds) and root.ids == ("tr-a1", "tr-b2")
+    root = executor.prepare(
+        None, "request_id IN ('tr-a1', 'tr-b2') AND status = 'OK' AND request_id != 'tr-a1'"
+    ).root
+    assert isinstance(root, LAnd) and root.children[0] == LIds(("tr-b2",), root.children[0].text)
+    root = executor.prepare(None, "request_id = 'tr-a1' AND request_id ILIKE 'TR-A%'").root
+    assert isinstance(root, LIds) and root.ids == ("tr-a1",)
 
 
 def test_terms_common_to_every_child_of_an_or_are_taken_out() -> None:

@@ -7,7 +7,8 @@ The rewrite works on the logical terms, so it holds in every partition:
 
 - value sets of one index are intersected (a trace has one value per key);
 - ranges on one score index are intersected (both bounds, open or closed);
-- explicit trace ids are intersected;
+- explicit trace ids are intersected, and decide the other terms on the trace id (a
+  pattern keeps the listed ids it matches, ``!=`` / ``NOT IN`` drop theirs);
 - a key's absence contradicts any value, pattern or presence term on that key (a value
   comparison never matches a missing value);
 - two patterns on one key (or on the trace id) whose literal starts, or LIKE's literal ends,
@@ -173,6 +174,11 @@ def _conjunction(children: list[LogicalNode]) -> LogicalNode:
         known = values.get(index)
         if known is not None and set(known.values) <= ruled_out:
             return LConst(False, f"{known.text}: every value is excluded by another term")
+    if ids is not None:
+        decided = _listed_ids(out, ids)
+        if isinstance(decided, LConst):
+            return decided
+        out = decided
     return _pinned(out, values)
 
 
@@ -230,6 +236,28 @@ def _disjoint_patterns(flat: list[LogicalNode]) -> str | None:
                 return f"{other_text} AND {text}: no value ends as both"
         seen.setdefault(key, []).append((prefixes, suffix, text))
     return None
+
+
+def _listed_ids(out: list[LogicalNode], ids: LIds) -> list[LogicalNode] | LConst:
+    """Terms on the trace id beside a list of ids are decided on those ids: a pattern
+    (``request_id IN (...) AND request_id RLIKE '-[0-9]'``) keeps the ids it matches, ``NOT
+    IN`` drops its ids; neither is sampled or read over the partition's ids."""
+    kept = list(out)
+    for child in out:
+        if isinstance(child, LIdMatch):
+            left = tuple(i for i in ids.ids if child.predicate(i))
+        elif isinstance(child, LNot) and isinstance(child.child, LIds):
+            gone = set(child.child.ids)
+            left = tuple(i for i in ids.ids if i not in gone)
+        else:
+            continue
+        if not left:
+            return LConst(False, f"{ids.text} AND {_text(child)}: no trace id is both")
+        kept.remove(child)
+        narrowed = LIds(left, f"{ids.text} AND {_text(child)}")
+        kept[kept.index(ids)] = narrowed
+        ids = narrowed
+    return kept
 
 
 def _pinned(out: list[LogicalNode], values: dict[ValueIndex, LValues]) -> LogicalNode:
