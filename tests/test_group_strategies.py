@@ -354,3 +354,26 @@ def test_a_walk_of_values_the_filter_pins_expects_each_group_dense(
     chunk_reads = _calls(client, "smembers") + _calls(client, "sinter")
     assert chunk_reads < CHUNKS // 2, chunk_reads
     _every_page_equals(client, filter_string, order, SCOPE, expected)
+
+
+@pytest.mark.usefixtures("no_deadline")
+def test_a_group_walks_ts_when_collecting_it_would_test_every_candidate_by_register(
+    loaded: tuple[Client, list[dict[str, Any]]],
+) -> None:
+    """A group ordered by time whose filter holds a value leaf of many values (tested by
+    each candidate's register, an HGET): collecting the group tests every candidate so,
+    a walk of ts only the few that pass its chunk intersections, so the group is walked
+    even where it visits somewhat more traces than the group holds."""
+    client, final = loaded
+    filter_string = f"tags.run IN ({', '.join(repr(r) for r in RUNS[:5])}) AND status != 'OK'"
+    order = ["tags.g", "timestamp_ms"]
+    expected = ref.search(final, SCOPE, filter_string, order, None)
+    assert len(expected) > 100, "the filter must fill more than a page"
+    client.redis.config_resetstat()
+    page = client.search_traces(
+        experiment_ids=SCOPE, filter_string=filter_string, order_by=order, max_results=100
+    )
+    assert [t.info.trace_id for t in page] == expected[:100]
+    hgets = _calls(client, "hget")
+    assert hgets < 800, hgets
+    _every_page_equals(client, filter_string, order, SCOPE, expected)

@@ -123,6 +123,22 @@ local function nested_group(ctx, gleaf, gcount, need, cursor, out)
     return true
 end
 
+-- How many of parts are value leaves tested by each candidate's register (three or more
+-- values, the field in the plan's value_fields), but a leaf of the key of `source` (the
+-- value leaf a collect enumerates instead, if any).
+local function register_leaves(ctx, parts, source)
+    local fields = ctx.value_fields or ctx.plan.value_fields
+    local skip = source and source[1] == 'V' and source[2]
+    local n = 0
+    for _, node in ipairs(parts) do
+        if fields and node[1] == 'V' and #node - 3 >= 3 and fields[node[2]] and node[2] ~= skip then
+            n = n + 1
+        end
+    end
+    return n
+end
+
 GroupOrder.excluded = excluded
+GroupOrder.register_leaves = register_leaves
 GroupOrder.other_keys = other_keys
 GroupOrder.nested_group = nested_group

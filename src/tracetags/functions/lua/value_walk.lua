@@ -32,6 +32,12 @@ local function chunk_walk_cost(ctx, gcount, matches, need, total, cost)
     return chunks * (CHUNK_VISIT + CHUNK_MEMBER * smallest * SET_CHUNK / total)
 end
 
+-- A candidate tested by its register (a value leaf of many values with its field in the
+-- plan's value_fields: an HGET and a lookup) costs this many walked entries.  A collect reads
+-- one for each of the group's candidates; a walk of ts only for the candidates it meets
+-- (ts goes with the chunks, so the rest fail at a lookup in the chunk's intersection).
+local REGISTER_ENTRIES = 3
+
 -- A group ordered by a time key (its zset): walked, or newest first by its chunked set's
 -- chunks (see chunk_walk_page: only the group's members in the chunks visited are tested,
 -- not every walked trace), when that costs less than collecting the group (source_cost);
@@ -47,13 +53,20 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
     if zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds and matches > 0 then
         by_chunks = chunk_walk_cost(ctx, gcount, matches, need, total, wv[5])
     end
-    if scan >= source_cost and by_chunks >= source_cost then
+    local others = GroupOrder.other_keys(ctx.expr, gleaf)
+    local sources = ctx.plan.sources
+    local source = gcount > wv[5] and sources and #sources == 1 and sources[1]
+    local reg = zname == 'ts' and REGISTER_ENTRIES * GroupOrder.register_leaves(ctx, others, source)
+        or 0
+    local walk_cost = scan * (1 + reg * source_cost / math.max(total, 1))
+    local collect_cost = source_cost * (1 + reg)
+    if walk_cost >= collect_cost and by_chunks >= source_cost then
         return false
     end
     -- one conjunction (not nested), so that its chunked sets are tested together
-    sub.expr = { '&', gleaf, unpack_(GroupOrder.other_keys(ctx.expr, gleaf)) }
+    sub.expr = { '&', gleaf, unpack_(others) }
     local newest = by_chunks < scan and has_chunked_conjunct(sub, sub.expr)
-    if scan >= source_cost and not newest then
+    if walk_cost >= collect_cost and not newest then
         return false
     end
     sub.density = matches / total
@@ -62,7 +75,7 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
     if newest then
         local visits = need * total / (matches * SET_CHUNK) * 1.5 + 1
         exhausted = chunk_walk_page(sub, need, out, math.max(8, math.ceil(3 * visits)))
-        if exhausted == 'abandon' and scan >= source_cost then
+        if exhausted == 'abandon' and walk_cost >= collect_cost then
             return false -- (chosen for its chunks alone: the group is collected)
         end
     end
