@@ -8,6 +8,7 @@ about, Redis's own command counters show which ran."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +17,10 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages
+from tests.support.helpers import all_pages, drop_namespace
 from tracetags.client import Client
 from tracetags.query import budget
+from tracetags.settings import Settings
 
 SCOPE = ["1", "2"]
 TRACES = 24_000
@@ -162,3 +164,46 @@ def test_random_exclusions_equal_the_reference(
         expected = ref.search(final, scope, filter_string, order, None)
         got = all_pages(client, filter_string, order, size, scope)
         assert got == expected, (filter_string, order, size, scope)
+
+
+def test_exclusions_follow_tags_set_and_deleted_later(redis_url: str) -> None:
+    """The key's set changes after the traces are folded (tags deleted from some traces,
+    set on others that lacked it): the traces without the key, enumerated chunk by chunk,
+    are those of the final state."""
+    rng = random.Random(8)
+    traces = [
+        {
+            "trace_id": f"tr-{i:05d}",
+            "experiment_id": rng.choice(("1", "2")),
+            "timestamp_ms": qd.BASE_MS + i * 10,
+            "execution_time_ms": rng.randrange(1, 1000),
+            "status": rng.choice(("OK", "ERROR")),
+            "name": "chat",
+            "client_request_id": None,
+            "tags": {"g": f"g{rng.randrange(3)}"} | ({} if i % 17 == 0 else {"opt": "x"}),
+            "metadata": {},
+        }
+        for i in range(6_000)
+    ]
+    mutations: list[dict[str, Any]] = []
+    for i in rng.sample(range(6_000), 400):
+        if i % 17 == 0:
+            mutations.append({"op": "set", "trace_id": f"tr-{i:05d}", "key": "opt", "value": "y"})
+        else:
+            mutations.append({"op": "delete", "trace_id": f"tr-{i:05d}", "key": "opt"})
+    client = Client(Settings(redis_url=redis_url, namespace=f"tt-exmut-{os.urandom(4).hex()}"))
+    try:
+        qd.load(client.redis, client.keys, 1, traces, mutations)
+        final = ref.apply_mutations(traces, mutations)
+        for filter_string, order in (
+            ("tags.opt IS NULL", None),
+            ("tags.opt IS NULL AND status = 'ERROR'", None),
+            ("tags.opt IS NULL AND tags.g != 'g1'", ["tags.g DESC"]),
+            ("tags.opt IS NULL", ["request_id DESC"]),
+        ):
+            expected = ref.search(final, None, filter_string, order, None)
+            assert len(expected) > 100, filter_string
+            assert all_pages(client, filter_string, order, 100) == expected, filter_string
+    finally:
+        drop_namespace(client.redis, client.keys.namespace)
+        client.close()
