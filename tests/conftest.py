@@ -24,6 +24,7 @@ from tests.support.cluster import LocalCluster, cluster_available
 from tests.support.helpers import scratch_namespace
 from tracetags.connections import SyncClient, sync_client
 from tracetags.embedded import RedisServer
+from tracetags.query import budget
 from tracetags.settings import Settings
 
 
@@ -144,6 +145,13 @@ def namespace(redis_url: str) -> Iterator[str]:
     """A namespace no other test uses; its keys are removed afterwards."""
     with scratch_namespace(redis_url) as ns:
         yield ns
+
+
+@pytest.fixture
+def no_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Page calls without a deadline: a loaded machine must not decide a page's path (each
+    page is one call), where a test is about the path."""
+    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 10_000_000)
 
 
 @pytest.fixture

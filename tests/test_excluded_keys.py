@@ -17,9 +17,8 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages, drop_namespace
+from tests.support.helpers import all_pages, drop_namespace, every_page_equals, first_page_calls
 from tracetags.client import Client
-from tracetags.query import budget
 from tracetags.settings import Settings
 
 SCOPE = ["1", "2"]
@@ -53,27 +52,6 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, Any]]]]:
         yield got
 
 
-@pytest.fixture
-def no_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a loaded machine must not decide the path: each page is one call
-    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 10_000_000)
-
-
-def _calls(client: Client, command: str) -> int:
-    stats: dict[str, Any] = client.redis.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
-def _first_page_counting(
-    client: Client, filter_string: str, order: list[str] | None, commands: tuple[str, ...]
-) -> tuple[list[str], dict[str, int]]:
-    client.redis.config_resetstat()
-    page = client.search_traces(
-        experiment_ids=SCOPE, filter_string=filter_string, order_by=order, max_results=100
-    )
-    return [t.info.trace_id for t in page], {c: _calls(client, c) for c in commands}
-
-
 @pytest.mark.usefixtures("no_deadline")
 @pytest.mark.parametrize(
     "filter_string",
@@ -92,14 +70,13 @@ def test_a_chunk_walk_takes_the_excluded_key_out_of_each_chunk(
     assert "strategy: chunk-walk" in text, text
     expected = ref.search(final, SCOPE, filter_string, None, None)
     assert len(expected) > 100, "the filter must fill more than a page"
-    got, calls = _first_page_counting(client, filter_string, None, ("sdiff", "zrange"))
+    got, calls = first_page_calls(client, filter_string, None, SCOPE, ("sdiff", "zrange"))
     assert got == expected[:100]
     # one SDIFF per chunk visited, a few of the newest chunks, never a walk of ts (read in
     # batches of the newest traces) nor every chunk
     assert 0 < calls["sdiff"] < CHUNKS // 2, calls
     assert calls["zrange"] <= 2, calls
-    assert all_pages(client, filter_string, None, 100, SCOPE) == expected
-    assert all_pages(client, filter_string, None, 29, SCOPE) == expected
+    every_page_equals(client, filter_string, None, SCOPE, expected)
 
 
 @pytest.mark.usefixtures("no_deadline")
@@ -119,13 +96,12 @@ def test_a_collect_enumerates_the_traces_without_the_key(
     client, final = loaded
     expected = ref.search(final, SCOPE, filter_string, order, None)
     assert expected, "the filter must match"
-    got, calls = _first_page_counting(client, filter_string, order, ("sdiff", "smembers"))
+    got, calls = first_page_calls(client, filter_string, order, SCOPE, ("sdiff", "smembers"))
     assert got == expected[:100]
     # every chunk of every trace minus the key's (one SDIFF each), not the members of the
     # other terms' sets tested one chunk at a time
     assert calls["sdiff"] == CHUNKS and calls["smembers"] == 0, calls
-    assert all_pages(client, filter_string, order, 100, SCOPE) == expected
-    assert all_pages(client, filter_string, order, 29, SCOPE) == expected
+    every_page_equals(client, filter_string, order, SCOPE, expected)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -23,9 +23,8 @@ import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
-from tests.support.helpers import all_pages
+from tests.support.helpers import all_pages, every_page_equals, first_page_calls
 from tracetags.client import Client
-from tracetags.query import budget
 
 SCOPE = ["1", "2"]
 #: Chunks of 512 trace numbers the fixture's 24,000 traces fill.
@@ -60,27 +59,9 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, Any]]]]:
         yield got
 
 
-@pytest.fixture
-def no_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a loaded machine must not decide the path: each page is one call
-    monkeypatch.setattr(budget, "call_deadline_us", lambda budget_us: 10_000_000)
-
-
 def _calls(client: Client, command: str) -> int:
     stats: dict[str, Any] = client.redis.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
-def _every_page_equals(
-    client: Client,
-    filter_string: str,
-    order: list[str] | None,
-    scope: list[str] | None,
-    expected: list[str],
-) -> None:
-    """Pages of 100 and of 29 (groups split over pages) walk to the reference's answer."""
-    assert all_pages(client, filter_string, order, 100, scope) == expected
-    assert all_pages(client, filter_string, order, 29, scope) == expected
 
 
 def _first_page_counting(
@@ -159,7 +140,7 @@ def test_a_large_group_and_a_smaller_chunked_source_are_walked_by_chunks(
     got, sinters = _first_page_counting(client, filter_string, order, "sinter")
     assert got == expected[:100]
     assert sinters < CHUNKS / 2, sinters
-    _every_page_equals(client, filter_string, order, SCOPE, expected)
+    every_page_equals(client, filter_string, order, SCOPE, expected)
 
 
 @pytest.mark.usefixtures("no_deadline")
@@ -252,7 +233,7 @@ def test_a_key_that_is_null_is_taken_out_of_a_groups_chunks(
     client, final = loaded
     expected = ref.search(final, SCOPE, filter_string, order, None)
     assert expected
-    _every_page_equals(client, filter_string, order, SCOPE, expected)
+    every_page_equals(client, filter_string, order, SCOPE, expected)
     if order == ["tags.g DESC"]:
         _, sdiffs = _first_page_counting(client, filter_string, order, "sdiff")
         assert sdiffs > 0, client.explain(filter_string, experiment_ids=SCOPE, order_by=order)
@@ -279,7 +260,7 @@ def test_an_id_walk_reads_each_chunk_of_a_conjunction_once(
     # each chunk's intersection read at most once; SMISMEMBER (two sets) for the first
     # bucket only, not for every bucket of the walk (~4 here)
     assert sinters <= CHUNKS and smismembers <= 2 * CHUNKS, (sinters, smismembers)
-    _every_page_equals(client, filter_string, order, None, expected)
+    every_page_equals(client, filter_string, order, None, expected)
 
 
 @pytest.mark.usefixtures("no_deadline")
@@ -301,7 +282,7 @@ def test_a_nested_id_walk_tests_a_leaf_of_many_values_by_registers(
     # chunk at the most; the leaf's ten value sets asked per set, chunk and bucket would be
     # several times the bound)
     assert smismembers <= 3 * CHUNKS, smismembers
-    _every_page_equals(client, filter_string, order, SCOPE, expected)
+    every_page_equals(client, filter_string, order, SCOPE, expected)
 
 
 @pytest.mark.usefixtures("no_deadline")
@@ -346,14 +327,10 @@ def test_a_walk_of_values_the_filter_pins_expects_each_group_dense(
     client, final = loaded
     expected = ref.search(final, SCOPE, filter_string, order, None)
     assert len(expected) > 100, "the filter must fill more than a page"
-    client.redis.config_resetstat()
-    page = client.search_traces(
-        experiment_ids=SCOPE, filter_string=filter_string, order_by=order, max_results=100
-    )
-    assert [t.info.trace_id for t in page] == expected[:100]
-    chunk_reads = _calls(client, "smembers") + _calls(client, "sinter")
-    assert chunk_reads < CHUNKS // 2, chunk_reads
-    _every_page_equals(client, filter_string, order, SCOPE, expected)
+    got, calls = first_page_calls(client, filter_string, order, SCOPE, ("smembers", "sinter"))
+    assert got == expected[:100]
+    assert calls["smembers"] + calls["sinter"] < CHUNKS // 2, calls
+    every_page_equals(client, filter_string, order, SCOPE, expected)
 
 
 @pytest.mark.usefixtures("no_deadline")
@@ -369,11 +346,7 @@ def test_a_group_walks_ts_when_collecting_it_would_test_every_candidate_by_regis
     order = ["tags.g", "timestamp_ms"]
     expected = ref.search(final, SCOPE, filter_string, order, None)
     assert len(expected) > 100, "the filter must fill more than a page"
-    client.redis.config_resetstat()
-    page = client.search_traces(
-        experiment_ids=SCOPE, filter_string=filter_string, order_by=order, max_results=100
-    )
-    assert [t.info.trace_id for t in page] == expected[:100]
-    hgets = _calls(client, "hget")
-    assert hgets < 800, hgets
-    _every_page_equals(client, filter_string, order, SCOPE, expected)
+    got, calls = first_page_calls(client, filter_string, order, SCOPE, ("hget",))
+    assert got == expected[:100]
+    assert calls["hget"] < 800, calls
+    every_page_equals(client, filter_string, order, SCOPE, expected)

@@ -6,28 +6,13 @@ holds ASCII), run in the real Redis's Lua by EVAL of the part's own text."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib import resources
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.lua_patterns import Script, lua_matches, pattern_script
 from tracetags.query.logical import lua_pattern, pattern_predicate
-
-# The runtime bindings the part expects from the prelude, then the part, then a runner:
-# ARGV = op, negated, pattern, value...; replies 1/0 per value.
-_HARNESS = """
-local find, sub, type_ = string.find, string.sub, type
-local Patterns = {}
-%s
-local test = Patterns.matcher({ 'M', 'f', 0, ARGV[1], tonumber(ARGV[2]), ARGV[3] })
-local out = {}
-for i = 4, #ARGV do
-    out[#out + 1] = test(ARGV[i]) and 1 or 0
-end
-return out
-"""
 
 ALPHABET = ["a", "b", "A", "B", "k", "K", "i", "I", "-", "_", "%", "é", "É", "日",
             "\u212a", "\u0130", "\u0307", "ß", "\U0001f600", "\n"]  # fmt: skip
@@ -35,21 +20,9 @@ values = st.lists(st.sampled_from(ALPHABET), max_size=8).map("".join)
 
 
 @pytest.fixture(scope="module")
-def script(redis_url: str) -> Iterator[tuple[redis.Redis, str]]:
-    text = resources.files("tracetags.functions").joinpath("lua/pattern.lua").read_text()
-    client = redis.Redis.from_url(redis_url)
-    sha = client.script_load(_HARNESS % text)
-    yield client, sha
-    client.close()
-
-
-Script = tuple[redis.Redis, str]
-
-
-def _lua(script: Script, spec: tuple[str, int, str], vals: list[str]) -> list[bool]:
-    client, sha = script
-    got = client.evalsha(sha, 0, spec[0], spec[1], spec[2], *vals)
-    return [bool(x) for x in got]
+def script(redis_url: str) -> Iterator[Script]:
+    with pattern_script(redis_url) as loaded:
+        yield loaded
 
 
 @settings(
@@ -61,7 +34,7 @@ def _lua(script: Script, spec: tuple[str, int, str], vals: list[str]) -> list[bo
     vals=st.lists(values, min_size=1, max_size=30),
 )
 def test_the_lua_matcher_decides_as_the_client_predicate(
-    script: tuple[redis.Redis, str], op: str, pattern: str, vals: list[str]
+    script: Script, op: str, pattern: str, vals: list[str]
 ) -> None:
     spec = lua_pattern(op, pattern)
     if spec is None:  # an ILIKE of a non-ASCII pattern: the client decides it
@@ -69,7 +42,7 @@ def test_the_lua_matcher_decides_as_the_client_predicate(
         return
     base = pattern_predicate(op, pattern)
     expected = [base(v) != op.startswith("NOT ") for v in vals]
-    assert _lua(script, spec, vals) == expected, (op, pattern, vals)
+    assert lua_matches(script, spec, vals) == expected, (op, pattern, vals)
 
 
 @pytest.mark.parametrize(
@@ -90,11 +63,9 @@ def test_the_lua_matcher_decides_as_the_client_predicate(
         ("NOT ILIKE", "T%", "tr-1", False),
     ],
 )
-def test_known_cases(
-    script: tuple[redis.Redis, str], op: str, pattern: str, value: str, matches: bool
-) -> None:
+def test_known_cases(script: Script, op: str, pattern: str, value: str, matches: bool) -> None:
     spec = lua_pattern(op, pattern)
     assert spec is not None
     expected = pattern_predicate(op, pattern)(value) != op.startswith("NOT ")
     assert expected == matches
-    assert _lua(script, spec, [value]) == [matches]
+    assert lua_matches(script, spec, [value]) == [matches]

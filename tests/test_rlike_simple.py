@@ -7,28 +7,15 @@ characters, a newline before the end) against random values."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib import resources
 
 import pytest
 import re2
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.lua_patterns import Script, lua_matches, pattern_script
 from tracetags.query import rlike
 from tracetags.query.logical import lua_pattern, pattern_predicate
-
-_HARNESS = """
-local find, sub, type_ = string.find, string.sub, type
-local Patterns = {}
-%s
-local test = Patterns.matcher({ 'M', 'f', 0, ARGV[1], tonumber(ARGV[2]), ARGV[3] })
-local out = {}
-for i = 4, #ARGV do
-    out[#out + 1] = test(ARGV[i]) and 1 or 0
-end
-return out
-"""
 
 VALUE_CHARS = ["a", "b", "A", "z", "0", "5", "9", "-", "_", ".", "%", "$", "^", " ", "]",
                "é", "日", "\U0001f600", "\n", "\r"]  # fmt: skip
@@ -64,12 +51,9 @@ def test_the_client_decides_simple_patterns_as_re2(pattern: str, vals: list[str]
 
 
 @pytest.fixture(scope="module")
-def script(redis_url: str) -> Iterator[tuple[redis.Redis, str]]:
-    text = resources.files("tracetags.functions").joinpath("lua/pattern.lua").read_text()
-    client = redis.Redis.from_url(redis_url)
-    sha = client.script_load(_HARNESS % text)
-    yield client, sha
-    client.close()
+def script(redis_url: str) -> Iterator[Script]:
+    with pattern_script(redis_url) as loaded:
+        yield loaded
 
 
 @settings(
@@ -81,7 +65,7 @@ def script(redis_url: str) -> Iterator[tuple[redis.Redis, str]]:
     vals=st.lists(values, min_size=1, max_size=20),
 )
 def test_the_lua_matcher_decides_simple_patterns_as_re2(
-    script: tuple[redis.Redis, str], op: str, pattern: str, vals: list[str]
+    script: Script, op: str, pattern: str, vals: list[str]
 ) -> None:
     spec = lua_pattern(op, pattern)
     if spec is None:
@@ -90,9 +74,7 @@ def test_the_lua_matcher_decides_simple_patterns_as_re2(
     assert compiled is not None, pattern
     negated = op.startswith("NOT ")
     expected = [(compiled.search(v.encode()) is not None) != negated for v in vals]
-    client, sha = script
-    got = client.evalsha(sha, 0, spec[0], spec[1], spec[2], *vals)
-    assert [bool(x) for x in got] == expected, (op, pattern, spec, vals)
+    assert lua_matches(script, spec, vals) == expected, (op, pattern, spec, vals)
 
 
 @pytest.mark.parametrize(

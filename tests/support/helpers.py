@@ -85,6 +85,36 @@ def all_pages(
             return got
 
 
+def every_page_equals(
+    client: Any,
+    filter_string: str,
+    order: list[str] | None,
+    experiment_ids: list[str] | None,
+    expected: list[str],
+) -> None:
+    """Pages of 100 and of 29 (groups and chunks split over pages) walk to ``expected``."""
+    assert all_pages(client, filter_string, order, 100, experiment_ids) == expected
+    assert all_pages(client, filter_string, order, 29, experiment_ids) == expected
+
+
+def first_page_calls(
+    client: Any,
+    filter_string: str | None,
+    order: list[str] | None,
+    experiment_ids: list[str] | None,
+    commands: Sequence[str],
+) -> tuple[list[str], dict[str, int]]:
+    """A first page of 100's trace ids, and how many times Redis ran each of ``commands``
+    for it (its command counters, reset first: a test's own Redis)."""
+    client.redis.config_resetstat()
+    page = client.search_traces(
+        experiment_ids=experiment_ids, filter_string=filter_string, order_by=order, max_results=100
+    )
+    stats: dict[str, Any] = client.redis.info("commandstats")
+    calls = {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands}
+    return [t.info.trace_id for t in page], calls
+
+
 def exactly_once_problems(seqs: list[int], total: int) -> str:
     """'' when ``seqs`` holds 0..total-1 once each; else which were lost and which doubled
     (a diff of two 30,000-item lists says neither)."""
