@@ -45,7 +45,9 @@ __all__ = ["BITMAP_MIN_NUMBERS", "SOUGHT_VALUES_MAX", "PNode", "describe", "phys
 #: An explicit set of trace numbers larger than this is sent as a bitmap (:func:`_numbers`).
 BITMAP_MIN_NUMBERS = 1024
 #: Enumerating the traces without a key costs, for each chunk of the partition, an SDIFF
-#: of up to 512 members: priced as this many candidates.
+#: of up to 512 members: priced as this many candidates (the chunk walk's
+#: ``COSTS.chunk_complement`` over ``COSTS.collect_set_candidate``; costs.py imports this
+#: module, so the figure is written here).
 _COMPLEMENT_CHUNK: Final = 36.0
 #: A page's LIKE that is its lead and one final ``%`` matching more values than this is
 #: tested on each candidate's value (an M leaf) instead of sought value by value.
@@ -109,11 +111,12 @@ def physical(
                 return _leaf("Z", ["Z"], 0, f"NOT ({child.text}): every trace", enumerable=True)
             out = PNode("!", ["!", child.spec], max(0.0, total - child.est), "NOT", [child])
             out.exact = child.exact
-            cost = out.est + (total / SET_CHUNK + 1) * _COMPLEMENT_CHUNK
-            if child.kind == "C" and cost < total:
+            if child.kind == "C":
                 # the traces without a key: each chunk of every trace minus the key's chunk
                 # (one SDIFF a chunk, in Redis), so a key most traces hold leaves few
-                out.sources, out.residual, out.cost = [out.spec], ["A"], cost
+                cost = out.est + (total / SET_CHUNK + 1) * _COMPLEMENT_CHUNK
+                if cost < total:
+                    out.sources, out.residual, out.cost = [out.spec], ["A"], cost
             return out
         if isinstance(node, LConst):
             if node.value:
