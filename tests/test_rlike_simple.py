@@ -36,11 +36,15 @@ def _re2(pattern: str) -> re2._Regexp | None:
         return None
 
 
+def _never_asked(value: str) -> bool:
+    raise AssertionError(f"a short value went to the long values' search: {value!r}")
+
+
 @settings(max_examples=600, deadline=None)
 @given(pattern=patterns, vals=st.lists(values, min_size=1, max_size=20))
 def test_the_client_decides_simple_patterns_as_re2(pattern: str, vals: list[str]) -> None:
     compiled = _re2(pattern)
-    simple = rlike.simple_search(pattern)
+    simple = rlike.simple_search(pattern, _never_asked)
     if simple is None:
         return
     assert compiled is not None, pattern  # the simple form is always valid RE2
@@ -103,6 +107,29 @@ def test_lua_forms(pattern: str, lua: str | None) -> None:
 
 def test_simple_forms_cover_the_common_shapes() -> None:
     for pattern in ("-[0-9]", "^[A-Za-z]", "9624$", "a.b", "[^0-9]x", "é$"):
-        assert rlike.simple_search(pattern) is not None, pattern
+        assert rlike.simple_search(pattern, _never_asked) is not None, pattern
     for pattern in ("a*", "a{2}", "(a)", "a|b", "\\w", "[[:alpha:]]", "[a-9]", "a$b"):
-        assert rlike.simple_search(pattern) is None, pattern
+        assert rlike.simple_search(pattern, _never_asked) is None, pattern
+    # too many items for re's search to stay within RE2's order of work on long values
+    assert rlike.simple_search("[a]" * rlike.ITEMS_MAX, _never_asked) is not None
+    assert rlike.simple_search("[a]" * (rlike.ITEMS_MAX + 1), _never_asked) is None
+    assert rlike.lua_form("a" * (rlike.ITEMS_MAX + 1)) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(pattern=patterns, vals=st.lists(values, min_size=1, max_size=20))
+def test_long_values_are_decided_by_re2(pattern: str, vals: list[str]) -> None:
+    """Past RE_WORK_MAX characters over the pattern's items a value goes to RE2 (here
+    every value of over 2 characters); both ways answer alike."""
+    compiled = _re2(pattern)
+    saved = rlike.RE_WORK_MAX
+    rlike.RE_WORK_MAX = 2  # type: ignore[misc]
+    try:
+        predicate = pattern_predicate("RLIKE", pattern)
+    finally:
+        rlike.RE_WORK_MAX = saved  # type: ignore[misc]
+    if compiled is None:
+        assert not any(predicate(v) for v in vals)
+        return
+    for v in vals:
+        assert predicate(v) == (compiled.search(v.encode()) is not None), (pattern, v)

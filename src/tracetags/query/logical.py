@@ -296,7 +296,14 @@ def pattern_predicate(op: str, pattern: str) -> Callable[[str], bool]:
     if base == "ILIKE":
         ilike = _like_predicate(pattern.lower())
         return lambda v: ilike(v.lower())
-    simple = rlike.simple_search(pattern)
+    compiled: list[_Compiled] = []
+
+    def long_value(v: str) -> bool:  # (a simple form is always valid RE2: compiled once)
+        if not compiled:
+            compiled.append(re2.compile(pattern.encode(), _RE2_OPTIONS))
+        return compiled[0].search(v.encode()) is not None
+
+    simple = rlike.simple_search(pattern, long_value)
     if simple is not None:  # (decided as RE2 does, without the binding's cost per call)
         return simple
     try:

@@ -16,13 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["lua_form", "simple_search"]
+__all__ = ["ITEMS_MAX", "RE_WORK_MAX", "lua_form", "simple_search"]
 
 _PUNCT: Final = frozenset(string.punctuation)
 #: Never a literal or class member of the simple form (operators, or set syntax that
 #: Python's re warns about).
 _OPERATORS: Final = frozenset("^|?*+(){}]")
 _IN_CLASS_NEVER: Final = frozenset("\\[^&~|")
+#: A simple form has at most this many items (characters, classes, '.'), and Python's re
+#: decides it on values of up to RE_WORK_MAX characters over the items: its search tries
+#: each start against the items, so the bound keeps its work per value as RE2's order.
+ITEMS_MAX: Final = 32
+RE_WORK_MAX: Final = 16_384
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ def _parse(pattern: str) -> _Simple | None:
         else:
             items.append(ch)
             at += 1
+    if len(items) > ITEMS_MAX:
+        return None
     return _Simple(tuple(items), start, end)
 
 
@@ -123,14 +130,23 @@ def _python(simple: _Simple) -> str:
     return "".join(parts)
 
 
-def simple_search(pattern: str) -> Callable[[str], bool] | None:
+def simple_search(pattern: str, longer: Callable[[str], bool]) -> Callable[[str], bool] | None:
     """Whether a value holds a match of ``pattern`` (RE2's unanchored search), by Python's
-    re; None when the pattern is not of the simple form."""
+    re for a value of up to :data:`RE_WORK_MAX` characters times items, else by ``longer``
+    (RE2's linear search: re's search tries each start against each item); None when the
+    pattern is not of the simple form."""
     simple = _parse(pattern)
     if simple is None:
         return None
     compiled = re.compile(_python(simple))
-    return lambda value: compiled.search(value) is not None
+    most = RE_WORK_MAX // max(1, len(simple.items))
+
+    def search(value: str) -> bool:
+        if len(value) > most:
+            return longer(value)
+        return compiled.search(value) is not None
+
+    return search
 
 
 def _lua_char(ch: str) -> str:
