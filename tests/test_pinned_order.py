@@ -1,7 +1,7 @@
 """An order key the filter pins to one value (``tags.env = 'prod'`` ordered by
-``tags.env``) orders nothing: the plans sort by the other keys (Prepared.plan_order), while
-page tokens keep the whole order.  Random pinned filters and orders over three partitions,
-every page equal to the reference evaluator's."""
+``tags.env``), or wants absent (``tags.u IS NULL``), orders nothing: the plans sort by the
+other keys (Prepared.plan_order), while page tokens keep the whole order.  Random pinned
+filters and orders over three partitions, every page equal to the reference evaluator's."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
         yield got
 
 
-PINS = ("tags.env = 'prod'", "status = 'OK'", "name = 'b'", "metadata.m = 'y'", "run_id = 'r'")
+PINS = ("tags.env = 'prod'", "status = 'OK'", "name = 'b'", "metadata.m = 'y'", "run_id = 'r'",
+        "tags.u IS NULL", "run_id IS NULL", "metadata.m IS NULL")  # fmt: skip
 OTHERS = ("", "tags.u LIKE 'u1%'", "execution_time_ms > 20", "tags.env != 'dev'")
 KEYS = ("tags.env", "status", "name", "metadata.m", "tags.u", "timestamp_ms", "request_id",
         "execution_time_ms", "experiment_id")  # fmt: skip
@@ -57,6 +58,15 @@ def test_a_pinned_key_is_left_out_of_the_plans_order() -> None:
     assert prepared.plan_cursor([[1, "prod"], [1, 5], [1, "t"]]) == [[1, 5], [1, "t"]]
     unpinned = executor.prepare(None, "tags.env IN ('prod', 'dev')", ["tags.env DESC"])
     assert unpinned.plan_order == unpinned.order
+
+
+def test_a_key_the_filter_wants_absent_is_left_out_of_the_plans_order() -> None:
+    prepared = executor.prepare(None, "tags.u IS NULL AND status != 'OK'", ["tags.u", "name"])
+    assert [k.field.key for k in prepared.plan_order] == [
+        "mlflow.traceName", "timestamp_ms", "request_id"
+    ]  # fmt: skip
+    present = executor.prepare(None, "tags.u IS NOT NULL", ["tags.u"])
+    assert present.plan_order == present.order
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -66,8 +66,8 @@ CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
             **SLOW_PROD_ERRORS,
             "walk": ["ts", 0],
             "density": 0.004568760000000001,
-            # past this many entries without a match, collect the 88k candidates instead
-            "walk_budget": 88428,
+            # past the entries that should have held 8 matches, none found: collect instead
+            "walk_budget": 1752,
         },
     ),
     "collect": (
@@ -95,7 +95,7 @@ CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
             "chunk_walk": 25,
             "walk": ["ts", 0],
             "density": 0.04115999999999999,
-            "walk_budget": 19600,
+            "walk_budget": 1024,
         },
     ),
     "cursor and value fields": (
@@ -118,7 +118,7 @@ CASES: dict[str, tuple[Callable[[], PartitionPlan], str, dict[str, Any]]] = {
             "cursor": [[1, 1780000000000], [1, "t-42"]],
             "walk": ["ts", 0],
             "density": 0.023,
-            "walk_budget": 8872,
+            "walk_budget": 1024,
         },
     ),
     "walk values": (

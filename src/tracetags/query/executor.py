@@ -29,7 +29,17 @@ from tracetags.keys import Keys, field_label, metadata_field, split_register, ta
 from tracetags.query import budget, pages
 from tracetags.query.ast import Expr, OrderKey
 from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_filter
-from tracetags.query.logical import LAnd, LConst, LogicalNode, LValues, logical, order_index
+from tracetags.query.logical import (
+    LAnd,
+    LConst,
+    LNot,
+    LogicalNode,
+    LPresent,
+    LValues,
+    ValueIndex,
+    logical,
+    order_index,
+)
 from tracetags.query.needle import Needle, needle_hits, values_by_needle
 from tracetags.query.pages import RawTrace
 from tracetags.query.parser import (
@@ -203,9 +213,19 @@ def _prepare(
     ]
     fingerprint = hashlib.blake2b(_ENCODER.encode(identity), digest_size=8).digest()
     root = simplify(logical(expr, scope))
-    pinned = {c.index for c in _conjuncts(root) if isinstance(c, LValues) and len(c.values) == 1}
+    pinned = {index for c in _conjuncts(root) if (index := _pinned_index(c)) is not None}
     kept = tuple(i for i, k in enumerate(order) if order_index(k) not in pinned)
     return Prepared(expr, order, scope, root, fingerprint, [order[i] for i in kept], kept)
+
+
+def _pinned_index(conjunct: LogicalNode) -> ValueIndex | None:
+    """The index on which every match holds the same value (one listed value, or none at
+    all: `k IS NULL`), so that ordering by it orders nothing and it leaves the order."""
+    if isinstance(conjunct, LValues) and len(conjunct.values) == 1:
+        return conjunct.index
+    if isinstance(conjunct, LNot) and isinstance(conjunct.child, LPresent):
+        return conjunct.child.index
+    return None
 
 
 def _conjuncts(root: LogicalNode) -> tuple[LogicalNode, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -61,6 +61,24 @@ def _value_fields(node: PNode, out: dict[str, str]) -> dict[str, str]:
     for child in node.children:
         _value_fields(child, out)
     return out
+
+
+#: A walk that has tested this many entries without a match gives up (a floor: the
+#: entries of a few batches, however dense the matches were expected).
+WALK_GIVE_UP_MIN: Final = 1024
+#: ... or, past the floor, once it has tested the entries that should have held this many
+#: matches: at the planned density, none in them has a chance of e**-8.
+WALK_GIVE_UP_MATCHES: Final = 8
+
+
+def _walk_give_up(scan: float, density: float, collect_cost: float) -> int:
+    """The entries a walk tests without a match before it collects instead: none among
+    those that should have held :data:`WALK_GIVE_UP_MATCHES` matches says the terms are
+    correlated (their intersection is far smaller than the estimate, or lies far along
+    the walk); and never past the collect's cost, which the walk has then spent already
+    (so a correlated walk costs at most twice the collect)."""
+    expected = WALK_GIVE_UP_MATCHES / max(density, 1e-9)
+    return math.ceil(max(min(expected, 4 * scan, collect_cost), WALK_GIVE_UP_MIN))
 
 
 def _conjuncts(tree: PNode) -> list[PNode]:
@@ -215,7 +233,7 @@ def plan_partition(
                 density=None if walk is None else density,
             )
             if walk is not None and sources and cost < total:  # (see the walk below)
-                give_up = math.ceil(max(4 * scan, cost, 1024.0))
+                give_up = _walk_give_up(scan, density, collect_cost)
                 plan = msgspec.structs.replace(plan, walk_budget=give_up)
             return done("chunk-walk", reason, plan)
         if scan < collect_cost:
@@ -234,7 +252,7 @@ def plan_partition(
             if sources and cost < total:
                 # Correlated terms can make the walk far longer than estimated (an empty
                 # intersection walks the whole zset): past this, the collect is cheaper.
-                give_up = math.ceil(max(4 * scan, cost, 1024.0))
+                give_up = _walk_give_up(scan, density, collect_cost)
                 plan = msgspec.structs.replace(plan, walk_budget=give_up)
             return done("walk", reason, plan)
         reason = (

@@ -151,9 +151,9 @@ local function sort_rows(ctx, rows)
     end)
 end
 
--- The first order key of each member (ZMSCORE when a zset holds it, else HGET).
-local function primary_values(ctx, members)
-    local spec = ctx.order[1]
+-- The k-th order key of each member (ZMSCORE when a zset holds it, else HGET).
+local function key_values(ctx, members, k)
+    local spec = ctx.order[k]
     local zname = spec[1] == 'n' and ORDER_ZSETS[spec[2]]
     if zname then
         return zmscore(ctx.prefix .. ':' .. zname, members)
@@ -170,82 +170,117 @@ local function primary_values(ctx, members)
     return out
 end
 
--- Append to out the first `need` rows {no[, key]} of members after the cursor, in order.
--- Table sorts with a Lua comparator are dear (a Lua call per comparison), so the members
--- are grouped by their first key's value, the distinct values sorted natively (numbers, and
--- strings under byte-order collation), and only a group of several members (ties) gets its
--- full keys read and sorted.
-local function select_rows(ctx, members, need, out)
-    local order, cursor = ctx.order, ctx.cursor
-    local spec = order[1]
-    local primary = primary_values(ctx, members)
-    local groups, values, nv, nulls = {}, {}, 0, {}
+-- The members grouped by their k-th order key (values[i] is members[i]'s), the groups in
+-- that key's order, missing values last: each group a member alone with its value, or a
+-- table of members (ties).  Table sorts with a Lua comparator are dear (a Lua call per
+-- comparison), so only the distinct values are sorted, natively where the server's
+-- collation allows (numbers, and strings under byte-order collation).
+local function ordered_groups(ctx, k, members, values)
+    local spec = ctx.order[k]
+    local groups, distinct, nv, nulls = {}, {}, 0, nil
     for i = 1, #members do
-        local v = primary[i]
-        local keep = true
-        if cursor then
-            local c = cmp_value(spec, v, cursor[1])
-            if c < 0 then
-                keep = false
-            elseif c == 0 then
-                keep = cmp_keys(order, full_key(ctx, members[i]), cursor) > 0
-            end
-        end
-        if keep then
-            if v == false then
-                nulls[#nulls + 1] = members[i]
+        local v = values[i]
+        if v == false then
+            nulls = nulls or {}
+            nulls[#nulls + 1] = members[i]
+        else
+            -- a group is its member until a second one shares the value
+            local g = groups[v]
+            if not g then
+                groups[v] = members[i]
+                nv = nv + 1
+                distinct[nv] = v
+            elseif type(g) == 'string' then
+                groups[v] = { g, members[i] }
             else
-                -- a group is its member until a second one shares the value (ties are rare)
-                local g = groups[v]
-                if not g then
-                    groups[v] = members[i]
-                    nv = nv + 1
-                    values[nv] = v
-                elseif type(g) == 'string' then
-                    groups[v] = { g, members[i] }
-                else
-                    g[#g + 1] = members[i]
-                end
+                g[#g + 1] = members[i]
             end
         end
     end
     if spec[1] == 'n' or (spec[1] == 's' and bytewise) then
-        table.sort(values)
+        table.sort(distinct)
         if spec[3] == 0 then
             for i = 1, floor(nv / 2) do
-                values[i], values[nv - i + 1] = values[nv - i + 1], values[i]
+                distinct[i], distinct[nv - i + 1] = distinct[nv - i + 1], distinct[i]
             end
         end
     else
-        table.sort(values, function(a, b)
+        table.sort(distinct, function(a, b)
             return cmp_value(spec, a, b) < 0
         end)
     end
-    local taken = 0
-    local function take(group)
-        if type(group) == 'string' then
-            taken = taken + 1
-            out[#out + 1] = { group }
-            return
-        end
-        local run = {}
-        for k = 1, #group do
-            run[k] = { group[k], full_key(ctx, group[k]) }
-        end
-        sort_rows(ctx, run)
-        for k = 1, math.min(#run, need - taken) do
-            out[#out + 1] = run[k]
-        end
-        taken = taken + math.min(#run, need - taken)
-    end
+    local out = {}
     for i = 1, nv do
-        if taken >= need then
+        out[i] = groups[distinct[i]]
+    end
+    if nulls then
+        out[nv + 1] = #nulls == 1 and nulls[1] or nulls
+    end
+    return out
+end
+
+-- A tie group of at most this many members is sorted by its full keys (one HMGET each and
+-- a comparator); a larger one is grouped by the next key in turn, whose values are read
+-- only for the groups the page reaches.
+local SORTED_TIES_MAX = 16
+
+-- Append to out the first rows of `group` (members tied on the first k order keys, or one
+-- member) in order, until out holds `need` rows.
+local function take_tied(ctx, group, k, need, out)
+    if #out >= need then
+        return
+    end
+    if type(group) == 'string' then
+        out[#out + 1] = { group }
+        return
+    end
+    if #group > SORTED_TIES_MAX and k < #ctx.order then
+        local parts = ordered_groups(ctx, k + 1, group, key_values(ctx, group, k + 1))
+        for i = 1, #parts do
+            if #out >= need then
+                return
+            end
+            take_tied(ctx, parts[i], k + 1, need, out)
+        end
+        return
+    end
+    local run = {}
+    for i = 1, #group do
+        run[i] = { group[i], full_key(ctx, group[i]) }
+    end
+    sort_rows(ctx, run)
+    for i = 1, math.min(#run, need - #out) do
+        out[#out + 1] = run[i]
+    end
+end
+
+-- Append to out the first `need` rows {no[, key]} of members after the cursor, in order:
+-- grouped by their first key's value, and a group of several members (ties) by the next
+-- keys (take_tied).
+local function select_rows(ctx, members, need, out)
+    local order, cursor = ctx.order, ctx.cursor
+    local spec = order[1]
+    local values = key_values(ctx, members, 1)
+    if cursor then
+        local kept, kept_values = {}, {}
+        for i = 1, #members do
+            local v = values[i]
+            local c = cmp_value(spec, v, cursor[1])
+            if c > 0 or (c == 0 and cmp_keys(order, full_key(ctx, members[i]), cursor) > 0) then
+                kept[#kept + 1] = members[i]
+                kept_values[#kept] = v
+            end
+        end
+        members, values = kept, kept_values
+    end
+    -- (out may hold rows already: `need` counts the rows appended here)
+    local target = #out + need
+    local groups = ordered_groups(ctx, 1, members, values)
+    for i = 1, #groups do
+        if #out >= target then
             return
         end
-        take(groups[values[i]])
-    end
-    if taken < need and #nulls > 0 then
-        take(nulls)
+        take_tied(ctx, groups[i], 1, target, out)
     end
 end
 
@@ -253,6 +288,7 @@ Ordering.cmp_keys = cmp_keys
 Ordering.full_key = full_key
 Ordering.select_rows = select_rows
 Ordering.sort_rows = sort_rows
+Ordering.take_tied = take_tied
 Ordering.plain_register = plain_register
 Ordering.ORDER_ZSETS = ORDER_ZSETS
 Ordering.cmp_value = cmp_value

@@ -8,7 +8,7 @@ local buffered, chunk_join, chunk_members = Enum.buffered, Enum.chunk_join, Enum
 local enum_all, enum_candidates = Enum.enum_all, Enum.enum_candidates
 local split_conjunction = Enum.split_conjunction
 local cmp_keys, full_key, select_rows = Ordering.cmp_keys, Ordering.full_key, Ordering.select_rows
-local sort_rows = Ordering.sort_rows
+local take_tied = Ordering.take_tied
 
 -- Every match of the candidates (only those without a score in unscored_in, when given:
 -- the traces a walk of that zset could not reach).
@@ -184,32 +184,26 @@ local function walk_bounds(ctx, zkey, asc)
 end
 
 -- Append to out the first `need` rows of found (in walk order, with their scores): the walk
--- already gives the first key's order, so only runs of equal scores (ties) need their full
--- keys read and sorted (a Lua comparator is dear).
+-- already gives the first key's order, so only runs of equal scores (ties) are ordered by
+-- the next keys.
 local function walk_rows(ctx, found, found_scores, need, out)
-    local rows = {}
+    local target = #out + need
     local i = 1
-    while i <= #found do
+    while i <= #found and #out < target do
         local j = i
         while j < #found and found_scores[j + 1] == found_scores[i] do
             j = j + 1
         end
         if j == i then
-            rows[#rows + 1] = { found[i] }
+            out[#out + 1] = { found[i] }
         else
             local run = {}
             for k = i, j do
-                run[#run + 1] = { found[k], full_key(ctx, found[k]) }
+                run[#run + 1] = found[k]
             end
-            sort_rows(ctx, run)
-            for k = 1, #run do
-                rows[#rows + 1] = run[k]
-            end
+            take_tied(ctx, run, 1, target, out)
         end
         i = j + 1
-    end
-    for k = 1, math.min(need, #rows) do
-        out[#out + 1] = rows[k]
     end
 end
 
@@ -249,6 +243,11 @@ local function walk_page(ctx, zname, asc, need, out)
         if rank >= stop then
             exhausted = true
             break
+        end
+        if ctx.walk_budget and kept == 0 and walked + batch > ctx.walk_budget then
+            -- (no match yet: the give-up point is not overshot by a batch sized to fill
+            -- the page)
+            batch = math.max(64, ctx.walk_budget - walked)
         end
         if rank + batch > stop then
             batch = stop - rank
