@@ -61,6 +61,7 @@ PARTS: Final = (
     "counts.lua",  # counts by set algebra, stats, key set sizes
     "budget.lua",  # counts and stats over several calls, each within a time budget
     "value_walk.lua",  # pages ordered by a string key: walking its distinct values
+    "value_shortcuts.lua",  # ... a table of the matches, or the key's traces first
     "id_walk.lua",  # pages ordered by request_id: walking the ids' byte order
     "group_order.lua",  # pages ordered by several keys: groups walked by the next key
     "query.lua",  # tt_query

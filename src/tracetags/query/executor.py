@@ -293,6 +293,9 @@ def _probe(
                     pipe.hlen(key)
                 else:
                     pipe.scard(key)
+            if probe.card_keys:  # (its reply follows the probe's commands')
+                cards = CardsPlan(keys=probe.card_keys)
+                functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(cards))
 
     replies = functions.execute_queries(client, fill)
     at = 0
@@ -335,22 +338,14 @@ def _probe(
             elif name == "VALUECOUNT":
                 values, traces, estimated = replies[at + offset]
                 replies[at + offset] = MatchedCount(int(values), int(traces), bool(estimated))
-        at += len(probe.commands)
+        at += len(probe.commands) + bool(probe.card_keys)
     out: list[tuple[Probe, list[Any], list[int]]] = []
     at = 0
-    card_plans: list[tuple[int, bytes]] = []
     for probe in probes:
         n = len(probe.commands)
-        out.append((probe, replies[at : at + n], []))
-        at += n
-        if probe.card_keys:
-            cards_plan = CardsPlan(keys=probe.card_keys)
-            card_plans.append((probe.partition, _ENCODER.encode(cards_plan)))
-    if card_plans:
-        cards = functions.query_partitions(client, keys, card_plans)
-        by_partition = dict(zip((p for p, _ in card_plans), cards, strict=True))
-        for probe, _, slot in out:
-            slot.extend(int(c) for c in by_partition.get(probe.partition, []))
+        cards = [int(c) for c in replies[at + n]] if probe.card_keys else []
+        out.append((probe, replies[at : at + n], cards))
+        at += n + bool(probe.card_keys)
     return out
 
 

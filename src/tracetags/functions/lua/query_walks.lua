@@ -220,6 +220,15 @@ local function next_batch(batch, boundary, missing, walked, kept)
     return math.max(64, math.min(batch, WALK_BATCH_MAX))
 end
 
+-- No match yet: a batch sized to fill the page is not to carry the walk past its give-up
+-- point (budget).
+local function within_give_up(budget, batch, walked, kept)
+    if budget and kept == 0 and walked + batch > budget then
+        return math.max(64, budget - walked)
+    end
+    return batch
+end
+
 -- Walk the order zset from the cursor, testing batches, until `need` matches and the tie
 -- group of the last one are complete; true when the zset ran out first.
 local function walk_page(ctx, zname, asc, need, out)
@@ -244,11 +253,7 @@ local function walk_page(ctx, zname, asc, need, out)
             exhausted = true
             break
         end
-        if ctx.walk_budget and kept == 0 and walked + batch > ctx.walk_budget then
-            -- (no match yet: the give-up point is not overshot by a batch sized to fill
-            -- the page)
-            batch = math.max(64, ctx.walk_budget - walked)
-        end
+        batch = within_give_up(ctx.walk_budget, batch, walked, kept)
         if rank + batch > stop then
             batch = stop - rank
         end

@@ -238,115 +238,6 @@ local function nulls_page(ctx, need, out, present, nulls_cursor)
     end
 end
 
--- Costs of a walk over a table of the matches (microseconds, as query/costs.py's): a group
--- visited (its set read), a trace of it looked up, and a match's order key read to sort it
--- (HGET) instead.
-local GROUP_VISIT, TRACE_VISIT, KEY_READ = 5, 0.5, 3.5
-
--- The members of a group (its set key; leaf: its V leaf, when chunked) that are in left,
--- taken out of it.
-local function group_hits(ctx, left, key, leaf)
-    local hits = {}
-    local function look(batch)
-        for i = 1, #batch do
-            local no = batch[i]
-            if left[no] then
-                hits[#hits + 1] = no
-                left[no] = nil
-            end
-        end
-        return false
-    end
-    if leaf then
-        enum_source(ctx, leaf, look)
-    else
-        look(call('SMEMBERS', key))
-    end
-    return hits
-end
-
--- plan.walk_values[7] = 1: the filter's matches are collected first (as a collect does, but
--- without reading each one's order key), then the groups are walked with their members
--- looked up in that table, where a group otherwise costs calls on the filter's sets for
--- each member.  Few matches for the groups a page would visit are ordered at once instead
--- (their order keys read), and so are all of them once the walk has cost as much (the
--- matches gather in groups far down the order: a filter on the walked key, say).
-local function table_walk(ctx, need, out, subcursor)
-    local wv = ctx.plan.walk_values
-    local dkey, vprefix = wv[1], wv[2]
-    local spec, cursor, rest = ctx.order[1], ctx.cursor, ctx.rest
-    ctx.collecting = true
-    local matches = collect_matches(ctx, nil)
-    ctx.collecting = nil
-    local m = #matches
-    -- (a group's set is read whole: at least one group is visited)
-    local distinct = math.max(call('ZCARD', dkey), 1)
-    local groups = math.min(distinct, math.max(1, distinct * need / math.max(m, 1)))
-    local walk = groups * (GROUP_VISIT + wv[6] / distinct * TRACE_VISIT)
-    if m * KEY_READ <= walk then
-        select_rows(ctx, matches, need, out)
-        return
-    end
-    local left = {}
-    for i = 1, m do
-        left[matches[i]] = true
-    end
-    -- tracked: every match not yet met is in `left` (no group skipped by the cursor or
-    -- ordered by a nested walk), so the walk ends when none is left, and the nulls' matches
-    -- are what is left at the end
-    local remaining, tracked, groups, visited = m, cursor == nil, 0, 0
-    local sub = { prefix = ctx.prefix, order = rest }
-    sub.fields, sub.pos = order_fields(rest)
-    local nested = ctx.plan.walk_next
-    local function visit(v, count)
-        local c = cursor and cmp_value(spec, v, cursor[1]) or 1
-        if c < 0 or not count or GroupOrder.excluded(ctx, dkey, v) then
-            return false
-        end
-        local key = vprefix .. enc(v)
-        local gcursor = c == 0 and subcursor or nil
-        local leaf = nil
-        if count > PLAIN_MAX or (nested and count > 4 * (need - #out)) then
-            leaf = { 'V', dkey, vprefix, v }
-            leaf.sets = { { key, count > PLAIN_MAX, count } }
-        end
-        if nested and leaf and GroupOrder.nested_group(ctx, leaf, count, need - #out, gcursor, out)
-        then
-            tracked = false -- (a large group ordered by a nested walk of the next key)
-        else
-            local hits = group_hits(ctx, left, key, leaf)
-            if #hits > 0 then
-                remaining = remaining - #hits
-                sub.cursor = gcursor
-                select_rows(sub, hits, need - #out, out)
-            end
-        end
-        groups, visited = groups + 1, visited + count
-        if #out < need and groups * GROUP_VISIT + visited * TRACE_VISIT > m * KEY_READ then
-            for i = #out, 1, -1 do
-                out[i] = nil
-            end
-            select_rows(ctx, matches, need, out)
-            return true
-        end
-        return #out >= need or (tracked and remaining == 0)
-    end
-    if each_value(dkey, spec, cursor and cursor[1], visit) or #out >= need then
-        return
-    end
-    if not tracked then
-        return nulls_page(ctx, need, out, nil, nil)
-    end
-    local nulls = {}
-    for no in pairs(left) do
-        nulls[#nulls + 1] = no
-    end
-    if #nulls > 0 then
-        sub.cursor = nil
-        select_rows(sub, nulls, need - #out, out)
-    end
-end
-
 -- budget (the page's own walk only): once the groups visited hold this many traces and
 -- none matched, returns 'abandon' (matches far rarer than planned: the caller collects).
 local function walk_values_page(ctx, need, out, budget)
@@ -369,29 +260,40 @@ local function walk_values_page(ctx, need, out, budget)
         return nulls_page(ctx, need, out, nil, subcursor)
     end
     if wv[7] == 1 then
-        return table_walk(ctx, need, out, subcursor)
+        return ValueWalk.table_walk(ctx, need, out, subcursor)
     end
-    local visited, abandoned = 0, false
-    -- One value's group; true when the page is full (or the walk abandoned).
+    local visited, abandoned, groups, keyed = 0, false, 0, nil
+    local judge = ValueWalk.keyed_first_judge(ctx)
+    -- One value's group; true when the page is full (or the walk abandoned, or is to
+    -- collect the key's traces instead).
     local function visit(v, count)
         local c = cursor and cmp_value(spec, v, cursor[1]) or 1
         if c >= 0 and count and not GroupOrder.excluded(ctx, dkey, v) then
             local leaf = { 'V', dkey, vprefix, v }
             leaf.sets = { { vprefix .. enc(v), count > PLAIN_MAX, count } }
             group_page(ctx, leaf, count, need - #out, c == 0 and subcursor or nil, out)
-            visited = visited + count
+            visited, groups = visited + count, groups + 1
             if budget and #out == 0 and visited >= budget then
                 abandoned = true
+                return true
+            end
+            keyed = judge and #out < need and judge(groups, visited, #out, need)
+            if keyed then
                 return true
             end
         end
         return #out >= need
     end
     local stopped, present = each_value(dkey, spec, cursor and cursor[1], visit)
-    if stopped then
+    if keyed then
+        return ValueWalk.keyed_first(ctx, need, out, keyed)
+    elseif stopped then
         return abandoned and 'abandon' or nil
     end
     nulls_page(ctx, need, out, present, nil)
 end
 
 ValueWalk.walk_values_page = walk_values_page
+ValueWalk.each_value = each_value
+ValueWalk.group_page = group_page
+ValueWalk.nulls_page = nulls_page
