@@ -1,9 +1,9 @@
 """Pages within the call budget: a page call that would hold Redis past the budget gives up,
 and the page is then found in several calls, each within the budget.
 
-Every page call carries a deadline: a page's one call twice ``query_call_budget_ms`` (a
-collect or walk a little past the budget would else fall to a scan), the calls that follow
-the budget.  tt_query checks the clock as it goes (lua/prelude.lua, ``with_deadline``) and,
+Every page call carries a deadline: a page's one call, and its steps, twice
+``query_call_budget_ms`` (a collect or walk a little past the budget would else fall to a
+scan), the budgeted ways' calls the budget.  tt_query checks the clock as it goes (lua/prelude.lua, ``with_deadline``) and,
 past it, replies that it gave up; the partition's page is then found in **steps** (the
 same plan for a few rows at a time, each call from the previous call's last row, as a page
 token's next page is: the page's own walk cut into calls), and when steps give up too
@@ -121,7 +121,12 @@ def run_pages(
             # says the rest would, and a call that gave up collecting (a walk that
             # abandoned for its collect, say) is not stepped at all.
             give_ups = 1 if plans[i].strategy == "collect" else MAX_STEP_GIVE_UPS
-            replies[i] = _stepped_page(client, keys, plans[i], cursor_of, budget_us, give_ups)
+            # (a step has the first call's deadline: a page whose walk needs a little more
+            # than one call finds 16 rows a call where the budget alone would give up again
+            # and leave a budgeted scan of every trace)
+            replies[i] = _stepped_page(
+                client, keys, plans[i], cursor_of, FIRST_CALL_FACTOR * budget_us, give_ups
+            )
         if replies[i][0] < 0:
             if other is None and listed is not None and not few:
                 other = listed(i)
@@ -132,8 +137,8 @@ def run_pages(
 #: tt_query's page reply past the deadline while collecting every candidate (-1: past it
 #: elsewhere): a call for fewer rows would collect them all again.
 GAVE_UP_COLLECTING: Final = -2
-#: A page's one call has this many times the call budget as its deadline (the calls that
-#: follow when it gives up, the budget).
+#: A page's one call, and each of its steps, has this many times the call budget as its
+#: deadline (the budgeted ways' calls, the budget).
 FIRST_CALL_FACTOR: Final = 2
 #: A listed plan (see run_pages) expecting at most this many matches is collected at once,
 #: before any step: a budgeted collect of value windows reads ~1,000 traces a millisecond.
