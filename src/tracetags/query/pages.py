@@ -3,11 +3,12 @@ and the page is then found in several calls, each within the budget.
 
 Every page call carries a deadline: a page's one call, and its steps, twice
 ``query_call_budget_ms`` (a collect or walk a little past the budget would else fall to a
-scan), the budgeted ways' calls the budget.  tt_query checks the clock as it goes (lua/prelude.lua, ``with_deadline``) and,
-past it, replies that it gave up; the partition's page is then found in **steps** (the
-same plan for a few rows at a time, each call from the previous call's last row, as a page
-token's next page is: the page's own walk cut into calls), and when steps give up too
-(sparse matches) by one of two budgeted ways, and the calls' pages merged:
+scan), the budgeted ways' calls the budget.  tt_query checks the clock as it goes
+(lua/prelude.lua, ``with_deadline``) and, past it, replies that it gave up; the
+partition's page is then found in **steps** (the same plan for a few rows at a time, each
+call from the previous call's last row, as a page token's next page is: the page's own
+walk cut into calls), and when steps give up too (sparse matches) by one of two budgeted
+ways, and the calls' pages merged:
 
 - **value windows**: a page whose candidates come from one value leaf of many values (an
   ``IN`` list, the values a pattern matches) collects the candidates of a window of values
