@@ -112,7 +112,9 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
       traces, table 1|0]``: walk the distinct values of the first (string) order key in
       order, each value's set in turn, then the traces without the key; with ``table``,
       the filter's matches are collected first and each group's members looked up among
-      them (lua/value_walk.lua ``table_walk``).
+      them (lua/value_shortcuts.lua ``table_walk``).  Without it, a walk whose rows prove
+      thinly spread over the groups may collect the key's traces instead (``keyed_first``
+      there).
     - ``shown`` (page): how many of the ``limit`` rows to return (default all: the extra
       row only tells that a next page exists).
     - ``keys_only`` (page): a row is its order fields and ``#``, its trace number, not its
