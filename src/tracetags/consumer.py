@@ -438,17 +438,38 @@ class Folder:
         ids: list[Any] = [p["message_id"] for p in pending if p["message_id"] not in self.in_hand]
         if not ids:
             return 0
-        claimed: Any = await self.client.xclaim(stream, self.group, consumer, idle, ids)
-        entries = [e for e in claimed if e[1] is not None]
-        # Redis < 7 returns an entry trimmed away while pending with no fields (7.0 drops
-        # it from the PEL itself): nothing to fold, just ack it.
-        gone = [e[0] for e in claimed if e[1] is None]
+        # JUSTID: the delivery count stays as it was. These entries are this live process's
+        # own (a reply lost with a cut connection, a read cut short by a shutdown): no
+        # consumer died on them, so taking them again is no delivery toward max_deliveries.
+        # A claim without JUSTID would count one each time, and a few cuts in a row (each
+        # losing a claim's reply) would dead-letter valid entries.
+        claimed: Any = await self.client.xclaim(stream, self.group, consumer, idle, ids,
+                                                justid=True)  # fmt: skip
+        if not claimed:
+            return 0
+        entries = await self._read_entries(stream, claimed)
+        # An entry trimmed away while pending (Redis < 7 still lists it; 7.0 drops it from
+        # the PEL itself): nothing to fold, just ack it.
+        gone = [e[0] for e in entries if e[1] is None]
         if gone:
             await self.client.xack(stream, self.group, *gone)
-        if entries:
-            items = await self._limit_deliveries(stream, entries)
+        present = [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+        if present:
+            items = await self._limit_deliveries(stream, present)
             await self.apply_patiently(partition, items, stopping, consumer)
         return len(claimed)
+
+    async def _read_entries(
+        self, stream: str, ids: list[Any]
+    ) -> list[tuple[Any, dict[bytes, bytes] | None]]:
+        """The entries ``ids`` (ascending) of ``stream`` in one round trip; None for one no
+        longer in the stream."""
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+        found: list[Any] = await pipe.execute()
+        return [(entry_id, rows[0][1] if rows else None)
+                for entry_id, rows in zip(ids, found, strict=True)]  # fmt: skip
 
     async def _limit_deliveries(
         self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]
