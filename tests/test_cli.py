@@ -637,3 +637,19 @@ def test_a_command_may_not_define_a_global_option_again() -> None:
 
     with pytest.raises(TypeError, match="one: --namespace is a global option"):
         typer.main.get_command(clash)
+
+
+def test_a_write_without_a_fold_times_out_after_its_timeout(redis_url: str, namespace: str) -> None:
+    """No consumer runs: `tag set` / `tag delete` wait `--timeout` seconds, exit 1 naming
+    the wait, and the event is written (folded once a consumer starts)."""
+    base = ["--redis-url", redis_url, "--namespace", namespace]
+    for args in (["tag", "set", "tr-1", "owner", "ana"], ["tag", "delete", "tr-1", "owner"]):
+        started = time.monotonic()
+        result = runner.invoke(app, [*base, *args, "--timeout", "0.3"])
+        elapsed = time.monotonic() - started
+        assert result.exit_code == ExitCode.FAILED, result.output
+        assert "within 0.3s" in result.stderr and "is a consumer running?" in result.stderr
+        assert elapsed < 10, elapsed
+    assert redis.Redis.from_url(redis_url).xlen(Keys(namespace).stream(0)) == 2
+    bad = runner.invoke(app, [*base, "tag", "set", "tr-1", "k", "v", "--timeout", "0"])
+    assert bad.exit_code == ExitCode.USAGE

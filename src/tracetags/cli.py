@@ -617,6 +617,14 @@ FilterOption = Annotated[
     str | None,
     typer.Option("--filter", "-f", help="Act on every trace matching this filter string."),
 ]
+WaitTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        min=0.1,
+        help="Seconds to wait for the fold (default 30; 300 with --filter); exit 1 past it.",
+    ),
+]
 ExperimentOption = Annotated[
     list[str] | None,
     typer.Option("--experiment", "-e", help="Experiment id to search (repeatable; none: all)."),
@@ -635,19 +643,21 @@ def tag_set(
     experiment: ExperimentOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count the matches.")] = False,
     wait: Annotated[bool, typer.Option(help="Return once the fold applied it.")] = True,
+    timeout: WaitTimeoutOption = None,
 ) -> None:
     """Set a tag on one trace, or on every trace matching --filter (with a progress bar)."""
     if filter_string is None:
         trace_id, key, value = _positional(args, ("TRACE", "KEY", "VALUE"))
         settings = _reachable()
         with Client(settings) as client:
-            client.set_trace_tag(trace_id, key, value, wait=wait)
+            client.set_trace_tag(trace_id, key, value, wait=wait, timeout=timeout or 30.0)
         err.print(f"set {escape(key)}={escape(value)!r} on {escape(trace_id)}")
         return
     key, value = _positional(args, ("KEY", "VALUE"))
     _bulk(filter_string, experiment, dry_run, f"set {key}={value!r} on",
           lambda client, progress: client.set_tags_where(
-              filter_string, {key: value}, experiment, wait=wait, progress=progress))  # fmt: skip
+              filter_string, {key: value}, experiment, wait=wait, progress=progress,
+              timeout=timeout or 300.0))  # fmt: skip
 
 
 @tag_app.command("delete")
@@ -659,19 +669,21 @@ def tag_delete(
     experiment: ExperimentOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count the matches.")] = False,
     wait: Annotated[bool, typer.Option(help="Return once the fold applied it.")] = True,
+    timeout: WaitTimeoutOption = None,
 ) -> None:
     """Delete a tag from one trace, or from every trace matching --filter."""
     if filter_string is None:
         trace_id, key = _positional(args, ("TRACE", "KEY"))
         settings = _reachable()
         with Client(settings) as client:
-            client.delete_trace_tag(trace_id, key, wait=wait)
+            client.delete_trace_tag(trace_id, key, wait=wait, timeout=timeout or 30.0)
         err.print(f"deleted {escape(key)} from {escape(trace_id)}")
         return
     (key,) = _positional(args, ("KEY",))
     _bulk(filter_string, experiment, dry_run, f"deleted {key} from",
           lambda client, progress: client.delete_tags_where(
-              filter_string, [key], experiment, wait=wait, progress=progress))  # fmt: skip
+              filter_string, [key], experiment, wait=wait, progress=progress,
+              timeout=timeout or 300.0))  # fmt: skip
 
 
 def _positional(args: list[str], names: tuple[str, ...]) -> tuple[str, ...]:
