@@ -70,7 +70,7 @@ end
 -- checking the clock every DEADLINE_EVERY calls (every loop of a page strategy makes Redis
 -- calls, so none runs far past the deadline).  Returns true and fn's result, or false when
 -- fn gave up; other errors go on.
-local DEADLINE_EVERY = 4
+local DEADLINE_EVERY = 16
 local ABANDON = { abandon = true }
 
 local function with_deadline(deadline_us, fn, ...)
