@@ -233,3 +233,13 @@ def test_a_count_drops_the_presence_a_value_implies() -> None:
     tree, total = physical(root, probe, [1000, [700.0]], [800], keys)
     plan = plan_partition(0, tree, total, mode="count")
     assert (plan.strategy, plan.exact_count) == ("exact", 700), plan.reason
+
+
+def test_a_term_twice_in_a_conjunction_is_tested_once() -> None:
+    """``x NOT IN (...) AND x != ...`` each carry ``x present`` (a register read per
+    candidate for an attribute): the conjunction keeps one copy of a repeated term."""
+    present = _leaf("P", ["P", "c"], 1000, "client_request_id present", enumerable=False)
+    twin = _leaf("P", ["P", "c"], 1000, "client_request_id present", enumerable=False)
+    node = _and([present, _v(ERROR, 200), twin, _v(ERROR, 200)], 1000)
+    assert node.spec == ["&", ERROR, ["P", "c"]]
+    assert sorted(c.kind for c in node.children) == ["P", "V"]

@@ -401,6 +401,12 @@ def _and(children: list[PNode], total: int) -> PNode:
     if empty is not None:
         return _leaf("Z", ["Z"], 0, f"AND with an empty term ({empty.text})", enumerable=True)
     flat = [c for c in flat if c.kind != "A"] or [flat[0]]
+    # A term twice is one term (`x NOT IN (...) AND x != ...` both carry `x present`):
+    # each copy would be tested on every candidate.
+    unique: dict[str, PNode] = {}
+    for child in flat:
+        unique.setdefault(repr(child.spec), child)
+    flat = list(unique.values())
     if len(flat) == 1:
         return flat[0]
     fraction = 1.0
