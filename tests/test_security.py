@@ -25,10 +25,12 @@ import redis
 from typer.testing import CliRunner
 
 from tests.support.consumer import consumer
+from tests.support.fold import fold_all
 from tests.support.secure_redis import ADMIN_PASSWORD, SecureRedis, TlsFiles, make_tls_files
 from tracetags import AsyncTagProducer, TagProducer, functions
 from tracetags.cli import ExitCode, app
 from tracetags.client import NOT_PERMITTED, Client
+from tracetags.connections import sync_client
 from tracetags.consumer import create_app, prepare_namespace
 from tracetags.errors import (
     LibraryVersionError,
@@ -149,6 +151,13 @@ async def test_each_role_runs_over_tls(tls: tuple[Deployment, TlsFiles]) -> None
 
 
 def test_a_producer_cannot_read(plain: Deployment) -> None:
+    # (a trace folded first, whichever tests ran before: get_trace reads nothing else)
+    folder = plain.settings("consumer")
+    prepare_namespace(folder)
+    with TagProducer(plain.settings("producer")) as producer:
+        producer.trace_started("tr-1", experiment_id="0")
+    with sync_client(folder.effective_redis_url) as r:
+        fold_all(r, folder, folder.partition_count)
     with (
         Client(plain.settings("producer")) as client,
         pytest.raises(RedisPermissionError, match="refused by its ACL"),
