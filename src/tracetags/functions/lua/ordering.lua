@@ -256,11 +256,11 @@ end
 
 -- Append to out the first `need` rows {no[, key]} of members after the cursor, in order:
 -- grouped by their first key's value, and a group of several members (ties) by the next
--- keys (take_tied).
-local function select_rows(ctx, members, need, out)
+-- keys (take_tied).  values: the members' first order key, when the caller read it.
+local function select_rows(ctx, members, need, out, values)
     local order, cursor = ctx.order, ctx.cursor
     local spec = order[1]
-    local values = key_values(ctx, members, 1)
+    values = values or key_values(ctx, members, 1)
     if cursor then
         local kept, kept_values = {}, {}
         for i = 1, #members do
@@ -287,6 +287,7 @@ end
 Ordering.cmp_keys = cmp_keys
 Ordering.full_key = full_key
 Ordering.select_rows = select_rows
+Ordering.key_values = key_values
 Ordering.sort_rows = sort_rows
 Ordering.take_tied = take_tied
 Ordering.plain_register = plain_register

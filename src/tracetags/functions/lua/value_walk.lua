@@ -6,8 +6,10 @@ local ORDER_ZSETS, cmp_value = Ordering.ORDER_ZSETS, Ordering.cmp_value
 local order_fields = Ordering.order_fields
 local chunk_walk_page, collect_page = Walks.chunk_walk_page, Walks.collect_page
 local collect_matches, select_rows = Walks.collect_matches, Ordering.select_rows
+local key_values = Ordering.key_values
 local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_page
 local conjunction, enum_source = Enum.conjunction, Enum.enum_source
+local eval = Eval.eval
 
 -- Distinct zsets are scored by count, so the values are sorted here (byte order = code
 -- point order) and each value's set is a group, in order; within a group the rest of the
@@ -238,6 +240,67 @@ local function nulls_page(ctx, need, out, present, nulls_cursor)
     end
 end
 
+-- Small groups (a key of many values, a few traces each) are gathered until they hold
+-- SMALL_BATCH traces, then read and tested on the filter at once: a collect of each costs
+-- its set-up and calls per group.  A group of at most SMALL_GROUP traces and 4 pages is
+-- small (a nested walk takes larger ones only: GroupOrder.nested_group).
+local SMALL_GROUP, SMALL_BATCH = 8, 64
+
+-- add(v, count) gathers a small group (true when the batch is full); flush(need) reads the
+-- gathered groups' sets, tests their members on the whole filter and appends the rows of
+-- each group in turn (ordered by the rest of the order keys) until out holds `need`.
+local function small_groups(ctx, out)
+    local vprefix = ctx.plan.walk_values[2]
+    local sub = {
+        prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = ctx.rest,
+        value_fields = ctx.plan.value_fields,
+    }
+    sub.fields, sub.pos = order_fields(ctx.rest)
+    local pending, traces, batch = {}, 0, {}
+    function batch.add(v, count)
+        pending[#pending + 1] = v
+        traces = traces + count
+        return traces >= SMALL_BATCH
+    end
+    function batch.flush(need)
+        if #pending == 0 then
+            return
+        end
+        local members, owner = {}, {}
+        for g = 1, #pending do
+            local got = call('SMEMBERS', vprefix .. enc(pending[g]))
+            for i = 1, #got do
+                members[#members + 1] = got[i]
+                owner[got[i]] = g -- (a trace has one value of the key: one group)
+            end
+        end
+        local hits = eval(sub, ctx.expr, members)
+        ctx.scanned = ctx.scanned + #hits
+        -- (the next order key of every hit read at once: one call, not one a group)
+        local values = #hits > 0 and key_values(sub, hits, 1)
+        local per, per_values = {}, {}
+        for i = 1, #hits do
+            local g = owner[hits[i]]
+            if not per[g] then
+                per[g], per_values[g] = {}, {}
+            end
+            local list = per[g]
+            list[#list + 1] = hits[i]
+            per_values[g][#list] = values[i]
+        end
+        for g = 1, #pending do
+            if #out >= need then
+                break
+            end
+            if per[g] then
+                select_rows(sub, per[g], need - #out, out, per_values[g])
+            end
+        end
+        pending, traces = {}, 0
+    end
+    return batch
+end
+
 -- budget (the page's own walk only): once the groups visited hold this many traces and
 -- none matched, returns 'abandon' (matches far rarer than planned: the caller collects).
 local function walk_values_page(ctx, need, out, budget)
@@ -264,23 +327,36 @@ local function walk_values_page(ctx, need, out, budget)
     end
     local visited, abandoned, groups, keyed = 0, false, 0, nil
     local judge = ValueWalk.keyed_first_judge(ctx)
-    -- One value's group; true when the page is full (or the walk abandoned, or is to
-    -- collect the key's traces instead).
+    local small = small_groups(ctx, out)
+    -- Once groups' rows are in out: true when the page is full (or the walk abandoned, or
+    -- is to collect the key's traces instead).
+    local function judged()
+        if budget and #out == 0 and visited >= budget then
+            abandoned = true
+            return true
+        end
+        keyed = judge and #out < need and judge(groups, visited, #out, need)
+        return keyed or #out >= need
+    end
     local function visit(v, count)
         local c = cursor and cmp_value(spec, v, cursor[1]) or 1
         if c >= 0 and count and not GroupOrder.excluded(ctx, dkey, v) then
+            visited, groups = visited + count, groups + 1
+            if c > 0 and count <= SMALL_GROUP and count <= 4 * (need - #out) then
+                if small.add(v, count) then
+                    small.flush(need)
+                    return judged()
+                end
+                return false
+            end
+            small.flush(need)
+            if #out >= need then
+                return true
+            end
             local leaf = { 'V', dkey, vprefix, v }
             leaf.sets = { { vprefix .. enc(v), count > PLAIN_MAX, count } }
             group_page(ctx, leaf, count, need - #out, c == 0 and subcursor or nil, out)
-            visited, groups = visited + count, groups + 1
-            if budget and #out == 0 and visited >= budget then
-                abandoned = true
-                return true
-            end
-            keyed = judge and #out < need and judge(groups, visited, #out, need)
-            if keyed then
-                return true
-            end
+            return judged()
         end
         return #out >= need
     end
@@ -289,6 +365,12 @@ local function walk_values_page(ctx, need, out, budget)
         return ValueWalk.keyed_first(ctx, need, out, keyed)
     elseif stopped then
         return abandoned and 'abandon' or nil
+    end
+    small.flush(need)
+    if #out >= need then
+        return
+    elseif budget and #out == 0 and visited >= budget then
+        return 'abandon'
     end
     nulls_page(ctx, need, out, present, nil)
 end
