@@ -2,8 +2,10 @@
 hashes): the walk of its values gathers small groups (lua/value_walk.lua `small_groups`)
 and tests their members on the filter together.  Groups of 1-12 traces (the small ones
 and the larger ones interleaved), ties on the next order keys inside a group, filters of
-every density, cursors landing inside a gathered batch: every page equals the reference
-evaluator's."""
+every density, cursors landing inside a gathered batch, and the traces without the key
+under a filter that excludes another key (`tags.h IS NULL`: that group walked newest
+first chunk by chunk, each chunk's traces minus the excluded keys'): every page equals
+the reference evaluator's."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
     for i in range(5000):
         status = rng.choices(("OK", "ERROR", "IN_PROGRESS"), (7, 2, 1))[0]
         tags = {"env": rng.choices(("prod", "dev"), (1, 4))[0]}
+        if rng.random() < 0.96:  # `tags.h IS NULL`: a few traces, spread over every chunk
+            tags["h"] = "x"
         if rng.random() < 0.85:
             # skewed: most owners hold a few traces, some a dozen or more
             tags["owner"] = owners[min(int(rng.paretovariate(0.9)), len(owners)) - 1]
@@ -49,8 +53,23 @@ def loaded(redis_url: str) -> Iterator[tuple[Client, list[dict[str, object]]]]:
 
 FILTERS = ("", "tags.env = 'prod'", "status = 'ERROR'", "tags.env = 'prod' AND status != 'OK'",
            "metadata.m = 'm1'", "tags.owner LIKE 'u1%'", "tags.owner != 'u00042'",
-           "execution_time_ms < 3", "tags.owner IS NULL")  # fmt: skip
+           "execution_time_ms < 3", "tags.owner IS NULL", "tags.h IS NULL",
+           "tags.h IS NULL AND tags.env = 'dev'")  # fmt: skip
 NEXT = ("", "timestamp_ms ASC", "execution_time_ms DESC", "status", "request_id DESC")
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "direction"),
+    [("tags.h IS NULL", "DESC"), ("tags.h IS NULL AND tags.env = 'dev'", "ASC")],
+)
+def test_the_nulls_group_under_an_is_null_filter_equals_the_reference(
+    loaded: tuple[Client, list[dict[str, object]]], filter_string: str, direction: str
+) -> None:
+    client, final = loaded
+    order = [f"tags.owner {direction}"]
+    expected = ref.search(final, None, filter_string, order, None)
+    for size in (5, 40, 400):
+        assert all_pages(client, filter_string, order, size, None) == expected, size
 
 
 @pytest.mark.parametrize("seed", range(5))

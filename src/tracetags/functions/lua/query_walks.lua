@@ -50,8 +50,11 @@ local function collect_page(ctx, need, out, unscored_in)
     select_rows(ctx, collect_matches(ctx, unscored_in), need, out)
 end
 
+-- Whether the chunk walk can take expr's candidates chunk by chunk: a conjunct of one
+-- chunked set, or one that excludes a chunked set (a key IS NULL: every trace's chunk
+-- minus the key's).
 local function has_chunked_conjunct(ctx, expr)
-    return #split_conjunction(ctx, expr) > 0
+    return #split_conjunction(ctx, expr) > 0 or #split_conjunction(ctx, expr, true) > 0
 end
 
 -- --- the chunk walk: newest first, chunk by chunk ----------------------------------------

@@ -9,6 +9,7 @@ local collect_matches, select_rows = Walks.collect_matches, Ordering.select_rows
 local key_values = Ordering.key_values
 local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_page
 local conjunction, enum_source = Enum.conjunction, Enum.enum_source
+local split_conjunction = Enum.split_conjunction
 local eval = Eval.eval
 
 -- Distinct zsets are scored by count, so the values are sorted here (byte order = code
@@ -24,11 +25,16 @@ local eval = Eval.eval
 -- each read, timed and ranked (CHUNK_MEMBER walked entries).
 local CHUNK_VISIT, CHUNK_MEMBER = 3, 1.5
 
-local function chunk_walk_cost(ctx, gcount, matches, need, total, cost)
+-- minus_only: no conjunct is one chunked set, so a chunk's candidates are every trace of
+-- it but the excluded keys' (SDIFF): about the group's matches there, not its members.
+local function chunk_walk_cost(ctx, gcount, matches, need, total, cost, minus_only)
     local smallest = gcount
     local sources = ctx.plan.sources
     if sources and #sources == 1 and Eval.chunked_key(ctx, sources[1]) then
         smallest = math.min(gcount, cost)
+    end
+    if minus_only then
+        smallest = math.min(smallest, matches)
     end
     local chunks = need * total / (matches * SET_CHUNK) + 1
     return chunks * (CHUNK_VISIT + CHUNK_MEMBER * smallest * SET_CHUNK / total)
@@ -51,11 +57,13 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
     local frac, total = wv[4], wv[6]
     local matches = gcount * frac
     local scan = matches > 0 and need * total / matches or total
+    local others = GroupOrder.other_keys(ctx.expr, gleaf)
+    local gexpr = { '&', gleaf, unpack_(others) }
     local by_chunks = math.huge
     if zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds and matches > 0 then
-        by_chunks = chunk_walk_cost(ctx, gcount, matches, need, total, wv[5])
+        local minus_only = #split_conjunction(sub, gexpr) == 0
+        by_chunks = chunk_walk_cost(ctx, gcount, matches, need, total, wv[5], minus_only)
     end
-    local others = GroupOrder.other_keys(ctx.expr, gleaf)
     local sources = ctx.plan.sources
     local source = gcount > wv[5] and sources and #sources == 1 and sources[1]
     local reg = zname == 'ts' and REGISTER_ENTRIES * GroupOrder.register_leaves(ctx, others, source)
@@ -66,7 +74,7 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
         return false
     end
     -- one conjunction (not nested), so that its chunked sets are tested together
-    sub.expr = { '&', gleaf, unpack_(others) }
+    sub.expr = gexpr
     local newest = by_chunks < scan and has_chunked_conjunct(sub, sub.expr)
     if walk_cost >= collect_cost and not newest then
         return false
