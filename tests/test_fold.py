@@ -279,11 +279,13 @@ def test_a_trace_with_1000_tags(r: redis.Redis, namespace: str) -> None:
     _write(r, stream, schemas.TraceDeleted(**_common("big")))  # type: ignore[arg-type]
     entries += _apply_all(r, keys, 0)
     assert dump(r, keys, 0) == _model_of(entries).expected(keys, 0)
-    # the partition's bookkeeping stays: the number counter, the chunks' time bounds and the
-    # directories of the ids' and the reversed ids' byte orders (their head '')
+    # the partition's bookkeeping stays: the number counter, the chunks' time bounds, the
+    # directories of the ids' and the reversed ids' byte orders (their head '') and the
+    # count of traces holding a client_request_id (none left)
     assert {k.decode().rsplit(":", 1)[-1] for k in r.scan_iter(f"{namespace}:*")} == {
-        "log", "gone", "n", "tsx", "ri", "rr"
+        "log", "gone", "n", "tsx", "ri", "rr", "cn"
     }  # fmt: skip
+    assert r.get(keys.request_count(0)) == b"0"
 
 
 def test_tags_before_start_and_a_late_start_keeps_the_finished_status(

@@ -18,6 +18,8 @@ key                                        type     holds
                                                     a cluster slot being migrated is refused whole
                                                     (before it writes or reads anything)
 ``ns:{pNN}:n``                             string   counter handing out trace numbers (INCRBY)
+``ns:{pNN}:cn``                            string   live traces holding a client_request_id
+                                                    (partitions born with it: library v19)
 ``ns:{pNN}:ids``                           hash     trace id → trace number (``<no>``)
 ``ns:{pNN}:t:<no>``                        hash     one trace's state (fields below)
 ``ns:{pNN}:gone``                          hash     trace id → entry id of its latest
@@ -321,6 +323,11 @@ class Keys:
 
     def trace_ids(self, partition: int) -> str:
         return f"{self.prefix(partition)}:ids"
+
+    def request_count(self, partition: int) -> str:
+        """How many live traces hold a client_request_id: absent on a partition the fold
+        began before library v19 (tt_query then tests such traces one by one)."""
+        return f"{self.prefix(partition)}:cn"
 
     def absent(self, partition: int) -> str:
         """A key never written: declared by a call that reads many keys of the partition, so

@@ -372,6 +372,7 @@ def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
     reversed_buckets: dict[bytes, set[int]] = {}
     lookups: dict[str, str] = {}  # listed field -> building | ready
     fingerprints: dict[tuple[str, int], bytes] = {}  # (field, chunk) -> its string
+    request_count: int | None = None
     for key, value in values.items():
         rest = key[len(prefix) + 1 :]
         head = rest.split(":", 1)[0]
@@ -380,6 +381,10 @@ def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
             assert kind == "stream", key
         elif rest == "n":
             assert kind == "string", key
+        elif rest == "cn":
+            # how many live traces hold a client_request_id (partitions born with it)
+            assert kind == "string", key
+            request_count = int(value)
         elif rest == "ids":
             out[key] = frozenset(numbers.values())
         elif rest == "gone":
@@ -473,6 +478,13 @@ def dump(client: SyncClient, keys: Keys, partition: int) -> Dump:
     assert seen_traces == set(numbers.values()), "id map names traces without a hash"
     _check_id_order(id_heads, id_buckets, numbers)
     _check_id_order(reversed_heads, reversed_buckets, numbers, reverse=True)
+    if request_count is not None:
+        holding = sum(
+            1
+            for name, registers in out.items()
+            if isinstance(name, tuple) and registers.get("c", (None, None))[1] is not None
+        )
+        assert request_count == holding, f"cn says {request_count}, {holding} traces hold one"
     _check_fingerprints(out, numbers, lookups, fingerprints)
     _check_lex(out, lex, prefix)
     by_time = values.get(f"{prefix}:ts")

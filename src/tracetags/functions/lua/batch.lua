@@ -32,6 +32,7 @@ local function new_batch(prefix)
         ts_rem = {},
         du_rem = {},
         en_rem = {},
+        requests = 0, -- traces that gained a client_request_id, less those that lost one
         lookups = call('HGETALL', prefix .. ':lk'), -- (field, state) pairs; see fingerprint
         lk = {}, -- field -> { [number] = fingerprint } (0: no value)
     }, Batch)
@@ -72,6 +73,9 @@ end
 function Batch:change(field, old_value, new_value, no)
     if old_value == new_value then
         return
+    end
+    if field == 'c' and (old_value == nil) ~= (new_value == nil) then
+        self.requests = self.requests + (new_value and 1 or -1)
     end
     local lookups = self.lookups
     if #lookups > 0 then
@@ -264,6 +268,19 @@ function Batch:flush()
         end
     end
     self:time_bounds()
+    self:request_count()
+end
+
+--[[ <prefix>:cn (string): how many live traces hold a client_request_id, so that tt_query
+needs no HEXISTS per candidate for `client_request_id present` (the test of `!=`, `NOT IN`,
+`IS NOT NULL`) where every trace holds one.  Kept only for partitions born with it (the
+batch creating the first trace creates it): a count started later would miss the traces
+folded before, so an older partition has none and is tested trace by trace. ]]
+function Batch:request_count()
+    local key = self.prefix .. ':cn'
+    if self.born or (self.requests ~= 0 and call('EXISTS', key) == 1) then
+        call('INCRBY', key, self.requests)
+    end
 end
 
 function Batch:write_lookups(field, numbers)

@@ -296,6 +296,17 @@ local function test_by_registers(ctx, leaf, list, mask)
     return true
 end
 
+-- Whether every live trace holds a P leaf's field: client_request_id's count (batch.lua's
+-- <prefix>:cn, kept by partitions born with it) equal to the number of traces.
+local function every_trace_has(ctx, leaf)
+    if leaf.all == nil then
+        local n = leaf[2] == 'c' and call('GET', ctx.prefix .. ':cn')
+        ctx.traces = n and (ctx.traces or call('HLEN', ctx.prefix .. ':ids')) or ctx.traces
+        leaf.all = n and tonumber(n) == ctx.traces or false
+    end
+    return leaf.all
+end
+
 -- Mark in mask the members of list that the leaf holds.
 local function test_leaf(ctx, leaf, list, mask)
     local kind = leaf[1]
@@ -353,9 +364,10 @@ local function test_leaf(ctx, leaf, list, mask)
             end
         end
     elseif kind == 'P' then
+        local all = every_trace_has(ctx, leaf)
         local hash_prefix = ctx.prefix .. ':t:'
         for i = 1, #list do
-            if call('HEXISTS', hash_prefix .. list[i], leaf[2]) == 1 then
+            if all or call('HEXISTS', hash_prefix .. list[i], leaf[2]) == 1 then
                 mask[i] = true
             end
         end
