@@ -67,10 +67,11 @@ local function bind_runtime()
 end
 
 -- A page call past its deadline gives up at its next Redis call: fn(...) runs with `call`
--- checking the clock every DEADLINE_EVERY calls (every loop of a page strategy makes Redis
--- calls, so none runs far past the deadline).  Returns true and fn's result, or false when
--- fn gave up; other errors go on.
-local DEADLINE_EVERY = 16
+-- checking the clock every DEADLINE_EVERY calls, and right after a call that replied more
+-- than LARGE_REPLY elements (every loop of a page strategy makes Redis calls, so none runs
+-- far past the deadline).  Returns true and fn's result, or false when fn gave up; other
+-- errors go on.
+local DEADLINE_EVERY, LARGE_REPLY = 16, 256
 local ABANDON = { abandon = true }
 
 local function with_deadline(deadline_us, fn, ...)
@@ -85,7 +86,11 @@ local function with_deadline(deadline_us, fn, ...)
                 error(ABANDON)
             end
         end
-        return raw(...)
+        local reply = raw(...)
+        if type_(reply) == 'table' and #reply > LARGE_REPLY then
+            n = DEADLINE_EVERY -- (a large read: the clock is read before the next call)
+        end
+        return reply
     end
     local ok, result = pcall(fn, ...)
     call = raw
