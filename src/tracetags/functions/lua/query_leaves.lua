@@ -301,7 +301,9 @@ end
 local function every_trace_has(ctx, leaf)
     if leaf.all == nil then
         local n = leaf[2] == 'c' and call('GET', ctx.prefix .. ':cn')
-        ctx.traces = n and (ctx.traces or call('HLEN', ctx.prefix .. ':ids')) or ctx.traces
+        if n then
+            ctx.traces = ctx.traces or call('HLEN', ctx.prefix .. ':ids')
+        end
         leaf.all = n and tonumber(n) == ctx.traces or false
     end
     return leaf.all

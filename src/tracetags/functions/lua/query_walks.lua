@@ -50,13 +50,6 @@ local function collect_page(ctx, need, out, unscored_in)
     select_rows(ctx, collect_matches(ctx, unscored_in), need, out)
 end
 
--- Whether the chunk walk can take expr's candidates chunk by chunk: a conjunct of one
--- chunked set, or one that excludes a chunked set (a key IS NULL: every trace's chunk
--- minus the key's).
-local function has_chunked_conjunct(ctx, expr)
-    return #split_conjunction(ctx, expr) > 0 or #split_conjunction(ctx, expr, true) > 0
-end
-
 -- --- the chunk walk: newest first, chunk by chunk ----------------------------------------
 -- A timestamp_ms DESC page of a conjunction holding chunked sets visits the chunks in the
 -- order of their time bounds (tsx, highest first): in each, one SINTER of the chunked sets
@@ -318,5 +311,4 @@ end
 Walks.chunk_walk_page = chunk_walk_page
 Walks.collect_matches = collect_matches
 Walks.collect_page = collect_page
-Walks.has_chunked_conjunct = has_chunked_conjunct
 Walks.walk_page = walk_page

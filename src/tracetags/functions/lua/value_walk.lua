@@ -7,7 +7,7 @@ local order_fields = Ordering.order_fields
 local chunk_walk_page, collect_page = Walks.chunk_walk_page, Walks.collect_page
 local collect_matches, select_rows = Walks.collect_matches, Ordering.select_rows
 local key_values = Ordering.key_values
-local has_chunked_conjunct, walk_page = Walks.has_chunked_conjunct, Walks.walk_page
+local walk_page = Walks.walk_page
 local conjunction, enum_source = Enum.conjunction, Enum.enum_source
 local split_conjunction = Enum.split_conjunction
 local eval = Eval.eval
@@ -59,10 +59,13 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
     local scan = matches > 0 and need * total / matches or total
     local others = GroupOrder.other_keys(ctx.expr, gleaf)
     local gexpr = { '&', gleaf, unpack_(others) }
-    local by_chunks = math.huge
+    -- chunkable: a conjunct of one chunked set, or one excluding a chunked set (a key IS
+    -- NULL: every trace's chunk minus the key's), so the chunk walk can take the group
+    local by_chunks, chunkable = math.huge, false
     if zname == 'ts' and spec[3] == 0 and ctx.plan.time_bounds and matches > 0 then
-        local minus_only = #split_conjunction(sub, gexpr) == 0
-        by_chunks = chunk_walk_cost(ctx, gcount, matches, need, total, wv[5], minus_only)
+        local positive = #split_conjunction(sub, gexpr)
+        chunkable = positive > 0 or #split_conjunction(sub, gexpr, true) > 0
+        by_chunks = chunk_walk_cost(ctx, gcount, matches, need, total, wv[5], positive == 0)
     end
     local sources = ctx.plan.sources
     local source = gcount > wv[5] and sources and #sources == 1 and sources[1]
@@ -75,7 +78,7 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
     end
     -- one conjunction (not nested), so that its chunked sets are tested together
     sub.expr = gexpr
-    local newest = by_chunks < scan and has_chunked_conjunct(sub, sub.expr)
+    local newest = by_chunks < scan and chunkable
     if walk_cost >= collect_cost and not newest then
         return false
     end
@@ -100,16 +103,23 @@ local function walk_group(ctx, sub, gleaf, gcount, need, out, source_cost)
     return true
 end
 
+-- The context a group's rows are found and ordered in: the rest of the order keys, from
+-- `cursor` (nil: from the group's first row).
+local function group_context(ctx, cursor)
+    local sub = {
+        prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = ctx.rest,
+        cursor = cursor, value_fields = ctx.plan.value_fields,
+    }
+    sub.fields, sub.pos = order_fields(ctx.rest)
+    return sub
+end
+
 local function group_page(ctx, gleaf, gcount, need, cursor, out)
     if GroupOrder.nested_group(ctx, gleaf, gcount, need, cursor, out) then
         return
     end
     local rest = ctx.rest
-    local sub = {
-        prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = rest,
-        cursor = cursor, value_fields = ctx.plan.value_fields,
-    }
-    sub.fields, sub.pos = order_fields(rest)
+    local sub = group_context(ctx, cursor)
     local spec = rest[1]
     local cost = ctx.plan.walk_values[5]
     local enumerable = gleaf[1] == 'V'
@@ -259,11 +269,7 @@ local SMALL_GROUP, SMALL_BATCH = 8, 64
 -- each group in turn (ordered by the rest of the order keys) until out holds `need`.
 local function small_groups(ctx, out)
     local vprefix = ctx.plan.walk_values[2]
-    local sub = {
-        prefix = ctx.prefix, scanned = 0, last_chunk = ctx.last_chunk, order = ctx.rest,
-        value_fields = ctx.plan.value_fields,
-    }
-    sub.fields, sub.pos = order_fields(ctx.rest)
+    local sub = group_context(ctx, nil)
     local pending, traces, batch = {}, 0, {}
     function batch.add(v, count)
         pending[#pending + 1] = v
