@@ -650,14 +650,14 @@ def tag_set(
         trace_id, key, value = _positional(args, ("TRACE", "KEY", "VALUE"))
         settings = _reachable()
         with Client(settings) as client:
-            client.set_trace_tag(trace_id, key, value, wait=wait, timeout=timeout or 30.0)
+            client.set_trace_tag(trace_id, key, value, wait=wait, **_timeout(timeout))
         err.print(f"set {escape(key)}={escape(value)!r} on {escape(trace_id)}")
         return
     key, value = _positional(args, ("KEY", "VALUE"))
     _bulk(filter_string, experiment, dry_run, f"set {key}={value!r} on",
           lambda client, progress: client.set_tags_where(
               filter_string, {key: value}, experiment, wait=wait, progress=progress,
-              timeout=timeout or 300.0))  # fmt: skip
+              **_timeout(timeout)))  # fmt: skip
 
 
 @tag_app.command("delete")
@@ -676,14 +676,19 @@ def tag_delete(
         trace_id, key = _positional(args, ("TRACE", "KEY"))
         settings = _reachable()
         with Client(settings) as client:
-            client.delete_trace_tag(trace_id, key, wait=wait, timeout=timeout or 30.0)
+            client.delete_trace_tag(trace_id, key, wait=wait, **_timeout(timeout))
         err.print(f"deleted {escape(key)} from {escape(trace_id)}")
         return
     (key,) = _positional(args, ("KEY",))
     _bulk(filter_string, experiment, dry_run, f"deleted {key} from",
           lambda client, progress: client.delete_tags_where(
               filter_string, [key], experiment, wait=wait, progress=progress,
-              timeout=timeout or 300.0))  # fmt: skip
+              **_timeout(timeout)))  # fmt: skip
+
+
+def _timeout(timeout: float | None) -> dict[str, Any]:
+    """--timeout as the Client call's argument (none given: the call's own default)."""
+    return {} if timeout is None else {"timeout": timeout}
 
 
 def _positional(args: list[str], names: tuple[str, ...]) -> tuple[str, ...]:
