@@ -26,7 +26,7 @@ from tests.support import query_reference as ref
 from tests.support.helpers import all_pages, drop_namespace
 from tracetags import functions, schemas
 from tracetags.client import Client
-from tracetags.query.logical import id_suffixes
+from tracetags.query.logical import id_prefixes, id_suffixes
 from tracetags.query.plan import IdsPlan
 from tracetags.settings import Settings
 
@@ -146,7 +146,9 @@ def test_a_dense_end_or_lead_gives_up(redis_url: str) -> None:
         assert c.redis.zcard(c.keys.reversed_id_order(0)) > 24
         ids = _ids(traces)
         assert _seek(c, [""]) == [0]
-        digits = list("0123456789abcdef")  # most ids, over ~40 buckets
+        # every end an id has: all the buckets (each counted once, however many of the
+        # affixes a bucket holds)
+        digits = [*"0123456789abcdef", "A", "k", "\u212a", "z", "x", "\u00e9"]
         assert _seek(c, digits) == [0]
         found, flat = _seek(c, ["-zz"], prefixes=("tr-", "TR-"))
         assert found == 1 and sorted(flat[::2]) == sorted(i for i in ids if i.endswith("-zz"))
@@ -156,6 +158,13 @@ def test_a_dense_end_or_lead_gives_up(redis_url: str) -> None:
         assert found == 1 and sorted(flat[::2]) == sorted(i for i in ids if i.startswith("TR-a"))
         found, flat = _seek(c, ["3-zz"], prefixes=("tr-",))
         assert found == 1 and sorted(flat[::2]) == sorted(i for i in ids if i.endswith("3-zz"))
+        # an ILIKE's 32 case variants (more than SEEK_BUCKETS): most name no id and share
+        # a bucket with another
+        variants = id_prefixes("ILIKE", "TR-ABC%") or ()
+        assert len(variants) == 32
+        found, flat = _seek(c, [], prefixes=variants)
+        expected = sorted(i for i in ids if i.lower().startswith("tr-abc"))
+        assert found == 1 and expected and sorted(flat[::2]) == expected
     finally:
         drop_namespace(c.redis, c.keys.namespace)
         c.close()

@@ -32,9 +32,11 @@ from tracetags.query.limits import DEFAULT_FILTER_LIMITS, FilterLimits, check_fi
 from tracetags.query.logical import (
     LAnd,
     LConst,
+    LIds,
     LNot,
     LogicalNode,
     LPresent,
+    LRange,
     LValues,
     ValueIndex,
     logical,
@@ -264,9 +266,13 @@ def _probe(
                     window = [0, budget.VALUES_WINDOW]
                     sampled = args[3].lua is not None and not probe.listed
                     alts, sample = args[2], (ID_SAMPLE if sampled else None)
+                    sized = None
+                    if sampled and deferred is not None and id(args[3]) in beside:
+                        sized = _sized_siblings(root, args[3], keys, probe.partition)
                     plan = ValuesPlan(
                         dkey=key, runs=args[0], lead=args[1], window=window, alts=alts,
-                        sample=sample,
+                        sample=sample, beside=sized,
+                        beside_per=DEFERRED_VALUES_PER_CANDIDATE if sized else None,
                     )  # fmt: skip
                     functions.queue_query(pipe, keys, probe.partition, _ENCODER.encode(plan))
                 elif name == "VALUECOUNT":
@@ -347,6 +353,25 @@ def _probe(
         out.append((probe, replies[at : at + n], cards))
         at += n + bool(probe.card_keys)
     return out
+
+
+def _sized_siblings(
+    root: LogicalNode, leaf: LogicalNode, keys: Keys, partition: int
+) -> list[list[str | int]] | None:
+    """The AND siblings of a pattern that tt_query can size in its VALUES call (ranges,
+    value sets, listed ids: see :class:`ValuesPlan`), or None when there are none."""
+    sized: list[list[str | int]] = []
+    for sibling in _conjuncts(root):
+        if sibling is leaf:
+            continue
+        if isinstance(sibling, LRange):
+            zset = keys.by_score(partition, sibling.zset)
+            sized.append(["r", zset, str(sibling.lo), str(sibling.hi)])
+        elif isinstance(sibling, LValues):
+            sized.append(["v", sibling.index.distinct(keys, partition), *sibling.values])
+        elif isinstance(sibling, LIds):
+            sized.append(["n", len(sibling.ids)])
+    return sized or None
 
 
 def _ids_or_sample(

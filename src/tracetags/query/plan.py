@@ -189,6 +189,11 @@ class ValuesPlan(
       window of them, reply instead ``[2, [value, count, ...], values of the key]``: this
       many random values (ZRANDMEMBER), from which the client tells whether tt_query should
       test the pattern on each candidate (an M leaf) rather than it read every value.
+    - ``beside``: with ``sample``, the pattern's AND siblings, to be sized first: ``['r',
+      zset, lo, hi]`` a range, ``['v', distinct zset, value, ...]`` value sets, ``['n',
+      count]`` a known bound.  When the smallest holds at most one trace per
+      ``beside_per`` values of the key, the reply is the sample whatever the key's size:
+      testing the pattern on those few traces beats reading the values.
 
     Reply: msgpack ``[sought 0|1, [value, count, ...], next window's first rank or -1]``, or
     ``[values, traces, estimated 0|1]`` with ``count_only``.
@@ -202,6 +207,8 @@ class ValuesPlan(
     window: list[int] | None = None
     alts: tuple[str, ...] | None = None
     sample: int | None = None
+    beside: list[list[str | int]] | None = None
+    beside_per: int | None = None
 
 
 class RowsPlan(msgspec.Struct, tag_field="mode", tag="rows", kw_only=True, frozen=True):

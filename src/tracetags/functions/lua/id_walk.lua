@@ -81,75 +81,79 @@ local function id_walk_page(ctx, need, out, budget)
     return true
 end
 
-local function starts(s, p)
-    return sub(s, 1, #p) == p
-end
-
-local function ends(s, p)
-    return #p <= #s and sub(s, #s - #p + 1) == p
-end
-
--- Append id, number of every id starting with p (rev: ending with p) to flat: the buckets
--- from the head of p (reversed) while the next head still starts with it (buckets are
--- contiguous ranges).  Returns the buckets visited.
-local function seek_affix(ctx_prefix, p, flat, rev)
-    local dir = id_dir(ctx_prefix, rev)
-    local key = rev and string.reverse(p) or p
-    local head = id_head(dir, key)
-    local hash_prefix = ctx_prefix .. ':t:'
-    local visited = 0
-    while head do
-        visited = visited + 1
-        local members = call('SMEMBERS', id_bucket(ctx_prefix, head, rev))
-        for i = 1, #members do
-            local id = call('HGET', hash_prefix .. members[i], 'i')
-            if id and (rev and ends(id, p) or not rev and starts(id, p)) then
-                flat[#flat + 1] = id
-                flat[#flat + 1] = members[i]
-            end
-        end
-        head = call('ZRANGE', dir, '(' .. head, '+', 'BYLEX', 'LIMIT', 0, 1)[1]
-        if head and not starts(head, key) then
-            return visited
-        end
-    end
-    return visited
-end
-
 -- Past this many buckets an affix is dense: the client reads every id instead.
 local SEEK_BUCKETS = 24
 
--- The buckets the affixes span (those whose head starts with one, and one more each) in the
--- ids' order (rev: the reversed ids'), counted in the directory; nil when there are none,
--- the partition has no such order, or they span more than SEEK_BUCKETS.
-local function span(prefix, affixes, rev)
-    local dir = id_dir(prefix, rev)
-    if #affixes == 0 or call('EXISTS', dir) == 0 then
-        return nil
+-- The heads of the buckets that may hold ids starting (rev: ending) with one of affixes,
+-- each once (an ILIKE's case variants mostly fall in one bucket, or none); nil past
+-- SEEK_BUCKETS.  Buckets are contiguous ranges: the one holding the affix itself, then those
+-- whose heads start with it.
+local function affix_heads(dir, affixes, rev)
+    local heads, seen = {}, {}
+    local function add(head)
+        if not seen[head] then
+            seen[head] = true
+            heads[#heads + 1] = head
+        end
     end
-    local heads = 0
     for _, p in ipairs(affixes) do
         local key = rev and string.reverse(p) or p
+        add(id_head(dir, key))
         local past = Like.past_prefix(key)
-        heads = heads + 1 + call('ZLEXCOUNT', dir, '[' .. key, past and ('(' .. past) or '+')
-        if heads > SEEK_BUCKETS then
+        local stop = past and ('(' .. past) or '+'
+        local after = call('ZRANGE', dir, '(' .. key, stop, 'BYLEX', 'LIMIT', 0, SEEK_BUCKETS + 1)
+        for i = 1, #after do
+            add(after[i])
+        end
+        if #heads > SEEK_BUCKETS then
             return nil
         end
     end
     return heads
 end
 
--- {id, number, ...} of the ids starting (rev: ending) with one of affixes; nil past
--- SEEK_BUCKETS buckets visited.
-local function seek_all(prefix, affixes, rev)
-    local flat, visited = {}, 0
+-- Whether id starts (rev: ends) with one of the affixes, given as a set by their lengths.
+local function affixed(id, by_length, rev)
+    for n, set in pairs(by_length) do
+        if n <= #id and set[rev and sub(id, #id - n + 1) or sub(id, 1, n)] then
+            return true
+        end
+    end
+    return false
+end
+
+-- {id, number, ...} of the ids starting (rev: ending) with one of affixes, reading each
+-- bucket of `heads` once.
+local function seek_all(prefix, affixes, heads, rev)
+    local by_length = {}
     for _, p in ipairs(affixes) do
-        visited = visited + seek_affix(prefix, p, flat, rev)
-        if visited > SEEK_BUCKETS then
-            return nil
+        by_length[#p] = by_length[#p] or {}
+        by_length[#p][p] = true
+    end
+    local flat = {}
+    local hash_prefix = prefix .. ':t:'
+    for _, head in ipairs(heads) do
+        local members = call('SMEMBERS', id_bucket(prefix, head, rev))
+        for i = 1, #members do
+            local id = call('HGET', hash_prefix .. members[i], 'i')
+            if id and affixed(id, by_length, rev) then
+                flat[#flat + 1] = id
+                flat[#flat + 1] = members[i]
+            end
         end
     end
     return flat
+end
+
+-- The heads of the buckets affixes span in the ids' order (rev: the reversed ids'); nil
+-- when there are none, the partition has no such order, or they span more than
+-- SEEK_BUCKETS.
+local function span(prefix, affixes, rev)
+    local dir = id_dir(prefix, rev)
+    if #affixes == 0 or call('EXISTS', dir) == 0 then
+        return nil
+    end
+    return affix_heads(dir, affixes, rev)
 end
 
 -- ids mode: {1, {id, number, ...}} of the trace ids that start with one of the prefixes or
@@ -162,10 +166,10 @@ end
 local function ids_reply(prefix, prefixes, suffixes)
     local by_lead, by_end = span(prefix, prefixes, false), span(prefix, suffixes, true)
     local flat = nil
-    if by_end and (not by_lead or by_end < by_lead) then
-        flat = seek_all(prefix, suffixes, true)
+    if by_end and (not by_lead or #by_end < #by_lead) then
+        flat = seek_all(prefix, suffixes, by_end, true)
     elseif by_lead then
-        flat = seek_all(prefix, prefixes, false)
+        flat = seek_all(prefix, prefixes, by_lead, false)
     end
     if not flat then
         return cmsgpack.pack({ 0 })

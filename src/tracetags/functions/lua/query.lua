@@ -56,6 +56,29 @@ end
 
 
 
+-- values mode with plan.beside (the pattern's AND siblings, sized: {'r', zset, lo, hi} a
+-- range, {'v', distinct zset, value...} value sets, {'n', count} a known bound): true when
+-- the smallest holds at most one trace per `per` values of dkey, so that testing the
+-- pattern on each of its traces beats reading the key's values (the reply is then a sample).
+local function few_beside(dkey, beside, per)
+    local rest = math.huge
+    for _, term in ipairs(beside) do
+        local size
+        if term[1] == 'r' then
+            size = call('ZCOUNT', term[2], term[3], term[4])
+        elseif term[1] == 'v' then
+            size = 0
+            for _, count in ipairs(Sets.value_counts(term[2], { unpack_(term, 3) })) do
+                size = size + count
+            end
+        else
+            size = term[2]
+        end
+        rest = math.min(rest, size)
+    end
+    return rest * per <= call('ZCARD', dkey)
+end
+
 -- count mode without terms: the candidates that pass the residual filter.
 local function count_query(ctx)
     local total = 0
@@ -253,6 +276,10 @@ local function tt_query(keys, argv)
     if mode == 'values' then
         if plan.count_only then
             return value_count_reply(plan.dkey, plan.lead or {}, plan.dense_after)
+        end
+        if plan.sample and plan.beside and few_beside(plan.dkey, plan.beside, plan.beside_per) then
+            local values = call('ZCARD', plan.dkey)
+            return cmsgpack.pack({ 2, call('ZRANDMEMBER', plan.dkey, plan.sample, 'WITHSCORES'), values })
         end
         return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window, plan.alts, plan.sample)
     end
