@@ -267,7 +267,10 @@ def _probe(
                     sampled = args[3].lua is not None and not probe.listed
                     alts, sample = args[2], (ID_SAMPLE if sampled else None)
                     sized = None
-                    if sampled and deferred is not None and id(args[3]) in beside:
+                    # (a pattern with a literal lead reads only the values starting so:
+                    # cheaper than a sample unless the lead is dense, which is sampled)
+                    led = bool(args[0] and args[0][0]) or bool(alts)
+                    if sampled and not led and deferred is not None and id(args[3]) in beside:
                         sized = _sized_siblings(root, args[3], keys, probe.partition)
                     plan = ValuesPlan(
                         dkey=key, runs=args[0], lead=args[1], window=window, alts=alts,
