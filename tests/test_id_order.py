@@ -132,3 +132,30 @@ def test_a_partition_without_the_index_collects(client: Client) -> None:
     assert _pages(client, None, ["request_id"], 150) == want
     qd.load(client.redis, client.keys, 1, [_trace(rng, 900 + i) for i in range(50)])
     assert client.redis.exists(f"{prefix}:ri") == 0  # not started mid-life
+
+
+def test_walk_ids_over_a_table_of_the_matches(client: Client) -> None:
+    """A filter of a tenth of the traces or less, ordered by request_id: the matches are
+    collected first and each visited bucket's traces looked up among them (``id_table``),
+    rather than every match's id read and sorted; pages from every cursor equal the
+    reference, in both directions, with tied next keys."""
+    rng = random.Random(21)
+    traces = []
+    for i in range(12_000):
+        trace = _trace(rng, i)
+        if rng.random() < 0.2:
+            trace["tags"] = {**trace["tags"], "rare": rng.choice(("x", "y"))}  # type: ignore[dict-item]
+        traces.append(trace)
+    qd.load(client.redis, client.keys, 1, traces)
+    final = ref.apply_mutations(traces, [])
+    table = "looked up among"
+    for f in ("tags.rare = 'x'", "tags.rare IN ('x', 'y') AND status = 'ERROR'"):
+        for order in (["request_id"], ["request_id DESC"], ["request_id", "status DESC"]):
+            text = client.explain(f, ["1", "2"], order)
+            assert "strategy: walk-ids" in text and table in text, text
+            want = ref.search(final, ["1", "2"], f, order, None)
+            assert want
+            for size in (7, 100):
+                assert _pages(client, f, order, size) == want, (f, order, size)
+    # dense: each bucket's traces tested against the filter, as before
+    assert table not in client.explain("tags.env = 'prod'", ["1", "2"], ["request_id"])

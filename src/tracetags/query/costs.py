@@ -102,6 +102,8 @@ class CostTable:
     id_match: float = 2.0
     #: Collecting for request_id order reads each match's id from its hash (HGET).
     collect_id_read: float = 2.0
+    #: A visited bucket's trace looked up in a table of the matches collected first.
+    id_table_lookup: float = 0.2
     #: Walk the ids only when this many times cheaper: a bucket's traces are spread over
     #: every chunk (ids are random), so its tests cost more than the estimate's.
     id_walk_margin: int = 3

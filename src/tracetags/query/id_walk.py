@@ -29,25 +29,43 @@ def orders_by_id(order: Sequence[OrderKey]) -> bool:
 
 def choose(
     tree: PNode, total: int, limit: int, candidates: float, *, from_range: bool
-) -> tuple[int, str] | None:
-    """(bucket budget, reason) when walking the id buckets beats collecting, else None."""
+) -> tuple[int, str, bool] | None:
+    """(bucket budget, reason, over a table) when walking the id buckets beats collecting,
+    else None.  Over a table: the matches are collected first and each visited bucket's
+    traces looked up among them, so only the matches the walk reaches have their id read
+    (a collect reads every match's id to sort them); else each bucket's traces are tested
+    against the filter."""
     if total <= 0 or tree.est <= 0:
         return None
     entries = min(float(total), limit * total / tree.est)
     buckets = entries / COSTS.id_bucket_size + 1
     walk = buckets * COSTS.id_bucket_visit + entries + min(tree.est, entries) * COSTS.id_match
-    collect = (
-        costs.collect_cost(candidates, tree.est, total, from_range=from_range)
-        + COSTS.collect_id_read * tree.est
+    gather = costs.collect_cost(candidates, tree.est, total, from_range=from_range)
+    collect = gather + COSTS.collect_id_read * tree.est
+    # the matches in the buckets visited (the page, up to a bucket's worth more)
+    reached = min(tree.est, buckets * COSTS.id_bucket_size * tree.est / total)
+    table = (
+        gather
+        + buckets * COSTS.id_bucket_visit
+        + entries * COSTS.id_table_lookup
+        + reached * COSTS.id_match
     )
-    if walk * COSTS.id_walk_margin >= collect:
+    over_table = table < walk * COSTS.id_walk_margin
+    best = table if over_table else walk * COSTS.id_walk_margin
+    if best >= collect:
         return None
     budget = max(8, math.ceil(3 * buckets))
-    reason = (
-        f"walk the trace ids in byte order, bucket by bucket: ~{tree.est:,.0f} of {total:,}"
-        f" traces match, so ~{buckets:,.0f} bucket(s) of ~{COSTS.id_bucket_size} fill"
-        f" {limit} rows (cost ~{walk:,.0f}; past {budget} buckets tt_query collects instead),"
-        f" cheaper than collecting and sorting the {candidates:,.0f} candidates by id"
-        f" (cost ~{collect:,.0f})"
+    cost = table if over_table else walk
+    how = (
+        f"looked up among the {candidates:,.0f} candidates' matches collected first"
+        if over_table
+        else "tested against the filter"
     )
-    return budget, reason
+    reason = (
+        f"walk the trace ids in byte order, bucket by bucket, each bucket's traces {how}:"
+        f" ~{tree.est:,.0f} of {total:,} traces match, so ~{buckets:,.0f} bucket(s) of"
+        f" ~{COSTS.id_bucket_size} fill {limit} rows (cost ~{cost:,.0f}; past"
+        f" {budget} buckets tt_query collects instead), cheaper than collecting and sorting"
+        f" the {candidates:,.0f} candidates by id (cost ~{collect:,.0f})"
+    )
+    return budget, reason, over_table

@@ -57,6 +57,7 @@ _NO_WALK: Final[dict[str, Any]] = {
     "walk": None,
     "chunk_walk": None,
     "id_walk": None,
+    "id_table": False,
     "walk_values": None,
     "walk_next": None,
     "walk_budget": None,

@@ -130,6 +130,8 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     - ``id_walk`` (page, first order key ``request_id``): walk the buckets of the trace ids'
       byte order (``<prefix>:ri``) from the cursor, giving up past this many buckets (then
       collect; also when the partition has no such index).
+    - ``id_table`` (with ``id_walk``): collect the matches first and look each visited
+      bucket's traces up among them, instead of testing them against the filter.
     - ``walk_budget`` (walk, walk_values): once the walk has tested this many entries (a
       walk of values: the traces of the groups visited) without a single
       match, the matches are far rarer than estimated (an empty intersection of terms
@@ -157,6 +159,7 @@ class QueryPlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     density: float | None = None
     walk_values: tuple[str, str, Spec, float, float, int, int] | None = None
     id_walk: int | None = None
+    id_table: bool = False
     walk_next: list[Any] | None = None
     walk_budget: int | None = None
     shown: int | None = None

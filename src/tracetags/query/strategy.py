@@ -266,7 +266,7 @@ def plan_partition(
             tree, total, limit, cost, from_range=any(s[0] == "R" for s in sources)
         )
         if by_id is not None:
-            plan = msgspec.structs.replace(page(), id_walk=by_id[0])
+            plan = msgspec.structs.replace(page(), id_walk=by_id[0], id_table=by_id[2])
             return done("walk-ids", by_id[1], plan)
     index = order_index(order[0]) if order else None
     walk_values_us = costs.walk_values_cost_us(order_distinct, limit, tree.est, total)

@@ -49,6 +49,16 @@ local function id_walk_page(ctx, need, out, budget)
     if call('EXISTS', dir) == 0 then
         return 'abandon'
     end
+    -- plan.id_table: the matches collected first (a few thousand), each bucket's traces
+    -- then looked up among them: no id read for the matches a collect would sort
+    local matched = nil
+    if ctx.plan.id_table then
+        matched = {}
+        local found = Walks.collect_matches(ctx)
+        for i = 1, #found do
+            matched[found[i]] = true
+        end
+    end
     local asc = ctx.order[1][3] == 1
     local from = ctx.cursor and ctx.cursor[1] or nil
     local head
@@ -67,9 +77,19 @@ local function id_walk_page(ctx, need, out, budget)
         end
         local members = call('SMEMBERS', id_bucket(prefix, head))
         ctx.scanned = ctx.scanned + #members
-        ctx.walking = true
-        local got = eval(ctx, ctx.expr, members)
-        ctx.walking = false
+        local got
+        if matched then
+            got = {}
+            for i = 1, #members do
+                if matched[members[i]] then
+                    got[#got + 1] = members[i]
+                end
+            end
+        else
+            ctx.walking = true
+            got = eval(ctx, ctx.expr, members)
+            ctx.walking = false
+        end
         if #got > 0 and take_sorted(id_rows(prefix, got, EMPTY), asc, from, need, rows) then
             break
         end
