@@ -302,6 +302,12 @@ local function alts_by_window(dkey, alts, window)
     return counted_reply(dkey, true, found, next_rank)
 end
 
+-- `sample` random values of the distinct zset dkey of `values` with their counts, packed
+-- as {2, {value, count, ...}, values}: the client tells from them how to plan the pattern.
+local function sample_reply(dkey, sample, values)
+    return cmsgpack.pack({ 2, call('ZRANDMEMBER', dkey, sample, 'WITHSCORES'), values })
+end
+
 -- The values of the distinct zset dkey that start with runs[1] and contain the other runs in
 -- that order (the literal runs of a LIKE pattern, so a superset of its matches; the planner
 -- applies the pattern), as msgpack {sought, {value, count, ...}}: sought = 1 when they came
@@ -331,7 +337,7 @@ local function values_reply(dkey, runs, lead, window, alts, sample)
         -- more than a window of values to read: a sample instead, for the client to choose
         local values = call('ZCARD', dkey)
         if values > window[2] then
-            return cmsgpack.pack({ 2, call('ZRANDMEMBER', dkey, sample, 'WITHSCORES'), values })
+            return sample_reply(dkey, sample, values)
         end
     end
     if #runs == 0 then
@@ -386,4 +392,5 @@ end
 Like.resolve_sought = resolve_sought
 Like.value_count_reply = value_count_reply
 Like.values_reply = values_reply
+Like.sample_reply = sample_reply
 Like.past_prefix = past_prefix

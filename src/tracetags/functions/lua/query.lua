@@ -278,8 +278,7 @@ local function tt_query(keys, argv)
             return value_count_reply(plan.dkey, plan.lead or {}, plan.dense_after)
         end
         if plan.sample and plan.beside and few_beside(plan.dkey, plan.beside, plan.beside_per) then
-            local values = call('ZCARD', plan.dkey)
-            return cmsgpack.pack({ 2, call('ZRANDMEMBER', plan.dkey, plan.sample, 'WITHSCORES'), values })
+            return Like.sample_reply(plan.dkey, plan.sample, call('ZCARD', plan.dkey))
         end
         return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window, plan.alts, plan.sample)
     end
