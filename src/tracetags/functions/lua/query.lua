@@ -57,9 +57,10 @@ end
 
 
 -- values mode with plan.beside (the pattern's AND siblings, sized: {'r', zset, lo, hi} a
--- range, {'v', distinct zset, value...} value sets, {'n', count} a known bound): true when
--- the smallest holds at most one trace per `per` values of dkey, so that testing the
--- pattern on each of its traces beats reading the key's values (the reply is then a sample).
+-- range, {'v', distinct zset, value...} value sets, {'n', count} a known bound): dkey's
+-- value count when the smallest holds at most one trace per `per` of them, so that testing
+-- the pattern on each of its traces beats reading the values (the reply is then a sample),
+-- else nil.
 local function few_beside(dkey, beside, per)
     local rest = math.huge
     for _, term in ipairs(beside) do
@@ -76,7 +77,11 @@ local function few_beside(dkey, beside, per)
         end
         rest = math.min(rest, size)
     end
-    return rest * per <= call('ZCARD', dkey)
+    local values = call('ZCARD', dkey)
+    if rest * per <= values then
+        return values
+    end
+    return nil
 end
 
 -- count mode without terms: the candidates that pass the residual filter.
@@ -277,8 +282,10 @@ local function tt_query(keys, argv)
         if plan.count_only then
             return value_count_reply(plan.dkey, plan.lead or {}, plan.dense_after)
         end
-        if plan.sample and plan.beside and few_beside(plan.dkey, plan.beside, plan.beside_per) then
-            return Like.sample_reply(plan.dkey, plan.sample, call('ZCARD', plan.dkey))
+        local beside, per = plan.beside, plan.beside_per
+        local few = plan.sample and beside and few_beside(plan.dkey, beside, per)
+        if few then
+            return Like.sample_reply(plan.dkey, plan.sample, few)
         end
         return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window, plan.alts, plan.sample)
     end
