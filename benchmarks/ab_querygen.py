@@ -19,6 +19,7 @@ ids; any difference is a bug in one of them). Make the old checkout with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -126,6 +127,27 @@ def queries_of(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [{"filter": q.filter_string, "order_by": q.order_by} for q in kept]
 
 
+def compare(
+    sides: dict[str, Side], queries: list[dict[str, Any]], rounds: int, calls: int
+) -> tuple[list[tuple[float, float, float, dict[str, Any]]], int]:
+    """(new / old, old p50, new p50, query) of each query, and how many answers differ."""
+    results: list[tuple[float, float, float, dict[str, Any]]] = []
+    different = 0
+    for query in queries:
+        asked = {**query, "calls": calls}
+        got: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+        for r in range(rounds):
+            for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
+                got[name].append(sides[name].ask(asked))
+        if got["old"][0]["ids"] != got["new"][0]["ids"]:
+            different += 1
+            print(f"DIFFERENT ANSWERS: {query['filter']!r} by {query['order_by']}")
+        old = statistics.median(g["p50"] for g in got["old"])
+        new = statistics.median(g["p50"] for g in got["new"])
+        results.append((new / old, old, new, query))
+    return results, different
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--old", type=Path, required=True, help="the old version's src")
@@ -141,41 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", type=int, default=10, help="queries shown at each end")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
+    import bench_query
     import querygen
-    from tracetags.embedded import RedisServer
 
-    server = None
-    url = args.url
-    if url is None:
-        server = RedisServer(tempfile.mkdtemp(prefix="ab-querygen-"), appendfsync="no")
-        server.start()
-        url = server.url
     namespace = f"ab-{args.seed}-{args.traces}"
-    try:
+    with contextlib.ExitStack() as stack:
+        url = args.url
+        if url is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ab-")))
+            url = stack.enter_context(bench_query.private_redis(workdir)).url
         ensure_loaded(url, namespace, args.traces, args.seed)
         queries = queries_of(args)
         scope = list(querygen.SCOPE)
-        sides = {name: Side(src, url, namespace, scope) for name, src in
-                 (("old", args.old), ("new", args.new))}  # fmt: skip
-        results: list[tuple[float, float, float, dict[str, Any]]] = []
-        different = 0
-        for query in queries:
-            asked = {**query, "calls": args.calls}
-            got: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
-            for r in range(args.rounds):
-                for name in ("old", "new") if r % 2 == 0 else ("new", "old"):
-                    got[name].append(sides[name].ask(asked))
-            if got["old"][0]["ids"] != got["new"][0]["ids"]:
-                different += 1
-                print(f"DIFFERENT ANSWERS: {query['filter']!r} by {query['order_by']}")
-            old = statistics.median(g["p50"] for g in got["old"])
-            new = statistics.median(g["p50"] for g in got["new"])
-            results.append((new / old, old, new, query))
-        for side in sides.values():
-            side.close()
-    finally:
-        if server is not None:
-            server.stop()
+        sides: dict[str, Side] = {}
+        for name, src in (("old", args.old), ("new", args.new)):
+            sides[name] = Side(src, url, namespace, scope)
+            stack.callback(sides[name].close)
+        results, different = compare(sides, queries, args.rounds, args.calls)
     results.sort(key=lambda r: r[0])
     shown = results if len(results) <= 2 * args.show else (
         results[: args.show] + results[-args.show :])  # fmt: skip
