@@ -12,13 +12,18 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.support import query_data as qd
 from tests.support import query_reference as ref
 from tests.support.helpers import all_pages
+from tracetags import functions
 from tracetags.client import Client
+from tracetags.query.plan import ValuesPlan
 
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(tuple[int, list[str | float | int], int])
 TESTED = "each candidate's value tested"
 
 
@@ -97,3 +102,36 @@ def test_the_one_trace_a_sparse_pattern_matches_is_found(
     assert one["trace_id"] in expected
     assert all_pages(client, filter_string, None, 100, None) == expected
     assert TESTED in client.explain(filter_string)
+
+
+@pytest.mark.parametrize(
+    ("bound", "per", "sampled"),
+    [
+        (0, 60, 16),  # an empty sibling: the page is empty whatever the sample says
+        (2, 60, 16),  # two listed ids: a few values are enough
+        (40, 60, 40),  # as many values as the sibling's traces
+        (300, 1, 256),  # never more than asked
+        (100, 60, None),  # too many traces beside for the values: no sample
+    ],
+)
+def test_the_sample_beside_a_small_term_is_no_larger_than_its_traces(
+    loaded: tuple[Client, list[dict[str, object]]], bound: int, per: int, sampled: int | None
+) -> None:
+    """The sample only tells how many of the sibling's traces may match, which they bound
+    anyway: a ZRANDMEMBER of 256 values (~1 us each on a large key) is cut to the sibling's
+    size, at least 16."""
+    client, _ = loaded
+    dkey = client.keys.tag_values(0, "u")
+    values = client.redis.zcard(dkey)
+    assert 40 * 60 <= values < 100 * 60  # (the cases above rely on it)
+    plan = ValuesPlan(
+        dkey=dkey, runs=(), lead=(), window=[0, 5_000], sample=256,
+        beside=[["n", bound]], beside_per=per,
+    )  # fmt: skip
+    [reply] = functions.query_partitions(client.redis, client.keys, [(0, _ENCODER.encode(plan))])
+    kind, flat, third = _DECODER.decode(reply)
+    if sampled is None:
+        assert kind == 0 and third == -1 and len(flat) == 2 * values  # every value read
+    else:
+        assert (kind, len(flat), third) == (2, 2 * sampled, values)
+        assert len(set(flat[::2])) == sampled  # distinct values, each with its count

@@ -17,7 +17,7 @@ from tracetags.keys import (
     STAMP_SEQ_SPAN,
 )
 
-LIBRARY_NAME: Final = "tracetags_v20"
+LIBRARY_NAME: Final = "tracetags_v21"
 #: Every version of the library is named LIBRARY_PREFIX + its number.
 LIBRARY_PREFIX: Final = "tracetags_v"
 APPLY_FUNCTION: Final = "tt_apply"

@@ -196,7 +196,9 @@ class ValuesPlan(
       zset, lo, hi]`` a range, ``['v', distinct zset, value, ...]`` value sets, ``['n',
       count]`` a known bound.  When the smallest holds at most one trace per
       ``beside_per`` values of the key, the reply is the sample whatever the key's size:
-      testing the pattern on those few traces beats reading the values.
+      testing the pattern on those few traces beats reading the values.  That sample holds
+      no more values than the smallest sibling's traces (at least 16): they bound the
+      pattern's matches whatever the sample says.
 
     Reply: msgpack ``[sought 0|1, [value, count, ...], next window's first rank or -1]``, or
     ``[values, traces, estimated 0|1]`` with ``count_only``.

@@ -58,9 +58,9 @@ end
 
 -- values mode with plan.beside (the pattern's AND siblings, sized: {'r', zset, lo, hi} a
 -- range, {'v', distinct zset, value...} value sets, {'n', count} a known bound): dkey's
--- value count when the smallest holds at most one trace per `per` of them, so that testing
--- the pattern on each of its traces beats reading the values (the reply is then a sample),
--- else nil.
+-- value count and the smallest's traces when it holds at most one trace per `per` of them,
+-- so that testing the pattern on each of its traces beats reading the values (the reply is
+-- then a sample), else nil.
 local function few_beside(dkey, beside, per)
     local rest = math.huge
     for _, term in ipairs(beside) do
@@ -79,9 +79,18 @@ local function few_beside(dkey, beside, per)
     end
     local values = call('ZCARD', dkey)
     if rest * per <= values then
-        return values
+        return values, rest
     end
     return nil
+end
+
+-- A sample for few_beside's answer: as large as asked (`sample` values), but no larger
+-- than the smallest sibling's traces (at least FEW_SAMPLE_MIN), which bound the pattern's
+-- matches whatever the sample says (ZRANDMEMBER costs ~1 us a value on a large key).
+local FEW_SAMPLE_MIN = 16
+
+local function few_sample(sample, rest)
+    return math.min(sample, math.max(FEW_SAMPLE_MIN, rest))
 end
 
 -- count mode without terms: the candidates that pass the residual filter.
@@ -283,9 +292,12 @@ local function tt_query(keys, argv)
             return value_count_reply(plan.dkey, plan.lead or {}, plan.dense_after)
         end
         local beside, per = plan.beside, plan.beside_per
-        local few = plan.sample and beside and few_beside(plan.dkey, beside, per)
+        local few, rest = nil, nil
+        if plan.sample and beside then
+            few, rest = few_beside(plan.dkey, beside, per)
+        end
         if few then
-            return Like.sample_reply(plan.dkey, plan.sample, few)
+            return Like.sample_reply(plan.dkey, few_sample(plan.sample, rest), few)
         end
         return values_reply(plan.dkey, plan.runs or {}, plan.lead, plan.window, plan.alts, plan.sample)
     end
