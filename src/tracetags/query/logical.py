@@ -431,6 +431,10 @@ def _comparison(node: Comparison) -> LogicalNode:
             leaf = LIds(tuple(ids), text)
             return leaf if op in ("=", "IN") else LNot(leaf)
         assert isinstance(value, str)
+        if op in ("LIKE", "NOT LIKE") and "%" not in value and "_" not in value:
+            # a LIKE without a wildcard (or a literal regex, '^tr-1$') holds for that one id
+            # alone: looked up as `=` is, not sought in the ids' byte order
+            return LIds((value,), text) if op == "LIKE" else LNot(LIds((value,), text))
         matched = pattern_predicate(op, value)
         lua = lua_pattern(op, value)
         if op.startswith("NOT "):
