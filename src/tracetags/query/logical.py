@@ -474,6 +474,9 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
+    if op == "LIKE" and "%" not in value and "_" not in value:
+        # (a LIKE without a wildcard, or a literal regex, holds for that one value: its set)
+        return LValues(index, (value,), text)
     lua = lua_pattern(op, value)
     needle = needle_of(op, value, regex_literal(value) if op == "RLIKE" else None)
     if op == "ILIKE":

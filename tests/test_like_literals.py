@@ -1,8 +1,9 @@
-"""A request_id pattern that names one id (``LIKE 'tr-1'`` without a wildcard, a literal
-regex ``RLIKE '^tr\\-1$'``) is that id looked up as ``=`` is (``HMGET`` of the ids hash),
-not sought in the ids' byte order (a bucket of ids read for one); ``NOT LIKE`` is its
-negation.  Pages equal the reference evaluator's for ids present, absent, of another
-case, and ids holding regex or LIKE metacharacters."""
+"""A pattern that names one value (``LIKE 'x'`` without a wildcard, a literal regex
+``RLIKE '^x$'``) is that value's term, as ``=`` makes it: over request_id the id looked up
+in the ids hash (``HMGET``), not sought in the ids' byte order (a bucket of ids read for
+one); over a tag, metadata key, status or client_request_id the value's set, not a read of
+the key's values.  Pages and counts equal the reference evaluator's for values present,
+absent, of another case, and holding regex or LIKE metacharacters."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.support import query_data as qd
 from tests.support import query_reference as ref
 from tests.support.helpers import all_pages
 from tracetags.client import Client
-from tracetags.query.logical import LIdMatch, LIds, LNot, logical
+from tracetags.query.logical import LIdMatch, LIds, LMatch, LNot, LValues, logical
 from tracetags.query.parser import parse_filter
 
 IDS = [f"tr-{i:04x}" for i in range(600)] + ["TR-00a1", "tr.dot+1", "tr-1$x", "tr-\\x"]
@@ -31,9 +32,9 @@ def _traces() -> list[dict[str, object]]:
             "execution_time_ms": rng.randrange(1, 900),
             "status": rng.choice(("OK", "ERROR")),
             "name": "n",
-            "client_request_id": None,
-            "tags": {"env": rng.choice(("prod", "dev"))},
-            "metadata": {},
+            "client_request_id": rng.choice((None, f"cr-{rng.randrange(20)}", "CR.1+")),
+            "tags": {"env": rng.choice(("prod", "dev", "Prod", "p.r+d"))},
+            "metadata": {"m": f"m-{rng.randrange(30)}"} if rng.random() < 0.7 else {},
         }
         for trace_id in IDS
     ]
@@ -62,6 +63,19 @@ CASES = [
     ("request_id LIKE 'tr-004_'", LIdMatch),
     ("request_id LIKE 'tr-004%'", LIdMatch),
     ("request_id RLIKE '^tr-004'", LIdMatch),
+    # the values of other keys
+    ("tags.env LIKE 'prod'", LValues),
+    ("tags.env LIKE 'PROD'", LValues),
+    ("tags.env LIKE 'p.r+d'", LValues),
+    ("tags.env RLIKE '^p\\.r\\+d$'", LValues),
+    ("tags.env LIKE 'none'", LValues),
+    ("metadata.m LIKE 'm-7' AND tags.env LIKE 'dev'", None),
+    ("client_request_id LIKE 'CR.1+'", LValues),
+    ("client_request_id LIKE 'cr-3' AND request_id LIKE 'tr-00%'", None),
+    ("status LIKE 'OK'", LValues),
+    ("status LIKE 'ok'", LValues),
+    ("tags.env NOT LIKE 'prod'", LMatch),
+    ("tags.env LIKE 'pro_'", LMatch),
 ]
 
 
