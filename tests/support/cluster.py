@@ -21,11 +21,17 @@ from typing import Any
 import redis
 
 from tracetags.embedded import RedisServer
+from tracetags.errors import EmbeddedRedisError
 
 #: How long a primary may be silent before its replica takes over.
 NODE_TIMEOUT_MS = 1500
-#: Cluster ports stay below 55535: the bus port is port + 10000.
-_PORT_RANGE = (21000, 45000)
+#: Cluster ports and their bus ports (port + 10000) stay below Linux's ephemeral range
+#: (32768 and up by default), which outgoing connections take ports from: a bus port
+#: found free there could be taken by a client socket before the node binds it.
+_PORT_RANGE = (12000, 22000)
+#: A node whose port was taken between the check and its bind starts on another this
+#: many times.
+_START_ATTEMPTS = 3
 
 
 def _bindable(port: int) -> bool:
@@ -90,8 +96,17 @@ class LocalCluster:
         return next(node for node in self.nodes if self.is_alive(node))
 
     def start(self) -> LocalCluster:
-        for node in self.nodes:
-            node.start()
+        for i, node in enumerate(self.nodes):
+            for attempt in range(_START_ATTEMPTS):
+                try:
+                    node.start()
+                    break
+                except EmbeddedRedisError:
+                    if attempt == _START_ATTEMPTS - 1:
+                        self.stop()
+                        raise
+                    shutil.rmtree(node.directory, ignore_errors=True)  # (its nodes.conf)
+                    node = self.nodes[i] = ClusterNode(node.directory, port=cluster_port())
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         done = subprocess.run(
             ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1",
