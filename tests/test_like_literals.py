@@ -16,7 +16,7 @@ from tests.support import query_data as qd
 from tests.support import query_reference as ref
 from tests.support.helpers import all_pages
 from tracetags.client import Client
-from tracetags.query.logical import LIdMatch, LIds, LMatch, LNot, LValues, logical
+from tracetags.query.logical import LAnd, LIdMatch, LIds, LMatch, LNot, LValues, logical
 from tracetags.query.parser import parse_filter
 
 IDS = [f"tr-{i:04x}" for i in range(600)] + ["TR-00a1", "tr.dot+1", "tr-1$x", "tr-\\x"]
@@ -74,7 +74,8 @@ CASES = [
     ("client_request_id LIKE 'cr-3' AND request_id LIKE 'tr-00%'", None),
     ("status LIKE 'OK'", LValues),
     ("status LIKE 'ok'", LValues),
-    ("tags.env NOT LIKE 'prod'", LMatch),
+    ("tags.env NOT LIKE 'prod'", LAnd),  # as != : the key present, not that value
+    ("status NOT LIKE 'OK'", LMatch),  # as != on the status: the other statuses
     ("tags.env LIKE 'pro_'", LMatch),
 ]
 

@@ -412,6 +412,10 @@ def _comparison(node: Comparison) -> LogicalNode:
         like = regex_as_like(value)
         if like is not None:  # a literal regex: the LIKE's indexes and matchers serve it
             op, value = ("LIKE" if op == "RLIKE" else "NOT LIKE"), like
+    if op in ("LIKE", "NOT LIKE") and isinstance(value, str) and not ("%" in value or "_" in value):
+        # a LIKE without a wildcard holds for that one value (SQL: NULL for none): = and !=
+        # serve it, by the value's set or the ids hash, not a read of the key's values
+        op = "=" if op == "LIKE" else "!="
     if entity == "attribute" and key in SCORE_INDEXES:
         assert isinstance(value, (int, float))
         return _range(SCORE_INDEXES[key], op, value, text)
@@ -431,10 +435,6 @@ def _comparison(node: Comparison) -> LogicalNode:
             leaf = LIds(tuple(ids), text)
             return leaf if op in ("=", "IN") else LNot(leaf)
         assert isinstance(value, str)
-        if op in ("LIKE", "NOT LIKE") and "%" not in value and "_" not in value:
-            # a LIKE without a wildcard (or a literal regex, '^tr-1$') holds for that one id
-            # alone: looked up as `=` is, not sought in the ids' byte order
-            return LIds((value,), text) if op == "LIKE" else LNot(LIds((value,), text))
         matched = pattern_predicate(op, value)
         lua = lua_pattern(op, value)
         if op.startswith("NOT "):
@@ -474,9 +474,6 @@ def _comparison(node: Comparison) -> LogicalNode:
             return LMatch(index, lambda v: v not in excluded, False, text)
         return LAnd((LPresent(index, text), LNot(LValues(index, tuple(values), text))))
     assert isinstance(value, str)
-    if op == "LIKE" and "%" not in value and "_" not in value:
-        # (a LIKE without a wildcard, or a literal regex, holds for that one value: its set)
-        return LValues(index, (value,), text)
     lua = lua_pattern(op, value)
     needle = needle_of(op, value, regex_literal(value) if op == "RLIKE" else None)
     if op == "ILIKE":

@@ -86,7 +86,7 @@ end
 
 -- A sample for few_beside's answer: as large as asked (`sample` values), but no larger
 -- than the smallest sibling's traces (at least FEW_SAMPLE_MIN), which bound the pattern's
--- matches whatever the sample says (ZRANDMEMBER costs ~1 us a value on a large key).
+-- matches whatever the sample says (ZRANDMEMBER's cost grows with the count).
 local FEW_SAMPLE_MIN = 16
 
 local function few_sample(sample, rest)
